@@ -1,0 +1,177 @@
+"""Settings from the environment (and ``.env``); a missing secret refuses start-up."""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+class Secret:
+    """A string that never shows itself in ``repr`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def load_dotenv(path: str | os.PathLike = ".env") -> None:
+    """Read KEY=VALUE lines into ``os.environ`` without overriding what is already set."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    for raw in p.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key, value)
+
+
+def _int(env: dict, name: str, default: int, lo: int = 0, hi: int = 10**9) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def decode_kek(raw: str) -> bytes:
+    """The key-encryption key: 32 bytes, URL-safe or standard base64."""
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except Exception:  # noqa: BLE001 - any decoding failure is the same config error
+        raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY is not valid base64") from None
+    if len(key) != 32:
+        raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY must decode to 32 bytes (try `jitgate init`)")
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker reads from its environment. Build with :meth:`from_env`."""
+
+    issuer: str
+    key_encryption_key: bytes = field(repr=False)
+    redis_url: str | None = None
+    redis_prefix: str = "jitgate:"
+    data_dir: Path = Path(".jitgate")
+    policy_dir: Path = Path("policies")
+    agents_file: Path = Path("agents.yaml")
+    approvers_file: Path = Path("approvers.yaml")
+    targets_file: Path = Path("targets.yaml")
+    request_ttl_s: int = 900
+    collect_ttl_s: int = 300
+    max_duration_s: int = 3600
+    signing_alg: str = "ES256"
+    key_rotation_s: int = 86400
+    sweep_interval_s: float = 0.5
+    max_body_bytes: int = 65536
+    security_group: str = "security"
+    oncall_group: str = "on-call"
+    email_binding: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    slack_bot_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    slack_signing_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    slack_app_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    slack_approvals_channel: str = ""
+    slack_security_channel: str = ""
+    slack_api_url: str = ""
+    microsoft_app_id: str = ""
+    microsoft_app_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    microsoft_app_tenant_id: str = ""
+    microsoft_app_type: str = "MultiTenant"
+    teams_approvals_conversation: str = ""
+    teams_security_conversation: str = ""
+    teams_openid_metadata_url: str = ""
+    teams_token_issuer: str = ""
+    teams_login_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        """Read settings; raise :class:`ConfigError` naming the first missing or bad one."""
+        env = dict(os.environ if env is None else env)
+        issuer = env.get("JITGATE_ISSUER", "").strip()
+        if not issuer:
+            raise ConfigError("JITGATE_ISSUER is not set (the broker's public URL, e.g. https://jitgate.example.com)")
+        kek_raw = env.get("JITGATE_KEY_ENCRYPTION_KEY", "").strip()
+        if not kek_raw:
+            raise ConfigError(
+                "JITGATE_KEY_ENCRYPTION_KEY is not set: it encrypts the token signing keys at rest "
+                "(generate one with `jitgate init`)"
+            )
+        alg = env.get("JITGATE_SIGNING_ALG", "ES256")
+        if alg not in ("ES256", "EdDSA"):
+            raise ConfigError(f"JITGATE_SIGNING_ALG must be ES256 or EdDSA, got {alg!r}")
+        return cls(
+            issuer=issuer.rstrip("/"),
+            key_encryption_key=decode_kek(kek_raw),
+            redis_url=env.get("REDIS_URL") or None,
+            redis_prefix=env.get("JITGATE_REDIS_PREFIX", "jitgate:"),
+            data_dir=Path(env.get("JITGATE_DATA_DIR", ".jitgate")),
+            policy_dir=Path(env.get("JITGATE_POLICY_DIR", "policies")),
+            agents_file=Path(env.get("JITGATE_AGENTS_FILE", "agents.yaml")),
+            approvers_file=Path(env.get("JITGATE_APPROVERS_FILE", "approvers.yaml")),
+            targets_file=Path(env.get("JITGATE_TARGETS_FILE", "targets.yaml")),
+            request_ttl_s=_int(env, "JITGATE_REQUEST_TTL_S", 900, 1, 7 * 86400),
+            collect_ttl_s=_int(env, "JITGATE_COLLECT_TTL_S", 300, 1, 86400),
+            max_duration_s=_int(env, "JITGATE_MAX_DURATION_S", 3600, 1, 7 * 86400),
+            signing_alg=alg,
+            key_rotation_s=_int(env, "JITGATE_KEY_ROTATION_S", 86400, 60, 365 * 86400),
+            sweep_interval_s=_float(env, "JITGATE_SWEEP_INTERVAL_S", 0.5),
+            max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
+            security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
+            oncall_group=env.get("JITGATE_ONCALL_GROUP", "on-call"),
+            email_binding=env.get("JITGATE_EMAIL_BINDING", "").lower() in ("1", "true", "yes"),
+            host=env.get("JITGATE_HOST", "127.0.0.1"),
+            port=_int(env, "JITGATE_PORT", 8080, 0, 65535),
+            slack_bot_token=Secret(env.get("SLACK_BOT_TOKEN", "")),
+            slack_signing_secret=Secret(env.get("SLACK_SIGNING_SECRET", "")),
+            slack_app_token=Secret(env.get("SLACK_APP_TOKEN", "")),
+            slack_approvals_channel=env.get("SLACK_APPROVALS_CHANNEL", ""),
+            slack_security_channel=env.get("SLACK_SECURITY_CHANNEL", ""),
+            slack_api_url=env.get("SLACK_API_URL", ""),
+            microsoft_app_id=env.get("MICROSOFT_APP_ID", ""),
+            microsoft_app_password=Secret(env.get("MICROSOFT_APP_PASSWORD", "")),
+            microsoft_app_tenant_id=env.get("MICROSOFT_APP_TENANT_ID", ""),
+            microsoft_app_type=env.get("MICROSOFT_APP_TYPE", "MultiTenant"),
+            teams_approvals_conversation=env.get("TEAMS_APPROVALS_CONVERSATION", ""),
+            teams_security_conversation=env.get("TEAMS_SECURITY_CONVERSATION", ""),
+            teams_openid_metadata_url=env.get("TEAMS_OPENID_METADATA_URL", ""),
+            teams_token_issuer=env.get("TEAMS_TOKEN_ISSUER", ""),
+            teams_login_url=env.get("TEAMS_LOGIN_URL", ""),
+        )
