@@ -54,3 +54,17 @@ async def redis(redis_url, prefix):
     async for key in client.scan_iter(match=prefix + "*", count=1000):
         await client.delete(key)
     await client.aclose()
+
+
+@pytest.fixture
+async def harness(tmp_path, redis_url, prefix, redis):
+    """A running broker on the test prefix, with test agents, approvers and policies."""
+    from broker.clock import ManualClock
+    from tests.support.harness import Harness, make_settings, write_agents
+
+    settings = make_settings(tmp_path, redis_url, prefix)
+    keys = write_agents(settings.agents_file)
+    h = Harness(settings, keys, ManualClock())
+    await h.start()
+    yield h
+    await h.stop()

@@ -1,0 +1,263 @@
+"""HTTP routes. Each handler parses, authenticates, calls one lifecycle function and
+renders the answer; errors are RFC 9457 problem+json and bad input is never a 500."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import BrokerError, InvalidRequest, PayloadTooLarge, Unavailable
+from .model import TERMINAL, Proposal, check_request_id
+from .openapi import openapi_document
+
+if TYPE_CHECKING:
+    from .app import Broker
+
+log = logging.getLogger("jitgate.api")
+
+PROBLEM = "application/problem+json"
+MAX_WAIT_S = 60
+
+
+def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def problem_response(err: BrokerError, instance: str | None = None) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="jitgate"'} if err.status == 401 else None
+    return Response(orjson.dumps(err.to_problem(instance)), status_code=err.status, media_type=PROBLEM, headers=headers)
+
+
+async def read_body(request: HttpRequest, limit: int) -> bytes:
+    """The raw body, refusing anything over ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        except ValueError:
+            raise InvalidRequest("malformed Content-Length") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: HttpRequest, limit: int):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise InvalidRequest("send the body as application/json")
+    raw = await read_body(request, limit)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"the body is not valid JSON: {e.msg} at position {e.pos}") from None
+
+
+async def read_form(request: HttpRequest, limit: int) -> dict[str, str]:
+    """RFC 7662/7009 bodies are form-encoded; JSON is accepted too."""
+    raw = await read_body(request, limit)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        return {k: v for k, v in body.items() if isinstance(v, str)}
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("send the body as application/x-www-form-urlencoded")
+    try:
+        parsed = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not UTF-8") from None
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def make_routes(broker: "Broker") -> list[Route]:
+    """The agent API, token endpoints, discovery and health."""
+    s = broker.settings
+    life = broker.lifecycle
+    limit = s.max_body_bytes
+
+    async def agent_of(request: HttpRequest):
+        broker.maybe_reload()
+        try:
+            agent, _claims = await broker.verifier.verify_agent(request.headers.get("authorization"))
+        except BrokerError:
+            broker.metrics.count("auth_failures")
+            raise
+        return agent
+
+    def rid(request: HttpRequest) -> str:
+        return check_request_id(request.path_params["id"])
+
+    async def propose(request: HttpRequest) -> Response:
+        agent = await agent_of(request)
+        proposal = Proposal.parse(await read_json(request, limit))
+        req, created = await life.submit(agent, proposal, request.headers.get("idempotency-key"))
+        headers = {"Location": f"/v1/escalations/{req.id}"}
+        return json_response(req.to_public(), 201 if created else 200, headers)
+
+    async def status(request: HttpRequest) -> Response:
+        agent = await agent_of(request)
+        request_id = rid(request)
+        raw_wait = request.query_params.get("wait", "0")
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            raise InvalidRequest("'wait' must be a number of seconds") from None
+        if not 0 <= wait <= MAX_WAIT_S:
+            raise InvalidRequest(f"'wait' must be between 0 and {MAX_WAIT_S} seconds")
+        if wait == 0:
+            return json_response((await life.get_for_agent(request_id, agent)).to_public())
+        waiter = broker.wakeups.register(request_id)
+        broker.metrics.waiters.inc()
+        try:
+            req = await life.get_for_agent(request_id, agent)
+            if req.status not in TERMINAL:
+                if await broker.wakeups.wait(waiter, req.status, wait):
+                    req = await life.get_for_agent(request_id, agent)
+        finally:
+            broker.metrics.waiters.dec()
+            broker.wakeups.unregister(request_id, waiter)
+        return json_response(req.to_public())
+
+    async def collect(request: HttpRequest) -> Response:
+        agent = await agent_of(request)
+        _req, token = await life.collect(rid(request), agent)
+        return json_response(token.to_json(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def complete(request: HttpRequest) -> Response:
+        agent = await agent_of(request)
+        return json_response((await life.complete(rid(request), agent)).to_public())
+
+    async def withdraw(request: HttpRequest) -> Response:
+        agent = await agent_of(request)
+        return json_response((await life.cancel(rid(request), agent)).to_public())
+
+    async def introspect(request: HttpRequest) -> Response:
+        broker.maybe_reload()
+        await broker.verifier.verify_resource_server(request.headers.get("authorization"))
+        form = await read_form(request, limit)
+        token = form.get("token", "")
+        if not token:
+            raise InvalidRequest("'token' is required")
+        return json_response(await life.introspect(token), headers={"Cache-Control": "no-store"})
+
+    async def revoke(request: HttpRequest) -> Response:
+        broker.maybe_reload()
+        auth = request.headers.get("authorization")
+        try:
+            server, _ = await broker.verifier.verify_resource_server(auth)
+            by = f"resource_server:{server.id}"
+        except BrokerError:
+            agent, _ = await broker.verifier.verify_agent(auth)
+            by = f"agent:{agent.id}"
+        form = await read_form(request, limit)
+        token = form.get("token", "")
+        if not token:
+            raise InvalidRequest("'token' is required")
+        await life.revoke_token(token, by=by)
+        return Response(b"", status_code=200)
+
+    async def jwks(request: HttpRequest) -> Response:
+        return json_response(broker.keyring.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    async def metadata(request: HttpRequest) -> Response:
+        iss = s.issuer
+        return json_response({
+            "issuer": iss,
+            "jwks_uri": f"{iss}/.well-known/jwks.json",
+            "introspection_endpoint": f"{iss}/v1/introspect",
+            "revocation_endpoint": f"{iss}/v1/revoke",
+            "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
+            "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
+            "authorization_details_types_supported": ["agent_escalation"],
+            "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
+            "grant_types_supported": ["urn:jitgate:params:grant-type:escalation"],
+            "response_types_supported": [],
+            "service_documentation": f"{iss}/openapi.json",
+        })
+
+    async def healthz(request: HttpRequest) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: HttpRequest) -> Response:
+        started = time.perf_counter()
+        try:
+            await broker.redis.ping()
+        except Exception as e:  # noqa: BLE001 - any failure means not ready
+            raise Unavailable(f"Redis is not reachable ({e.__class__.__name__})") from None
+        return json_response({"status": "ready", "redis_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    async def metrics(request: HttpRequest) -> Response:
+        from .metrics import CONTENT_TYPE  # noqa: PLC0415
+
+        return Response(broker.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def openapi(request: HttpRequest) -> Response:
+        return json_response(openapi_document(s.issuer))
+
+    return [
+        Route("/v1/escalations", propose, methods=["POST"]),
+        Route("/v1/escalations/{id}", status, methods=["GET"]),
+        Route("/v1/escalations/{id}", withdraw, methods=["DELETE"]),
+        Route("/v1/escalations/{id}/token", collect, methods=["POST"]),
+        Route("/v1/escalations/{id}/complete", complete, methods=["POST"]),
+        Route("/v1/introspect", introspect, methods=["POST"]),
+        Route("/v1/revoke", revoke, methods=["POST"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+def exception_handlers(get_broker) -> dict:
+    """Render every error as problem+json; an unexpected one is logged and hidden.
+
+    ``get_broker`` returns the broker once built (handlers are registered before the
+    lifespan builds it, because Starlette fixes its middleware at the first call).
+    """
+
+    async def on_broker_error(request: HttpRequest, exc: BrokerError) -> Response:
+        broker = get_broker()
+        if broker is not None:
+            broker.metrics.count("http_errors", code=exc.code)
+        return problem_response(exc, request.url.path)
+
+    async def on_http(request: HttpRequest, exc: HTTPException) -> Response:
+        err = BrokerError(exc.detail or "request failed")
+        err.status = exc.status_code
+        err.code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        err.title = "Not found" if exc.status_code == 404 else "Request failed"
+        headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
+        resp = problem_response(err, request.url.path)
+        if headers:
+            resp.headers.update(headers)
+        return resp
+
+    async def on_unexpected(request: HttpRequest, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        err = BrokerError("internal error; it was logged")
+        err.status, err.code, err.title = 500, "internal", "Internal error"
+        return problem_response(err, request.url.path)
+
+    return {BrokerError: on_broker_error, HTTPException: on_http, Exception: on_unexpected}

@@ -1,0 +1,145 @@
+"""Composition root: builds every part from the settings, explicitly, in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+
+from .api import exception_handlers, make_routes
+from .clock import Clock, SystemClock
+from .config import Settings
+from .directory import Directory
+from .errors import ConfigError
+from .identity import AssertionVerifier, Registry
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .notify import Dispatcher, LoggingNotifier, Notifier
+from .policy import PolicyGate, PrincipalInfo
+from .scheduler import Scheduler
+from .store import Store
+from .tokens import KeyRing
+from .wakeups import Wakeups
+
+log = logging.getLogger("jitgate")
+
+RELOAD_CHECK_S = 2.0
+
+
+@dataclass
+class Broker:
+    """Every long-lived part of one broker process."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    store: Store
+    registry: Registry
+    directory: Directory
+    gate: PolicyGate
+    keyring: KeyRing
+    verifier: AssertionVerifier
+    lifecycle: Lifecycle
+    wakeups: Wakeups
+    scheduler: Scheduler
+    metrics: Metrics
+    dispatcher: Dispatcher
+    _last_reload: float = field(default=0.0)
+
+    def maybe_reload(self) -> None:
+        """Pick up edited agents, approvers, targets and policies (checked every 2 s at most).
+
+        A broken new file is refused and the previous version stays in force.
+        """
+        now = time.monotonic()
+        if now - self._last_reload < RELOAD_CHECK_S:
+            return
+        self._last_reload = now
+        try:
+            if self.registry.reload_if_changed():
+                self.gate.set_agents(principals(self.registry))
+            if self.directory.reload_if_changed():
+                self.gate.set_directory(self.directory)
+            self.gate.reload_if_changed()
+        except Exception as e:  # noqa: BLE001 - keep serving with the last good version
+            log.error("reload refused, keeping the previous version: %s", e)
+
+
+def principals(registry: Registry) -> list[PrincipalInfo]:
+    return [PrincipalInfo(a.id, a.owner, a.team) for a in registry.agents]
+
+
+async def build(
+    settings: Settings,
+    *,
+    redis: aioredis.Redis | None = None,
+    clock: Clock | None = None,
+    notifiers: list[Notifier] | None = None,
+    start_background: bool = True,
+) -> Broker:
+    """Build and start a broker. Refuses (ConfigError/PolicyError) when anything is missing."""
+    if redis is None:
+        if not settings.redis_url:
+            raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
+        redis = aioredis.from_url(settings.redis_url)
+    clock = clock or SystemClock()
+    registry = Registry.load(settings.agents_file)
+    directory = Directory.load(settings.approvers_file, settings.targets_file)
+    gate = PolicyGate.load(settings.policy_dir, directory, principals(registry))
+    store = Store(redis, settings.redis_prefix)
+    keyring = KeyRing(redis, settings.redis_prefix, settings.key_encryption_key, alg=settings.signing_alg,
+                      clock=clock, rotation_s=settings.key_rotation_s,
+                      retain_s=max(settings.max_duration_s * 2, 3600))
+    await keyring.ensure()
+    verifier = AssertionVerifier(registry, redis, settings.redis_prefix, audience=settings.issuer, clock=clock)
+    metrics = Metrics()
+    dispatcher = Dispatcher(notifiers if notifiers is not None else [LoggingNotifier()])
+    lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
+                          dispatcher=dispatcher, clock=clock, metrics=metrics)
+    wakeups = Wakeups(redis, store.channel)
+    scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s)
+    broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
+                    wakeups, scheduler, metrics, dispatcher)
+    if start_background:
+        await wakeups.start()
+        await scheduler.start()
+    return broker
+
+
+async def shutdown(broker: Broker) -> None:
+    """Stop background work, let notifications finish, close Redis."""
+    await broker.scheduler.stop()
+    await broker.dispatcher.drain(5)
+    await broker.wakeups.stop()
+    await broker.redis.aclose()
+
+
+def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwargs) -> Starlette:
+    """The ASGI app. With ``broker`` given (tests) it is used as is; otherwise one is built
+    in the lifespan and shut down with it."""
+    holder: dict = {"broker": broker}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        owned = holder["broker"] is None
+        if owned:
+            holder["broker"] = await build(settings, **build_kwargs)
+            _mount(app, holder["broker"])
+        try:
+            yield
+        finally:
+            if owned:
+                await shutdown(holder["broker"])
+
+    app = Starlette(lifespan=lifespan, exception_handlers=exception_handlers(lambda: holder["broker"]))
+    if broker is not None:
+        _mount(app, broker)
+    return app
+
+
+def _mount(app: Starlette, broker: Broker) -> None:
+    app.router.routes.extend(make_routes(broker))
+    app.state.broker = broker

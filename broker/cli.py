@@ -1,0 +1,364 @@
+"""The ``jitgate`` command: run the broker, and the operator's tools.
+
+Operator commands talk to Redis directly (they are for people who hold the Redis
+credentials) and go through exactly the same lifecycle checks as a chat click.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+
+from .config import Settings, load_dotenv
+from .errors import BrokerError
+
+log = logging.getLogger("jitgate")
+
+
+def _settings() -> Settings:
+    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
+    return Settings.from_env()
+
+
+def _redis_url_for_tools(settings: Settings) -> str:
+    """REDIS_URL, or the socket of the embedded Redis that `jitgate serve` started."""
+    if settings.redis_url:
+        return settings.redis_url
+    sock = settings.data_dir / "redis" / "redis.sock"
+    if sock.exists():
+        return f"unix://{sock.resolve()}?db=0"
+    raise BrokerError("REDIS_URL is unset and no embedded Redis is running (start `jitgate serve` first)")
+
+
+async def _with_broker(fn):
+    """Build a broker without background jobs against the configured Redis; run ``fn``."""
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    from .app import build  # noqa: PLC0415
+
+    settings = _settings()
+    client = aioredis.from_url(_redis_url_for_tools(settings))
+    broker = await build(settings, redis=client, notifiers=[], start_background=False)
+    try:
+        return await fn(broker)
+    finally:
+        await broker.dispatcher.drain(5)
+        await client.aclose()
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from .app import create_app  # noqa: PLC0415
+    from .embedded_redis import RedisServer  # noqa: PLC0415
+
+    settings = _settings()
+    server = None
+    if not settings.redis_url:
+        server = RedisServer(data_dir=settings.data_dir / "redis").start()
+        log.warning("REDIS_URL unset: started an embedded Redis with AOF persistence at %s", server.url)
+        settings = Settings(**{**settings.__dict__, "redis_url": server.url})
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    try:
+        app = create_app(settings)
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                                lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run()
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+# ---------------------------------------------------------------------- init
+def cmd_init(args) -> int:
+    """Write a .env with fresh secrets and a demo agent (never overwrites)."""
+    from .identity import add_agent, generate_key  # noqa: PLC0415
+
+    env = Path(args.env)
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o700)
+    if env.exists():
+        print(f"{env} exists; left as it is")
+    else:
+        kek = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        lines = [
+            "# written by `jitgate init`; see .env.example for every setting",
+            f"JITGATE_ISSUER=http://127.0.0.1:{args.port}",
+            f"JITGATE_PORT={args.port}",
+            f"JITGATE_KEY_ENCRYPTION_KEY={kek}",
+            f"JITGATE_DATA_DIR={data}",
+            "JITGATE_POLICY_DIR=policies",
+            f"JITGATE_AGENTS_FILE={data}/agents.yaml",
+            "JITGATE_APPROVERS_FILE=examples/approvers.yaml",
+            "JITGATE_TARGETS_FILE=examples/targets.yaml",
+        ]
+        env.write_text("\n".join(lines) + "\n")
+        os.chmod(env, 0o600)
+        print(f"wrote {env}")
+    key_file = data / "demo-agent.pem"
+    agents_file = data / "agents.yaml"
+    if not key_file.exists():
+        pem, jwk = generate_key("Ed25519")
+        key_file.write_bytes(pem)
+        os.chmod(key_file, 0o600)
+        add_agent(agents_file, id="demo-agent", owner="dave", team="platform", public_jwk=jwk)
+        print(f"demo agent 'demo-agent': private key {key_file}, registered in {agents_file}")
+    return 0
+
+
+# ---------------------------------------------------------------------- agents
+def cmd_agents_add(args) -> int:
+    from .identity import add_agent, generate_key  # noqa: PLC0415
+
+    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
+    path = Path(args.file or os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml"))
+    if args.generate:
+        pem, jwk = generate_key(args.kind)
+        out = Path(args.generate)
+        if out.exists():
+            print(f"{out} exists; refusing to overwrite a private key", file=sys.stderr)
+            return 2
+        out.write_bytes(pem)
+        os.chmod(out, 0o600)
+        print(f"private key written to {out} (give it to the agent only)")
+    elif args.public_key:
+        jwk = json.loads(Path(args.public_key).read_text())
+    else:
+        print("give --public-key FILE (a public JWK) or --generate KEYFILE", file=sys.stderr)
+        return 2
+    agent = add_agent(path, id=args.id, owner=args.owner, team=args.team, public_jwk=jwk)
+    print(f"registered agent {agent.id} (kid {agent.kid}) in {path}")
+    return 0
+
+
+def cmd_agents_list(args) -> int:
+    from .identity import Registry  # noqa: PLC0415
+
+    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
+    reg = Registry.load(Path(os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml")))
+    for a in reg.agents:
+        print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
+    for r in reg.resource_servers:
+        print(f"{r.id}\tresource-server\tkid={r.kid}")
+    return 0
+
+
+def cmd_assertion(args) -> int:
+    """Print a fresh agent assertion (for curl walk-throughs)."""
+    from .identity import load_private_key, make_assertion  # noqa: PLC0415
+
+    settings = _settings()
+    key = load_private_key(Path(args.key).read_bytes())
+    print(make_assertion(key, agent_id=args.agent, audience=settings.issuer, lifetime_s=args.lifetime))
+    return 0
+
+
+# ---------------------------------------------------------------------- requests
+def _print_request(req, verbose: bool = False) -> None:
+    d = req.to_public()
+    if verbose:
+        print(json.dumps(d, indent=2))
+        return
+    need = d["decision"].get("approvals_required", 0)
+    print(f"{d['id']}  {d['status']:<9}  {d['agent']:<16} {d['action']:<12} {d['target']:<28} "
+          f"approvals {len(d['approvals'])}/{need}  {d['created_at']}")
+
+
+def cmd_requests_list(args) -> int:
+    async def run(broker):
+        reqs = await broker.store.scan_requests(limit=args.limit)
+        for r in reqs:
+            if args.status and r.status != args.status:
+                continue
+            _print_request(r)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_requests_show(args) -> int:
+    async def run(broker):
+        _print_request(await broker.lifecycle.get(args.id), verbose=True)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_requests_decide(args) -> int:
+    async def run(broker):
+        life = broker.lifecycle
+        approver = life.operator_approver(args.as_)
+        who = f"os:{life.os_user()}"
+        if args.decision == "approve":
+            req = await life.approve(args.id, approver, channel="cli", platform_user=who, duration_s=args.duration)
+        else:
+            req = await life.deny(args.id, approver, channel="cli", reason=args.reason or "", platform_user=who)
+        _print_request(req)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_requests_revoke(args) -> int:
+    async def run(broker):
+        life = broker.lifecycle
+        req = await life.revoke(args.id, by=f"cli:{args.as_ or life.os_user()}", reason=args.reason, channel="cli")
+        _print_request(req)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+# ---------------------------------------------------------------------- audit
+def cmd_audit_verify(args) -> int:
+    from .audit import verify  # noqa: PLC0415
+
+    async def run(broker):
+        result = await verify(broker.redis, broker.store.audit_stream, broker.store.audit_head)
+        print(result)
+        return 0 if result.ok else 1
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_export(args) -> int:
+    from .audit import export  # noqa: PLC0415
+
+    async def run(broker):
+        if args.out and args.out != "-":
+            with open(args.out, "w") as f:
+                n = await export(broker.redis, broker.store.audit_stream, f)
+            print(f"exported {n} entries to {args.out}", file=sys.stderr)
+        else:
+            await export(broker.redis, broker.store.audit_stream, sys.stdout)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+# ---------------------------------------------------------------------- policy
+def cmd_policy_check(args) -> int:
+    """Dry-run a proposal file ({"agent": ..., "action": ..., ...}) and explain the decision."""
+    import time  # noqa: PLC0415
+
+    from .app import principals  # noqa: PLC0415
+    from .directory import Directory  # noqa: PLC0415
+    from .identity import Registry  # noqa: PLC0415
+    from .model import Proposal  # noqa: PLC0415
+    from .policy import PolicyGate  # noqa: PLC0415
+
+    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
+    env = os.environ
+    body = json.loads(Path(args.file).read_text())
+    agent_id = body.pop("agent", None)
+    posture = body.pop("posture", "normal")
+    if not agent_id:
+        print("the file needs an 'agent' field naming the requesting agent", file=sys.stderr)
+        return 2
+    proposal = Proposal.parse(body)
+    registry = Registry.load(Path(env.get("JITGATE_AGENTS_FILE", "agents.yaml")))
+    directory = Directory.load(Path(env.get("JITGATE_APPROVERS_FILE", "approvers.yaml")), Path(env.get("JITGATE_TARGETS_FILE", "targets.yaml")))
+    gate = PolicyGate.load(Path(args.policy_dir or env.get("JITGATE_POLICY_DIR", "policies")), directory, principals(registry))
+    context = {
+        "confidence": proposal.confidence_pct, "duration_s": proposal.duration_s, "posture": posture,
+        "evidence_count": len(proposal.evidence), "delegation_depth": len(proposal.delegation),
+        "hour_utc": time.gmtime().tm_hour, "break_glass": False,
+    }
+    result = gate.explain(agent_id=agent_id, action=proposal.action, target=proposal.target, context=context)
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result.get("decision", {}).get("outcome") != "deny" else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="jitgate", description="Just-in-time privilege broker for AI agents")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the broker (embedded Redis when REDIS_URL is unset)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("init", help="write a .env with fresh secrets and a demo agent key")
+    s.add_argument("--env", default=".env")
+    s.add_argument("--data-dir", default=".jitgate")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("assertion", help="print a fresh agent assertion (for curl)")
+    s.add_argument("--agent", required=True)
+    s.add_argument("--key", required=True, help="the agent's private key (PEM)")
+    s.add_argument("--lifetime", type=int, default=60)
+    s.set_defaults(fn=cmd_assertion)
+
+    agents = sub.add_parser("agents", help="register agents").add_subparsers(dest="sub", required=True)
+    s = agents.add_parser("add", help="register an agent's public key")
+    s.add_argument("id")
+    s.add_argument("--owner")
+    s.add_argument("--team")
+    s.add_argument("--public-key", help="file with the agent's public JWK")
+    s.add_argument("--generate", metavar="KEYFILE", help="generate a key pair; write the private key here")
+    s.add_argument("--kind", choices=["Ed25519", "P-256"], default="Ed25519")
+    s.add_argument("--file", help="agents file (default JITGATE_AGENTS_FILE)")
+    s.set_defaults(fn=cmd_agents_add)
+    s = agents.add_parser("list")
+    s.set_defaults(fn=cmd_agents_list)
+
+    reqs = sub.add_parser("requests", help="inspect and decide requests").add_subparsers(dest="sub", required=True)
+    s = reqs.add_parser("list")
+    s.add_argument("--status")
+    s.add_argument("--limit", type=int, default=100)
+    s.set_defaults(fn=cmd_requests_list)
+    s = reqs.add_parser("show")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_requests_show)
+    for name in ("approve", "deny"):
+        s = reqs.add_parser(name)
+        s.add_argument("id")
+        s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
+        s.add_argument("--reason")
+        s.add_argument("--duration", type=int, help="approve for fewer seconds than requested")
+        s.set_defaults(fn=cmd_requests_decide, decision=name)
+    s = reqs.add_parser("revoke")
+    s.add_argument("id")
+    s.add_argument("--as", dest="as_")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_requests_revoke)
+
+    audit = sub.add_parser("audit", help="verify or export the audit log").add_subparsers(dest="sub", required=True)
+    s = audit.add_parser("verify")
+    s.set_defaults(fn=cmd_audit_verify)
+    s = audit.add_parser("export")
+    s.add_argument("--out", default="-")
+    s.set_defaults(fn=cmd_audit_export)
+
+    pol = sub.add_parser("policy", help="policy tools").add_subparsers(dest="sub", required=True)
+    s = pol.add_parser("check", help="dry-run a proposal file and explain the decision")
+    s.add_argument("file")
+    s.add_argument("--policy-dir")
+    s.set_defaults(fn=cmd_policy_check)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except BrokerError as e:
+        print(f"jitgate: {e.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

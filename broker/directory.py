@@ -1,0 +1,387 @@
+"""Who may approve and what can be touched: ``approvers.yaml`` and ``targets.yaml``.
+
+The directory is read at start and re-read when a file changes. Both files are
+operator-written configuration, so every entry is checked strictly and a mistake
+refuses the whole file with a message naming the file and the entry: a typo in a
+group name or a chat binding must not silently hand out (or take away) the right
+to approve.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+MAX_ID_LEN = 200
+# An operator file larger than this is a mistake (or an attack on the parser), not a directory.
+MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_ENTRIES = 10_000
+MAX_ATTR_LIST = 100
+_CEDAR_LONG_MAX = 2**63 - 1
+# Cc: control characters; Cf: invisible format characters (bidi overrides, zero-width joiners)
+# that make two different ids look identical in a chat message; Zl/Zp: line/paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+_APPROVER_KEYS = frozenset({"id", "groups", "slack", "teams", "email", "slack_usergroups"})
+_TARGET_KEYS = frozenset({"id", "env", "attributes"})
+# ``name`` is set by the policy gate from the target id; an attribute may not shadow it.
+_RESERVED_TARGET_ATTRS = frozenset({"name"})
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` is not an acceptable identifier, or ``None`` when it is.
+
+    Identifiers are non-empty strings of at most 200 characters without control or
+    invisible format characters and without surrounding whitespace.
+    """
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__} (quote it in YAML)"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LEN:
+        return f"must be at most {MAX_ID_LEN} characters"
+    if value != value.strip():
+        return "must not start or end with whitespace"
+    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value):
+        return "must not contain control characters"
+    return None
+
+
+def is_valid_id(value: object) -> bool:
+    """True when ``value`` is an acceptable identifier (see :func:`id_problem`)."""
+    return id_problem(value) is None
+
+
+@dataclass(frozen=True)
+class Approver:
+    """A person who may approve requests, with their groups and chat identities."""
+
+    id: str
+    groups: frozenset[str]
+    slack: str | None = None
+    teams: str | None = None
+    email: str | None = None
+    slack_usergroups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A system an agent may ask to touch. ``attributes`` is read-only by convention."""
+
+    id: str
+    env: str | None = None
+    # A dict cannot be hashed; the id (plus env) identifies a target anyway.
+    attributes: dict = field(default_factory=dict, hash=False)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key; let the base constructor report it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_list(path: Path, key: str) -> list:
+    """The list under ``key`` in the YAML file at ``path``; a missing file is an empty list."""
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        doc = yaml.load(raw.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if doc is None:
+        return []
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with a '{key}:' list at the top")
+    unknown = set(doc) - {key}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(map(str, unknown))}; expected only '{key}'")
+    entries = doc.get(key)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: '{key}' must be a list")
+    if len(entries) > MAX_ENTRIES:
+        raise ConfigError(f"{path}: more than {MAX_ENTRIES} entries under '{key}'")
+    return entries
+
+
+def _where(path: Path | str, index: int, entry: object) -> str:
+    """Name an entry for an error message: file, position and id when it has one."""
+    name = entry.get("id") if isinstance(entry, dict) else None
+    label = f"entry {index + 1}"
+    if isinstance(name, str) and is_valid_id(name):
+        label += f" (id {name!r})"
+    return f"{path}: {label}"
+
+
+def _check_id(value: object, what: str, where: str) -> str:
+    problem = id_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {what} {problem}")
+    return value  # type: ignore[return-value]
+
+
+def _optional_id(entry: dict, key: str, where: str) -> str | None:
+    value = entry.get(key)
+    return None if value is None else _check_id(value, key, where)
+
+
+def _id_list(entry: dict, key: str, where: str) -> list[str]:
+    value = entry.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {key} must be a list of strings")
+    if len(value) > MAX_ATTR_LIST:
+        raise ConfigError(f"{where}: {key} has more than {MAX_ATTR_LIST} items")
+    return [_check_id(item, f"each of {key}", where) for item in value]
+
+
+def _parse_approver(entry: object, where: str) -> Approver:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a mapping with at least 'id'")
+    unknown = set(entry) - _APPROVER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_APPROVER_KEYS)}")
+    email = _optional_id(entry, "email", where)
+    if email is not None and ("@" not in email or any(ch.isspace() for ch in email)):
+        raise ConfigError(f"{where}: email {email!r} is not an e-mail address")
+    return Approver(
+        id=_check_id(entry.get("id"), "id", where),
+        groups=frozenset(_id_list(entry, "groups", where)),
+        slack=_optional_id(entry, "slack", where),
+        teams=_optional_id(entry, "teams", where),
+        email=email,
+        slack_usergroups=tuple(_id_list(entry, "slack_usergroups", where)),
+    )
+
+
+def _attr_value(value: object, key: str, where: str) -> object:
+    """Attribute values Cedar can hold without ambiguity: strings, whole numbers, booleans, lists of them."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if not -_CEDAR_LONG_MAX - 1 <= value <= _CEDAR_LONG_MAX:
+            raise ConfigError(f"{where}: attribute {key!r} is out of range for a Cedar Long")
+        return value
+    if isinstance(value, list):
+        if len(value) > MAX_ATTR_LIST:
+            raise ConfigError(f"{where}: attribute {key!r} has more than {MAX_ATTR_LIST} items")
+        items = tuple(_attr_value(item, key, where) for item in value)
+        if any(isinstance(item, tuple) for item in items):
+            raise ConfigError(f"{where}: attribute {key!r} may not nest lists")
+        return items
+    # Floats have no Cedar type; maps would be read by Cedar as entity references when
+    # they carry ``__entity`` keys, so they are refused rather than guessed at.
+    raise ConfigError(
+        f"{where}: attribute {key!r} must be a string, an integer, a boolean or a list of those, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _parse_target(entry: object, where: str) -> Target:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a mapping with at least 'id'")
+    unknown = set(entry) - _TARGET_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_TARGET_KEYS)}")
+    target_id = _check_id(entry.get("id"), "id", where)
+    raw_attrs = entry.get("attributes")
+    if raw_attrs is None:
+        raw_attrs = {}
+    if not isinstance(raw_attrs, dict):
+        raise ConfigError(f"{where}: attributes must be a mapping")
+    attributes: dict = {}
+    for key, value in raw_attrs.items():
+        _check_id(key, "attribute name", where)
+        if key in _RESERVED_TARGET_ATTRS:
+            raise ConfigError(f"{where}: attribute {key!r} is reserved (it is set from the target id)")
+        attributes[key] = _attr_value(value, key, where)
+    return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes)
+
+
+def _fingerprint(path: Path | None) -> tuple:
+    if path is None:
+        return ()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (str(path), None)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One consistent view of both files; swapped whole so readers never see half a reload."""
+
+    approvers: tuple[Approver, ...]
+    targets: tuple[Target, ...]
+    by_id: Mapping[str, Approver]
+    targets_by_id: Mapping[str, Target]
+    by_slack: Mapping[str, Approver]
+    by_teams: Mapping[str, Approver]
+    by_email: Mapping[str, Approver]
+
+
+def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_src: str, targets_src: str) -> _Snapshot:
+    """Build the lookup tables; two entries claiming the same id or chat identity are an error."""
+    approvers, targets = tuple(approvers), tuple(targets)
+    by_id: dict[str, Approver] = {}
+    bindings: dict[str, dict[str, Approver]] = {"slack": {}, "teams": {}, "email": {}}
+    for n, approver in enumerate(approvers):
+        where = f"{approvers_src}: entry {n + 1} (id {approver.id!r})"
+        if approver.id in by_id:
+            raise ConfigError(f"{where}: duplicate approver id")
+        by_id[approver.id] = approver
+        # One chat identity bound to two approvers would let one person act as either.
+        for kind, value in (("slack", approver.slack), ("teams", approver.teams), ("email", approver.email)):
+            if value is None:
+                continue
+            key = value if kind == "slack" else value.lower()
+            other = bindings[kind].get(key)
+            if other is not None:
+                raise ConfigError(f"{where}: {kind} identity {value!r} is already bound to approver {other.id!r}")
+            bindings[kind][key] = approver
+    targets_by_id: dict[str, Target] = {}
+    for n, target in enumerate(targets):
+        if target.id in targets_by_id:
+            raise ConfigError(f"{targets_src}: entry {n + 1} (id {target.id!r}): duplicate target id")
+        targets_by_id[target.id] = target
+    return _Snapshot(approvers, targets, by_id, targets_by_id, bindings["slack"], bindings["teams"], bindings["email"])
+
+
+class Directory:
+    """Approvers and targets, with lookups by id, group and chat identity.
+
+    Build from files with :meth:`load` (and call :meth:`reload_if_changed` to follow
+    edits), or directly from entries in tests.
+    """
+
+    def __init__(
+        self,
+        approvers: Iterable[Approver] = (),
+        targets: Iterable[Target] = (),
+        *,
+        approvers_path: Path | None = None,
+        targets_path: Path | None = None,
+    ) -> None:
+        """Index the given entries; raise :class:`ConfigError` on duplicate ids or chat bindings."""
+        self._approvers_path = approvers_path
+        self._targets_path = targets_path
+        self._lock = threading.Lock()
+        self._snap = _index(approvers, targets, str(approvers_path or "approvers"), str(targets_path or "targets"))
+        self._fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
+
+    @classmethod
+    def load(cls, approvers_path: Path, targets_path: Path) -> "Directory":
+        """Read both files; a missing file is an empty list, anything malformed raises :class:`ConfigError`."""
+        approvers_path, targets_path = Path(approvers_path), Path(targets_path)
+        fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
+        approvers, targets = cls._read(approvers_path, targets_path)
+        directory = cls(approvers, targets, approvers_path=approvers_path, targets_path=targets_path)
+        # The fingerprint taken before reading: an edit racing the read shows up as a change later.
+        directory._fingerprint = fingerprint
+        return directory
+
+    @staticmethod
+    def _read(approvers_path: Path, targets_path: Path) -> tuple[list[Approver], list[Target]]:
+        approvers = [
+            _parse_approver(entry, _where(approvers_path, n, entry))
+            for n, entry in enumerate(_read_list(approvers_path, "approvers"))
+        ]
+        targets = [
+            _parse_target(entry, _where(targets_path, n, entry))
+            for n, entry in enumerate(_read_list(targets_path, "targets"))
+        ]
+        return approvers, targets
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the files when their modification time, size or existence changed.
+
+        Returns True when new data was loaded. A broken new version raises
+        :class:`ConfigError` and the previous data stays in use; the next call tries
+        again, so the error keeps being reported until the file is fixed.
+        """
+        if self._approvers_path is None or self._targets_path is None:
+            return False
+        with self._lock:
+            fingerprint = (_fingerprint(self._approvers_path), _fingerprint(self._targets_path))
+            if fingerprint == self._fingerprint:
+                return False
+            approvers, targets = self._read(self._approvers_path, self._targets_path)
+            self._snap = _index(approvers, targets, str(self._approvers_path), str(self._targets_path))
+            self._fingerprint = fingerprint
+            return True
+
+    @property
+    def approvers(self) -> tuple[Approver, ...]:
+        """All approvers, in file order."""
+        return self._snap.approvers
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """All targets, in file order."""
+        return self._snap.targets
+
+    def approver(self, approver_id: str) -> Approver | None:
+        """The approver with this id, or None."""
+        return self._snap.by_id.get(approver_id)
+
+    def target(self, target_id: str) -> Target | None:
+        """The target with this id, or None."""
+        return self._snap.targets_by_id.get(target_id)
+
+    def members(self, group: str) -> tuple[Approver, ...]:
+        """The approvers in ``group``, in file order."""
+        return tuple(a for a in self._snap.approvers if group in a.groups)
+
+    def by_slack(self, user_id: str) -> Approver | None:
+        """The approver bound to this Slack user id (exact match), or None."""
+        return self._snap.by_slack.get(user_id)
+
+    def by_teams(self, aad_object_id: str) -> Approver | None:
+        """The approver bound to this Entra object id (GUIDs compare case-insensitively), or None."""
+        return self._snap.by_teams.get(aad_object_id.lower())
+
+    def by_email(self, email: str) -> Approver | None:
+        """The approver with this e-mail address (case-insensitive), or None.
+
+        Callers use this only when e-mail binding is enabled in the settings.
+        """
+        return self._snap.by_email.get(email.lower())

@@ -1,0 +1,527 @@
+"""The only place state changes: submit, approve, deny, cancel, collect, complete,
+revoke, expire.
+
+Each operation reads the request, decides in Python what *may* happen (who is asking,
+what policy said), then asks Redis for one compare-and-set that also appends the audit
+events. Redis decides what *does* happen: two approvers clicking at once, two replicas
+or a scheduler firing twice cannot produce two outcomes. A repeat of the same outcome is
+a no-op; a different one is a :class:`Conflict` that says what happened instead.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+import orjson
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import Clock, SystemClock, new_id
+from .config import Settings
+from .directory import Approver, Directory
+from .errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from .identity import Agent
+from .model import (
+    ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
+    Proposal, Request, iso,
+)
+from .notify import Dispatcher, MessageRef
+from .policy import Decision, PolicyGate
+from .store import Outcome, Store, event
+from .tokens import KeyRing, build_access_token_claims
+
+log = logging.getLogger("jitgate.lifecycle")
+
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token minted at collection (never stored)."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    authorization_details: list
+
+    def to_json(self) -> dict:
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+            "authorization_details": self.authorization_details,
+        }
+
+
+def _explain(req: Request) -> str:
+    """A short sentence for why a request cannot change any more."""
+    if req.status == DENIED and req.denial:
+        by = req.denial.get("by", "?")
+        return f"already denied by {by}: {req.denial.get('reason', '')}".rstrip(": ")
+    if req.status == APPROVED:
+        who = ", ".join(req.approvers) or "policy"
+        return f"already approved by {who}"
+    if req.status == ACTIVE:
+        return "already approved and the token was collected"
+    if req.status in (COMPLETED, REVOKED, EXPIRED, CANCELLED):
+        by = f" by {req.closed_by}" if req.closed_by else ""
+        return f"already {req.status}{by}"
+    return f"request is {req.status}"
+
+
+class Lifecycle:
+    """Composes the store, the policy gate, the key ring and the notifiers."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        gate: PolicyGate,
+        directory: Directory,
+        keyring: KeyRing,
+        dispatcher: Dispatcher | None = None,
+        clock: Clock | None = None,
+        metrics: Any = None,
+        retention_s: int = 30 * 86400,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gate = gate
+        self.directory = directory
+        self.keyring = keyring
+        self.dispatcher = dispatcher or Dispatcher([])
+        self.clock = clock or SystemClock()
+        self.metrics = metrics
+        self.retention_ms = retention_s * 1000
+        self._posture: tuple[float, str] = (0.0, "normal")
+
+    # ------------------------------------------------------------------ helpers
+    def _now(self) -> float:
+        return self.clock.now()
+
+    def _count(self, name: str, **labels: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(name, **labels)
+
+    async def posture(self) -> str:
+        """The current risk posture (``normal``/``elevated``/``incident``), cached for 1 s."""
+        at, value = self._posture
+        if time.monotonic() - at < 1.0:
+            return value
+        raw = await self.store.redis.get(self.store.prefix + "posture")
+        value = raw.decode() if raw else "normal"
+        if value not in ("normal", "elevated", "incident"):
+            value = "incident"  # unknown means the strictest
+        self._posture = (time.monotonic(), value)
+        return value
+
+    async def get(self, request_id: str) -> Request:
+        """The request as stored now; :class:`NotFound` if there is none."""
+        req = await self.store.load(request_id)
+        if req is None:
+            raise NotFound(f"no escalation {request_id}")
+        return req
+
+    async def get_for_agent(self, request_id: str, agent: Agent) -> Request:
+        """The request, if ``agent`` made it (others get the same 404 as a missing id)."""
+        req = await self.store.load(request_id)
+        if req is None or req.agent != agent.id:
+            raise NotFound(f"no escalation {request_id}")
+        return req
+
+    def _notify(self, kind: str, request_id: str) -> None:
+        """Tell the desks about a committed change, in the background."""
+        if not self.dispatcher.notifiers:
+            return
+        self.dispatcher.submit(lambda: self._deliver(kind, request_id))
+
+    async def _deliver(self, kind: str, request_id: str) -> None:
+        req = await self.store.load(request_id)
+        if req is None:
+            return
+        if kind == "proposed":
+            refs: list[MessageRef] = []
+            for n in self.dispatcher.notifiers:
+                try:
+                    refs.extend(await n.post_proposal(req))
+                except Exception:  # noqa: BLE001 - one desk failing must not silence the others
+                    log.exception("%s could not post request %s", n.name, request_id)
+            if refs:
+                at = iso(self._now())
+                ev = event("notification.posted", at, request_id, refs=[r.to_dict() for r in refs])
+                await self.store.append([ev], request_id, {"messages": orjson.dumps([r.to_dict() for r in refs]).decode()})
+            return
+        refs = [MessageRef.from_dict(m) for m in req.messages]
+        for n in self.dispatcher.notifiers:
+            mine = [r for r in refs if r.transport == n.name]
+            try:
+                await n.update(req, mine, kind)
+            except Exception:  # noqa: BLE001
+                log.exception("%s could not update request %s", n.name, request_id)
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, agent: Agent, proposal: Proposal, idempotency_key: str | None = None) -> tuple[Request, bool]:
+        """Record a proposal and the policy decision on it. Returns (request, created)."""
+        sha = proposal.sha256()
+        idem = None
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 200 or not idempotency_key.isprintable():
+                raise InvalidRequest("Idempotency-Key must be 1 to 200 printable characters")
+            idem = self.store.idem_key(agent.id, idempotency_key)
+            existing = await self.store.idempotent_id(idem)
+            if existing:
+                return await self._idempotent(existing, agent, sha), False
+
+        now = self._now()
+        context = {
+            "confidence": proposal.confidence_pct,
+            "duration_s": proposal.duration_s,
+            "posture": await self.posture(),
+            "evidence_count": len(proposal.evidence),
+            "delegation_depth": len(proposal.delegation),
+            "hour_utc": time.gmtime(now).tm_hour,
+            "break_glass": False,
+        }
+        try:
+            decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
+        except Exception as e:  # noqa: BLE001 - unknown means deny
+            log.exception("policy evaluation failed")
+            decision = Decision("deny", (), 0, None, None, None, None, f"policy evaluation failed: {e.__class__.__name__}")
+
+        rid = new_id()
+        at = iso(now)
+        actor = {"agent": agent.id, "owner": agent.owner}
+        events = [
+            event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key),
+            event("policy.decision", at, rid, None, **decision.to_dict(), context=context),
+        ]
+        fields: dict[str, Any] = {
+            "id": rid,
+            "agent": agent.id,
+            "owner": agent.owner or "",
+            "proposal": _json(proposal.to_dict()),
+            "proposal_sha256": sha,
+            "decision": _json(decision.to_dict()),
+            "approvals": "[]",
+            "created_at": repr(now),
+            "break_glass": "0",
+        }
+        deadline: int | None
+        if decision.outcome == "deny":
+            status, deadline = DENIED, None
+            denial = {"by": "policy", "reason": decision.reason, "policies": list(decision.policies), "at": at}
+            fields.update(denial=_json(denial), closed_at=repr(now), closed_by="policy")
+            events.append(event("request.denied", at, rid, {"policy": list(decision.policies)}, reason=decision.reason))
+        elif decision.outcome == "auto_grant":
+            status = APPROVED
+            fields["approved_duration_s"] = str(self._grant_duration(proposal, decision.to_dict(), []))
+            deadline = _ms(now + self.settings.collect_ttl_s)
+            events.append(event("request.approved", at, rid, {"policy": list(decision.policies)}, approved_duration_s=int(fields["approved_duration_s"])))
+        else:
+            status = PENDING
+            deadline = _ms(now + self.settings.request_ttl_s)
+        out = await self.store.create(rid, fields, status, events, deadline, idem, IDEMPOTENCY_TTL_MS)
+        if out.result == "exists":
+            return await self._idempotent(out.status, agent, sha), False
+        if not out.ok:
+            raise Conflict("could not create the request; retry")
+        self._count("decisions", outcome=decision.outcome)
+        req = await self.get(rid)
+        if status == PENDING:
+            self._notify("proposed", rid)
+        return req, True
+
+    async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
+        req = await self.store.load(request_id)
+        if req is None or req.agent != agent.id:
+            raise Conflict("this Idempotency-Key was used for a request that no longer exists; use a new key")
+        if req.proposal_sha256 != sha:
+            raise Conflict("this Idempotency-Key was already used for a different proposal; a changed proposal needs a new key")
+        return req
+
+    def _grant_duration(self, proposal: Proposal, decision: dict, approvals: list[dict]) -> int:
+        """Requested duration, capped by policy, settings and every approver's choice."""
+        limits = [proposal.duration_s, self.settings.max_duration_s]
+        if decision.get("max_duration_s"):
+            limits.append(int(decision["max_duration_s"]))
+        limits += [int(a["duration_s"]) for a in approvals if a.get("duration_s")]
+        return max(1, min(limits))
+
+    # ------------------------------------------------------------------ people
+    def check_approver(self, approver: Approver, req: Request) -> None:
+        """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now."""
+        group = req.decision.get("approver_group")
+        if req.decision.get("outcome") != "require_approval":
+            raise NotApprover("this request does not need human approval")
+        if not group:
+            raise NotApprover("policy named no approver group for this request, so nobody may approve it")
+        if group not in approver.groups:
+            raise NotApprover(f"only members of '{group}' may decide this request")
+        if req.owner and approver.id == req.owner:
+            raise NotApprover(f"{approver.id} owns agent {req.agent} and may not approve its requests")
+
+    async def approve(
+        self,
+        request_id: str,
+        approver: Approver,
+        *,
+        channel: str,
+        platform_user: str | None = None,
+        duration_s: int | None = None,
+    ) -> Request:
+        """Count ``approver``'s approval; the last one needed approves the request."""
+        req = await self.get(request_id)
+        self.check_approver(approver, req)
+        if approver.id in req.approvers:
+            return req  # the same approval again: a no-op
+        if req.status != PENDING:
+            raise Conflict(_explain(req))
+        max_s = self._grant_duration(req.proposal, req.decision, req.approvals)
+        if duration_s is not None:
+            if isinstance(duration_s, bool) or not isinstance(duration_s, int) or not 1 <= duration_s <= max_s:
+                raise InvalidRequest(f"duration must be between 1 and {max_s} seconds")
+        now = self._now()
+        at = iso(now)
+        approval = {"approver": approver.id, "channel": channel, "at": at, "proposal_sha256": req.proposal_sha256}
+        if platform_user:
+            approval["platform_user"] = platform_user
+        if duration_s is not None:
+            approval["duration_s"] = duration_s
+        required = int(req.decision.get("approvals_required", 1))
+        count = len(req.approvals) + 1
+        granted = self._grant_duration(req.proposal, req.decision, req.approvals + [approval])
+        actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        ev_approval = event("approval.recorded", at, request_id, actor, count=count, required=required,
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s)
+        out = await self.store.approve(
+            request_id, approver.id, approval,
+            events_partial=[ev_approval],
+            events_complete=[ev_approval, event("request.approved", at, request_id, actor, approvers=req.approvers + [approver.id], approved_duration_s=granted)],
+            fields_complete={"approved_duration_s": str(granted)},
+            deadline_complete_ms=_ms(now + self.settings.collect_ttl_s),
+            required=required,
+            proposal_sha256=req.proposal_sha256,
+        )
+        after = await self.get(request_id)
+        if out.result in ("ok", "noop"):
+            if out.ok:
+                self._count("approvals", channel=channel)
+                self._notify("approved" if after.status == APPROVED else "approval", request_id)
+            return after
+        if out.result == "stale":
+            raise Conflict("the proposal changed since it was shown; reload it")
+        raise Conflict(_explain(after))
+
+    async def deny(self, request_id: str, approver: Approver, *, channel: str, reason: str, platform_user: str | None = None) -> Request:
+        """End a pending request with a reason that reaches the agent."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise InvalidRequest("a reason is required to deny")
+        if len(reason) > MAX_REASON:
+            raise InvalidRequest(f"the reason is longer than {MAX_REASON} characters")
+        req = await self.get(request_id)
+        self.check_approver(approver, req)
+        now = self._now()
+        at = iso(now)
+        denial = {"by": approver.id, "reason": reason, "channel": channel, "at": at}
+        if platform_user:
+            denial["platform_user"] = platform_user
+        actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        out = await self.store.transition(
+            request_id, [PENDING], DENIED,
+            {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},
+            [event("request.denied", at, request_id, actor, reason=reason)],
+            _ms(now), deadline="-", retention_ms=self.retention_ms,
+        )
+        return await self._finish(out, request_id, "denied")
+
+    async def _finish(self, out: Outcome, request_id: str, kind: str) -> Request:
+        after = await self.get(request_id)
+        if out.ok:
+            self._count("transitions", to=after.status)
+            self._notify(kind, request_id)
+            return after
+        if out.result == "noop":
+            return after
+        raise Conflict(_explain(after))
+
+    # ------------------------------------------------------------------ agent
+    async def cancel(self, request_id: str, agent: Agent) -> Request:
+        """The agent withdraws a pending request."""
+        await self.get_for_agent(request_id, agent)
+        now = self._now()
+        at = iso(now)
+        out = await self.store.transition(
+            request_id, [PENDING], CANCELLED,
+            {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "withdrawn by the agent"},
+            [event("request.cancelled", at, request_id, {"agent": agent.id})],
+            _ms(now), deadline="-", retention_ms=self.retention_ms,
+        )
+        return await self._finish(out, request_id, "cancelled")
+
+    async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> tuple[Request, IssuedToken]:
+        """Mint the task-scoped token, once, for the requesting agent."""
+        req = await self.get_for_agent(request_id, agent)
+        if req.status == ACTIVE:
+            raise Conflict("the token for this request was already collected; a token is issued only once")
+        if req.status != APPROVED:
+            if req.status == PENDING:
+                raise Conflict("the request is still waiting for approval")
+            raise Conflict(_explain(req))
+        now = self._now()
+        iat = int(now)
+        duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
+        exp = iat + duration
+        jti = new_id()
+        p = req.proposal
+        claims = build_access_token_claims(
+            issuer=self.settings.issuer, agent_id=agent.id, audience=p.target, issued_at=iat, expires_at=exp,
+            jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, request_id=req.id,
+            approvers=req.approvers, policies=list(req.decision.get("policies", [])),
+            proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt,
+        )
+        token = self.keyring.sign(claims)  # signed before the state changes; discarded if the change fails
+        at = iso(now)
+        out = await self.store.transition(
+            request_id, [APPROVED], ACTIVE,
+            {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
+            [event("token.collected", at, request_id, {"agent": agent.id}, jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
+                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
+            _ms(now), deadline=str(exp * 1000),
+        )
+        if out.result == "noop":
+            raise Conflict("the token for this request was already collected; a token is issued only once")
+        if not out.ok:
+            raise Conflict(_explain(await self.get(request_id)))
+        self._count("transitions", to=ACTIVE)
+        self._notify("collected", request_id)
+        details = claims["authorization_details"]
+        return await self.get(request_id), IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, details)
+
+    async def complete(self, request_id: str, agent: Agent) -> Request:
+        """The agent reports the task done: the grant ends now."""
+        await self.get_for_agent(request_id, agent)
+        now = self._now()
+        at = iso(now)
+        out = await self.store.transition(
+            request_id, [ACTIVE, APPROVED], COMPLETED,
+            {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
+            [event("grant.completed", at, request_id, {"agent": agent.id})],
+            _ms(now), deadline="-", retention_ms=self.retention_ms,
+        )
+        return await self._finish(out, request_id, "completed")
+
+    async def revoke(self, request_id: str, *, by: str, reason: str, channel: str = "api") -> Request:
+        """End an approved or active grant before its time."""
+        await self.get(request_id)
+        now = self._now()
+        at = iso(now)
+        out = await self.store.transition(
+            request_id, [ACTIVE, APPROVED], REVOKED,
+            {"closed_at": repr(now), "closed_by": by, "close_reason": reason[:MAX_REASON]},
+            [event("grant.revoked", at, request_id, {"by": by, "channel": channel}, reason=reason[:MAX_REASON])],
+            _ms(now), deadline="-", retention_ms=self.retention_ms,
+        )
+        return await self._finish(out, request_id, "revoked")
+
+    async def expire(self, request_id: str) -> Outcome:
+        """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
+        for _ in range(3):  # bounded: the state may move between the read and the write
+            req = await self.store.load(request_id)
+            if req is None:
+                return await self.store.transition(request_id, [], EXPIRED, {}, [], _ms(self._now()), deadline="-")
+            if req.status in TERMINAL:
+                await self.store.redis.zrem(self.store.deadlines, request_id)
+                return Outcome("noop", req.status)
+            now = self._now()
+            at = iso(now)
+            why = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}[req.status]
+            kind = "grant.expired" if req.status == ACTIVE else "request.expired"
+            out = await self.store.transition(
+                request_id, [req.status], EXPIRED,
+                {"closed_at": repr(now), "closed_by": "scheduler", "close_reason": why},
+                [event(kind, at, request_id, {"by": "scheduler"}, previous=req.status, reason=why)],
+                _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms,
+            )
+            if out.result == "conflict":
+                continue
+            if out.ok:
+                self._count("transitions", to=EXPIRED)
+                self._notify("expired", request_id)
+            return out
+        return Outcome("conflict")
+
+    # ------------------------------------------------------------------ tokens
+    async def introspect(self, token: str) -> dict:
+        """RFC 7662: the token's claims if it is active now, else exactly ``{"active": false}``."""
+        inactive = {"active": False}
+        try:
+            claims = await self.keyring.verify(token, issuer=self.settings.issuer)
+        except BrokerError:
+            return inactive
+        rid = (claims.get("approval") or {}).get("request_id")
+        if not isinstance(rid, str):
+            return inactive
+        try:
+            req = await self.store.load(rid)
+        except BrokerError:
+            raise
+        except Exception:  # noqa: BLE001 - a malformed id from a validly signed token: inactive
+            return inactive
+        now = self._now()
+        if (
+            req is None or req.status != ACTIVE or req.grant_jti != claims.get("jti")
+            or req.grant_exp is None or now >= req.grant_exp
+        ):
+            return inactive
+        out = {"active": True, "token_type": "Bearer" if "cnf" not in claims else "DPoP"}
+        for k in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "authorization_details", "act", "cnf", "approval"):
+            if k in claims:
+                out[k] = claims[k]
+        return out
+
+    async def revoke_token(self, token: str, *, by: str) -> None:
+        """RFC 7009: revoke the grant behind a token; unknown or invalid tokens are ignored."""
+        try:
+            claims = await self.keyring.verify(token, issuer=self.settings.issuer, leeway=10**9)
+        except BrokerError:
+            return
+        rid = (claims.get("approval") or {}).get("request_id")
+        if not isinstance(rid, str):
+            return
+        req = await self.store.load(rid)
+        if req is None or req.grant_jti != claims.get("jti"):
+            return
+        if by.startswith("agent:") and by != f"agent:{req.agent}":
+            raise Forbidden("an agent may revoke only its own tokens")
+        try:
+            await self.revoke(rid, by=by, reason="token revoked (RFC 7009)", channel="api")
+        except Conflict:
+            return  # already closed: revocation is idempotent
+
+    # ------------------------------------------------------------------ operators
+    def operator_approver(self, approver_id: str) -> Approver:
+        """The approver an operator acts as on the CLI."""
+        a = self.directory.approver(approver_id)
+        if a is None:
+            raise NotApprover(f"no approver '{approver_id}' in the approvers file")
+        return a
+
+    @staticmethod
+    def os_user() -> str:
+        try:
+            return getpass.getuser()
+        except Exception:  # noqa: BLE001
+            return "unknown"
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)

@@ -1,0 +1,39 @@
+-- Hash-chained audit append, shared by every script (prepended after sha256.lua).
+-- entry_hash = SHA256(prev_hash || SHA256(event JSON) || seq as u64 big-endian).
+-- The XADDs run before any state write, so a failed append leaves the state untouched.
+local GENESIS = string.rep('0', 64)
+
+local function audit_append(stream, head, events)
+  if #events == 0 then return end
+  local h = redis.call('HMGET', head, 'seq', 'hash')
+  local seq = tonumber(h[1]) or 0
+  local prev = h[2] or GENESIS
+  for _, ev in ipairs(events) do
+    seq = seq + 1
+    local hash = sha256_hex(hex_to_bin(prev) .. hex_to_bin(ev[2]) .. u64_be(seq))
+    redis.call('XADD', stream, '*', 'seq', seq, 'prev', prev, 'hash', hash, 'event', ev[1])
+    prev = hash
+  end
+  redis.call('HSET', head, 'seq', seq, 'hash', prev)
+end
+
+local function hset_json(key, fields_json)
+  local fields = cjson.decode(fields_json)
+  local args = {}
+  for k, v in pairs(fields) do
+    args[#args + 1] = k
+    args[#args + 1] = tostring(v)
+  end
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+end
+
+local function set_deadline(zset, id, req, op)
+  if op == '' then return end
+  if op == '-' then
+    redis.call('ZREM', zset, id)
+    redis.call('HSET', req, 'deadline_ms', '')
+  else
+    redis.call('ZADD', zset, op, id)
+    redis.call('HSET', req, 'deadline_ms', op)
+  end
+end

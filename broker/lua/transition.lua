@@ -1,0 +1,28 @@
+-- One compare-and-set state change with its audit events.
+-- KEYS: req, deadlines, audit stream, audit head
+-- ARGV: id, allowed from-states (space separated), to-state, fields json, events json,
+--       deadline op ('' keep, '-' clear, score), channel, now ms, due check ('1': only if
+--       the stored deadline has passed), retention ms ('' none: PEXPIRE on closing)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[6] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  return {'missing'}
+end
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur == ARGV[3] then return {'noop', cur} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '%S+') do
+  if s == cur then allowed = true end
+end
+if not allowed then return {'conflict', cur} end
+if ARGV[9] == '1' then
+  local due = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms'))
+  if due == nil or due > tonumber(ARGV[8]) then return {'not_due', cur} end
+end
+audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[5]))
+hset_json(KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
+if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
+redis.call('PUBLISH', ARGV[7], ARGV[1] .. ' ' .. ARGV[3])
+return {'ok', ARGV[3]}

@@ -1,0 +1,28 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Counters of decisions, transitions and approvals, and a gauge of long-poll waiters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("jitgate_decisions", "Policy decisions on proposals", ["outcome"], registry=self.registry)
+        self.transitions = Counter("jitgate_transitions", "State transitions", ["to"], registry=self.registry)
+        self.approvals = Counter("jitgate_approvals", "Approvals counted", ["channel"], registry=self.registry)
+        self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
+        self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
+        self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
+
+    def count(self, name: str, **labels: str) -> None:
+        metric = getattr(self, name)
+        (metric.labels(**labels) if labels else metric).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

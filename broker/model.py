@@ -1,0 +1,346 @@
+"""Requests, proposals, evidence, approvals and states: plain values, validated once.
+
+A proposal is immutable once submitted; its canonical SHA-256 binds approvals and the
+token to exactly what people saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .errors import InvalidRequest
+
+PENDING, APPROVED, ACTIVE = "pending", "approved", "active"
+COMPLETED, REVOKED, EXPIRED, DENIED, CANCELLED = "completed", "revoked", "expired", "denied", "cancelled"
+STATES = (PENDING, APPROVED, ACTIVE, COMPLETED, REVOKED, EXPIRED, DENIED, CANCELLED)
+TERMINAL = frozenset({COMPLETED, REVOKED, EXPIRED, DENIED, CANCELLED})
+
+# Per-field caps. Chat platforms cap text objects at 3000 characters; the API caps a
+# little below what any desk can show so nothing an approver must read is cut silently.
+MAX_ACTION = 64
+MAX_NAME = 200
+MAX_JUSTIFICATION = 4000
+MAX_EVIDENCE_ITEMS = 20
+MAX_EVIDENCE_TITLE = 200
+MAX_EVIDENCE_EXCERPT = 2000
+MAX_URL = 2000
+MAX_DURATION_S = 7 * 86400
+
+_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+_ID_RE = re.compile(r"^[A-Za-z0-9]{8,64}$")
+
+PROPOSAL_FIELDS = frozenset(
+    {"action", "target", "justification", "evidence", "duration_s", "tool", "dataset", "confidence", "ticket", "delegation"}
+)
+EVIDENCE_FIELDS = frozenset({"kind", "title", "url", "excerpt"})
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 UTC timestamp with milliseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_request_id(value: str) -> str:
+    """A request id as minted by the broker; anything else is a 404, never a key lookup."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidRequest("malformed escalation id")
+    return value
+
+
+def _text(body: dict, name: str, cap: int, *, required: bool, multiline: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string")
+    value = value.strip()
+    if required and not value:
+        raise InvalidRequest(f"'{name}' must not be empty")
+    if len(value) > cap:
+        raise InvalidRequest(f"'{name}' is longer than {cap} characters")
+    bad = _CONTROL_RE.search(value if not multiline else value.replace("\n", " ").replace("\t", " "))
+    if bad or (not multiline and ("\n" in value or "\t" in value)):
+        raise InvalidRequest(f"'{name}' contains control characters")
+    return value or None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One piece of evidence: what kind, a title, and a link or a short excerpt."""
+
+    kind: str
+    title: str
+    url: str | None = None
+    excerpt: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "title": self.title}
+        if self.url is not None:
+            d["url"] = self.url
+        if self.excerpt is not None:
+            d["excerpt"] = self.excerpt
+        return d
+
+    @classmethod
+    def parse(cls, raw: Any, index: int) -> "Evidence":
+        where = f"evidence[{index}]"
+        if not isinstance(raw, dict):
+            raise InvalidRequest(f"{where} must be an object")
+        unknown = set(raw) - EVIDENCE_FIELDS
+        if unknown:
+            raise InvalidRequest(f"{where} has unknown field(s): {', '.join(sorted(unknown))}")
+        try:
+            kind = _text(raw, "kind", 32, required=True)
+            title = _text(raw, "title", MAX_EVIDENCE_TITLE, required=True)
+            url = _text(raw, "url", MAX_URL, required=False)
+            excerpt = _text(raw, "excerpt", MAX_EVIDENCE_EXCERPT, required=False, multiline=True)
+        except InvalidRequest as e:
+            raise InvalidRequest(f"{where}: {e.detail}") from None
+        if not _KIND_RE.match(kind):
+            raise InvalidRequest(f"{where}: 'kind' must be lower-case letters, digits, '.', '_' or '-'")
+        if url is not None and not re.match(r"^https?://[^\s]+$", url):
+            raise InvalidRequest(f"{where}: 'url' must be an http(s) URL")
+        if url is None and excerpt is None:
+            raise InvalidRequest(f"{where} needs a 'url' or an 'excerpt'")
+        return cls(kind=kind, title=title, url=url, excerpt=excerpt)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What an agent asks for, exactly as submitted (immutable)."""
+
+    action: str
+    target: str
+    justification: str
+    duration_s: int
+    evidence: tuple[Evidence, ...] = ()
+    tool: str | None = None
+    dataset: str | None = None
+    confidence: float | None = None
+    ticket: str | None = None
+    delegation: tuple = ()
+
+    @classmethod
+    def parse(cls, body: Any) -> "Proposal":
+        """Validate a proposal body; raise :class:`InvalidRequest` naming the first bad field."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        unknown = set(body) - PROPOSAL_FIELDS
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        action = _text(body, "action", MAX_ACTION, required=True)
+        if not _ACTION_RE.match(action):
+            raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':' and '-' only")
+        target = _text(body, "target", MAX_NAME, required=True)
+        justification = _text(body, "justification", MAX_JUSTIFICATION, required=True, multiline=True)
+        duration = body.get("duration_s")
+        if isinstance(duration, bool) or not isinstance(duration, int):
+            raise InvalidRequest("'duration_s' is required and must be an integer number of seconds")
+        if not 1 <= duration <= MAX_DURATION_S:
+            raise InvalidRequest(f"'duration_s' must be between 1 and {MAX_DURATION_S}")
+        raw_evidence = body.get("evidence", [])
+        if not isinstance(raw_evidence, list):
+            raise InvalidRequest("'evidence' must be a list")
+        if len(raw_evidence) > MAX_EVIDENCE_ITEMS:
+            raise InvalidRequest(f"'evidence' may hold at most {MAX_EVIDENCE_ITEMS} items")
+        evidence = tuple(Evidence.parse(item, i) for i, item in enumerate(raw_evidence))
+        confidence = body.get("confidence")
+        if confidence is not None:
+            if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not math.isfinite(confidence):
+                raise InvalidRequest("'confidence' must be a number between 0 and 1")
+            if not 0 <= confidence <= 1:
+                raise InvalidRequest("'confidence' must be between 0 and 1")
+            confidence = float(confidence)
+        delegation = body.get("delegation", [])
+        if not isinstance(delegation, list):
+            raise InvalidRequest("'delegation' must be a list")
+        if delegation:
+            # Refused rather than accepted unverified: chain verification is not built yet.
+            raise InvalidRequest("delegation chains are not accepted by this broker yet")
+        return cls(
+            action=action,
+            target=target,
+            justification=justification,
+            duration_s=duration,
+            evidence=evidence,
+            tool=_text(body, "tool", MAX_NAME, required=False),
+            dataset=_text(body, "dataset", MAX_NAME, required=False),
+            confidence=confidence,
+            ticket=_text(body, "ticket", MAX_NAME, required=False),
+            delegation=tuple(delegation),
+        )
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "action": self.action,
+            "target": self.target,
+            "justification": self.justification,
+            "duration_s": self.duration_s,
+            "evidence": [e.to_dict() for e in self.evidence],
+        }
+        for name in ("tool", "dataset", "confidence", "ticket"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        d["delegation"] = list(self.delegation)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Proposal":
+        return cls(
+            action=d["action"],
+            target=d["target"],
+            justification=d["justification"],
+            duration_s=int(d["duration_s"]),
+            evidence=tuple(Evidence(**e) for e in d.get("evidence", [])),
+            tool=d.get("tool"),
+            dataset=d.get("dataset"),
+            confidence=d.get("confidence"),
+            ticket=d.get("ticket"),
+            delegation=tuple(d.get("delegation", [])),
+        )
+
+    def sha256(self) -> str:
+        """Canonical SHA-256 of what approvers approve (sorted keys, no whitespace, UTF-8)."""
+        canonical = {
+            "action": self.action,
+            "target": self.target,
+            "tool": self.tool,
+            "dataset": self.dataset,
+            "duration_s": self.duration_s,
+            "justification": self.justification,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "delegation": list(self.delegation),
+        }
+        return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    @property
+    def confidence_pct(self) -> int:
+        """Confidence as an integer percentage for Cedar (no floats there); unknown counts as 0."""
+        return 0 if self.confidence is None else int(math.floor(self.confidence * 100 + 1e-9))
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One counted approval."""
+
+    approver: str
+    channel: str
+    at: float
+    platform_user: str | None = None
+    duration_s: int | None = None
+
+    def to_dict(self) -> dict:
+        d = {"approver": self.approver, "channel": self.channel, "at": iso(self.at)}
+        if self.platform_user:
+            d["platform_user"] = self.platform_user
+        if self.duration_s is not None:
+            d["duration_s"] = self.duration_s
+        return d
+
+
+@dataclass
+class Request:
+    """An escalation request as stored in Redis (one hash per request)."""
+
+    id: str
+    agent: str
+    status: str
+    proposal: Proposal
+    proposal_sha256: str
+    decision: dict
+    created_at: float
+    deadline: float | None = None
+    approvals: list[dict] = field(default_factory=list)
+    denial: dict | None = None
+    owner: str | None = None
+    approved_duration_s: int | None = None
+    grant_jti: str | None = None
+    grant_exp: float | None = None
+    collected_at: float | None = None
+    closed_at: float | None = None
+    closed_by: str | None = None
+    close_reason: str | None = None
+    break_glass: bool = False
+    messages: list[dict] = field(default_factory=list)
+    version: int = 0
+
+    @classmethod
+    def from_redis(cls, h: dict[bytes, bytes]) -> "Request":
+        g = {k.decode(): v.decode() for k, v in h.items()}
+
+        def f(name):
+            v = g.get(name)
+            return float(v) if v not in (None, "") else None
+
+        def j(name, default):
+            v = g.get(name)
+            return orjson.loads(v) if v not in (None, "") else default
+
+        approvals = j("approvals", [])
+        return cls(
+            id=g["id"],
+            agent=g["agent"],
+            status=g["status"],
+            proposal=Proposal.from_dict(orjson.loads(g["proposal"])),
+            proposal_sha256=g["proposal_sha256"],
+            decision=j("decision", {}),
+            created_at=float(g["created_at"]),
+            deadline=(float(g["deadline_ms"]) / 1000) if g.get("deadline_ms") else None,
+            approvals=approvals if isinstance(approvals, list) else [],
+            denial=j("denial", None),
+            owner=g.get("owner") or None,
+            approved_duration_s=int(g["approved_duration_s"]) if g.get("approved_duration_s") else None,
+            grant_jti=g.get("grant_jti") or None,
+            grant_exp=f("grant_exp"),
+            collected_at=f("collected_at"),
+            closed_at=f("closed_at"),
+            closed_by=g.get("closed_by") or None,
+            close_reason=g.get("close_reason") or None,
+            break_glass=g.get("break_glass") == "1",
+            messages=j("messages", []),
+            version=int(g.get("version", "0")),
+        )
+
+    @property
+    def approvers(self) -> list[str]:
+        return [a["approver"] for a in self.approvals]
+
+    def to_public(self) -> dict:
+        """The escalation as the API returns it (DESIGN.md external contract)."""
+        d: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "agent": self.agent,
+            "action": self.proposal.action,
+            "target": self.proposal.target,
+            "proposal": self.proposal.to_dict(),
+            "proposal_sha256": self.proposal_sha256,
+            "decision": self.decision,
+            "approvals": self.approvals,
+            "approvals_required": self.decision.get("approvals_required", 0),
+            "denial": self.denial,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.deadline) if self.status not in TERMINAL else None,
+            "break_glass": self.break_glass,
+        }
+        if self.approved_duration_s is not None:
+            d["approved_duration_s"] = self.approved_duration_s
+        if self.grant_exp is not None:
+            d["grant"] = {"jti": self.grant_jti, "expires_at": iso(self.grant_exp), "collected_at": iso(self.collected_at)}
+        if self.status in TERMINAL and self.status != DENIED:
+            d["closed"] = {"at": iso(self.closed_at), "by": self.closed_by, "reason": self.close_reason}
+        return d

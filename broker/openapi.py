@@ -1,0 +1,135 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json`` (written by hand: the API is small
+and the contract in DESIGN.md is firm, so the document is reviewed like code)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from . import model
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+
+
+def _op(summary: str, responses: dict, *, body: dict | None = None, params: list | None = None, auth: bool = True) -> dict:
+    op: dict = {"summary": summary, "responses": {**responses, "4XX": _PROBLEM}}
+    if body:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    if auth:
+        op["security"] = [{"agentAssertion": []}]
+    return op
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{8,64}$"}}
+_ESC = {"description": "the escalation", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Escalation"}}}}
+
+
+@lru_cache(maxsize=4)
+def openapi_document(issuer: str) -> dict:
+    """The document, with the issuer as server URL."""
+    evidence = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind", "title"],
+        "properties": {
+            "kind": {"type": "string", "maxLength": 32, "examples": ["log", "diff", "ticket", "metric"]},
+            "title": {"type": "string", "maxLength": model.MAX_EVIDENCE_TITLE},
+            "url": {"type": "string", "format": "uri", "maxLength": model.MAX_URL},
+            "excerpt": {"type": "string", "maxLength": model.MAX_EVIDENCE_EXCERPT},
+        },
+    }
+    proposal = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["action", "target", "justification", "duration_s"],
+        "properties": {
+            "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
+            "target": {"type": "string", "maxLength": model.MAX_NAME},
+            "justification": {"type": "string", "maxLength": model.MAX_JUSTIFICATION},
+            "evidence": {"type": "array", "maxItems": model.MAX_EVIDENCE_ITEMS, "items": evidence},
+            "duration_s": {"type": "integer", "minimum": 1, "maximum": model.MAX_DURATION_S},
+            "tool": {"type": "string", "maxLength": model.MAX_NAME},
+            "dataset": {"type": "string", "maxLength": model.MAX_NAME},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "ticket": {"type": "string", "maxLength": model.MAX_NAME},
+            "delegation": {"type": "array", "maxItems": 0, "description": "not accepted yet"},
+        },
+    }
+    escalation = {
+        "type": "object",
+        "required": ["id", "status", "decision", "approvals", "proposal_sha256"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": list(model.STATES)},
+            "agent": {"type": "string"},
+            "proposal": {"$ref": "#/components/schemas/Proposal"},
+            "proposal_sha256": {"type": "string"},
+            "decision": {
+                "type": "object",
+                "properties": {
+                    "outcome": {"enum": ["auto_grant", "require_approval", "deny"]},
+                    "policies": {"type": "array", "items": {"type": "string"}},
+                    "approvals_required": {"type": "integer"},
+                    "approver_group": {"type": ["string", "null"]},
+                    "max_duration_s": {"type": ["integer", "null"]},
+                    "channel": {"type": ["string", "null"]},
+                    "backup_group": {"type": ["string", "null"]},
+                    "reason": {"type": "string"},
+                },
+            },
+            "approvals": {"type": "array", "items": {"type": "object", "properties": {
+                "approver": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}}},
+            "denial": {"type": ["object", "null"], "properties": {"by": {"type": "string"}, "reason": {"type": "string"}}},
+            "expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "approved_duration_s": {"type": "integer"},
+        },
+    }
+    form_token = {"content": {
+        "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"], "properties": {
+            "token": {"type": "string"}, "token_type_hint": {"type": "string"}}}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "jitgate", "version": "1", "description": "Just-in-time privilege broker for AI agents."},
+        "servers": [{"url": issuer}],
+        "paths": {
+            "/v1/escalations": {"post": _op(
+                "Propose an escalation",
+                {"201": _ESC, "200": {**_ESC, "description": "the request an earlier call with the same Idempotency-Key made"}},
+                body={"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Proposal"}}}},
+                params=[{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200}}],
+            )},
+            "/v1/escalations/{id}": {
+                "get": _op("Status; with wait=N returns as soon as the state changes (N ≤ 60)", {"200": _ESC},
+                           params=[_ID, {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}}]),
+                "delete": _op("Withdraw a pending request", {"200": _ESC}, params=[_ID]),
+            },
+            "/v1/escalations/{id}/token": {"post": _op("Collect the token (once, by the requesting agent)", {"200": {
+                "description": "the task-scoped access token (RFC 9068)",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "access_token": {"type": "string"}, "token_type": {"enum": ["Bearer", "DPoP"]},
+                    "expires_in": {"type": "integer"}, "authorization_details": {"type": "array"}}}}}}}, params=[_ID])},
+            "/v1/escalations/{id}/complete": {"post": _op("Report the task done; the grant ends now", {"200": _ESC}, params=[_ID])},
+            "/v1/introspect": {"post": {**_op("RFC 7662 token introspection (resource servers)", {"200": {"description": "introspection response"}}, body=form_token),
+                                        "security": [{"resourceServerAssertion": []}]}},
+            "/v1/revoke": {"post": {**_op("RFC 7009 token revocation", {"200": {"description": "revoked, or unknown"}}, body=form_token),
+                                    "security": [{"resourceServerAssertion": []}, {"agentAssertion": []}]}},
+            "/.well-known/jwks.json": {"get": _op("Public token signing keys", {"200": {"description": "JWK set"}}, auth=False)},
+            "/.well-known/oauth-authorization-server": {"get": _op("RFC 8414 metadata", {"200": {"description": "metadata"}}, auth=False)},
+            "/healthz": {"get": _op("Liveness", {"200": {"description": "alive"}}, auth=False)},
+            "/readyz": {"get": _op("Readiness (Redis reachable)", {"200": {"description": "ready"}}, auth=False)},
+            "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "metrics"}}, auth=False)},
+        },
+        "components": {
+            "schemas": {"Proposal": proposal, "Evidence": evidence, "Escalation": escalation},
+            "responses": {"Problem": {"description": "RFC 9457 problem", "content": {"application/problem+json": {"schema": {
+                "type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                                 "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}},
+            "securitySchemes": {
+                "agentAssertion": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                   "description": "JWT signed by the agent's registered key: iss=sub=agent id, aud=issuer, exp ≤ iat+300, unique jti"},
+                "resourceServerAssertion": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+    }

@@ -1,0 +1,819 @@
+"""The Cedar gate: one ``is_authorized`` call per proposal, and the obligations it implies.
+
+Policies are ``*.cedar`` files in one folder, optionally with a Cedar schema. They are
+parsed once into a ``cedarpy.PolicySet`` (and the agents, approvers and targets into a
+``cedarpy.Entities``); every decision reuses those handles. Everything here fails
+closed: a policy folder that does not load refuses start-up, and anything unexpected
+while deciding is a deny.
+
+The vocabulary (namespace ``Jitgate``) is fixed by DESIGN.md "Policy":
+principal ``Agent`` (attrs ``owner``, ``team``; parent ``Team``) or, for break-glass
+for oneself, ``Approver`` (parents ``Group``); action ``Action::"<action>"``; resource
+``Target`` (attr ``name`` plus the targets file's attributes; parent ``Env``) — or
+``Agent`` for ``delegate``; a context with exactly the keys in :data:`CONTEXT_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from .directory import Directory, id_problem
+from .errors import InvalidRequest, PolicyError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "Jitgate"
+AGENT = f"{NAMESPACE}::Agent"
+TEAM = f"{NAMESPACE}::Team"
+APPROVER = f"{NAMESPACE}::Approver"
+GROUP = f"{NAMESPACE}::Group"
+ACTION = f"{NAMESPACE}::Action"
+TARGET = f"{NAMESPACE}::Target"
+ENV = f"{NAMESPACE}::Env"
+
+OUTCOMES = ("auto_grant", "require_approval", "deny")
+POSTURES = ("normal", "elevated", "incident")
+MAX_APPROVALS = 10
+_LONG_MAX = 2**63 - 1
+# name -> (type, low, high); ints are Cedar Longs, so no floats and no bools posing as ints.
+CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
+    "confidence": (int, 0, 100),
+    "duration_s": (int, 0, _LONG_MAX),
+    "posture": (str, None, None),
+    "evidence_count": (int, 0, _LONG_MAX),
+    "delegation_depth": (int, 0, _LONG_MAX),
+    "hour_utc": (int, 0, 23),
+    "break_glass": (bool, None, None),
+}
+# Actions whose resource is another agent rather than a target (the schema says the same).
+AGENT_RESOURCE_ACTIONS = frozenset({"delegate"})
+# Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
+# a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
+ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "max_duration", "channel", "backup_group", "description"})
+_REASON_ERRORS_MAX = 300
+_EVALUATION_FAILED = "policy evaluation failed"
+
+_CEDAR_POLICY_REF = re.compile(r"`(policy\d+)`")
+_ERROR_POLICY = re.compile(r"policy `([^`]+)`")
+_VALIDATION_PREFIX = re.compile(r"^for policy `[^`]*`,\s*")
+
+
+# --------------------------------------------------------------------------- public values
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided about one proposal, and the obligations attached to a yes."""
+
+    outcome: str
+    policies: tuple[str, ...]
+    approvals_required: int
+    approver_group: str | None
+    max_duration_s: int | None
+    channel: str | None
+    backup_group: str | None
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        """True unless the outcome is ``deny``."""
+        return self.outcome != "deny"
+
+    @classmethod
+    def deny(cls, reason: str, policies: Iterable[str] = ()) -> "Decision":
+        """A deny carrying ``reason`` and the ids of the policies behind it."""
+        return cls("deny", tuple(policies), 0, None, None, None, None, reason)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict with exactly the keys of the external contract."""
+        return {
+            "outcome": self.outcome,
+            "policies": list(self.policies),
+            "approvals_required": self.approvals_required,
+            "approver_group": self.approver_group,
+            "max_duration_s": self.max_duration_s,
+            "channel": self.channel,
+            "backup_group": self.backup_group,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Decision":
+        """Rebuild from :meth:`to_dict` output; raise :class:`PolicyError` when it is malformed."""
+        try:
+            outcome, reason = d["outcome"], d["reason"]
+            policies = d["policies"]
+            approvals = d["approvals_required"]
+            fields = {k: d.get(k) for k in ("approver_group", "channel", "backup_group")}
+            max_duration = d.get("max_duration_s")
+        except (KeyError, TypeError) as exc:
+            raise PolicyError(f"malformed decision: missing {exc}") from None
+        ok = (
+            outcome in OUTCOMES
+            and isinstance(reason, str)
+            and isinstance(policies, (list, tuple))
+            and all(isinstance(p, str) for p in policies)
+            and type(approvals) is int
+            and 0 <= approvals <= MAX_APPROVALS
+            and (max_duration is None or (type(max_duration) is int and max_duration > 0))
+            and all(v is None or isinstance(v, str) for v in fields.values())
+        )
+        if not ok:
+            raise PolicyError("malformed decision")
+        return cls(outcome, tuple(policies), approvals, fields["approver_group"], max_duration,
+                   fields["channel"], fields["backup_group"], reason)
+
+
+@dataclass(frozen=True)
+class PrincipalInfo:
+    """What the gate needs to know about an agent."""
+
+    id: str
+    owner: str | None = None
+    team: str | None = None
+
+
+# --------------------------------------------------------------------------- loading policies
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """One loaded policy: Cedar's positional id, our name for it, where it came from, its obligations."""
+
+    cedar_id: str
+    name: str
+    effect: str
+    file: str
+    position: int
+    approvals: int
+    max_duration: int | None
+    approver_group: str | None
+    channel: str | None
+    backup_group: str | None
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """A parsed policy folder. Immutable; a reload builds a new one."""
+
+    directory: Path
+    policy_set: Any
+    # The same policies with every effect turned into ``permit``: one evaluation of this
+    # twin tells which policies' conditions hold (used only by ``explain``).
+    probe_set: Any
+    policies: Mapping[str, _Policy]  # by Cedar's positional id
+    schema: Any | None
+    schema_file: str | None
+    actions: frozenset[str] | None  # declared in the schema; None without a schema
+    fingerprint: tuple
+
+    def name(self, cedar_id: str) -> str:
+        policy = self.policies.get(cedar_id)
+        return policy.name if policy else cedar_id
+
+    def rename(self, text: str) -> str:
+        """Replace Cedar's positional ids (```policy3```) in a message by the policies' ``@id``."""
+        return _CEDAR_POLICY_REF.sub(lambda m: f"`{self.name(m.group(1))}`", text)
+
+
+_POLICY_GLOB = "*.cedar"
+_SCHEMA_GLOBS = ("*.cedarschema", "*.cedarschema.json")
+
+
+def _policy_files(policy_dir: Path) -> tuple[list[Path], list[Path]]:
+    policies = sorted(p for p in policy_dir.glob(_POLICY_GLOB) if p.is_file())
+    schemas = sorted(p for pattern in _SCHEMA_GLOBS for p in policy_dir.glob(pattern) if p.is_file())
+    return policies, schemas
+
+
+def _dir_fingerprint(policy_dir: Path) -> tuple:
+    """Names, modification times and sizes of every file the gate reads from ``policy_dir``."""
+    if not policy_dir.is_dir():
+        return ()
+    policies, schemas = _policy_files(policy_dir)
+    out = []
+    for path in policies + schemas:
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # deleted between listing and stat: the next poll sees it
+            continue
+        out.append((path.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _scan(text: str) -> tuple[list[int], list[int]]:
+    """Offsets of the ``;`` that end statements and of the newlines outside string literals.
+
+    Cedar has ``"..."`` strings with backslash escapes and ``//`` line comments; a ``;``
+    anywhere else ends a policy.
+    """
+    semis: list[int] = []
+    cuts: list[int] = []
+    in_string = in_comment = False
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if in_comment:
+            if ch == "\n":
+                in_comment = False
+                cuts.append(i)
+        elif in_string:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "/" and text.startswith("//", i):
+            in_comment = True
+            i += 1
+        elif ch == ";":
+            semis.append(i)
+        elif ch == "\n":
+            cuts.append(i)
+        i += 1
+    return semis, cuts
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _parse_error(text: str) -> str | None:
+    try:
+        cedarpy.PolicySet.from_str(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _locate_parse_error(text: str) -> int | None:
+    """The 1-based line of the first parse error in ``text``, or None when it cannot be found.
+
+    cedarpy reports parse errors without a position, so the position is recovered:
+    the text is cut into statements at each ``;`` and the first statement that does
+    not parse alone holds the error. Within it, the shortest prefix ending at a line
+    break that fails with something other than "unexpected end of input" ends on the
+    offending line. Errors Cedar finds only after parsing a whole policy (an unknown
+    variable, a duplicate annotation) are located by the token the message quotes.
+    """
+    semis, cuts = _scan(text)
+    bounds = [0] + [s + 1 for s in semis] + [len(text)]
+    for start, end in zip(bounds, bounds[1:]):
+        chunk = text[start:end]
+        message = _parse_error(chunk)
+        if message is None:
+            continue
+        for cut in cuts:
+            if start <= cut < end:
+                prefix_error = _parse_error(text[start:cut])
+                if prefix_error is not None and prefix_error != "unexpected end of input":
+                    return _line_of(text, cut)
+        code_start = start + len(chunk) - len(chunk.lstrip())
+        # Skip leading comment lines so "the policy starts here" points at code.
+        while text.startswith("//", code_start):
+            newline = text.find("\n", code_start)
+            if newline == -1:
+                break
+            rest = text[newline + 1:end]
+            code_start = newline + 1 + len(rest) - len(rest.lstrip())
+        if message.startswith(("unexpected token", "invalid token")):
+            return _line_of(text, end - 1)  # after the last line break of the statement
+        if message == "unexpected end of input":
+            return _line_of(text, code_start)  # an unterminated policy: point at its start
+        quoted = re.findall(r"`([^`]+)`", message)
+        token = quoted[0] if quoted else message.rsplit(": ", 1)[-1].strip() if ": " in message else ""
+        if token:
+            found = text.find(token, code_start, end)
+            if found != -1:
+                return _line_of(text, found)
+        return _line_of(text, code_start)
+    return None
+
+
+def _annotation_int(policy_label: str, key: str, raw: object, low: int, high: int) -> int:
+    # Strict digits: "+2", " 2" or "2.0" are typos we would rather hear about than guess.
+    if not isinstance(raw, str) or not re.fullmatch(r"[0-9]{1,19}", raw) or not low <= int(raw) <= high:
+        raise PolicyError(f"{policy_label}: @{key} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _annotation_name(policy_label: str, key: str, raw: object) -> str:
+    problem = id_problem(raw)
+    if problem:
+        raise PolicyError(f"{policy_label}: @{key} {problem}")
+    return raw  # type: ignore[return-value]
+
+
+def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Policy:
+    """Check one policy's annotations and turn them into obligations."""
+    annotations: dict = est.get("annotations") or {}
+    label = f"{file}: policy #{position + 1}"
+    if "id" in annotations:
+        name = annotations["id"]
+        problem = id_problem(name)
+        if problem:
+            raise PolicyError(f"{label}: @id {problem}")
+        label = f"{file}: policy {name!r}"
+    else:
+        name = cedar_id
+    unknown = set(annotations) - ANNOTATIONS
+    if unknown:
+        raise PolicyError(f"{label}: unknown annotation(s) {sorted('@' + k for k in unknown)}; known: "
+                          f"{sorted('@' + k for k in ANNOTATIONS)}")
+    approvals = 1
+    if "approvals" in annotations:
+        approvals = _annotation_int(label, "approvals", annotations["approvals"], 0, MAX_APPROVALS)
+    max_duration = None
+    if "max_duration" in annotations:
+        max_duration = _annotation_int(label, "max_duration", annotations["max_duration"], 1, _LONG_MAX)
+    names = {
+        key: _annotation_name(label, key, annotations[key]) if key in annotations else None
+        for key in ("approver_group", "channel", "backup_group")
+    }
+    return _Policy(
+        cedar_id=cedar_id, name=name, effect=est["effect"], file=file, position=position,
+        approvals=approvals, max_duration=max_duration, **names,
+    )
+
+
+def _load_schema(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        if path.name.endswith(".json"):
+            return cedarpy.Schema.from_json_str(text)
+        return cedarpy.Schema.from_str(text)
+    except ValueError as exc:
+        raise PolicyError(f"{path}: invalid Cedar schema: {exc}") from None
+
+
+def _declared_actions(schema: Any) -> frozenset[str]:
+    """The ``Jitgate::Action`` ids a schema declares.
+
+    cedarpy has no schema introspection, but an entity set built with a schema
+    contains the schema's action entities, and renders back to JSON.
+    """
+    rendered = json.loads(str(cedarpy.Entities.from_json_str("[]", schema)))
+    return frozenset(e["uid"]["id"] for e in rendered if e["uid"]["type"] == ACTION)
+
+
+def _load_rules(policy_dir: Path) -> _Rules:
+    """Parse, check and validate a policy folder. Raises :class:`PolicyError` naming file and line."""
+    policy_dir = Path(policy_dir)
+    if not policy_dir.is_dir():
+        raise PolicyError(f"policy directory {policy_dir} does not exist")
+    fingerprint = _dir_fingerprint(policy_dir)
+    files, schema_files = _policy_files(policy_dir)
+
+    texts: list[str] = []
+    file_of: list[str] = []  # per global policy position, the file it came from
+    for path in files:
+        text = _read_text(path)
+        try:
+            est = json.loads(cedarpy.policies_to_json_str(text))
+        except ValueError as exc:
+            line = _locate_parse_error(text)
+            where = f"{path}:{line}" if line else str(path)
+            raise PolicyError(f"{where}: {exc}") from None
+        if est.get("templates"):
+            raise PolicyError(f"{path}: policy templates (?principal / ?resource slots) are not supported")
+        texts.append(text if text.endswith("\n") else text + "\n")
+        file_of.extend([path.name] * len(est.get("staticPolicies", {})))
+    if not file_of:
+        raise PolicyError(f"no policies found in {policy_dir} (every request would be denied)")
+
+    # One set from the concatenated text, so Cedar's positional ids (policy0, ...) run in
+    # file order and match the per-file counts above.
+    combined = "".join(texts)
+    try:
+        policy_set = cedarpy.PolicySet.from_str(combined)
+        est = json.loads(cedarpy.policies_to_json_str(combined))
+    except ValueError as exc:  # each file parsed alone; a failure here is unexpected
+        raise PolicyError(f"{policy_dir}: policies do not parse together: {exc}") from None
+    statics: dict = est.get("staticPolicies", {})
+    if len(statics) != len(file_of) or len(policy_set) != len(file_of):
+        raise PolicyError(f"{policy_dir}: policy count mismatch while loading; refusing to guess")
+
+    policies: dict[str, _Policy] = {}
+    by_name: dict[str, _Policy] = {}
+    for position in range(len(file_of)):
+        cedar_id = f"policy{position}"
+        if cedar_id not in statics:
+            raise PolicyError(f"{policy_dir}: unexpected policy numbering from cedarpy; refusing to guess")
+        policy = _policy_from_est(cedar_id, position, statics[cedar_id], file_of[position])
+        other = by_name.get(policy.name)
+        if other is not None:
+            raise PolicyError(f"duplicate policy id {policy.name!r} in {other.file} and {policy.file}")
+        policies[cedar_id] = by_name[policy.name] = policy
+
+    schema = schema_file = actions = None
+    if len(schema_files) > 1:
+        raise PolicyError(f"{policy_dir}: more than one schema file ({', '.join(p.name for p in schema_files)})")
+    if schema_files:
+        schema_file = schema_files[0].name
+        schema = _load_schema(schema_files[0])
+        result = cedarpy.validate_policies(combined, schema)
+        if not result.validation_passed:
+            problems = []
+            for error in result.errors[:5]:
+                policy = policies.get(error.policy_id)
+                where = f"{policy.file}: policy {policy.name!r}" if policy else policy_dir.name
+                problems.append(f"{where}: {_VALIDATION_PREFIX.sub('', error.error)}")
+            more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
+            raise PolicyError(f"policies do not validate against {schema_file}: " + "; ".join(problems) + more)
+        actions = _declared_actions(schema)
+
+    probe = {"staticPolicies": {k: {**v, "effect": "permit"} for k, v in statics.items()},
+             "templates": {}, "templateLinks": []}
+    probe_set = cedarpy.PolicySet.from_json_str(json.dumps(probe))
+    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint)
+
+
+# --------------------------------------------------------------------------- entities
+
+
+def _uid(type_: str, id_: str) -> dict:
+    return {"type": type_, "id": id_}
+
+
+def _agent_entity(agent_id: str, owner: str | None, team: str | None) -> dict:
+    # owner and team are always present (as "" when unknown) so policies and the schema
+    # can rely on them without ``has`` guards.
+    return {"uid": _uid(AGENT, agent_id), "attrs": {"owner": owner or "", "team": team or ""},
+            "parents": [_uid(TEAM, team)] if team else []}
+
+
+def _target_entity(target_id: str, env: str | None, attributes: Mapping[str, Any]) -> dict:
+    return {"uid": _uid(TARGET, target_id), "attrs": {**attributes, "name": target_id},
+            "parents": [_uid(ENV, env)] if env else []}
+
+
+@dataclass(frozen=True)
+class _State:
+    """Rules plus the entity graph built for them. Swapped whole, so a decision sees one version."""
+
+    rules: _Rules
+    entities: Any
+    agents: frozenset[str]
+    approvers: frozenset[str]
+    targets: frozenset[str]
+
+
+def _build_state(rules: _Rules, agents: tuple[PrincipalInfo, ...], directory: Directory) -> _State:
+    """Build the entity graph once. With a schema, it is checked against it and gains the
+    schema's action entities (without them ``action in Action::"group"`` never matches)."""
+    entities: list[dict] = []
+    teams: set[str] = set()
+    groups: set[str] = set()
+    envs: set[str] = set()
+    agent_ids: set[str] = set()
+    for agent in agents:
+        for what, value in (("id", agent.id), ("owner", agent.owner), ("team", agent.team)):
+            if value is not None and (problem := id_problem(value)):
+                raise PolicyError(f"agent {agent.id!r}: {what} {problem}")
+        if agent.id in agent_ids:
+            raise PolicyError(f"duplicate agent id {agent.id!r}")
+        agent_ids.add(agent.id)
+        entities.append(_agent_entity(agent.id, agent.owner, agent.team))
+        if agent.team:
+            teams.add(agent.team)
+    for approver in directory.approvers:
+        entities.append({"uid": _uid(APPROVER, approver.id), "attrs": {},
+                         "parents": [_uid(GROUP, g) for g in sorted(approver.groups)]})
+        groups.update(approver.groups)
+    for target in directory.targets:
+        entities.append(_target_entity(target.id, target.env, target.attributes))
+        if target.env:
+            envs.add(target.env)
+    for type_, ids in ((TEAM, teams), (GROUP, groups), (ENV, envs)):
+        entities.extend({"uid": _uid(type_, i), "attrs": {}, "parents": []} for i in sorted(ids))
+    try:
+        handle = cedarpy.Entities.from_json_str(json.dumps(entities), rules.schema)
+    except ValueError as exc:
+        raise PolicyError(_entity_problem(entities, rules, exc)) from None
+    return _State(rules, handle, frozenset(agent_ids), frozenset(a.id for a in directory.approvers),
+                  frozenset(t.id for t in directory.targets))
+
+
+def _entity_problem(entities: list[dict], rules: _Rules, exc: ValueError) -> str:
+    """Name the entity that the schema refuses (cedarpy's message does not say which)."""
+    if rules.schema is not None:
+        for entity in entities:
+            try:
+                cedarpy.Entities.from_json_str(json.dumps([entity]), rules.schema)
+            except ValueError as one:
+                uid = entity["uid"]
+                return f'{uid["type"]}::"{uid["id"]}" does not match the schema {rules.schema_file}: {one}'
+    return f"cannot build the policy entities: {exc}"
+
+
+# --------------------------------------------------------------------------- context
+
+
+def normalize_context(context: Mapping[str, Any]) -> dict:
+    """Check the proposal context: exactly the keys of :data:`CONTEXT_KEYS`, with exact types.
+
+    Raises :class:`PolicyError`: the caller builds the context, so a wrong one is a bug,
+    not a reason to guess (a float confidence must already be a 0-100 integer).
+    """
+    if not isinstance(context, Mapping):
+        raise PolicyError("policy context must be a mapping")
+    missing = [k for k in CONTEXT_KEYS if k not in context]
+    extra = [k for k in context if k not in CONTEXT_KEYS]
+    if missing or extra:
+        raise PolicyError(f"policy context: missing {missing}, unexpected {sorted(map(str, extra))}")
+    out: dict = {}
+    for key, (type_, low, high) in CONTEXT_KEYS.items():
+        value = context[key]
+        if type(value) is not type_:  # exact: True is not a confidence, 0.7 is not 70
+            raise PolicyError(f"policy context: {key} must be {type_.__name__}, got {type(value).__name__}")
+        if low is not None and not low <= value <= high:
+            raise PolicyError(f"policy context: {key} must be between {low} and {high}, got {value}")
+        out[key] = value
+    if out["posture"] not in POSTURES:
+        raise PolicyError(f"policy context: posture must be one of {list(POSTURES)}, got {out['posture']!r}")
+    return out
+
+
+def _check_name(what: str, value: object) -> str:
+    # action, target and agent ids come from the proposal: bad ones are the caller's 400.
+    problem = id_problem(value)
+    if problem:
+        raise InvalidRequest(f"{what} {problem}")
+    return value  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _shorten(text: str, limit: int = _REASON_ERRORS_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _decided_by(names: list[str]) -> str:
+    return ("policy " if len(names) == 1 else "policies ") + ", ".join(names)
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    decision: Decision
+    request: dict | None
+    result: Any | None  # cedarpy.AuthzResult when Cedar was asked
+
+
+class PolicyGate:
+    """Decides proposals with pre-parsed Cedar policies and entities. Build with :meth:`load`."""
+
+    def __init__(self, rules: _Rules, directory: Directory, agents: Iterable[PrincipalInfo]) -> None:
+        """Use :meth:`load`; this takes already-loaded rules."""
+        self._write_lock = threading.Lock()  # writers only; readers take ``self._state`` once
+        self._agents = tuple(agents)
+        self._directory = directory
+        self._state = _build_state(rules, self._agents, directory)
+
+    @classmethod
+    def load(cls, policy_dir: Path, directory: Directory, agents: Iterable[PrincipalInfo]) -> "PolicyGate":
+        """Load every ``*.cedar`` file (sorted by name) and the schema in ``policy_dir``.
+
+        Raises :class:`PolicyError` naming the file (and line, for a parse error) when
+        anything is wrong, including an empty folder: the broker must not start then.
+        """
+        return cls(_load_rules(Path(policy_dir)), directory, agents)
+
+    # -- keeping the inputs current
+
+    def set_agents(self, agents: Iterable[PrincipalInfo]) -> None:
+        """Rebuild the entities for a new list of agents (the old ones stay on error)."""
+        agents = tuple(agents)
+        with self._write_lock:
+            self._state = _build_state(self._state.rules, agents, self._directory)
+            self._agents = agents
+
+    def set_directory(self, directory: Directory) -> None:
+        """Rebuild the entities from ``directory`` (call after ``directory.reload_if_changed()``)."""
+        with self._write_lock:
+            self._state = _build_state(self._state.rules, self._agents, directory)
+            self._directory = directory
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the policy folder when any file was added, removed or modified.
+
+        Returns True when a new version is in use. A broken new version raises
+        :class:`PolicyError` and the previous one stays in force; the next call
+        tries again, so the error is reported until the folder is fixed.
+        """
+        with self._write_lock:
+            rules = self._state.rules
+            if _dir_fingerprint(rules.directory) == rules.fingerprint:
+                return False
+            self._state = _build_state(_load_rules(rules.directory), self._agents, self._directory)
+            return True
+
+    @property
+    def policy_ids(self) -> tuple[str, ...]:
+        """The ids of the loaded policies, in load order."""
+        return tuple(p.name for p in self._state.rules.policies.values())
+
+    @property
+    def schema_actions(self) -> frozenset[str] | None:
+        """The actions the schema declares, or None when the folder has no schema."""
+        return self._state.rules.actions
+
+    # -- deciding
+
+    def decide(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
+               approver_principal: str | None = None) -> Decision:
+        """Decide one proposal: deny, grant at once, or require approvals (with obligations).
+
+        ``approver_principal`` makes the principal that approver instead of the agent
+        (break-glass for oneself). Never raises because of what Cedar did: anything
+        unexpected there is a deny. Raises :class:`PolicyError` for a malformed
+        ``context`` and :class:`InvalidRequest` for malformed ids.
+        """
+        return self._evaluate(self._state, agent_id, action, target, context, approver_principal).decision
+
+    def explain(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
+                approver_principal: str | None = None) -> dict:
+        """The decision plus, for every policy, its effect, whether its conditions held,
+        whether it decided, and any evaluation error (for ``jitgate policy check``)."""
+        state = self._state
+        rules = state.rules
+        evaluation = self._evaluate(state, agent_id, action, target, context, approver_principal)
+        satisfied: set[str] = set()
+        errors: dict[str, str] = {}
+        all_errors: list[str] = []
+        determining: set[str] = set()
+        if evaluation.result is not None:
+            determining = set(evaluation.result.diagnostics.reasons)
+            all_errors = [rules.rename(e) for e in evaluation.result.diagnostics.errors]
+            try:
+                probe = cedarpy.is_authorized(evaluation.request, rules.probe_set, self._entities_for(state, evaluation.request),
+                                              schema=rules.schema)
+                satisfied = set(probe.diagnostics.reasons)
+                for error in probe.diagnostics.errors:
+                    match = _ERROR_POLICY.search(error)
+                    if match:
+                        errors[match.group(1)] = rules.rename(error)
+            except Exception as exc:  # noqa: BLE001 - explain reports, it does not decide
+                all_errors.append(f"probe evaluation failed: {exc}")
+        return {
+            "decision": evaluation.decision.to_dict(),
+            "request": None if evaluation.request is None else {
+                "principal": evaluation.request["principal"],
+                "action": evaluation.request["action"],
+                "resource": evaluation.request["resource"],
+                "context": evaluation.request["context"],
+            },
+            "schema": rules.schema_file,
+            "policies": [
+                {
+                    "id": p.name, "effect": p.effect, "file": p.file,
+                    "satisfied": p.cedar_id in satisfied,
+                    "determining": p.cedar_id in determining,
+                    "error": errors.get(p.cedar_id),
+                    "approvals": p.approvals, "approver_group": p.approver_group,
+                    "max_duration_s": p.max_duration,
+                }
+                for p in rules.policies.values()
+            ],
+            "errors": all_errors,
+        }
+
+    # -- internals
+
+    def _evaluate(self, state: _State, agent_id: str, action: str, target: str, context: Mapping[str, Any],
+                  approver_principal: str | None) -> _Evaluation:
+        ctx = normalize_context(context)
+        _check_name("agent id", agent_id)
+        _check_name("action", action)
+        _check_name("target", target)
+        if approver_principal is not None:
+            _check_name("approver", approver_principal)
+        rules = state.rules
+        if rules.actions is not None and action not in rules.actions:
+            # Cedar would refuse to even build this request; say it plainly instead.
+            return _Evaluation(Decision.deny(f"unknown action '{action}'"), None, None)
+        if approver_principal is not None:
+            principal = _uid(APPROVER, approver_principal)
+        else:
+            principal = _uid(AGENT, agent_id)
+        resource_type = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
+        request = {"principal": principal, "action": _uid(ACTION, action),
+                   "resource": _uid(resource_type, target), "context": ctx}
+        try:
+            result = cedarpy.is_authorized(request, rules.policy_set, self._entities_for(state, request),
+                                           schema=rules.schema)
+            decision = self._interpret(rules, result, action, target)
+        except BaseException as exc:
+            # A Rust panic surfaces as pyo3's PanicException, which is not an Exception.
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            log.exception("policy evaluation failed for %s on %s", action, target)
+            return _Evaluation(Decision.deny(_EVALUATION_FAILED), request, None)
+        return _Evaluation(decision, request, result)
+
+    @staticmethod
+    def _entities_for(state: _State, request: dict) -> Any:
+        """The pre-built entities, plus a small delta for a principal or resource they lack.
+
+        An unknown target is still an entity (with only ``name``) so that policies
+        reading ``resource.name`` evaluate instead of erroring; only the delta is parsed.
+        """
+        delta: list[dict] = []
+        for uid in (request["principal"], request["resource"]):
+            type_, id_ = uid["type"], uid["id"]
+            if type_ == AGENT and id_ not in state.agents:
+                entity = _agent_entity(id_, None, None)
+            elif type_ == TARGET and id_ not in state.targets:
+                entity = _target_entity(id_, None, {})
+            elif type_ == APPROVER and id_ not in state.approvers:
+                entity = {"uid": uid, "attrs": {}, "parents": []}
+            else:
+                continue
+            if entity not in delta:
+                delta.append(entity)
+        if not delta:
+            return state.entities
+        return state.entities.with_added_json_str(json.dumps(delta))
+
+    @staticmethod
+    def _interpret(rules: _Rules, result: Any, action: str, target: str) -> Decision:
+        """Turn Cedar's answer into a Decision. Only a clean Allow becomes a yes."""
+        reasons = sorted((rules.policies[r] for r in result.diagnostics.reasons), key=lambda p: p.position)
+        errors = list(result.diagnostics.errors)
+        error_text = _shorten("; ".join(rules.rename(e) for e in errors))
+        if result.decision is not cedarpy.Decision.Allow:
+            if reasons:
+                return Decision.deny(f"denied by {_decided_by([p.name for p in reasons])}", [p.name for p in reasons])
+            if result.decision is cedarpy.Decision.NoDecision:
+                return Decision.deny(f"the request does not fit the policy schema: {error_text}")
+            reason = f"no policy permits {action} on {target} (default deny)"
+            return Decision.deny(f"{reason}; errors: {error_text}" if errors else reason)
+
+        # Cedar skips a policy whose condition errors. For a permit that only means one
+        # reason less to allow; for a forbid it could hide a deny, so that is a deny.
+        suspect: list[str] = []
+        for error in errors:
+            match = _ERROR_POLICY.search(error)
+            policy = rules.policies.get(match.group(1)) if match else None
+            if policy is None or policy.effect != "permit":
+                suspect.append(policy.name if policy else "?")
+        if suspect:
+            named = [n for n in suspect if n != "?"]
+            return Decision.deny(f"a forbid policy could not be evaluated; {error_text}", named)
+        if not reasons or any(p.effect != "permit" for p in reasons):
+            return Decision.deny(_EVALUATION_FAILED)
+        return _obligations(reasons)
+
+
+def _obligations(permits: list[_Policy]) -> Decision:
+    """Combine the determining permits' annotations, the strictest winning.
+
+    Approvals: the highest. Duration: the shortest that is set. Group, channel and
+    backup group: from the permit asking for the most approvals (ties: lowest id).
+    """
+    names = [p.name for p in permits]
+    approvals = max(p.approvals for p in permits)
+    durations = [p.max_duration for p in permits if p.max_duration is not None]
+    lead = min(permits, key=lambda p: (-p.approvals, p.name))
+    decided = _decided_by(names)
+    if approvals == 0:
+        outcome, reason = "auto_grant", f"pre-approved, no approval needed; decided by {decided}"
+    elif lead.approver_group is None:
+        outcome = "require_approval"
+        reason = f"needs {_plural(approvals, 'approval')} but no approver group set by policy; decided by {decided}"
+    else:
+        outcome = "require_approval"
+        reason = f"needs {_plural(approvals, 'approval')} from {lead.approver_group}; decided by {decided}"
+    return Decision(
+        outcome=outcome,
+        policies=tuple(names),
+        approvals_required=approvals,
+        approver_group=lead.approver_group,
+        max_duration_s=min(durations) if durations else None,
+        channel=lead.channel,
+        backup_group=lead.backup_group,
+        reason=reason,
+    )

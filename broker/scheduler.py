@@ -1,0 +1,121 @@
+"""APScheduler jobs: deadline sweeps and key rotation, run by the replica holding a lease.
+
+Deadlines live in one Redis sorted set (score = deadline in ms), so a sweep costs what
+is due, not what exists, and anything missed while no broker ran is caught by the first
+sweep after start. Every job is a compare-and-set, so a duplicate run (two replicas
+during a lease hand-over, a retry) is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .clock import new_id
+
+log = logging.getLogger("jitgate.scheduler")
+
+LEASE_TTL_MS = 5000
+SWEEP_BATCH = 500
+SWEEP_CONCURRENCY = 32
+
+# Take the lease if free, or renew it if it is ours; one atomic step.
+_LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Scheduler:
+    """Owns the APScheduler instance and the jobs."""
+
+    def __init__(self, lifecycle, keyring, *, sweep_interval_s: float = 0.5, rotation_check_s: float = 60.0) -> None:
+        self.lifecycle = lifecycle
+        self.store = lifecycle.store
+        self.keyring = keyring
+        self.sweep_interval_s = sweep_interval_s
+        self.rotation_check_s = rotation_check_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
+        self.lease_key = self.store.prefix + "scheduler:lease"
+        self._lease = self.store.redis.register_script(_LEASE_LUA)
+        self._release = self.store.redis.register_script(_RELEASE_LUA)
+        self.aps = AsyncIOScheduler(timezone="UTC")
+        self.swept = 0
+
+    async def start(self) -> None:
+        """Run one catch-up sweep now, then the periodic jobs."""
+        if await self.has_lease():
+            await self.sweep()
+        self.aps.add_job(self._sweep_job, "interval", seconds=self.sweep_interval_s, id="sweep",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.aps.add_job(self._rotate_job, "interval", seconds=self.rotation_check_s, id="rotate",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.aps.start()
+
+    async def stop(self) -> None:
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+        try:
+            await self._release(keys=[self.lease_key], args=[self.holder])
+        except Exception:  # noqa: BLE001 - best effort; the lease times out anyway
+            pass
+
+    async def has_lease(self) -> bool:
+        """Take or renew the scheduler lease; True if this process holds it."""
+        try:
+            return bool(await self._lease(keys=[self.lease_key], args=[self.holder, LEASE_TTL_MS]))
+        except Exception:  # noqa: BLE001 - no Redis, no lease
+            log.warning("could not reach Redis for the scheduler lease")
+            return False
+
+    async def _sweep_job(self) -> None:
+        if await self.has_lease():
+            await self.sweep()
+
+    async def _rotate_job(self) -> None:
+        if await self.has_lease():
+            try:
+                if await self.keyring.rotate():
+                    log.info("signing key rotated; current kid %s", self.keyring.current_kid)
+            except Exception:  # noqa: BLE001
+                log.exception("key rotation failed")
+        else:
+            await self.keyring.refresh()
+
+    async def sweep(self, max_batches: int = 200) -> int:
+        """Expire everything whose deadline has passed; returns how many changed."""
+        changed = 0
+        sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def one(rid: str) -> None:
+            nonlocal changed
+            async with sem:
+                try:
+                    out = await self.lifecycle.expire(rid)
+                    if out.ok:
+                        changed += 1
+                except Exception:  # noqa: BLE001 - one bad request must not stop the sweep
+                    log.exception("could not expire %s", rid)
+
+        for _ in range(max_batches):
+            now_ms = int(self.lifecycle.clock.now() * 1000)
+            due = await self.store.due(now_ms, SWEEP_BATCH)
+            if not due:
+                break
+            await asyncio.gather(*(one(rid) for rid in due))
+            if len(due) < SWEEP_BATCH:
+                break
+        self.swept += changed
+        return changed

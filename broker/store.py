@@ -1,0 +1,225 @@
+"""Redis keys, Lua scripts and the pub/sub wake-ups: the only code that writes state.
+
+Every state change is one script call: a compare-and-set on the request's status that
+appends its audit events (hash-chained) *before* writing the new state, so a failed
+append leaves the request untouched. Keys of one request share the hash tag
+``{req:<id>}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Iterable
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from .errors import AuditError, Unavailable
+from .model import Request
+
+_LUA_DIR = resources.files("broker") / "lua"
+
+
+def _lua(name: str) -> str:
+    return (_LUA_DIR / name).read_text()
+
+
+def _script(name: str) -> str:
+    """A script with the shared SHA-256 and audit prelude prepended."""
+    return _lua("sha256.lua") + "\n" + _lua("audit.lua") + "\n" + _lua(name)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a script did: ``ok``, ``noop`` (same outcome already), ``conflict``, ``missing``,
+    ``not_due``, ``exists`` or ``stale``; ``status`` is the request's status afterwards."""
+
+    result: str
+    status: str | None = None
+    extra: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+
+def event(kind: str, at: str, request_id: str | None = None, actor: dict | None = None, **data: Any) -> bytes:
+    """An audit event as canonical JSON bytes (sorted keys): the exact bytes that get hashed."""
+    body: dict[str, Any] = {"type": kind, "at": at}
+    if request_id:
+        body["request_id"] = request_id
+    if actor:
+        body["actor"] = actor
+    if data:
+        body["data"] = data
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _events_arg(events: Iterable[bytes]) -> bytes:
+    return orjson.dumps([[e.decode(), hashlib.sha256(e).hexdigest()] for e in events])
+
+
+def _decode(raw: list) -> Outcome:
+    parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw]
+    return Outcome(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None)
+
+
+class Store:
+    """Typed access to jitgate's Redis keys (all under ``prefix``)."""
+
+    def __init__(self, redis, prefix: str = "jitgate:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.deadlines = f"{prefix}deadlines"
+        self.audit_stream = f"{prefix}audit"
+        self.audit_head = f"{prefix}audit:head"
+        self.channel = f"{prefix}events"
+        self._submit = redis.register_script(_script("submit.lua"))
+        self._transition = redis.register_script(_script("transition.lua"))
+        self._approve = redis.register_script(_script("approve.lua"))
+        self._append = redis.register_script(_script("append.lua"))
+
+    def req_key(self, request_id: str) -> str:
+        return f"{self.prefix}{{req:{request_id}}}"
+
+    def idem_key(self, agent_id: str, key: str) -> str:
+        digest = hashlib.sha256(f"{agent_id}\0{key}".encode()).hexdigest()[:32]
+        return f"{self.prefix}idem:{digest}"
+
+    async def _run(self, script, keys: list[str], args: list) -> Outcome:
+        try:
+            return _decode(await script(keys=keys, args=args))
+        except ResponseError as e:
+            # A script error aborts before the state writes (audit appends come first):
+            # the transition did not happen. Fail closed and say so.
+            raise AuditError(f"the audit log could not be written, so nothing was changed ({e})") from e
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+
+    async def create(
+        self,
+        request_id: str,
+        fields: dict,
+        status: str,
+        events: list[bytes],
+        deadline_ms: int | None,
+        idem_key: str | None,
+        idem_ttl_ms: int,
+    ) -> Outcome:
+        """Store a new request with its first audit events (or find the idempotent twin)."""
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, idem_key or self.req_key(request_id) + ":noidem"]
+        args = [
+            request_id,
+            orjson.dumps(fields),
+            _events_arg(events),
+            "" if deadline_ms is None else str(deadline_ms),
+            self.channel,
+            str(idem_ttl_ms),
+            "1" if idem_key else "0",
+            status,
+        ]
+        return await self._run(self._submit, keys, args)
+
+    async def transition(
+        self,
+        request_id: str,
+        from_states: Iterable[str],
+        to: str,
+        fields: dict,
+        events: list[bytes],
+        now_ms: int,
+        deadline: str = "",
+        due_check: bool = False,
+        retention_ms: int | None = None,
+    ) -> Outcome:
+        """Compare-and-set ``status`` from one of ``from_states`` to ``to``.
+
+        ``deadline`` is '' (keep), '-' (clear) or a score in ms. With ``due_check`` the
+        change happens only if the stored deadline has passed (scheduler sweeps).
+        """
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head]
+        args = [
+            request_id,
+            " ".join(from_states),
+            to,
+            orjson.dumps(fields),
+            _events_arg(events),
+            deadline,
+            self.channel,
+            str(now_ms),
+            "1" if due_check else "0",
+            "" if retention_ms is None else str(retention_ms),
+        ]
+        return await self._run(self._transition, keys, args)
+
+    async def approve(
+        self,
+        request_id: str,
+        approver: str,
+        approval: dict,
+        events_partial: list[bytes],
+        events_complete: list[bytes],
+        fields_complete: dict,
+        deadline_complete_ms: int,
+        required: int,
+        proposal_sha256: str,
+    ) -> Outcome:
+        """Count one approval; the ``required``-th approves the request. ``extra`` = count."""
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head]
+        args = [
+            request_id,
+            approver,
+            orjson.dumps(approval),
+            _events_arg(events_partial),
+            _events_arg(events_complete),
+            orjson.dumps(fields_complete),
+            str(deadline_complete_ms),
+            self.channel,
+            str(required),
+            proposal_sha256,
+        ]
+        return await self._run(self._approve, keys, args)
+
+    async def append(self, events: list[bytes], request_id: str | None = None, fields: dict | None = None) -> Outcome:
+        """Append audit events that change no state (optionally setting request fields)."""
+        keys = [self.audit_stream, self.audit_head]
+        if request_id:
+            keys.append(self.req_key(request_id))
+        return await self._run(self._append, keys, [_events_arg(events), orjson.dumps(fields or {})])
+
+    async def load(self, request_id: str) -> Request | None:
+        """The request as stored now, or None."""
+        try:
+            h = await self.redis.hgetall(self.req_key(request_id))
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        return Request.from_redis(h) if h else None
+
+    async def idempotent_id(self, idem_key: str) -> str | None:
+        raw = await self.redis.get(idem_key)
+        return raw.decode() if raw else None
+
+    async def due(self, now_ms: int, limit: int = 1000) -> list[str]:
+        """Ids whose deadline has passed, oldest first, at most ``limit``."""
+        raw = await self.redis.zrangebyscore(self.deadlines, "-inf", now_ms, start=0, num=limit)
+        return [r.decode() for r in raw]
+
+    async def next_deadline_ms(self) -> int | None:
+        raw = await self.redis.zrange(self.deadlines, 0, 0, withscores=True)
+        return int(raw[0][1]) if raw else None
+
+    async def scan_requests(self, limit: int = 1000) -> list[Request]:
+        """Up to ``limit`` stored requests (operator listing; not a hot path)."""
+        out: list[Request] = []
+        async for key in self.redis.scan_iter(match=f"{self.prefix}{{req:*}}", count=500):
+            if key.endswith(b":noidem"):
+                continue
+            h = await self.redis.hgetall(key)
+            if h and b"id" in h:
+                out.append(Request.from_redis(h))
+            if len(out) >= limit:
+                break
+        out.sort(key=lambda r: r.created_at, reverse=True)
+        return out

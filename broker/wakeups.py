@@ -1,0 +1,109 @@
+"""Long-poll wake-ups over Redis pub/sub, so a change on any replica wakes waiters here.
+
+One subscription per process; the transition scripts publish ``"<id> <status>"`` in
+the same atomic step as the change. Waiters register *before* reading the request, and
+wait for a status different from the one they read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+log = logging.getLogger("jitgate.wakeups")
+
+
+class _Waiter:
+    __slots__ = ("known", "event")
+
+    def __init__(self) -> None:
+        self.known: str | None = None
+        self.event = asyncio.Event()
+
+
+class Wakeups:
+    """Routes published state changes to the local waiters of each request."""
+
+    def __init__(self, redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._waiters: dict[str, set[_Waiter]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Subscribe and start routing (returns once subscribed)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._ready.set()
+                backoff = 0.05
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    self._route(msg["data"])
+            except asyncio.CancelledError:
+                await _close(pubsub)
+                raise
+            except Exception as e:  # noqa: BLE001 - reconnect; waiters fall back to their timeout
+                log.warning("pub/sub connection lost (%s); reconnecting", e.__class__.__name__)
+                await _close(pubsub)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _route(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        rid, _, status = text.partition(" ")
+        for w in self._waiters.get(rid, ()):
+            if w.known is not None and status != w.known:
+                w.event.set()
+
+    def register(self, request_id: str) -> _Waiter:
+        """Start listening for ``request_id`` (call before reading its state)."""
+        w = _Waiter()
+        self._waiters[request_id].add(w)
+        return w
+
+    def unregister(self, request_id: str, w: _Waiter) -> None:
+        s = self._waiters.get(request_id)
+        if s is not None:
+            s.discard(w)
+            if not s:
+                del self._waiters[request_id]
+
+    async def wait(self, w: _Waiter, known_status: str, timeout: float) -> bool:
+        """Wait until a status other than ``known_status`` is published, or ``timeout``."""
+        w.known = known_status
+        try:
+            await asyncio.wait_for(w.event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(s) for s in self._waiters.values())
+
+
+async def _close(pubsub) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # noqa: BLE001
+        pass
