@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -125,14 +126,33 @@ def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwar
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         owned = holder["broker"] is None
+        embedded = None
         if owned:
-            holder["broker"] = await build(settings, **build_kwargs)
+            run_settings = settings
+            if not settings.redis_url:
+                # Started and stopped with the app, so it goes down with the broker
+                # even when uvicorn re-raises the signal that stopped it.
+                from .embedded_redis import RedisServer  # noqa: PLC0415
+
+                embedded = RedisServer(data_dir=settings.data_dir / "redis").start()
+                log.warning("REDIS_URL unset: started an embedded Redis (AOF on) at %s", embedded.url)
+                run_settings = dataclasses.replace(settings, redis_url=embedded.url)
+            try:
+                holder["broker"] = await build(run_settings, **build_kwargs)
+            except BaseException:
+                if embedded:
+                    embedded.stop()
+                raise
             _mount(app, holder["broker"])
         try:
             yield
         finally:
             if owned:
-                await shutdown(holder["broker"])
+                try:
+                    await shutdown(holder["broker"])
+                finally:
+                    if embedded:
+                        embedded.stop()
 
     app = Starlette(lifespan=lifespan, exception_handlers=exception_handlers(lambda: holder["broker"]))
     if broker is not None:

@@ -59,25 +59,18 @@ def cmd_serve(args) -> int:
     import uvicorn  # noqa: PLC0415
 
     from .app import create_app  # noqa: PLC0415
-    from .embedded_redis import RedisServer  # noqa: PLC0415
 
     settings = _settings()
-    server = None
-    if not settings.redis_url:
-        server = RedisServer(data_dir=settings.data_dir / "redis").start()
-        log.warning("REDIS_URL unset: started an embedded Redis with AOF persistence at %s", server.url)
-        settings = Settings(**{**settings.__dict__, "redis_url": server.url})
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    try:
-        app = create_app(settings)
-        config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run()
-    finally:
-        if server:
-            server.stop()
-    return 0
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn reports a failed lifespan start-up (bad settings, broken policy) by exiting
+    # the serve loop without "started": say so with a failing exit code.
+    return 0 if server.started else 3
 
 
 # ---------------------------------------------------------------------- init
@@ -283,6 +276,7 @@ def cmd_policy_check(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     p = argparse.ArgumentParser(prog="jitgate", description="Just-in-time privilege broker for AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
 

@@ -181,7 +181,7 @@ class _Rules:
         return policy.name if policy else cedar_id
 
     def rename(self, text: str) -> str:
-        """Replace Cedar's positional ids (```policy3```) in a message by the policies' ``@id``."""
+        """Replace Cedar's positional ids (`` `policy3` ``) in a message by the policies' ``@id``."""
         return _CEDAR_POLICY_REF.sub(lambda m: f"`{self.name(m.group(1))}`", text)
 
 
@@ -299,8 +299,14 @@ def _locate_parse_error(text: str) -> int | None:
             return _line_of(text, end - 1)  # after the last line break of the statement
         if message == "unexpected end of input":
             return _line_of(text, code_start)  # an unterminated policy: point at its start
+        # e.g. "`foo` is not a valid function", "invalid variable in the policy scope: actoin"
         quoted = re.findall(r"`([^`]+)`", message)
-        token = quoted[0] if quoted else message.rsplit(": ", 1)[-1].strip() if ": " in message else ""
+        if quoted:
+            token = quoted[0]
+        elif ": " in message:
+            token = message.rsplit(": ", 1)[-1].strip()
+        else:
+            token = ""
         if token:
             found = text.find(token, code_start, end)
             if found != -1:

@@ -1,0 +1,119 @@
+"""The `jitgate` command, run as a real process against the real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+
+import jwt
+import pytest
+
+from tests.support.harness import ISSUER, write_agents
+from tests.support.process import jitgate_env, run_cli
+
+
+_keys: dict = {}
+
+
+@pytest.fixture
+def cli_env(tmp_path, redis_url, prefix, redis):
+    """Env for CLI processes, plus the agents' private keys for proposing."""
+    _keys.clear()
+    _keys.update(write_agents(tmp_path / "agents.yaml"))
+    return jitgate_env(tmp_path, prefix, base64.urlsafe_b64encode(os.urandom(32)).decode(), redis_url)
+
+
+async def _propose_async(env, agent="deploy-bot", **body) -> str:
+    from broker.clock import SystemClock
+    from broker.config import Settings
+    from broker.identity import make_assertion
+    from tests.support.harness import Harness
+
+    h = Harness(Settings.from_env(env), _keys, SystemClock())
+    await h.start(background=False)
+    try:
+        proposal = {"action": "deploy", "target": "prod/payments-api", "justification": "fix", "duration_s": 300, "confidence": 0.9}
+        proposal.update(body)
+        token = make_assertion(_keys[agent], agent_id=agent, audience=ISSUER)
+        r = await h.client.post("/v1/escalations", json=proposal, headers={"Authorization": f"Bearer {token}"})
+        return r.json()["id"]
+    finally:
+        await h.stop()
+
+
+async def test_cli_approve_and_deny_go_through_lifecycle_checks(cli_env):
+    """Operators approve with the same checks as a chat click; the audit records channel cli and the OS user."""
+    rid = await _propose_async(cli_env)
+    refused = run_cli(cli_env, "requests", "approve", rid, "--as", "alice")  # alice owns deploy-bot
+    assert refused.returncode != 0 and "owns agent deploy-bot" in refused.stderr
+    ok = run_cli(cli_env, "requests", "approve", rid, "--as", "bob")
+    assert ok.returncode == 0 and "pending" in ok.stdout
+    shown = json.loads(run_cli(cli_env, "requests", "show", rid).stdout)
+    assert shown["approvals"][0]["approver"] == "bob" and shown["approvals"][0]["channel"] == "cli"
+    assert shown["approvals"][0]["platform_user"].startswith("os:")
+    no_reason = run_cli(cli_env, "requests", "deny", rid, "--as", "erin")
+    assert no_reason.returncode != 0 and "reason is required" in no_reason.stderr
+    denied = run_cli(cli_env, "requests", "deny", rid, "--as", "erin", "--reason", "not now")
+    assert denied.returncode == 0 and "denied" in denied.stdout
+    again = run_cli(cli_env, "requests", "approve", rid, "--as", "alice")
+    assert again.returncode != 0
+
+
+async def test_cli_list_audit_verify_and_export(cli_env, tmp_path):
+    """requests list shows requests; audit verify passes; audit export writes JSON Lines."""
+    rid = await _propose_async(cli_env)
+    assert rid in run_cli(cli_env, "requests", "list").stdout
+    assert rid in run_cli(cli_env, "requests", "list", "--status", "pending").stdout
+    assert rid not in run_cli(cli_env, "requests", "list", "--status", "denied").stdout
+    v = run_cli(cli_env, "audit", "verify")
+    assert v.returncode == 0 and "OK" in v.stdout
+    out = tmp_path / "audit.jsonl"
+    assert run_cli(cli_env, "audit", "export", "--out", str(out)).returncode == 0
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0])["event"]["type"] == "proposal.received"
+
+
+def test_policy_check_explains(cli_env, tmp_path):
+    """policy check dry-runs a proposal and names the deciding policy."""
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"agent": "deploy-bot", "action": "deploy", "target": "prod/payments-api",
+                             "justification": "x", "duration_s": 60, "confidence": 0.9}))
+    out = run_cli(cli_env, "policy", "check", str(f))
+    assert out.returncode == 0, out.stderr
+    assert "prod-deploy" in out.stdout
+    f.write_text(json.dumps({"agent": "deploy-bot", "action": "db.export", "target": "prod/payments-api",
+                             "justification": "x", "duration_s": 60}))
+    denied = run_cli(cli_env, "policy", "check", str(f))
+    assert denied.returncode == 3 and "no-export" in denied.stdout
+
+
+def test_init_writes_private_env_and_demo_agent(tmp_path):
+    """init writes a .env readable only by its owner, with a fresh key-encryption key, and a demo agent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JITGATE_", "REDIS_URL"))}
+    dotenv, data = tmp_path / ".env", tmp_path / "data"
+    out = run_cli(env, "init", "--env", str(dotenv), "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600
+    assert "JITGATE_KEY_ENCRYPTION_KEY=" in dotenv.read_text()
+    assert stat.S_IMODE((data / "demo-agent.pem").stat().st_mode) == 0o600
+    env["JITGATE_AGENTS_FILE"] = str(data / "agents.yaml")
+    env["JITGATE_ENV_FILE"] = str(dotenv)
+    assert "demo-agent" in run_cli(env, "agents", "list").stdout
+    again = run_cli(env, "init", "--env", str(dotenv), "--data-dir", str(data))
+    assert "left as it is" in again.stdout  # never overwrites secrets
+
+
+def test_agents_add_generate_and_assertion(cli_env, tmp_path):
+    """agents add --generate registers a new agent whose key signs a valid assertion."""
+    key = tmp_path / "new.pem"
+    out = run_cli(cli_env, "agents", "add", "new-bot", "--owner", "bob", "--team", "ops", "--generate", str(key),
+                  "--kind", "P-256")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    dup = run_cli(cli_env, "agents", "add", "new-bot", "--generate", str(tmp_path / "other.pem"))
+    assert dup.returncode != 0
+    a = run_cli(cli_env, "assertion", "--agent", "new-bot", "--key", str(key))
+    claims = jwt.decode(a.stdout.strip(), options={"verify_signature": False})
+    assert claims["iss"] == claims["sub"] == "new-bot" and claims["aud"] == ISSUER

@@ -1,0 +1,99 @@
+"""Run real ``jitgate`` processes for tests that need a process boundary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from broker.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def jitgate_env(tmp: Path, prefix: str, kek: str, redis_url: str | None, **extra: str) -> dict:
+    """Environment for a broker process built from the test fixtures."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JITGATE_", "REDIS_URL", "SLACK_", "MICROSOFT_", "TEAMS_"))}
+    env.update(
+        JITGATE_ENV_FILE=str(tmp / "absent.env"),
+        JITGATE_ISSUER="https://jitgate.test",
+        JITGATE_KEY_ENCRYPTION_KEY=kek,
+        JITGATE_REDIS_PREFIX=prefix,
+        JITGATE_DATA_DIR=str(tmp / "data"),
+        JITGATE_POLICY_DIR=str(ROOT / "tests/fixtures/policies"),
+        JITGATE_AGENTS_FILE=str(tmp / "agents.yaml"),
+        JITGATE_APPROVERS_FILE=str(ROOT / "tests/fixtures/approvers.yaml"),
+        JITGATE_TARGETS_FILE=str(ROOT / "tests/fixtures/targets.yaml"),
+        JITGATE_SWEEP_INTERVAL_S="0.1",
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+def run_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``jitgate ARGS`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "broker.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+class BrokerProcess:
+    """``jitgate serve`` on a free loopback port."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> "BrokerProcess":
+        # Output goes to a file: a pipe nobody reads would block a chatty broker.
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited ({self.proc.returncode}): {self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("broker did not become ready")
+
+    def stop(self, timeout: float = 15) -> str:
+        """Stop with SIGTERM (as Ctrl-C would) and return what it printed."""
+        if not self.proc:
+            return ""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        out = self.output()
+        self._log.close()
+        self.proc = None
+        return out
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+    def __enter__(self) -> "BrokerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
