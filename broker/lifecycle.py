@@ -188,6 +188,8 @@ class Lifecycle:
         }
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
+        except InvalidRequest:
+            raise  # the agent sent a name policy cannot represent: a 400, nothing stored
         except Exception as e:  # noqa: BLE001 - unknown means deny
             log.exception("policy evaluation failed")
             decision = Decision("deny", (), 0, None, None, None, None, f"policy evaluation failed: {e.__class__.__name__}")
