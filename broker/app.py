@@ -69,6 +69,17 @@ class Broker:
             log.error("reload refused, keeping the previous version: %s", e)
 
 
+def refuse_unbuilt_channels(settings: Settings) -> None:
+    """Chat credentials for a desk this version does not have: refuse rather than leave
+    approvers waiting on a channel that will never show them anything."""
+    if settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret:
+        raise ConfigError("SLACK_* is set, but this version has no Slack desk yet; unset it and approve with "
+                          "`jitgate requests approve`")
+    if settings.microsoft_app_id or settings.microsoft_app_password:
+        raise ConfigError("MICROSOFT_APP_* is set, but this version has no Teams desk yet; unset it and approve with "
+                          "`jitgate requests approve`")
+
+
 def principals(registry: Registry) -> list[PrincipalInfo]:
     return [PrincipalInfo(a.id, a.owner, a.team) for a in registry.agents]
 
@@ -82,6 +93,7 @@ async def build(
     start_background: bool = True,
 ) -> Broker:
     """Build and start a broker. Refuses (ConfigError/PolicyError) when anything is missing."""
+    refuse_unbuilt_channels(settings)
     if redis is None:
         if not settings.redis_url:
             raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")

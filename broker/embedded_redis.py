@@ -71,7 +71,8 @@ class RedisServer:
     ) -> None:
         self.binary = binary or redis_server_binary()
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="jitgate-redis-"))
+        # Absolute: redis-server changes into --dir before opening the log file.
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="jitgate-redis-")).resolve()
         self.port = port
         self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None

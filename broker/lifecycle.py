@@ -226,7 +226,8 @@ class Lifecycle:
         else:
             status = PENDING
             deadline = _ms(now + self.settings.request_ttl_s)
-        out = await self.store.create(rid, fields, status, events, deadline, idem, IDEMPOTENCY_TTL_MS)
+        out = await self.store.create(rid, fields, status, events, deadline, idem, IDEMPOTENCY_TTL_MS,
+                                      retention_ms=self.retention_ms if status == DENIED else None)
         if out.result == "exists":
             return await self._idempotent(out.status, agent, sha), False
         if not out.ok:

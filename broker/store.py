@@ -107,6 +107,7 @@ class Store:
         deadline_ms: int | None,
         idem_key: str | None,
         idem_ttl_ms: int,
+        retention_ms: int | None = None,
     ) -> Outcome:
         """Store a new request with its first audit events (or find the idempotent twin)."""
         keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, idem_key or self.req_key(request_id) + ":noidem"]
@@ -119,6 +120,7 @@ class Store:
             str(idem_ttl_ms),
             "1" if idem_key else "0",
             status,
+            "" if retention_ms is None else str(retention_ms),
         ]
         return await self._run(self._submit, keys, args)
 

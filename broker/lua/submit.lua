@@ -1,5 +1,6 @@
 -- Create a request. KEYS: req, deadlines, audit stream, audit head, idempotency key
--- ARGV: id, fields json, events json, deadline op, channel, idem ttl ms, has idem ('1'/'0'), status
+-- ARGV: id, fields json, events json, deadline op, channel, idem ttl ms, has idem ('1'/'0'), status,
+--       retention ms ('' none: a request closed at birth, e.g. denied by policy, expires then)
 if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing then return {'exists', existing} end
@@ -10,5 +11,6 @@ hset_json(KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', ARGV[8], 'version', 1)
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[4])
 if ARGV[7] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[6]) end
+if ARGV[9] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
 redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[8])
 return {'ok', ARGV[1]}

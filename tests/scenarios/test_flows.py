@@ -228,3 +228,15 @@ async def test_audit_chain_records_flow_and_verifies(harness):
         assert k in kinds
     token_events = [orjson.loads(f[b"event"]) for _, f in entries if orjson.loads(f[b"event"])["type"] == "token.collected"]
     assert "jti" in token_events[0]["data"] and "access_token" not in str(token_events[0])
+
+
+async def test_closed_requests_expire_from_redis_but_open_ones_do_not(harness):
+    """Retention: closed requests get a TTL (memory stays bounded); pending ones never do."""
+    s = harness.broker.store
+    pending = (await harness.propose()).json()["id"]
+    denied = (await harness.propose(action="db.export")).json()["id"]
+    done = (await harness.propose("reader-bot", action="read", target="staging/payments-api")).json()["id"]
+    await harness.complete(done, "reader-bot")
+    assert await s.redis.ttl(s.req_key(pending)) == -1
+    assert await s.redis.ttl(s.req_key(denied)) > 86400
+    assert await s.redis.ttl(s.req_key(done)) > 86400

@@ -113,3 +113,11 @@ def test_broken_policy_refuses_start(tmp_path, prefix, redis_url):
     out = run_cli(env, "serve", "--port", "0", timeout=30)
     assert out.returncode != 0
     assert "broken.cedar" in out.stderr and ":3" in out.stderr, out.stderr
+
+
+def test_chat_credentials_without_a_desk_refuse_start(tmp_path, prefix, redis_url):
+    """Fail closed: chat credentials for a desk this version lacks refuse start-up instead of being ignored."""
+    write_agents(tmp_path / "agents.yaml")
+    env = jitgate_env(tmp_path, prefix, _kek(), redis_url, SLACK_BOT_TOKEN="xoxb-test")
+    out = run_cli(env, "serve", "--port", "0", timeout=30)
+    assert out.returncode != 0 and "SLACK_" in out.stderr
