@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -19,7 +20,8 @@ from .errors import ConfigError
 from .identity import AssertionVerifier, Registry
 from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .notify import Dispatcher, LoggingNotifier, Notifier
+from .notify import Desk, LoggingNotifier, Notifier
+from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
 from .scheduler import Scheduler
 from .store import Store
@@ -47,7 +49,8 @@ class Broker:
     wakeups: Wakeups
     scheduler: Scheduler
     metrics: Metrics
-    dispatcher: Dispatcher
+    outbox: Outbox
+    desks: list = field(default_factory=list)
     _last_reload: float = field(default=0.0)
 
     def maybe_reload(self) -> None:
@@ -69,14 +72,30 @@ class Broker:
             log.error("reload refused, keeping the previous version: %s", e)
 
 
-def refuse_unbuilt_channels(settings: Settings) -> None:
-    """Chat credentials for a desk this version does not have: refuse rather than leave
-    approvers waiting on a channel that will never show them anything."""
-    if settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret:
-        raise ConfigError("SLACK_* is set, but this version has no Slack desk yet; unset it and approve with "
+def load_desks(settings: Settings) -> list[Desk]:
+    """The approval desks configured in ``settings``, found through the ``jitgate.desks``
+    entry points (the core imports no desk). A desk configured wrongly raises."""
+    desks = []
+    names = set()
+    for ep in sorted(entry_points(group="jitgate.desks"), key=lambda e: e.name):
+        if ep.name in names:
+            continue
+        names.add(ep.name)
+        desk = ep.load()(settings)
+        if desk is not None:
+            desks.append(desk)
+    refuse_unbuilt_channels(settings, names)
+    return desks
+
+
+def refuse_unbuilt_channels(settings: Settings, available: set[str]) -> None:
+    """Chat credentials for a desk this installation does not have: refuse rather than
+    leave approvers waiting on a channel that will never show them anything."""
+    if "slack" not in available and (settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret):
+        raise ConfigError("SLACK_* is set, but this installation has no Slack desk; unset it and approve with "
                           "`jitgate requests approve`")
-    if settings.microsoft_app_id or settings.microsoft_app_password:
-        raise ConfigError("MICROSOFT_APP_* is set, but this version has no Teams desk yet; unset it and approve with "
+    if "teams" not in available and (settings.microsoft_app_id or settings.microsoft_app_password):
+        raise ConfigError("MICROSOFT_APP_* is set, but this installation has no Teams desk; unset it and approve with "
                           "`jitgate requests approve`")
 
 
@@ -90,10 +109,16 @@ async def build(
     redis: aioredis.Redis | None = None,
     clock: Clock | None = None,
     notifiers: list[Notifier] | None = None,
+    desks: list[Desk] | None = None,
     start_background: bool = True,
 ) -> Broker:
-    """Build and start a broker. Refuses (ConfigError/PolicyError) when anything is missing."""
-    refuse_unbuilt_channels(settings)
+    """Build and start a broker. Refuses (ConfigError/PolicyError) when anything is missing.
+
+    ``desks`` None loads the configured desks; ``notifiers`` None adds the logging one.
+    With ``start_background`` False (operator CLI) nothing runs in the background and
+    notifications wait in the outbox for a serving broker.
+    """
+    desks = load_desks(settings) if desks is None else desks
     if redis is None:
         if not settings.redis_url:
             raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
@@ -109,24 +134,35 @@ async def build(
     await keyring.ensure()
     verifier = AssertionVerifier(registry, redis, settings.redis_prefix, audience=settings.issuer, clock=clock)
     metrics = Metrics()
-    dispatcher = Dispatcher(notifiers if notifiers is not None else [LoggingNotifier()])
+    all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
+    all_notifiers += [d.notifier for d in desks]
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
-                          dispatcher=dispatcher, clock=clock, metrics=metrics)
+                          notifiers=all_notifiers, clock=clock, metrics=metrics)
     wakeups = Wakeups(redis, store.channel)
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s)
+    outbox = Outbox(redis, store.outbox, scheduler.holder, lifecycle.deliver, on_give_up=lifecycle.notification_failed)
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
-                    wakeups, scheduler, metrics, dispatcher)
+                    wakeups, scheduler, metrics, outbox, list(desks))
     if start_background:
+        for desk in desks:
+            await desk.start(broker)
         await wakeups.start()
         await scheduler.start()
+        await outbox.start()
     return broker
 
 
 async def shutdown(broker: Broker) -> None:
-    """Stop background work, let notifications finish, close Redis."""
+    """Stop background work, then the desks, then close Redis. Undelivered notifications
+    stay in the outbox for the next broker."""
     await broker.scheduler.stop()
-    await broker.dispatcher.drain(5)
+    await broker.outbox.stop()
     await broker.wakeups.stop()
+    for desk in broker.desks:
+        try:
+            await desk.stop()
+        except Exception:  # noqa: BLE001 - stop the others regardless
+            log.exception("desk %s did not stop cleanly", desk.name)
     await broker.redis.aclose()
 
 
@@ -174,4 +210,6 @@ def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwar
 
 def _mount(app: Starlette, broker: Broker) -> None:
     app.router.routes.extend(make_routes(broker))
+    for desk in broker.desks:
+        app.router.routes.extend(desk.routes())
     app.state.broker = broker

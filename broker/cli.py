@@ -46,11 +46,11 @@ async def _with_broker(fn):
 
     settings = _settings()
     client = aioredis.from_url(_redis_url_for_tools(settings))
-    broker = await build(settings, redis=client, notifiers=[], start_background=False)
+    # No desks here: notifications queue in the outbox for the serving broker to deliver.
+    broker = await build(settings, redis=client, notifiers=[], desks=[], start_background=False)
     try:
         return await fn(broker)
     finally:
-        await broker.dispatcher.drain(5)
         await client.aclose()
 
 
@@ -214,6 +214,20 @@ def cmd_requests_revoke(args) -> int:
     return asyncio.run(_with_broker(run))
 
 
+def cmd_posture(args) -> int:
+    async def run(broker):
+        life = broker.lifecycle
+        if args.level:
+            await life.set_posture(args.level, life.operator_approver(args.as_ or ""), channel="cli")
+        print(await life.posture())
+        return 0
+
+    if args.level and not args.as_:
+        print("setting the posture needs --as APPROVER_ID (a member of the security group)", file=sys.stderr)
+        return 2
+    return asyncio.run(_with_broker(run))
+
+
 # ---------------------------------------------------------------------- audit
 def cmd_audit_verify(args) -> int:
     from .audit import verify  # noqa: PLC0415
@@ -331,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_requests_revoke)
 
+    s = sub.add_parser("posture", help="show or set the risk posture (normal, elevated, incident)")
+    s.add_argument("level", nargs="?", choices=["normal", "elevated", "incident"])
+    s.add_argument("--as", dest="as_", metavar="APPROVER_ID")
+    s.set_defaults(fn=cmd_posture)
+
     audit = sub.add_parser("audit", help="verify or export the audit log").add_subparsers(dest="sub", required=True)
     s = audit.add_parser("verify")
     s.set_defaults(fn=cmd_audit_verify)
@@ -343,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("file")
     s.add_argument("--policy-dir")
     s.set_defaults(fn=cmd_policy_check)
+
+    # Commands of optional parts (agent tools, desks) plug in through entry points, so
+    # the core names none of them.
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    for ep in sorted(entry_points(group="jitgate.cli"), key=lambda e: e.name):
+        ep.load()(sub)
 
     args = p.parse_args(argv)
     try:

@@ -99,6 +99,8 @@ class Settings:
     signing_alg: str = "ES256"
     key_rotation_s: int = 86400
     sweep_interval_s: float = 0.5
+    reminder_interval_s: int = 300
+    escalate_after_s: int = 600
     max_body_bytes: int = 65536
     security_group: str = "security"
     oncall_group: str = "on-call"
@@ -153,6 +155,8 @@ class Settings:
             signing_alg=alg,
             key_rotation_s=_int(env, "JITGATE_KEY_ROTATION_S", 86400, 60, 365 * 86400),
             sweep_interval_s=_float(env, "JITGATE_SWEEP_INTERVAL_S", 0.5),
+            reminder_interval_s=_int(env, "JITGATE_REMINDER_INTERVAL_S", 300, 0, 86400),
+            escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
             oncall_group=env.get("JITGATE_ONCALL_GROUP", "on-call"),

@@ -27,7 +27,7 @@ from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
 )
-from .notify import Dispatcher, MessageRef
+from .notify import MessageRef, Notifier
 from .policy import Decision, PolicyGate
 from .store import Outcome, Store, event
 from .tokens import KeyRing, build_access_token_claims
@@ -83,7 +83,7 @@ class Lifecycle:
         gate: PolicyGate,
         directory: Directory,
         keyring: KeyRing,
-        dispatcher: Dispatcher | None = None,
+        notifiers: list[Notifier] | None = None,
         clock: Clock | None = None,
         metrics: Any = None,
         retention_s: int = 30 * 86400,
@@ -93,7 +93,7 @@ class Lifecycle:
         self.gate = gate
         self.directory = directory
         self.keyring = keyring
-        self.dispatcher = dispatcher or Dispatcher([])
+        self.notifiers: list[Notifier] = list(notifiers or [])
         self.clock = clock or SystemClock()
         self.metrics = metrics
         self.retention_ms = retention_s * 1000
@@ -133,35 +133,125 @@ class Lifecycle:
             raise NotFound(f"no escalation {request_id}")
         return req
 
-    def _notify(self, kind: str, request_id: str) -> None:
-        """Tell the desks about a committed change, in the background."""
-        if not self.dispatcher.notifiers:
-            return
-        self.dispatcher.submit(lambda: self._deliver(kind, request_id))
+    async def deliver(self, kind: str, request_id: str) -> None:
+        """Tell every desk about a committed change (called by the outbox consumer).
 
-    async def _deliver(self, kind: str, request_id: str) -> None:
+        Renders the request as it is now, so a late or repeated delivery is harmless.
+        """
         req = await self.store.load(request_id)
         if req is None:
             return
         if kind == "proposed":
-            refs: list[MessageRef] = []
-            for n in self.dispatcher.notifiers:
-                try:
-                    refs.extend(await n.post_proposal(req))
-                except Exception:  # noqa: BLE001 - one desk failing must not silence the others
-                    log.exception("%s could not post request %s", n.name, request_id)
-            if refs:
-                at = iso(self._now())
-                ev = event("notification.posted", at, request_id, refs=[r.to_dict() for r in refs])
-                await self.store.append([ev], request_id, {"messages": orjson.dumps([r.to_dict() for r in refs]).decode()})
+            await self._post(req)
             return
         refs = [MessageRef.from_dict(m) for m in req.messages]
-        for n in self.dispatcher.notifiers:
+        failures = []
+        for n in self.notifiers:
             mine = [r for r in refs if r.transport == n.name]
             try:
-                await n.update(req, mine, kind)
-            except Exception:  # noqa: BLE001
-                log.exception("%s could not update request %s", n.name, request_id)
+                if kind == "remind":
+                    await n.remind(req, mine)
+                elif kind == "escalate":
+                    await n.remind(req, mine, escalated_to=req.decision.get("backup_group"))
+                else:
+                    await n.update(req, mine, kind)
+            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
+                log.exception("%s could not deliver %s for %s", n.name, kind, request_id)
+                failures.append(e)
+        if failures and len(failures) == len(self.notifiers):
+            raise failures[0]  # nobody was told: let the outbox retry
+
+    async def _post(self, req: Request) -> None:
+        refs: list[MessageRef] = []
+        already = {m["transport"] for m in req.messages}
+        failed = []
+        for n in self.notifiers:
+            if n.name in already:
+                continue  # a retried delivery: this desk posted before
+            try:
+                refs.extend(await n.post_proposal(req))
+            except Exception as e:  # noqa: BLE001
+                log.exception("%s could not post request %s", n.name, req.id)
+                failed.append((n.name, e))
+        if refs:
+            at = iso(self._now())
+            merged = req.messages + [r.to_dict() for r in refs]
+            ev = event("notification.posted", at, req.id, refs=[r.to_dict() for r in refs])
+            await self.store.append([ev], req.id, {"messages": _json(merged)})
+            # Changed while we were posting (an approval on another desk)? Show it.
+            now = await self.store.load(req.id)
+            if now is not None and now.version != req.version:
+                await self.deliver("changed", req.id)
+        if failed:
+            raise failed[0][1]  # retried by the outbox; desks that posted are skipped
+
+    async def notification_failed(self, kind: str, request_id: str) -> None:
+        """Record that the desks could not be told, after every retry."""
+        ev = event("notification.failed", iso(self._now()), request_id, None, kind=kind)
+        await self.store.append([ev])
+
+    # ------------------------------------------------------------------ posture
+    POSTURES = ("normal", "elevated", "incident")
+
+    async def set_posture(self, level: str, approver: Approver, *, channel: str) -> str:
+        """Set the risk posture every policy decision sees (security group only)."""
+        if level not in self.POSTURES:
+            raise InvalidRequest(f"posture must be one of {', '.join(self.POSTURES)}")
+        if self.settings.security_group not in approver.groups:
+            raise NotApprover(f"only members of '{self.settings.security_group}' may change the posture")
+        previous = await self.posture()
+        ev = event("posture.changed", iso(self._now()), None, {"approver": approver.id, "channel": channel},
+                   posture=level, previous=previous)
+        await self.store.append([ev])  # audited first: no audit, no change
+        await self.store.redis.set(self.store.prefix + "posture", level)
+        self._posture = (0.0, level)
+        return level
+
+    # ------------------------------------------------------------------ reminders
+    async def remind_due(self, limit: int = 100) -> int:
+        """Queue reminders (or the escalation to the backup group) for pending requests
+        whose reminder time has come; returns how many were queued."""
+        now = self._now()
+        raw = await self.store.redis.zrangebyscore(self.store.reminders, "-inf", _ms(now), start=0, num=limit)
+        queued = 0
+        for rid in (r.decode() for r in raw):
+            req = await self.store.load(rid)
+            if req is None or req.status != PENDING:
+                await self.store.redis.zrem(self.store.reminders, rid)
+                continue
+            backup = req.decision.get("backup_group")
+            escalate = bool(backup) and not req.escalated and now - req.created_at >= self.settings.escalate_after_s
+            at = iso(now)
+            if escalate:
+                ev = event("request.escalated", at, rid, None, backup_group=backup)
+                await self.store.append([ev], rid, {"escalated": "1"}, notify="escalate")
+            else:
+                ev = event("reminder.sent", at, rid, None, approvals=len(req.approvals))
+                await self.store.append([ev], rid, notify="remind")
+            queued += 1
+            nxt = now + max(self.settings.reminder_interval_s, 1)
+            if req.deadline is not None and nxt >= req.deadline:
+                await self.store.redis.zrem(self.store.reminders, rid)
+            else:
+                await self.store.redis.zadd(self.store.reminders, {rid: _ms(nxt)})
+        return queued
+
+    async def pending_for(self, approver: Approver, limit: int = 50) -> list[Request]:
+        """Pending requests ``approver`` may decide now and has not approved yet (bounded)."""
+        raw = await self.store.redis.zrange(self.store.deadlines, 0, 499)
+        out = []
+        for rid in (r.decode() for r in raw):
+            req = await self.store.load(rid)
+            if req is None or req.status != PENDING or approver.id in req.approvers:
+                continue
+            try:
+                self.check_approver(approver, req)
+            except NotApprover:
+                continue
+            out.append(req)
+            if len(out) >= limit:
+                break
+        return out
 
     # ------------------------------------------------------------------ submit
     async def submit(self, agent: Agent, proposal: Proposal, idempotency_key: str | None = None) -> tuple[Request, bool]:
@@ -226,17 +316,19 @@ class Lifecycle:
         else:
             status = PENDING
             deadline = _ms(now + self.settings.request_ttl_s)
+        reminder = None
+        if status == PENDING and self.settings.reminder_interval_s:
+            first = min(self.settings.reminder_interval_s, self.settings.escalate_after_s or self.settings.reminder_interval_s)
+            reminder = _ms(now + max(first, 1))
         out = await self.store.create(rid, fields, status, events, deadline, idem, IDEMPOTENCY_TTL_MS,
-                                      retention_ms=self.retention_ms if status == DENIED else None)
+                                      retention_ms=self.retention_ms if status == DENIED else None,
+                                      notify="proposed" if status == PENDING else "", reminder_ms=reminder)
         if out.result == "exists":
             return await self._idempotent(out.status, agent, sha), False
         if not out.ok:
             raise Conflict("could not create the request; retry")
         self._count("decisions", outcome=decision.outcome)
-        req = await self.get(rid)
-        if status == PENDING:
-            self._notify("proposed", rid)
-        return req, True
+        return await self.get(rid), True
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
         req = await self.store.load(request_id)
@@ -262,8 +354,12 @@ class Lifecycle:
             raise NotApprover("this request does not need human approval")
         if not group:
             raise NotApprover("policy named no approver group for this request, so nobody may approve it")
-        if group not in approver.groups:
-            raise NotApprover(f"only members of '{group}' may decide this request")
+        allowed = {group}
+        backup = req.decision.get("backup_group")
+        if req.escalated and backup:
+            allowed.add(backup)
+        if not allowed & approver.groups:
+            raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' may decide this request")
         if req.owner and approver.id == req.owner:
             raise NotApprover(f"{approver.id} owns agent {req.agent} and may not approve its requests")
 
@@ -308,12 +404,13 @@ class Lifecycle:
             deadline_complete_ms=_ms(now + self.settings.collect_ttl_s),
             required=required,
             proposal_sha256=req.proposal_sha256,
+            notify_partial="approval",
+            notify_complete="approved",
         )
         after = await self.get(request_id)
         if out.result in ("ok", "noop"):
             if out.ok:
                 self._count("approvals", channel=channel)
-                self._notify("approved" if after.status == APPROVED else "approval", request_id)
             return after
         if out.result == "stale":
             raise Conflict("the proposal changed since it was shown; reload it")
@@ -338,15 +435,14 @@ class Lifecycle:
             request_id, [PENDING], DENIED,
             {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},
             [event("request.denied", at, request_id, actor, reason=reason)],
-            _ms(now), deadline="-", retention_ms=self.retention_ms,
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="denied",
         )
-        return await self._finish(out, request_id, "denied")
+        return await self._finish(out, request_id)
 
-    async def _finish(self, out: Outcome, request_id: str, kind: str) -> Request:
+    async def _finish(self, out: Outcome, request_id: str) -> Request:
         after = await self.get(request_id)
         if out.ok:
             self._count("transitions", to=after.status)
-            self._notify(kind, request_id)
             return after
         if out.result == "noop":
             return after
@@ -362,9 +458,9 @@ class Lifecycle:
             request_id, [PENDING], CANCELLED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "withdrawn by the agent"},
             [event("request.cancelled", at, request_id, {"agent": agent.id})],
-            _ms(now), deadline="-", retention_ms=self.retention_ms,
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="cancelled",
         )
-        return await self._finish(out, request_id, "cancelled")
+        return await self._finish(out, request_id)
 
     async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> tuple[Request, IssuedToken]:
         """Mint the task-scoped token, once, for the requesting agent."""
@@ -394,14 +490,13 @@ class Lifecycle:
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
             [event("token.collected", at, request_id, {"agent": agent.id}, jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
-            _ms(now), deadline=str(exp * 1000),
+            _ms(now), deadline=str(exp * 1000), notify="collected",
         )
         if out.result == "noop":
             raise Conflict("the token for this request was already collected; a token is issued only once")
         if not out.ok:
             raise Conflict(_explain(await self.get(request_id)))
         self._count("transitions", to=ACTIVE)
-        self._notify("collected", request_id)
         details = claims["authorization_details"]
         return await self.get(request_id), IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, details)
 
@@ -414,9 +509,9 @@ class Lifecycle:
             request_id, [ACTIVE, APPROVED], COMPLETED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
             [event("grant.completed", at, request_id, {"agent": agent.id})],
-            _ms(now), deadline="-", retention_ms=self.retention_ms,
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="completed",
         )
-        return await self._finish(out, request_id, "completed")
+        return await self._finish(out, request_id)
 
     async def revoke(self, request_id: str, *, by: str, reason: str, channel: str = "api") -> Request:
         """End an approved or active grant before its time."""
@@ -427,9 +522,22 @@ class Lifecycle:
             request_id, [ACTIVE, APPROVED], REVOKED,
             {"closed_at": repr(now), "closed_by": by, "close_reason": reason[:MAX_REASON]},
             [event("grant.revoked", at, request_id, {"by": by, "channel": channel}, reason=reason[:MAX_REASON])],
-            _ms(now), deadline="-", retention_ms=self.retention_ms,
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="revoked",
         )
-        return await self._finish(out, request_id, "revoked")
+        return await self._finish(out, request_id)
+
+    async def revoke_as(self, request_id: str, approver: Approver, *, reason: str, channel: str,
+                        platform_user: str | None = None) -> Request:
+        """A person ends a grant early: the request's approvers, its agent's owner, or security."""
+        req = await self.get(request_id)
+        allowed = {req.decision.get("approver_group"), self.settings.security_group}
+        if req.escalated:
+            allowed.add(req.decision.get("backup_group"))
+        allowed.discard(None)
+        if not (allowed & approver.groups) and approver.id != req.owner:
+            raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant")
+        reason = (reason or "").strip() or "revoked by an approver"
+        return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
 
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
@@ -448,13 +556,12 @@ class Lifecycle:
                 request_id, [req.status], EXPIRED,
                 {"closed_at": repr(now), "closed_by": "scheduler", "close_reason": why},
                 [event(kind, at, request_id, {"by": "scheduler"}, previous=req.status, reason=why)],
-                _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms,
+                _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms, notify="expired",
             )
             if out.result == "conflict":
                 continue
             if out.ok:
                 self._count("transitions", to=EXPIRED)
-                self._notify("expired", request_id)
             return out
         return Outcome("conflict")
 

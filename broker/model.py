@@ -275,6 +275,7 @@ class Request:
     closed_by: str | None = None
     close_reason: str | None = None
     break_glass: bool = False
+    escalated: bool = False
     messages: list[dict] = field(default_factory=list)
     version: int = 0
 
@@ -311,6 +312,7 @@ class Request:
             closed_by=g.get("closed_by") or None,
             close_reason=g.get("close_reason") or None,
             break_glass=g.get("break_glass") == "1",
+            escalated=g.get("escalated") == "1",
             messages=j("messages", []),
             version=int(g.get("version", "0")),
         )
@@ -336,6 +338,7 @@ class Request:
             "created_at": iso(self.created_at),
             "expires_at": iso(self.deadline) if self.status not in TERMINAL else None,
             "break_glass": self.break_glass,
+            "escalated": self.escalated,
         }
         if self.approved_duration_s is not None:
             d["approved_duration_s"] = self.approved_duration_s

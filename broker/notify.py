@@ -8,7 +8,6 @@ original message in place.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
@@ -47,11 +46,35 @@ class Notifier(Protocol):
     async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
         """Edit the posted messages to show the request as it is now; ``event`` says what changed."""
 
-    async def remind(self, request: Request, refs: list[MessageRef]) -> None:
-        """Nudge approvers about a request still pending."""
+    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+        """Nudge approvers about a request still pending; ``escalated_to`` names the backup
+        group that may now decide too (mention its members)."""
 
     async def alert_security(self, request: Request, text: str) -> None:
         """Tell the security channel (break-glass, anomalies)."""
+
+
+@runtime_checkable
+class Desk(Protocol):
+    """An approval desk plugged into the broker: a notifier, HTTP routes, and a lifetime.
+
+    Desks are found through the ``jitgate.desks`` entry point group; each entry point is a
+    factory ``(settings) -> Desk | None`` that returns None when the desk is not
+    configured and raises ``ConfigError`` when it is configured wrongly (fail closed).
+    The core never imports a desk.
+    """
+
+    name: str
+    notifier: Notifier
+
+    def routes(self) -> list:
+        """Starlette routes to mount on the broker's server (may be empty)."""
+
+    async def start(self, broker) -> None:
+        """Start with the built broker (its lifecycle, store, directory, settings)."""
+
+    async def stop(self) -> None:
+        """Stop background work and close connections."""
 
 
 class LoggingNotifier:
@@ -77,44 +100,11 @@ class LoggingNotifier:
         self.log.info("request %s: %s (status %s)", request.id, event, request.status)
         self.sent.append(("update", request.id, event))
 
-    async def remind(self, request: Request, refs: list[MessageRef]) -> None:
-        self.log.info("reminder: request %s still pending", request.id)
-        self.sent.append(("remind", request.id, request.status))
+    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+        extra = f"; escalated to {escalated_to}" if escalated_to else ""
+        self.log.info("reminder: request %s still pending%s", request.id, extra)
+        self.sent.append(("remind", request.id, escalated_to or request.status))
 
     async def alert_security(self, request: Request, text: str) -> None:
         self.log.warning("security: %s (request %s)", text, request.id)
         self.sent.append(("security", request.id, text))
-
-
-class Dispatcher:
-    """Runs notifier calls in the background with a bound on what may be in flight."""
-
-    def __init__(self, notifiers: list[Notifier], max_in_flight: int = 1000, timeout_s: float = 30.0) -> None:
-        self.notifiers = list(notifiers)
-        self._tasks: set[asyncio.Task] = set()
-        self._limit = max_in_flight
-        self._timeout = timeout_s
-
-    def submit(self, coro_factory) -> None:
-        """Schedule ``coro_factory()``; drop (and log) when too much is in flight."""
-        if len(self._tasks) >= self._limit:
-            log.error("notification dropped: %d notifications in flight", len(self._tasks))
-            return
-        task = asyncio.get_running_loop().create_task(self._guard(coro_factory))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, coro_factory) -> None:
-        try:
-            await asyncio.wait_for(coro_factory(), self._timeout)
-        except Exception:  # noqa: BLE001 - a transport failure must never reach the agent
-            log.exception("notification failed")
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for notifications in flight (tests, shutdown)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._tasks:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                break
-            await asyncio.wait(set(self._tasks), timeout=remaining)

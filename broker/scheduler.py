@@ -62,6 +62,8 @@ class Scheduler:
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._rotate_job, "interval", seconds=self.rotation_check_s, id="rotate",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.aps.add_job(self._remind_job, "interval", seconds=max(self.sweep_interval_s, 1.0), id="remind",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.start()
 
     async def stop(self) -> None:
@@ -83,6 +85,13 @@ class Scheduler:
     async def _sweep_job(self) -> None:
         if await self.has_lease():
             await self.sweep()
+
+    async def _remind_job(self) -> None:
+        if await self.has_lease():
+            try:
+                await self.lifecycle.remind_due()
+            except Exception:  # noqa: BLE001
+                log.exception("reminders failed")
 
     async def _rotate_job(self) -> None:
         if await self.has_lease():

@@ -76,6 +76,8 @@ class Store:
         self.audit_stream = f"{prefix}audit"
         self.audit_head = f"{prefix}audit:head"
         self.channel = f"{prefix}events"
+        self.outbox = f"{prefix}outbox"
+        self.reminders = f"{prefix}reminders"
         self._submit = redis.register_script(_script("submit.lua"))
         self._transition = redis.register_script(_script("transition.lua"))
         self._approve = redis.register_script(_script("approve.lua"))
@@ -108,9 +110,12 @@ class Store:
         idem_key: str | None,
         idem_ttl_ms: int,
         retention_ms: int | None = None,
+        notify: str = "",
+        reminder_ms: int | None = None,
     ) -> Outcome:
         """Store a new request with its first audit events (or find the idempotent twin)."""
-        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, idem_key or self.req_key(request_id) + ":noidem"]
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head,
+                idem_key or self.req_key(request_id) + ":noidem", self.outbox, self.reminders]
         args = [
             request_id,
             orjson.dumps(fields),
@@ -121,6 +126,8 @@ class Store:
             "1" if idem_key else "0",
             status,
             "" if retention_ms is None else str(retention_ms),
+            notify,
+            "" if reminder_ms is None else str(reminder_ms),
         ]
         return await self._run(self._submit, keys, args)
 
@@ -135,13 +142,15 @@ class Store:
         deadline: str = "",
         due_check: bool = False,
         retention_ms: int | None = None,
+        notify: str = "",
     ) -> Outcome:
         """Compare-and-set ``status`` from one of ``from_states`` to ``to``.
 
         ``deadline`` is '' (keep), '-' (clear) or a score in ms. With ``due_check`` the
         change happens only if the stored deadline has passed (scheduler sweeps).
+        ``notify`` queues a notification of that kind in the outbox, in the same step.
         """
-        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head]
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [
             request_id,
             " ".join(from_states),
@@ -153,6 +162,7 @@ class Store:
             str(now_ms),
             "1" if due_check else "0",
             "" if retention_ms is None else str(retention_ms),
+            notify,
         ]
         return await self._run(self._transition, keys, args)
 
@@ -167,9 +177,11 @@ class Store:
         deadline_complete_ms: int,
         required: int,
         proposal_sha256: str,
+        notify_partial: str = "",
+        notify_complete: str = "",
     ) -> Outcome:
         """Count one approval; the ``required``-th approves the request. ``extra`` = count."""
-        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head]
+        keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [
             request_id,
             approver,
@@ -181,15 +193,19 @@ class Store:
             self.channel,
             str(required),
             proposal_sha256,
+            notify_partial,
+            notify_complete,
         ]
         return await self._run(self._approve, keys, args)
 
-    async def append(self, events: list[bytes], request_id: str | None = None, fields: dict | None = None) -> Outcome:
-        """Append audit events that change no state (optionally setting request fields)."""
-        keys = [self.audit_stream, self.audit_head]
+    async def append(self, events: list[bytes], request_id: str | None = None, fields: dict | None = None,
+                     notify: str = "") -> Outcome:
+        """Append audit events that change no state (optionally setting request fields and
+        queueing a notification about the request)."""
+        keys = [self.audit_stream, self.audit_head, self.outbox]
         if request_id:
             keys.append(self.req_key(request_id))
-        return await self._run(self._append, keys, [_events_arg(events), orjson.dumps(fields or {})])
+        return await self._run(self._append, keys, [_events_arg(events), orjson.dumps(fields or {}), notify, request_id or ""])
 
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""

@@ -31,6 +31,7 @@ class Wakeups:
         self._waiters: dict[str, set[_Waiter]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         """Subscribe and start routing (returns once subscribed)."""
@@ -38,23 +39,21 @@ class Wakeups:
         await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
+        self._stopping = True  # redis-py may turn a cancelled read into another error
         if self._task:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            await asyncio.wait({self._task}, timeout=5)
             self._task = None
 
     async def _run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self._ready.set()
                 backoff = 0.05
-                while True:
+                while not self._stopping:
                     msg = await pubsub.get_message(timeout=5.0)
                     if msg is None:
                         continue
@@ -63,6 +62,9 @@ class Wakeups:
                 await _close(pubsub)
                 raise
             except Exception as e:  # noqa: BLE001 - reconnect; waiters fall back to their timeout
+                if self._stopping:
+                    await _close(pubsub)
+                    return
                 log.warning("pub/sub connection lost (%s); reconnecting", e.__class__.__name__)
                 await _close(pubsub)
                 await asyncio.sleep(backoff)

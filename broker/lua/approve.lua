@@ -1,7 +1,8 @@
 -- Record one approval; the last one needed approves the request.
--- KEYS: req, deadlines, audit stream, audit head
+-- KEYS: req, deadlines, audit stream, audit head, outbox
 -- ARGV: id, approver, approval json, events if partial, events if complete,
---       fields if complete, deadline if complete, channel, required count, proposal sha
+--       fields if complete, deadline if complete, channel, required count, proposal sha,
+--       notification kind if partial, notification kind if complete
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 local raw = redis.call('HGET', KEYS[1], 'approvals')
@@ -30,5 +31,6 @@ if complete then
   redis.call('HSET', KEYS[1], 'status', status)
   set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[7])
 end
+if complete then outbox(KEYS[5], ARGV[1], ARGV[12]) else outbox(KEYS[5], ARGV[1], ARGV[11]) end
 redis.call('PUBLISH', ARGV[8], ARGV[1] .. ' ' .. status)
 return {'ok', status, tostring(n)}

@@ -37,3 +37,11 @@ local function set_deadline(zset, id, req, op)
     redis.call('HSET', req, 'deadline_ms', op)
   end
 end
+
+-- The notification outbox: desks are told about the change by whichever broker
+-- consumes the entry (at least once, even if this process dies right now).
+local function outbox(stream, id, kind)
+  if kind ~= '' then
+    redis.call('XADD', stream, 'MAXLEN', '~', 100000, '*', 'id', id, 'kind', kind)
+  end
+end

@@ -1,8 +1,9 @@
 -- One compare-and-set state change with its audit events.
--- KEYS: req, deadlines, audit stream, audit head
+-- KEYS: req, deadlines, audit stream, audit head, outbox
 -- ARGV: id, allowed from-states (space separated), to-state, fields json, events json,
 --       deadline op ('' keep, '-' clear, score), channel, now ms, due check ('1': only if
---       the stored deadline has passed), retention ms ('' none: PEXPIRE on closing)
+--       the stored deadline has passed), retention ms ('' none: PEXPIRE on closing),
+--       notification kind ('' none)
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
   return {'missing'}
@@ -24,5 +25,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
 if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
+outbox(KEYS[5], ARGV[1], ARGV[11])
 redis.call('PUBLISH', ARGV[7], ARGV[1] .. ' ' .. ARGV[3])
 return {'ok', ARGV[3]}

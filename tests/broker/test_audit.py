@@ -16,7 +16,7 @@ async def _flow(harness) -> str:
     rid = (await harness.propose()).json()["id"]
     await harness.approve(rid, "bob")
     await harness.approve(rid, "erin")
-    await harness.broker.dispatcher.drain()
+    await harness.broker.outbox.drain()
     return rid
 
 
@@ -73,7 +73,7 @@ async def test_truncated_tail_is_detected(harness):
 async def test_failed_audit_append_fails_the_transition(harness):
     """Fail closed: when the audit append fails, the approval does not happen and the request is unchanged."""
     rid = (await harness.propose()).json()["id"]
-    await harness.broker.dispatcher.drain()
+    await harness.broker.outbox.drain()
     s = harness.broker.store
     before = await s.redis.hgetall(s.req_key(rid))
     saved = await s.redis.xrange(s.audit_stream)

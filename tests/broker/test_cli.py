@@ -117,3 +117,11 @@ def test_agents_add_generate_and_assertion(cli_env, tmp_path):
     a = run_cli(cli_env, "assertion", "--agent", "new-bot", "--key", str(key))
     claims = jwt.decode(a.stdout.strip(), options={"verify_signature": False})
     assert claims["iss"] == claims["sub"] == "new-bot" and claims["aud"] == ISSUER
+
+
+def test_posture_cli(cli_env):
+    """posture shows the level; setting it needs a security-group approver."""
+    assert run_cli(cli_env, "posture").stdout.strip() == "normal"
+    refused = run_cli(cli_env, "posture", "incident", "--as", "bob")
+    assert refused.returncode != 0 and "security" in refused.stderr
+    assert run_cli(cli_env, "posture", "elevated", "--as", "carol").stdout.strip() == "elevated"

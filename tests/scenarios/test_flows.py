@@ -215,7 +215,7 @@ async def test_audit_chain_records_flow_and_verifies(harness):
     await harness.approve(rid, "erin")
     await harness.collect(rid)
     await harness.complete(rid)
-    await harness.broker.dispatcher.drain()
+    await harness.broker.outbox.drain()
     store = harness.broker.store
     result = await verify(store.redis, store.audit_stream, store.audit_head)
     assert result.ok, str(result)

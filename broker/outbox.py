@@ -1,0 +1,138 @@
+"""Delivers queued notifications to the desks: at least once, by exactly one replica.
+
+Transition scripts append ``(id, kind)`` to a Redis Stream in the same atomic step as
+the change. Every broker process reads it through one consumer group, so each entry
+goes to one replica; an entry is acknowledged only after the desks were told. A process
+that dies holding entries leaves them pending, and another claims them after a while.
+Delivery renders the request as it is *now*, so a late or repeated entry is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Awaitable, Callable
+
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("jitgate.outbox")
+
+GROUP = "desks"
+Handler = Callable[[str, str], Awaitable[None]]
+
+
+class Outbox:
+    """A consumer of the notification stream."""
+
+    def __init__(self, redis, stream: str, consumer: str, handler: Handler, *, batch: int = 64,
+                 claim_idle_ms: int = 30_000, max_attempts: int = 5, on_give_up: Handler | None = None) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.consumer = consumer
+        self.handler = handler
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_attempts = max_attempts
+        self.on_give_up = on_give_up
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.delivered = 0
+
+    async def ensure_group(self) -> None:
+        try:
+            # From the start of the stream: entries queued before any broker ran count too.
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def start(self) -> None:
+        await self.ensure_group()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop consuming. Entries being delivered stay pending and are claimed later."""
+        self._stopping = True  # redis-py may turn a cancelled blocking read into another error
+        if self._task:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5)
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        claim_every, since_claim = 10, 0
+        while not self._stopping:
+            try:
+                entries = []
+                since_claim += 1
+                if since_claim >= claim_every:
+                    since_claim = 0
+                    entries = await self._claim_stale()
+                if not entries:
+                    resp = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=200)
+                    entries = resp[0][1] if resp else []
+                if entries:
+                    await self._process(entries)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as e:
+                if "NOGROUP" in str(e):
+                    await self.ensure_group()  # the stream was deleted (tests, a flush)
+                    continue
+                log.warning("outbox read failed (%s); retrying", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as e:  # noqa: BLE001 - Redis away: retry with backoff
+                log.warning("outbox read failed (%s); retrying", e.__class__.__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _claim_stale(self) -> list:
+        """Entries another consumer took but never acknowledged (it died)."""
+        resp = await self.redis.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
+                                           start_id="0-0", count=self.batch)
+        return [e for e in resp[1] if e and e[1]] if resp else []
+
+    async def _process(self, entries: list) -> None:
+        # One request's entries in order; different requests concurrently.
+        by_request: OrderedDict[str, list] = OrderedDict()
+        for sid, fields in entries:
+            rid = _s(fields.get(b"id", b""))
+            by_request.setdefault(rid, []).append((sid, _s(fields.get(b"kind", b""))))
+        await asyncio.gather(*(self._deliver_all(rid, items) for rid, items in by_request.items()))
+
+    async def _deliver_all(self, rid: str, items: list) -> None:
+        for sid, kind in items:
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await self.handler(kind, rid)
+                    break
+                except Exception:  # noqa: BLE001 - retried, then given up loudly
+                    log.exception("notification %s for %s failed (attempt %d)", kind, rid, attempt)
+                    if attempt == self.max_attempts:
+                        if self.on_give_up:
+                            try:
+                                await self.on_give_up(kind, rid)
+                            except Exception:  # noqa: BLE001
+                                log.exception("could not record the failed notification")
+                    else:
+                        await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
+            await self.redis.xack(self.stream, GROUP, sid)
+            await self.redis.xdel(self.stream, sid)
+            self.delivered += 1
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far was delivered (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if await self.redis.xlen(self.stream) == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"outbox not drained within {timeout} s")
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
