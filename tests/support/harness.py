@@ -69,12 +69,13 @@ class Harness:
     broker: Broker | None = None
     client: httpx.AsyncClient | None = None
     notifier: LoggingNotifier = field(default_factory=LoggingNotifier)
+    desks: list | None = None  # None: the desks the settings configure (entry points)
 
     async def start(self, *, background: bool = True) -> "Harness":
         """(Re)build the broker on the same Redis and settings: a restart."""
         redis = aioredis.from_url(self.settings.redis_url)
-        self.broker = await build(self.settings, redis=redis, clock=self.clock,
-                                  notifiers=[self.notifier], start_background=background)
+        self.broker = await build(self.settings, redis=redis, clock=self.clock, notifiers=[self.notifier],
+                                  desks=self.desks, start_background=background)
         app = create_app(self.settings, broker=self.broker)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
         return self
