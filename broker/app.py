@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from .api import exception_handlers, make_routes
+from .breakglass import BreakGlass, BreakGlassLimits
 from .clock import Clock, SystemClock
 from .config import Settings
 from .directory import Directory
@@ -50,6 +51,7 @@ class Broker:
     scheduler: Scheduler
     metrics: Metrics
     outbox: Outbox
+    breakglass: BreakGlass
     desks: list = field(default_factory=list)
     _last_reload: float = field(default=0.0)
 
@@ -139,10 +141,20 @@ async def build(
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
                           notifiers=all_notifiers, clock=clock, metrics=metrics)
     wakeups = Wakeups(redis, store.channel)
-    scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s)
-    outbox = Outbox(redis, store.outbox, scheduler.holder, lifecycle.deliver, on_give_up=lifecycle.notification_failed)
+    breakglass = BreakGlass(lifecycle, registry, BreakGlassLimits(
+        max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
+        max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
+    scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
+
+    async def deliver(kind: str, request_id: str) -> None:
+        if kind.startswith("bg."):
+            await breakglass.deliver(kind, request_id)
+        else:
+            await lifecycle.deliver(kind, request_id)
+
+    outbox = Outbox(redis, store.outbox, scheduler.holder, deliver, on_give_up=lifecycle.notification_failed)
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
-                    wakeups, scheduler, metrics, outbox, list(desks))
+                    wakeups, scheduler, metrics, outbox, breakglass, list(desks))
     if start_background:
         for desk in desks:
             await desk.start(broker)

@@ -100,6 +100,10 @@ class Settings:
     key_rotation_s: int = 86400
     sweep_interval_s: float = 0.5
     reminder_interval_s: int = 300
+    breakglass_max_s: int = 3600
+    breakglass_review_s: int = 86400
+    breakglass_max_active: int = 2
+    breakglass_max_per_day: int = 5
     escalate_after_s: int = 600
     max_body_bytes: int = 65536
     security_group: str = "security"
@@ -156,6 +160,10 @@ class Settings:
             key_rotation_s=_int(env, "JITGATE_KEY_ROTATION_S", 86400, 60, 365 * 86400),
             sweep_interval_s=_float(env, "JITGATE_SWEEP_INTERVAL_S", 0.5),
             reminder_interval_s=_int(env, "JITGATE_REMINDER_INTERVAL_S", 300, 0, 86400),
+            breakglass_max_s=_int(env, "JITGATE_BREAKGLASS_MAX_S", 3600, 60, 86400),
+            breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
+            breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
+            breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
             escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),

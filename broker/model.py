@@ -276,6 +276,11 @@ class Request:
     close_reason: str | None = None
     break_glass: bool = False
     escalated: bool = False
+    engineer: str | None = None  # break-glass: who broke the glass
+    incident: str | None = None
+    review_due: float | None = None
+    reviewed_by: str | None = None
+    review_comment: str | None = None
     messages: list[dict] = field(default_factory=list)
     version: int = 0
 
@@ -313,6 +318,11 @@ class Request:
             close_reason=g.get("close_reason") or None,
             break_glass=g.get("break_glass") == "1",
             escalated=g.get("escalated") == "1",
+            engineer=g.get("engineer") or None,
+            incident=g.get("incident") or None,
+            review_due=f("review_due"),
+            reviewed_by=g.get("reviewed_by") or None,
+            review_comment=g.get("review_comment") or None,
             messages=j("messages", []),
             version=int(g.get("version", "0")),
         )
@@ -344,6 +354,11 @@ class Request:
             d["approved_duration_s"] = self.approved_duration_s
         if self.grant_exp is not None:
             d["grant"] = {"jti": self.grant_jti, "expires_at": iso(self.grant_exp), "collected_at": iso(self.collected_at)}
+        if self.break_glass:
+            d["break_glass_detail"] = {
+                "engineer": self.engineer, "incident": self.incident, "review_due": iso(self.review_due),
+                "reviewed_by": self.reviewed_by, "review_comment": self.review_comment,
+            }
         if self.status in TERMINAL and self.status != DENIED:
             d["closed"] = {"at": iso(self.closed_at), "by": self.closed_by, "reason": self.close_reason}
         return d

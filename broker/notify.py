@@ -53,6 +53,10 @@ class Notifier(Protocol):
     async def alert_security(self, request: Request, text: str) -> None:
         """Tell the security channel (break-glass, anomalies)."""
 
+    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+        """Post an informational message (no buttons) where approvals are asked, mentioning
+        ``mention_group``'s members — e.g. that a break-glass bypassed their approval."""
+
 
 @runtime_checkable
 class Desk(Protocol):
@@ -108,3 +112,7 @@ class LoggingNotifier:
     async def alert_security(self, request: Request, text: str) -> None:
         self.log.warning("security: %s (request %s)", text, request.id)
         self.sent.append(("security", request.id, text))
+
+    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+        self.log.warning("to %s: %s (request %s)", mention_group or "approvers", text, request.id)
+        self.sent.append(("announce", request.id, text))

@@ -41,7 +41,9 @@ return 0
 class Scheduler:
     """Owns the APScheduler instance and the jobs."""
 
-    def __init__(self, lifecycle, keyring, *, sweep_interval_s: float = 0.5, rotation_check_s: float = 60.0) -> None:
+    def __init__(self, lifecycle, keyring, *, sweep_interval_s: float = 0.5, rotation_check_s: float = 60.0,
+                 breakglass=None) -> None:
+        self.breakglass = breakglass
         self.lifecycle = lifecycle
         self.store = lifecycle.store
         self.keyring = keyring
@@ -90,6 +92,8 @@ class Scheduler:
         if await self.has_lease():
             try:
                 await self.lifecycle.remind_due()
+                if self.breakglass is not None:
+                    await self.breakglass.sweep_reviews()
             except Exception:  # noqa: BLE001
                 log.exception("reminders failed")
 

@@ -26,9 +26,13 @@ def _lua(name: str) -> str:
     return (_LUA_DIR / name).read_text()
 
 
+def with_prelude(body: str) -> str:
+    """A script body with the shared prelude (SHA-256, audit append, outbox) prepended."""
+    return _lua("sha256.lua") + "\n" + _lua("audit.lua") + "\n" + body
+
+
 def _script(name: str) -> str:
-    """A script with the shared SHA-256 and audit prelude prepended."""
-    return _lua("sha256.lua") + "\n" + _lua("audit.lua") + "\n" + _lua(name)
+    return with_prelude(_lua(name))
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def event(kind: str, at: str, request_id: str | None = None, actor: dict | None 
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def _events_arg(events: Iterable[bytes]) -> bytes:
+def events_arg(events: Iterable[bytes]) -> bytes:
     return orjson.dumps([[e.decode(), hashlib.sha256(e).hexdigest()] for e in events])
 
 
@@ -119,7 +123,7 @@ class Store:
         args = [
             request_id,
             orjson.dumps(fields),
-            _events_arg(events),
+            events_arg(events),
             "" if deadline_ms is None else str(deadline_ms),
             self.channel,
             str(idem_ttl_ms),
@@ -156,7 +160,7 @@ class Store:
             " ".join(from_states),
             to,
             orjson.dumps(fields),
-            _events_arg(events),
+            events_arg(events),
             deadline,
             self.channel,
             str(now_ms),
@@ -186,8 +190,8 @@ class Store:
             request_id,
             approver,
             orjson.dumps(approval),
-            _events_arg(events_partial),
-            _events_arg(events_complete),
+            events_arg(events_partial),
+            events_arg(events_complete),
             orjson.dumps(fields_complete),
             str(deadline_complete_ms),
             self.channel,
@@ -205,7 +209,7 @@ class Store:
         keys = [self.audit_stream, self.audit_head, self.outbox]
         if request_id:
             keys.append(self.req_key(request_id))
-        return await self._run(self._append, keys, [_events_arg(events), orjson.dumps(fields or {}), notify, request_id or ""])
+        return await self._run(self._append, keys, [events_arg(events), orjson.dumps(fields or {}), notify, request_id or ""])
 
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""

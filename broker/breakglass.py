@@ -1,0 +1,401 @@
+"""Break-glass: an on-call engineer's emergency grant — fast, but time-bounded,
+attributable, loudly monitored, rate-limited and reviewed afterwards.
+
+A break-glass grant is an ordinary request created already approved (for an agent,
+which collects its token through the normal API) or already active (for the engineer
+themself, who gets the token once, in private). Cedar is still asked, with
+``context.break_glass = true``, so policies can forbid some targets even in an
+emergency. Each grant opens a review the security group must acknowledge before a
+deadline; an unreviewed grant suspends the engineer's break-glass right until security
+reinstates it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .clock import new_id
+from .directory import Approver
+from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from .lifecycle import IssuedToken, Lifecycle
+from .model import ACTIVE, APPROVED, Proposal, Request, iso
+from .store import event, events_arg, with_prelude
+from .tokens import build_access_token_claims
+
+ME = "me"
+MAX_REASON = 500
+MAX_INCIDENT = 100
+
+# Reserve one break-glass slot for a person: drop finished grants, check both limits,
+# record the new one — in one step, so two commands at once cannot both slip through.
+_RESERVE_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'active', redis.call('ZCARD', KEYS[1])} end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'daily', redis.call('ZCARD', KEYS[2])} end
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+redis.call('PEXPIRE', KEYS[1], 7 * 86400000)
+redis.call('PEXPIRE', KEYS[2], 2 * 86400000)
+return {'ok', 0}
+"""
+
+# Acknowledge a review once: the first acknowledgement wins, a repeat is a no-op.
+_ACK_BODY = """
+-- KEYS: req, audit stream, audit head, reviews zset, review reminders zset, outbox
+-- ARGV: events json, fields json, request id
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if redis.call('HGET', KEYS[1], 'break_glass') ~= '1' then return {'not_bg'} end
+local by = redis.call('HGET', KEYS[1], 'reviewed_by')
+if by and by ~= '' then return {'noop', by} end
+audit_append(KEYS[2], KEYS[3], cjson.decode(ARGV[1]))
+hset_json(KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
+outbox(KEYS[6], ARGV[3], 'bg.reviewed')
+return {'ok'}
+"""
+
+
+@dataclass(frozen=True)
+class BreakGlassLimits:
+    """What break-glass allows; all configurable."""
+
+    max_duration_s: int = 3600
+    review_s: int = 86400
+    max_active: int = 2
+    max_per_day: int = 5
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a confirmed command would grant: shown to the engineer before they confirm."""
+
+    subject: str
+    action: str
+    target: str
+    duration_s: int
+    requested_s: int
+    reason: str
+    incident: str | None
+    policies: tuple[str, ...]
+    note: str | None  # e.g. "cut to 30 min by policy break-glass-on-call"
+
+
+@dataclass(frozen=True)
+class Granted:
+    request: Request
+    token: IssuedToken | None  # only for ME: show once, privately, never store
+    note: str | None
+
+
+class BreakGlass:
+    """The break-glass service (uses the lifecycle's store, gate and key ring)."""
+
+    def __init__(self, lifecycle: Lifecycle, registry, limits: BreakGlassLimits | None = None) -> None:
+        self.life = lifecycle
+        self.store = lifecycle.store
+        self.registry = registry
+        self.limits = limits or BreakGlassLimits()
+        p = self.store.prefix
+        self.reviews = f"{p}bg:reviews"
+        self.review_reminders = f"{p}bg:review-reminders"
+        self.suspended = f"{p}bg:suspended"
+        self._reserve = self.store.redis.register_script(_RESERVE_LUA)
+        self._ack = self.store.redis.register_script(with_prelude(_ACK_BODY))
+
+    # ------------------------------------------------------------------ checks
+    def _now(self) -> float:
+        return self.life.clock.now()
+
+    async def suspension(self, engineer_id: str) -> dict | None:
+        """Why ``engineer_id``'s right is suspended, or None."""
+        raw = await self.store.redis.hget(self.suspended, engineer_id)
+        return orjson.loads(raw) if raw else None
+
+    async def _check_engineer(self, engineer: Approver) -> None:
+        oncall = self.life.settings.oncall_group
+        if oncall not in engineer.groups:
+            raise NotApprover(f"only members of '{oncall}' may break glass")
+        s = await self.suspension(engineer.id)
+        if s:
+            raise Forbidden(
+                f"your break-glass right is suspended: the review of {s.get('request_id')} was not acknowledged "
+                f"in time; ask {self.life.settings.security_group} to reinstate it"
+            )
+
+    async def preview(self, engineer: Approver, *, subject: str, action: str, target: str, duration_s: int,
+                      reason: str, incident: str | None = None) -> Preview:
+        """Check everything a grant would check and say what it would grant (no state change)."""
+        await self._check_engineer(engineer)
+        reason = (reason or "").strip()
+        if not reason:
+            raise InvalidRequest("a reason is required to break glass")
+        if len(reason) > MAX_REASON:
+            raise InvalidRequest(f"the reason is longer than {MAX_REASON} characters")
+        if incident is not None and (not incident.strip() or len(incident) > MAX_INCIDENT):
+            raise InvalidRequest(f"the incident reference must be 1 to {MAX_INCIDENT} characters")
+        if subject != ME and self.registry.agent(subject) is None:
+            raise InvalidRequest(f"no agent '{subject}' is registered (use 'me' for yourself)")
+        proposal = self._proposal(engineer, subject, action, target, duration_s, reason, incident)
+        context = {
+            "confidence": 100,  # a person confirmed the intent
+            "duration_s": proposal.duration_s,
+            "posture": await self.life.posture(),
+            "evidence_count": len(proposal.evidence),
+            "delegation_depth": 0,
+            "hour_utc": time.gmtime(self._now()).tm_hour,
+            "break_glass": True,
+        }
+        decision = self.life.gate.decide(
+            agent_id=subject if subject != ME else engineer.id, action=action, target=target, context=context,
+            approver_principal=engineer.id if subject == ME else None,
+        )
+        if decision.outcome == "deny":
+            await self.store.append([event("breakglass.refused", iso(self._now()), None,
+                                           {"approver": engineer.id}, break_glass=True, subject=subject,
+                                           action=action, target=target, reason=decision.reason,
+                                           policies=list(decision.policies))])
+            raise Forbidden(f"policy refuses this even in an emergency: {decision.reason}")
+        cap = min(decision.max_duration_s or self.limits.max_duration_s, self.limits.max_duration_s)
+        granted = min(duration_s, cap)
+        note = None
+        if granted < duration_s:
+            by = f"policy {', '.join(decision.policies)}" if decision.max_duration_s else "the break-glass limit"
+            note = f"cut to {granted // 60} min by {by}"
+        return Preview(subject, action, target, granted, duration_s, reason, incident, decision.policies, note)
+
+    def _proposal(self, engineer: Approver, subject: str, action: str, target: str, duration_s: int,
+                  reason: str, incident: str | None) -> Proposal:
+        body: dict[str, Any] = {
+            "action": action, "target": target, "justification": reason, "duration_s": duration_s,
+            "evidence": [{"kind": "break-glass", "title": f"emergency access by {engineer.id}",
+                          "excerpt": f"incident {incident}" if incident else "no incident reference given"}],
+        }
+        if incident:
+            body["ticket"] = incident
+        return Proposal.parse(body)
+
+    # ------------------------------------------------------------------ grant
+    async def grant(self, engineer: Approver, *, subject: str, action: str, target: str, duration_s: int,
+                    reason: str, incident: str | None = None, channel: str, platform_user: str | None = None) -> Granted:
+        """Grant at once (after the engineer confirmed the preview)."""
+        pv = await self.preview(engineer, subject=subject, action=action, target=target, duration_s=duration_s,
+                                reason=reason, incident=incident)
+        now = self._now()
+        rid = new_id()
+        for_me = subject == ME
+        grant_end = now + (pv.duration_s if for_me else self.life.settings.collect_ttl_s + pv.duration_s)
+        reserved = await self._reserve(
+            keys=[f"{self.store.prefix}bg:active:{engineer.id}", f"{self.store.prefix}bg:day:{engineer.id}"],
+            args=[int(now * 1000), int((now - 86400) * 1000), self.limits.max_active, self.limits.max_per_day,
+                  int(grant_end * 1000), int(now * 1000), rid],
+        )
+        verdict = reserved[0].decode() if isinstance(reserved[0], bytes) else reserved[0]
+        if verdict == "active":
+            raise Forbidden(f"you already have {self.limits.max_active} active break-glass grants; end one first "
+                            "(`/jit revoke <id>`)")
+        if verdict == "daily":
+            raise Forbidden(f"you have used break-glass {self.limits.max_per_day} times in 24 hours; "
+                            f"ask {self.life.settings.security_group} for help")
+
+        proposal = self._proposal(engineer, subject, action, target, pv.duration_s, reason, incident)
+        sha = proposal.sha256()
+        at = iso(now)
+        approval = {"approver": engineer.id, "channel": channel, "at": at, "proposal_sha256": sha, "break_glass": True}
+        if platform_user:
+            approval["platform_user"] = platform_user
+        decision = {
+            "outcome": "break_glass", "policies": list(pv.policies), "approvals_required": 0,
+            "approver_group": None, "max_duration_s": pv.duration_s, "channel": None, "backup_group": None,
+            "reason": f"break-glass by {engineer.id}: {reason}",
+        }
+        review_due = now + self.limits.review_s
+        bypassed = self._normal_group(subject, action, target, pv.duration_s)
+        actor = {"approver": engineer.id, "channel": channel, "platform_user": platform_user}
+        fields: dict[str, Any] = {
+            "id": rid, "agent": "" if for_me else subject, "owner": "", "subject": f"approver:{engineer.id}" if for_me else subject,
+            "proposal": _json(proposal.to_dict()), "proposal_sha256": sha, "decision": _json(decision),
+            "approvals": _json([approval]), "created_at": repr(now), "break_glass": "1",
+            "approved_duration_s": str(pv.duration_s), "incident": incident or "",
+            "review_due": repr(review_due), "engineer": engineer.id, "bypassed_group": bypassed or "",
+        }
+        events = [event("breakglass.granted", at, rid, actor, break_glass=True, subject=subject, action=action,
+                        target=target, duration_s=pv.duration_s, requested_s=pv.requested_s, reason=reason,
+                        incident=incident, policies=list(pv.policies), proposal_sha256=sha,
+                        review_due=iso(review_due), note=pv.note)]
+        token: IssuedToken | None = None
+        if for_me:
+            iat = int(now)
+            exp = iat + pv.duration_s
+            jti = new_id()
+            claims = build_access_token_claims(
+                issuer=self.life.settings.issuer, agent_id=engineer.id, audience=target, issued_at=iat,
+                expires_at=exp, jti=jti, action=action, target=target, tool=None, dataset=None, request_id=rid,
+                approvers=[engineer.id], policies=list(pv.policies), proposal_sha256=sha, break_glass=True,
+            )
+            claims["client_id"] = "jitgate:break-glass"
+            signed = self.life.keyring.sign(claims)  # shown once to the engineer; only the jti is recorded
+            token = IssuedToken(signed, "Bearer", exp - iat, claims["authorization_details"])
+            fields.update(grant_jti=jti, grant_exp=str(exp), collected_at=repr(now), grant_kid=self.life.keyring.current_kid)
+            events.append(event("token.collected", at, rid, actor, break_glass=True, jti=jti, exp=iso(exp),
+                                audience=target, kid=self.life.keyring.current_kid))
+            status, deadline = ACTIVE, _ms(exp)
+        else:
+            status, deadline = APPROVED, _ms(now + self.life.settings.collect_ttl_s)
+        out = await self.store.create(rid, fields, status, events, deadline, None, 0, notify="bg.granted")
+        if not out.ok:
+            raise Conflict("could not record the break-glass grant; nothing was granted")
+        await self.store.redis.zadd(self.reviews, {rid: _ms(review_due)})
+        await self.store.redis.zadd(self.review_reminders, {rid: _ms(now + self.limits.review_s / 2)})
+        self.life._count("break_glass", subject="self" if for_me else "agent")
+        return Granted(await self.life.get(rid), token, pv.note)
+
+    def _normal_group(self, subject: str, action: str, target: str, duration_s: int) -> str | None:
+        """Who would normally have approved this: the approver group of an ordinary request."""
+        if subject == ME:
+            return None
+        try:
+            d = self.life.gate.decide(agent_id=subject, action=action, target=target, context={
+                "confidence": 100, "duration_s": duration_s, "posture": "normal", "evidence_count": 1,
+                "delegation_depth": 0, "hour_utc": time.gmtime(self._now()).tm_hour, "break_glass": False})
+        except Exception:  # noqa: BLE001 - only used to address a notice
+            return None
+        return d.approver_group
+
+    async def deliver(self, kind: str, request_id: str) -> None:
+        """Tell the desks about a break-glass event (outbox kinds ``bg.*``)."""
+        req = await self.store.load(request_id)
+        if req is None:
+            return
+        bypassed = await self.store.redis.hget(self.store.req_key(request_id), "bypassed_group")
+        bypassed = bypassed.decode() if bypassed else None
+        who = req.engineer or "?"
+        what = f"{req.proposal.action} on {req.proposal.target}"
+        subject = f"agent {req.agent}" if req.agent else "themself"
+        until = iso(req.grant_exp) if req.grant_exp else f"{req.approved_duration_s // 60} min after collection"
+        texts = {
+            "bg.granted": f"BREAK-GLASS by {who} for {subject}: {what}, until {until}. Reason: "
+                          f"{req.proposal.justification}" + (f" (incident {req.incident})" if req.incident else "")
+                          + f". Review due {iso(req.review_due)}.",
+            "bg.review_reminder": f"Break-glass review still open: {who}, {what}; due {iso(req.review_due)}. "
+                                  "Unreviewed, the engineer's break-glass right is suspended.",
+            "bg.suspended": f"Break-glass right of {who} SUSPENDED: the review of {req.id} was not acknowledged "
+                            f"in time. Reinstate with `/jit breakglass-reinstate {who}`.",
+            "bg.reviewed": f"Break-glass review of {req.id} ({who}, {what}) acknowledged by {req.reviewed_by}: "
+                           f"{req.review_comment}",
+        }
+        text = texts.get(kind)
+        if text is None:
+            return
+        failures = []
+        for n in self.life.notifiers:
+            try:
+                await n.alert_security(req, text)
+                if kind == "bg.granted":
+                    await n.announce(req, f"Approval bypassed: {who} used break-glass for {subject} ({what}, until "
+                                          f"{until}). Reason: {req.proposal.justification}", mention_group=bypassed)
+            except Exception as e:  # noqa: BLE001
+                failures.append(e)
+        if failures and len(failures) == len(self.life.notifiers):
+            raise failures[0]
+
+    # ------------------------------------------------------------------ review
+    async def acknowledge(self, request_id: str, reviewer: Approver, *, comment: str, channel: str) -> Request:
+        """The security group's post-incident review (first acknowledgement wins)."""
+        sec = self.life.settings.security_group
+        if sec not in reviewer.groups:
+            raise NotApprover(f"only members of '{sec}' may acknowledge a break-glass review")
+        comment = (comment or "").strip()
+        if not comment:
+            raise InvalidRequest("a comment is required to acknowledge a review")
+        if len(comment) > MAX_REASON:
+            raise InvalidRequest(f"the comment is longer than {MAX_REASON} characters")
+        now = self._now()
+        ev = event("breakglass.reviewed", iso(now), request_id, {"approver": reviewer.id, "channel": channel},
+                   break_glass=True, comment=comment)
+        fields = {"reviewed_by": reviewer.id, "reviewed_at": repr(now), "review_comment": comment}
+        raw = await self._ack(
+            keys=[self.store.req_key(request_id), self.store.audit_stream, self.store.audit_head, self.reviews,
+                  self.review_reminders, self.store.outbox],
+            args=[events_arg([ev]), _json(fields), request_id],
+        )
+        verdict = raw[0].decode() if isinstance(raw[0], bytes) else raw[0]
+        if verdict == "missing":
+            raise NotFound(f"no request {request_id}")
+        if verdict == "not_bg":
+            raise InvalidRequest(f"{request_id} is not a break-glass grant")
+        return await self.life.get(request_id)
+
+    async def pending_reviews(self, limit: int = 100) -> list[Request]:
+        """Break-glass grants whose review is still open, oldest deadline first."""
+        ids = await self.store.redis.zrange(self.reviews, 0, limit - 1)
+        out = []
+        for rid in ids:
+            req = await self.store.load(rid.decode())
+            if req is not None:
+                out.append(req)
+        return out
+
+    async def sweep_reviews(self, limit: int = 100) -> int:
+        """Remind before review deadlines; suspend the engineer once one passes. Returns actions taken."""
+        now = self._now()
+        done = 0
+        raw = await self.store.redis.zrangebyscore(self.review_reminders, "-inf", _ms(now), start=0, num=limit)
+        for rid in (r.decode() for r in raw):
+            req_due = await self.store.redis.zscore(self.reviews, rid)
+            if req_due is None:
+                await self.store.redis.zrem(self.review_reminders, rid)
+                continue
+            await self.store.append([event("breakglass.review_reminder", iso(now), rid, None, break_glass=True,
+                                           due=iso(req_due / 1000))], rid, notify="bg.review_reminder")
+            nxt = now + max((req_due / 1000 - now) * 0.8, 60)
+            if nxt * 1000 >= req_due:
+                await self.store.redis.zrem(self.review_reminders, rid)
+            else:
+                await self.store.redis.zadd(self.review_reminders, {rid: _ms(nxt)})
+            done += 1
+        raw = await self.store.redis.zrangebyscore(self.reviews, "-inf", _ms(now), start=0, num=limit)
+        for rid in (r.decode() for r in raw):
+            h = await self.store.redis.hmget(self.store.req_key(rid), "engineer", "reviewed_by")
+            engineer = h[0].decode() if h[0] else None
+            if h[1]:
+                await self.store.redis.zrem(self.reviews, rid)
+                continue
+            if engineer:
+                info = {"request_id": rid, "since": iso(now)}
+                await self.store.append([event("breakglass.suspended", iso(now), rid, None, break_glass=True,
+                                               engineer=engineer, reason="review not acknowledged in time")],
+                                        rid, notify="bg.suspended")
+                await self.store.redis.hset(self.suspended, engineer, _json(info))
+            await self.store.redis.zrem(self.reviews, rid)
+            await self.store.redis.zrem(self.review_reminders, rid)
+            done += 1
+        return done
+
+    async def reinstate(self, engineer_id: str, by: Approver, *, channel: str) -> None:
+        """Security restores a suspended engineer's break-glass right."""
+        sec = self.life.settings.security_group
+        if sec not in by.groups:
+            raise NotApprover(f"only members of '{sec}' may reinstate break-glass rights")
+        s = await self.suspension(engineer_id)
+        if s is None:
+            raise Conflict(f"{engineer_id}'s break-glass right is not suspended")
+        await self.store.append([event("breakglass.reinstated", iso(self._now()), s.get("request_id"),
+                                       {"approver": by.id, "channel": channel}, break_glass=True, engineer=engineer_id)])
+        await self.store.redis.hdel(self.suspended, engineer_id)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+__all__ = ["ME", "BreakGlass", "BreakGlassLimits", "Granted", "Preview"]
