@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -63,6 +64,8 @@ def cmd_serve(args) -> int:
     settings = _settings()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    # The desks see where the broker really listens (the console refuses a public address).
+    settings = dataclasses.replace(settings, host=host, port=port)
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5)
@@ -228,6 +231,46 @@ def cmd_posture(args) -> int:
     return asyncio.run(_with_broker(run))
 
 
+def cmd_breakglass(args) -> int:
+    """Break-glass from a terminal (same checks as the chat commands)."""
+
+    from .model import iso  # noqa: PLC0415
+
+    async def run(broker):
+        bg = broker.breakglass
+        life = broker.lifecycle
+        who = f"os:{life.os_user()}"
+        if args.sub == "grant":
+            engineer = life.operator_approver(args.as_)
+            pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
+                                  duration_s=args.duration, reason=" ".join(args.reason), incident=args.incident)
+            print(f"will grant {pv.action} on {pv.target} to {pv.subject} for {pv.duration_s // 60} min"
+                  + (f" ({pv.note})" if pv.note else ""), file=sys.stderr)
+            if not args.yes:
+                answer = input("type the target to confirm: ") if sys.stdin.isatty() else ""
+                if answer.strip() != pv.target:
+                    print("not confirmed; nothing granted", file=sys.stderr)
+                    return 1
+            g = await bg.grant(engineer, subject=args.subject, action=args.action, target=args.target,
+                               duration_s=args.duration, reason=" ".join(args.reason), incident=args.incident,
+                               channel="cli", platform_user=who)
+            _print_request(g.request)
+            if g.token is not None:
+                print(g.token.access_token)  # once, to this terminal only
+        elif args.sub == "reviews":
+            for r in await bg.pending_reviews():
+                print(f"{r.id}  {r.engineer:<10} {r.proposal.action:<10} {r.proposal.target:<28} review due {iso(r.review_due)}")
+        elif args.sub == "review":
+            req = await bg.acknowledge(args.id, life.operator_approver(args.as_), comment=" ".join(args.comment), channel="cli")
+            print(f"review of {req.id} acknowledged by {req.reviewed_by}")
+        elif args.sub == "reinstate":
+            await bg.reinstate(args.engineer, life.operator_approver(args.as_), channel="cli")
+            print(f"{args.engineer}'s break-glass right reinstated")
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
 # ---------------------------------------------------------------------- audit
 def cmd_audit_verify(args) -> int:
     from .audit import verify  # noqa: PLC0415
@@ -349,6 +392,29 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("level", nargs="?", choices=["normal", "elevated", "incident"])
     s.add_argument("--as", dest="as_", metavar="APPROVER_ID")
     s.set_defaults(fn=cmd_posture)
+
+    bg = sub.add_parser("breakglass", help="emergency grants, reviews and reinstatement").add_subparsers(dest="sub", required=True)
+    s = bg.add_parser("grant", help="grant emergency access at once (on-call group)")
+    s.add_argument("subject", help="an agent id, or 'me'")
+    s.add_argument("action")
+    s.add_argument("target")
+    s.add_argument("duration", type=int, help="seconds")
+    s.add_argument("reason", nargs="+")
+    s.add_argument("--incident")
+    s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
+    s.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
+    s.set_defaults(fn=cmd_breakglass)
+    s = bg.add_parser("reviews", help="break-glass grants awaiting review")
+    s.set_defaults(fn=cmd_breakglass)
+    s = bg.add_parser("review", help="acknowledge a review (security group)")
+    s.add_argument("id")
+    s.add_argument("comment", nargs="+")
+    s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
+    s.set_defaults(fn=cmd_breakglass)
+    s = bg.add_parser("reinstate", help="restore a suspended engineer's right (security group)")
+    s.add_argument("engineer")
+    s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
+    s.set_defaults(fn=cmd_breakglass)
 
     audit = sub.add_parser("audit", help="verify or export the audit log").add_subparsers(dest="sub", required=True)
     s = audit.add_parser("verify")

@@ -125,3 +125,19 @@ def test_posture_cli(cli_env):
     refused = run_cli(cli_env, "posture", "incident", "--as", "bob")
     assert refused.returncode != 0 and "security" in refused.stderr
     assert run_cli(cli_env, "posture", "elevated", "--as", "carol").stdout.strip() == "elevated"
+
+
+async def test_breakglass_cli(cli_env):
+    """Break-glass from a terminal: refused without confirmation, granted with --yes, reviewed by security."""
+    unconfirmed = run_cli(cli_env, "breakglass", "grant", "ops-bot", "rollback", "prod/payments-api", "600",
+                          "pods", "crashing", "--as", "alice")
+    assert unconfirmed.returncode == 1 and "not confirmed" in unconfirmed.stderr
+    ok = run_cli(cli_env, "breakglass", "grant", "ops-bot", "rollback", "prod/payments-api", "600",
+                 "pods", "crashing", "--as", "alice", "--yes")
+    assert ok.returncode == 0, ok.stderr
+    rid = ok.stdout.split()[0]
+    assert rid in run_cli(cli_env, "breakglass", "reviews").stdout
+    refused = run_cli(cli_env, "breakglass", "review", rid, "ok", "--as", "bob")
+    assert refused.returncode != 0
+    assert run_cli(cli_env, "breakglass", "review", rid, "justified", "--as", "carol").returncode == 0
+    assert rid not in run_cli(cli_env, "breakglass", "reviews").stdout
