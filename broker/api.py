@@ -137,7 +137,14 @@ def make_routes(broker: "Broker") -> list[Route]:
 
     async def collect(request: HttpRequest) -> Response:
         agent = await agent_of(request)
-        _req, token = await life.collect(rid(request), agent)
+        request_id = rid(request)
+        # RFC 9449: a DPoP proof binds the token to the prover's key (cnf.jkt, token_type DPoP).
+        # htu is this endpoint's public URL: the issuer (as agents see it) plus the path.
+        proof = request.headers.get("dpop")
+        jkt = None
+        if proof is not None or s.require_dpop:
+            jkt = await broker.verifier.verify_dpop(proof, method="POST", url=f"{s.issuer}{request.url.path}")
+        _req, token = await life.collect(request_id, agent, jkt=jkt)
         return json_response(token.to_json(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     async def complete(request: HttpRequest) -> Response:
@@ -203,7 +210,21 @@ def make_routes(broker: "Broker") -> list[Route]:
             await broker.redis.ping()
         except Exception as e:  # noqa: BLE001 - any failure means not ready
             raise Unavailable(f"Redis is not reachable ({e.__class__.__name__})") from None
-        return json_response({"status": "ready", "redis_ms": round((time.perf_counter() - started) * 1000, 2)})
+        body = {"status": "ready", "redis_ms": round((time.perf_counter() - started) * 1000, 2)}
+        # Desks may report details (e.g. Teams knows no approvals conversation yet). They do
+        # not change the status: a desk must keep receiving traffic to fix what it lacks.
+        desks = {}
+        for desk in broker.desks:
+            check = getattr(desk, "readiness", None)
+            if check is None:
+                continue
+            try:
+                desks[desk.name] = await check()
+            except Exception as e:  # noqa: BLE001 - a detail, never a failed probe
+                desks[desk.name] = {"ready": False, "detail": f"readiness check failed ({e.__class__.__name__})"}
+        if desks:
+            body["desks"] = desks
+        return json_response(body)
 
     async def metrics(request: HttpRequest) -> Response:
         from .metrics import CONTENT_TYPE  # noqa: PLC0415

@@ -18,7 +18,7 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .directory import Directory
 from .errors import ConfigError
-from .identity import AssertionVerifier, Registry
+from .identity import AssertionVerifier, Registry, SpiffeBundle
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .notify import Desk, LoggingNotifier, Notifier
@@ -134,12 +134,13 @@ async def build(
                       clock=clock, rotation_s=settings.key_rotation_s,
                       retain_s=max(settings.max_duration_s * 2, 3600))
     await keyring.ensure()
-    verifier = AssertionVerifier(registry, redis, settings.redis_prefix, audience=settings.issuer, clock=clock)
+    verifier = AssertionVerifier(registry, redis, settings.redis_prefix, audience=settings.issuer, clock=clock,
+                                 spiffe=SpiffeBundle.from_settings(settings))
     metrics = Metrics()
     all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
     all_notifiers += [d.notifier for d in desks]
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
-                          notifiers=all_notifiers, clock=clock, metrics=metrics)
+                          notifiers=all_notifiers, clock=clock, metrics=metrics, registry=registry)
     wakeups = Wakeups(redis, store.channel)
     breakglass = BreakGlass(lifecycle, registry, BreakGlassLimits(
         max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,

@@ -433,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     # the core names none of them.
     from importlib.metadata import entry_points  # noqa: PLC0415
 
+    seen: set[str] = set()
     for ep in sorted(entry_points(group="jitgate.cli"), key=lambda e: e.name):
-        ep.load()(sub)
+        if ep.name not in seen:  # an in-tree egg-info next to the installed one lists it twice
+            seen.add(ep.name)
+            ep.load()(sub)
 
     args = p.parse_args(argv)
     try:

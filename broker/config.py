@@ -69,6 +69,28 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _tristate(env: dict, name: str) -> bool | None:
+    """An on/off setting whose absence means "decide from the rest of the settings"."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (or unset), got {raw!r}")
+
+
+def _spiffe(env: dict) -> dict:
+    """JITGATE_SPIFFE_BUNDLE and JITGATE_SPIFFE_TRUST_DOMAIN: both or neither."""
+    bundle = (env.get("JITGATE_SPIFFE_BUNDLE") or "").strip()
+    domain = (env.get("JITGATE_SPIFFE_TRUST_DOMAIN") or "").strip()
+    if bool(bundle) != bool(domain):
+        raise ConfigError("JITGATE_SPIFFE_BUNDLE and JITGATE_SPIFFE_TRUST_DOMAIN must be set together "
+                          "(the bundle file holds the JWT-SVID keys of that one trust domain)")
+    return {"spiffe_bundle": Path(bundle) if bundle else None, "spiffe_trust_domain": domain}
+
+
 def decode_kek(raw: str) -> bytes:
     """The key-encryption key: 32 bytes, URL-safe or standard base64."""
     try:
@@ -104,6 +126,11 @@ class Settings:
     breakglass_review_s: int = 86400
     breakglass_max_active: int = 2
     breakglass_max_per_day: int = 5
+    # Agents: DPoP-bound tokens, delegation chains, SPIFFE JWT-SVIDs (docs/agents.md).
+    require_dpop: bool = False
+    delegation_max_depth: int = 3
+    spiffe_bundle: Path | None = None
+    spiffe_trust_domain: str = ""
     escalate_after_s: int = 600
     max_body_bytes: int = 65536
     security_group: str = "security"
@@ -126,6 +153,8 @@ class Settings:
     teams_openid_metadata_url: str = ""
     teams_token_issuer: str = ""
     teams_login_url: str = ""
+    # The local web console: None = on only when no chat platform is configured.
+    console: bool | None = None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -164,6 +193,9 @@ class Settings:
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
             breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
             breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
+            require_dpop=env.get("JITGATE_REQUIRE_DPOP", "").lower() in ("1", "true", "yes"),
+            delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
+            **_spiffe(env),
             escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
@@ -186,4 +218,5 @@ class Settings:
             teams_openid_metadata_url=env.get("TEAMS_OPENID_METADATA_URL", ""),
             teams_token_issuer=env.get("TEAMS_TOKEN_ISSUER", ""),
             teams_login_url=env.get("TEAMS_LOGIN_URL", ""),
+            console=_tristate(env, "JITGATE_CONSOLE"),
         )

@@ -16,12 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import hashlib
 import json
+import logging
 import math
 import os
 import re
-import secrets
 import stat
 import tempfile
 import time
@@ -32,24 +31,38 @@ from typing import Any
 
 import jwt
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.api_jws import PyJWS
 from redis.exceptions import RedisError
 
 from .clock import SystemClock
-from .errors import ConfigError, Unauthenticated, Unavailable
+from .errors import ConfigError, InvalidRequest, Unauthenticated, Unavailable
+from .jose import (  # noqa: F401 - re-exported: callers import key helpers from here
+    DELEGATION_TYP,
+    KINDS as _KINDS,
+    PRIVATE_MEMBERS as _PRIVATE_MEMBERS,
+    PUBLIC_ONLY as _PUBLIC_ONLY,
+    DpopProof,
+    JoseError,
+    alg_of_private_key as _alg_of_private_key,
+    b64url as _b64url,
+    finite_number as _finite_number,
+    generate_key,
+    jwk_thumbprint,
+    load_private_key,
+    make_assertion,
+    make_delegation,
+    parse_public_jwk as _parse_public_jwk,
+    public_jwk,
+    split_jws,
+    unb64url as _unb64url,
+    uncovered,
+    verify_dpop_proof,
+)
+
+log = logging.getLogger("jitgate.identity")
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
 _ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : / @ -"
-
-# JWK members that only a private (or symmetric) key has: RFC 7518 sections 6.2.2, 6.3.2, 6.4.
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_PUBLIC_ONLY = "agents file must hold public keys only"
-# (kty, crv) -> (JWS alg, coordinate members); nothing else is accepted.
-_KINDS = {("OKP", "Ed25519"): ("EdDSA", ("x",)), ("EC", "P-256"): ("ES256", ("x", "y"))}
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n"), "oct": ("k", "kty")}
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 _AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate"})
 _SERVER_KEYS = frozenset({"id", "public_key"})
@@ -64,188 +77,35 @@ _JTI = re.compile(r"[\x21-\x39\x3b-\x7e]{1,128}")
 _REQUIRED_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti")
 
 
-# --- keys -----------------------------------------------------------------------------
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 section 2); ValueError otherwise."""
-    if not isinstance(text, str) or not _B64URL.fullmatch(text):
-        raise ValueError("not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-
-
-def jwk_thumbprint(jwk: dict) -> str:
-    """The RFC 7638 thumbprint: base64url SHA-256 of the required members, sorted, no spaces.
-
-    Raises ValueError when the key type is unknown or a required member is missing.
-    """
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))
-    if members is None:
-        raise ValueError("unsupported key type for a thumbprint")
-    try:
-        canonical = {name: jwk[name] for name in members}
-    except KeyError as exc:
-        raise ValueError(f"JWK lacks the {exc.args[0]!r} member") from None
-    data = json.dumps(canonical, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return _b64url(hashlib.sha256(data.encode("utf-8")).digest())
-
-
-def _parse_public_jwk(jwk: Any) -> tuple[Any, str, str]:
-    """(cryptography public key, kid, JWS alg) of a public Ed25519 or P-256 JWK; ValueError otherwise."""
-    if not isinstance(jwk, dict):
-        raise ValueError("must be a JWK mapping")
-    if _PRIVATE_MEMBERS.intersection(jwk):
-        raise ValueError(_PUBLIC_ONLY)
-    kind = _KINDS.get((jwk.get("kty"), jwk.get("crv")))
-    if kind is None:
-        raise ValueError("must be an OKP/Ed25519 or EC/P-256 public key")
-    alg, coordinates = kind
-    raw = {}
-    for name in coordinates:
-        try:
-            raw[name] = _unb64url(jwk.get(name))
-        except ValueError:
-            raise ValueError(f"{name!r} must be base64url") from None
-        if len(raw[name]) != 32:
-            raise ValueError(f"{name!r} must encode 32 bytes")
-    if "alg" in jwk and jwk["alg"] != alg:
-        raise ValueError(f"'alg' must be {alg} for this key type")
-    if "use" in jwk and jwk["use"] != "sig":
-        raise ValueError("'use' must be 'sig'")
-    try:
-        if alg == "EdDSA":
-            key = ed25519.Ed25519PublicKey.from_public_bytes(raw["x"])
-        else:
-            numbers = ec.EllipticCurvePublicNumbers(
-                int.from_bytes(raw["x"], "big"), int.from_bytes(raw["y"], "big"), ec.SECP256R1()
-            )
-            key = numbers.public_key()  # checks that the point is on the curve
-    except ValueError:
-        raise ValueError("is not a valid public key") from None
-    if "kid" in jwk:
-        kid = jwk["kid"]
-        if not isinstance(kid, str) or not 1 <= len(kid) <= 256:
-            raise ValueError("'kid' must be a string of 1 to 256 characters")
-    else:
-        kid = jwk_thumbprint(jwk)
-    return key, kid, alg
-
-
-def _alg_of_private_key(private_key: Any) -> str:
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        return "EdDSA"
-    if isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
-        return "ES256"
-    raise ConfigError("agent keys must be Ed25519 or P-256")
-
-
-def generate_key(kind: str = "Ed25519") -> tuple[bytes, dict]:
-    """A new agent key pair: (PKCS#8 PEM private key, public JWK with its thumbprint as ``kid``)."""
-    if kind == "Ed25519":
-        private_key: Any = ed25519.Ed25519PrivateKey.generate()
-    elif kind == "P-256":
-        private_key = ec.generate_private_key(ec.SECP256R1())
-    else:
-        raise ConfigError(f"key kind must be 'Ed25519' or 'P-256', got {kind!r}")
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem, public_jwk(private_key)
-
-
-def load_private_key(pem: bytes | str) -> Any:
-    """The Ed25519 or P-256 private key in an unencrypted PEM; ConfigError for anything else."""
-    data = pem.encode("ascii") if isinstance(pem, str) else pem
-    try:
-        private_key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError("not an unencrypted PEM private key") from None
-    _alg_of_private_key(private_key)
-    return private_key
-
-
-def public_jwk(private_key: Any) -> dict:
-    """The public JWK of an Ed25519 or P-256 key (private or public), with ``kid`` = thumbprint."""
-    key = private_key.public_key() if hasattr(private_key, "private_bytes") else private_key
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
-    elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        numbers = key.public_numbers()
-        jwk = {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": _b64url(numbers.x.to_bytes(32, "big")),
-            "y": _b64url(numbers.y.to_bytes(32, "big")),
-        }
-    else:
-        raise ConfigError("agent keys must be Ed25519 or P-256")
-    jwk["kid"] = jwk_thumbprint(jwk)
-    return jwk
-
-
-def make_assertion(
-    private_key: Any,
-    *,
-    agent_id: str,
-    audience: str,
-    now: float | None = None,
-    lifetime_s: int = 60,
-    jti: str | None = None,
-    kid: str | None = None,
-    extra: dict | None = None,
-) -> str:
-    """A signed assertion: ``iss`` = ``sub`` = agent_id, ``aud``, ``iat``, ``exp`` = iat + lifetime, ``jti``.
-
-    ES256 for a P-256 key, EdDSA for Ed25519; ``kid`` goes in the header when given.
-    ``extra`` claims are merged last (so they can override the standard ones).
-    """
-    if isinstance(private_key, (bytes, str)):
-        private_key = load_private_key(private_key)
-    alg = _alg_of_private_key(private_key)
-    iat = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {
-        "iss": agent_id,
-        "sub": agent_id,
-        "aud": audience,
-        "iat": iat,
-        "exp": iat + lifetime_s,
-        "jti": secrets.token_urlsafe(16) if jti is None else jti,
-    }
-    if extra:
-        claims.update(extra)
-    return jwt.encode(claims, private_key, algorithm=alg, headers={"kid": kid} if kid else None)
-
-
 # --- registry -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Agent:
-    """A registered agent; ``kid`` is the JWK's ``kid`` or else its RFC 7638 thumbprint."""
+    """A registered agent; ``kid`` is the JWK's ``kid`` or else its RFC 7638 thumbprint.
+
+    An agent whose id is a SPIFFE id may be listed without a key (``public_jwk`` None,
+    ``kid`` empty): it then authenticates only with a JWT-SVID, and the entry gives it
+    an owner and a team.
+    """
 
     id: str
     owner: str | None
     team: str | None
-    public_jwk: dict = field(hash=False)
+    public_jwk: dict | None = field(hash=False)
     kid: str
     can_delegate: bool = False
     _key: Any = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self._key is None:
+        if self._key is None and self.public_jwk is not None:
             object.__setattr__(self, "_key", _parse_public_jwk(self.public_jwk)[0])
 
     @property
-    def alg(self) -> str:
-        """The one JWS algorithm this agent's assertions may use."""
+    def alg(self) -> str | None:
+        """The one JWS algorithm this agent's assertions may use (None without a key)."""
+        if self.public_jwk is None:
+            return None
         return _KINDS[self.public_jwk["kty"], self.public_jwk["crv"]][0]
 
 
@@ -300,16 +160,17 @@ def _optional_id(entry: dict, name: str) -> str | None:
     return None if value is None else _check_id(value, f"{name!r}")
 
 
-def _checked_shape(entry: Any, allowed: frozenset) -> str:
-    """The id of an entry, after checking it is a mapping with known keys and a public_key."""
+def _checked_shape(entry: Any, allowed: frozenset, *, keyless_spiffe: bool = False) -> str:
+    """The id of an entry, after checking it is a mapping with known keys and a public_key
+    (which an agent named by a SPIFFE id may omit when ``keyless_spiffe``)."""
     if not isinstance(entry, dict):
         raise ValueError("must be a mapping")
     unknown = sorted(str(k) for k in entry if k not in allowed)
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
     ident = _check_id(entry.get("id"), "'id'")
-    if "public_key" not in entry:
-        raise ValueError("'public_key' is required")
+    if "public_key" not in entry and not (keyless_spiffe and ident.startswith(SPIFFE_SCHEME)):
+        raise ValueError("'public_key' is required (only an agent whose id is a spiffe:// id may omit it)")
     return ident
 
 
@@ -322,11 +183,16 @@ def _entry_key(entry: dict) -> tuple[Any, str]:
 
 
 def _agent_from_entry(entry: Any) -> Agent:
-    ident = _checked_shape(entry, _AGENT_KEYS)
+    ident = _checked_shape(entry, _AGENT_KEYS, keyless_spiffe=True)
     owner, team = _optional_id(entry, "owner"), _optional_id(entry, "team")
     can_delegate = entry.get("can_delegate", False)
     if not isinstance(can_delegate, bool):
         raise ValueError("'can_delegate' must be true or false")
+    if "public_key" not in entry:
+        spiffe_problem = spiffe_id_problem(ident)
+        if spiffe_problem:
+            raise ValueError(f"'id' {spiffe_problem}")
+        return Agent(id=ident, owner=owner, team=team, public_jwk=None, kid="", can_delegate=can_delegate)
     key, kid = _entry_key(entry)
     return Agent(
         id=ident,
@@ -375,6 +241,9 @@ def _check_unique(source: str, agents: Iterable[Agent], servers: Iterable[Resour
             here = f"{section}[{index}] (id {item.id!r})"
             if item.id in ids:
                 raise ConfigError(f"{source}: {here}: duplicate id, already used by {ids[item.id]}")
+            if item.public_jwk is None:  # a keyless SPIFFE agent
+                ids[item.id] = here
+                continue
             # Two entries sharing a key could sign as each other: almost surely a copy-paste slip.
             thumbprint = jwk_thumbprint(item.public_jwk)
             if thumbprint in keys:
@@ -575,7 +444,8 @@ def _atomic_write(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, public_jwk: dict) -> Agent:
+def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, public_jwk: dict,
+              can_delegate: bool = False) -> Agent:
     """Register an agent in the agents file (created if missing) and return it.
 
     Refuses (ConfigError) a duplicate id, a key already registered, a private key, or a
@@ -587,6 +457,8 @@ def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, publi
         entry["owner"] = owner
     if team is not None:
         entry["team"] = team
+    if can_delegate:
+        entry["can_delegate"] = True
     entry["public_key"] = copy.deepcopy(public_jwk)
     try:
         agent = _agent_from_entry(entry)
@@ -602,11 +474,30 @@ def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, publi
     return agent
 
 
+def add_resource_server(path: Path, *, id: str, public_jwk: dict) -> ResourceServer:
+    """Register a resource server (it may then call introspection) in the agents file.
+
+    Same refusals as :func:`add_agent`; the file is rewritten atomically (as YAML, so
+    comments in it are not kept).
+    """
+    path = Path(path)
+    entry = {"id": id, "public_key": copy.deepcopy(public_jwk)}
+    try:
+        server = _server_from_entry(entry)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: new resource server {id!r}: {exc}") from None
+    data, agents, servers = _parse_document(_read(path), str(path))
+    if any(item.id == server.id for item in (*agents, *servers)):
+        raise ConfigError(f"{path}: an agent or resource server with id {server.id!r} already exists")
+    expected = copy.deepcopy(data)
+    expected["resource_servers"] = [*(expected.get("resource_servers") or []), entry]
+    text = _dump(expected)
+    _parse_document(text, str(path))
+    _atomic_write(path, text)
+    return server
+
+
 # --- verification ---------------------------------------------------------------------
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _json_segment(segment: str) -> dict:
@@ -630,6 +521,12 @@ def _bearer_token(authorization: str | None) -> str:
     return parts[1].strip()
 
 
+class InvalidDpopProof(Unauthenticated):
+    """A DPoP proof (RFC 9449) that is missing, malformed, for another request, or replayed."""
+
+    code, title = "invalid-dpop-proof", "Invalid DPoP proof"
+
+
 class AssertionVerifier:
     """Checks agent (and resource server) assertions; each ``jti`` is accepted once."""
 
@@ -643,6 +540,8 @@ class AssertionVerifier:
         clock: Any = SystemClock(),  # stateless, so one shared default is fine
         max_lifetime_s: int = 300,
         leeway_s: int = 30,
+        spiffe: "SpiffeBundle | None" = None,
+        dpop_max_age_s: int = 60,
     ) -> None:
         if not isinstance(audience, str) or not audience:
             raise ConfigError("the assertion audience (the broker's issuer URL) must be set")
@@ -656,10 +555,43 @@ class AssertionVerifier:
         self._max_lifetime = max_lifetime_s
         self._leeway = leeway_s
         self._jws = PyJWS()
+        self._spiffe = spiffe
+        self._dpop_prefix = f"{prefix}dpop:"
+        self._dpop_max_age = dpop_max_age_s
 
     async def verify_agent(self, authorization: str | None) -> tuple[Agent, dict]:
-        """The agent that signed the bearer assertion and its verified claims; Unauthenticated otherwise."""
+        """The agent that signed the bearer assertion (or presented a JWT-SVID of the trusted
+        SPIFFE domain) and its verified claims; Unauthenticated otherwise."""
+        if self._spiffe is not None:
+            token = _bearer_token(authorization)
+            svid = self._spiffe.claims_if_svid(token)
+            if svid is not None:
+                iss = svid.get("iss")
+                keyed = self._registry.agent(iss) if isinstance(iss, str) and iss == svid.get("sub") else None
+                if keyed is None or keyed.public_jwk is None:
+                    return self._spiffe.verify(token, self._registry, self._audience, self._clock.now())
         return await self._verify(authorization, self._registry.agent, "unknown agent")
+
+    async def verify_dpop(self, proof: str | None, *, method: str, url: str) -> str:
+        """The RFC 7638 thumbprint (``jkt``) of the key that signed a valid DPoP proof for
+        this request; each proof is accepted once. Unauthenticated otherwise."""
+        if not isinstance(proof, str) or not proof.strip():
+            raise InvalidDpopProof("missing DPoP proof")
+        now = self._clock.now()
+        try:
+            checked = verify_dpop_proof(proof.strip(), method=method, url=url, now=now,
+                                        max_age_s=self._dpop_max_age, leeway_s=self._leeway)
+        except JoseError as exc:
+            raise InvalidDpopProof(str(exc)) from None
+        # Remembered for as long as the proof would still pass the iat window, plus leeway.
+        ttl_ms = max(1, math.ceil((checked.iat + self._dpop_max_age + self._leeway - now) * 1000))
+        try:
+            fresh = await self._redis.set(f"{self._dpop_prefix}{checked.jkt}:{checked.jti}", b"1", nx=True, px=ttl_ms)
+        except RedisError:
+            raise Unavailable("replay protection unavailable") from None
+        if not fresh:
+            raise InvalidDpopProof("DPoP proof replayed (jti already used)")
+        return checked.jkt
 
     async def verify_resource_server(self, authorization: str | None) -> tuple[ResourceServer, dict]:
         """The resource server that signed the bearer assertion and its claims; Unauthenticated otherwise."""
@@ -684,6 +616,8 @@ class AssertionVerifier:
         principal = lookup(iss) if isinstance(iss, str) else None
         if principal is None:
             raise Unauthenticated(unknown)
+        if principal.public_jwk is None:
+            raise Unauthenticated("this agent has no registered key; it authenticates with a JWT-SVID")
         if alg != principal.alg:
             raise Unauthenticated("algorithm does not match the registered key")
         if "kid" in header and header["kid"] != principal.kid:
@@ -736,3 +670,332 @@ class AssertionVerifier:
         # last moment this verifier would accept the assertion, plus one leeway for other
         # replicas whose clocks run behind.
         return max(1, math.ceil((exp + 2 * self._leeway - now) * 1000))
+
+
+# --- SPIFFE JWT-SVIDs -----------------------------------------------------------------
+
+SPIFFE_SCHEME = "spiffe://"
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+# The JWT-SVID specification allows these; HS* and none never.
+_SVID_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+_EC_ALG_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+# JWT-SVIDs are bearer credentials reused until they expire (SPIFFE intends it), so their
+# remaining lifetime is bounded instead of their jti being single-use.
+SVID_MAX_REMAINING_S = 3600
+_BUNDLE_CHECK_S = 2.0
+
+
+def spiffe_id_problem(value: Any) -> str | None:
+    """What is wrong with a SPIFFE id (``spiffe://trust-domain/path``), or None."""
+    if not isinstance(value, str) or not value.startswith(SPIFFE_SCHEME):
+        return "must be a spiffe:// id"
+    rest = value[len(SPIFFE_SCHEME):]
+    domain, slash, path = rest.partition("/")
+    if not _TRUST_DOMAIN.fullmatch(domain):
+        return "must have a trust domain of lower-case letters, digits, '.', '-' or '_'"
+    if not slash or not path:
+        return "must have a path after the trust domain (a workload id)"
+    for segment in path.split("/"):
+        if not _PATH_SEGMENT.fullmatch(segment) or segment in (".", ".."):
+            return "has an empty, '.', '..' or non [A-Za-z0-9._-] path segment"
+    return None
+
+
+def trust_domain_of(spiffe_id: str) -> str:
+    """The trust domain of a well-formed SPIFFE id."""
+    return spiffe_id[len(SPIFFE_SCHEME):].split("/", 1)[0]
+
+
+class SpiffeBundle:
+    """The JWT-SVID keys of one SPIFFE trust domain, from a bundle file (a JWKS as SPIRE
+    writes it: keys with ``use: jwt-svid`` and a ``kid``; ``x509-svid`` keys are ignored).
+
+    The file is re-read when it changes (checked every two seconds at most), so keys can
+    rotate; a broken new version is logged and the previous keys stay in force.
+    """
+
+    def __init__(self, path: Path, trust_domain: str) -> None:
+        if _TRUST_DOMAIN.fullmatch(trust_domain or "") is None:
+            raise ConfigError(f"JITGATE_SPIFFE_TRUST_DOMAIN {trust_domain!r} is not a SPIFFE trust domain name")
+        self.path = Path(path)
+        self.trust_domain = trust_domain
+        self._jws = PyJWS()
+        self._checked_at = time.monotonic()
+        self._stamp = _stamp(self.path)
+        self._keys = self._load()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "SpiffeBundle | None":
+        """The bundle the settings name, or None when SPIFFE is not configured."""
+        path = getattr(settings, "spiffe_bundle", None)
+        if not path:
+            return None
+        return cls(path, settings.spiffe_trust_domain)
+
+    def _load(self) -> dict[str, tuple[Any, str]]:
+        where = f"JITGATE_SPIFFE_BUNDLE {self.path}"
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: not a readable JSON bundle ({exc.__class__.__name__})") from None
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(keys, list):
+            raise ConfigError(f"{where}: must be a JWKS with a 'keys' list")
+        parsed: dict[str, tuple[Any, str]] = {}
+        for index, jwk in enumerate(keys):
+            if not isinstance(jwk, dict):
+                raise ConfigError(f"{where}: keys[{index}] must be a JWK object")
+            if jwk.get("use", "jwt-svid") != "jwt-svid":
+                continue  # x509-svid roots are for TLS, not for JWT-SVIDs
+            kid = jwk.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise ConfigError(f"{where}: keys[{index}] is a jwt-svid key without a 'kid'")
+            if _PRIVATE_MEMBERS.intersection(jwk):
+                raise ConfigError(f"{where}: keys[{index}] holds private key material")
+            try:
+                pyjwk = jwt.PyJWK({k: v for k, v in jwk.items() if k != "use"})
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(f"{where}: keys[{index}] (kid {kid!r}) is not a usable key: {exc}") from None
+            if pyjwk.key_type == "RSA":
+                if pyjwk.key.key_size < 2048:
+                    raise ConfigError(f"{where}: keys[{index}] (kid {kid!r}) is an RSA key under 2048 bits")
+                family = "RSA"
+            elif pyjwk.key_type == "EC" and pyjwk.key.curve.name in _EC_ALG_BY_CURVE:
+                family = _EC_ALG_BY_CURVE[pyjwk.key.curve.name]
+            else:
+                raise ConfigError(f"{where}: keys[{index}] (kid {kid!r}) must be an RSA or EC (P-256/384/521) key")
+            parsed[kid] = (pyjwk.key, family)
+        if not parsed:
+            raise ConfigError(f"{where}: holds no jwt-svid keys")
+        return parsed
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < _BUNDLE_CHECK_S:
+            return
+        self._checked_at = now
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._keys = self._load()
+        except ConfigError as exc:
+            log.error("SPIFFE bundle reload refused, keeping the previous keys: %s", exc.detail)
+
+    @staticmethod
+    def claims_if_svid(token: str) -> dict | None:
+        """The unverified claims when ``token`` looks like a JWT-SVID (``sub`` is a spiffe:// id)."""
+        try:
+            _header, claims = split_jws(token)
+        except JoseError:
+            return None
+        sub = claims.get("sub")
+        return claims if isinstance(sub, str) and sub.startswith(SPIFFE_SCHEME) else None
+
+    def verify(self, token: str, registry: Registry, audience: str, now: float, leeway_s: int = 30) -> tuple[Agent, dict]:
+        """The agent a JWT-SVID names (its SPIFFE id), after checking signature, trust
+        domain, audience and times; Unauthenticated otherwise.
+
+        A SPIFFE id listed in the agents file gets that entry's owner and team; any other
+        workload of the trust domain is an agent with neither (policy decides what it may).
+        """
+        self._refresh()
+        header, claims = split_jws(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _SVID_ALGS:
+            raise Unauthenticated("JWT-SVID algorithm not allowed")
+        if "crit" in header or "b64" in header:
+            raise Unauthenticated("unsupported critical header")
+        sub = claims.get("sub")
+        problem = spiffe_id_problem(sub)
+        if problem:
+            raise Unauthenticated(f"JWT-SVID sub {problem}")
+        domain = trust_domain_of(sub)
+        if domain != self.trust_domain:
+            raise Unauthenticated(f"JWT-SVID is from trust domain '{domain}', not the trusted '{self.trust_domain}'")
+        kid = header.get("kid")
+        if kid is None and len(self._keys) == 1:
+            kid = next(iter(self._keys))
+        entry = self._keys.get(kid) if isinstance(kid, str) else None
+        if entry is None:
+            raise Unauthenticated("JWT-SVID signed with a key not in the trust bundle")
+        key, family = entry
+        if not (alg == family or (family == "RSA" and alg[:2] in ("RS", "PS"))):
+            raise Unauthenticated("JWT-SVID alg does not match its bundle key")
+        try:
+            self._jws.decode_complete(token, key, algorithms=[alg])
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise Unauthenticated("JWT-SVID signature does not verify against the trust bundle") from None
+        aud = claims.get("aud")
+        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+            raise Unauthenticated("JWT-SVID audience does not include this broker")
+        exp = claims.get("exp")
+        if not _finite_number(exp):
+            raise Unauthenticated("JWT-SVID lacks a numeric 'exp'")
+        if now >= exp + leeway_s:
+            raise Unauthenticated("JWT-SVID expired")
+        if exp - now > SVID_MAX_REMAINING_S:
+            raise Unauthenticated(f"JWT-SVID lives longer than {SVID_MAX_REMAINING_S} s")
+        for name in ("iat", "nbf"):
+            if name in claims and (not _finite_number(claims[name]) or claims[name] > now + leeway_s):
+                raise Unauthenticated(f"JWT-SVID {name} is in the future")
+        if not ID_PATTERN.fullmatch(sub):
+            raise Unauthenticated(f"SPIFFE id cannot be an agent id ({_ID_RULE})")
+        agent = registry.agent(sub) or Agent(id=sub, owner=None, team=None, public_jwk=None, kid="")
+        return agent, claims
+
+
+# --- delegation chains ----------------------------------------------------------------
+
+MAX_DELEGATION_LIFETIME_S = 7 * 86400
+_SCOPE_ENTRY = re.compile(r"[A-Za-z0-9._:/@-]{1,200}\*?|\*")
+_MAX_SCOPE_ENTRIES = 50
+_MAX_DELEGATION_REASON = 500
+
+
+class InvalidDelegation(InvalidRequest):
+    """A delegation chain that does not hold; ``detail`` names the bad link."""
+
+    code, title = "invalid-delegation", "Invalid delegation chain"
+
+
+@dataclass(frozen=True)
+class DelegationLink:
+    """One verified link: ``delegator`` let ``delegate`` ask for ``actions`` on ``targets``."""
+
+    index: int  # 1-based, as people count
+    delegator: str
+    delegate: str
+    actions: tuple[str, ...]
+    targets: tuple[str, ...]
+    issued_at: int
+    expires_at: int
+    jti: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"link": self.index, "delegator": self.delegator, "delegate": self.delegate,
+             "actions": list(self.actions), "targets": list(self.targets),
+             "issued_at": self.issued_at, "expires_at": self.expires_at, "jti": self.jti}
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+def _scope(claims: dict, name: str, where: str) -> tuple[str, ...]:
+    value = claims.get(name)
+    if not isinstance(value, list) or not value or len(value) > _MAX_SCOPE_ENTRIES:
+        raise InvalidDelegation(f"{where}: '{name}' must be a list of 1 to {_MAX_SCOPE_ENTRIES} names")
+    for item in value:
+        if not isinstance(item, str) or not _SCOPE_ENTRY.fullmatch(item):
+            raise InvalidDelegation(f"{where}: '{name}' holds {item!r}, which is not a name or a prefix ending in '*'")
+    return tuple(value)
+
+
+def verify_delegation_chain(
+    chain: Iterable[str],
+    *,
+    registry: Registry,
+    requester: str,
+    action: str,
+    target: str,
+    audience: str,
+    now: float,
+    max_depth: int,
+    leeway_s: int = 30,
+) -> list[DelegationLink]:
+    """Verify a delegation chain, root first, whose last link delegates to ``requester``.
+
+    Every link must be signed by its delegator's registered key (``typ``
+    jitgate-delegation+jwt, ``aud`` this broker), the delegator registered with
+    ``can_delegate: true``, unexpired, the delegator of each link the delegate of the one
+    before, no agent twice (no cycles), each link's actions and targets within the
+    previous link's, at most ``max_depth`` links, and the request's action and target
+    within the last link. Raises :class:`InvalidDelegation` naming the first bad link.
+    Cedar's ``delegate`` decision per link is the lifecycle's to ask.
+    """
+    chain = list(chain)
+    if len(chain) > max_depth:
+        raise InvalidDelegation(f"delegation link {max_depth + 1}: the chain is deeper than the {max_depth} links allowed")
+    links: list[DelegationLink] = []
+    seen: set[str] = set()
+    jws = PyJWS()
+    for index, token in enumerate(chain, start=1):
+        where = f"delegation link {index}"
+        try:
+            header, claims = split_jws(token, "link")
+        except JoseError:
+            raise InvalidDelegation(f"{where}: not a compact JWS") from None
+        if header.get("typ") != DELEGATION_TYP:
+            raise InvalidDelegation(f"{where}: typ must be {DELEGATION_TYP}")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGS or "crit" in header or "b64" in header:
+            raise InvalidDelegation(f"{where}: algorithm or header not allowed")
+        iss, sub = claims.get("iss"), claims.get("sub")
+        if not isinstance(iss, str) or not ID_PATTERN.fullmatch(iss):
+            raise InvalidDelegation(f"{where}: 'iss' must name the delegating agent")
+        if not isinstance(sub, str) or not ID_PATTERN.fullmatch(sub):
+            raise InvalidDelegation(f"{where}: 'sub' must name the agent delegated to")
+        where = f"delegation link {index} ({iss} -> {sub})"
+        delegator = registry.agent(iss)
+        if delegator is None:
+            raise InvalidDelegation(f"{where}: delegator '{iss}' is not a registered agent")
+        if delegator.public_jwk is None:
+            raise InvalidDelegation(f"{where}: delegator '{iss}' has no registered key to sign with")
+        if alg != delegator.alg or ("kid" in header and header["kid"] != delegator.kid):
+            raise InvalidDelegation(f"{where}: not signed with '{iss}''s registered key")
+        try:
+            jws.decode_complete(token, delegator._key, algorithms=[alg])
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidDelegation(f"{where}: signature does not verify against '{iss}''s registered key") from None
+        if not delegator.can_delegate:
+            raise InvalidDelegation(f"{where}: agent '{iss}' may not delegate (can_delegate is not set in the agents file)")
+        aud = claims.get("aud")
+        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+            raise InvalidDelegation(f"{where}: audience is not this broker")
+        iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
+        if not _finite_number(iat) or not _finite_number(exp) or exp <= iat:
+            raise InvalidDelegation(f"{where}: needs numeric 'iat' and 'exp', exp after iat")
+        if exp - iat > MAX_DELEGATION_LIFETIME_S:
+            raise InvalidDelegation(f"{where}: lives longer than {MAX_DELEGATION_LIFETIME_S} s")
+        if iat > now + leeway_s:
+            raise InvalidDelegation(f"{where}: issued in the future")
+        if now >= exp:
+            raise InvalidDelegation(f"{where}: expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}")
+        if not isinstance(jti, str) or not 1 <= len(jti) <= 128:
+            raise InvalidDelegation(f"{where}: needs a 'jti'")
+        reason = claims.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_DELEGATION_REASON):
+            raise InvalidDelegation(f"{where}: 'reason' must be a string of at most {_MAX_DELEGATION_REASON} characters")
+        actions, targets = _scope(claims, "actions", where), _scope(claims, "targets", where)
+
+        if links and iss != links[-1].delegate:
+            raise InvalidDelegation(f"{where}: delegator '{iss}' is not the delegate of link {index - 1} ('{links[-1].delegate}')")
+        if not links:
+            seen.add(iss)
+        if sub in seen:
+            raise InvalidDelegation(f"{where}: cycle, '{sub}' already appears earlier in the chain")
+        seen.add(sub)
+        if links:
+            wider = uncovered(list(links[-1].actions), list(actions))
+            if wider is not None:
+                raise InvalidDelegation(f"{where}: widens the actions: '{wider}' is not within link {index - 1}'s {list(links[-1].actions)}")
+            wider = uncovered(list(links[-1].targets), list(targets))
+            if wider is not None:
+                raise InvalidDelegation(f"{where}: widens the targets: '{wider}' is not within link {index - 1}'s {list(links[-1].targets)}")
+        links.append(DelegationLink(index, iss, sub, actions, targets, int(iat), int(exp), jti, reason))
+
+    if links:
+        last = links[-1]
+        where = f"delegation link {last.index} ({last.delegator} -> {last.delegate})"
+        if last.delegate != requester:
+            raise InvalidDelegation(f"{where}: delegates to '{last.delegate}', not to the requesting agent '{requester}'")
+        if uncovered(list(last.actions), [action]) is not None:
+            raise InvalidDelegation(f"{where}: the action '{action}' is outside the delegated actions {list(last.actions)}")
+        if uncovered(list(last.targets), [target]) is not None:
+            raise InvalidDelegation(f"{where}: the target '{target}' is outside the delegated targets {list(last.targets)}")
+    return links

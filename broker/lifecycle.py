@@ -22,7 +22,7 @@ from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
 from .errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
-from .identity import Agent
+from .identity import Agent, DelegationLink, InvalidDelegation, Registry, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
@@ -87,8 +87,10 @@ class Lifecycle:
         clock: Clock | None = None,
         metrics: Any = None,
         retention_s: int = 30 * 86400,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
+        self.registry = registry  # verifies delegation chains; None refuses every chain
         self.store = store
         self.gate = gate
         self.directory = directory
@@ -267,17 +269,20 @@ class Lifecycle:
                 return await self._idempotent(existing, agent, sha), False
 
         now = self._now()
+        chain = self._verified_chain(agent, proposal, now)  # a broken chain is a 400, nothing stored
         context = {
             "confidence": proposal.confidence_pct,
             "duration_s": proposal.duration_s,
             "posture": await self.posture(),
             "evidence_count": len(proposal.evidence),
-            "delegation_depth": len(proposal.delegation),
+            "delegation_depth": len(chain),
             "hour_utc": time.gmtime(now).tm_hour,
             "break_glass": False,
         }
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
+            if chain and decision.outcome != "deny":
+                decision = self._delegated_decision(decision, chain, context)
         except InvalidRequest:
             raise  # the agent sent a name policy cannot represent: a 400, nothing stored
         except Exception as e:  # noqa: BLE001 - unknown means deny
@@ -287,8 +292,10 @@ class Lifecycle:
         rid = new_id()
         at = iso(now)
         actor = {"agent": agent.id, "owner": agent.owner}
+        received = {"delegation_chain": [link.to_dict() for link in chain]} if chain else {}
         events = [
-            event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key),
+            event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
+                  **received),
             event("policy.decision", at, rid, None, **decision.to_dict(), context=context),
         ]
         fields: dict[str, Any] = {
@@ -302,6 +309,9 @@ class Lifecycle:
             "created_at": repr(now),
             "break_glass": "0",
         }
+        chain_exp = min((link.expires_at for link in chain), default=None)
+        if chain_exp is not None:
+            fields.update(delegation_chain=_json([link.to_dict() for link in chain]), delegation_exp=str(chain_exp))
         deadline: int | None
         if decision.outcome == "deny":
             status, deadline = DENIED, None
@@ -316,6 +326,8 @@ class Lifecycle:
         else:
             status = PENDING
             deadline = _ms(now + self.settings.request_ttl_s)
+        if deadline is not None and chain_exp is not None:
+            deadline = min(deadline, _ms(chain_exp))  # nothing to collect once the delegation has lapsed
         reminder = None
         if status == PENDING and self.settings.reminder_interval_s:
             first = min(self.settings.reminder_interval_s, self.settings.escalate_after_s or self.settings.reminder_interval_s)
@@ -329,6 +341,42 @@ class Lifecycle:
             raise Conflict("could not create the request; retry")
         self._count("decisions", outcome=decision.outcome)
         return await self.get(rid), True
+
+    def _verified_chain(self, agent: Agent, proposal: Proposal, now: float) -> list[DelegationLink]:
+        """The proposal's delegation chain, verified (identity.verify_delegation_chain)."""
+        if not proposal.delegation:
+            return []
+        if self.registry is None:
+            raise InvalidDelegation("this broker cannot verify delegation chains here")
+        return verify_delegation_chain(
+            proposal.delegation, registry=self.registry, requester=agent.id, action=proposal.action,
+            target=proposal.target, audience=self.settings.issuer, now=now, max_depth=self.settings.delegation_max_depth,
+        )
+
+    def _delegated_decision(self, decision: Decision, chain: list[DelegationLink], context: dict) -> Decision:
+        """Ask Cedar whether each delegator may delegate to its delegate (action ``delegate``,
+        the delegate as resource, ``delegation_depth`` = the link's position). A deny of any
+        link denies the proposal, naming the link; otherwise the obligations combine, the
+        strictest winning (most approvals, shortest duration), as for several permits."""
+        decisions = [decision]
+        for link in chain:
+            d = self.gate.decide(agent_id=link.delegator, action="delegate", target=link.delegate,
+                                 context={**context, "delegation_depth": link.index})
+            if d.outcome == "deny":
+                return Decision.deny(f"delegation link {link.index} ({link.delegator} -> {link.delegate}) is not permitted: "
+                                     f"{d.reason}", d.policies)
+            decisions.append(d)
+        lead = max(decisions, key=lambda d: d.approvals_required)  # ties: the proposal's own decision
+        approvals = lead.approvals_required
+        durations = [d.max_duration_s for d in decisions if d.max_duration_s]
+        policies = list(dict.fromkeys(p for d in decisions for p in d.policies))
+        links = ", ".join(f"{link.delegator} -> {link.delegate}" for link in chain)
+        return Decision(
+            outcome="auto_grant" if approvals == 0 else "require_approval",
+            policies=tuple(policies), approvals_required=approvals, approver_group=lead.approver_group,
+            max_duration_s=min(durations) if durations else None, channel=lead.channel,
+            backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
+        )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
         req = await self.store.load(request_id)
@@ -475,20 +523,26 @@ class Lifecycle:
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
         exp = iat + duration
+        if req.delegation_exp is not None:
+            if req.delegation_exp <= iat + 1:
+                raise Conflict(f"the delegation chain expired at {iso(req.delegation_exp)}; no token can be issued")
+            exp = min(exp, int(req.delegation_exp))  # the grant never outlives the delegation
         jti = new_id()
         p = req.proposal
+        # RFC 8693 act: the current actor outermost, then who delegated to it, back to the root.
+        actors = [agent.id, *(link["delegator"] for link in reversed(req.delegation_chain))] if req.delegation_chain else None
         claims = build_access_token_claims(
             issuer=self.settings.issuer, agent_id=agent.id, audience=p.target, issued_at=iat, expires_at=exp,
             jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, request_id=req.id,
             approvers=req.approvers, policies=list(req.decision.get("policies", [])),
-            proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt,
+            proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
         )
         token = self.keyring.sign(claims)  # signed before the state changes; discarded if the change fails
         at = iso(now)
         out = await self.store.transition(
             request_id, [APPROVED], ACTIVE,
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
-            [event("token.collected", at, request_id, {"agent": agent.id}, jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
+            [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
             _ms(now), deadline=str(exp * 1000), notify="collected",
         )
@@ -502,39 +556,41 @@ class Lifecycle:
 
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""
-        await self.get_for_agent(request_id, agent)
+        req = await self.get_for_agent(request_id, agent)
         now = self._now()
         at = iso(now)
         out = await self.store.transition(
             request_id, [ACTIVE, APPROVED], COMPLETED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
-            [event("grant.completed", at, request_id, {"agent": agent.id})],
+            [event("grant.completed", at, request_id, {"agent": agent.id}, **_bg(req))],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify="completed",
         )
         return await self._finish(out, request_id)
 
     async def revoke(self, request_id: str, *, by: str, reason: str, channel: str = "api") -> Request:
         """End an approved or active grant before its time."""
-        await self.get(request_id)
+        req = await self.get(request_id)
         now = self._now()
         at = iso(now)
         out = await self.store.transition(
             request_id, [ACTIVE, APPROVED], REVOKED,
             {"closed_at": repr(now), "closed_by": by, "close_reason": reason[:MAX_REASON]},
-            [event("grant.revoked", at, request_id, {"by": by, "channel": channel}, reason=reason[:MAX_REASON])],
+            [event("grant.revoked", at, request_id, {"by": by, "channel": channel}, reason=reason[:MAX_REASON], **_bg(req))],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify="revoked",
         )
         return await self._finish(out, request_id)
 
     async def revoke_as(self, request_id: str, approver: Approver, *, reason: str, channel: str,
                         platform_user: str | None = None) -> Request:
-        """A person ends a grant early: the request's approvers, its agent's owner, or security."""
+        """A person ends a grant early: the request's approvers, its agent's owner, security, or
+        (break-glass) the engineer who broke the glass."""
         req = await self.get(request_id)
         allowed = {req.decision.get("approver_group"), self.settings.security_group}
         if req.escalated:
             allowed.add(req.decision.get("backup_group"))
         allowed.discard(None)
-        if not (allowed & approver.groups) and approver.id != req.owner:
+        engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
+        if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
             raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant")
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
@@ -555,7 +611,7 @@ class Lifecycle:
             out = await self.store.transition(
                 request_id, [req.status], EXPIRED,
                 {"closed_at": repr(now), "closed_by": "scheduler", "close_reason": why},
-                [event(kind, at, request_id, {"by": "scheduler"}, previous=req.status, reason=why)],
+                [event(kind, at, request_id, {"by": "scheduler"}, previous=req.status, reason=why, **_bg(req))],
                 _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms, notify="expired",
             )
             if out.result == "conflict":
@@ -631,6 +687,11 @@ class Lifecycle:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _bg(req: Request) -> dict:
+    """Audit events of a break-glass grant carry the mark, so they can be watched apart."""
+    return {"break_glass": True} if req.break_glass else {}
 
 
 def _ms(t: float) -> int:

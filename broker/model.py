@@ -32,6 +32,11 @@ MAX_EVIDENCE_TITLE = 200
 MAX_EVIDENCE_EXCERPT = 2000
 MAX_URL = 2000
 MAX_DURATION_S = 7 * 86400
+# Delegation links are compact JWS strings; the broker verifies them (identity.py). The
+# caps bound the work a chain can cause before any signature is checked.
+MAX_DELEGATION_LINKS = 8
+MAX_DELEGATION_CHARS = 4096
+_JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -166,10 +171,13 @@ class Proposal:
             confidence = float(confidence)
         delegation = body.get("delegation", [])
         if not isinstance(delegation, list):
-            raise InvalidRequest("'delegation' must be a list")
-        if delegation:
-            # Refused rather than accepted unverified: chain verification is not built yet.
-            raise InvalidRequest("delegation chains are not accepted by this broker yet")
+            raise InvalidRequest("'delegation' must be a list of signed delegation links (compact JWS), root first")
+        if len(delegation) > MAX_DELEGATION_LINKS:
+            raise InvalidRequest(f"'delegation' may hold at most {MAX_DELEGATION_LINKS} links")
+        for i, link in enumerate(delegation):
+            if not isinstance(link, str) or len(link) > MAX_DELEGATION_CHARS or not _JWS_RE.match(link):
+                raise InvalidRequest(f"delegation[{i}] must be a signed delegation link (a compact JWS of at most "
+                                     f"{MAX_DELEGATION_CHARS} characters)")
         return cls(
             action=action,
             target=target,
@@ -283,6 +291,10 @@ class Request:
     review_comment: str | None = None
     messages: list[dict] = field(default_factory=list)
     version: int = 0
+    # The verified delegation chain, root first (identity.DelegationLink.to_dict()), and
+    # when its earliest link expires: the grant never outlives it.
+    delegation_chain: list[dict] = field(default_factory=list)
+    delegation_exp: float | None = None
 
     @classmethod
     def from_redis(cls, h: dict[bytes, bytes]) -> "Request":
@@ -325,6 +337,8 @@ class Request:
             review_comment=g.get("review_comment") or None,
             messages=j("messages", []),
             version=int(g.get("version", "0")),
+            delegation_chain=j("delegation_chain", []),
+            delegation_exp=f("delegation_exp"),
         )
 
     @property
@@ -352,6 +366,8 @@ class Request:
         }
         if self.approved_duration_s is not None:
             d["approved_duration_s"] = self.approved_duration_s
+        if self.delegation_chain:
+            d["delegation_chain"] = self.delegation_chain
         if self.grant_exp is not None:
             d["grant"] = {"jti": self.grant_jti, "expires_at": iso(self.grant_exp), "collected_at": iso(self.collected_at)}
         if self.break_glass:

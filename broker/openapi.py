@@ -53,7 +53,10 @@ def openapi_document(issuer: str) -> dict:
             "dataset": {"type": "string", "maxLength": model.MAX_NAME},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "ticket": {"type": "string", "maxLength": model.MAX_NAME},
-            "delegation": {"type": "array", "maxItems": 0, "description": "not accepted yet"},
+            "delegation": {"type": "array", "maxItems": model.MAX_DELEGATION_LINKS, "description":
+                           "signed delegation links (compact JWS, typ jitgate-delegation+jwt), root first; "
+                           "the last one delegates to the requesting agent",
+                           "items": {"type": "string", "maxLength": model.MAX_DELEGATION_CHARS}},
         },
     }
     escalation = {
@@ -84,6 +87,13 @@ def openapi_document(issuer: str) -> dict:
             "expires_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
             "approved_duration_s": {"type": "integer"},
+            "delegation_chain": {"type": "array", "description": "the verified delegation chain, root first", "items": {
+                "type": "object", "properties": {
+                    "link": {"type": "integer"}, "delegator": {"type": "string"}, "delegate": {"type": "string"},
+                    "actions": {"type": "array", "items": {"type": "string"}},
+                    "targets": {"type": "array", "items": {"type": "string"}},
+                    "issued_at": {"type": "integer"}, "expires_at": {"type": "integer"},
+                    "reason": {"type": "string"}, "jti": {"type": "string"}}}},
         },
     }
     form_token = {"content": {
@@ -109,7 +119,10 @@ def openapi_document(issuer: str) -> dict:
                 "description": "the task-scoped access token (RFC 9068)",
                 "content": {"application/json": {"schema": {"type": "object", "properties": {
                     "access_token": {"type": "string"}, "token_type": {"enum": ["Bearer", "DPoP"]},
-                    "expires_in": {"type": "integer"}, "authorization_details": {"type": "array"}}}}}}}, params=[_ID])},
+                    "expires_in": {"type": "integer"}, "authorization_details": {"type": "array"}}}}}}}, params=[_ID, {
+                "name": "DPoP", "in": "header", "schema": {"type": "string"},
+                "description": "RFC 9449 proof (htm POST, htu this URL): the token is then bound to its key "
+                               "(cnf.jkt) and token_type is DPoP; required when the broker sets JITGATE_REQUIRE_DPOP"}])},
             "/v1/escalations/{id}/complete": {"post": _op("Report the task done; the grant ends now", {"200": _ESC}, params=[_ID])},
             "/v1/introspect": {"post": {**_op("RFC 7662 token introspection (resource servers)", {"200": {"description": "introspection response"}}, body=form_token),
                                         "security": [{"resourceServerAssertion": []}]}},
@@ -128,7 +141,8 @@ def openapi_document(issuer: str) -> dict:
                                                  "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}},
             "securitySchemes": {
                 "agentAssertion": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                                   "description": "JWT signed by the agent's registered key: iss=sub=agent id, aud=issuer, exp ≤ iat+300, unique jti"},
+                                   "description": "JWT signed by the agent's registered key: iss=sub=agent id, aud=issuer, exp ≤ iat+300, unique jti; "
+                                                  "or, with JITGATE_SPIFFE_BUNDLE set, a SPIFFE JWT-SVID whose SPIFFE id is the agent id"},
                 "resourceServerAssertion": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
             },
         },

@@ -168,3 +168,15 @@ async def test_unreviewed_break_glass_suspends_until_reinstated(harness):
     assert "breakglass.review_reminder" in kinds and "breakglass.suspended" in kinds and "breakglass.reinstated" in kinds
     await harness.broker.outbox.drain()
     assert any(k == "security" and "SUSPENDED" in t for k, _, t in harness.notifier.sent)
+
+
+async def test_later_events_of_an_agent_break_glass_are_marked(harness):
+    """Collection and the end of a break-glass grant are audited with the break-glass mark too."""
+    g = await _bg(harness).grant(harness.approver("alice"), subject="ops-bot", action="rollback",
+                                 target="prod/payments-api", duration_s=60, reason="x", channel="cli")
+    await harness.collect(g.request.id, "ops-bot")
+    await harness.life.revoke_as(g.request.id, harness.approver("alice"), reason="done", channel="cli")
+    events = [e for e in await _audit(harness) if e.get("request_id") == g.request.id]
+    kinds = {e["type"]: e for e in events}
+    assert kinds["token.collected"]["data"]["break_glass"] is True
+    assert kinds["grant.revoked"]["data"]["break_glass"] is True

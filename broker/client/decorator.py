@@ -1,0 +1,162 @@
+"""``@requires_approval``: a tool function that runs only with an approved grant.
+
+The function receives the token (keyword ``token`` by default); when the answer is no -
+denied, expired, withdrawn, or no decision in time - the caller gets a :class:`Refusal`
+instead of an exception: a dict an LLM can read and act on.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .client import Client
+from .errors import Denied, NotGranted, TimedOut
+from .sync import SyncClient
+
+_ARGUMENTS = ("target", "justification", "evidence", "duration", "confidence", "tool", "dataset", "ticket",
+              "delegation", "idempotency_key")
+
+
+class Refusal(dict):
+    """Why a tool did not run: ``{"approved": False, "status", "reason", "policies",
+    "request_id", "action", "target", "message"}``. A dict, so any framework can
+    serialise it as the tool's result; ``message`` is a sentence for the model."""
+
+    @classmethod
+    def from_error(cls, error: Exception, *, action: str, target: str, wait: float) -> "Refusal":
+        if isinstance(error, TimedOut):
+            status, reason, policies = "timed_out", f"no decision within {wait:.0f} s; the request was withdrawn", []
+            request_id = error.request_id
+        else:
+            assert isinstance(error, NotGranted)
+            status, reason, request_id = error.status or "not_granted", error.reason, error.request_id
+            policies = error.policy_ids if isinstance(error, Denied) else []
+        who = f" by {error.by}" if isinstance(error, Denied) and error.by and error.by != "policy" else ""
+        message = {
+            "denied": f"Not approved: {action} on {target} was denied{who}: {reason}.",
+            "timed_out": f"Not approved: nobody decided on {action} on {target} in time ({reason}).",
+            "expired": f"Not approved: the request for {action} on {target} expired ({reason}).",
+        }.get(status, f"Not approved: the request for {action} on {target} ended as {status} ({reason}).")
+        message += " The action was not performed. Do not retry the same request unchanged; " \
+                   "report this to the user or choose another approach."
+        return cls(approved=False, status=status, reason=reason, policies=list(policies), request_id=request_id,
+                   action=action, target=target, message=message)
+
+    @property
+    def status(self) -> str:
+        return self["status"]
+
+    @property
+    def reason(self) -> str:
+        return self["reason"]
+
+    def __str__(self) -> str:
+        return self["message"]
+
+
+def _value(spec: Any, args: tuple, kwargs: dict) -> Any:
+    return spec(*args, **kwargs) if callable(spec) else spec
+
+
+def _without_token(wrapper: Callable, fn: Callable, token_param: str) -> Callable:
+    """The wrapper's signature and annotations are the tool's minus the token parameter,
+    so frameworks that build a tool schema from them do not ask the model for a token."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return wrapper
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    if token_param not in sig.parameters and not takes_any:
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} must accept the keyword argument {token_param!r} (the grant's token)")
+    wrapper.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != token_param])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != token_param}
+    del wrapper.__wrapped__  # type: ignore[attr-defined] - inspect would follow it back to the token
+    return wrapper
+
+
+def requires_approval(
+    *,
+    client: Client | SyncClient | Callable[[], Client | SyncClient],
+    action: str,
+    target: str | Callable[..., str],
+    justification: str | Callable[..., str] | None = None,
+    evidence: Any = None,
+    duration: int | Callable[..., int] = 300,
+    wait: float = 600,
+    token_param: str = "token",
+    **more: Any,
+) -> Callable:
+    """Wrap a tool function (async or sync) so it runs only under an approved grant.
+
+    ``target``, ``justification``, ``evidence``, ``duration`` and the other proposal
+    fields (``confidence``, ``tool``, ``dataset``, ``ticket``, ``delegation``,
+    ``idempotency_key``) are values or callables of the tool's own arguments. The token
+    is passed as the keyword ``token_param``; completion is reported when the function
+    returns or raises. A refusal returns a :class:`Refusal`; broker or network failures
+    raise as usual. ``client`` may be a zero-argument factory (built on first use).
+    """
+    unknown = set(more) - set(_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"unknown proposal field(s): {', '.join(sorted(unknown))}")
+
+    def decorate(fn: Callable) -> Callable:
+        specs = {"target": target, "evidence": evidence or (), "duration": duration, **more}
+        name = getattr(fn, "__name__", "tool")
+
+        def proposal(args: tuple, kwargs: dict) -> dict:
+            p = {k: _value(v, args, kwargs) for k, v in specs.items()}
+            if justification is None:
+                shown = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+                p["justification"] = f"tool {name}({shown[:500]})"
+            else:
+                p["justification"] = _value(justification, args, kwargs)
+            return {"action": action, "wait": wait, **p}
+
+        resolved: dict[str, Any] = {}
+
+        def the_client(kind: type) -> Any:
+            if "client" not in resolved:
+                c = client() if callable(client) and not isinstance(client, (Client, SyncClient)) else client
+                if kind is SyncClient and isinstance(c, Client):
+                    c = SyncClient(client=c)
+                if kind is Client and isinstance(c, SyncClient):
+                    c = c.client
+                resolved["client"] = c
+            return resolved["client"]
+
+        # Only the decision is turned into a Refusal; whatever the tool itself raises propagates.
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                p = proposal(args, kwargs)
+                c = the_client(Client)
+                try:
+                    granted = await c.escalate(cancel_on_timeout=True, **p)
+                except (NotGranted, TimedOut) as error:
+                    return Refusal.from_error(error, action=action, target=p["target"], wait=wait)
+                try:
+                    token = await c.collect(granted)
+                    return await fn(*args, **kwargs, **{token_param: token})
+                finally:
+                    await c._complete_quietly(granted.request_id)
+            return _without_token(run_async, fn, token_param)
+
+        @functools.wraps(fn)
+        def run_sync(*args: Any, **kwargs: Any) -> Any:
+            p = proposal(args, kwargs)
+            c = the_client(SyncClient)
+            try:
+                granted = c.escalate(cancel_on_timeout=True, **p)
+            except (NotGranted, TimedOut) as error:
+                return Refusal.from_error(error, action=action, target=p["target"], wait=wait)
+            try:
+                token = c.collect(granted)
+                return fn(*args, **kwargs, **{token_param: token})
+            finally:
+                c._run(c.client._complete_quietly(granted.request_id))
+        return _without_token(run_sync, fn, token_param)
+
+    return decorate

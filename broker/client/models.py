@@ -1,0 +1,149 @@
+"""Plain values the client hands back: evidence, an escalation as the broker reports
+it, a grant, and a collected token."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..jose import make_dpop_proof
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One piece of evidence approvers see: a kind, a title, and a link or a short excerpt."""
+
+    kind: str
+    title: str
+    url: str | None = None
+    excerpt: str | None = None
+
+    @classmethod
+    def log(cls, title: str, excerpt: str, url: str | None = None) -> "Evidence":
+        """A log excerpt (shown as plain text; the broker caps it at 2000 characters)."""
+        return cls("log", title, url, excerpt)
+
+    @classmethod
+    def link(cls, kind: str, title: str, url: str) -> "Evidence":
+        """A link (runbook, ticket, diff, dashboard); approvers see the URL itself."""
+        return cls(kind, title, url)
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "title": self.title}
+        if self.url is not None:
+            d["url"] = self.url
+        if self.excerpt is not None:
+            d["excerpt"] = self.excerpt
+        return d
+
+
+def evidence_list(items: Any) -> list[dict]:
+    """Evidence objects or dicts as the JSON list the API takes."""
+    out = []
+    for item in items or ():
+        out.append(item.to_dict() if isinstance(item, Evidence) else dict(item))
+    return out
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """An escalation request as the broker last reported it (``raw`` is the whole JSON)."""
+
+    id: str
+    status: str
+    raw: dict = field(repr=False)
+
+    @classmethod
+    def from_json(cls, body: dict) -> "Escalation":
+        return cls(id=body["id"], status=body["status"], raw=body)
+
+    @property
+    def decision(self) -> dict:
+        return self.raw.get("decision") or {}
+
+    @property
+    def approvals(self) -> list[dict]:
+        return self.raw.get("approvals") or []
+
+    @property
+    def approvals_required(self) -> int:
+        return int(self.raw.get("approvals_required") or self.decision.get("approvals_required") or 0)
+
+    @property
+    def denial(self) -> dict | None:
+        return self.raw.get("denial")
+
+    @property
+    def delegation_chain(self) -> list[dict]:
+        return self.raw.get("delegation_chain") or []
+
+    def summary(self) -> str:
+        """One line for a progress display: status, approvals, what it waits for."""
+        if self.status == "pending":
+            need = self.approvals_required
+            group = self.decision.get("approver_group") or "approvers"
+            return f"pending: {len(self.approvals)}/{need} approvals from {group}"
+        if self.status == "denied" and self.denial:
+            return f"denied by {self.denial.get('by')}: {self.denial.get('reason')}"
+        return self.status
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An approved escalation: what was granted and by whom. Collect its token with
+    ``client.collect(grant)`` (once), report completion with ``client.complete(grant)``."""
+
+    request_id: str
+    action: str
+    target: str
+    status: str
+    approved_duration_s: int | None
+    approvers: tuple[str, ...]
+    policies: tuple[str, ...]
+    escalation: Escalation = field(repr=False)
+
+    @classmethod
+    def from_escalation(cls, esc: Escalation) -> "Grant":
+        raw = esc.raw
+        return cls(
+            request_id=esc.id,
+            action=raw.get("action", ""),
+            target=raw.get("target", ""),
+            status=esc.status,
+            approved_duration_s=raw.get("approved_duration_s"),
+            approvers=tuple(a.get("approver", "") for a in esc.approvals),
+            policies=tuple(esc.decision.get("policies") or ()),
+            escalation=esc,
+        )
+
+
+class Token:
+    """A collected access token. ``headers(method, url)`` gives what to send to the
+    resource server: ``Authorization: DPoP <token>`` plus a fresh ``DPoP`` proof with
+    ``ath`` for a DPoP-bound token, or ``Authorization: Bearer <token>``."""
+
+    __slots__ = ("access_token", "token_type", "expires_in", "expires_at", "authorization_details", "request_id", "_dpop_key")
+
+    def __init__(self, body: dict, request_id: str, dpop_key: Any = None, now: float | None = None) -> None:
+        self.access_token: str = body["access_token"]
+        self.token_type: str = body.get("token_type", "Bearer")
+        self.expires_in: int = int(body.get("expires_in", 0))
+        self.expires_at: float = (time.time() if now is None else now) + self.expires_in
+        self.authorization_details: list = body.get("authorization_details") or []
+        self.request_id = request_id
+        self._dpop_key = dpop_key if self.token_type == "DPoP" else None
+
+    @property
+    def dpop_bound(self) -> bool:
+        return self._dpop_key is not None
+
+    def headers(self, method: str, url: str) -> dict[str, str]:
+        """Headers for one call to a resource server (a new DPoP proof each time)."""
+        if self._dpop_key is None:
+            return {"Authorization": f"Bearer {self.access_token}"}
+        proof = make_dpop_proof(self._dpop_key, method=method, url=url, access_token=self.access_token)
+        return {"Authorization": f"DPoP {self.access_token}", "DPoP": proof}
+
+    def __repr__(self) -> str:  # never the token itself: reprs end up in logs
+        return f"Token(request_id={self.request_id!r}, token_type={self.token_type!r}, expires_in={self.expires_in})"

@@ -1,0 +1,262 @@
+"""For resource servers: verify a jitgate token offline (JWKS) with its DPoP proof, or
+ask the broker (RFC 7662 introspection).
+
+Offline verification proves the token is genuine, unexpired, meant for you and - when
+it is DPoP-bound - presented by the agent holding the key. Only introspection also knows
+whether the grant was completed or revoked a moment ago; pick by how much a few minutes
+of a revoked token would cost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import httpx
+import jwt
+from jwt.api_jws import PyJWS
+
+from ..jose import JoseError, make_assertion, parse_public_jwk, split_jws, verify_dpop_proof
+from .credentials import load_key
+from .errors import InvalidToken, TransportError, api_error
+
+_TOKEN_ALGS = frozenset({"ES256", "EdDSA"})
+
+
+class ReplayCache:
+    """Remembers DPoP proof ids until they could no longer pass the ``iat`` window.
+
+    In memory and bounded (oldest forgotten first): enough for one resource-server
+    process. Several replicas behind one name should share a store (e.g. Redis SET NX)
+    by passing their own object with the same ``seen(key, until)`` method.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[str, float] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def seen(self, key: str, until: float, now: float | None = None) -> bool:
+        """True if ``key`` was recorded and is still live; otherwise record it until ``until``."""
+        now = time.time() if now is None else now
+        with self._lock:
+            while self._entries:
+                oldest_key, oldest_until = next(iter(self._entries.items()))
+                if oldest_until > now and len(self._entries) < self._max:
+                    break
+                self._entries.popitem(last=False)
+            live = self._entries.get(key)
+            if live is not None and live > now:
+                return True
+            self._entries[key] = until
+            self._entries.move_to_end(key)
+            return False
+
+
+_DEFAULT_CACHE = ReplayCache()
+
+
+def _keys_by_kid(jwks: Any) -> dict[str, dict]:
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list):
+        raise InvalidToken("the JWKS has no 'keys' list")
+    return {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
+
+
+def parse_authorization(header: str | None) -> tuple[str, str]:
+    """(scheme, token) of an ``Authorization: DPoP <token>`` or ``Bearer <token>`` header."""
+    parts = (header or "").split(None, 1)
+    if len(parts) != 2 or parts[0].lower() not in ("dpop", "bearer"):
+        raise InvalidToken("Authorization must be 'DPoP <token>' or 'Bearer <token>'")
+    return parts[0].lower(), parts[1].strip()
+
+
+def verify(
+    token: str,
+    jwks: dict,
+    *,
+    dpop_proof: str | None = None,
+    method: str | None = None,
+    url: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
+    scheme: str | None = None,
+    require_dpop: bool = False,
+    replay_cache: ReplayCache | None = None,
+    now: float | None = None,
+    leeway_s: float = 5,
+    max_proof_age_s: float = 60,
+) -> dict:
+    """Verify a jitgate access token and, for a DPoP-bound one, its proof; return the claims.
+
+    The token: ``typ`` at+jwt, ES256/EdDSA signature by the JWKS key named by ``kid``,
+    ``exp``/``nbf``/``iat`` (``leeway_s``), ``iss`` and ``aud`` when given. A token with
+    ``cnf.jkt`` needs ``dpop_proof``, ``method`` and ``url`` (the request's, as the
+    client addressed it): ``typ`` dpop+jwt, its signature, ``htm``, ``htu``, an ``iat``
+    no older than ``max_proof_age_s``, an unseen ``jti`` (``replay_cache``), ``ath`` =
+    this token's hash, and a key whose thumbprint is ``cnf.jkt``. ``scheme`` (from
+    :func:`parse_authorization`) must then be DPoP. ``require_dpop`` refuses unbound
+    tokens. Raises :class:`InvalidToken` naming the failed check.
+    """
+    now = time.time() if now is None else now
+    try:
+        header, claims = split_jws(token, "access token")
+    except JoseError as exc:
+        raise InvalidToken(str(exc)) from None
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+        raise InvalidToken("the token typ must be at+jwt")
+    alg = header.get("alg")
+    if alg not in _TOKEN_ALGS or "crit" in header:
+        raise InvalidToken("the token algorithm or header is not allowed")
+    jwk = _keys_by_kid(jwks).get(header.get("kid"))
+    if jwk is None:
+        raise InvalidToken("the token is signed with a key not in the JWKS")
+    try:
+        key, _kid, key_alg = parse_public_jwk(jwk)
+    except ValueError as exc:
+        raise InvalidToken(f"the JWKS key is unusable: {exc}") from None
+    if key_alg != alg:
+        raise InvalidToken("the token alg does not match its key")
+    try:
+        PyJWS().decode_complete(token, key, algorithms=[alg])
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise InvalidToken("the token signature does not verify") from None
+    _check_claims(claims, now, leeway_s, issuer, audience)
+
+    jkt = (claims.get("cnf") or {}).get("jkt") if isinstance(claims.get("cnf"), dict) else None
+    if jkt is None:
+        if require_dpop:
+            raise InvalidToken("the token is not DPoP-bound")
+        return claims
+    if scheme is not None and scheme.lower() != "dpop":
+        raise InvalidToken("a DPoP-bound token must be presented with the DPoP scheme")
+    if not dpop_proof:
+        raise InvalidToken("the token is DPoP-bound: a DPoP proof is required")
+    if not method or not url:
+        raise InvalidToken("the request method and URL are needed to check the DPoP proof")
+    try:
+        proof = verify_dpop_proof(dpop_proof, method=method, url=url, now=now, access_token=token,
+                                  max_age_s=max_proof_age_s, leeway_s=max(leeway_s, 5))
+    except JoseError as exc:
+        raise InvalidToken(str(exc)) from None
+    if proof.jkt != jkt:
+        raise InvalidToken("the DPoP proof is signed by a different key than the token is bound to")
+    cache = _DEFAULT_CACHE if replay_cache is None else replay_cache
+    if cache.seen(f"{proof.jkt}:{proof.jti}", proof.iat + max_proof_age_s + leeway_s, now):
+        raise InvalidToken("DPoP proof replayed (jti already used)")
+    return claims
+
+
+def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None, audience: str | None) -> None:
+    for name in ("iss", "sub", "aud", "exp", "iat", "jti"):
+        if name not in claims:
+            raise InvalidToken(f"the token lacks the {name!r} claim")
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidToken(f"the token {name} must be a number")
+    if now >= claims["exp"] + leeway_s:
+        raise InvalidToken("the token has expired")
+    if claims["iat"] > now + leeway_s or claims.get("nbf", 0) > now + leeway_s:
+        raise InvalidToken("the token is not valid yet")
+    if issuer is not None and claims["iss"] != issuer.rstrip("/"):
+        raise InvalidToken("the token was issued by another issuer")
+    if audience is not None:
+        aud = claims["aud"]
+        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+            raise InvalidToken("the token is meant for another audience")
+
+
+class TokenVerifier:
+    """:func:`verify` with the broker's JWKS fetched (and re-fetched for an unknown
+    ``kid``, at most every ``refresh_s``) and a replay cache of its own.
+
+    ``TokenVerifier("http://broker:8080", audience="prod/payments-api")`` then
+    ``verifier.verify_request(headers["authorization"], headers.get("dpop"), method, url)``.
+    """
+
+    def __init__(self, broker_url: str, *, issuer: str | None = None, audience: str | None = None,
+                 require_dpop: bool = False, refresh_s: float = 30, timeout_s: float = 5) -> None:
+        self.broker_url = broker_url.rstrip("/")
+        self.issuer = (issuer or self.broker_url).rstrip("/")
+        self.audience = audience
+        self.require_dpop = require_dpop
+        self.replay_cache = ReplayCache()
+        self._jwks: dict = {"keys": []}
+        self._fetched_at = float("-inf")
+        self._refresh_s = refresh_s
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+
+    def _fetch(self) -> None:
+        try:
+            resp = httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot fetch the broker's JWKS: {exc}") from exc
+        if resp.status_code != 200:
+            raise api_error(resp.status_code, None)
+        self._jwks, self._fetched_at = resp.json(), time.monotonic()
+
+    def _jwks_for(self, token: str) -> dict:
+        with self._lock:
+            try:
+                kid = split_jws(token, "access token")[0].get("kid")
+            except JoseError:
+                return self._jwks  # verify() names the problem
+            known = kid in _keys_by_kid(self._jwks)
+            if not known and time.monotonic() - self._fetched_at >= self._refresh_s:
+                self._fetch()
+            return self._jwks
+
+    def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
+               url: str | None = None, scheme: str | None = None) -> dict:
+        """The token's claims after :func:`verify`; fetches the JWKS when needed."""
+        return verify(token, self._jwks_for(token), dpop_proof=dpop_proof, method=method, url=url,
+                      issuer=self.issuer, audience=self.audience, scheme=scheme,
+                      require_dpop=self.require_dpop, replay_cache=self.replay_cache)
+
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+        """Verify the ``Authorization`` and ``DPoP`` headers of one incoming request."""
+        scheme, token = parse_authorization(authorization)
+        return self.verify(token, dpop_proof=dpop, method=method, url=url, scheme=scheme)
+
+
+class Introspector:
+    """A registered resource server asking the broker whether a token is active now
+    (RFC 7662), authenticated by an assertion signed with its own key."""
+
+    def __init__(self, broker_url: str, server_id: str, private_key: Any, *, audience: str | None = None,
+                 timeout_s: float = 5) -> None:
+        self.broker_url = broker_url.rstrip("/")
+        self.server_id = server_id
+        self.audience = (audience or self.broker_url).rstrip("/")
+        self._key = load_key(private_key)
+        self._timeout = timeout_s
+
+    def _headers(self) -> dict:
+        return {"Authorization": "Bearer " + make_assertion(self._key, agent_id=self.server_id, audience=self.audience)}
+
+    def introspect(self, token: str) -> dict:
+        """``{"active": false}``, or the active token's claims with ``"active": true``."""
+        try:
+            resp = httpx.post(f"{self.broker_url}/v1/introspect", data={"token": token}, headers=self._headers(),
+                              timeout=self._timeout)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"introspection failed: {exc}") from exc
+        if resp.status_code != 200:
+            raise api_error(resp.status_code, resp.json() if resp.content else None)
+        return resp.json()
+
+    async def aintrospect(self, token: str) -> dict:
+        """:meth:`introspect` for async servers."""
+        async with httpx.AsyncClient(timeout=self._timeout) as http:
+            try:
+                resp = await http.post(f"{self.broker_url}/v1/introspect", data={"token": token}, headers=self._headers())
+            except httpx.HTTPError as exc:
+                raise TransportError(f"introspection failed: {exc}") from exc
+        if resp.status_code != 200:
+            raise api_error(resp.status_code, resp.json() if resp.content else None)
+        return resp.json()

@@ -1,0 +1,200 @@
+"""DPoP (RFC 9449): the broker binds tokens to a proven key; the resource-server helper
+refuses a token whose proof does not match the request, the token or the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker.client import InvalidToken, ReplayCache, TokenVerifier, parse_authorization, verify
+from broker.jose import jwk_thumbprint, make_assertion, make_dpop_proof, public_jwk
+from tests.client.conftest import ISSUER, serve, stop
+
+READ = dict(action="read", target="staging/payments-api", justification="check config drift", duration=120)
+RS_URL = "https://payments.example.com/v1/config"
+
+
+def auth(live, agent_id: str = "reader-bot") -> dict:
+    return {"Authorization": "Bearer " + make_assertion(live.keys[agent_id], agent_id=agent_id, audience=ISSUER)}
+
+
+async def approved(live) -> str:
+    return (await live.client("reader-bot").escalate(**READ)).request_id
+
+
+async def collect_raw(live, rid: str, proof: str | None) -> httpx.Response:
+    headers = auth(live)
+    if proof is not None:
+        headers["DPoP"] = proof
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        return await http.post(f"/v1/escalations/{rid}/token", headers=headers)
+
+
+async def test_token_endpoint_binds_the_token_to_the_proof_key(live):
+    """RFC 9449 section 5: with a valid proof the token carries cnf.jkt of the proof's key and token_type is DPoP."""
+    rid = await approved(live)
+    key = live.keys["reader-bot"]
+    r = await collect_raw(live, rid, make_dpop_proof(key, method="POST", url=f"{ISSUER}/v1/escalations/{rid}/token"))
+    assert r.status_code == 200 and r.json()["token_type"] == "DPoP"
+    claims = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+    assert claims["cnf"] == {"jkt": jwk_thumbprint(public_jwk(key))}
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(method="GET"), "htm"),
+    (dict(url=f"{ISSUER}/v1/escalations/OTHERID12345/token"), "htu"),
+    (dict(url="https://evil.example/v1/escalations/{rid}/token"), "htu"),
+    (dict(now=time.time() - 600), "too old"),
+    (dict(now=time.time() + 600), "future"),
+])
+async def test_token_endpoint_refuses_a_proof_for_another_request(live, change, needle):
+    """RFC 9449 section 4.3: htm and htu must match this request and iat must be recent; nothing is minted otherwise."""
+    rid = await approved(live)
+    args = dict(method="POST", url=f"{ISSUER}/v1/escalations/{rid}/token")
+    args.update({k: v.format(rid=rid) if isinstance(v, str) else v for k, v in change.items()})
+    r = await collect_raw(live, rid, make_dpop_proof(live.keys["reader-bot"], **args))
+    assert r.status_code == 401 and r.json()["type"].endswith("/invalid-dpop-proof") and needle in r.json()["detail"]
+    assert (await live.broker.lifecycle.get(rid)).status == "approved"
+
+
+async def test_token_endpoint_refuses_a_replayed_proof(live):
+    """RFC 9449 section 11.1: a proof's jti is accepted once; the replay is refused."""
+    rid = await approved(live)
+    proof = make_dpop_proof(live.keys["reader-bot"], method="POST", url=f"{ISSUER}/v1/escalations/{rid}/token")
+    other = (await live.client("reader-bot").escalate(**READ)).request_id
+    assert (await collect_raw(live, rid, proof)).status_code == 200
+    # The same proof again (another request of the same agent at the same URL shape would differ in htu,
+    # so replay it at the same endpoint after the first one succeeded).
+    r = await collect_raw(live, rid, proof)
+    assert r.status_code == 401 and "replayed" in r.json()["detail"]
+    assert (await live.broker.lifecycle.get(other)).status == "approved"
+
+
+async def test_required_dpop_refuses_a_bearer_collection(live_settings, redis):
+    """With JITGATE_REQUIRE_DPOP the token endpoint mints nothing without a proof."""
+    settings = dataclasses.replace(live_settings["settings"], require_dpop=True)
+    live = await serve(settings, live_settings["keys"], live_settings["svid_key"])
+    try:
+        rid = await approved(live)
+        r = await collect_raw(live, rid, None)
+        assert r.status_code == 401 and "DPoP proof" in r.json()["detail"]
+        assert (await live.broker.lifecycle.get(rid)).status == "approved"
+    finally:
+        await stop(live)
+
+
+# ---------------------------------------------------------------------- resource server side
+@pytest.fixture
+async def bound(live):
+    """A DPoP-bound token from the live broker, the broker's JWKS, and the agent key."""
+    client = live.client("reader-bot")
+    token = await client.collect(await client.escalate(**READ))
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        jwks = (await http.get("/.well-known/jwks.json")).json()
+    return token, jwks, live.keys["reader-bot"]
+
+
+def check(token, jwks, proof, **kw):
+    args = dict(dpop_proof=proof, method="GET", url=RS_URL, issuer=ISSUER, audience="staging/payments-api",
+                replay_cache=ReplayCache())
+    args.update(kw)
+    return verify(token.access_token, jwks, **args)
+
+
+async def test_verify_accepts_the_proof_the_client_makes(bound):
+    """token.headers() yields Authorization: DPoP and a proof that verify() accepts, returning the claims."""
+    token, jwks, _ = bound
+    headers = token.headers("GET", RS_URL + "?page=2")  # query is not part of htu
+    scheme, raw = parse_authorization(headers["Authorization"])
+    claims = verify(raw, jwks, dpop_proof=headers["DPoP"], method="GET", url=RS_URL, scheme=scheme, issuer=ISSUER,
+                    audience="staging/payments-api", replay_cache=ReplayCache())
+    assert scheme == "dpop" and claims["sub"] == "reader-bot" and claims["authorization_details"][0]["action"] == "read"
+
+
+@pytest.mark.parametrize("proof_args, verify_args, needle", [
+    (dict(method="POST"), {}, "htm"),
+    (dict(url="https://payments.example.com/v1/other"), {}, "htu"),
+    (dict(url="https://evil.example.com/v1/config"), {}, "htu"),
+    (dict(now=time.time() - 300), {}, "too old"),
+    (dict(access_token="another.token.value"), {}, "ath"),
+    (dict(access_token=None), {}, "ath"),
+])
+async def test_verify_refuses_a_proof_for_another_request_or_token(bound, proof_args, verify_args, needle):
+    """RFC 9449 section 7.1: htm, htu, a recent iat and ath (the token's hash) must all match."""
+    token, jwks, key = bound
+    args = dict(method="GET", url=RS_URL, access_token=token.access_token)
+    args.update(proof_args)
+    with pytest.raises(InvalidToken, match=needle):
+        check(token, jwks, make_dpop_proof(key, **args), **verify_args)
+
+
+async def test_verify_refuses_a_replayed_proof(bound):
+    """RFC 9449 section 11.1: a resource server accepts each proof jti once."""
+    token, jwks, key = bound
+    proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token.access_token)
+    cache = ReplayCache()
+    check(token, jwks, proof, replay_cache=cache)
+    with pytest.raises(InvalidToken, match="replayed"):
+        check(token, jwks, proof, replay_cache=cache)
+
+
+async def test_verify_refuses_a_proof_by_another_key(bound):
+    """RFC 9449 section 6.1: the proof key's thumbprint must equal the token's cnf.jkt, so a stolen token is useless."""
+    token, jwks, _ = bound
+    thief = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(InvalidToken, match="different key"):
+        check(token, jwks, make_dpop_proof(thief, method="GET", url=RS_URL, access_token=token.access_token))
+
+
+async def test_verify_refuses_a_bound_token_without_proof(bound):
+    """RFC 9449 section 7.1: a DPoP-bound token presented without a proof (or as Bearer) is refused."""
+    token, jwks, key = bound
+    with pytest.raises(InvalidToken, match="proof is required"):
+        check(token, jwks, None)
+    proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token.access_token)
+    with pytest.raises(InvalidToken, match="DPoP scheme"):
+        check(token, jwks, proof, scheme="bearer")
+
+
+async def test_verify_refuses_a_tampered_token_and_a_foreign_audience(bound):
+    """The token's signature, audience and issuer are checked before the proof."""
+    token, jwks, key = bound
+    head, body, sig = token.access_token.split(".")
+    tampered = type(token)({"access_token": f"{head}.{body}x.{sig}", "token_type": "DPoP"}, token.request_id)
+    with pytest.raises(InvalidToken):
+        check(tampered, jwks, None)
+    proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token.access_token)
+    with pytest.raises(InvalidToken, match="another audience"):
+        check(token, jwks, proof, audience="prod/orders-db")
+    with pytest.raises(InvalidToken, match="another issuer"):
+        check(token, jwks, proof, issuer="https://other.example")
+
+
+async def test_verify_require_dpop_refuses_a_bearer_token(live):
+    """A resource server that requires DPoP refuses an unbound (Bearer) token."""
+    client = live.client("reader-bot", dpop=False)
+    token = await client.collect(await client.escalate(**READ))
+    assert token.token_type == "Bearer" and token.headers("GET", RS_URL) == {"Authorization": f"Bearer {token.access_token}"}
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        jwks = (await http.get("/.well-known/jwks.json")).json()
+    assert verify(token.access_token, jwks)["sub"] == "reader-bot"
+    with pytest.raises(InvalidToken, match="not DPoP-bound"):
+        verify(token.access_token, jwks, require_dpop=True)
+
+
+async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
+    """TokenVerifier reads the broker's JWKS itself and checks the incoming request's headers."""
+    import asyncio  # noqa: PLC0415
+
+    token, _, _ = bound
+    verifier = TokenVerifier(live.url, issuer=ISSUER, audience="staging/payments-api", require_dpop=True)
+    headers = token.headers("GET", RS_URL)
+    claims = await asyncio.to_thread(verifier.verify_request, headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+    assert claims["cnf"]["jkt"]
+    with pytest.raises(InvalidToken, match="replayed"):
+        await asyncio.to_thread(verifier.verify_request, headers["Authorization"], headers["DPoP"], "GET", RS_URL)

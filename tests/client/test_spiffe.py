@@ -1,0 +1,122 @@
+"""SPIFFE JWT-SVIDs as agent identities, verified against the trust bundle (JITGATE_SPIFFE_BUNDLE)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from broker.client import AuthenticationFailed, Client, Denied, Svid
+from broker.config import Settings
+from broker.errors import ConfigError, Unauthenticated
+from broker.identity import Registry, SpiffeBundle
+from tests.client.conftest import ISSUER, SPIFFE_AGENT, ec_jwk
+
+READ = dict(action="read", target="staging/payments-api", justification="index the config", duration=120)
+
+
+def svid(key, sub: str = SPIFFE_AGENT, *, kid: str = "svid-key-1", alg: str = "ES256", **claims) -> str:
+    now = int(time.time())
+    body = {"sub": sub, "aud": [ISSUER], "iat": now, "exp": now + 300, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
+
+
+def svid_client(live, make) -> Client:
+    c = Client(live.url, credential=Svid(make), audience=ISSUER)
+    live.clients.append(c)
+    return c
+
+
+async def test_valid_svid_is_accepted_as_the_agent(live):
+    """An SVID signed by a bundle key authenticates its SPIFFE id; the agents-file entry gives its team, so the
+    staging envelope applies, and the token is DPoP-bound to a key the process made."""
+    client = svid_client(live, lambda aud: svid(live.svid_key))
+    grant = await client.escalate(**READ)
+    token = await client.collect(grant)
+    claims = jwt.decode(token.access_token, options={"verify_signature": False})
+    assert claims["sub"] == SPIFFE_AGENT and token.token_type == "DPoP" and "jkt" in claims["cnf"]
+    assert client.agent_id == SPIFFE_AGENT
+    assert (await client.complete(grant)).status == "completed"
+
+
+async def test_unlisted_workload_of_the_domain_is_an_agent_without_a_team(live):
+    """A workload of the trusted domain not in the agents file authenticates, but policy sees no team: denied."""
+    client = svid_client(live, lambda aud: svid(live.svid_key, "spiffe://example.org/ns/other/sa/job"))
+    with pytest.raises(Denied, match="no policy permits read"):
+        await client.escalate(**READ)
+
+
+async def test_svid_reuse_within_its_lifetime_is_accepted(live):
+    """JWT-SVIDs are bearer credentials reused until exp (as SPIRE hands them out): the same SVID works twice."""
+    token = svid(live.svid_key)
+    client = svid_client(live, lambda aud: token)
+    esc = await client.propose(**READ)
+    assert (await client.status(esc.id)).id == esc.id
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda key: svid(key, "spiffe://evil.org/ns/platform/sa/indexer"), "trust domain 'evil.org'"),
+    (lambda key: svid(ec.generate_private_key(ec.SECP256R1())), "signature does not verify"),
+    (lambda key: svid(key, kid="other-kid"), "not in the trust bundle"),
+    (lambda key: svid(key, aud=["https://other.example"]), "audience"),
+    (lambda key: svid(key, exp=int(time.time()) - 120), "expired"),
+    (lambda key: svid(key, exp=int(time.time()) + 86400), "longer than"),
+    (lambda key: svid(key, "spiffe://example.org/"), "path"),
+    (lambda key: jwt.encode({"sub": SPIFFE_AGENT, "aud": ISSUER, "exp": int(time.time()) + 60}, "s" * 32,
+                            algorithm="HS256", headers={"kid": "svid-key-1"}), "algorithm not allowed"),
+])
+async def test_bad_svids_are_refused(live, make, needle):
+    """SPIFFE JWT-SVID validation: bundle key and signature, trust domain, audience, expiry; HS256 never."""
+    client = svid_client(live, lambda aud: make(live.svid_key))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await client.propose(**READ)
+    assert needle in caught.value.detail
+    assert await live.request_ids() == []
+
+
+def test_bundle_accepts_rsa_keys_and_rotates_on_change(tmp_path):
+    """The bundle may hold RSA jwt-svid keys (x509-svid entries are skipped); an edited file is picked up."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = rsa_key.public_key().public_numbers()
+    from broker.jose import b64url  # noqa: PLC0415
+
+    rsa_jwk = {"kty": "RSA", "kid": "r1", "use": "jwt-svid", "e": b64url(numbers.e.to_bytes(3, "big")),
+               "n": b64url(numbers.n.to_bytes(256, "big"))}
+    ec_old = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "bundle.jwks"
+    path.write_text(json.dumps({"keys": [{**ec_jwk(ec_old.public_key(), "x"), "use": "x509-svid", "x5c": ["AA=="]},
+                                         rsa_jwk]}))
+    bundle = SpiffeBundle(path, "example.org")
+    registry = Registry()
+    agent, _ = bundle.verify(svid(rsa_key, kid="r1", alg="RS256"), registry, ISSUER, time.time())
+    assert agent.id == SPIFFE_AGENT and agent.team is None
+    with pytest.raises(Unauthenticated, match="not in the trust bundle"):
+        bundle.verify(svid(ec_old, kid="new"), registry, ISSUER, time.time())
+    path.write_text(json.dumps({"keys": [ec_jwk(ec_old.public_key(), "new")]}))
+    bundle._checked_at = float("-inf")  # skip the two-second re-check interval
+    assert bundle.verify(svid(ec_old, kid="new"), registry, ISSUER, time.time())[0].id == SPIFFE_AGENT
+
+
+def test_bundle_misconfiguration_refuses_start(tmp_path):
+    """Fail closed: a bundle without jwt-svid keys, with private keys, or without its trust domain refuses."""
+    path = tmp_path / "bundle.jwks"
+    path.write_text(json.dumps({"keys": []}))
+    with pytest.raises(ConfigError, match="no jwt-svid keys"):
+        SpiffeBundle(path, "example.org")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = {**ec_jwk(key.public_key(), "k"), "d": b64url_int(key.private_numbers().private_value)}
+    path.write_text(json.dumps({"keys": [private]}))
+    with pytest.raises(ConfigError, match="private key material"):
+        SpiffeBundle(path, "example.org")
+    with pytest.raises(ConfigError, match="JITGATE_SPIFFE_TRUST_DOMAIN"):
+        Settings.from_env({"JITGATE_ISSUER": ISSUER, "JITGATE_KEY_ENCRYPTION_KEY": "A" * 43,
+                           "JITGATE_SPIFFE_BUNDLE": str(path)})
+
+
+def b64url_int(value: int) -> str:
+    from broker.jose import b64url  # noqa: PLC0415
+
+    return b64url(value.to_bytes(32, "big"))
