@@ -18,13 +18,32 @@ $(VENV)/.test: $(VENV)/.run pyproject.toml
 .env: | $(VENV)/.run
 	$(BIN)/jitgate init
 
-## run: install, write .env with fresh secrets (first time), start the broker with an embedded Redis
+## run: install, write .env with fresh secrets and a demo agent (first time), start the broker with an
+##      embedded Redis; it prints a console sign-in link for alice and the `jitgate demo` command
 run: $(VENV)/.run .env
+	@echo "starting jitgate; Ctrl-C stops it and its embedded Redis"
 	$(BIN)/jitgate serve
 
-## test: install the test dependencies and run the whole suite
+## test: install the test dependencies (and Debian's Chromium for the console's browser
+##       test when it is missing) and run the whole suite
 test: $(VENV)/.test
+	./.ci/install-browser
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache *.egg-info build
+
+.PHONY: bench bench-smoke
+
+$(VENV)/.bench: $(VENV)/.run pyproject.toml
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+## bench: measure the broker against the limit of its own parts (≤ 10 minutes); writes
+##        bench/results/<date>.json and .md, the plot, and the tables in bench/README.md
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench
+
+## bench-smoke: the same harness with small numbers (under a minute; exits non-zero only if it breaks)
+bench-smoke: $(VENV)/.bench
+	$(BIN)/python -m bench --smoke

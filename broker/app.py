@@ -147,11 +147,11 @@ async def build(
         max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
 
-    async def deliver(kind: str, request_id: str) -> None:
+    async def deliver(kind: str, request_id: str, only: set[str] | None = None) -> None:
         if kind.startswith("bg."):
-            await breakglass.deliver(kind, request_id)
+            await breakglass.deliver(kind, request_id, only)
         else:
-            await lifecycle.deliver(kind, request_id)
+            await lifecycle.deliver(kind, request_id, only)
 
     outbox = Outbox(redis, store.outbox, scheduler.holder, deliver, on_give_up=lifecycle.notification_failed)
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,

@@ -22,6 +22,7 @@ from .clock import new_id
 from .directory import Approver
 from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from .lifecycle import IssuedToken, Lifecycle
+from .notify import PartialDelivery
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
 from .store import event, events_arg, with_prelude
 from .tokens import build_access_token_claims
@@ -34,6 +35,11 @@ MAX_INCIDENT = 100
 # record the new one — in one step, so two commands at once cannot both slip through.
 _RESERVE_LUA = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+-- A grant revoked or completed early frees its slot at once.
+for _, rid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local st = redis.call('HGET', ARGV[8] .. '{req:' .. rid .. '}', 'status')
+  if st == false or st == 'completed' or st == 'revoked' or st == 'expired' then redis.call('ZREM', KEYS[1], rid) end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'active', redis.call('ZCARD', KEYS[1])} end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'daily', redis.call('ZCARD', KEYS[2])} end
@@ -193,7 +199,7 @@ class BreakGlass:
         reserved = await self._reserve(
             keys=[f"{self.store.prefix}bg:active:{engineer.id}", f"{self.store.prefix}bg:day:{engineer.id}"],
             args=[int(now * 1000), int((now - 86400) * 1000), self.limits.max_active, self.limits.max_per_day,
-                  int(grant_end * 1000), int(now * 1000), rid],
+                  int(grant_end * 1000), int(now * 1000), rid, self.store.prefix],
         )
         verdict = reserved[0].decode() if isinstance(reserved[0], bytes) else reserved[0]
         if verdict == "active":
@@ -267,8 +273,9 @@ class BreakGlass:
             return None
         return d.approver_group
 
-    async def deliver(self, kind: str, request_id: str) -> None:
-        """Tell the desks about a break-glass event (outbox kinds ``bg.*``)."""
+    async def deliver(self, kind: str, request_id: str, only: set[str] | None = None) -> None:
+        """Tell the desks (all, or the ``only`` ones a previous attempt missed) about a
+        break-glass event (outbox kinds ``bg.*``)."""
         req = await self.store.load(request_id)
         if req is None:
             return
@@ -292,17 +299,19 @@ class BreakGlass:
         text = texts.get(kind)
         if text is None:
             return
-        failures = []
+        failures: dict[str, BaseException] = {}
         for n in self.life.notifiers:
+            if only is not None and n.name not in only:
+                continue
             try:
                 await n.alert_security(req, text)
                 if kind == "bg.granted":
                     await n.announce(req, f"Approval bypassed: {who} used break-glass for {subject} ({what}, until "
                                           f"{until}). Reason: {req.proposal.justification}", mention_group=bypassed)
-            except Exception as e:  # noqa: BLE001
-                failures.append(e)
-        if failures and len(failures) == len(self.life.notifiers):
-            raise failures[0]
+            except Exception as e:  # noqa: BLE001 - the others are still told; this one is retried
+                failures[n.name] = e
+        if failures:
+            raise PartialDelivery(set(failures), next(iter(failures.values())))
 
     # ------------------------------------------------------------------ review
     async def acknowledge(self, request_id: str, reviewer: Approver, *, comment: str, channel: str) -> Request:
@@ -310,6 +319,9 @@ class BreakGlass:
         sec = self.life.settings.security_group
         if sec not in reviewer.groups:
             raise NotApprover(f"only members of '{sec}' may acknowledge a break-glass review")
+        req = await self.life.get(request_id)
+        if req.engineer is not None and req.engineer == reviewer.id:
+            raise NotApprover("nobody reviews their own break-glass; another member of security must")
         comment = (comment or "").strip()
         if not comment:
             raise InvalidRequest("a comment is required to acknowledge a review")

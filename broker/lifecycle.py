@@ -27,7 +27,7 @@ from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
 )
-from .notify import MessageRef, Notifier
+from .notify import MessageRef, Notifier, PartialDelivery
 from .policy import Decision, PolicyGate
 from .store import Outcome, Store, event
 from .tokens import KeyRing, build_access_token_claims
@@ -135,10 +135,15 @@ class Lifecycle:
             raise NotFound(f"no escalation {request_id}")
         return req
 
-    async def deliver(self, kind: str, request_id: str) -> None:
-        """Tell every desk about a committed change (called by the outbox consumer).
+    def _targets(self, only: set[str] | None) -> list[Notifier]:
+        return [n for n in self.notifiers if only is None or n.name in only]
+
+    async def deliver(self, kind: str, request_id: str, only: set[str] | None = None) -> None:
+        """Tell the desks (all, or the ``only`` ones a previous attempt missed) about a
+        committed change; called by the outbox consumer.
 
         Renders the request as it is now, so a late or repeated delivery is harmless.
+        Raises :class:`PartialDelivery` naming the desks that failed, so they are retried.
         """
         req = await self.store.load(request_id)
         if req is None:
@@ -147,8 +152,8 @@ class Lifecycle:
             await self._post(req)
             return
         refs = [MessageRef.from_dict(m) for m in req.messages]
-        failures = []
-        for n in self.notifiers:
+        failures: dict[str, BaseException] = {}
+        for n in self._targets(only):
             mine = [r for r in refs if r.transport == n.name]
             try:
                 if kind == "remind":
@@ -159,9 +164,9 @@ class Lifecycle:
                     await n.update(req, mine, kind)
             except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
                 log.exception("%s could not deliver %s for %s", n.name, kind, request_id)
-                failures.append(e)
-        if failures and len(failures) == len(self.notifiers):
-            raise failures[0]  # nobody was told: let the outbox retry
+                failures[n.name] = e
+        if failures:
+            raise PartialDelivery(set(failures), next(iter(failures.values())))
 
     async def _post(self, req: Request) -> None:
         refs: list[MessageRef] = []
@@ -175,6 +180,8 @@ class Lifecycle:
             except Exception as e:  # noqa: BLE001
                 log.exception("%s could not post request %s", n.name, req.id)
                 failed.append((n.name, e))
+        # Desks that returned no reference (a console) cannot be skipped on a retry, but
+        # re-posting there only re-renders the same state.
         if refs:
             at = iso(self._now())
             merged = req.messages + [r.to_dict() for r in refs]
@@ -185,11 +192,11 @@ class Lifecycle:
             if now is not None and now.version != req.version:
                 await self.deliver("changed", req.id)
         if failed:
-            raise failed[0][1]  # retried by the outbox; desks that posted are skipped
+            raise PartialDelivery({name for name, _ in failed}, failed[0][1])  # desks that posted are skipped
 
     async def notification_failed(self, kind: str, request_id: str) -> None:
         """Record that the desks could not be told, after every retry."""
-        ev = event("notification.failed", iso(self._now()), request_id, None, kind=kind)
+        ev = event("notification.failed", iso(self._now()), request_id, None, notification=kind)
         await self.store.append([ev])
 
     # ------------------------------------------------------------------ posture

@@ -17,6 +17,14 @@ from .model import Request
 log = logging.getLogger("jitgate.notify")
 
 
+class PartialDelivery(Exception):
+    """Some desks could not be told; the outbox retries those (and only those)."""
+
+    def __init__(self, failed: set[str], first: BaseException) -> None:
+        super().__init__(f"not delivered to {', '.join(sorted(failed))}: {first!r}")
+        self.failed = failed
+
+
 @dataclass(frozen=True)
 class MessageRef:
     """Where one transport posted the proposal (e.g. Slack channel + ts)."""

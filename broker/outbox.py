@@ -16,10 +16,13 @@ from typing import Awaitable, Callable
 
 from redis.exceptions import ResponseError
 
+from .notify import PartialDelivery
+
 log = logging.getLogger("jitgate.outbox")
 
 GROUP = "desks"
-Handler = Callable[[str, str], Awaitable[None]]
+# handler(kind, request_id, only): ``only`` names the desks a previous attempt missed.
+Handler = Callable[..., Awaitable[None]]
 
 
 class Outbox:
@@ -105,23 +108,34 @@ class Outbox:
 
     async def _deliver_all(self, rid: str, items: list) -> None:
         for sid, kind in items:
+            only = None
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    await self.handler(kind, rid)
+                    await self.handler(kind, rid, only)
                     break
+                except PartialDelivery as e:
+                    only = e.failed  # retry just the desks that missed it
+                    log.warning("notification %s for %s: %s (attempt %d)", kind, rid, e, attempt)
+                    if attempt == self.max_attempts:
+                        await self._give_up(kind, rid)
+                    else:
+                        await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
                 except Exception:  # noqa: BLE001 - retried, then given up loudly
                     log.exception("notification %s for %s failed (attempt %d)", kind, rid, attempt)
                     if attempt == self.max_attempts:
-                        if self.on_give_up:
-                            try:
-                                await self.on_give_up(kind, rid)
-                            except Exception:  # noqa: BLE001
-                                log.exception("could not record the failed notification")
+                        await self._give_up(kind, rid)
                     else:
                         await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
             await self.redis.xack(self.stream, GROUP, sid)
             await self.redis.xdel(self.stream, sid)
             self.delivered += 1
+
+    async def _give_up(self, kind: str, rid: str) -> None:
+        if self.on_give_up:
+            try:
+                await self.on_give_up(kind, rid)
+            except Exception:  # noqa: BLE001
+                log.exception("could not record the failed notification")
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far was delivered (tests, shutdown)."""

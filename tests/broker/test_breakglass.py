@@ -180,3 +180,25 @@ async def test_later_events_of_an_agent_break_glass_are_marked(harness):
     kinds = {e["type"]: e for e in events}
     assert kinds["token.collected"]["data"]["break_glass"] is True
     assert kinds["grant.revoked"]["data"]["break_glass"] is True
+
+
+async def test_ending_a_grant_early_frees_its_slot(harness):
+    """Abuse limits count active grants: one revoked early no longer counts."""
+    bg = _bg(harness)
+    grants = [await bg.grant(harness.approver("alice"), subject="me", action="rollback", target="prod/payments-api",
+                             duration_s=600, reason="x", channel="cli") for _ in range(2)]
+    await harness.life.revoke_as(grants[0].request.id, harness.approver("alice"), reason="fixed", channel="cli")
+    third = await bg.grant(harness.approver("alice"), subject="me", action="rollback", target="prod/payments-api",
+                           duration_s=600, reason="x", channel="cli")
+    assert third.request.status == "active"
+
+
+async def test_nobody_reviews_their_own_break_glass(harness):
+    """Review is by someone else: an engineer in both on-call and security cannot acknowledge their own."""
+    import dataclasses
+
+    both = dataclasses.replace(harness.approver("alice"), groups=frozenset({"on-call", "security"}))
+    g = await _bg(harness).grant(both, subject="me", action="rollback", target="prod/payments-api",
+                                 duration_s=60, reason="x", channel="cli")
+    with pytest.raises(NotApprover, match="own break-glass"):
+        await _bg(harness).acknowledge(g.request.id, both, comment="fine", channel="cli")

@@ -100,7 +100,7 @@ async def test_entries_of_a_dead_consumer_are_claimed(harness):
     await s.redis.xreadgroup(GROUP, "dead-replica", {s.outbox: ">"}, count=10)
     delivered = []
 
-    async def handler(kind, request_id):
+    async def handler(kind, request_id, only=None):
         delivered.append((kind, request_id))
 
     other = Outbox(s.redis, s.outbox, "live-replica", handler, claim_idle_ms=50)
@@ -166,3 +166,31 @@ async def test_revoke_as_approver_owner_or_security_only(harness):
         await harness.life.revoke_as(rid, harness.approver("bob"), reason="x", channel="cli")
     req = await harness.life.revoke_as(rid, harness.approver("carol"), reason="suspicious", channel="cli")
     assert req.status == "revoked" and req.closed_by == "carol"
+
+
+async def test_only_the_failing_desk_is_retried(harness):
+    """A desk that failed is retried on its own; the desks that were told are not told twice."""
+    flaky = FlakyNotifier(failures=0)
+    harness.broker.lifecycle.notifiers.append(flaky)
+    rid = (await harness.propose()).json()["id"]
+    await harness.broker.outbox.drain(timeout=15)
+    flaky.failures = 1
+    await harness.approve(rid, "bob")
+    await harness.broker.outbox.drain(timeout=15)
+    assert [e for e in harness.notifier.sent if e[0] == "update" and e[1] == rid] == [("update", rid, "approval")]
+    assert ("update", rid, "approval") in flaky.sent
+
+
+async def test_a_desk_that_keeps_failing_is_recorded(harness):
+    """After every retry, a desk that could not be told is recorded in the audit log."""
+    import orjson
+
+    flaky = FlakyNotifier(failures=100)
+    harness.broker.lifecycle.notifiers.append(flaky)
+    harness.broker.outbox.max_attempts = 2
+    rid = (await harness.propose()).json()["id"]
+    await harness.broker.outbox.drain(timeout=15)
+    s = harness.broker.store
+    kinds = [orjson.loads(f[b"event"])["type"] for _, f in await s.redis.xrange(s.audit_stream)]
+    assert "notification.failed" in kinds
+    assert (await harness.life.get(rid)).status == "pending"

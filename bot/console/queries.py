@@ -1,0 +1,248 @@
+"""What the console shows, read live from Redis: open requests, recent history, audit
+trails and whether the audit chain verifies. Every read is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from broker.audit import VerifyResult, entry_hash, verify
+from broker.model import TERMINAL, Request
+
+OPEN_SCAN = 500  # requests with a deadline (pending, approved, active) looked at
+RECENT_AUDIT = 500  # audit entries read for the main page's history
+TRAIL_SCAN = 10_000  # audit entries searched for one request's trail
+TRAIL_MAX = 200  # events shown for one request
+MAX_SUMMARY = 300
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audit entry, decoded for display."""
+
+    seq: int
+    type: str
+    at: str
+    request_id: str | None
+    actor: dict
+    data: dict
+
+    @property
+    def who(self) -> str:
+        a = self.actor
+        for key in ("approver", "agent", "operator", "by"):
+            if a.get(key):
+                value = a[key]
+                return ", ".join(value) if isinstance(value, list) else str(value)
+        if a.get("policy") is not None:
+            return "policy " + ", ".join(a["policy"]) if a["policy"] else "policy"
+        return "broker"
+
+    @property
+    def channel(self) -> str | None:
+        return self.actor.get("channel")
+
+    @property
+    def summary(self) -> str:
+        """One line saying what happened (plain text; the template escapes it)."""
+        d = self.data
+        t = self.type
+        if t == "proposal.received":
+            text = f"proposal received (sha256 {str(d.get('proposal_sha256', ''))[:16]}…)"
+        elif t == "policy.decision":
+            pols = ", ".join(d.get("policies") or []) or "no policy"
+            text = f"policy said {d.get('outcome')} ({pols})"
+            if d.get("outcome") == "require_approval":
+                text += f": {d.get('approvals_required')} from {d.get('approver_group')}"
+            if d.get("reason"):
+                text += f" — {d['reason']}"
+        elif t == "approval.recorded":
+            text = f"approval {d.get('count')} of {d.get('required')}"
+            if d.get("duration_s"):
+                text += f", for at most {d['duration_s']} s"
+        elif t == "request.approved":
+            text = f"approved for {d.get('approved_duration_s')} s"
+        elif t == "request.denied":
+            text = f"denied: {d.get('reason', '')}"
+        elif t == "token.collected":
+            text = f"token collected (jti {str(d.get('jti', ''))[:10]}…, expires {d.get('exp')})"
+        elif t == "grant.revoked":
+            text = f"grant revoked: {d.get('reason', '')}"
+        elif t == "grant.completed":
+            text = "task completed; grant ended"
+        elif t in ("request.expired", "grant.expired"):
+            text = f"expired: {d.get('reason', '')}"
+        elif t == "request.cancelled":
+            text = "withdrawn by the agent"
+        elif t == "breakglass.granted":
+            text = f"BREAK-GLASS grant for {d.get('subject')}, {d.get('duration_s')} s: {d.get('reason', '')}"
+            if d.get("incident"):
+                text += f" (incident {d['incident']})"
+        elif t == "breakglass.reviewed":
+            text = f"break-glass review acknowledged: {d.get('comment', '')}"
+        elif t == "breakglass.review_reminder":
+            text = f"break-glass review still open (due {d.get('due')})"
+        elif t == "breakglass.suspended":
+            text = f"break-glass right of {d.get('engineer')} suspended: {d.get('reason', '')}"
+        else:
+            text = t + (" " + orjson.dumps(d).decode() if d else "")
+        return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+    @classmethod
+    def parse(cls, fields: dict) -> "AuditEvent | None":
+        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        try:
+            body = orjson.loads(f.get("event", b"{}"))
+            seq = int(f.get("seq", b"0"))
+        except (orjson.JSONDecodeError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        return cls(seq, str(body.get("type", "?")), str(body.get("at", "")), body.get("request_id"),
+                   body.get("actor") or {}, body.get("data") or {})
+
+
+async def open_requests(broker, limit: int = OPEN_SCAN) -> list[Request]:
+    """Requests still waiting on something (pending, approved, active), soonest deadline first."""
+    raw = await broker.redis.zrange(broker.store.deadlines, 0, limit - 1)
+    out = []
+    for rid in raw:
+        req = await broker.store.load(rid.decode())
+        if req is not None and req.status not in TERMINAL:
+            out.append(req)
+    return out
+
+
+async def recent_events(broker, count: int = RECENT_AUDIT) -> list[AuditEvent]:
+    """The newest ``count`` audit events, newest first."""
+    rows = await broker.redis.xrevrange(broker.store.audit_stream, count=count)
+    return [e for e in (AuditEvent.parse(fields) for _sid, fields in rows) if e is not None]
+
+
+async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> list[Request]:
+    """Closed requests that appear in ``events``, most recent first."""
+    seen, out = set(), []
+    for e in events:
+        rid = e.request_id
+        if not rid or rid in seen:
+            continue
+        seen.add(rid)
+        req = await broker.store.load(rid)
+        if req is not None and req.status in TERMINAL:
+            out.append(req)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def trails(events: list[AuditEvent]) -> dict[str, list[AuditEvent]]:
+    """Group events by request, oldest first within each."""
+    out: dict[str, list[AuditEvent]] = {}
+    for e in reversed(events):
+        if e.request_id:
+            out.setdefault(e.request_id, []).append(e)
+    return out
+
+
+async def trail(broker, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[AuditEvent], bool]:
+    """The audit events of one request, oldest first, searching the newest ``scan`` entries.
+
+    Returns (events, complete): ``complete`` is False when the search stopped before the
+    request's first event (it is older than the window; `jitgate audit export` has all).
+    """
+    needle = orjson.dumps(request_id)
+    found: list[AuditEvent] = []
+    rows = await broker.redis.xrevrange(broker.store.audit_stream, count=scan)
+    complete = len(rows) < scan
+    for _sid, fields in rows:
+        raw = fields.get(b"event", b"")
+        if needle not in raw:  # cheap filter before parsing
+            continue
+        e = AuditEvent.parse(fields)
+        if e is None or e.request_id != request_id:
+            continue
+        found.append(e)
+        if e.type == "proposal.received":
+            complete = True
+            break
+    found.reverse()
+    return found[-TRAIL_MAX:], complete
+
+
+@dataclass
+class ChainStatus:
+    """Whether the audit chain verifies, kept current cheaply.
+
+    A full ``broker.audit.verify`` runs at most every ``ttl_s`` seconds (it catches a change
+    to any old entry); in between, only the entries appended since the last check are
+    verified against the last good head. Only a full verification reports the chain as
+    broken: when the cheap check does not fit (a race with an append), it falls back to one.
+    """
+
+    ttl_s: float = 30.0
+    _at: float = field(default=-1e9)
+    _result: VerifyResult | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self, broker) -> VerifyResult:
+        async with self._lock:
+            r = self._result
+            if r is None or not r.ok or time.monotonic() - self._at >= self.ttl_s:
+                return await self._full(broker)
+            newer = await _extend(broker, r)
+            if newer is None:
+                return await self._full(broker)
+            self._result = newer
+            return newer
+
+    async def _full(self, broker) -> VerifyResult:
+        self._result = await verify(broker.redis, broker.store.audit_stream, broker.store.audit_head)
+        self._at = time.monotonic()
+        return self._result
+
+
+async def _extend(broker, good: VerifyResult, most: int = 5000) -> VerifyResult | None:
+    """``good`` extended by the entries appended since, or None when the stream's end does
+    not simply continue it (then a full verification decides)."""
+    head_seq = await audit_seq(broker)
+    new = head_seq - good.entries
+    if not 0 <= new <= most:
+        return None
+    # The newest entries, plus the last one already verified: it must still end the good chain.
+    rows = list(reversed(await broker.redis.xrevrange(broker.store.audit_stream, count=new + 1)))
+    if good.entries == 0:
+        rows = [None, *rows]
+    if len(rows) != new + 1:
+        return None
+    prev, seq = good.head, good.entries
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        f = {k.decode(): v for k, v in row[1].items()}
+        try:
+            if i == 0:
+                if int(f["seq"]) != seq or f["hash"].decode() != prev:
+                    return None
+                continue
+            seq += 1
+            if int(f["seq"]) != seq or f["prev"].decode() != prev:
+                return None
+            digest = f["hash"].decode()
+        except (KeyError, ValueError):
+            return None
+        if entry_hash(prev, f["event"], seq) != digest:
+            return None
+        prev = digest
+    head_hash = await broker.redis.hget(broker.store.audit_head, "hash")
+    if seq != head_seq or head_hash is None or head_hash.decode() != prev:
+        return None
+    return good if new == 0 else VerifyResult(True, seq, prev)
+
+
+async def audit_seq(broker) -> int:
+    """The audit chain's length: it grows with every state change, so it is the change counter."""
+    raw = await broker.redis.hget(broker.store.audit_head, "seq")
+    return int(raw) if raw else 0

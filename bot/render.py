@@ -1,0 +1,202 @@
+"""Platform-neutral wording of a request: what every approval desk says, in one place.
+
+Everything here returns plain, *unescaped* sentences; each platform escapes and truncates
+for its own markup (Slack mrkdwn, Adaptive Card text) before showing them. Agent-written
+text passes through untouched so the platform's escaping is the single place it is made
+inert. Names (agent, approver, group, policy ids) come from operator files.
+"""
+
+from __future__ import annotations
+
+import time
+
+from broker.model import ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, Request
+
+# Offered by "approve for less time": every choice below the approvable maximum.
+DURATION_CHOICES = (60, 300, 600, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600)
+
+# Events whose outcome the agent's owner hears about directly.
+OUTCOME_EVENTS = frozenset({"approved", "denied", "expired", "revoked"})
+
+
+def plural(n: int, word: str) -> str:
+    """``1 approval``, ``2 approvals``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def fmt_duration(seconds: int | float | None) -> str:
+    """A duration as people say it: ``45 s``, ``10 min``, ``1 h 30 min``, ``2 d``."""
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        m, rest = divmod(s, 60)
+        return f"{m} min" + (f" {rest} s" if rest else "")
+    if s < 86400:
+        h, rest = divmod(s, 3600)
+        return f"{h} h" + (f" {rest // 60} min" if rest // 60 else "")
+    d, rest = divmod(s, 86400)
+    return f"{d} d" + (f" {rest // 3600} h" if rest // 3600 else "")
+
+
+def fmt_time(ts: float | None) -> str:
+    """An instant as ``2024-05-01 10:15 UTC`` (the fallback where a platform cannot localise)."""
+    if ts is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def fmt_confidence(value: float | None) -> str:
+    """The agent's confidence as a percentage, or ``not given``."""
+    return "not given" if value is None else f"{int(value * 100 + 1e-9)}%"
+
+
+def approvals_required(req: Request) -> int:
+    return int(req.decision.get("approvals_required") or 0)
+
+
+def approvals_missing(req: Request) -> int:
+    """How many more approvals a pending request needs."""
+    return max(0, approvals_required(req) - len(req.approvals))
+
+
+def verdict(req: Request) -> str:
+    """The policy's verdict in words: ``needs 2 approvals from sre; decided by policy prod-deploy``."""
+    d = req.decision
+    reason = d.get("reason")
+    if reason:
+        return reason
+    policies = list(d.get("policies") or [])
+    decided = ("policy " if len(policies) == 1 else "policies ") + ", ".join(policies) if policies else "default"
+    n = approvals_required(req)
+    return f"needs {plural(n, 'approval')} from {d.get('approver_group') or 'nobody'}; decided by {decided}"
+
+
+def approvable_max(req: Request, max_duration_s: int) -> int:
+    """The longest grant an approver may still choose: the requested duration, capped by the
+    policy, the broker's maximum and every earlier approver's shorter choice. (The lifecycle
+    enforces the same bound; this only decides which choices to offer.)"""
+    limits = [req.proposal.duration_s, max_duration_s]
+    if req.decision.get("max_duration_s"):
+        limits.append(int(req.decision["max_duration_s"]))
+    limits += [int(a["duration_s"]) for a in req.approvals if a.get("duration_s")]
+    return max(1, min(limits))
+
+
+def shorter_durations(req: Request, max_duration_s: int) -> list[int]:
+    """The "approve for less time" choices: the standard durations strictly below the maximum."""
+    top = approvable_max(req, max_duration_s)
+    return [d for d in DURATION_CHOICES if d < top]
+
+
+def status_line(req: Request) -> str:
+    """One sentence saying where the request stands now."""
+    s = req.status
+    if s == PENDING:
+        need = approvals_missing(req)
+        have = len(req.approvals)
+        line = f"Waiting for {plural(need, 'more approval')}"
+        if have:
+            line += f" ({have} of {approvals_required(req)} so far: {', '.join(req.approvers)})"
+        if req.escalated and req.decision.get("backup_group"):
+            line += f"; escalated to {req.decision['backup_group']}"
+        return line
+    if s == APPROVED:
+        who = ", ".join(req.approvers) or "policy"
+        return f"Approved by {who} for {fmt_duration(req.approved_duration_s)}; waiting for the agent to collect its token"
+    if s == ACTIVE:
+        return f"Approved by {', '.join(req.approvers) or 'policy'}; token collected, the grant ends at {fmt_time(req.grant_exp)}"
+    if s == DENIED:
+        den = req.denial or {}
+        return f"Denied by {den.get('by', 'policy')}: {den.get('reason', '')}".rstrip(": ")
+    if s == EXPIRED:
+        line = f"Expired: {req.close_reason or 'deadline passed'}"
+        return line + (" (denied by default)" if req.approved_duration_s is None else "")
+    if s == CANCELLED:
+        return "Withdrawn by the agent"
+    if s == COMPLETED:
+        return "Completed: the agent reported the task done and the grant has ended"
+    if s == REVOKED:
+        return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}"
+    return s
+
+
+def event_sentence(req: Request, event: str) -> str | None:
+    """A short sentence for the thread under the proposal saying what just happened, or None
+    when the event needs no reply (``changed``, and ``approval`` which is said per approver)."""
+    if event == "approved":
+        return (f"Approved by {', '.join(req.approvers) or 'policy'} for {fmt_duration(req.approved_duration_s)}. "
+                f"{req.agent} may now collect its token.")
+    if event == "denied":
+        den = req.denial or {}
+        return f"Denied by {den.get('by', 'policy')}: {den.get('reason', '')}".rstrip(": ")
+    if event == "expired":
+        if req.collected_at is not None:
+            return "The grant reached its time limit and was revoked."
+        if req.approved_duration_s is not None:
+            return "Expired: the token was not collected in time; nothing was granted."
+        return "Expired: nobody decided before the deadline, so the request is denied by default."
+    if event == "cancelled":
+        return f"{req.agent} withdrew the request."
+    if event == "collected":
+        return f"{req.agent} collected its token; the grant ends at {fmt_time(req.grant_exp)}."
+    if event == "completed":
+        return f"{req.agent} reported the task done; the grant has ended."
+    if event == "revoked":
+        return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}. The token no longer works."
+    return None
+
+
+def approval_sentence(req: Request, index: int) -> str:
+    """``bob approved (1 of 2)`` for the approval at ``index``, with a shorter duration if chosen."""
+    a = req.approvals[index]
+    line = f"{a['approver']} approved ({index + 1} of {approvals_required(req)})"
+    if a.get("duration_s"):
+        line += f" for at most {fmt_duration(a['duration_s'])}"
+    return line
+
+
+def owner_sentence(req: Request, event: str) -> str:
+    """What the agent's owner is told on an outcome."""
+    p = req.proposal
+    what = f"{req.agent}'s request to {p.action} on {p.target}"
+    if event == "approved":
+        return f"{what} was approved by {', '.join(req.approvers) or 'policy'} for {fmt_duration(req.approved_duration_s)}."
+    if event == "denied":
+        den = req.denial or {}
+        return f"{what} was denied by {den.get('by', 'policy')}: {den.get('reason', '')}".rstrip(": ")
+    if event == "expired":
+        return f"{what} expired: {req.close_reason or 'deadline passed'}."
+    if event == "revoked":
+        return f"{what} was revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}."
+    return f"{what} is now {req.status}."
+
+
+def reminder_sentence(req: Request) -> str:
+    """A nudge for a request still pending."""
+    group = req.decision.get("approver_group") or "approvers"
+    return (f"Reminder: {req.agent}'s request to {req.proposal.action} on {req.proposal.target} still needs "
+            f"{plural(approvals_missing(req), 'more approval')} from {group}; it expires at {fmt_time(req.deadline)}.")
+
+
+def escalation_sentence(req: Request, backup_group: str) -> str:
+    """The request now escalates to the backup group."""
+    group = req.decision.get("approver_group") or "the approvers"
+    return (f"Escalated: nobody from {group} has decided yet, so members of {backup_group} may now decide too "
+            f"(still {plural(approvals_missing(req), 'approval')} needed).")
+
+
+def timeline(req: Request) -> list[str]:
+    """Each step so far, oldest first (from the stored request; bounded by its approvals)."""
+    steps = [f"{fmt_time(req.created_at)} proposed by {req.agent}"]
+    for i, a in enumerate(req.approvals):
+        steps.append(f"{a.get('at', '')[:16].replace('T', ' ')} UTC {approval_sentence(req, i)}")
+    if req.denial and req.status == DENIED:
+        steps.append(f"{str(req.denial.get('at', ''))[:16].replace('T', ' ')} UTC denied by {req.denial.get('by', 'policy')}")
+    if req.collected_at is not None:
+        steps.append(f"{fmt_time(req.collected_at)} token collected by {req.agent}")
+    if req.closed_at is not None and req.status in (EXPIRED, CANCELLED, COMPLETED, REVOKED):
+        steps.append(f"{fmt_time(req.closed_at)} {req.status}" + (f" by {req.closed_by}" if req.closed_by else ""))
+    return steps

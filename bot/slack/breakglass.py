@@ -1,0 +1,349 @@
+"""Break-glass in Slack: ``/jit breakglass`` with its confirmation modal,
+``/jit breakglass-reinstate``, ``/jit reviews``, and the security channel's review button.
+
+The command checks everything first (the core's ``preview``) and opens a modal showing
+exactly what would be granted. Confirming calls the core's ``grant`` as the *verified*
+submitter, which runs every check again. The modal's ``private_metadata`` holds only the
+command's parameters; they are honoured only together with a one-time confirmation
+record kept in Redis when the modal was opened (who opened it, from which channel, and a
+digest of those very parameters), found through the view's ``external_id``. So a
+submission by someone else, with edited parameters, or replayed grants nothing.
+
+A token for ``me`` is minted once by the core and sent once, ephemerally, to the
+engineer (a DM when there is no channel to answer in); it goes into no other Slack call,
+no log line and no stored record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+from slack_sdk.errors import SlackApiError
+
+from broker.breakglass import ME
+from broker.directory import Approver, is_valid_id
+from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.model import Request, check_request_id
+
+from .bgviews import (COMMENT_BLOCK, COMMENT_INPUT, CONFIRM_VIEW, REVIEW, REVIEW_VIEW, confirm_modal, granted_text,
+                      review_modal, reviews_text)
+from .listeners import CHANNEL, error_text
+from .text import escape, mrkdwn
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncApp
+
+    from .desk import SlackDesk
+
+log = logging.getLogger("jitgate.slack")
+
+BREAKGLASS_USAGE = "/jit breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
+REINSTATE_USAGE = "/jit breakglass-reinstate <approver-id|@user>"
+CONFIRM_TTL_S = 600          # an unconfirmed modal older than this grants nothing: run the command again
+MAX_DURATION_ARG_S = 7 * 86400
+REVIEWS_LIMIT = 20
+
+_DURATION = re.compile(r"^(\d{1,9})([smh]?)$", re.IGNORECASE)
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+_INCIDENT = re.compile(r"(?:^|\s)--incident(?:=|\s+)(?!--)(\S+)")
+_MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
+
+
+# ---------------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class BreakGlassArgs:
+    """The command's parameters: all the modal carries, and all a confirmation may grant."""
+
+    subject: str
+    action: str
+    target: str
+    duration_s: int
+    reason: str
+    incident: str | None = None
+
+    def to_metadata(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_metadata(cls, raw: str) -> "BreakGlassArgs":
+        """Parse the modal's metadata back; the core re-validates every value."""
+        try:
+            d = orjson.loads(raw)
+            args = cls(subject=d["subject"], action=d["action"], target=d["target"], duration_s=d["duration_s"],
+                       reason=d["reason"], incident=d.get("incident"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise InvalidRequest("the confirmation's parameters are unreadable; run the command again") from None
+        strings = (args.subject, args.action, args.target, args.reason)
+        if not all(isinstance(v, str) for v in strings) or not isinstance(args.duration_s, int) \
+                or isinstance(args.duration_s, bool) or not (args.incident is None or isinstance(args.incident, str)):
+            raise InvalidRequest("the confirmation's parameters are unreadable; run the command again")
+        return args
+
+
+def parse_duration(text: str) -> int:
+    """``30m``, ``1h``, ``900s`` or bare seconds; ValueError otherwise."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(text)
+    seconds = int(m[1]) * _UNIT[m[2].lower()]
+    if not 1 <= seconds <= MAX_DURATION_ARG_S:
+        raise ValueError(text)
+    return seconds
+
+
+def parse_breakglass(rest: str) -> BreakGlassArgs:
+    """``<agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]``; ValueError
+    (the usage line) when the words do not fit, the reason included."""
+    incidents = _INCIDENT.findall(rest)
+    if len(incidents) > 1:
+        raise ValueError("one incident reference")
+    text = _INCIDENT.sub(" ", rest).strip()
+    if any(w.startswith("--incident") for w in text.split()):
+        raise ValueError("--incident without a reference")
+    parts = text.split(maxsplit=4)
+    if len(parts) < 5:
+        raise ValueError("too few words")  # the reason is required
+    subject, action, target, duration, reason = parts
+    # Lengths and everything else are the core's to judge (preview), with its own words.
+    return BreakGlassArgs(ME if subject.lower() == ME else subject, action, target, parse_duration(duration),
+                          reason.strip(), incidents[0] if incidents else None)
+
+
+def parse_person(rest: str) -> str:
+    """One approver id, ``@id`` or an escaped Slack mention ``<@U…>``."""
+    parts = rest.split()
+    if len(parts) != 1:
+        raise ValueError(rest)
+    return parts[0]
+
+
+def parse_nothing(rest: str) -> None:
+    if rest.strip():
+        raise ValueError(rest)
+
+
+# ---------------------------------------------------------------------- the one-time confirmation
+def _confirm_key(desk: "SlackDesk", nonce: str) -> str:
+    return f"{desk.settings.redis_prefix}slack:bg-confirm:{nonce}"
+
+
+def _digest(metadata: str) -> str:
+    return hashlib.sha256(metadata.encode()).hexdigest()
+
+
+async def _remember(desk: "SlackDesk", *, user: str, channel: str | None, metadata: str) -> str:
+    """Record what this modal may grant and for whom; its key goes out as the view's ``external_id``."""
+    nonce = secrets.token_urlsafe(18)
+    record = {"user": user, "channel": channel or None, "sha256": _digest(metadata)}
+    await desk.broker.redis.set(_confirm_key(desk, nonce), orjson.dumps(record), ex=CONFIRM_TTL_S)
+    return nonce
+
+
+async def _take(desk: "SlackDesk", nonce: object) -> dict | None:
+    """The confirmation record, removed in the same step: a confirmation works once."""
+    if not isinstance(nonce, str) or not re.fullmatch(r"[A-Za-z0-9_-]{10,64}", nonce):
+        return None
+    raw = await desk.broker.redis.getdel(_confirm_key(desk, nonce))
+    return orjson.loads(raw) if raw else None
+
+
+# ---------------------------------------------------------------------- sub-commands
+async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlassArgs, user: str,
+                         command: dict) -> str | None:
+    """Check everything now, then show exactly what would be granted in a confirmation modal."""
+    bg = desk.broker.breakglass
+    pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
+                          duration_s=args.duration_s, reason=args.reason, incident=args.incident)
+    metadata = args.to_metadata()
+    nonce = await _remember(desk, user=user, channel=command.get("channel_id"), metadata=metadata)
+    view = confirm_modal(pv, engineer.id, metadata, review_s=bg.limits.review_s)
+    view["external_id"] = nonce
+    try:
+        await desk.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
+    except Exception as e:  # noqa: BLE001 - an expired trigger, Slack down: nothing was granted
+        await desk.broker.redis.delete(_confirm_key(desk, nonce))
+        log.warning("views.open failed for /jit breakglass by %s (%s)", user, e.__class__.__name__)
+        return ":warning: Slack did not open the confirmation in time; nothing was granted. Run the command again."
+    return None  # the modal is the answer
+
+
+async def run_reinstate(desk: "SlackDesk", by: Approver, who: str, user: str) -> str:
+    """Security restores a suspended engineer's break-glass right (audited by the core)."""
+    m = _MENTION.match(who)
+    if m:
+        found = desk.broker.directory.by_slack(m[1])
+        if found is None:
+            raise NotFound(f"no approver is bound to Slack user {m[1]}")
+        engineer_id = found.id
+    else:
+        engineer_id = who.removeprefix("@")
+        if not is_valid_id(engineer_id):
+            raise InvalidRequest("name the engineer by approver id (as in the approvers file) or as <@U…>")
+    bg = desk.broker.breakglass
+    suspension = await bg.suspension(engineer_id)
+    await bg.reinstate(engineer_id, by, channel=CHANNEL)
+    if suspension and suspension.get("request_id"):
+        await desk.notifier.security_note(
+            suspension["request_id"], f":unlock: {mrkdwn(by.id, 100)} reinstated {mrkdwn(engineer_id, 100)}'s "
+                                      "break-glass right.")
+    return f":unlock: {mrkdwn(engineer_id, 100)}'s break-glass right is reinstated."
+
+
+async def run_reviews(desk: "SlackDesk", approver: Approver, _args: None, user: str) -> str:
+    """Open break-glass reviews: all of them for the security group, one's own for others."""
+    bg = desk.broker.breakglass
+    everyone = desk.settings.security_group in approver.groups
+    reqs = await bg.pending_reviews(limit=100)
+    if not everyone:
+        reqs = [r for r in reqs if r.engineer == approver.id]
+    return reviews_text(reqs[:REVIEWS_LIMIT], now=desk.broker.lifecycle.clock.now(), everyone=everyone,
+                        limit=REVIEWS_LIMIT)
+
+
+# ---------------------------------------------------------------------- interactions
+class BreakGlassListeners:
+    """The confirmation modal, and the review button with its modal."""
+
+    def __init__(self, desk: "SlackDesk") -> None:
+        self.desk = desk
+
+    def register(self, app: "AsyncApp") -> None:
+        app.view(CONFIRM_VIEW)(self.confirmed)
+        app.action(REVIEW)(self.review_clicked)
+        app.view(REVIEW_VIEW)(self.review_submitted)
+
+    async def confirmed(self, ack, body, view) -> None:
+        """The engineer confirmed: grant as the verified submitter, if the confirmation is the one we showed them."""
+        await ack()
+        desk = self.desk
+        user = _user(body)
+        metadata = view.get("private_metadata") or ""
+        record = await _take(desk, view.get("external_id"))
+        channel = None
+        try:
+            if record is None:
+                raise Conflict("this confirmation was already used or has expired; nothing was granted. "
+                               "Run `/jit breakglass` again.")
+            if record.get("user") != user or record.get("sha256") != _digest(metadata):
+                log.warning("a break-glass confirmation submitted by %s does not match the one shown; refused", user)
+                raise Forbidden("this confirmation does not match the one jitgate showed you; nothing was granted")
+            channel = record.get("channel")
+            args = BreakGlassArgs.from_metadata(metadata)
+            engineer = await desk.approver(user)
+            granted = await desk.broker.breakglass.grant(
+                engineer, subject=args.subject, action=args.action, target=args.target, duration_s=args.duration_s,
+                reason=args.reason, incident=args.incident, channel=CHANNEL, platform_user=user)
+        except BrokerError as e:
+            await desk.answer(channel, user, error_text(e))
+            return
+        if granted.token is None:
+            await desk.answer(channel, user, granted_text(granted.request, granted.note, None))
+            return
+        text = granted_text(granted.request, granted.note, granted.token.access_token)
+        if not await self._hand_over(channel, user, text):
+            await self._undeliverable(granted.request, user)
+
+    async def _hand_over(self, channel: str | None, user: str, text: str) -> bool:
+        """Show ``text`` (it holds a token) to ``user`` alone: ephemerally, else by DM; one attempt
+        each and no retry, so it is sent at most once. False only when Slack surely did not show it."""
+        client = self.desk.client
+        if channel:
+            try:
+                await client.chat_postEphemeral(channel=channel, user=user, text=text)
+                return True
+            except SlackApiError as e:
+                log.warning("could not show a break-glass token ephemerally (%s); sending it by DM",
+                            (e.response or {}).get("error"))
+            except Exception as e:  # noqa: BLE001 - unknown whether it arrived: do not send it twice
+                log.warning("showing a break-glass token failed (%s)", e.__class__.__name__)
+                return True
+        try:
+            await client.chat_postMessage(channel=user, text=text)
+            return True
+        except SlackApiError as e:
+            log.warning("could not send a break-glass token by DM (%s)", (e.response or {}).get("error"))
+            return False
+        except Exception as e:  # noqa: BLE001
+            log.warning("sending a break-glass token by DM failed (%s)", e.__class__.__name__)
+            return True
+
+    async def _undeliverable(self, req: Request, user: str) -> None:
+        """Nobody holds the token: end the grant rather than leave a live credential unaccounted for."""
+        try:
+            await self.desk.broker.lifecycle.revoke(req.id, by="jitgate",
+                                                    reason="the token could not be delivered to the engineer",
+                                                    channel=CHANNEL)
+        except BrokerError:
+            log.warning("could not revoke undeliverable break-glass grant %s", req.id)
+
+    async def review_clicked(self, ack, body) -> None:
+        """Acknowledge review: for the security group, open the modal asking for the comment."""
+        await ack()
+        desk = self.desk
+        user = _user(body)
+        channel = (body.get("container") or {}).get("channel_id") or (body.get("channel") or {}).get("id")
+        try:
+            reviewer = await desk.approver(user)
+            req = await self._alert_request(body)
+            group = desk.settings.security_group
+            if group not in reviewer.groups:
+                raise NotApprover(f"only members of '{group}' may acknowledge a break-glass review")
+            if req.reviewed_by:
+                raise Conflict(f"already reviewed by {req.reviewed_by}: {req.review_comment}")
+        except BrokerError as e:
+            await desk.answer(channel, user, error_text(e))
+            return
+        try:
+            await desk.api.call("views_open", trigger_id=body.get("trigger_id"), view=review_modal(req))
+        except Exception as e:  # noqa: BLE001
+            log.warning("views.open failed for a review click by %s (%s)", user, e.__class__.__name__)
+            await desk.answer(channel, user, ":warning: Slack did not open the dialog in time; please click again.")
+
+    async def review_submitted(self, ack, body, view) -> None:
+        """The review modal was submitted: acknowledge with the comment (the first acknowledgement wins)."""
+        values = (view.get("state") or {}).get("values") or {}
+        comment = (((values.get(COMMENT_BLOCK) or {}).get(COMMENT_INPUT) or {}).get("value") or "").strip()
+        if not comment:
+            await ack(response_action="errors", errors={COMMENT_BLOCK: "A comment is required for the review."})
+            return
+        await ack()
+        desk = self.desk
+        user = _user(body)
+        rid = view.get("private_metadata") or ""
+        ref = None
+        try:
+            rid = check_request_id(rid)
+            ref = await desk.notifier.security_ref(rid)
+            reviewer = await desk.approver(user)
+            req = await desk.broker.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
+        except BrokerError as e:
+            await desk.answer(ref[0] if ref else None, user, error_text(e))
+            return
+        if req.reviewed_by != reviewer.id:
+            text = f":information_source: Nothing changed: already reviewed by {mrkdwn(req.reviewed_by, 100)}."
+        else:
+            text = f":white_check_mark: Your review of `{escape(req.id)}` is recorded."
+        await desk.answer(ref[0] if ref else None, user, text)
+
+    async def _alert_request(self, body: dict) -> Request:
+        """The break-glass request the button points at, re-read now, and only if this message is its alert."""
+        actions = body.get("actions") or [{}]
+        pointer = (actions[0] if isinstance(actions[0], dict) else {}).get("value") or ""
+        req = await self.desk.broker.lifecycle.get(check_request_id(pointer))
+        container = body.get("container") or {}
+        channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
+        ts = container.get("message_ts") or (body.get("message") or {}).get("ts")
+        ref = await self.desk.notifier.security_ref(req.id) if req.break_glass else None
+        if ref is None or ref != (channel, ts):
+            raise Forbidden("this button does not belong to that request")
+        return req
+
+
+def _user(body: dict) -> str:
+    return str((body.get("user") or {}).get("id") or body.get("user_id") or "")

@@ -1,0 +1,183 @@
+"""The Slack approval desk: a Bolt app on the broker's server (HTTP mode) or over a
+Socket Mode connection, plus the Slack notifier."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.requests import Request as HttpRequest
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from broker.directory import Approver
+from broker.errors import ConfigError, NotApprover
+
+from bot.approvers import Binder
+
+from .api import SlackApi
+from .breakglass import BreakGlassListeners
+from .commands import SlashCommand
+from .listeners import Listeners
+from .logs import quiet_logger
+from .notifier import NAME, SlackNotifier
+
+log = logging.getLogger("jitgate.slack")
+
+EVENTS_PATH = "/slack/events"
+# A block_actions payload carries the whole message it came from (up to 50 blocks of 3000
+# characters, form-encoded), so this is larger than the agent API's body limit.
+MAX_EVENT_BYTES = 1024 * 1024
+# auth.test answers meaning the token itself is wrong: refuse to start rather than run deaf.
+BAD_TOKEN_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"})
+
+
+class SlackDesk:
+    """Implements the core's Desk port for Slack."""
+
+    name = NAME
+
+    def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0) -> None:
+        self.settings = settings
+        self.socket_mode = bool(settings.slack_app_token)
+        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
+        self.client = AsyncWebClient(token=settings.slack_bot_token.reveal(), timeout=10, retry_handlers=[],
+                                     logger=quiet_logger("jitgate.slack.sdk", logging.INFO), **kwargs)
+        self.api = SlackApi(self.client, backoff_s=retry_backoff_s, budget_s=retry_budget_s)
+        self.notifier = SlackNotifier(self.api, settings)
+        self.app = AsyncApp(
+            name="jitgate",
+            client=self.client,
+            # Always explicit: Bolt would otherwise read SLACK_SIGNING_SECRET itself. In
+            # Socket Mode it is unused (the connection is authenticated by the app token).
+            signing_secret=settings.slack_signing_secret.reveal(),
+            logger=quiet_logger("jitgate.slack.bolt"),
+        )
+        Listeners(self).register(self.app)
+        BreakGlassListeners(self).register(self.app)
+        SlashCommand(self).register(self.app)
+        self._socket = None
+        self._connect: asyncio.Task | None = None
+        self._broker = None
+        self.binder: Binder | None = None
+
+    # ------------------------------------------------------------------ the port
+    def routes(self) -> list:
+        """``POST /slack/events`` in HTTP mode; nothing in Socket Mode (no public URL)."""
+        if self.socket_mode:
+            return []
+        return [Route(EVENTS_PATH, self._events, methods=["POST"])]
+
+    async def start(self, broker) -> None:
+        self._broker = broker
+        self.binder = Binder(broker.directory, email_binding=self.settings.email_binding)
+        self.notifier.bind(broker)
+        await self._check_token()
+        if self.socket_mode:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler  # noqa: PLC0415
+
+            self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.reveal(),
+                                                  logger=quiet_logger("jitgate.slack.socket"), web_client=self.client)
+            # Connect in the background: a Slack outage must not keep the broker (and its
+            # API and other desks) from starting. The client retries until it is closed.
+            self._connect = asyncio.get_running_loop().create_task(self._socket.connect_async())
+
+    async def stop(self) -> None:
+        if self._connect is not None:
+            self._connect.cancel()
+            await asyncio.wait({self._connect}, timeout=5)
+            self._connect = None
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+
+    # ------------------------------------------------------------------ shared by listeners
+    @property
+    def broker(self):
+        if self._broker is None:
+            raise RuntimeError("the Slack desk has not been started")
+        return self._broker
+
+    async def approver(self, user_id: str) -> Approver:
+        """The approver bound to this *verified* Slack user id; :class:`NotApprover` if none."""
+        self.broker.maybe_reload()
+        found = self.binder.slack(user_id)
+        if found is None and self.settings.email_binding and user_id:
+            found = self.binder.slack(user_id, await self._verified_email(user_id))
+        if found is None:
+            raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
+                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry")
+        return found
+
+    async def answer(self, channel: str | None, user: str, text: str) -> None:
+        """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""
+        try:
+            if channel:
+                await self.api.call("chat_postEphemeral", channel=channel, user=user, text=text)
+            else:
+                await self.api.call("chat_postMessage", channel=user, text=text)
+        except Exception:  # noqa: BLE001 - a courtesy; the state is already right
+            log.exception("could not answer Slack user %s", user)
+
+    # ------------------------------------------------------------------ internals
+    async def _events(self, request: HttpRequest) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_EVENT_BYTES):
+            return PlainTextResponse("request too large", status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_EVENT_BYTES:
+                return PlainTextResponse("request too large", status_code=413)
+        return to_starlette_response(await self.app.async_dispatch(to_async_bolt_request(request, body)))
+
+    async def _check_token(self) -> None:
+        try:
+            await self.api.call("auth_test")
+        except SlackApiError as e:
+            error = (getattr(e, "response", None) or {}).get("error", "")
+            if error in BAD_TOKEN_ERRORS:
+                raise ConfigError(f"SLACK_BOT_TOKEN was refused by Slack ({error})") from None
+            log.warning("Slack auth.test failed (%s); starting anyway, Slack calls will be retried", error or e)
+        except Exception as e:  # noqa: BLE001 - Slack unreachable: the outbox retries later
+            log.warning("Slack is unreachable (%s); starting anyway, Slack calls will be retried", e.__class__.__name__)
+
+    async def _verified_email(self, user_id: str) -> str | None:
+        """The user's e-mail as Slack verified it (only with JITGATE_EMAIL_BINDING on)."""
+        try:
+            resp = await self.api.call("users_info", user=user_id)
+        except Exception:  # noqa: BLE001 - no e-mail, no binding
+            log.warning("users.info failed for %s; not binding by e-mail", user_id)
+            return None
+        user = resp.get("user") or {}
+        if user.get("deleted") or user.get("is_bot") or user.get("is_email_confirmed") is False:
+            return None
+        return (user.get("profile") or {}).get("email") or None
+
+
+def desk_from_settings(settings) -> SlackDesk | None:
+    """The Slack desk when Slack is configured, None when it is off; ConfigError (naming
+    the setting) when it is half-configured: never run with verification off."""
+    token = settings.slack_bot_token.reveal().strip()
+    secret = settings.slack_signing_secret.reveal().strip()
+    app_token = settings.slack_app_token.reveal().strip()
+    if not (token or secret or app_token):
+        return None
+    if not token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set, but other SLACK_* settings are: set the bot token "
+                          "(xoxb-…) or unset them all to turn Slack off")
+    if app_token:
+        if not app_token.startswith("xapp-"):
+            raise ConfigError("SLACK_APP_TOKEN must be an app-level token (xapp-…) with the connections:write scope")
+    elif not secret:
+        raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify that requests come from Slack "
+                          "(or set SLACK_APP_TOKEN to use Socket Mode)")
+    if not settings.slack_approvals_channel.strip():
+        raise ConfigError("SLACK_APPROVALS_CHANNEL is not set: name the channel (id or #name) where proposals go")
+    if settings.slack_api_url and not settings.slack_api_url.startswith(("https://", "http://")):
+        raise ConfigError("SLACK_API_URL must be an http(s) URL")
+    return SlackDesk(settings)

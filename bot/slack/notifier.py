@@ -1,0 +1,282 @@
+"""The Slack notifier: posts proposals, keeps the message true, threads what happened.
+
+The outbox calls these at least once per change, possibly again after a failure, and
+always with the request as it is now. So ``chat.update`` simply re-renders, and each
+thread reply or DM is remembered in Redis once it was sent (per request, per event, per
+approver) so a retried delivery does not say it twice.
+
+A break-glass grant has no proposal message; its home is the alert in the security
+channel, whose channel and ts are kept in the same per-request Redis hash. The core tells
+the desk about it through ``alert_security`` (granted, review reminder, suspension,
+review acknowledged) with a sentence but not the kind, so the kind is read from the
+request's state: no alert yet → post it; reviewed → edit it in place; suspended for this
+grant → say so in its thread (once); past the first reminder time → a reminder in its
+thread; otherwise a repeated delivery of the grant → re-render only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from broker.model import PENDING, Request
+from broker.notify import MessageRef
+
+from bot import render
+
+from .api import SlackApi
+from .bgviews import event_line, security_blocks, security_text
+from .blocks import fallback_text, proposal_blocks
+from .text import TEXT_LIMIT, channel_link, clip, escape, mention, mrkdwn
+
+log = logging.getLogger("jitgate.slack")
+
+NAME = "slack"
+MAX_MENTIONS = 20
+MARK_TTL_S = 31 * 86400
+
+EVENT_ICON = {
+    "approved": ":white_check_mark:", "denied": ":x:", "expired": ":alarm_clock:", "cancelled": ":leftwards_arrow_with_hook:",
+    "collected": ":key:", "completed": ":checkered_flag:", "revoked": ":no_entry:",
+}
+
+
+class SlackNotifier:
+    """Implements the core's Notifier port on the Slack Web API."""
+
+    name = NAME
+
+    def __init__(self, api: SlackApi, settings) -> None:
+        self.api = api
+        self.settings = settings
+        self._broker = None
+
+    def bind(self, broker) -> None:
+        """Attach the running broker (directory for mentions, Redis for sent-markers)."""
+        self._broker = broker
+
+    @property
+    def broker(self):
+        if self._broker is None:
+            raise RuntimeError("the Slack desk has not been started")
+        return self._broker
+
+    # ------------------------------------------------------------------ the port
+    async def post_proposal(self, request: Request) -> list[MessageRef]:
+        """Post the proposal to the policy's channel (or SLACK_APPROVALS_CHANNEL)."""
+        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        resp = await self.api.call(
+            "chat_postMessage", channel=channel, text=fallback_text(request),
+            blocks=proposal_blocks(request, max_duration_s=self.settings.max_duration_s),
+            unfurl_links=False, unfurl_media=False,
+        )
+        return [MessageRef(NAME, resp["channel"], resp["ts"])]
+
+    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+        """Re-render the original message, say what happened in its thread, tell the owner."""
+        if request.break_glass:
+            await self._bg_update(request, event)
+        for ref in refs:
+            await self._rerender(request, ref)
+            for key, text in self._thread_lines(request, event):
+                await self._once(request, f"thread:{ref.ref}:{key}", lambda: self._reply(ref, text))
+        if event in render.OUTCOME_EVENTS and self._owner_hears(request, event):
+            await self._dm_owner(request, event)
+
+    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+        """A reminder (or the escalation to the backup group) in the proposal's thread."""
+        if request.status != PENDING:
+            return  # decided meanwhile: nothing to nudge about
+        if not refs:
+            log.warning("request %s has no Slack message to remind in", request.id)
+            return
+        if escalated_to:
+            people = self._mentions(request, [escalated_to])
+            text = f":rotating_light: {mrkdwn(render.escalation_sentence(request, escalated_to), 1500)}"
+            for ref in refs:
+                await self._rerender(request, ref)  # the status now says "escalated"
+                await self._once(request, f"thread:{ref.ref}:escalated",
+                                 lambda: self._reply(ref, _with_people(text, people), broadcast=True))
+            return
+        groups = [request.decision.get("approver_group")]
+        if request.escalated and request.decision.get("backup_group"):
+            groups.append(request.decision["backup_group"])
+        text = f":bell: {mrkdwn(render.reminder_sentence(request), 1500)}"
+        people = self._mentions(request, [g for g in groups if g])
+        for ref in refs:
+            await self._reply(ref, _with_people(text, people))
+
+    async def alert_security(self, request: Request, text: str) -> None:
+        """Post to SLACK_SECURITY_CHANNEL (the approvals channel when none is set); a
+        break-glass grant gets one alert with a review button, kept true in place."""
+        if request.break_glass:
+            await self._bg_alert(request, text)
+            return
+        p = request.proposal
+        body = (f":rotating_light: *jitgate security:* {mrkdwn(text, 1500)}\n"
+                f"Request `{escape(request.id)}`: {mrkdwn(request.agent, 200)} → {mrkdwn(p.action, 100)} on "
+                f"{mrkdwn(p.target, 400)} ({escape(request.status)})")
+        await self.api.call("chat_postMessage", channel=self._security_channel(), text=clip(body, TEXT_LIMIT),
+                            unfurl_links=False, unfurl_media=False)
+
+    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+        """An informational message (no buttons) where this request's approvals are asked."""
+        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        people = self._mentions(request, [mention_group]) if mention_group else []
+        body = _with_people(f":mega: {mrkdwn(text, 2000)}", people)
+
+        async def send() -> None:
+            await self.api.call("chat_postMessage", channel=channel, text=body, unfurl_links=False, unfurl_media=False)
+        if request.break_glass:
+            await self._once(request, "bg:announce", send)  # one per grant, however often delivered
+        else:
+            await send()
+
+    # ------------------------------------------------------------------ break-glass
+    async def security_ref(self, request_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the break-glass alert for this request, if one was posted."""
+        got = await self.broker.redis.hmget(self._marks(request_id), "bg:channel", "bg:ts")
+        if not got[0] or not got[1]:
+            return None
+        return got[0].decode(), got[1].decode()
+
+    async def security_note(self, request_id: str, text: str) -> None:
+        """A reply in the thread of the request's break-glass alert (best effort: a courtesy)."""
+        try:
+            ref = await self.security_ref(request_id)
+            if ref is not None:
+                await self.api.call("chat_postMessage", channel=ref[0], thread_ts=ref[1], text=text,
+                                    unfurl_links=False, unfurl_media=False)
+        except Exception:  # noqa: BLE001 - the change itself is done and audited
+            log.warning("could not add a note under the break-glass alert of %s", request_id)
+
+    async def _bg_alert(self, request: Request, text: str) -> None:
+        ref = await self.security_ref(request.id)
+        suspended = await self._suspended_for(request)
+        if ref is None:
+            resp = await self.api.call("chat_postMessage", channel=self._security_channel(),
+                                       text=security_text(request), blocks=security_blocks(request, suspended=suspended),
+                                       unfurl_links=False, unfurl_media=False)
+            ref = (resp["channel"], resp["ts"])
+            key = self._marks(request.id)
+            await self.broker.redis.hset(key, mapping={"bg:channel": ref[0], "bg:ts": ref[1]})
+            await self.broker.redis.expire(key, MARK_TTL_S)
+        else:
+            await self._bg_rerender(request, ref, suspended)
+        if request.reviewed_by:
+            return  # the edit above is the news
+        people = self._mentions(request, [self.settings.security_group])
+        if suspended:
+            await self._once(request, "bg:suspended", lambda: self._bg_reply(
+                ref, _with_people(f":no_entry: {mrkdwn(text, 1500)}", people), broadcast=True))
+        elif self._reminder_due(request):
+            await self._bg_reply(ref, _with_people(f":bell: {mrkdwn(text, 1500)}", people))
+
+    async def _bg_update(self, request: Request, event: str) -> None:
+        """A change of a break-glass grant (collected, revoked, ended): edit the alert, say it in its thread."""
+        ref = await self.security_ref(request.id)
+        if ref is None:
+            return  # the alert is not out yet; it will show the state when it is
+        await self._bg_rerender(request, ref, await self._suspended_for(request))
+        line = event_line(request, event)
+        if line:
+            await self._once(request, f"bg:event:{event}", lambda: self._bg_reply(ref, line))
+
+    async def _bg_rerender(self, request: Request, ref: tuple[str, str], suspended: bool) -> None:
+        await self.api.call("chat_update", channel=ref[0], ts=ref[1], text=security_text(request),
+                            blocks=security_blocks(request, suspended=suspended))
+
+    async def _bg_reply(self, ref: tuple[str, str], text: str, *, broadcast: bool = False) -> None:
+        await self._reply(MessageRef(NAME, ref[0], ref[1]), text, broadcast=broadcast)
+
+    async def _suspended_for(self, request: Request) -> bool:
+        """Whether the engineer's right is suspended because of this very grant."""
+        if request.reviewed_by or not request.engineer:
+            return False
+        s = await self.broker.breakglass.suspension(request.engineer)
+        return bool(s) and s.get("request_id") == request.id
+
+    def _reminder_due(self, request: Request) -> bool:
+        """The core's first review reminder comes halfway to the review deadline; earlier, a
+        delivery can only be the grant itself, repeated."""
+        if request.review_due is None:
+            return False
+        halfway = request.created_at + (request.review_due - request.created_at) / 2
+        return self.broker.lifecycle.clock.now() >= halfway - 1
+
+    def _security_channel(self) -> str:
+        return self.settings.slack_security_channel or self.settings.slack_approvals_channel
+
+    # ------------------------------------------------------------------ pieces
+    async def _rerender(self, request: Request, ref: MessageRef) -> None:
+        await self.api.call(
+            "chat_update", channel=ref.destination, ts=ref.ref, text=fallback_text(request),
+            blocks=proposal_blocks(request, max_duration_s=self.settings.max_duration_s),
+        )
+
+    def _thread_lines(self, request: Request, event: str) -> list[tuple[str, str]]:
+        """(marker, text) of each thread reply this event calls for."""
+        lines: list[tuple[str, str]] = []
+        if event == "approval":
+            # The approval that completes the count is told by the "approved" reply instead.
+            partial = request.approvals[: max(0, render.approvals_required(request) - 1)]
+            for i, a in enumerate(partial):
+                lines.append((f"approval:{a['approver']}",
+                              f":ballot_box_with_check: {mrkdwn(render.approval_sentence(request, i), 1000)}"))
+        sentence = render.event_sentence(request, event)
+        if sentence:
+            lines.append((f"event:{event}", f"{EVENT_ICON.get(event, '')} {mrkdwn(sentence, 2500)}".strip()))
+        return lines
+
+    async def _reply(self, ref: MessageRef, text: str, *, broadcast: bool = False) -> None:
+        kwargs = {"reply_broadcast": True} if broadcast else {}
+        await self.api.call("chat_postMessage", channel=ref.destination, thread_ts=ref.ref, text=text,
+                            unfurl_links=False, unfurl_media=False, **kwargs)
+
+    @staticmethod
+    def _owner_hears(request: Request, event: str) -> bool:
+        # A grant that simply ran out after use is not news to the owner, nor their own revocation.
+        if event == "expired" and request.collected_at is not None:
+            return False
+        return not (event == "revoked" and request.closed_by == request.owner)
+
+    async def _dm_owner(self, request: Request, event: str) -> None:
+        owner = self.broker.directory.approver(request.owner) if request.owner else None
+        if owner is None or not mention(owner.slack):
+            return
+        where = ""
+        refs = [r for r in request.messages if r.get("transport") == NAME]
+        if refs:
+            where = f" (see {channel_link(refs[0].get('destination'))})"
+        text = f"{EVENT_ICON.get(event, '')} {mrkdwn(render.owner_sentence(request, event), 2500)}{where}".strip()
+        await self._once(request, f"dm:{event}", lambda: self.api.call(
+            "chat_postMessage", channel=owner.slack, text=text, unfurl_links=False, unfurl_media=False))
+
+    def _mentions(self, request: Request, groups: list[str]) -> list[str]:
+        """``<@U…>`` of the people in ``groups`` who may still act: not the owner, not already counted."""
+        seen, out = set(), []
+        for group in groups:
+            for a in self.broker.directory.members(group):
+                m = mention(a.slack)
+                if m is None or a.id == request.owner or a.id in request.approvers or a.id in seen:
+                    continue
+                seen.add(a.id)
+                out.append(m)
+        return out[:MAX_MENTIONS]
+
+    def _marks(self, request_id: str) -> str:
+        """The desk's Redis hash for one request: sent-markers and the break-glass alert's ref."""
+        return f"{self.settings.redis_prefix}slack:{{req:{request_id}}}"
+
+    async def _once(self, request: Request, marker: str, send) -> None:
+        """Call ``send()`` unless ``marker`` says it was already sent for this request; remember it after."""
+        redis = self.broker.redis
+        key = self._marks(request.id)
+        if await redis.hexists(key, marker):
+            return  # a retried delivery: say nothing twice
+        await send()
+        await redis.hset(key, marker, "1")
+        await redis.expire(key, MARK_TTL_S)
+
+
+def _with_people(text: str, people: list[str]) -> str:
+    return text + ("\n" + " ".join(people) if people else "")

@@ -1,0 +1,187 @@
+"""Bot commands, typed to the bot in a chat or @mentioned in a channel: ``list``,
+``status <id>``, ``revoke <id> [reason]``, ``posture [level]``, ``help``.
+
+The same sub-commands and permissions as Slack's ``/jit``: every command but ``help``
+needs a bound approver (from the verified activity); revoking and changing the posture
+are decided by the lifecycle. Teams has no ephemeral messages in channels, so answers go
+in the thread where the command was typed; the personal chat with the bot is private.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from broker.directory import Approver
+from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.model import check_request_id
+
+from bot import render
+
+from . import cards
+
+if TYPE_CHECKING:
+    from .desk import TeamsDesk
+
+CHANNEL = "teams"
+LIST_LIMIT = 20
+POSTURES = ("normal", "elevated", "incident")
+_MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]+>")
+
+
+class Usage(Exception):
+    """The arguments do not fit the command."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the bot says back: plain text lines, or a card."""
+
+    text: str = ""
+    lines: tuple[str, ...] = ()
+    card: dict | None = None
+
+    def to_card(self) -> dict:
+        return self.card or cards.notice_card(self.text, lines=list(self.lines))
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str
+    summary: str
+    parse: Callable[[str], Any]
+    run: Callable[["TeamsDesk", Approver, Any, str], Awaitable[Answer]] | None  # None: needs no approver
+
+
+def command_text(raw: str | None) -> str:
+    """The command a person typed: without the bot's @mention and Teams' HTML."""
+    text = _MENTION.sub(" ", raw or "")
+    text = html.unescape(_TAGS.sub(" ", text)).replace("\xa0", " ")
+    return " ".join(text.split())
+
+
+def _no_args(rest: str) -> None:
+    if rest.strip():
+        raise Usage()
+
+
+def _request_id(rest: str) -> str:
+    parts = rest.split()
+    if len(parts) != 1:
+        raise Usage()
+    return parts[0]
+
+
+def _id_and_reason(rest: str) -> tuple[str, str]:
+    parts = rest.strip().split(maxsplit=1)
+    if not parts:
+        raise Usage()
+    return parts[0], (parts[1] if len(parts) > 1 else "")
+
+
+def _posture_level(rest: str) -> str | None:
+    parts = rest.split()
+    if not parts:
+        return None
+    if len(parts) != 1 or parts[0].lower() not in POSTURES:
+        raise Usage()
+    return parts[0].lower()
+
+
+async def _list(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
+    reqs = await desk.broker.lifecycle.pending_for(approver, limit=LIST_LIMIT)
+    if not reqs:
+        return Answer("Nothing is waiting for you.")
+    lines = []
+    for r in reqs:
+        p = r.proposal
+        lines.append(f"{r.id}: {r.agent} wants to {p.action} on {p.target} for {render.fmt_duration(p.duration_s)}; "
+                     f"{len(r.approvals)} of {render.approvals_required(r)} approvals, expires {render.fmt_time(r.deadline)}")
+    more = "+" if len(reqs) >= LIST_LIMIT else ""
+    return Answer(f"Waiting for you ({len(reqs)}{more}):", tuple(lines))
+
+
+async def _status(desk: "TeamsDesk", approver: Approver, rid: str, user: str) -> Answer:
+    r = await desk.broker.lifecycle.get(check_request_id(rid))
+    return Answer(card=cards.proposal_card(r, max_duration_s=desk.settings.max_duration_s, actions=False, refresh=False))
+
+
+async def _revoke(desk: "TeamsDesk", approver: Approver, args: tuple[str, str], user: str) -> Answer:
+    rid, reason = args
+    r = await desk.broker.lifecycle.revoke_as(check_request_id(rid), approver, reason=reason, channel=CHANNEL,
+                                              platform_user=user)
+    return Answer(f"Revoked {r.id}: {r.close_reason or ''}")
+
+
+async def _posture(desk: "TeamsDesk", approver: Approver, level: str | None, user: str) -> Answer:
+    life = desk.broker.lifecycle
+    if level is None:
+        return Answer(f"Risk posture is {await life.posture()}.")
+    await life.set_posture(level, approver, channel=CHANNEL)
+    return Answer(f"Risk posture is now {level}; every new policy decision sees it.")
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("list", "list", "requests waiting for your approval", _no_args, _list),
+    Command("status", "status <id>", "where a request stands", _request_id, _status),
+    Command("revoke", "revoke <id> [reason]", "end a grant now (its approvers, its owner, security)", _id_and_reason, _revoke),
+    Command("posture", "posture [normal|elevated|incident]", "show or set the risk posture (security group)",
+            _posture_level, _posture),
+    Command("help", "help", "this text", _no_args, None),
+    # Break-glass commands (a later issue) register here as further Command entries; the
+    # manifest's commandLists in manifests/teams/manifest.json list them for the Teams UI.
+)}
+
+
+def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answer:
+    lines = [f"{c.usage}: {c.summary}" for c in COMMANDS.values()]
+    lines.append(f"Your Entra object id: {aad_object_id or 'unknown'} (an admin binds it to your approver entry "
+                 "as `teams:` in the approvers file).")
+    if conversation_id:
+        lines.append(f"This conversation's id: {conversation_id} (TEAMS_APPROVALS_CONVERSATION may name it).")
+    return Answer("jitgate approvals in Teams. Commands:", tuple(lines))
+
+
+def error_answer(e: BrokerError) -> Answer:
+    """A broker error as a short answer (branching on the class, not the text)."""
+    if isinstance(e, (NotApprover, Forbidden)):
+        return Answer(f"You may not do that: {e.detail}")
+    if isinstance(e, Conflict):
+        return Answer(f"Nothing changed: {e.detail}")
+    if isinstance(e, NotFound):
+        return Answer(e.detail)
+    if isinstance(e, InvalidRequest):
+        return Answer(f"That did not work: {e.detail}")
+    return Answer(f"jitgate could not do that: {e.detail}")
+
+
+def unbound_answer(aad_object_id: str | None) -> Answer:
+    return Answer(f"Your Teams account (Entra object id {aad_object_id or 'unknown'}) is not bound to a jitgate "
+                  "approver, or it is not in this organisation's tenant. Ask an admin to add it as `teams:` to your "
+                  "entry in the approvers file.")
+
+
+async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, aad_object_id: str | None,
+                      conversation_id: str | None) -> Answer:
+    """Parse and run one command; every outcome is an answer, never an exception."""
+    name, _, rest = command_text(text).partition(" ")
+    cmd = COMMANDS.get(name.lower() or "help")
+    if cmd is None:
+        head = help_answer(aad_object_id, conversation_id)
+        return Answer(f"Unknown command '{name[:40]}'. " + head.text, head.lines)
+    try:
+        args = cmd.parse(rest)
+    except Usage:
+        return Answer(f"Usage: {cmd.usage}")
+    if cmd.run is None:
+        return help_answer(aad_object_id, conversation_id)
+    if approver is None:
+        return unbound_answer(aad_object_id)
+    try:
+        return await cmd.run(desk, approver, args, aad_object_id or "")
+    except BrokerError as e:
+        return error_answer(e)

@@ -1,0 +1,153 @@
+"""The Teams notifier: posts the proposal card, edits it on every change, replies in its
+thread, reminds and escalates with @mentions.
+
+Called by the core's outbox, at least once per change, so everything here is idempotent:
+the card is always re-rendered from the request as it is now, and each thread reply is
+marked in Redis once sent (the reply is the last step, so a retry repeats only the edit).
+A proposal that cannot be posted (no conversation known yet, Teams down) is held and
+posted as soon as it can be: the request itself waits in Redis either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from botbuilder.schema import Activity, ActivityTypes, Attachment
+
+from broker.model import PENDING, TERMINAL, Request
+from broker.notify import MessageRef
+
+from bot import render
+
+from . import cards
+
+if TYPE_CHECKING:
+    from .desk import TeamsDesk
+
+log = logging.getLogger("jitgate.teams")
+
+NAME = "teams"
+MAX_MENTIONS = 20
+
+
+def card_activity(card: dict, summary: str | None = None) -> Activity:
+    """A message carrying one Adaptive Card (``summary`` is the notification preview)."""
+    return Activity(type=ActivityTypes.message, summary=summary, text=None,
+                    attachments=[Attachment(content_type=cards.CONTENT_TYPE, content=card)])
+
+
+def summary(req: Request) -> str:
+    p = req.proposal
+    head = "Approval needed" if req.status == PENDING else f"Access request {req.status}"
+    return cards.plain(f"{head}: {req.agent} wants to {p.action} on {p.target}", 200)
+
+
+class TeamsNotifier:
+    """Implements the core's ``Notifier`` port for Teams."""
+
+    name = NAME
+
+    def __init__(self, desk: "TeamsDesk") -> None:
+        self.desk = desk
+
+    # ------------------------------------------------------------------ the port
+    async def post_proposal(self, request: Request) -> list[MessageRef]:
+        conv = self.desk.conversations
+        dest = await self.desk.destination(request)
+        if dest is None:
+            await conv.hold(request.id)
+            log.warning("Teams: no conversation to post request %s to yet (%s); it waits and is posted once the "
+                        "bot is installed there", request.id, self.desk.where_wanted(request))
+            return []
+        if not await conv.lock("post:" + request.id):
+            raise RuntimeError(f"request {request.id} is being posted by another worker")
+        try:
+            now = await self.desk.broker.lifecycle.get(request.id)
+            if any(m.get("transport") == NAME for m in now.messages):
+                await conv.release(request.id)
+                return []  # posted meanwhile (a held proposal flushed by another replica)
+            card = await self.desk.card(now)
+            try:
+                activity_id = await self.desk.outbound.post(dest.service_url, dest.id, card_activity(card, summary(now)))
+            except Exception:
+                await conv.hold(request.id)  # not lost: retried by the outbox, then by the desk's flush
+                raise
+            await conv.release(request.id)
+            return [MessageRef(NAME, dest.id, activity_id, {"service_url": dest.service_url})]
+        finally:
+            await conv.unlock("post:" + request.id)
+
+    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+        if not refs:
+            if request.status in TERMINAL:
+                await self.desk.conversations.release(request.id)  # never posted and now moot
+            return
+        card = await self.desk.card(request)
+        for ref in refs:
+            await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
+        # Thread replies, each once: every approval so far, then the event's own sentence.
+        for i in range(len(request.approvals)):
+            await self._reply_once(request, refs, f"approval:{i}", render.approval_sentence(request, i))
+        sentence = render.event_sentence(request, event)
+        if sentence:
+            await self._reply_once(request, refs, event, sentence)
+
+    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+        if not refs or request.status != PENDING:
+            return
+        if escalated_to:
+            # The backup group may decide now: its members join the card's refresh list.
+            card = await self.desk.card(request)
+            for ref in refs:
+                await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
+            text = render.escalation_sentence(request, escalated_to)
+            people = self.desk.eligible(request, groups=[escalated_to])
+        else:
+            text = render.reminder_sentence(request)
+            people = self.desk.eligible(request)
+        mentions = await self.desk.mentions(people)
+        for ref in refs:
+            await self.desk.outbound.reply(_service_url(ref), ref.destination, ref.ref,
+                                           card_activity(cards.notice_card(text, mentions=mentions[:MAX_MENTIONS]), text[:200]))
+
+    async def alert_security(self, request: Request, text: str) -> None:
+        where = self.desk.settings.teams_security_conversation
+        dest = await self.desk.conversations.resolve(where) if where else None
+        if dest is None:
+            log.warning("Teams: security alert for %s not posted: %s", request.id,
+                        "TEAMS_SECURITY_CONVERSATION is unset" if not where else f"no conversation known for {where!r}")
+            return
+        note = cards.notice_card(text, heading="jitgate security alert",
+                                 lines=[f"Request {request.id}: {request.agent or request.engineer or '?'} · "
+                                        f"{request.proposal.action} on {request.proposal.target}"])
+        await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+
+    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+        dest = await self.desk.destination(request)
+        if dest is None:
+            log.warning("Teams: announcement for %s not posted: no conversation known (%s)", request.id,
+                        self.desk.where_wanted(request))
+            return
+        people = self.desk.group_members(mention_group, exclude=request.owner) if mention_group else []
+        mentions = await self.desk.mentions(people)
+        note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
+        await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+
+    # ------------------------------------------------------------------ helpers
+    async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:
+        conv = self.desk.conversations
+        for ref in refs:
+            mark = f"{request.id}:{ref.ref}:{key}"
+            if await conv.replied(mark):
+                continue
+            await self.desk.outbound.reply(_service_url(ref), ref.destination, ref.ref,
+                                           card_activity(cards.notice_card(text), cards.plain(text, 200)))
+            await conv.mark_replied(mark)
+
+
+def _service_url(ref: MessageRef) -> str:
+    url = (ref.extra or {}).get("service_url")
+    if not url:
+        raise ValueError(f"Teams message {ref.ref} has no service URL")
+    return url

@@ -1,0 +1,61 @@
+"""The first run without a browser: `jitgate init` + `jitgate serve` print a working sign-in
+link and the demo command; `jitgate demo` waits, gets its token after a person decides,
+prints the verified claims, works and completes (or reports the denial)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+import httpx
+
+from tests.bot.console.firstrun import FirstRun
+from tests.support.process import run_cli
+
+
+async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_path, prefix, redis_url, redis):
+    """make run: the printed link signs alice in; the demo is denied, then approved and completes; Ctrl-C withdraws it."""
+    run = FirstRun(tmp_path, prefix, redis_url)
+    try:
+        link = run.start()
+        banner = run.broker.output()
+        assert "Sign in as alice (on-call, sre)" in banner and "jitgate demo" in banner
+        async with httpx.AsyncClient() as http:
+            r = await http.post(run.url + "/console/login", data={"token": link.split("token=")[1]})
+            assert r.status_code == 303
+            assert "HttpOnly" in r.headers["set-cookie"] and "Secure" not in r.headers["set-cookie"]
+            assert "signed in as <strong>alice</strong>" in (await http.get(run.url + "/console")).text
+
+        denied = run.demo("--work", "1")
+        rid = denied.request_id()
+        out = run_cli(run.env, "requests", "deny", rid, "--as", "bob", "--reason", "use the runbook")
+        assert out.returncode == 0, out.stderr
+        assert denied.finish() == 1
+        assert "not granted: denied by bob: use the runbook" in denied.output()
+
+        demo = run.demo("--work", "1")
+        rid = demo.request_id()
+        demo.wait_for("waiting for 1 approval(s) from 'sre'")
+        assert run_cli(run.env, "requests", "approve", rid, "--as", "alice").returncode == 0
+        assert demo.finish() == 0, demo.output()
+        text = demo.output()
+        claims = json.loads(re.search(r"its claims:\n(\{.*?\n\})", text, re.S).group(1))
+        assert claims["sub"] == "demo-agent" and claims["aud"] == "prod/payments-api"
+        assert claims["approval"]["approvers"] == ["alice"] and claims["approval"]["request_id"] == rid
+        assert claims["exp"] - claims["iat"] == 300
+        assert "signature verified" in text and "status completed" in text
+
+        interrupted = run.demo()
+        rid = interrupted.request_id()
+        interrupted.wait_for("waiting for 1 approval(s)")
+        interrupted.proc.send_signal(signal.SIGINT)
+        assert interrupted.finish() == 130
+        assert f"interrupted: request {rid} withdrawn" in interrupted.output()
+        shown = run_cli(run.env, "requests", "show", rid)
+        assert json.loads(shown.stdout)["status"] == "cancelled"
+
+        verify = run_cli(run.env, "audit", "verify")
+        assert verify.returncode == 0 and "OK" in verify.stdout
+    finally:
+        run.stop()

@@ -1,0 +1,66 @@
+"""Socket Mode: with SLACK_APP_TOKEN set the desk connects out over a WebSocket (no public
+URL); envelopes are acked on the socket and handled like HTTP requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.config import Secret
+from bot.slack import desk_from_settings
+from bot.slack.blocks import APPROVE
+from tests.bot.slack import slackreq
+from tests.bot.slack.conftest import running
+
+
+@pytest.fixture
+async def socket_slack(tmp_path, redis_url, prefix, redis, fake_slack):
+    async with running(tmp_path, redis_url, prefix, fake_slack, make_desk=desk_from_settings,
+                       slack_signing_secret=Secret(""), slack_app_token=Secret(slackreq.APP_TOKEN)) as driver:
+        assert driver.h.broker.desks[0].socket_mode
+        await fake_slack.socket_connected()
+        yield driver
+
+
+async def _ack(fake, envelope_id: str) -> dict:
+    acks = await fake.wait_for(lambda: [a for a in fake.socket_acks if a.get("envelope_id") == envelope_id],
+                               what=f"ack of {envelope_id}")
+    return acks[0]
+
+
+async def test_socket_mode_click_is_acked_and_counted(socket_slack):
+    """Requirement 8: an interactive envelope over the socket is acked with its envelope id and the approval counts."""
+    slack = socket_slack
+    opened = slack.fake.of("apps.connections.open")
+    assert opened and opened[0].token == slackreq.APP_TOKEN  # the app-level token, not the bot token
+    rid = await slack.propose()
+    channel, ts = await slack.message_ref(rid)
+    payload = slackreq.block_actions("U0BOB", APPROVE, value=rid, channel=channel, ts=ts)
+    await slack.fake.socket_send({"envelope_id": "env-1", "type": "interactive", "accepts_response_payload": False,
+                                  "payload": payload})
+    assert (await _ack(slack.fake, "env-1")) == {"envelope_id": "env-1"}
+    await slack.fake.wait_for(lambda: slack.fake.of("chat.postEphemeral"), what="confirmation")
+    assert (await slack.life.get(rid)).approvers == ["bob"]
+
+    # An unbound user over the socket: acked, refused, nothing changes.
+    payload = slackreq.block_actions("U0NOBODY", APPROVE, value=rid, channel=channel, ts=ts)
+    await slack.fake.socket_send({"envelope_id": "env-2", "type": "interactive", "payload": payload})
+    await _ack(slack.fake, "env-2")
+    assert "not bound" in (await slack.ephemerals("U0NOBODY"))[0]
+    assert (await slack.life.get(rid)).approvers == ["bob"]
+
+
+async def test_socket_mode_slash_command_answers_in_the_ack(socket_slack):
+    """Requirement 8: /jit over the socket is acked with its answer in the envelope ack."""
+    slack = socket_slack
+    command = {"command": "/jit", "text": "help", "user_id": "U0BOB", "channel_id": "C0APPROVALS", "team_id": "T0TEST",
+               "response_url": slack.fake.response_url("bob"), "trigger_id": "t"}
+    await slack.fake.socket_send({"envelope_id": "env-3", "type": "slash_commands", "payload": command})
+    ack = await _ack(slack.fake, "env-3")
+    assert "/jit revoke &lt;id&gt; [reason]" in ack["payload"]["text"]
+
+
+async def test_socket_mode_has_no_http_endpoint(socket_slack):
+    """Requirement 8/9: in Socket Mode no unauthenticated HTTP endpoint exists (there is no signing secret to check)."""
+    body = slackreq.form_payload(slackreq.block_actions("U0BOB", APPROVE, value="x" * 22))
+    r = await socket_slack.post(body)
+    assert r.status_code == 404
