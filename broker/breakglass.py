@@ -295,6 +295,8 @@ class BreakGlass:
                             f"in time. Reinstate with `/jit breakglass-reinstate {who}`.",
             "bg.reviewed": f"Break-glass review of {req.id} ({who}, {what}) acknowledged by {req.reviewed_by}: "
                            f"{req.review_comment}",
+            "bg.reinstated": f"Break-glass right of {who} reinstated by "
+                             f"{_s(await self.store.redis.hget(self.store.req_key(request_id), 'reinstated_by'))}.",
         }
         text = texts.get(kind)
         if text is None:
@@ -360,7 +362,8 @@ class BreakGlass:
         raw = await self.store.redis.zrangebyscore(self.review_reminders, "-inf", _ms(now), start=0, num=limit)
         for rid in (r.decode() for r in raw):
             req_due = await self.store.redis.zscore(self.reviews, rid)
-            if req_due is None:
+            if req_due is None or req_due <= now * 1000:
+                # Reviewed, or already overdue: the suspension below is the news, not a reminder.
                 await self.store.redis.zrem(self.review_reminders, rid)
                 continue
             await self.store.append([event("breakglass.review_reminder", iso(now), rid, None, break_glass=True,
@@ -381,9 +384,10 @@ class BreakGlass:
             if engineer:
                 info = {"request_id": rid, "since": iso(now)}
                 await self.store.append([event("breakglass.suspended", iso(now), rid, None, break_glass=True,
-                                               engineer=engineer, reason="review not acknowledged in time")],
-                                        rid, notify="bg.suspended")
+                                               engineer=engineer, reason="review not acknowledged in time")])
                 await self.store.redis.hset(self.suspended, engineer, _json(info))
+                # Told only once the suspension is in force, so desks see it when they render.
+                await self.store.append([], rid, notify="bg.suspended")
             await self.store.redis.zrem(self.reviews, rid)
             await self.store.redis.zrem(self.review_reminders, rid)
             done += 1
@@ -397,9 +401,16 @@ class BreakGlass:
         s = await self.suspension(engineer_id)
         if s is None:
             raise Conflict(f"{engineer_id}'s break-glass right is not suspended")
-        await self.store.append([event("breakglass.reinstated", iso(self._now()), s.get("request_id"),
-                                       {"approver": by.id, "channel": channel}, break_glass=True, engineer=engineer_id)])
+        rid = s.get("request_id")
+        await self.store.append([event("breakglass.reinstated", iso(self._now()), rid,
+                                       {"approver": by.id, "channel": channel}, break_glass=True, engineer=engineer_id)],
+                                rid, {"reinstated_by": by.id})
         await self.store.redis.hdel(self.suspended, engineer_id)
+        await self.store.append([], rid, notify="bg.reinstated")
+
+
+def _s(raw: bytes | None) -> str:
+    return raw.decode() if raw else "?"
 
 
 def _json(value: Any) -> str:

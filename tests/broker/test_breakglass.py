@@ -168,6 +168,7 @@ async def test_unreviewed_break_glass_suspends_until_reinstated(harness):
     assert "breakglass.review_reminder" in kinds and "breakglass.suspended" in kinds and "breakglass.reinstated" in kinds
     await harness.broker.outbox.drain()
     assert any(k == "security" and "SUSPENDED" in t for k, _, t in harness.notifier.sent)
+    assert any(k == "security" and "reinstated by carol" in t for k, _, t in harness.notifier.sent)
 
 
 async def test_later_events_of_an_agent_break_glass_are_marked(harness):
