@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import BrokerError, InvalidRequest, PayloadTooLarge, Unavailable
-from .model import TERMINAL, Proposal, check_request_id
+from .model import STATES, TERMINAL, Proposal, check_request_id
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -121,13 +121,18 @@ def make_routes(broker: "Broker") -> list[Route]:
             raise InvalidRequest("'wait' must be a number of seconds") from None
         if not 0 <= wait <= MAX_WAIT_S:
             raise InvalidRequest(f"'wait' must be between 0 and {MAX_WAIT_S} seconds")
+        known = request.query_params.get("known")
+        if known is not None and known not in STATES:
+            raise InvalidRequest(f"'known' must be one of {', '.join(STATES)}")
         if wait == 0:
             return json_response((await life.get_for_agent(request_id, agent)).to_public())
         waiter = broker.wakeups.register(request_id)
         broker.metrics.waiters.inc()
         try:
             req = await life.get_for_agent(request_id, agent)
-            if req.status not in TERMINAL:
+            # With `known`, a change the caller has not seen yet (it happened between its
+            # last read and this call) answers at once instead of after the whole wait.
+            if req.status not in TERMINAL and (known is None or req.status == known):
                 if await broker.wakeups.wait(waiter, req.status, wait):
                     req = await life.get_for_agent(request_id, agent)
         finally:

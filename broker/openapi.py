@@ -112,7 +112,9 @@ def openapi_document(issuer: str) -> dict:
             )},
             "/v1/escalations/{id}": {
                 "get": _op("Status; with wait=N returns as soon as the state changes (N ≤ 60)", {"200": _ESC},
-                           params=[_ID, {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}}]),
+                           params=[_ID, {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}},
+                                   {"name": "known", "in": "query", "description": "the status the caller last saw: "
+                                    "a different one answers at once", "schema": {"enum": list(model.STATES)}}]),
                 "delete": _op("Withdraw a pending request", {"200": _ESC}, params=[_ID]),
             },
             "/v1/escalations/{id}/token": {"post": _op("Collect the token (once, by the requesting agent)", {"200": {

@@ -237,7 +237,7 @@ class Client:
             if left <= 0:
                 raise TimedOut(request_id, time.monotonic() - started)
             poll = min(MAX_POLL_S, max(left, 0.05))
-            body = await self._send("GET", f"/v1/escalations/{request_id}", params={"wait": f"{poll:.2f}"},
+            body = await self._send("GET", f"/v1/escalations/{request_id}", params={"wait": f"{poll:.2f}", "known": esc.status},
                                     timeout_s=poll + self.timeout_s, deadline=deadline + self.timeout_s)
             esc = Escalation.from_json(body)
 

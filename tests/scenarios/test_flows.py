@@ -240,3 +240,18 @@ async def test_closed_requests_expire_from_redis_but_open_ones_do_not(harness):
     assert await s.redis.ttl(s.req_key(pending)) == -1
     assert await s.redis.ttl(s.req_key(denied)) > 86400
     assert await s.redis.ttl(s.req_key(done)) > 86400
+
+
+async def test_long_poll_with_known_status_answers_a_missed_change_at_once(harness):
+    """A decision that landed between the agent's last read and its long poll is returned at once with `known`."""
+    rid = (await harness.propose()).json()["id"]
+    await harness.approve(rid, "bob")
+    await harness.approve(rid, "erin")  # approved before the agent polls again
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    r = await harness.client.get(f"/v1/escalations/{rid}", params={"wait": 5, "known": "pending"},
+                                 headers=harness.auth("deploy-bot"))
+    assert r.json()["status"] == "approved" and loop.time() - started < 1.0
+    bad = await harness.client.get(f"/v1/escalations/{rid}", params={"wait": 1, "known": "maybe"},
+                                   headers=harness.auth("deploy-bot"))
+    assert bad.status_code == 400
