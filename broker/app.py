@@ -101,6 +101,13 @@ def refuse_unbuilt_channels(settings: Settings, available: set[str]) -> None:
                           "`jitgate requests approve`")
 
 
+def connect(url: str, max_connections: int = 256) -> aioredis.Redis:
+    """A Redis client whose pool *waits* for a free connection (up to 10 s) instead of
+    failing: redis-py's default pool raises past its limit, which turned load into 503s."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
 def principals(registry: Registry) -> list[PrincipalInfo]:
     return [PrincipalInfo(a.id, a.owner, a.team) for a in registry.agents]
 
@@ -124,7 +131,7 @@ async def build(
     if redis is None:
         if not settings.redis_url:
             raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
-        redis = aioredis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url, settings.redis_max_connections)
     clock = clock or SystemClock()
     registry = Registry.load(settings.agents_file)
     directory = Directory.load(settings.approvers_file, settings.targets_file)

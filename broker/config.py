@@ -110,6 +110,7 @@ class Settings:
     key_encryption_key: bytes = field(repr=False)
     redis_url: str | None = None
     redis_prefix: str = "jitgate:"
+    redis_max_connections: int = 256
     data_dir: Path = Path(".jitgate")
     policy_dir: Path = Path("policies")
     agents_file: Path = Path("agents.yaml")
@@ -177,6 +178,7 @@ class Settings:
             key_encryption_key=decode_kek(kek_raw),
             redis_url=env.get("REDIS_URL") or None,
             redis_prefix=env.get("JITGATE_REDIS_PREFIX", "jitgate:"),
+            redis_max_connections=_int(env, "JITGATE_REDIS_MAX_CONNECTIONS", 256, 4, 10000),
             data_dir=Path(env.get("JITGATE_DATA_DIR", ".jitgate")),
             policy_dir=Path(env.get("JITGATE_POLICY_DIR", "policies")),
             agents_file=Path(env.get("JITGATE_AGENTS_FILE", "agents.yaml")),
