@@ -204,7 +204,7 @@ class BreakGlass:
         verdict = reserved[0].decode() if isinstance(reserved[0], bytes) else reserved[0]
         if verdict == "active":
             raise Forbidden(f"you already have {self.limits.max_active} active break-glass grants; end one first "
-                            "(`/jit revoke <id>`)")
+                            "(the `revoke <id>` command)")
         if verdict == "daily":
             raise Forbidden(f"you have used break-glass {self.limits.max_per_day} times in 24 hours; "
                             f"ask {self.life.settings.security_group} for help")

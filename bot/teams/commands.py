@@ -1,5 +1,7 @@
 """Bot commands, typed to the bot in a chat or @mentioned in a channel: ``list``,
-``status <id>``, ``revoke <id> [reason]``, ``posture [level]``, ``help``.
+``status <id>``, ``revoke <id> [reason]``, ``posture [level]``, the break-glass commands
+(``breakglass``, ``breakglass-reinstate``, ``reviews``: see ``bot.teams.breakglass``) and
+``help``.
 
 The same sub-commands and permissions as Slack's ``/jit``: every command but ``help``
 needs a bound approver (from the verified activity); revoking and changing the posture
@@ -15,12 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from broker.directory import Approver
-from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError
 from broker.model import check_request_id
 
 from bot import render
 
 from . import cards
+from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_breakglass, parse_person, run_breakglass,
+                         run_reinstate, run_reviews)
+from .replies import Answer, Turn, Usage, error_answer, unbound_answer
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -32,29 +37,14 @@ _MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
 
 
-class Usage(Exception):
-    """The arguments do not fit the command."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the bot says back: plain text lines, or a card."""
-
-    text: str = ""
-    lines: tuple[str, ...] = ()
-    card: dict | None = None
-
-    def to_card(self) -> dict:
-        return self.card or cards.notice_card(self.text, lines=list(self.lines))
-
-
 @dataclass(frozen=True)
 class Command:
     name: str
     usage: str
     summary: str
     parse: Callable[[str], Any]
-    run: Callable[["TeamsDesk", Approver, Any, str], Awaitable[Answer]] | None  # None: needs no approver
+    run: Callable[..., Awaitable[Answer]] | None  # None: needs no approver
+    interactive: bool = False  # run also gets the Turn (where and by whom the command was typed)
 
 
 def command_text(raw: str | None) -> str:
@@ -128,12 +118,22 @@ async def _posture(desk: "TeamsDesk", approver: Approver, level: str | None, use
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list", "list", "requests waiting for your approval", _no_args, _list),
     Command("status", "status <id>", "where a request stands", _request_id, _status),
-    Command("revoke", "revoke <id> [reason]", "end a grant now (its approvers, its owner, security)", _id_and_reason, _revoke),
+    Command("revoke", "revoke <id> [reason]",
+            "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
+            _id_and_reason, _revoke),
     Command("posture", "posture [normal|elevated|incident]", "show or set the risk posture (security group)",
             _posture_level, _posture),
+    Command("breakglass", BREAKGLASS_USAGE,
+            "emergency access at once (on-call group), confirmed on a card; security is told and must review it. "
+            "Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
+            run_breakglass, interactive=True),
+    Command("breakglass-reinstate", REINSTATE_USAGE,
+            "restore a break-glass right suspended for an unreviewed grant (security group)", parse_person,
+            run_reinstate),
+    Command("reviews", "reviews", "open break-glass reviews (security group: all; others: their own)", _no_args,
+            run_reviews),
     Command("help", "help", "this text", _no_args, None),
-    # Break-glass commands (a later issue) register here as further Command entries; the
-    # manifest's commandLists in manifests/teams/manifest.json list them for the Teams UI.
+    # The manifest's commandLists (manifests/teams/manifest.json) are generated from this table.
 )}
 
 
@@ -146,27 +146,8 @@ def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answe
     return Answer("jitgate approvals in Teams. Commands:", tuple(lines))
 
 
-def error_answer(e: BrokerError) -> Answer:
-    """A broker error as a short answer (branching on the class, not the text)."""
-    if isinstance(e, (NotApprover, Forbidden)):
-        return Answer(f"You may not do that: {e.detail}")
-    if isinstance(e, Conflict):
-        return Answer(f"Nothing changed: {e.detail}")
-    if isinstance(e, NotFound):
-        return Answer(e.detail)
-    if isinstance(e, InvalidRequest):
-        return Answer(f"That did not work: {e.detail}")
-    return Answer(f"jitgate could not do that: {e.detail}")
-
-
-def unbound_answer(aad_object_id: str | None) -> Answer:
-    return Answer(f"Your Teams account (Entra object id {aad_object_id or 'unknown'}) is not bound to a jitgate "
-                  "approver, or it is not in this organisation's tenant. Ask an admin to add it as `teams:` to your "
-                  "entry in the approvers file.")
-
-
 async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, aad_object_id: str | None,
-                      conversation_id: str | None) -> Answer:
+                      conversation_id: str | None, turn: Turn | None = None) -> Answer:
     """Parse and run one command; every outcome is an answer, never an exception."""
     name, _, rest = command_text(text).partition(" ")
     cmd = COMMANDS.get(name.lower() or "help")
@@ -182,6 +163,10 @@ async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, a
     if approver is None:
         return unbound_answer(aad_object_id)
     try:
+        if cmd.interactive:
+            if turn is None:
+                return Answer(f"{cmd.name} works only when typed to the bot in Teams.")
+            return await cmd.run(desk, approver, args, aad_object_id or "", turn)
         return await cmd.run(desk, approver, args, aad_object_id or "")
     except BrokerError as e:
         return error_answer(e)

@@ -7,7 +7,8 @@ conversation, under the broker's key prefix so every replica shares them. Team c
 also get their names, so a policy's ``@channel("#prod-access")`` can be resolved.
 
 Also kept here: the Teams user id (``29:…``) seen for each Entra object id (for card
-``refresh.userIds`` and mentions), the proposals that could not be posted yet (posted as
+``refresh.userIds`` and mentions), each person's 1:1 chat with the bot (where a
+break-glass token for ``me`` goes), the proposals that could not be posted yet (posted as
 soon as a conversation becomes known, so no request is lost), and markers that make the
 thread replies idempotent under the outbox's at-least-once delivery.
 """
@@ -72,6 +73,7 @@ class Conversations:
         self.refs_key = self.p + "conversations"
         self.users_key = self.p + "users"
         self.unposted_key = self.p + "unposted"
+        self.personal_key = self.p + "personal"
 
     # ------------------------------------------------------------------ references
     async def save(self, ref: ConversationRef) -> bool:
@@ -136,6 +138,17 @@ class Conversations:
             return {}
         values = await self.redis.hmget(self.users_key, aad_object_ids)
         return {a: v.decode() for a, v in zip(aad_object_ids, values) if v}
+
+    async def remember_personal(self, aad_object_id: str | None, conversation_id: str | None) -> None:
+        """The 1:1 chat between the bot and this person (learnt from a verified activity in it)."""
+        if aad_object_id and conversation_id:
+            await self.redis.hset(self.personal_key, aad_object_id, base_conversation_id(conversation_id))
+
+    async def personal(self, aad_object_id: str) -> ConversationRef | None:
+        """The reference of this person's 1:1 chat with the bot, if the bot knows it."""
+        conv = await self.redis.hget(self.personal_key, aad_object_id)
+        ref = await self.get(conv.decode()) if conv else None
+        return ref if ref is not None and ref.kind == "personal" else None
 
     # ------------------------------------------------------------------ unposted proposals
     async def hold(self, request_id: str) -> None:

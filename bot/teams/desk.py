@@ -28,6 +28,7 @@ from bot.approvers import Binder
 
 from . import cards
 from .auth import BotConfig, MetadataWarmer, MsalCredentialsFactory, build_authentication, login_authority
+from .breakglass import BreakGlassActions, Confirmations
 from .conversations import ConversationRef, Conversations
 from .handler import TurnHandler
 from .notifier import TeamsNotifier
@@ -55,10 +56,12 @@ class TeamsDesk:
         self.outbound = Outbound(self.authentication, self.credentials_factory, settings.microsoft_app_id)
         self.notifier = TeamsNotifier(self)
         self.handler = TurnHandler(self)
+        self.bg_actions = BreakGlassActions(self)
         self.warmer = MetadataWarmer(BotConfig(settings).TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
         self.broker = None
         self.conversations: Conversations | None = None
         self.binder: Binder | None = None
+        self.confirmations: Confirmations | None = None
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self._flush_now = asyncio.Event()
@@ -72,6 +75,7 @@ class TeamsDesk:
     async def start(self, broker) -> None:
         self.broker = broker
         self.conversations = Conversations(broker.redis, self.settings.redis_prefix)
+        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix)
         self.binder = Binder(broker.directory, email_binding=self.settings.email_binding,
                              teams_tenant=self.settings.microsoft_app_tenant_id)
         await self.warmer.start()

@@ -3,7 +3,8 @@
 botbuilder has authenticated the activity before any of this runs. The approver is taken
 from the activity's ``from.aadObjectId`` and tenant, through the approvers file, on every
 action; a card's data is only a pointer to a request, which is re-read, must be the
-request this very card was posted for, and is re-authorized by the lifecycle.
+request this very card was posted for, and is re-authorized by the lifecycle. Break-glass
+cards (their verbs start with ``bg_``) are handled by ``bot.teams.breakglass``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from broker.model import Request, check_request_id
 
 from bot import render
 
-from . import cards
+from . import bgcards, cards
 from .commands import run_command
 from .conversations import ConversationRef, base_conversation_id
 from .notifier import NAME, card_activity
+from .replies import Turn
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -87,6 +89,8 @@ class TurnHandler:
         action = value.get("action") if isinstance(value.get("action"), dict) else {}
         verb = action.get("verb")
         data = action.get("data") if isinstance(action.get("data"), dict) else {}
+        if verb in bgcards.VERBS:
+            return await self.desk.bg_actions.handle(a, verb, data, tenant_of(a))
         if verb not in cards.VERBS:
             return cards.error_response(400, "BadRequest", "jitgate does not know this action")
         try:
@@ -146,8 +150,15 @@ class TurnHandler:
     async def command(self, a: Activity, tenant: str) -> None:
         aad = a.from_property.aad_object_id if a.from_property else None
         approver = self.desk.binder.teams(aad, tenant)
-        answer = await run_command(self.desk, a.text or "", approver, aad, base_conversation_id(a.conversation.id))
-        await self.desk.outbound.reply(a.service_url, a.conversation.id, a.id, card_activity(answer.to_card(), answer.text[:200] or None))
+        conv = base_conversation_id(a.conversation.id)
+        turn = Turn(aad_object_id=aad, tenant_id=tenant, user_id=a.from_property.id if a.from_property else None,
+                    conversation_id=conv, conversation_type=a.conversation.conversation_type,
+                    service_url=a.service_url, bot_id=a.recipient.id if a.recipient else None)
+        answer = await run_command(self.desk, a.text or "", approver, aad, conv, turn=turn)
+        activity_id = await self.desk.outbound.reply(a.service_url, a.conversation.id, a.id,
+                                                     card_activity(answer.to_card(), answer.text[:200] or None))
+        if answer.posted is not None:
+            await answer.posted(activity_id)
 
     # ------------------------------------------------------------------ conversation events
     async def conversation_update(self, a: Activity, tenant: str, new: bool = False) -> None:
@@ -236,6 +247,8 @@ class TurnHandler:
             team_id=team.get("id"), team_name=team.get("name"), bot_id=a.recipient.id if a.recipient else None))
         if a.from_property:
             await self.desk.conversations.remember_user(a.from_property.aad_object_id, a.from_property.id)
+            if kind == "personal":
+                await self.desk.conversations.remember_personal(a.from_property.aad_object_id, conv_id)
         return new
 
 

@@ -51,7 +51,8 @@ def manifest(app_id: str = PLACEHOLDER_APP_ID, domain: str = PLACEHOLDER_DOMAIN,
                      "card with the agent's justification, evidence and the policy's verdict; approvers approve "
                      "(optionally for less time) or deny with a reason, and the card updates in place for everyone. "
                      "Commands list what waits for you, show a request, revoke a grant early and set the risk "
-                     "posture."),
+                     "posture; on-call engineers can break glass for an emergency (confirmed on a card, announced "
+                     "to security, reviewed afterwards)."),
         },
         "icons": {"color": "color.png", "outline": "outline.png"},
         "accentColor": ACCENT,
@@ -61,11 +62,18 @@ def manifest(app_id: str = PLACEHOLDER_APP_ID, domain: str = PLACEHOLDER_DOMAIN,
             "supportsFiles": False,
             "isNotificationOnly": False,
             "commandLists": [{"scopes": SCOPES, "commands": [
-                {"title": c.name, "description": f"{c.usage}: {c.summary}"[:128]} for c in COMMANDS.values()][:10]}],
+                {"title": c.name, "description": _clip(f"{c.usage}: {c.summary}", 128)} for c in COMMANDS.values()][:10]}],
         }],
         "permissions": ["identity", "messageTeamMembers"],
         "validDomains": [domain],
     }
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word with an ellipsis (Teams' limit on a command description)."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
 
 
 # ---------------------------------------------------------------------------- icons

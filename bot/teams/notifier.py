@@ -1,5 +1,6 @@
 """The Teams notifier: posts the proposal card, edits it on every change, replies in its
-thread, reminds and escalates with @mentions.
+thread, reminds and escalates with @mentions. Break-glass grants live in the security
+conversation instead (``bgalerts``).
 
 Called by the core's outbox, at least once per change, so everything here is idempotent:
 the card is always re-rendered from the request as it is now, and each thread reply is
@@ -21,6 +22,7 @@ from broker.notify import MessageRef
 from bot import render
 
 from . import cards
+from .bgalerts import SecurityAlerts
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -50,6 +52,7 @@ class TeamsNotifier:
 
     def __init__(self, desk: "TeamsDesk") -> None:
         self.desk = desk
+        self.bg = SecurityAlerts(desk)
 
     # ------------------------------------------------------------------ the port
     async def post_proposal(self, request: Request) -> list[MessageRef]:
@@ -79,6 +82,8 @@ class TeamsNotifier:
             await conv.unlock("post:" + request.id)
 
     async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+        if request.break_glass:
+            await self.bg.on_update(request, event)  # its home is the security alert
         if not refs:
             if request.status in TERMINAL:
                 await self.desk.conversations.release(request.id)  # never posted and now moot
@@ -112,6 +117,9 @@ class TeamsNotifier:
                                            card_activity(cards.notice_card(text, mentions=mentions[:MAX_MENTIONS]), text[:200]))
 
     async def alert_security(self, request: Request, text: str) -> None:
+        if request.break_glass:
+            await self.bg.alert(request, text)  # one card per grant, kept true, with the review action
+            return
         where = self.desk.settings.teams_security_conversation
         dest = await self.desk.conversations.resolve(where) if where else None
         if dest is None:
@@ -132,7 +140,13 @@ class TeamsNotifier:
         people = self.desk.group_members(mention_group, exclude=request.owner) if mention_group else []
         mentions = await self.desk.mentions(people)
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
-        await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+
+        async def send() -> None:
+            await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+        if request.break_glass:
+            await self.bg.once(request, "announce", send)  # one per grant, however often delivered
+        else:
+            await send()
 
     # ------------------------------------------------------------------ helpers
     async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:

@@ -1,4 +1,5 @@
-"""Calls to the Bot Connector: post, reply in a thread, edit, list a team's channels.
+"""Calls to the Bot Connector: post, reply in a thread, edit, open a personal chat, list a
+team's channels.
 
 The connector clients come from botbuilder (the connector factory of the configured
 ``BotFrameworkAuthentication``, so outbound tokens come from jitgate's MSAL factory) and
@@ -15,7 +16,7 @@ import email.utils
 import logging
 import time
 
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, ChannelAccount, ConversationParameters
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
 from botframework.connector.teams import TeamsConnectorClient
@@ -84,15 +85,15 @@ class Outbound:
             self._clients[service_url] = client
         return client
 
-    async def _call(self, what: str, fn):
-        deadline = time.monotonic() + self.max_wait_s
+    async def _call(self, what: str, fn, retry: frozenset[int] = RETRY_STATUSES, max_wait_s: float | None = None):
+        deadline = time.monotonic() + (self.max_wait_s if max_wait_s is None else max_wait_s)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return await fn()
             except HttpOperationError as e:
                 status = getattr(e.response, "status_code", 0)
-                if status not in RETRY_STATUSES or attempt == self.max_attempts:
-                    if status in RETRY_STATUSES:
+                if status not in retry or attempt == self.max_attempts:
+                    if status in retry:
                         raise Throttled(f"{what}: Teams answered {status} {attempt} times") from e
                     raise
                 wait = retry_after_s(getattr(e.response, "headers", None), default=0.5 * 2 ** (attempt - 1))
@@ -108,6 +109,29 @@ class Outbound:
         """A new top-level message (a new post in a channel); returns its activity id."""
         client = await self._client(service_url)
         res = await self._call("post", lambda: client.conversations.send_to_conversation(conversation_id, activity))
+        return res.id
+
+    async def post_once(self, service_url: str, conversation_id: str, activity: Activity, *,
+                        max_wait_s: float = 3.0) -> str:
+        """A new message that must not arrive twice (a secret shown once): retried only on 429,
+        which Teams answers before accepting anything; any other failure goes up as is."""
+        client = await self._client(service_url)
+        res = await self._call("post once", lambda: client.conversations.send_to_conversation(conversation_id, activity),
+                               retry=frozenset({429}), max_wait_s=max_wait_s)
+        return res.id
+
+    async def create_personal(self, service_url: str, *, bot_id: str | None, user_id: str, tenant_id: str) -> str:
+        """The 1:1 conversation between the bot and a Teams user (created, or the existing one
+        returned; Teams allows it where the app is installed for that user or in one of their
+        teams). Returns its id."""
+        client = await self._client(service_url)
+        params = ConversationParameters(is_group=False, bot=ChannelAccount(id=bot_id) if bot_id else None,
+                                        members=[ChannelAccount(id=user_id)], tenant_id=tenant_id,
+                                        channel_data={"tenant": {"id": tenant_id}})
+        res = await self._call("create conversation", lambda: client.conversations.create_conversation(params),
+                               max_wait_s=3.0)
+        if not getattr(res, "id", None):
+            raise ValueError("Teams returned no conversation id")
         return res.id
 
     async def reply(self, service_url: str, conversation_id: str, activity_id: str, activity: Activity) -> str | None:

@@ -2,8 +2,9 @@
 
 * ``FakeBotFramework`` (plain http): the channel's OpenID metadata document and JWKS (an
   RS256 key endorsed for ``msteams``), and a Bot Connector that records
-  ``POST /v3/conversations/...`` and ``PUT .../activities/{id}``, answers them like Teams
-  does, and refuses calls without a bearer token issued by the login stand-in.
+  ``POST /v3/conversations/...``, ``PUT .../activities/{id}`` and ``POST /v3/conversations``
+  (opening a 1:1 chat), answers them like Teams does, and refuses calls without a bearer
+  token issued by the login stand-in.
 * ``FakeLogin`` (TLS, with its own CA): the Entra login authority's OpenID configuration
   and token endpoint for the client-credentials grant, so MSAL itself runs offline.
   Point ``REQUESTS_CA_BUNDLE`` at ``ca_path`` to trust it.
@@ -300,6 +301,10 @@ class FakeBotFramework:
                 out.append(c)
         return out
 
+    def created(self) -> list[Call]:
+        """Conversations the bot opened (``POST /v3/conversations``, e.g. a personal chat)."""
+        return [c for c in self.calls if c.method == "POST" and c.path == "/svc/v3/conversations"]
+
     def updates(self, activity_id: str | None = None) -> list[Call]:
         """Edits (``PUT /v3/conversations/{id}/activities/{activityId}``)."""
         return [c for c in self.calls if c.method == "PUT" and (activity_id is None or c.path.endswith("/" + activity_id))]
@@ -343,6 +348,12 @@ class FakeBotFramework:
         if method == "GET" and rest.startswith("teams/") and rest.endswith("/conversations"):
             team = rest[len("teams/"):-len("/conversations")]
             h._send(200, {"conversations": self.channels.get(team, [])})
+            return
+        if method == "POST" and rest == "conversations":
+            # createConversation: a 1:1 chat with one user is always the same conversation.
+            members = (body or {}).get("members") or [{}]
+            who = str(members[0].get("id") or "nobody").replace(":", "-")
+            h._send(201, {"id": f"a:1personal-{who}", "activityId": None})
             return
         if rest.startswith("conversations/") and "/activities" in rest:
             with self._lock:

@@ -1,0 +1,177 @@
+"""Break-glass in the Teams security conversation: one alert card per grant, kept true in
+place, with its reminders, suspension and the grant's changes as replies in its thread.
+
+A break-glass grant has no proposal card; its home is this alert, whose conversation and
+activity id are kept in a per-request Redis hash (with the sent-markers). The core tells
+the desk through ``alert_security`` (granted, review reminder, suspension, review
+acknowledged) with a sentence but not the kind, so the kind is read from the request's
+state: no alert yet → post it; reviewed → edit it in place; past the review deadline → the
+suspension, in the card and in its thread (once); past the first reminder time → a reminder in its
+thread; otherwise a repeated delivery of the grant → re-render only. Every delivery is at
+least once, so each thread reply that must not repeat is marked once sent.
+
+``TEAMS_SECURITY_CONVERSATION`` is where the alert goes; when it is unset or not known to
+the bot yet, the alert goes to the approvals conversation rather than nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from broker.model import Request
+
+from . import bgcards, cards
+
+if TYPE_CHECKING:
+    from .desk import TeamsDesk
+
+log = logging.getLogger("jitgate.teams")
+
+MARK_TTL_S = 31 * 86400  # longer than any review stays open (30 d at most)
+MAX_MENTIONS = 20
+
+
+@dataclass(frozen=True)
+class AlertRef:
+    """Where a grant's security alert is."""
+
+    conversation: str
+    activity_id: str
+    service_url: str
+
+
+class SecurityAlerts:
+    """The security conversation's side of break-glass."""
+
+    def __init__(self, desk: "TeamsDesk") -> None:
+        self.desk = desk
+
+    def _key(self, request_id: str) -> str:
+        return f"{self.desk.settings.redis_prefix}teams:bg:{{req:{request_id}}}"
+
+    async def ref(self, request_id: str) -> AlertRef | None:
+        """The alert of this grant, if one was posted."""
+        got = await self.desk.broker.redis.hmget(self._key(request_id), "conversation", "activity", "service_url")
+        if not all(got):
+            return None
+        return AlertRef(*(v.decode() for v in got))
+
+    async def card(self, req: Request, *, notice: str | None = None, overdue_suspends: bool = False) -> dict:
+        """The alert as it should look now. ``overdue_suspends``: an overdue review is shown as
+        a suspension even before the core has recorded it (it suspends on the same sweep,
+        and may deliver the news first)."""
+        overdue, suspended = await self._review_state(req)
+        return bgcards.security_card(req, overdue=overdue, suspended=suspended or (overdue and overdue_suspends),
+                                     notice=notice)
+
+    # ------------------------------------------------------------------ from the core
+    async def alert(self, req: Request, text: str) -> None:
+        """``alert_security`` for a break-glass grant (see the module docstring)."""
+        ref = await self.ref(req.id)
+        if ref is None:
+            ref = await self._post(req)
+        else:
+            await self._edit(req, ref, overdue_suspends=True)
+        if req.reviewed_by:
+            return  # the edit is the news
+        overdue, _ = await self._review_state(req)
+        mentions = await self._security_mentions()
+        if overdue:
+            await self._reply_once(req, ref, "suspended", text, mentions)
+        elif self._reminder_due(req):
+            await self._reply(ref, text, mentions)
+
+    async def on_update(self, req: Request, event: str) -> None:
+        """A change of the grant (collected, revoked, ended): edit the alert, say it in its thread once."""
+        ref = await self.ref(req.id)
+        if ref is None:
+            return  # the alert is not out yet; it will show the state when it is
+        await self._edit(req, ref)
+        line = bgcards.event_line(req, event)
+        if line:
+            await self._reply_once(req, ref, f"event:{event}", line, [])
+
+    async def once(self, req: Request, marker: str, send) -> None:
+        """Call ``send()`` unless ``marker`` says it was already done for this grant."""
+        redis, key = self.desk.broker.redis, self._key(req.id)
+        if await redis.hexists(key, "mark:" + marker):
+            return
+        await send()
+        await redis.hset(key, "mark:" + marker, "1")
+        await redis.expire(key, MARK_TTL_S)
+
+    async def note(self, request_id: str, text: str) -> None:
+        """A line in the alert's thread, and the alert re-rendered (best effort: a courtesy;
+        the change itself is done and audited)."""
+        try:
+            ref = await self.ref(request_id)
+            req = await self.desk.broker.store.load(request_id)
+            if ref is None or req is None:
+                return
+            await self._edit(req, ref)
+            await self._reply(ref, text, [])
+        except Exception as e:  # noqa: BLE001
+            log.warning("Teams: could not add a note under the break-glass alert of %s (%s)", request_id,
+                        e.__class__.__name__)
+
+    # ------------------------------------------------------------------ pieces
+    async def _post(self, req: Request) -> AlertRef:
+        desk = self.desk
+        where = desk.settings.teams_security_conversation
+        dest = await desk.conversations.resolve(where) if where else None
+        if dest is None:
+            dest = await desk.destination(req)
+            log.warning("Teams: break-glass alert for %s goes to the approvals conversation: %s", req.id,
+                        f"no conversation known for TEAMS_SECURITY_CONVERSATION={where!r}" if where
+                        else "TEAMS_SECURITY_CONVERSATION is unset")
+        if dest is None:
+            raise RuntimeError("no Teams conversation is known for break-glass alerts yet")  # the outbox retries
+        from .notifier import card_activity  # noqa: PLC0415 - the notifier builds this class
+
+        activity_id = await desk.outbound.post(dest.service_url, dest.id,
+                                               card_activity(await self.card(req), bgcards.security_summary(req)))
+        key = self._key(req.id)
+        await desk.broker.redis.hset(key, mapping={"conversation": dest.id, "activity": activity_id,
+                                                   "service_url": dest.service_url})
+        await desk.broker.redis.expire(key, MARK_TTL_S)
+        return AlertRef(dest.id, activity_id, dest.service_url)
+
+    async def _edit(self, req: Request, ref: AlertRef, *, overdue_suspends: bool = False) -> None:
+        from .notifier import card_activity  # noqa: PLC0415
+
+        card = await self.card(req, overdue_suspends=overdue_suspends)
+        await self.desk.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
+                                        card_activity(card, bgcards.security_summary(req)))
+
+    async def _reply(self, ref: AlertRef, text: str, mentions: list[tuple[str, str]]) -> None:
+        from .notifier import card_activity  # noqa: PLC0415
+
+        note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
+        await self.desk.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
+                                       card_activity(note, cards.plain(text, 200)))
+
+    async def _reply_once(self, req: Request, ref: AlertRef, marker: str, text: str,
+                          mentions: list[tuple[str, str]]) -> None:
+        await self.once(req, marker, lambda: self._reply(ref, text, mentions))
+
+    async def _security_mentions(self) -> list[tuple[str, str]]:
+        return await self.desk.mentions(self.desk.group_members(self.desk.settings.security_group))
+
+    async def _review_state(self, req: Request) -> tuple[bool, bool]:
+        """(overdue, the engineer's break-glass right suspended now)."""
+        if req.reviewed_by or req.review_due is None:
+            return False, False
+        overdue = self.desk.broker.lifecycle.clock.now() >= req.review_due
+        if not overdue or req.engineer is None:
+            return overdue, False
+        return True, await self.desk.broker.breakglass.suspension(req.engineer) is not None
+
+    def _reminder_due(self, req: Request) -> bool:
+        """The core's first review reminder comes halfway to the deadline; earlier, a delivery
+        can only be the grant itself, repeated."""
+        if req.review_due is None:
+            return False
+        halfway = req.created_at + (req.review_due - req.created_at) / 2
+        return self.desk.broker.lifecycle.clock.now() >= halfway - 1

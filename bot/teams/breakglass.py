@@ -1,0 +1,412 @@
+"""Break-glass in Teams: the ``breakglass`` command and its confirmation card,
+``breakglass-reinstate``, ``reviews``, and the security conversation's review action.
+
+The command checks everything first (the core's ``preview``) and answers with a card
+showing exactly what would be granted. The card's actions carry only a pointer (a random
+nonce) to a one-time record jitgate keeps in Redis for 10 minutes: the parameters, who
+typed the command (Entra object id and tenant), where (conversation, and the card's
+activity id once posted), a digest of the parameters and a digest of what the card showed.
+**Confirm** takes the record in one atomic step, only for the person it belongs to (anyone
+else's click neither uses nor spends it), checks that it comes from that very card, runs
+``preview`` again (if what would be granted changed, nothing is granted) and calls the
+core's ``grant`` as the verified user, which re-runs every check.
+
+A token for ``me`` is minted once by the core and goes into exactly one Bot Connector call:
+a new message in the engineer's 1:1 chat with the bot (the chat the command was typed in,
+else the one the bot knows for them, else one it opens). Never into the invoke response:
+that card replaces a message of the conversation the click came from, which may be a
+channel, and Teams keeps no promise that a user-specific view stays with that user alone.
+The 1:1 chat is resolved *before* the grant, so an unreachable chat grants nothing; a
+token whose delivery Teams did not confirm is revoked at once rather than left
+unaccounted for. It goes into no log line and no stored record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+from botbuilder.schema import Activity
+
+from broker.breakglass import ME, Preview
+from broker.directory import Approver, is_valid_id
+from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.model import Request, check_request_id
+
+from . import bgcards, cards
+from .conversations import ConversationRef, base_conversation_id
+from .notifier import card_activity
+from .replies import Answer, Turn, Usage
+
+if TYPE_CHECKING:
+    from .desk import TeamsDesk
+
+log = logging.getLogger("jitgate.teams")
+
+CHANNEL = "teams"
+BREAKGLASS_USAGE = "breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
+REINSTATE_USAGE = "breakglass-reinstate <approver-id>"
+CONFIRM_TTL_S = 600          # an unconfirmed card older than this grants nothing: run the command again
+MAX_DURATION_ARG_S = 7 * 86400
+REVIEWS_LIMIT = 20
+
+_DURATION = re.compile(r"^(\d{1,9})([smh]?)$", re.IGNORECASE)
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+# Phones turn "--" into a dash as people type: accept "—incident" and "–incident" too.
+_DASH = r"(?:--|\u2014|\u2013)"
+_INCIDENT = re.compile(rf"(?:^|\s){_DASH}incident(?:=|\s+)(?!{_DASH})(\S+)")
+_INCIDENT_LEFT = re.compile(rf"^{_DASH}incident")
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+
+
+# ---------------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class BreakGlassArgs:
+    """The command's parameters: all a confirmation may grant."""
+
+    subject: str
+    action: str
+    target: str
+    duration_s: int
+    reason: str
+    incident: str | None = None
+
+    def to_json(self) -> str:
+        return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def from_json(cls, raw: str) -> "BreakGlassArgs":
+        d = orjson.loads(raw)
+        return cls(subject=d["subject"], action=d["action"], target=d["target"], duration_s=int(d["duration_s"]),
+                   reason=d["reason"], incident=d.get("incident"))
+
+
+def parse_duration(text: str) -> int:
+    """``30m``, ``1h``, ``900s`` or bare seconds; Usage otherwise."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise Usage()
+    seconds = int(m[1]) * _UNIT[m[2].lower()]
+    if not 1 <= seconds <= MAX_DURATION_ARG_S:
+        raise Usage()
+    return seconds
+
+
+def parse_breakglass(rest: str) -> BreakGlassArgs:
+    """``<agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]``; Usage when
+    the words do not fit, the reason included. Everything else is the core's to judge."""
+    incidents = _INCIDENT.findall(rest)
+    if len(incidents) > 1:
+        raise Usage()
+    text = _INCIDENT.sub(" ", rest).strip()
+    if any(_INCIDENT_LEFT.match(w) for w in text.split()):
+        raise Usage()  # --incident without a reference
+    parts = text.split(maxsplit=4)
+    if len(parts) < 5:
+        raise Usage()  # the reason is required
+    subject, action, target, duration, reason = parts
+    return BreakGlassArgs(ME if subject.lower() == ME else subject, action, target, parse_duration(duration),
+                          " ".join(reason.split()), incidents[0] if incidents else None)
+
+
+def parse_person(rest: str) -> str:
+    """One approver id (``frank`` or ``@frank``)."""
+    parts = rest.split()
+    if len(parts) != 1:
+        raise Usage()
+    return parts[0].removeprefix("@")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def preview_digest(pv: Preview) -> str:
+    """A digest of everything the confirmation card shows."""
+    return _digest(orjson.dumps(asdict(pv), option=orjson.OPT_SORT_KEYS).decode())
+
+
+# ---------------------------------------------------------------------- one-time confirmations
+# Take a confirmation once, and only as the person it was shown to (Entra object id and
+# tenant): anyone else's click leaves it in place, so nobody can spend it for the engineer.
+_TAKE_LUA = """
+local who = redis.call('HMGET', KEYS[1], 'user', 'tenant')
+if not who[1] then return {'missing'} end
+if who[1] ~= ARGV[1] or who[2] ~= ARGV[2] then return {'other'} end
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {'ok', all}
+"""
+_ATTACH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'card', ARGV[1])
+return 1
+"""
+
+
+class Confirmations:
+    """The one-time records behind confirmation cards (Redis hashes with a TTL)."""
+
+    def __init__(self, redis, prefix: str) -> None:
+        self.redis = redis
+        self.p = prefix + "teams:bg-confirm:"
+        self._take = redis.register_script(_TAKE_LUA)
+        self._attach = redis.register_script(_ATTACH_LUA)
+
+    async def remember(self, *, user: str, tenant: str | None, conversation: str, engineer: str, params: str,
+                       shown: str) -> str:
+        """Record what a card may grant and for whom; returns the nonce the card carries."""
+        nonce = secrets.token_urlsafe(24)
+        record = {"user": user, "tenant": tenant or "", "conversation": conversation, "engineer": engineer,
+                  "params": params, "sha256": _digest(params), "shown": shown}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.p + nonce, mapping=record)
+            pipe.expire(self.p + nonce, CONFIRM_TTL_S)
+            await pipe.execute()
+        return nonce
+
+    async def attach(self, nonce: str, activity_id: str) -> None:
+        """The card is out: only a click on that very message counts from now on."""
+        await self._attach(keys=[self.p + nonce], args=[activity_id])
+
+    async def take(self, nonce: object, user: str, tenant: str | None) -> tuple[str, dict]:
+        """('ok', record) removing it; ('other', {}) when it is someone else's (left in place);
+        ('missing', {}) when used, cancelled, expired or never issued."""
+        if not isinstance(nonce, str) or not _NONCE.match(nonce):
+            return "missing", {}
+        raw = await self._take(keys=[self.p + nonce], args=[user, tenant or ""])
+        verdict = raw[0].decode() if isinstance(raw[0], bytes) else raw[0]
+        if verdict != "ok":
+            return verdict, {}
+        flat = [v.decode() if isinstance(v, bytes) else v for v in raw[1]]
+        return "ok", dict(zip(flat[::2], flat[1::2]))
+
+    async def drop(self, nonce: str) -> None:
+        await self.redis.delete(self.p + nonce)
+
+
+# ---------------------------------------------------------------------- commands
+async def run_breakglass(desk: "TeamsDesk", engineer: Approver, args: BreakGlassArgs, user: str, turn: Turn) -> Answer:
+    """Check everything now, then answer with the confirmation card (nothing granted yet)."""
+    bg = desk.broker.breakglass
+    pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
+                          duration_s=args.duration_s, reason=args.reason, incident=args.incident)
+    nonce = await desk.confirmations.remember(user=user, tenant=turn.tenant_id, conversation=turn.conversation_id,
+                                              engineer=engineer.id, params=args.to_json(), shown=preview_digest(pv))
+
+    async def posted(activity_id: str | None) -> None:
+        if activity_id:
+            await desk.confirmations.attach(nonce, activity_id)
+
+    return Answer(text=f"Confirm break-glass: {pv.action} on {pv.target}",
+                  card=bgcards.confirm_card(pv, engineer.id, nonce, review_s=bg.limits.review_s), posted=posted)
+
+
+async def run_reinstate(desk: "TeamsDesk", by: Approver, engineer_id: str, user: str) -> Answer:
+    """Security restores a suspended engineer's break-glass right (audited by the core)."""
+    if not is_valid_id(engineer_id):
+        raise InvalidRequest("name the engineer by approver id, as in the approvers file")
+    bg = desk.broker.breakglass
+    suspension = await bg.suspension(engineer_id)
+    await bg.reinstate(engineer_id, by, channel=CHANNEL)
+    if suspension and suspension.get("request_id"):
+        await desk.notifier.bg.note(suspension["request_id"], f"{by.id} reinstated {engineer_id}'s break-glass right.")
+    return Answer(f"{engineer_id}'s break-glass right is reinstated.")
+
+
+async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
+    """Open break-glass reviews: all of them for the security group, one's own for others."""
+    bg = desk.broker.breakglass
+    everyone = desk.settings.security_group in approver.groups
+    reqs = await bg.pending_reviews(limit=100)
+    if not everyone:
+        reqs = [r for r in reqs if r.engineer == approver.id]
+    text, lines = bgcards.reviews_answer(reqs[:REVIEWS_LIMIT], now=desk.broker.lifecycle.clock.now(),
+                                         everyone=everyone, limit=REVIEWS_LIMIT)
+    return Answer(text, lines)
+
+
+# ---------------------------------------------------------------------- card actions
+class NoPersonalChat(Exception):
+    """The bot cannot reach this person's 1:1 chat."""
+
+
+class BreakGlassActions:
+    """``bg_confirm`` / ``bg_cancel`` on confirmation cards, ``bg_review`` on security alerts."""
+
+    def __init__(self, desk: "TeamsDesk") -> None:
+        self.desk = desk
+
+    async def handle(self, a: Activity, verb: str, data: dict, tenant: str | None) -> dict:
+        """Answer one invoke (an ``adaptiveCard/action`` response body)."""
+        aad = a.from_property.aad_object_id if a.from_property else None
+        if not aad:
+            return cards.error_response(403, "Forbidden", "Teams did not say who you are; nothing was changed")
+        if verb == bgcards.REVIEW:
+            return await self.review(a, data, aad, tenant)
+        return await self.confirm(a, verb, data, aad, tenant)
+
+    # ------------------------------------------------------------------ confirm / cancel
+    async def confirm(self, a: Activity, verb: str, data: dict, aad: str, tenant: str | None) -> dict:
+        desk = self.desk
+        verdict, record = await desk.confirmations.take(data.get(bgcards.CONFIRMATION), aad, tenant)
+        if verdict == "missing":
+            return cards.error_response(409, "Conflict", "this confirmation was already used, cancelled or has expired; "
+                                                         "nothing was granted. Run the breakglass command again.")
+        if verdict == "other":
+            log.warning("Teams: %s on a break-glass confirmation by someone it was not shown to (%s); refused", verb, aad)
+            return cards.error_response(403, "Forbidden", "only the engineer who typed this breakglass command may "
+                                                          "confirm or cancel it; nothing was granted")
+        # The record is spent: from here on, anything amiss grants nothing.
+        conv = base_conversation_id(a.conversation.id if a.conversation else "")
+        if (record.get("conversation") != conv
+                or (record.get("card") and record.get("card") != a.reply_to_id)
+                or _digest(record.get("params", "")) != record.get("sha256")):
+            log.warning("Teams: a break-glass confirmation by %s does not match the card it was issued for; refused", aad)
+            return cards.error_response(403, "Forbidden", "this confirmation does not match the card jitgate showed you; "
+                                                          "nothing was granted")
+        engineer = desk.binder.teams(aad, tenant)
+        if engineer is None or engineer.id != record.get("engineer"):
+            return cards.error_response(403, "Forbidden", "your Teams account is not bound to the approver who typed "
+                                                          "this command; nothing was granted")
+        if verb == bgcards.CANCEL:
+            self._edit_card(a, bgcards.closed_confirm_card(f"Cancelled by {engineer.id}; nothing was granted.",
+                                                           good=False))
+            return cards.card_response(bgcards.closed_confirm_card("Cancelled; nothing was granted.", good=False))
+        args = BreakGlassArgs.from_json(record["params"])
+        bg = desk.broker.breakglass
+        try:
+            pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
+                                  duration_s=args.duration_s, reason=args.reason, incident=args.incident)
+            if preview_digest(pv) != record.get("shown"):
+                raise Conflict(f"what would be granted changed since the card was shown (now {pv.duration_s // 60} min"
+                               + (f", {pv.note}" if pv.note else "") + "); nothing was granted. Run the breakglass "
+                               "command again.")
+            chat = await self._personal_chat(a, aad, tenant) if args.subject == ME else None
+            granted = await bg.grant(engineer, subject=args.subject, action=args.action, target=args.target,
+                                     duration_s=args.duration_s, reason=args.reason, incident=args.incident,
+                                     channel=CHANNEL, platform_user=aad)
+        except NoPersonalChat:
+            return cards.error_response(409, "Conflict", "jitgate cannot open a personal chat with you, where a token "
+                                                         "for 'me' is sent; nothing was granted. Add the jitgate app for "
+                                                         "yourself (or message it once) and run the command again.")
+        except BrokerError as e:
+            return _error(e)
+        req = granted.request
+        if granted.token is not None:
+            token_activity = card_activity(bgcards.token_card(req, granted.note, granted.token.access_token),
+                                            "Your break-glass token")
+            if not await self._hand_over(chat, token_activity):
+                await self._undeliverable(req)
+                text = f"Break-glass {req.id} revoked: your token could not be delivered to your personal chat."
+                self._edit_card(a, bgcards.closed_confirm_card(text, good=False))
+                return cards.card_response(bgcards.closed_confirm_card(text, good=False, lines=[
+                    "Nothing is usable: the grant was ended at once. Run the breakglass command again."]))
+        lines = bgcards.granted_lines(req, granted.note, for_me=granted.token is not None)
+        self._edit_card(a, bgcards.closed_confirm_card(f"Confirmed by {engineer.id}: break-glass granted", lines=lines[:1]))
+        return cards.card_response(bgcards.closed_confirm_card("Break-glass granted", lines=lines))
+
+    async def _personal_chat(self, a: Activity, aad: str, tenant: str | None) -> ConversationRef:
+        """The engineer's 1:1 chat with the bot: this one, the one the bot knows, or a new one."""
+        conv = self.desk.conversations
+        if a.conversation and a.conversation.conversation_type == "personal":
+            return ConversationRef(id=base_conversation_id(a.conversation.id), service_url=a.service_url,
+                                   tenant_id=tenant, kind="personal")
+        known = await conv.personal(aad)
+        if known is not None:
+            return known
+        user_id = a.from_property.id if a.from_property else None
+        if not user_id or not tenant:
+            raise NoPersonalChat()
+        try:
+            cid = await self.desk.outbound.create_personal(a.service_url, bot_id=a.recipient.id if a.recipient else None,
+                                                           user_id=user_id, tenant_id=tenant)
+        except Exception as e:  # noqa: BLE001 - not installed for them, Teams away: nothing granted yet
+            log.warning("Teams: could not open a personal chat for a break-glass token (%s)", e.__class__.__name__)
+            raise NoPersonalChat() from None
+        ref = ConversationRef(id=cid, service_url=a.service_url, tenant_id=tenant, kind="personal",
+                              bot_id=a.recipient.id if a.recipient else None)
+        await conv.save(ref)
+        await conv.remember_personal(aad, cid)
+        return ref
+
+    async def _hand_over(self, chat: ConversationRef, activity: Activity) -> bool:
+        """One message with the token into the 1:1 chat; True only when Teams confirmed it."""
+        try:
+            await self.desk.outbound.post_once(chat.service_url, chat.id, activity)
+            return True
+        except Exception as e:  # noqa: BLE001 - never the activity or the token in the log
+            log.warning("Teams: a break-glass token could not be delivered (%s); the grant is revoked",
+                        e.__class__.__name__)
+            return False
+
+    async def _undeliverable(self, req: Request) -> None:
+        """Nobody surely holds the token: end the grant rather than leave a live credential unaccounted for."""
+        try:
+            await self.desk.broker.lifecycle.revoke(req.id, by="jitgate", channel=CHANNEL,
+                                                    reason="the token could not be delivered to the engineer")
+        except BrokerError:
+            log.warning("Teams: could not revoke undeliverable break-glass grant %s", req.id)
+
+    def _edit_card(self, a: Activity, card: dict) -> None:
+        """The confirmation card for everyone in the conversation: what happened, no buttons
+        (in the background; the invoke answer above is the clicker's own view)."""
+        if not a.reply_to_id or not a.conversation:
+            return
+        service_url, conv_id, activity_id = a.service_url, a.conversation.id, a.reply_to_id
+
+        async def edit() -> None:
+            try:
+                await self.desk.outbound.update(service_url, conv_id, activity_id, card_activity(card, None))
+            except Exception as e:  # noqa: BLE001 - cosmetic: the grant and the audit are done
+                log.warning("Teams: could not close a break-glass confirmation card (%s)", e.__class__.__name__)
+
+        self.desk.spawn(edit())
+
+    # ------------------------------------------------------------------ review
+    async def review(self, a: Activity, data: dict, aad: str, tenant: str | None) -> dict:
+        """Acknowledge review, from the security alert of that very request (security group only)."""
+        desk = self.desk
+        try:
+            rid = check_request_id(data.get("request_id") if isinstance(data.get("request_id"), str) else "")
+        except InvalidRequest:
+            return cards.error_response(400, "BadRequest", "this card does not name a valid request")
+        ref = await desk.notifier.bg.ref(rid)
+        conv = base_conversation_id(a.conversation.id if a.conversation else "")
+        if ref is None or ref.conversation != conv or ref.activity_id != a.reply_to_id:
+            log.warning("Teams: review action for %s from a message that is not its security alert", rid)
+            return cards.error_response(403, "Forbidden", "this card does not belong to that request")
+        reviewer = desk.binder.teams(aad, tenant)
+        if reviewer is None:
+            return cards.error_response(403, "Forbidden", "your Teams account is not bound to a jitgate approver "
+                                                          f"(Entra object id {aad}); nothing was changed")
+        comment = data.get(bgcards.COMMENT_INPUT)
+        comment = comment.strip() if isinstance(comment, str) else ""
+        if not comment:
+            return cards.error_response(400, "BadRequest", "a comment is required to acknowledge a review")
+        try:
+            req = await desk.broker.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
+        except BrokerError as e:
+            return _error(e)
+        mine = req.reviewed_by == reviewer.id and req.review_comment == comment
+        notice = "You acknowledged this review." if mine else f"Nothing changed: already reviewed by {req.reviewed_by}."
+        return cards.card_response(await desk.notifier.bg.card(req, notice=notice))
+
+
+def _error(e: BrokerError) -> dict:
+    """A broker error as an invoke answer (branching on the class)."""
+    if isinstance(e, (NotApprover, Forbidden)):
+        return cards.error_response(403, "Forbidden", e.detail)
+    if isinstance(e, Conflict):
+        return cards.error_response(409, "Conflict", e.detail)
+    if isinstance(e, NotFound):
+        return cards.error_response(404, "NotFound", e.detail)
+    if isinstance(e, InvalidRequest):
+        return cards.error_response(400, "BadRequest", e.detail)
+    log.warning("Teams: break-glass action failed: %s", e.detail)
+    return cards.error_response(e.status if 400 <= e.status < 600 else 500, e.code, e.detail)
