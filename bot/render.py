@@ -200,3 +200,19 @@ def timeline(req: Request) -> list[str]:
     if req.closed_at is not None and req.status in (EXPIRED, CANCELLED, COMPLETED, REVOKED):
         steps.append(f"{fmt_time(req.closed_at)} {req.status}" + (f" by {req.closed_by}" if req.closed_by else ""))
     return steps
+
+
+def delegation_links(req) -> list[str]:
+    """The verified delegation chain, one plain line per link (root first), for approvers:
+    who let whom ask for what, until when. Empty when the agent acts for itself."""
+    out = []
+    for link in getattr(req, "delegation_chain", None) or []:
+        if not isinstance(link, dict):
+            continue
+        actions = ", ".join(link.get("actions") or []) or "?"
+        targets = ", ".join(link.get("targets") or []) or "?"
+        line = f"{link.get('delegator', '?')} → {link.get('delegate', '?')}: {actions} on {targets}"
+        if link.get("reason"):
+            line += f" ({link['reason']})"
+        out.append(line)
+    return out

@@ -18,6 +18,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from bot import render
 from broker.api import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
@@ -87,6 +88,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["ts"] = _ts
     env.filters["dur"] = _dur
+    env.filters["delegation_links"] = render.delegation_links
     return env
 
 

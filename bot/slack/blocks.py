@@ -78,9 +78,10 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
                          date(req.deadline, render.fmt_time(req.deadline))))
     blocks.append({"type": "section", "fields": fields[:10]})
 
-    if p.delegation:
-        chain = " → ".join(_delegate_name(d) for d in p.delegation)
-        blocks.append(_section("*Delegation chain:* " + mrkdwn(chain, TEXT_LIMIT - 40)))
+    links = render.delegation_links(req)
+    if links:
+        chain = "\n".join(f"{i}. {link}" for i, link in enumerate(links, 1))
+        blocks.append(_section("*Delegation chain* (verified, root first)\n" + mrkdwn(chain, TEXT_LIMIT - 60)))
 
     blocks.append(_section("*Justification*\n" + mrkdwn(p.justification, TEXT_LIMIT - 20)))
 
@@ -95,12 +96,6 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     if req.status == PENDING:
         blocks.append(_buttons(req, max_duration_s))
     return blocks[:MAX_BLOCKS]
-
-
-def _delegate_name(d: object) -> str:
-    if isinstance(d, dict):
-        return str(d.get("sub") or d.get("agent") or d.get("id") or "?")
-    return str(d)
 
 
 def _evidence_summary(req: Request) -> list[dict]:
