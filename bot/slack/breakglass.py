@@ -20,13 +20,13 @@ import hashlib
 import logging
 import re
 import secrets
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 from slack_sdk.errors import SlackApiError
 
-from broker.breakglass import ME
+
+from bot.commands import BreakGlassArgs
 from broker.directory import Approver, is_valid_id
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import Request, check_request_id
@@ -46,86 +46,18 @@ log = logging.getLogger("jitgate.slack")
 BREAKGLASS_USAGE = "/jit breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "/jit breakglass-reinstate <approver-id|@user>"
 CONFIRM_TTL_S = 600          # an unconfirmed modal older than this grants nothing: run the command again
-MAX_DURATION_ARG_S = 7 * 86400
 REVIEWS_LIMIT = 20
 
-_DURATION = re.compile(r"^(\d{1,9})([smh]?)$", re.IGNORECASE)
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
-_INCIDENT = re.compile(r"(?:^|\s)--incident(?:=|\s+)(?!--)(\S+)")
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
 
 
 # ---------------------------------------------------------------------- parsing
-@dataclass(frozen=True)
-class BreakGlassArgs:
-    """The command's parameters: all the modal carries, and all a confirmation may grant."""
-
-    subject: str
-    action: str
-    target: str
-    duration_s: int
-    reason: str
-    incident: str | None = None
-
-    def to_metadata(self) -> str:
-        return orjson.dumps(asdict(self)).decode()
-
-    @classmethod
-    def from_metadata(cls, raw: str) -> "BreakGlassArgs":
-        """Parse the modal's metadata back; the core re-validates every value."""
-        try:
-            d = orjson.loads(raw)
-            args = cls(subject=d["subject"], action=d["action"], target=d["target"], duration_s=d["duration_s"],
-                       reason=d["reason"], incident=d.get("incident"))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise InvalidRequest("the confirmation's parameters are unreadable; run the command again") from None
-        strings = (args.subject, args.action, args.target, args.reason)
-        if not all(isinstance(v, str) for v in strings) or not isinstance(args.duration_s, int) \
-                or isinstance(args.duration_s, bool) or not (args.incident is None or isinstance(args.incident, str)):
-            raise InvalidRequest("the confirmation's parameters are unreadable; run the command again")
-        return args
-
-
-def parse_duration(text: str) -> int:
-    """``30m``, ``1h``, ``900s`` or bare seconds; ValueError otherwise."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(text)
-    seconds = int(m[1]) * _UNIT[m[2].lower()]
-    if not 1 <= seconds <= MAX_DURATION_ARG_S:
-        raise ValueError(text)
-    return seconds
-
-
-def parse_breakglass(rest: str) -> BreakGlassArgs:
-    """``<agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]``; ValueError
-    (the usage line) when the words do not fit, the reason included."""
-    incidents = _INCIDENT.findall(rest)
-    if len(incidents) > 1:
-        raise ValueError("one incident reference")
-    text = _INCIDENT.sub(" ", rest).strip()
-    if any(w.startswith("--incident") for w in text.split()):
-        raise ValueError("--incident without a reference")
-    parts = text.split(maxsplit=4)
-    if len(parts) < 5:
-        raise ValueError("too few words")  # the reason is required
-    subject, action, target, duration, reason = parts
-    # Lengths and everything else are the core's to judge (preview), with its own words.
-    return BreakGlassArgs(ME if subject.lower() == ME else subject, action, target, parse_duration(duration),
-                          reason.strip(), incidents[0] if incidents else None)
-
-
 def parse_person(rest: str) -> str:
     """One approver id, ``@id`` or an escaped Slack mention ``<@U…>``."""
     parts = rest.split()
     if len(parts) != 1:
         raise ValueError(rest)
     return parts[0]
-
-
-def parse_nothing(rest: str) -> None:
-    if rest.strip():
-        raise ValueError(rest)
 
 
 # ---------------------------------------------------------------------- the one-time confirmation
@@ -160,7 +92,7 @@ async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlass
     bg = desk.broker.breakglass
     pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
                           duration_s=args.duration_s, reason=args.reason, incident=args.incident)
-    metadata = args.to_metadata()
+    metadata = args.to_json()
     nonce = await _remember(desk, user=user, channel=command.get("channel_id"), metadata=metadata)
     view = confirm_modal(pv, engineer.id, metadata, review_s=bg.limits.review_s)
     view["external_id"] = nonce
@@ -234,7 +166,7 @@ class BreakGlassListeners:
                 log.warning("a break-glass confirmation submitted by %s does not match the one shown; refused", user)
                 raise Forbidden("this confirmation does not match the one jitgate showed you; nothing was granted")
             channel = record.get("channel")
-            args = BreakGlassArgs.from_metadata(metadata)
+            args = BreakGlassArgs.from_json(metadata)
             engineer = await desk.approver(user)
             granted = await desk.broker.breakglass.grant(
                 engineer, subject=args.subject, action=args.action, target=args.target, duration_s=args.duration_s,

@@ -17,8 +17,9 @@ from broker.errors import BrokerError
 from broker.model import check_request_id
 
 from bot import render
+from bot.commands import id_and_reason, no_args, parse_breakglass, posture_level, request_id
 
-from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_breakglass, parse_nothing, parse_person,
+from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person,
                          run_breakglass, run_reinstate, run_reviews)
 from .listeners import CHANNEL, error_text
 from .text import date, escape, mrkdwn
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 
 COMMAND = "/jit"
 LIST_LIMIT = 20
-POSTURES = ("normal", "elevated", "incident")
-
-
-class Usage(ValueError):
-    """The arguments do not fit the sub-command (any ValueError from a parser means that)."""
 
 
 @dataclass(frozen=True)
@@ -47,34 +43,6 @@ class Subcommand:
     # none (a modal was opened instead).
     run: Callable[..., Awaitable[str | None]] | None
     interactive: bool = False  # run also gets the slash command (trigger_id, channel_id)
-
-
-def _no_args(rest: str) -> None:
-    if rest.strip():
-        raise Usage()
-
-
-def _request_id(rest: str) -> str:
-    parts = rest.split()
-    if len(parts) != 1:
-        raise Usage()
-    return parts[0]
-
-
-def _id_and_reason(rest: str) -> tuple[str, str]:
-    parts = rest.strip().split(maxsplit=1)
-    if not parts:
-        raise Usage()
-    return parts[0], (parts[1] if len(parts) > 1 else "")
-
-
-def _posture_level(rest: str) -> str | None:
-    parts = rest.split()
-    if not parts:
-        return None
-    if len(parts) != 1 or parts[0].lower() not in POSTURES:
-        raise Usage()
-    return parts[0].lower()
 
 
 async def _list(desk: "SlackDesk", approver: Approver, _args: None, user: str) -> str:
@@ -119,13 +87,13 @@ async def _posture(desk: "SlackDesk", approver: Approver, level: str | None, use
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
-    Subcommand("list", "/jit list", "requests waiting for your approval", _no_args, _list),
-    Subcommand("status", "/jit status <id>", "where a request stands", _request_id, _status),
+    Subcommand("list", "/jit list", "requests waiting for your approval", no_args, _list),
+    Subcommand("status", "/jit status <id>", "where a request stands", request_id, _status),
     Subcommand("revoke", "/jit revoke <id> [reason]",
                "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
-               _id_and_reason, _revoke),
+               id_and_reason, _revoke),
     Subcommand("posture", "/jit posture [normal|elevated|incident]", "show or set the risk posture (security group)",
-               _posture_level, _posture),
+               posture_level, _posture),
     Subcommand("breakglass", BREAKGLASS_USAGE,
                "emergency access at once (on-call group): duration like 30m, 1h, 900s; you confirm in a dialog, "
                "security is told and must review it", parse_breakglass, run_breakglass, interactive=True),
@@ -133,8 +101,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
                "restore a break-glass right suspended for an unreviewed grant (security group)", parse_person,
                run_reinstate),
     Subcommand("reviews", "/jit reviews", "open break-glass reviews (security group: all; others: their own)",
-               parse_nothing, run_reviews),
-    Subcommand("help", "/jit help", "this text", _no_args, None),
+               no_args, run_reviews),
+    Subcommand("help", "/jit help", "this text", no_args, None),
 )}
 
 

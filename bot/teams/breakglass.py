@@ -27,13 +27,15 @@ import hashlib
 import logging
 import re
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import orjson
 from botbuilder.schema import Activity
 
 from broker.breakglass import ME, Preview
+
+from bot.commands import BreakGlassArgs
 from broker.directory import Approver, is_valid_id
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import Request, check_request_id
@@ -52,68 +54,12 @@ CHANNEL = "teams"
 BREAKGLASS_USAGE = "breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "breakglass-reinstate <approver-id>"
 CONFIRM_TTL_S = 600          # an unconfirmed card older than this grants nothing: run the command again
-MAX_DURATION_ARG_S = 7 * 86400
 REVIEWS_LIMIT = 20
 
-_DURATION = re.compile(r"^(\d{1,9})([smh]?)$", re.IGNORECASE)
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
-# Phones turn "--" into a dash as people type: accept "—incident" and "–incident" too.
-_DASH = r"(?:--|\u2014|\u2013)"
-_INCIDENT = re.compile(rf"(?:^|\s){_DASH}incident(?:=|\s+)(?!{_DASH})(\S+)")
-_INCIDENT_LEFT = re.compile(rf"^{_DASH}incident")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 
 
 # ---------------------------------------------------------------------- parsing
-@dataclass(frozen=True)
-class BreakGlassArgs:
-    """The command's parameters: all a confirmation may grant."""
-
-    subject: str
-    action: str
-    target: str
-    duration_s: int
-    reason: str
-    incident: str | None = None
-
-    def to_json(self) -> str:
-        return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS).decode()
-
-    @classmethod
-    def from_json(cls, raw: str) -> "BreakGlassArgs":
-        d = orjson.loads(raw)
-        return cls(subject=d["subject"], action=d["action"], target=d["target"], duration_s=int(d["duration_s"]),
-                   reason=d["reason"], incident=d.get("incident"))
-
-
-def parse_duration(text: str) -> int:
-    """``30m``, ``1h``, ``900s`` or bare seconds; Usage otherwise."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise Usage()
-    seconds = int(m[1]) * _UNIT[m[2].lower()]
-    if not 1 <= seconds <= MAX_DURATION_ARG_S:
-        raise Usage()
-    return seconds
-
-
-def parse_breakglass(rest: str) -> BreakGlassArgs:
-    """``<agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]``; Usage when
-    the words do not fit, the reason included. Everything else is the core's to judge."""
-    incidents = _INCIDENT.findall(rest)
-    if len(incidents) > 1:
-        raise Usage()
-    text = _INCIDENT.sub(" ", rest).strip()
-    if any(_INCIDENT_LEFT.match(w) for w in text.split()):
-        raise Usage()  # --incident without a reference
-    parts = text.split(maxsplit=4)
-    if len(parts) < 5:
-        raise Usage()  # the reason is required
-    subject, action, target, duration, reason = parts
-    return BreakGlassArgs(ME if subject.lower() == ME else subject, action, target, parse_duration(duration),
-                          " ".join(reason.split()), incidents[0] if incidents else None)
-
-
 def parse_person(rest: str) -> str:
     """One approver id (``frank`` or ``@frank``)."""
     parts = rest.split()

@@ -21,9 +21,10 @@ from broker.errors import BrokerError
 from broker.model import check_request_id
 
 from bot import render
+from bot.commands import id_and_reason, no_args, parse_breakglass, posture_level, request_id
 
 from . import cards
-from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_breakglass, parse_person, run_breakglass,
+from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person, run_breakglass,
                          run_reinstate, run_reviews)
 from .replies import Answer, Turn, Usage, error_answer, unbound_answer
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 CHANNEL = "teams"
 LIST_LIMIT = 20
-POSTURES = ("normal", "elevated", "incident")
 _MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
 
@@ -52,34 +52,6 @@ def command_text(raw: str | None) -> str:
     text = _MENTION.sub(" ", raw or "")
     text = html.unescape(_TAGS.sub(" ", text)).replace("\xa0", " ")
     return " ".join(text.split())
-
-
-def _no_args(rest: str) -> None:
-    if rest.strip():
-        raise Usage()
-
-
-def _request_id(rest: str) -> str:
-    parts = rest.split()
-    if len(parts) != 1:
-        raise Usage()
-    return parts[0]
-
-
-def _id_and_reason(rest: str) -> tuple[str, str]:
-    parts = rest.strip().split(maxsplit=1)
-    if not parts:
-        raise Usage()
-    return parts[0], (parts[1] if len(parts) > 1 else "")
-
-
-def _posture_level(rest: str) -> str | None:
-    parts = rest.split()
-    if not parts:
-        return None
-    if len(parts) != 1 or parts[0].lower() not in POSTURES:
-        raise Usage()
-    return parts[0].lower()
 
 
 async def _list(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
@@ -116,13 +88,13 @@ async def _posture(desk: "TeamsDesk", approver: Approver, level: str | None, use
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("list", "list", "requests waiting for your approval", _no_args, _list),
-    Command("status", "status <id>", "where a request stands", _request_id, _status),
+    Command("list", "list", "requests waiting for your approval", no_args, _list),
+    Command("status", "status <id>", "where a request stands", request_id, _status),
     Command("revoke", "revoke <id> [reason]",
             "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
-            _id_and_reason, _revoke),
+            id_and_reason, _revoke),
     Command("posture", "posture [normal|elevated|incident]", "show or set the risk posture (security group)",
-            _posture_level, _posture),
+            posture_level, _posture),
     Command("breakglass", BREAKGLASS_USAGE,
             "emergency access at once (on-call group), confirmed on a card; security is told and must review it. "
             "Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
@@ -130,9 +102,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("breakglass-reinstate", REINSTATE_USAGE,
             "restore a break-glass right suspended for an unreviewed grant (security group)", parse_person,
             run_reinstate),
-    Command("reviews", "reviews", "open break-glass reviews (security group: all; others: their own)", _no_args,
+    Command("reviews", "reviews", "open break-glass reviews (security group: all; others: their own)", no_args,
             run_reviews),
-    Command("help", "help", "this text", _no_args, None),
+    Command("help", "help", "this text", no_args, None),
     # The manifest's commandLists (manifests/teams/manifest.json) are generated from this table.
 )}
 

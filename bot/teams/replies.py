@@ -12,8 +12,7 @@ from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotA
 from . import cards
 
 
-class Usage(Exception):
-    """The arguments do not fit the command."""
+from bot.commands import Usage  # noqa: E402,F401 - one Usage for every desk
 
 
 @dataclass(frozen=True)

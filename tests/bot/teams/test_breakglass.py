@@ -14,7 +14,8 @@ import jwt
 import orjson
 import pytest
 
-from bot.teams.breakglass import BREAKGLASS_USAGE, Usage, parse_breakglass
+from bot.commands import Usage, parse_breakglass
+from bot.teams.breakglass import BREAKGLASS_USAGE
 
 from .conftest import APPROVALS, OTHER_TENANT, USERS, card_action, make_rig, message
 from .test_cards import nodes
