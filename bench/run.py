@@ -8,6 +8,7 @@ Exit status: 0 when the harness ran (targets missed or not), 1 when it broke.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import datetime as dt
 import os
@@ -153,6 +154,33 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
     }
     t0 = time.monotonic()
 
+    want = (lambda name: name in args.only) if args.only else (lambda name: True)
+    if not args.only or "autogrant" in args.only or "introspection" in args.only:
+        await _limits_section(stack, plan, ps, sizes, results)
+    if want("autogrant"):
+        await _autogrant_section(stack, plan, sizes, results, out_dir, stamp)
+    if want("introspection"):
+        await _introspection_section(stack, sizes, results)
+    if want("wakeup"):
+        await _wakeup_section(args, stack, plan, sizes, results)
+    if want("memory"):
+        log("5. memory")
+        await stack.flush()
+        async with stack.brokers(1) as (b,):
+            results["memory"] = await memory.measure(stack, b, sizes.memory_n, log)
+    if want("revocation"):
+        log(f"4. revocation at scale ({sizes.revoke_n} grants ending within {sizes.revoke_window_s} s)")
+        await stack.flush()
+        async with stack.brokers(1) as (b,):
+            results["revocation"] = await revocation.measure(
+                stack, b, sizes.revoke_n, sizes.revoke_window_s, sizes.revoke_bound_s,
+                out_dir / f"{stamp}-profile-sweep.folded", log, plan["load"], idle_s=3 if sizes is FULL else 1)
+    await stack.flush()
+    results["meta"]["seconds"] = round(time.monotonic() - t0, 1)
+    return results
+
+
+async def _limits_section(stack, plan, ps, sizes, results) -> None:
     log("limit: parts on the server core")
     parts, other = _limits(stack, plan, sizes.limits_n)
     hello = await _hello(ps, plan, sizes.hello_s)
@@ -162,6 +190,9 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
     log("  µs per call (wall / CPU): " + ", ".join(f"{k.removesuffix('_us')} {v} / {parts['cpu'][k]}"
                                                  for k, v in parts["wall"].items()))
 
+
+
+async def _autogrant_section(stack, plan, sizes, results, out_dir, stamp) -> None:
     log("1. auto-grant (one server core)")
     await stack.flush()
     async with stack.brokers(1) as brokers:
@@ -184,6 +215,9 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
     results["autogrant_profile"] = await _profile_autogrant(stack, plan, sizes.profile_s,
                                                             out_dir / f"{stamp}-profile-autogrant.folded")
 
+
+
+async def _introspection_section(stack, sizes, results) -> None:
     log("3. introspection and offline verification")
     await stack.flush()
     async with stack.brokers(1) as (b,):
@@ -193,6 +227,9 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
         results["offline_verification"] = await introspect.offline_rate(b.url, tokens, sizes.offline_s)
         log(f"  offline: {results['offline_verification']['per_s_one_core']} verifications/s on one core")
 
+
+
+async def _wakeup_section(args, stack, plan, sizes, results) -> None:
     log("2. approval wake-up")
     results["wakeup"] = []
     await stack.flush()
@@ -217,20 +254,6 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
         results["wakeup_note"] = ("--no-slack: approvals through the operator path" if args.no_slack
                                   else "Slack path pending: " + _slack_missing_reason())
 
-    log("5. memory")
-    await stack.flush()
-    async with stack.brokers(1) as (b,):
-        results["memory"] = await memory.measure(stack, b, sizes.memory_n, log)
-
-    log(f"4. revocation at scale ({sizes.revoke_n} grants ending within {sizes.revoke_window_s} s)")
-    await stack.flush()
-    async with stack.brokers(1) as (b,):
-        results["revocation"] = await revocation.measure(
-            stack, b, sizes.revoke_n, sizes.revoke_window_s, sizes.revoke_bound_s,
-            out_dir / f"{stamp}-profile-sweep.folded", log, plan["load"], idle_s=3 if sizes is FULL else 1)
-    await stack.flush()
-    results["meta"]["seconds"] = round(time.monotonic() - t0, 1)
-    return results
 
 
 def _desks(stack) -> list[str]:
@@ -276,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temporary folder)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the tables in bench/README.md and docs/")
     p.add_argument("--no-slack", action="store_true", help="approve through the operator path even if Slack is there")
+    p.add_argument("--only", type=lambda v: set(v.split(",")), metavar="FIGURES",
+                   help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation) "
+                        "and print the results; writes no report")
+    p.add_argument("--revoke-n", type=int, help="grants for the revocation figure (default: 100000; smoke: 500)")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="measure nothing: rewrite the report, plot and docs from a results file of an earlier run")
     args = p.parse_args(argv)
@@ -289,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         write_all(results, out_dir, results["meta"]["date"], update_docs=not args.no_docs, log=log)
         return 0
     sizes = SMOKE if args.smoke else FULL
+    if args.revoke_n:
+        sizes = dataclasses.replace(sizes, revoke_n=args.revoke_n)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="jitgate-bench-")) if args.smoke else ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
@@ -306,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.only:
+        import json  # noqa: PLC0415
+
+        print(json.dumps({k: v for k, v in results.items() if k != "meta"}, indent=1, default=str)[:20000])
+        return 0
     missed = write_all(results, out_dir, stamp, update_docs=not (args.smoke or args.no_docs), log=log)
     log(f"bench: done in {results['meta']['seconds']} s; results in {out_dir}")
     if missed:

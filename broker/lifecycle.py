@@ -105,9 +105,9 @@ class Lifecycle:
     def _now(self) -> float:
         return self.clock.now()
 
-    def _count(self, name: str, **labels: str) -> None:
+    def _count(self, name: str, n: int = 1, **labels: str) -> None:
         if self.metrics is not None:
-            self.metrics.count(name, **labels)
+            self.metrics.count(name, n, **labels)
 
     async def posture(self) -> str:
         """The current risk posture (``normal``/``elevated``/``incident``), cached for 1 s."""
@@ -613,7 +613,7 @@ class Lifecycle:
                 return Outcome("noop", req.status)
             now = self._now()
             at = iso(now)
-            why = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}[req.status]
+            why = _EXPIRY_REASON[req.status]
             kind = "grant.expired" if req.status == ACTIVE else "request.expired"
             out = await self.store.transition(
                 request_id, [req.status], EXPIRED,
@@ -627,6 +627,50 @@ class Lifecycle:
                 self._count("transitions", to=EXPIRED)
             return out
         return Outcome("conflict")
+
+    async def expire_due(self, request_ids: list[str]) -> int:
+        """Expire the due ones among ``request_ids`` (the scheduler's sweep): one script call
+        and ONE audit entry (``requests.expired``, listing each request with its previous
+        state and why) for the whole batch, so a sweep's cost is what is due, not a chain hash
+        per request. Break-glass grants go one by one (``expire``): they are watched apart.
+        Returns how many changed."""
+        now = self._now()
+        now_ms = _ms(now)
+        changed = 0
+        todo = list(request_ids)
+        for _ in range(5):  # bounded: a request may move between the read and the write
+            if not todo:
+                break
+            rows = await self.store.statuses(todo)
+            items: list[tuple[str, str, str]] = []
+            one_by_one: list[str] = []
+            for rid, (status, deadline, bg) in zip(todo, rows):
+                if status is None or status in TERMINAL:
+                    await self.store.redis.zrem(self.store.deadlines, rid)  # nothing left to expire
+                elif deadline is None or deadline > now_ms:
+                    continue  # not due after all (its deadline moved)
+                elif bg:
+                    one_by_one.append(rid)
+                else:
+                    items.append((rid, status, _EXPIRY_REASON[status]))
+            for rid in one_by_one:
+                if (await self.expire(rid)).ok:
+                    changed += 1
+            if not items:
+                break
+            at = iso(now)
+            ev = event("requests.expired", at, None, {"by": "scheduler"}, requests=[
+                {"request_id": rid, "type": "grant.expired" if st == ACTIVE else "request.expired", "previous": st, "reason": why}
+                for rid, st, why in items])
+            out = await self.store.expire_batch(items, [ev], now_ms, repr(now), self.retention_ms)
+            if out.ok:
+                changed += len(items)
+                self._count("transitions", len(items), to=EXPIRED)
+                break
+            if out.result != "retry":
+                break
+            todo = [rid for rid, _, _ in items]  # re-read them all: one (at least) moved
+        return changed
 
     # ------------------------------------------------------------------ tokens
     async def introspect(self, token: str) -> dict:
@@ -694,6 +738,9 @@ class Lifecycle:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+_EXPIRY_REASON = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}
 
 
 def _bg(req: Request) -> dict:

@@ -21,9 +21,9 @@ class Metrics:
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
 
-    def count(self, name: str, **labels: str) -> None:
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
         metric = getattr(self, name)
-        (metric.labels(**labels) if labels else metric).inc()
+        (metric.labels(**labels) if labels else metric).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -99,15 +99,32 @@ class Outbox:
         return [e for e in resp[1] if e and e[1]] if resp else []
 
     async def _process(self, entries: list) -> None:
-        # One request's entries in order; different requests concurrently.
+        # One request's entries in order; different requests concurrently (bounded). An entry
+        # may name many requests (``ids``: the sweep's batch of expiries).
         by_request: OrderedDict[str, list] = OrderedDict()
+        sids = []
         for sid, fields in entries:
-            rid = _s(fields.get(b"id", b""))
-            by_request.setdefault(rid, []).append((sid, _s(fields.get(b"kind", b""))))
-        await asyncio.gather(*(self._deliver_all(rid, items) for rid, items in by_request.items()))
+            sids.append(sid)
+            kind = _s(fields.get(b"kind", b""))
+            ids = _s(fields[b"ids"]).split() if b"ids" in fields else [_s(fields.get(b"id", b""))]
+            for rid in ids:
+                by_request.setdefault(rid, []).append(kind)
+        sem = asyncio.Semaphore(self.batch)
 
-    async def _deliver_all(self, rid: str, items: list) -> None:
-        for sid, kind in items:
+        async def deliver(rid: str, kinds: list[str]) -> None:
+            async with sem:
+                await self._deliver_all(rid, kinds)
+
+        await asyncio.gather(*(deliver(rid, kinds) for rid, kinds in by_request.items()))
+        # Acknowledged once every request of the batch was told (or given up on): one round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, GROUP, *sids)
+        pipe.xdel(self.stream, *sids)
+        await pipe.execute()
+        self.delivered += sum(len(k) for k in by_request.values())
+
+    async def _deliver_all(self, rid: str, kinds: list[str]) -> None:
+        for kind in kinds:
             only = None
             for attempt in range(1, self.max_attempts + 1):
                 try:
@@ -126,9 +143,6 @@ class Outbox:
                         await self._give_up(kind, rid)
                     else:
                         await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
-            await self.redis.xack(self.stream, GROUP, sid)
-            await self.redis.xdel(self.stream, sid)
-            self.delivered += 1
 
     async def _give_up(self, kind: str, rid: str) -> None:
         if self.on_give_up:

@@ -8,7 +8,6 @@ during a lease hand-over, a retry) is harmless.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -21,7 +20,6 @@ log = logging.getLogger("jitgate.scheduler")
 
 LEASE_TTL_MS = 5000
 SWEEP_BATCH = 500
-SWEEP_CONCURRENCY = 32
 
 # Take the lease if free, or renew it if it is ours; one atomic step.
 _LEASE_LUA = """
@@ -108,27 +106,31 @@ class Scheduler:
             await self.keyring.refresh()
 
     async def sweep(self, max_batches: int = 200) -> int:
-        """Expire everything whose deadline has passed; returns how many changed."""
+        """Expire everything whose deadline has passed, a batch at a time (one script call
+        and one audit entry per batch); returns how many changed."""
         changed = 0
-        sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
-
-        async def one(rid: str) -> None:
-            nonlocal changed
-            async with sem:
-                try:
-                    out = await self.lifecycle.expire(rid)
-                    if out.ok:
-                        changed += 1
-                except Exception:  # noqa: BLE001 - one bad request must not stop the sweep
-                    log.exception("could not expire %s", rid)
-
         for _ in range(max_batches):
             now_ms = int(self.lifecycle.clock.now() * 1000)
             due = await self.store.due(now_ms, SWEEP_BATCH)
             if not due:
                 break
-            await asyncio.gather(*(one(rid) for rid in due))
-            if len(due) < SWEEP_BATCH:
+            try:
+                n = await self.lifecycle.expire_due(due)
+            except Exception:  # noqa: BLE001 - a bad batch must not stop the sweep: go one by one
+                log.exception("could not expire a batch of %d; trying one by one", len(due))
+                n = await self._one_by_one(due)
+            changed += n
+            if len(due) < SWEEP_BATCH or n == 0:
                 break
         self.swept += changed
+        return changed
+
+    async def _one_by_one(self, due: list[str]) -> int:
+        changed = 0
+        for rid in due:
+            try:
+                if (await self.lifecycle.expire(rid)).ok:
+                    changed += 1
+            except Exception:  # noqa: BLE001 - one bad request must not stop the sweep
+                log.exception("could not expire %s", rid)
         return changed

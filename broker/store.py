@@ -86,6 +86,7 @@ class Store:
         self._transition = redis.register_script(_script("transition.lua"))
         self._approve = redis.register_script(_script("approve.lua"))
         self._append = redis.register_script(_script("append.lua"))
+        self._expire_batch = redis.register_script(_script("expire_batch.lua"))
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -210,6 +211,33 @@ class Store:
         if request_id:
             keys.append(self.req_key(request_id))
         return await self._run(self._append, keys, [events_arg(events), orjson.dumps(fields or {}), notify, request_id or ""])
+
+    async def expire_batch(self, items: list[tuple[str, str, str]], events: list[bytes], now_ms: int,
+                           closed_at: str, retention_ms: int | None) -> Outcome:
+        """Expire ``items`` (id, status read just before, close reason) in one step with the
+        batch's audit ``events``. ``retry`` (``extra`` = 1-based index) when one of them moved
+        or is not due after all: then nothing was written."""
+        keys = [self.deadlines, self.audit_stream, self.audit_head, self.outbox, *(self.req_key(i) for i, _, _ in items)]
+        args = [str(now_ms), events_arg(events), self.channel, "" if retention_ms is None else str(retention_ms),
+                orjson.dumps([list(t) for t in items]), closed_at]
+        return await self._run(self._expire_batch, keys, args)
+
+    async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
+        """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)
+        for a request that no longer exists."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for rid in request_ids:
+                pipe.hmget(self.req_key(rid), "status", "deadline_ms", "break_glass")
+            rows = await pipe.execute()
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        out = []
+        for status, deadline, bg in rows:
+            out.append((status.decode() if status else None,
+                        int(deadline) if deadline else None,
+                        bg == b"1"))
+        return out
 
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""

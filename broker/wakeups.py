@@ -72,10 +72,11 @@ class Wakeups:
 
     def _route(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data
-        rid, _, status = text.partition(" ")
-        for w in self._waiters.get(rid, ()):
-            if w.known is not None and status != w.known:
-                w.event.set()
+        for line in text.split("\n"):  # a batch (the sweep) says "id status" once per line
+            rid, _, status = line.partition(" ")
+            for w in self._waiters.get(rid, ()):
+                if w.known is not None and status != w.known:
+                    w.event.set()
 
     def register(self, request_id: str) -> _Waiter:
         """Start listening for ``request_id`` (call before reading its state)."""

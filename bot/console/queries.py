@@ -75,6 +75,10 @@ class AuditEvent:
             text = "task completed; grant ended"
         elif t in ("request.expired", "grant.expired"):
             text = f"expired: {d.get('reason', '')}"
+        elif t == "requests.expired":
+            rs = d.get("requests") or []
+            text = f"{len(rs)} expired by the scheduler: " + ", ".join(
+                str(r.get("request_id")) for r in rs[:5] if isinstance(r, dict)) + (", …" if len(rs) > 5 else "")
         elif t == "request.cancelled":
             text = "withdrawn by the agent"
         elif t == "breakglass.granted":
@@ -90,6 +94,18 @@ class AuditEvent:
         else:
             text = t + (" " + orjson.dumps(d).decode() if d else "")
         return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+    def per_request(self) -> list["AuditEvent"]:
+        """This event as each request sees it: the sweep's ``requests.expired`` names many
+        requests in one entry, and becomes one ``grant.expired``/``request.expired`` each."""
+        if self.type != "requests.expired":
+            return [self]
+        out = []
+        for r in self.data.get("requests") or []:
+            if isinstance(r, dict) and isinstance(r.get("request_id"), str):
+                out.append(AuditEvent(self.seq, str(r.get("type", "request.expired")), self.at, r["request_id"],
+                                      self.actor, {"previous": r.get("previous"), "reason": r.get("reason", "")}))
+        return out
 
     @classmethod
     def parse(cls, fields: dict) -> "AuditEvent | None":
@@ -125,7 +141,7 @@ async def recent_events(broker, count: int = RECENT_AUDIT) -> list[AuditEvent]:
 async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> list[Request]:
     """Closed requests that appear in ``events``, most recent first."""
     seen, out = set(), []
-    for e in events:
+    for e in (p for ev in events for p in ev.per_request()):
         rid = e.request_id
         if not rid or rid in seen:
             continue
@@ -141,7 +157,7 @@ async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> li
 def trails(events: list[AuditEvent]) -> dict[str, list[AuditEvent]]:
     """Group events by request, oldest first within each."""
     out: dict[str, list[AuditEvent]] = {}
-    for e in reversed(events):
+    for e in (p for ev in reversed(events) for p in ev.per_request()):
         if e.request_id:
             out.setdefault(e.request_id, []).append(e)
     return out
@@ -162,7 +178,8 @@ async def trail(broker, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[A
         if needle not in raw:  # cheap filter before parsing
             continue
         e = AuditEvent.parse(fields)
-        if e is None or e.request_id != request_id:
+        e = next((p for p in e.per_request() if p.request_id == request_id), None) if e else None
+        if e is None:
             continue
         found.append(e)
         if e.type == "proposal.received":
