@@ -347,7 +347,7 @@ class Lifecycle:
         if not out.ok:
             raise Conflict("could not create the request; retry")
         self._count("decisions", outcome=decision.outcome)
-        return await self.get(rid), True
+        return out.request or await self.get(rid), True
 
     def _verified_chain(self, agent: Agent, proposal: Proposal, now: float) -> list[DelegationLink]:
         """The proposal's delegation chain, verified (identity.verify_delegation_chain)."""
@@ -462,7 +462,7 @@ class Lifecycle:
             notify_partial="approval",
             notify_complete="approved",
         )
-        after = await self.get(request_id)
+        after = out.request or await self.get(request_id)
         if out.result in ("ok", "noop"):
             if out.ok:
                 self._count("approvals", channel=channel)
@@ -495,7 +495,7 @@ class Lifecycle:
         return await self._finish(out, request_id)
 
     async def _finish(self, out: Outcome, request_id: str) -> Request:
-        after = await self.get(request_id)
+        after = out.request or await self.get(request_id)
         if out.ok:
             self._count("transitions", to=after.status)
             return after
@@ -556,10 +556,10 @@ class Lifecycle:
         if out.result == "noop":
             raise Conflict("the token for this request was already collected; a token is issued only once")
         if not out.ok:
-            raise Conflict(_explain(await self.get(request_id)))
+            raise Conflict(_explain(out.request or await self.get(request_id)))
         self._count("transitions", to=ACTIVE)
         details = claims["authorization_details"]
-        return await self.get(request_id), IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, details)
+        return out.request or await self.get(request_id), IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, details)
 
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""

@@ -43,6 +43,7 @@ class Outcome:
     result: str
     status: str | None = None
     extra: str | None = None
+    request: Request | None = None  # the request as the script left it, when it returns it
 
     @property
     def ok(self) -> bool:
@@ -66,8 +67,12 @@ def events_arg(events: Iterable[bytes]) -> bytes:
 
 
 def _decode(raw: list) -> Outcome:
-    parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw]
-    return Outcome(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None)
+    parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[:3]]
+    request = None
+    if len(raw) > 3 and raw[3]:
+        flat = raw[3]
+        request = Request.from_redis(dict(zip(flat[::2], flat[1::2])))
+    return Outcome(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None, request)
 
 
 class Store:

@@ -1,4 +1,5 @@
--- Record one approval; the last one needed approves the request.
+-- Record one approval; the last one needed approves the request. Returns {result, status,
+-- count, the request's fields afterwards}.
 -- KEYS: req, deadlines, audit stream, audit head, outbox
 -- ARGV: id, approver, approval json, events if partial, events if complete,
 --       fields if complete, deadline if complete, channel, required count, proposal sha,
@@ -9,9 +10,9 @@ local raw = redis.call('HGET', KEYS[1], 'approvals')
 local approvals = {}
 if raw and raw ~= '' and raw ~= '[]' then approvals = cjson.decode(raw) end
 for _, a in ipairs(approvals) do
-  if a['approver'] == ARGV[2] then return {'noop', cur, tostring(#approvals)} end
+  if a['approver'] == ARGV[2] then return {'noop', cur, tostring(#approvals), redis.call('HGETALL', KEYS[1])} end
 end
-if cur ~= 'pending' then return {'conflict', cur, tostring(#approvals)} end
+if cur ~= 'pending' then return {'conflict', cur, tostring(#approvals), redis.call('HGETALL', KEYS[1])} end
 -- What was approved is what runs: the approver saw this exact proposal.
 if redis.call('HGET', KEYS[1], 'proposal_sha256') ~= ARGV[10] then return {'stale', cur} end
 approvals[#approvals + 1] = cjson.decode(ARGV[3])
@@ -33,4 +34,4 @@ if complete then
 end
 if complete then outbox(KEYS[5], ARGV[1], ARGV[12]) else outbox(KEYS[5], ARGV[1], ARGV[11]) end
 redis.call('PUBLISH', ARGV[8], ARGV[1] .. ' ' .. status)
-return {'ok', status, tostring(n)}
+return {'ok', status, tostring(n), redis.call('HGETALL', KEYS[1])}

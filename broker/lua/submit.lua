@@ -17,4 +17,4 @@ if ARGV[9] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
 outbox(KEYS[6], ARGV[1], ARGV[10])
 if ARGV[11] ~= '' then redis.call('ZADD', KEYS[7], ARGV[11], ARGV[1]) end
 redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[8])
-return {'ok', ARGV[1]}
+return {'ok', ARGV[1], '', redis.call('HGETALL', KEYS[1])}

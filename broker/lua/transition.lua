@@ -1,4 +1,5 @@
--- One compare-and-set state change with its audit events.
+-- One compare-and-set state change with its audit events. Returns {result, status, '', the
+-- request's fields afterwards} (the caller need not read it again).
 -- KEYS: req, deadlines, audit stream, audit head, outbox
 -- ARGV: id, allowed from-states (space separated), to-state, fields json, events json,
 --       deadline op ('' keep, '-' clear, score), channel, now ms, due check ('1': only if
@@ -9,12 +10,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
 local cur = redis.call('HGET', KEYS[1], 'status')
-if cur == ARGV[3] then return {'noop', cur} end
+if cur == ARGV[3] then return {'noop', cur, '', redis.call('HGETALL', KEYS[1])} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '%S+') do
   if s == cur then allowed = true end
 end
-if not allowed then return {'conflict', cur} end
+if not allowed then return {'conflict', cur, '', redis.call('HGETALL', KEYS[1])} end
 if ARGV[9] == '1' then
   local due = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms'))
   if due == nil or due > tonumber(ARGV[8]) then return {'not_due', cur} end
@@ -27,4 +28,4 @@ set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
 if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
 outbox(KEYS[5], ARGV[1], ARGV[11])
 redis.call('PUBLISH', ARGV[7], ARGV[1] .. ' ' .. ARGV[3])
-return {'ok', ARGV[3]}
+return {'ok', ARGV[3], '', redis.call('HGETALL', KEYS[1])}
