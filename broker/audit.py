@@ -1,7 +1,9 @@
 """The tamper-evident audit log: a Redis Stream whose entries are hash-chained.
 
-Each entry holds ``seq``, ``prev`` (the previous entry's hash), ``event`` (canonical JSON)
-and ``hash`` = SHA-256(prev || SHA-256(event) || seq as u64 big-endian). Entries are
+Each entry holds ``seq``, ``event`` (canonical JSON) and ``hash`` = SHA-256(prev || SHA-256(event)
+|| seq as u64 big-endian), where ``prev`` is the previous entry's hash (zeros for the first).
+``prev`` is not stored (it would repeat the previous entry's hash); readers carry it along,
+and exports include it so an export verifies line by line. Entries are
 appended only by the transition scripts (see ``store.py``), in the same atomic step as
 the state change they record. ``verify`` recomputes the chain and names the first entry
 that does not fit; ``export`` writes JSON Lines.
@@ -56,8 +58,10 @@ class VerifyResult:
 
 
 async def entries(redis, stream: str, batch: int = 1000) -> AsyncIterator[Entry]:
-    """Every entry, oldest first, read in bounded batches."""
+    """Every entry, oldest first, read in bounded batches; ``prev`` is the hash of the entry
+    before (as stored by entries written before ``prev`` was dropped from the stream)."""
     start = "-"
+    prev = GENESIS
     while True:
         chunk = await redis.xrange(stream, min=start, max="+", count=batch)
         if not chunk:
@@ -75,7 +79,9 @@ async def entries(redis, stream: str, batch: int = 1000) -> AsyncIterator[Entry]
             except ValueError:
                 seq = -1
             ev = f.get("event", b"")
-            yield Entry(sid, seq, s("prev"), s("hash"), ev if isinstance(ev, bytes) else str(ev).encode())
+            entry = Entry(sid, seq, s("prev") if "prev" in f else prev, s("hash"), ev if isinstance(ev, bytes) else str(ev).encode())
+            prev = entry.hash
+            yield entry
         if len(chunk) < batch:
             return
         last = chunk[-1][0]

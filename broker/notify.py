@@ -9,6 +9,7 @@ original message in place.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -89,6 +90,9 @@ class Desk(Protocol):
         """Stop background work and close connections."""
 
 
+SENT_KEPT = 10_000
+
+
 class LoggingNotifier:
     """A notifier that writes to the log: the flow runs without any chat platform."""
 
@@ -96,7 +100,8 @@ class LoggingNotifier:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or log
-        self.sent: list[tuple[str, str, str]] = []
+        # What was said, newest last (tests read it); bounded, as a broker runs for months.
+        self.sent: deque[tuple[str, str, str]] = deque(maxlen=SENT_KEPT)
 
     async def post_proposal(self, request: Request) -> list[MessageRef]:
         d = request.decision

@@ -245,7 +245,7 @@ async def _extend(broker, good: VerifyResult, most: int = 5000) -> VerifyResult 
                     return None
                 continue
             seq += 1
-            if int(f["seq"]) != seq or f["prev"].decode() != prev:
+            if int(f["seq"]) != seq or ("prev" in f and f["prev"].decode() != prev):
                 return None
             digest = f["hash"].decode()
         except (KeyError, ValueError):

@@ -11,7 +11,8 @@ local function audit_append(stream, head, events)
   for _, ev in ipairs(events) do
     seq = seq + 1
     local hash = sha256_hex(hex_to_bin(prev) .. hex_to_bin(ev[2]) .. u64_be(seq))
-    redis.call('XADD', stream, '*', 'seq', seq, 'prev', prev, 'hash', hash, 'event', ev[1])
+    -- No 'prev' field: it is the previous entry's hash, so storing it again costs memory only.
+    redis.call('XADD', stream, '*', 'seq', seq, 'hash', hash, 'event', ev[1])
     prev = hash
   end
   redis.call('HSET', head, 'seq', seq, 'hash', prev)

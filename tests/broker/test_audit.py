@@ -106,6 +106,13 @@ async def test_export_writes_json_lines(harness):
     assert n == len(lines) >= 5
     first = orjson.loads(lines[0])
     assert first["seq"] == 1 and first["prev"] == audit.GENESIS and first["event"]["type"] == "proposal.received"
+    # The stream does not store ``prev`` (memory, issue 8); the export carries it, each line's
+    # ``prev`` being the line before's ``hash``, so an export verifies on its own.
+    rows = [orjson.loads(line) for line in lines]
+    assert all(b["prev"] == a["hash"] for a, b in zip(rows, rows[1:]))
+    assert all(audit.entry_hash(r["prev"], orjson.dumps(r["event"], option=orjson.OPT_SORT_KEYS), r["seq"]) == r["hash"] for r in rows)
+    _sid, fields = (await s.redis.xrange(s.audit_stream, count=1))[0]
+    assert set(fields) == {b"seq", b"hash", b"event"}
 
 
 def test_entry_hash_matches_lua():
