@@ -160,7 +160,8 @@ async def build(
         else:
             await lifecycle.deliver(kind, request_id, only)
 
-    outbox = Outbox(redis, store.outbox, scheduler.holder, deliver, on_give_up=lifecycle.notification_failed)
+    outbox = Outbox(redis, store.outbox, scheduler.holder, deliver, on_give_up=lifecycle.notification_failed,
+                    yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks))
     if start_background:

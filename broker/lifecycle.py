@@ -551,7 +551,7 @@ class Lifecycle:
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
-            _ms(now), deadline=str(exp * 1000), notify="collected",
+            _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + "collected",
         )
         if out.result == "noop":
             raise Conflict("the token for this request was already collected; a token is issued only once")
@@ -570,7 +570,7 @@ class Lifecycle:
             request_id, [ACTIVE, APPROVED], COMPLETED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
             [event("grant.completed", at, request_id, {"agent": agent.id}, **_bg(req))],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="completed",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + "completed",
         )
         return await self._finish(out, request_id)
 
@@ -739,6 +739,11 @@ class Lifecycle:
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
+
+# A notification kind with this prefix is queued only when people were shown the request
+# (a desk posted it, or it is break-glass): nobody watches a grant that policy gave at once
+# for its token being collected or its task completed; the audit log records both.
+SHOWN_ONLY = "?"
 
 _EXPIRY_REASON = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}
 

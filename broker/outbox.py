@@ -29,7 +29,8 @@ class Outbox:
     """A consumer of the notification stream."""
 
     def __init__(self, redis, stream: str, consumer: str, handler: Handler, *, batch: int = 64,
-                 claim_idle_ms: int = 30_000, max_attempts: int = 5, on_give_up: Handler | None = None) -> None:
+                 claim_idle_ms: int = 30_000, max_attempts: int = 5, on_give_up: Handler | None = None,
+                 yield_to: asyncio.Event | None = None, yield_at_most_s: float = 2.0) -> None:
         self.redis = redis
         self.stream = stream
         self.consumer = consumer
@@ -38,6 +39,10 @@ class Outbox:
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.on_give_up = on_give_up
+        # While this event is clear (the scheduler is revoking a backlog of grants), deliveries
+        # wait for it, at most ``yield_at_most_s`` each time: ending grants comes before telling.
+        self.yield_to = yield_to
+        self.yield_at_most_s = yield_at_most_s
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.delivered = 0
@@ -113,6 +118,7 @@ class Outbox:
 
         async def deliver(rid: str, kinds: list[str]) -> None:
             async with sem:
+                await self._yield()
                 await self._deliver_all(rid, kinds)
 
         await asyncio.gather(*(deliver(rid, kinds) for rid, kinds in by_request.items()))
@@ -122,6 +128,13 @@ class Outbox:
         pipe.xdel(self.stream, *sids)
         await pipe.execute()
         self.delivered += sum(len(k) for k in by_request.values())
+
+    async def _yield(self) -> None:
+        if self.yield_to is not None and not self.yield_to.is_set():
+            try:
+                await asyncio.wait_for(self.yield_to.wait(), self.yield_at_most_s)
+            except asyncio.TimeoutError:
+                pass  # never starve the desks: a long sweep gets no more than this head start
 
     async def _deliver_all(self, rid: str, kinds: list[str]) -> None:
         for kind in kinds:

@@ -8,6 +8,7 @@ during a lease hand-over, a retry) is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -53,6 +54,9 @@ class Scheduler:
         self._release = self.store.redis.register_script(_RELEASE_LUA)
         self.aps = AsyncIOScheduler(timezone="UTC")
         self.swept = 0
+        # Clear while a sweep works through a backlog (full batches): the outbox waits meanwhile.
+        self.not_revoking = asyncio.Event()
+        self.not_revoking.set()
 
     async def start(self) -> None:
         """Run one catch-up sweep now, then the periodic jobs."""
@@ -108,20 +112,27 @@ class Scheduler:
     async def sweep(self, max_batches: int = 200) -> int:
         """Expire everything whose deadline has passed, a batch at a time (one script call
         and one audit entry per batch); returns how many changed."""
-        changed = 0
-        for _ in range(max_batches):
-            now_ms = int(self.lifecycle.clock.now() * 1000)
-            due = await self.store.due(now_ms, SWEEP_BATCH)
-            if not due:
-                break
-            try:
-                n = await self.lifecycle.expire_due(due)
-            except Exception:  # noqa: BLE001 - a bad batch must not stop the sweep: go one by one
-                log.exception("could not expire a batch of %d; trying one by one", len(due))
-                n = await self._one_by_one(due)
-            changed += n
-            if len(due) < SWEEP_BATCH or n == 0:
-                break
+        changed, held = 0, False
+        try:
+            for _ in range(max_batches):
+                now_ms = int(self.lifecycle.clock.now() * 1000)
+                due = await self.store.due(now_ms, SWEEP_BATCH)
+                if not due:
+                    break
+                if len(due) == SWEEP_BATCH and not held:
+                    held = True
+                    self.not_revoking.clear()  # a backlog: the desks wait a moment
+                try:
+                    n = await self.lifecycle.expire_due(due)
+                except Exception:  # noqa: BLE001 - a bad batch must not stop the sweep: go one by one
+                    log.exception("could not expire a batch of %d; trying one by one", len(due))
+                    n = await self._one_by_one(due)
+                changed += n
+                if len(due) < SWEEP_BATCH or n == 0:
+                    break
+        finally:
+            if held:
+                self.not_revoking.set()
         self.swept += changed
         return changed
 

@@ -158,7 +158,8 @@ class Store:
 
         ``deadline`` is '' (keep), '-' (clear) or a score in ms. With ``due_check`` the
         change happens only if the stored deadline has passed (scheduler sweeps).
-        ``notify`` queues a notification of that kind in the outbox, in the same step.
+        ``notify`` queues a notification of that kind in the outbox, in the same step (with a
+        leading ``?``: only if the request was shown to people; see ``audit.lua``).
         """
         keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [

@@ -41,7 +41,15 @@ end
 
 -- The notification outbox: desks are told about the change by whichever broker
 -- consumes the entry (at least once, even if this process dies right now).
-local function outbox(stream, id, kind)
+-- A kind starting with '?' is queued only if people were shown the request (a desk posted
+-- it, or it is break-glass): a grant policy gave at once has no message to keep in step.
+local function outbox(stream, id, kind, req)
+  if kind:sub(1, 1) == '?' then
+    if req and redis.call('HEXISTS', req, 'messages') == 0 and redis.call('HGET', req, 'break_glass') ~= '1' then
+      return
+    end
+    kind = kind:sub(2)
+  end
   if kind ~= '' then
     redis.call('XADD', stream, 'MAXLEN', '~', 100000, '*', 'id', id, 'kind', kind)
   end

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from broker.errors import NotApprover
@@ -48,6 +49,24 @@ async def test_every_change_reaches_the_desk_in_order(harness):
     assert [w for k, w in events[1:]] == ["approval", "approved", "collected", "completed"]
     req = await harness.life.get(rid)
     assert req.messages == [{"transport": "log", "destination": "log", "ref": rid, "extra": {}}]
+
+
+async def test_a_grant_policy_gave_at_once_troubles_no_desk_until_it_ends_early(harness):
+    """Nobody was shown an auto-granted request, so its collection and completion queue no
+    notification (the audit log has both); a revocation still reaches the desks (its owner
+    hears of it)."""
+    rid = (await harness.propose("reader-bot", action="read", target="staging/payments-api")).json()["id"]
+    await harness.collect(rid, "reader-bot")
+    await harness.complete(rid, "reader-bot")
+    other = (await harness.propose("reader-bot", action="read", target="staging/payments-api")).json()["id"]
+    await harness.collect(other, "reader-bot")
+    await harness.life.revoke(other, by="carol", reason="enough")
+    await harness.broker.outbox.drain()
+    assert [(k, w) for k, r, w in harness.notifier.sent if r == rid] == []
+    assert [(k, w) for k, r, w in harness.notifier.sent if r == other] == [("update", "revoked")]
+    s = harness.broker.store
+    types = [orjson.loads(f[b"event"])["type"] for _, f in await s.redis.xrange(s.audit_stream)]
+    assert types.count("token.collected") == 2 and types.count("grant.completed") == 1
 
 
 async def test_change_during_posting_is_shown(harness):

@@ -92,3 +92,40 @@ async def test_break_glass_grants_expire_one_by_one_and_stay_marked(harness):
     assert await harness.broker.scheduler.sweep() == 1
     ev = [e for e in await _stream(harness) if e.get("request_id") == g.request.id and e["type"] == "grant.expired"]
     assert len(ev) == 1 and ev[0]["data"]["break_glass"] is True
+
+
+async def test_desks_wait_while_the_sweep_works_through_a_backlog(harness):
+    """Revoking comes first: while a sweep clears a backlog (full batches), the outbox holds its
+    deliveries, at most a bounded time; the messages follow once the grants are ended."""
+    from broker import scheduler as sched
+
+    s = harness.broker.scheduler
+    seen = []
+    real = harness.life.expire_due
+
+    async def spy(ids):
+        seen.append(s.not_revoking.is_set())
+        return await real(ids)
+
+    harness.life.expire_due = spy
+    old_batch, sched.SWEEP_BATCH = sched.SWEEP_BATCH, 2
+    try:
+        for _ in range(3):
+            await harness.propose()
+        await harness.broker.outbox.drain()
+        harness.clock.advance(harness.settings.request_ttl_s + 1)
+        assert await s.sweep() == 3
+    finally:
+        sched.SWEEP_BATCH = old_batch
+    assert seen == [False, False]  # both batches ran with the desks held
+    assert s.not_revoking.is_set()  # and released after
+
+    # The outbox side: a held delivery waits for the release (or its bound), then goes out.
+    outbox = harness.broker.outbox
+    s.not_revoking.clear()
+    rid = (await harness.propose()).json()["id"]
+    await asyncio.sleep(0.3)
+    assert not [r for k, r, _ in harness.notifier.sent if r == rid and k == "post"]
+    s.not_revoking.set()
+    await outbox.drain(5)
+    assert [r for k, r, _ in harness.notifier.sent if r == rid and k == "post"] == [rid]
