@@ -174,6 +174,16 @@ def owner_sentence(req: Request, event: str) -> str:
     return f"{what} is now {req.status}."
 
 
+def owner_hears(req: Request, event: str) -> bool:
+    """Whether the agent's owner is told of ``event`` directly (a DM or personal chat):
+    outcomes only, and not a grant that simply ran out after use, nor their own revocation."""
+    if event not in OUTCOME_EVENTS:
+        return False
+    if event == "expired" and req.collected_at is not None:
+        return False
+    return not (event == "revoked" and req.closed_by == req.owner)
+
+
 def reminder_sentence(req: Request) -> str:
     """A nudge for a request still pending."""
     group = req.decision.get("approver_group") or "approvers"
