@@ -98,8 +98,9 @@ class TeamsNotifier:
             for ref in refs:
                 await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref,
                                                 card_activity(card, summary(request)))
-            # Thread replies, each once: every approval so far, then the event's own sentence.
-            for i in range(len(request.approvals)):
+            # Thread replies, each once: every approval so far, then the event's own sentence. The
+            # approval that completes the count is told by the "approved" reply instead (as on Slack).
+            for i in range(min(len(request.approvals), max(0, render.approvals_required(request) - 1))):
                 await self._reply_once(request, refs, f"approval:{i}", render.approval_sentence(request, i))
             sentence = render.event_sentence(request, event)
             if sentence:
