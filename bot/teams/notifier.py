@@ -184,12 +184,10 @@ class TeamsNotifier:
         if owner is None or not owner.teams:
             return
         text = render.owner_sentence(request, event)
-        lines = [f"Request {request.id}"]
-        where = await self.desk.conversations.get(refs[0].destination) if refs else None
-        if where is not None:
-            lines[0] += f"; its card is in {where.label()}"
 
         async def send() -> None:
+            where = await self.desk.conversations.get(refs[0].destination) if refs else None
+            lines = [f"Request {request.id}" + (f"; its card is in {where.label()}" if where else "")]
             service_url = next((r.extra.get("service_url") for r in refs if (r.extra or {}).get("service_url")), None)
             try:
                 chat = await self.desk.personal_chat(owner.teams, service_url=service_url)
