@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from typing import Callable
+
 from broker.model import ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, Request
 
 # Offered by "approve for less time": every choice below the approvable maximum.
@@ -174,6 +176,16 @@ def owner_sentence(req: Request, event: str) -> str:
     return f"{what} is now {req.status}."
 
 
+def owner_hears(req: Request, event: str) -> bool:
+    """Whether the agent's owner is told of ``event`` directly (a DM or personal chat):
+    outcomes only, and not a grant that simply ran out after use, nor their own revocation."""
+    if event not in OUTCOME_EVENTS:
+        return False
+    if event == "expired" and req.collected_at is not None:
+        return False
+    return not (event == "revoked" and req.closed_by == req.owner)
+
+
 def reminder_sentence(req: Request) -> str:
     """A nudge for a request still pending."""
     group = req.decision.get("approver_group") or "approvers"
@@ -216,3 +228,97 @@ def delegation_links(req) -> list[str]:
             line += f" ({link['reason']})"
         out.append(line)
     return out
+
+
+# ---------------------------------------------------------------------------- break-glass
+# What every desk says about a break-glass grant. A sentence that holds an instant takes
+# ``when`` (default ``fmt_time``), so a platform may show it localised (Slack's date
+# markup); those sentences hold no other variable text, so nothing in them needs escaping.
+BG_WARNING = "You are about to break glass"
+BG_AT_ONCE = "This grants access at once, without approval."
+BG_SHOWN_ONCE = "It is shown only this once and jitgate does not keep it"
+
+
+def bg_subject(req: Request) -> str:
+    """``agent ops-bot`` or ``frank themself``: whom a grant is for."""
+    return f"agent {req.agent}" if req.agent else f"{req.engineer or '?'} themself"
+
+
+def bg_headline(req: Request) -> str:
+    """``Break-glass by frank``."""
+    return f"Break-glass by {req.engineer or '?'}"
+
+
+def bg_summary(req: Request) -> str:
+    """One line for notifications: who broke glass, for whom, what."""
+    p = req.proposal
+    return f"{bg_headline(req)} for {bg_subject(req)}: {p.action} on {p.target}"
+
+
+def bg_duration(pv) -> str:
+    """A break-glass preview's duration, and why it was cut when it was."""
+    text = fmt_duration(pv.duration_s)
+    if pv.note:
+        text += f" (requested {fmt_duration(pv.requested_s)}; {pv.note})"
+    return text
+
+
+def bg_confirm_notice(review_s: int, *, place: str) -> str:
+    """What confirming sets off; ``place`` is what the platform calls the security room."""
+    return (f"The security {place} is told at once and the usual approvers hear that their approval was bypassed. "
+            f"The security group must review this within {fmt_duration(review_s)}; unreviewed, your break-glass "
+            "right is suspended.")
+
+
+def bg_grant_line(req: Request) -> str:
+    """Where the grant stands now."""
+    if req.status == APPROVED:
+        return f"Granted; waiting for {req.agent} to collect its token"
+    if req.status == ACTIVE:
+        return f"Active; ends at {fmt_time(req.grant_exp)}"
+    if req.status == REVOKED:
+        return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}"
+    if req.status == EXPIRED:
+        return "Ended: the time limit passed" if req.collected_at is not None else "Ended: the token was never collected"
+    return f"{req.status.capitalize()}: {req.close_reason or ''}".rstrip(": ")
+
+
+def bg_until(req: Request, when: Callable[[float | None], str] = fmt_time) -> str:
+    """Until when the grant runs (or how long, once collected)."""
+    if req.grant_exp is not None:
+        return when(req.grant_exp)
+    if req.status == APPROVED:
+        return f"{fmt_duration(req.approved_duration_s)} after collection (collect by {when(req.deadline)})"
+    return "not collected"
+
+
+def bg_event_sentence(req: Request, event: str) -> str | None:
+    """A reply under the security alert for a change of the grant, or None."""
+    if event == "collected":
+        return event_sentence(req, event)
+    if event in ("revoked", "expired"):
+        return f"{bg_grant_line(req)}." + (" The token no longer works." if event == "revoked" else "")
+    return "Completed by the agent; the grant has ended." if event == "completed" else None
+
+
+def bg_granted(req: Request, note: str | None) -> str:
+    """What was granted: ``restart on prod/api for 15 min (cut …)``."""
+    p = req.proposal
+    return f"{p.action} on {p.target} for {fmt_duration(req.approved_duration_s)}" + (f" ({note})" if note else "")
+
+
+def bg_review_due(req: Request, when: Callable[[float | None], str] = fmt_time) -> str:
+    """That security knows, and by when the review is due."""
+    return f"Security has been told; a review is due by {when(req.review_due)}."
+
+
+def bg_suspended(req: Request) -> str:
+    """The consequence of an overdue review."""
+    return f"{req.engineer}'s break-glass right is suspended until the security group reinstates it"
+
+
+def bg_reviews_heading(everyone: bool, *, count: int = 0) -> str:
+    """The ``reviews`` answer's heading (``count`` 0: nothing is open)."""
+    if not count:
+        return "No break-glass review is open." if everyone else "None of your break-glass grants awaits review."
+    return "Open break-glass reviews" if everyone else "Your break-glass grants awaiting review"

@@ -2,19 +2,21 @@
 alert with its review button, the review modal, and what the engineer is told.
 
 Pure functions of what the core returned (a :class:`Preview`, a :class:`Request`), so a
-re-render shows the whole truth. The reason, the incident reference and every name are
-escaped and capped through :mod:`bot.slack.text`; the engineer typed them, and a security
-channel is no place for ``<!channel>``.
+re-render shows the whole truth. The platform-neutral sentences (shared with Teams) are
+``bot.render``'s ``bg_*``; this module adds Slack's markup. The reason, the incident
+reference and every name are escaped and capped through :mod:`bot.slack.text`; the
+engineer typed them, and a security channel is no place for ``<!channel>``.
 """
 
 from __future__ import annotations
 
 from broker.breakglass import ME, Preview
-from broker.model import ACTIVE, APPROVED, EXPIRED, REVOKED, Request
+from broker.model import Request
 
 from bot import render
 
-from .text import FIELD_LIMIT, TEXT_LIMIT, clip, date, escape, mrkdwn
+from .blocks import _context, _field, _plain, _section  # Block Kit's pieces, one definition
+from .text import TEXT_LIMIT, date, escape, mrkdwn
 
 CONFIRM_VIEW = "jit_bg_confirm"
 REVIEW = "jit_bg_review"
@@ -22,27 +24,7 @@ REVIEW_VIEW = "jit_bg_review_comment"
 COMMENT_BLOCK = "comment"
 COMMENT_INPUT = "comment"
 COMMENT_MAX = 500  # the core's cap on a review comment
-
-
-def _plain(text: str, limit: int = 75) -> dict:
-    return {"type": "plain_text", "text": text[:limit], "emoji": True}
-
-
-def _section(text: str) -> dict:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, TEXT_LIMIT)}}
-
-
-def _context(text: str) -> dict:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, TEXT_LIMIT)}]}
-
-
-def _field(label: str, value: str) -> dict:
-    return {"type": "mrkdwn", "text": clip(f"*{label}*\n{value}", FIELD_LIMIT)}
-
-
-def subject_words(req: Request) -> str:
-    """``agent ops-bot`` or ``alice themself`` (plain, unescaped)."""
-    return f"agent {req.agent}" if req.agent else f"{req.engineer or '?'} themself"
+EVENT_ICON = {"collected": ":key:", "revoked": ":no_entry:", "expired": ":checkered_flag:", "completed": ":checkered_flag:"}
 
 
 # ---------------------------------------------------------------------- the confirmation
@@ -50,28 +32,22 @@ def confirm_modal(pv: Preview, engineer_id: str, private_metadata: str, *, revie
     """What a confirmed command grants, exactly: the engineer confirms intent, not a typo."""
     who = (f"you ({mrkdwn(engineer_id, 100)}): the token is shown to you once, privately" if pv.subject == ME
            else f"agent *{mrkdwn(pv.subject, 200)}*, which collects its token through the API")
-    duration = render.fmt_duration(pv.duration_s)
-    if pv.note:
-        duration += f" (requested {render.fmt_duration(pv.requested_s)}; {mrkdwn(pv.note, 300)})"
     fields = [
         _field("For", who),
         _field("Action", mrkdwn(pv.action, 500)),
         _field("Target", mrkdwn(pv.target, 1000)),
-        _field("Duration", duration),
+        _field("Duration", mrkdwn(render.bg_duration(pv), 400)),
         _field("Incident", mrkdwn(pv.incident, 200) if pv.incident else "none given"),
         _field("Policies", escape(", ".join(pv.policies)) or "default"),
     ]
     blocks = [
-        _section(":rotating_light: *You are about to break glass.* This grants access at once, without approval."),
+        _section(f":rotating_light: *{render.BG_WARNING}.* {render.BG_AT_ONCE}"),
         {"type": "section", "fields": fields},
         _section("*Reason*\n" + mrkdwn(pv.reason, TEXT_LIMIT - 20)),
     ]
     if pv.note:
         blocks.append(_section(f":scissors: *Duration {mrkdwn(pv.note, 500)}.*"))
-    blocks.append(_context(
-        f"The security channel is told at once and the usual approvers hear that their approval was bypassed. "
-        f"The security group must review this within {render.fmt_duration(review_s)}; unreviewed, your "
-        f"break-glass right is suspended. End it early with `/jit revoke <id>`."))
+    blocks.append(_context(f"{render.bg_confirm_notice(review_s, place='channel')} End it early with `/jit revoke <id>`."))
     return {
         "type": "modal",
         "callback_id": CONFIRM_VIEW,
@@ -91,43 +67,23 @@ def granted_text(req: Request, note: str | None, token: str | None) -> str:
              + (f" ({mrkdwn(note, 300)})" if note else "") + "."]
     if token is None:
         lines.append(f"Agent {mrkdwn(req.agent, 100)} may now collect its token through the API "
-                     f"(until {date(req.deadline, render.fmt_time(req.deadline))}).")
+                     f"(until {_local(req.deadline)}).")
     else:
-        lines.append(f"Your token, ends {date(req.grant_exp, render.fmt_time(req.grant_exp))}. It is shown only "
-                     "this once and jitgate does not keep it:")
+        lines.append(f"Your token, ends {_local(req.grant_exp)}. {render.BG_SHOWN_ONCE}:")
         lines.append("```" + token + "```")  # a JWT: base64url and dots only, nothing to escape
-    lines.append(f"Security has been told; a review is due by {date(req.review_due, render.fmt_time(req.review_due))}. "
-                 f"End it early with `/jit revoke {escape(req.id)}`.")
+    lines.append(f"{render.bg_review_due(req, when=_local)} End it early with `/jit revoke {escape(req.id)}`.")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- the security channel
+def _local(ts: float | None) -> str:
+    """An instant each reader sees in their own time zone (UTC where Slack cannot)."""
+    return date(ts, render.fmt_time(ts))
+
+
 def security_text(req: Request) -> str:
     """The notification text of the security-channel alert."""
-    p = req.proposal
-    return mrkdwn(f"Break-glass by {req.engineer or '?'} for {subject_words(req)}: {p.action} on {p.target}", TEXT_LIMIT)
-
-
-def _until(req: Request) -> str:
-    if req.grant_exp is not None:
-        return date(req.grant_exp, render.fmt_time(req.grant_exp))
-    if req.status == APPROVED:
-        return (f"{render.fmt_duration(req.approved_duration_s)} after collection "
-                f"(collect by {date(req.deadline, render.fmt_time(req.deadline))})")
-    return "not collected"
-
-
-def grant_line(req: Request) -> str:
-    """Where the grant stands now (plain, unescaped)."""
-    if req.status == APPROVED:
-        return f"Granted; waiting for {req.agent} to collect its token"
-    if req.status == ACTIVE:
-        return f"Active; ends at {render.fmt_time(req.grant_exp)}"
-    if req.status == REVOKED:
-        return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}"
-    if req.status == EXPIRED:
-        return "Ended: the time limit passed" if req.collected_at is not None else "Ended: the token was never collected"
-    return f"{req.status.capitalize()}: {req.close_reason or ''}".rstrip(": ")
+    return mrkdwn(render.bg_summary(req), TEXT_LIMIT)
 
 
 def review_line(req: Request, *, suspended: bool) -> str:
@@ -136,8 +92,7 @@ def review_line(req: Request, *, suspended: bool) -> str:
         return f":white_check_mark: *Reviewed by {mrkdwn(req.reviewed_by, 100)}:* {mrkdwn(req.review_comment, 1200)}"
     due = date(req.review_due, render.fmt_time(req.review_due))
     if suspended:
-        return (f":no_entry: *Review overdue* (was due {due}): {mrkdwn(req.engineer, 100)}'s break-glass right is "
-                f"suspended until the security group reinstates it.")
+        return f":no_entry: *Review overdue* (was due {due}): {mrkdwn(render.bg_suspended(req), 300)}."
     return f":hourglass_flowing_sand: *Review open*: the security group must acknowledge it by {due}."
 
 
@@ -146,21 +101,21 @@ def security_blocks(req: Request, *, suspended: bool) -> list[dict]:
     p = req.proposal
     fields = [
         _field("Engineer", mrkdwn(req.engineer, 200)),
-        _field("For", mrkdwn(subject_words(req), 300)),
+        _field("For", mrkdwn(render.bg_subject(req), 300)),
         _field("Action", mrkdwn(p.action, 500)),
         _field("Target", mrkdwn(p.target, 1000)),
         _field("Duration", render.fmt_duration(req.approved_duration_s)),
-        _field("Until", _until(req)),
+        _field("Until", render.bg_until(req, when=_local)),
         _field("Incident", mrkdwn(req.incident, 200) if req.incident else "none given"),
     ]
     blocks: list[dict] = [
-        {"type": "header", "text": _plain(f"Break-glass by {req.engineer or '?'}", 150)},
+        {"type": "header", "text": _plain(render.bg_headline(req), 150)},
         {"type": "section", "fields": fields},
         _section("*Reason*\n" + mrkdwn(p.justification, TEXT_LIMIT - 20)),
         _context(f"*Policy:* {escape(', '.join(req.decision.get('policies') or []) or 'default')} · "
                  f"*Request* `{escape(req.id)}` · approval bypassed"),
         {"type": "divider"},
-        _section(f"*Grant:* {mrkdwn(grant_line(req), 1500)}"),
+        _section(f"*Grant:* {mrkdwn(render.bg_grant_line(req), 1500)}"),
         _section(review_line(req, suspended=suspended)),
     ]
     if not req.reviewed_by:
@@ -172,13 +127,8 @@ def security_blocks(req: Request, *, suspended: bool) -> list[dict]:
 
 def event_line(req: Request, event: str) -> str | None:
     """A thread reply under the security alert for a change of the grant, or None."""
-    if event == "collected":
-        return f":key: {mrkdwn(req.agent, 100)} collected its token; the grant ends at {escape(render.fmt_time(req.grant_exp))}."
-    if event == "revoked":
-        return f":no_entry: {mrkdwn(grant_line(req), 1500)}. The token no longer works."
-    if event in ("expired", "completed"):
-        return f":checkered_flag: {mrkdwn(grant_line(req) if event == 'expired' else 'Completed by the agent', 500)}."
-    return None
+    sentence = render.bg_event_sentence(req, event)
+    return f"{EVENT_ICON[event]} {mrkdwn(sentence, 1600)}" if sentence else None
 
 
 def review_modal(req: Request) -> dict:
@@ -193,7 +143,7 @@ def review_modal(req: Request) -> dict:
         "close": _plain("Cancel", 24),
         "blocks": [
             _section(f"Acknowledge the review of *{mrkdwn(req.engineer, 100)}*'s break-glass for "
-                     f"{mrkdwn(subject_words(req), 200)}: *{mrkdwn(p.action, 100)}* on *{mrkdwn(p.target, 400)}*.\n"
+                     f"{mrkdwn(render.bg_subject(req), 200)}: *{mrkdwn(p.action, 100)}* on *{mrkdwn(p.target, 400)}*.\n"
                      f"*Reason given:* {mrkdwn(p.justification, 1500)}"),
             {
                 "type": "input",
@@ -210,13 +160,13 @@ def review_modal(req: Request) -> dict:
 def reviews_text(reqs: list[Request], *, now: float, everyone: bool, limit: int) -> str:
     """``/jit reviews``: the open break-glass reviews, oldest deadline first."""
     if not reqs:
-        return ":sparkles: No break-glass review is open." if everyone else ":sparkles: None of your break-glass grants awaits review."
-    head = "*Open break-glass reviews*" if everyone else "*Your break-glass grants awaiting review*"
+        return f":sparkles: {render.bg_reviews_heading(everyone)}"
+    head = f"*{render.bg_reviews_heading(everyone, count=len(reqs))}*"
     lines = [f"{head} ({len(reqs)}{'+' if len(reqs) >= limit else ''}):"]
     for r in reqs:
         p = r.proposal
         late = " :warning: *overdue*" if r.review_due is not None and r.review_due <= now else ""
-        lines.append(f"• `{escape(r.id)}` {mrkdwn(r.engineer, 100)} for {mrkdwn(subject_words(r), 120)}: "
+        lines.append(f"• `{escape(r.id)}` {mrkdwn(r.engineer, 100)} for {mrkdwn(render.bg_subject(r), 120)}: "
                      f"*{mrkdwn(p.action, 64)}* on {mrkdwn(p.target, 200)}; reason: {mrkdwn(p.justification, 200)}; "
                      f"due {date(r.review_due, render.fmt_time(r.review_due))}{late}")
     return "\n".join(lines)

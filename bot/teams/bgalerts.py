@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from broker.model import Request
 
+from bot import render
+
 from . import bgcards, cards
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ class SecurityAlerts:
         if ref is None:
             return  # the alert is not out yet; it will show the state when it is
         await self._edit(req, ref)
-        line = bgcards.event_line(req, event)
+        line = render.bg_event_sentence(req, event)
         if line:
             await self._reply_once(req, ref, f"event:{event}", line, [])
 

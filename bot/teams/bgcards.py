@@ -1,6 +1,7 @@
 """Adaptive Cards of break-glass in Teams: the confirmation card, what the engineer is told
 (and the one private message that carries a token for ``me``), the security conversation's
-alert with its review action, and the sentences of its thread.
+alert with its review action. The platform-neutral sentences (shared with Slack) are
+``bot.render``'s ``bg_*``; this module only lays them out as cards.
 
 Pure functions of what the core returned (a :class:`Preview`, a :class:`Request`), so a
 re-render shows the whole truth and a repeated update is harmless. Everything the engineer
@@ -12,7 +13,7 @@ or a reviewer typed (reason, incident, comment) and every name goes through
 from __future__ import annotations
 
 from broker.breakglass import ME, Preview
-from broker.model import ACTIVE, APPROVED, EXPIRED, REVOKED, Request
+from broker.model import Request
 
 from bot import render
 
@@ -24,11 +25,6 @@ CONFIRMATION = "confirmation"  # the card data's only key on the confirmation ca
 COMMENT_INPUT = "comment"
 COMMENT_MAX = 500  # the core's cap on a review comment
 TOKEN_CAP = 16_000  # a JWT; far above any token the broker mints
-
-
-def subject_words(req: Request) -> str:
-    """``agent ops-bot`` or ``frank themself`` (plain, unescaped)."""
-    return f"agent {req.agent}" if req.agent else f"{req.engineer or '?'} themself"
 
 
 def _heading(text: str, style: str = "attention") -> dict:
@@ -46,15 +42,12 @@ def confirm_card(pv: Preview, engineer_id: str, nonce: str, *, review_s: int) ->
     The actions' data is only ``nonce``, the pointer to jitgate's one-time record."""
     who = (f"you ({engineer_id}): the token is sent once to your personal chat with jitgate" if pv.subject == ME
            else f"agent {pv.subject}, which collects its token through the API")
-    duration = render.fmt_duration(pv.duration_s)
-    if pv.note:
-        duration += f" (requested {render.fmt_duration(pv.requested_s)}; {pv.note})"
     body = [
-        _heading("You are about to break glass"),
-        rich(run("This grants access at once, without approval.", 200), spacing="Small"),
+        _heading(render.BG_WARNING),
+        rich(run(render.BG_AT_ONCE, 200), spacing="Small"),
         {"type": "Container", "spacing": "Medium", "items": [
             field("For", who, 300), field("Action", pv.action, 500), field("Target", pv.target, 1000),
-            field("Duration", duration, 400), field("Incident", pv.incident or "none given", 200),
+            field("Duration", render.bg_duration(pv), 400), field("Incident", pv.incident or "none given", 200),
             field("Policies", ", ".join(pv.policies) or "default", 300),
         ]},
         rich(run("Reason", weight="Bolder"), spacing="Medium"),
@@ -62,10 +55,8 @@ def confirm_card(pv: Preview, engineer_id: str, nonce: str, *, review_s: int) ->
     ]
     if pv.note:
         body.append(rich(run(f"Duration {pv.note}.", 500, weight="Bolder", color="Attention"), spacing="Medium"))
-    body.append(_small(
-        "The security conversation is told at once and the usual approvers hear that their approval was bypassed. "
-        f"The security group must review this within {render.fmt_duration(review_s)}; unreviewed, your break-glass "
-        "right is suspended. End it early with: revoke <id>. Only you can confirm this card, once, within 10 minutes."))
+    body.append(_small(f"{render.bg_confirm_notice(review_s, place='conversation')} End it early with: revoke <id>. "
+                       "Only you can confirm this card, once, within 10 minutes."))
     data = {CONFIRMATION: nonce}
     actions = [
         {"type": "Action.Execute", "title": "Confirm", "verb": CONFIRM, "data": data, "style": "destructive"},
@@ -83,29 +74,22 @@ def closed_confirm_card(text: str, *, lines: list[str] = (), good: bool = True) 
 
 def granted_lines(req: Request, note: str | None, *, for_me: bool) -> list[str]:
     """What the engineer is told after the grant (plain; never the token)."""
-    p = req.proposal
-    head = (f"Break-glass granted: {req.id}, {p.action} on {p.target} for "
-            f"{render.fmt_duration(req.approved_duration_s)}" + (f" ({note})" if note else "") + ".")
-    lines = [head]
+    lines = [f"Break-glass granted: {req.id}, {render.bg_granted(req, note)}."]
     if for_me:
         lines.append(f"Your token ends at {render.fmt_time(req.grant_exp)}. It was sent once to your personal chat with "
                      "jitgate; jitgate does not keep it.")
     else:
         lines.append(f"Agent {req.agent} may now collect its token through the API (until {render.fmt_time(req.deadline)}).")
-    lines.append(f"Security has been told; a review is due by {render.fmt_time(req.review_due)}. "
-                 f"End it early with: revoke {req.id}")
+    lines.append(f"{render.bg_review_due(req)} End it early with: revoke {req.id}")
     return lines
 
 
 def token_card(req: Request, note: str | None, token: str) -> dict:
     """The engineer's token, for their personal chat only: sent once, never stored or logged."""
-    p = req.proposal
     body = [
         _heading("Your break-glass token", "warning"),
-        rich(run(f"{p.action} on {p.target} for {render.fmt_duration(req.approved_duration_s)}"
-                 + (f" ({note})" if note else "") + f"; request {req.id}; ends at {render.fmt_time(req.grant_exp)}.",
-                 800)),
-        rich(run("It is shown only this once and jitgate does not keep it. Do not forward it.", 200, weight="Bolder")),
+        rich(run(f"{render.bg_granted(req, note)}; request {req.id}; ends at {render.fmt_time(req.grant_exp)}.", 800)),
+        rich(run(f"{render.BG_SHOWN_ONCE}. Do not forward it.", 200, weight="Bolder")),
         # A JWT: base64url and dots only; a TextRun shows it as plain, selectable text.
         rich(run(token, TOKEN_CAP, fontType="Monospace", size="Small"), spacing="Medium"),
         _small(f"Security has been told. End it early with: revoke {req.id}"),
@@ -116,30 +100,7 @@ def token_card(req: Request, note: str | None, token: str) -> dict:
 # ---------------------------------------------------------------------- the security conversation
 def security_summary(req: Request) -> str:
     """The notification preview of the security alert."""
-    p = req.proposal
-    return plain(f"Break-glass by {req.engineer or '?'} for {subject_words(req)}: {p.action} on {p.target}", 200)
-
-
-def until_text(req: Request) -> str:
-    if req.grant_exp is not None:
-        return render.fmt_time(req.grant_exp)
-    if req.status == APPROVED:
-        return (f"{render.fmt_duration(req.approved_duration_s)} after collection "
-                f"(collect by {render.fmt_time(req.deadline)})")
-    return "not collected"
-
-
-def grant_line(req: Request) -> str:
-    """Where the grant stands now (plain)."""
-    if req.status == APPROVED:
-        return f"Granted; waiting for {req.agent} to collect its token"
-    if req.status == ACTIVE:
-        return f"Active; ends at {render.fmt_time(req.grant_exp)}"
-    if req.status == REVOKED:
-        return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}"
-    if req.status == EXPIRED:
-        return "Ended: the time limit passed" if req.collected_at is not None else "Ended: the token was never collected"
-    return f"{req.status.capitalize()}: {req.close_reason or ''}".rstrip(": ")
+    return plain(render.bg_summary(req), 200)
 
 
 def review_line(req: Request, *, overdue: bool, suspended: bool) -> tuple[str, str]:
@@ -148,8 +109,8 @@ def review_line(req: Request, *, overdue: bool, suspended: bool) -> tuple[str, s
         return "Good", f"Reviewed by {req.reviewed_by}: {req.review_comment or ''}"
     due = render.fmt_time(req.review_due)
     if overdue and suspended:
-        return "Attention", (f"Review overdue (was due {due}): {req.engineer}'s break-glass right is suspended until "
-                             f"the security group reinstates it (breakglass-reinstate {req.engineer}).")
+        return "Attention", (f"Review overdue (was due {due}): {render.bg_suspended(req)} "
+                             f"(breakglass-reinstate {req.engineer}).")
     if overdue:
         return "Attention", f"Review overdue (was due {due}); the security group may still acknowledge it."
     return "Warning", f"Review open: the security group must acknowledge it by {due}."
@@ -158,19 +119,19 @@ def review_line(req: Request, *, overdue: bool, suspended: bool) -> tuple[str, s
 def security_card(req: Request, *, overdue: bool, suspended: bool, notice: str | None = None) -> dict:
     """The security alert: who, for whom, what, why, until when, incident; the review and its action."""
     p = req.proposal
-    body: list[dict] = [_heading(f"Break-glass by {req.engineer or '?'}")]
+    body: list[dict] = [_heading(render.bg_headline(req))]
     if notice:
         body.append(rich(run(notice, 600, color="Accent", italic=True)))
     body += [
         {"type": "Container", "spacing": "Medium", "items": [
-            field("Engineer", req.engineer or "?"), field("For", subject_words(req), 300),
+            field("Engineer", req.engineer or "?"), field("For", render.bg_subject(req), 300),
             field("Action", p.action, 500), field("Target", p.target, 1000),
-            field("Duration", render.fmt_duration(req.approved_duration_s)), field("Until", until_text(req), 300),
+            field("Duration", render.fmt_duration(req.approved_duration_s)), field("Until", render.bg_until(req), 300),
             field("Incident", req.incident or "none given"),
         ]},
         rich(run("Reason", weight="Bolder"), spacing="Medium"),
         rich(run(p.justification, 1500)),
-        rich(run("Grant: ", weight="Bolder"), run(grant_line(req), 1500), spacing="Medium"),
+        rich(run("Grant: ", weight="Bolder"), run(render.bg_grant_line(req), 1500), spacing="Medium"),
     ]
     colour, sentence = review_line(req, overdue=overdue, suspended=suspended)
     body.append(rich(run(sentence, 1500, weight="Bolder", color=colour)))
@@ -189,28 +150,15 @@ def security_card(req: Request, *, overdue: bool, suspended: bool, notice: str |
     return card(body, actions)
 
 
-def event_line(req: Request, event: str) -> str | None:
-    """A thread reply under the security alert for a change of the grant, or None."""
-    if event == "collected":
-        return f"{req.agent} collected its token; the grant ends at {render.fmt_time(req.grant_exp)}."
-    if event == "revoked":
-        return f"{grant_line(req)}. The token no longer works."
-    if event == "expired":
-        return f"{grant_line(req)}."
-    if event == "completed":
-        return "Completed by the agent; the grant has ended."
-    return None
-
-
 def reviews_answer(reqs: list[Request], *, now: float, everyone: bool, limit: int) -> tuple[str, tuple[str, ...]]:
     """``reviews``: the open break-glass reviews, oldest deadline first (text, lines)."""
     if not reqs:
-        return ("No break-glass review is open." if everyone else "None of your break-glass grants awaits review."), ()
-    head = "Open break-glass reviews" if everyone else "Your break-glass grants awaiting review"
+        return render.bg_reviews_heading(everyone), ()
+    head = render.bg_reviews_heading(everyone, count=len(reqs))
     lines = []
     for r in reqs:
         p = r.proposal
         late = " (OVERDUE)" if r.review_due is not None and r.review_due <= now else ""
-        lines.append(f"{r.id}: {r.engineer} for {subject_words(r)}: {p.action} on {p.target}; reason: "
+        lines.append(f"{r.id}: {r.engineer} for {render.bg_subject(r)}: {p.action} on {p.target}; reason: "
                      f"{plain(p.justification, 200)}; due {render.fmt_time(r.review_due)}{late}")
     return f"{head} ({len(reqs)}{'+' if len(reqs) >= limit else ''}):", tuple(lines)

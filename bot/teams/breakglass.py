@@ -41,7 +41,7 @@ from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotA
 from broker.model import Request, check_request_id
 
 from . import bgcards, cards
-from .conversations import ConversationRef, base_conversation_id
+from .conversations import ConversationRef, NoPersonalChat, base_conversation_id
 from .notifier import card_activity
 from .replies import Answer, Turn, Usage
 
@@ -178,10 +178,6 @@ async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: 
 
 
 # ---------------------------------------------------------------------- card actions
-class NoPersonalChat(Exception):
-    """The bot cannot reach this person's 1:1 chat."""
-
-
 class BreakGlassActions:
     """``bg_confirm`` / ``bg_cancel`` on confirmation cards, ``bg_review`` on security alerts."""
 
@@ -259,27 +255,18 @@ class BreakGlassActions:
 
     async def _personal_chat(self, a: Activity, aad: str, tenant: str | None) -> ConversationRef:
         """The engineer's 1:1 chat with the bot: this one, the one the bot knows, or a new one."""
-        conv = self.desk.conversations
         if a.conversation and a.conversation.conversation_type == "personal":
             return ConversationRef(id=base_conversation_id(a.conversation.id), service_url=a.service_url,
                                    tenant_id=tenant, kind="personal")
-        known = await conv.personal(aad)
-        if known is not None:
-            return known
         user_id = a.from_property.id if a.from_property else None
         if not user_id or not tenant:
             raise NoPersonalChat()
         try:
-            cid = await self.desk.outbound.create_personal(a.service_url, bot_id=a.recipient.id if a.recipient else None,
-                                                           user_id=user_id, tenant_id=tenant)
+            return await self.desk.personal_chat(aad, service_url=a.service_url, user_id=user_id, tenant_id=tenant,
+                                                 bot_id=a.recipient.id if a.recipient else None)
         except Exception as e:  # noqa: BLE001 - not installed for them, Teams away: nothing granted yet
             log.warning("Teams: could not open a personal chat for a break-glass token (%s)", e.__class__.__name__)
             raise NoPersonalChat() from None
-        ref = ConversationRef(id=cid, service_url=a.service_url, tenant_id=tenant, kind="personal",
-                              bot_id=a.recipient.id if a.recipient else None)
-        await conv.save(ref)
-        await conv.remember_personal(aad, cid)
-        return ref
 
     async def _hand_over(self, chat: ConversationRef, activity: Activity) -> bool:
         """One message with the token into the 1:1 chat; True only when Teams confirmed it."""

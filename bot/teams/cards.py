@@ -36,6 +36,7 @@ EVIDENCE_SHOWN = 3          # items visible at once; the rest behind a toggle
 MAX_REFRESH_USERS = 60      # Teams refreshes automatically for at most 60 users
 MAX_CARD_BYTES = 24_000     # Teams refuses messages over ~28 KB; stay well below
 CAP_NAME, CAP_JUSTIFICATION, CAP_TITLE, CAP_URL, CAP_EXCERPT, CAP_NOTICE = 200, 1500, 200, 500, 400, 1200
+CAP_DELEGATION = 1500      # a few links of who let whom do what
 REASON_MAX = 500            # the lifecycle's cap on a denial reason
 
 STATUS_STYLE = {
@@ -98,9 +99,11 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
     for label, value in (("Tool", p.tool), ("Dataset", p.dataset), ("Ticket", p.ticket)):
         if value:
             facts.append(field(label, value))
-    chain = _delegation(req)
-    if chain:
-        facts.append(field("Delegation chain", chain, 600))
+    links = render.delegation_links(req)
+    if links:
+        chain = "\n".join(f"{i}. {link}" for i, link in enumerate(links, 1))
+        facts.append(rich(run("Delegation chain (verified, root first):", weight="Bolder")))
+        facts.append(rich(run(chain, CAP_DELEGATION)))
     if req.break_glass:
         facts.append(field("Break-glass", f"by {req.engineer or 'unknown'}" + (f", incident {req.incident}" if req.incident else "")))
     body.append({"type": "Container", "spacing": "Medium", "items": facts})
@@ -132,17 +135,6 @@ def _deadline(req: Request) -> dict:
     # Only jitgate's own words in a TextBlock.
     return {"type": "TextBlock", "wrap": True, "spacing": "Small",
             "text": f"{lead} {{{{DATE({when}, SHORT)}}}} {{{{TIME({when})}}}} ({render.fmt_time(req.deadline)})"}
-
-
-def _delegation(req: Request) -> str:
-    chain = getattr(req, "delegation_chain", None) or []
-    names: list[str] = []
-    for link in chain:
-        if isinstance(link, dict):
-            if not names and link.get("delegator"):
-                names.append(str(link["delegator"]))
-            names.append(str(link.get("delegate") or "?"))
-    return " → ".join(names)
 
 
 def _evidence(req: Request) -> list[dict]:

@@ -35,6 +35,10 @@ def channel_key(name: str) -> str:
     return name.strip().lstrip("#").strip().casefold()
 
 
+class NoPersonalChat(Exception):
+    """The bot cannot reach this person's 1:1 chat (nothing to open it with)."""
+
+
 @dataclass
 class ConversationRef:
     """What the bot needs to post into a conversation, and how people call it."""

@@ -29,7 +29,7 @@ from bot.approvers import Binder
 from . import cards
 from .auth import BotConfig, MetadataWarmer, MsalCredentialsFactory, build_authentication, login_authority
 from .breakglass import BreakGlassActions, Confirmations
-from .conversations import ConversationRef, Conversations
+from .conversations import ConversationRef, Conversations, NoPersonalChat
 from .handler import TurnHandler
 from .notifier import TeamsNotifier
 from .outbound import Outbound
@@ -196,6 +196,45 @@ class TeamsDesk:
                         "TEAMS_APPROVALS_CONVERSATION", wanted, req.id)
         where = self.settings.teams_approvals_conversation
         return await self.conversations.resolve(where) if where else None
+
+    async def personal_chat(self, aad_object_id: str, *, service_url: str | None = None, user_id: str | None = None,
+                            tenant_id: str | None = None, bot_id: str | None = None) -> ConversationRef:
+        """This person's 1:1 chat with the bot: the one the bot knows, else a new one it opens
+        (``POST /v3/conversations``; Teams returns the existing chat when there is one, and
+        allows it where the app is installed for that person or in one of their teams).
+
+        ``user_id`` is their Teams id (``29:…``; else the one seen for them, else the Entra
+        object id, which Teams also accepts); ``service_url`` where to ask (else that of the
+        approvals conversation, else of any conversation the bot knows). Raises
+        :class:`NoPersonalChat` when there is nothing to open it with; an error of the Bot
+        Connector goes up as it is (the caller decides whether to retry)."""
+        conv = self.conversations
+        known = await conv.personal(aad_object_id)
+        if known is not None:
+            return known
+        via = await self._any_conversation() if not service_url or not bot_id else None
+        service_url = service_url or (via.service_url if via else None)
+        if not service_url:
+            raise NoPersonalChat("the bot knows no Bot Connector endpoint yet (it is installed nowhere)")
+        bot_id = bot_id or (via.bot_id if via else None)
+        tenant_id = tenant_id or self.settings.microsoft_app_tenant_id
+        user_id = user_id or (await conv.user_ids([aad_object_id])).get(aad_object_id) or aad_object_id
+        cid = await self.outbound.create_personal(service_url, bot_id=bot_id, user_id=user_id, tenant_id=tenant_id)
+        ref = ConversationRef(id=cid, service_url=service_url, tenant_id=tenant_id, kind="personal", bot_id=bot_id)
+        await conv.save(ref)
+        await conv.remember_personal(aad_object_id, cid)
+        return ref
+
+    async def _any_conversation(self) -> ConversationRef | None:
+        """A conversation of this tenant the bot knows: the approvals one first."""
+        where = self.settings.teams_approvals_conversation
+        ref = await self.conversations.resolve(where) if where else None
+        if ref is not None:
+            return ref
+        tenant = self.settings.microsoft_app_tenant_id
+        mine = [r for r in await self.conversations.all() if r.tenant_id == tenant and r.service_url]
+        mine.sort(key=lambda r: -r.updated_at)
+        return mine[0] if mine else None
 
     def where_wanted(self, req: Request) -> str:
         wanted = req.decision.get("channel")

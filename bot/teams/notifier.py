@@ -5,6 +5,9 @@ conversation instead (``bgalerts``).
 Called by the core's outbox, at least once per change, so everything here is idempotent:
 the card is always re-rendered from the request as it is now, and each thread reply is
 marked in Redis once sent (the reply is the last step, so a retry repeats only the edit).
+On an outcome the agent's owner (an approver with a ``teams:`` binding) hears of it in
+their 1:1 chat with the bot, once per event, as on Slack; opening that chat is the desk's
+(``TeamsDesk.personal_chat``, shared with break-glass).
 A proposal that cannot be posted (no conversation known yet, Teams down) is held and
 posted as soon as it can be: the request itself waits in Redis either way.
 """
@@ -15,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from botbuilder.schema import Activity, ActivityTypes, Attachment
+from msrest.exceptions import HttpOperationError
 
 from broker.model import PENDING, TERMINAL, Request
 from broker.notify import MessageRef
@@ -23,6 +27,7 @@ from bot import render
 
 from . import cards
 from .bgalerts import SecurityAlerts
+from .conversations import NoPersonalChat
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -31,6 +36,9 @@ log = logging.getLogger("jitgate.teams")
 
 NAME = "teams"
 MAX_MENTIONS = 20
+# What the Bot Connector answers when this person cannot be messaged at all (the app is
+# installed neither for them nor in any of their teams): retrying cannot help.
+UNREACHABLE = frozenset({403, 404})
 
 
 def card_activity(card: dict, summary: str | None = None) -> Activity:
@@ -82,21 +90,25 @@ class TeamsNotifier:
             await conv.unlock("post:" + request.id)
 
     async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+        """Re-render the card, say what happened in its thread, tell the owner (each once)."""
         if request.break_glass:
             await self.bg.on_update(request, event)  # its home is the security alert
-        if not refs:
-            if request.status in TERMINAL:
-                await self.desk.conversations.release(request.id)  # never posted and now moot
-            return
-        card = await self.desk.card(request)
-        for ref in refs:
-            await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
-        # Thread replies, each once: every approval so far, then the event's own sentence.
-        for i in range(len(request.approvals)):
-            await self._reply_once(request, refs, f"approval:{i}", render.approval_sentence(request, i))
-        sentence = render.event_sentence(request, event)
-        if sentence:
-            await self._reply_once(request, refs, event, sentence)
+        if refs:
+            card = await self.desk.card(request)
+            for ref in refs:
+                await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref,
+                                                card_activity(card, summary(request)))
+            # Thread replies, each once: every approval so far, then the event's own sentence. The
+            # approval that completes the count is told by the "approved" reply instead (as on Slack).
+            for i in range(min(len(request.approvals), max(0, render.approvals_required(request) - 1))):
+                await self._reply_once(request, refs, f"approval:{i}", render.approval_sentence(request, i))
+            sentence = render.event_sentence(request, event)
+            if sentence:
+                await self._reply_once(request, refs, event, sentence)
+        elif request.status in TERMINAL:
+            await self.desk.conversations.release(request.id)  # never posted and now moot
+        if render.owner_hears(request, event):
+            await self._tell_owner(request, refs, event)
 
     async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
         if not refs or request.status != PENDING:
@@ -149,15 +161,48 @@ class TeamsNotifier:
             await send()
 
     # ------------------------------------------------------------------ helpers
-    async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:
+    async def _once(self, mark: str, send) -> None:
+        """Call ``send()`` unless ``mark`` says it was done already; remember it after (a
+        retried delivery says nothing twice)."""
         conv = self.desk.conversations
+        if await conv.replied(mark):
+            return
+        await send()
+        await conv.mark_replied(mark)
+
+    async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:
         for ref in refs:
-            mark = f"{request.id}:{ref.ref}:{key}"
-            if await conv.replied(mark):
-                continue
-            await self.desk.outbound.reply(_service_url(ref), ref.destination, ref.ref,
-                                           card_activity(cards.notice_card(text), cards.plain(text, 200)))
-            await conv.mark_replied(mark)
+            await self._once(f"{request.id}:{ref.ref}:{key}", lambda ref=ref: self.desk.outbound.reply(
+                _service_url(ref), ref.destination, ref.ref, card_activity(cards.notice_card(text), cards.plain(text, 200))))
+
+    async def _tell_owner(self, request: Request, refs: list[MessageRef], event: str) -> None:
+        """The outcome, in the owner's 1:1 chat with the bot (opened if need be), once per event.
+        A passing failure goes up, so the outbox retries the delivery (the card edit repeats,
+        the replies and this message do not); an owner Teams will not let the bot reach is
+        logged and skipped."""
+        owner = self.desk.broker.directory.approver(request.owner) if request.owner else None
+        if owner is None or not owner.teams:
+            return
+        text = render.owner_sentence(request, event)
+
+        async def send() -> None:
+            where = await self.desk.conversations.get(refs[0].destination) if refs else None
+            lines = [f"Request {request.id}" + (f"; its card is in {where.label()}" if where else "")]
+            service_url = next((r.extra.get("service_url") for r in refs if (r.extra or {}).get("service_url")), None)
+            try:
+                chat = await self.desk.personal_chat(owner.teams, service_url=service_url)
+                await self.desk.outbound.post(chat.service_url, chat.id, card_activity(
+                    cards.notice_card(text, lines=lines), cards.plain(text, 200)))
+            except NoPersonalChat as e:
+                log.warning("Teams: the owner %s of %s was not told it %s: %s", owner.id, request.id, event, e)
+            except HttpOperationError as e:
+                if getattr(e.response, "status_code", None) not in UNREACHABLE:
+                    raise
+                log.warning("Teams: the owner %s of %s was not told it %s: Teams refused a chat with them (HTTP %s); "
+                            "they can add the jitgate app for themselves", owner.id, request.id, event,
+                            e.response.status_code)
+
+        await self._once(f"{request.id}:owner:{event}", send)
 
 
 def _service_url(ref: MessageRef) -> str:

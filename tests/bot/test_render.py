@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from broker.model import Proposal, Request
+
 from bot import render
+from bot.slack import bgviews
+from bot.teams import bgcards
+from tests.bot.teams.test_cards import nodes
 
 
 def test_delegation_links_name_who_let_whom_do_what():
@@ -19,3 +24,35 @@ def test_delegation_links_name_who_let_whom_do_what():
         "planner → worker: deploy on prod/api",
     ]
     assert render.delegation_links(SimpleNamespace(delegation_chain=[])) == []
+
+
+def _grant(**kw):
+    values = dict(id="01JTESTREQUEST0000000000BG", agent="ops-bot", status="revoked",
+                  proposal=Proposal(action="rollback", target="prod/payments-api", justification="pods <!channel> down",
+                                    duration_s=600),
+                  proposal_sha256="ab" * 32, decision={"policies": ["prod-rollback"]}, created_at=1_800_000_000.0,
+                  deadline=1_800_000_300.0, owner="", break_glass=True, engineer="frank", approved_duration_s=600,
+                  collected_at=1_800_000_010.0, grant_exp=1_800_000_610.0, closed_by="carol", close_reason="done <&>",
+                  review_due=1_800_086_400.0)
+    values.update(kw)
+    return Request(**values)
+
+
+def test_break_glass_wording_is_one_for_both_desks():
+    """The break-glass sentences come from one place; Slack escapes them for mrkdwn, Teams shows them as plain runs."""
+    req = _grant()
+    assert render.bg_summary(req) == "Break-glass by frank for agent ops-bot: rollback on prod/payments-api"
+    assert render.bg_subject(_grant(agent="")) == "frank themself"
+    said = render.bg_event_sentence(req, "revoked")
+    assert said == "Revoked by carol: done <&>. The token no longer works."
+    assert bgviews.event_line(req, "revoked") == ":no_entry: Revoked by carol: done &lt;&amp;&gt;. The token no longer works."
+    assert render.bg_event_sentence(req, "collected") == render.event_sentence(req, "collected")
+    assert render.bg_event_sentence(req, "approval") is None and bgviews.event_line(req, "approval") is None
+    card = bgcards.security_card(req, overdue=False, suspended=False)
+    assert render.bg_grant_line(req) in [r["text"] for r in nodes(card, "TextRun")]
+    # An instant in a shared sentence may be localised by the desk; the words stay the same.
+    assert render.bg_until(_grant(status="approved", grant_exp=None), when=lambda ts: "<when>") == \
+        "10 min after collection (collect by <when>)"
+    assert render.bg_review_due(req) == "Security has been told; a review is due by 2027-01-16 08:00 UTC."
+    assert render.bg_reviews_heading(True) == "No break-glass review is open."
+    assert render.bg_reviews_heading(False, count=2) == "Your break-glass grants awaiting review"

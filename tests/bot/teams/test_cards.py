@@ -51,6 +51,26 @@ def test_card_shows_what_approvers_need():
     assert card["version"] == "1.5" and card["$schema"].startswith("http://adaptivecards.io/")
 
 
+def test_card_shows_the_verified_delegation_chain_as_plain_links():
+    """Requirement 1 (delegation chain), as on Slack: who let whom ask for what, root first, as plain text."""
+    req = make_request()
+    req.delegation_chain = [
+        {"link": 1, "delegator": "orchestrator", "delegate": "planner", "actions": ["deploy"], "targets": ["prod/*"],
+         "reason": "release **train** {{DATE(2030-01-01T00:00:00Z)}}"},
+        {"link": 2, "delegator": "planner", "delegate": "deploy-bot", "actions": ["deploy"],
+         "targets": ["prod/payments-api"]},
+    ]
+    card = cards.proposal_card(req, max_duration_s=3600)
+    runs = [r["text"] for r in nodes(card, "TextRun")]
+    chain = next(t for t in runs if t.startswith("1. "))
+    assert chain.split("\n") == ["1. orchestrator → planner: deploy on prod/* (release **train** {\u200b{DATE(2030-01-01T00:00:00Z)}})",
+                                  "2. planner → deploy-bot: deploy on prod/payments-api"]
+    assert "Delegation chain (verified, root first):" in runs
+    assert not any("orchestrator" in t["text"] for t in nodes(card, "TextBlock"))  # never markdown
+    no_chain = cards.proposal_card(make_request(), max_duration_s=3600)
+    assert not any("Delegation" in r["text"] for r in nodes(no_chain, "TextRun"))
+
+
 def test_universal_actions_carry_only_the_request_id():
     """Requirement 4: Action.Execute verbs approve / approve_for / deny; data is just the request id."""
     req = make_request()

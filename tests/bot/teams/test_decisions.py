@@ -112,3 +112,40 @@ async def test_repeated_delivery_edits_again_but_replies_once(rig):
     await rig.desk.notifier.update(req, refs, "approval")
     assert len(rig.fake.replies(APPROVALS, card_id)) == replies
     assert len(rig.fake.updates(card_id)) == edits + 2
+
+
+async def test_collection_completion_and_revocation_edit_the_card_and_reply_in_its_thread(rig):
+    """Requirement 4: every later state change (collected, completed, revoked) updates the posted card in place
+    and adds a reply in its thread."""
+    async def approved() -> tuple[str, str]:
+        rid, card_id = await rig.propose_posted()
+        for user in ("bob", "erin"):
+            assert (await rig.send(card_action(rid, reply_to_id=card_id, user=user))).json()["statusCode"] == 200
+        await rig.settle()
+        return rid, card_id
+
+    def last_card(card_id: str) -> str:
+        return texts(rig.fake.updates(card_id)[-1].card)
+
+    def thread(card_id: str) -> str:
+        return "\n".join(texts(c.card) for c in rig.fake.replies(APPROVALS, card_id))
+
+    rid, card_id = await approved()
+    assert (await rig.h.collect(rid)).status_code == 200
+    await rig.settle()
+    assert "token collected, the grant ends at" in last_card(card_id)
+    assert "deploy-bot collected its token; the grant ends at" in thread(card_id)
+    assert (await rig.h.complete(rid)).status_code == 200
+    await rig.settle()
+    assert "Completed: the agent reported the task done" in last_card(card_id)
+    assert "deploy-bot reported the task done; the grant has ended." in thread(card_id)
+    # Each once, and the approval that completes the count only as "Approved by …" (as on Slack).
+    assert [texts(c.card).split(" ")[0:2] for c in rig.fake.replies(APPROVALS, card_id)] == [
+        ["bob", "approved"], ["Approved", "by"], ["deploy-bot", "collected"], ["deploy-bot", "reported"]]
+
+    rid, card_id = await approved()
+    assert (await rig.h.collect(rid)).status_code == 200
+    await rig.h.life.revoke(rid, by="bob", channel="teams", reason="wrong target after all")
+    await rig.settle()
+    assert "Revoked by bob: wrong target after all" in last_card(card_id)
+    assert "Revoked by bob: wrong target after all. The token no longer works." in thread(card_id)

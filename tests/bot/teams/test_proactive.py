@@ -5,13 +5,15 @@ conversation, held (never lost) when no conversation is known, and Teams' 429s h
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import shutil
+import time
 
 import pytest
 from botbuilder.schema import Activity
 
 from broker.model import PENDING
-from bot.teams.outbound import Throttled
+from bot.teams.outbound import Throttled, retry_after_s
 from tests.support.harness import FIXTURES
 
 from .conftest import APPROVALS, TEAM, conversation_update, make_rig
@@ -37,9 +39,11 @@ async def bare(tmp_path, redis_url, prefix, redis, fake_bf, fake_login):
     await r.h.stop()
 
 
-async def test_proposal_before_installation_waits_and_is_posted_on_install(bare):
-    """Requirement 5: with no conversation reference the broker says so (log, /readyz) and the
-    request is not lost: it is posted as soon as the bot is installed."""
+async def test_proposal_before_installation_waits_and_is_posted_on_install(bare, caplog):
+    """Requirement 5: with no conversation reference the broker says so (at start, in /readyz) and
+    the request is not lost: it is posted as soon as the bot is installed."""
+    said = [r.getMessage() for r in caplog.get_records("setup") if r.name == "jitgate.teams"]
+    assert any("no conversation reference for TEAMS_APPROVALS_CONVERSATION" in m for m in said), said
     rid = (await bare.h.propose()).json()["id"]
     await bare.settle()
     assert bare.fake.posts() == []
@@ -145,6 +149,17 @@ async def test_429_beyond_the_budget_is_not_waited_out(rig):
     rig.fake.plans.clear()
 
 
+def test_retry_after_is_read_as_seconds_or_an_http_date():
+    """Retry-After may be delta-seconds or an HTTP date (RFC 9110); anything else falls back to the backoff."""
+    assert retry_after_s({"Retry-After": "7"}, default=0.5) == 7.0
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after_s({"Retry-After": soon}, default=0.5) <= 31
+    past = email.utils.formatdate(time.time() - 30, usegmt=True)
+    assert retry_after_s({"Retry-After": past}, default=0.5) == 0.0
+    assert retry_after_s({"Retry-After": "soon-ish"}, default=0.5) == 0.5
+    assert retry_after_s({}, default=2.0) == 2.0 and retry_after_s(None, default=1.0) == 1.0
+
+
 async def test_failed_post_is_held_and_flushed_later(bare):
     """Requirement 5: a proposal Teams refused is held and posted by the desk's next flush."""
     rid = (await bare.h.propose()).json()["id"]
@@ -171,5 +186,20 @@ async def test_approvals_conversation_may_be_a_channel_name(tmp_path, redis_url,
         await r.install(TEAM)
         rid, _ = await r.propose_posted()
         assert (await r.h.life.get(rid)).messages[-1]["destination"] == PROD_ACCESS
+    finally:
+        await r.h.stop()
+
+
+async def test_a_group_chat_may_be_the_approvals_conversation(tmp_path, redis_url, prefix, redis, fake_bf, fake_login):
+    """Requirement 5: installed in a group chat, the bot stores that chat's reference and posts proposals there."""
+    chat = "19:a1b2c3@thread.v2"
+    r = await make_rig(tmp_path, redis_url, prefix, fake_bf, fake_login, teams_approvals_conversation=chat)
+    try:
+        await r.install(chat, conversation_type="groupChat")
+        ref = await r.desk.conversations.get(chat)
+        assert ref.kind == "groupChat" and ref.team_id is None and ref.service_url == fake_bf.service_url
+        rid, card_id = await r.propose_posted()
+        assert (await r.h.life.get(rid)).messages[-1]["destination"] == chat
+        assert [c for c in fake_bf.posts(chat) if c.card and c.card.get("refresh")]
     finally:
         await r.h.stop()
