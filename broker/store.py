@@ -43,11 +43,16 @@ class Outcome:
     result: str
     status: str | None = None
     extra: str | None = None
-    request: Request | None = None  # the request as the script left it, when it returns it
+    fields: dict | None = None  # the request's hash as the script left it, when it returns it
 
     @property
     def ok(self) -> bool:
         return self.result == "ok"
+
+    @property
+    def request(self) -> Request | None:
+        """The request as the script left it (parsed on demand), or None."""
+        return Request.from_redis(self.fields) if self.fields else None
 
 
 def event(kind: str, at: str, request_id: str | None = None, actor: dict | None = None, **data: Any) -> bytes:
@@ -68,11 +73,11 @@ def events_arg(events: Iterable[bytes]) -> bytes:
 
 def _decode(raw: list) -> Outcome:
     parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[:3]]
-    request = None
+    fields = None
     if len(raw) > 3 and raw[3]:
         flat = raw[3]
-        request = Request.from_redis(dict(zip(flat[::2], flat[1::2])))
-    return Outcome(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None, request)
+        fields = dict(zip(flat[::2], flat[1::2]))
+    return Outcome(parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None, fields)
 
 
 class Store:
