@@ -2,7 +2,7 @@
 
 It records every call (method, arguments, token), keeps the messages it was asked to post
 so ``chat.update`` edits them, answers ``ok: false`` where Slack would (bad token,
-unknown channel or message, Block Kit limits: 3000 characters per text object, 50
+unknown channel or message or user group, Block Kit limits: 3000 characters per text object, 50
 blocks per message, 100 per modal), can be told to fail a method (429 with
 ``Retry-After``, 5xx, or an error), and serves a Socket Mode WebSocket whose URL
 ``apps.connections.open`` hands out. Response URLs point back at it too.
@@ -49,6 +49,7 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], dict] = {}
         self.channels: dict[str, str] = {"#approvals": "C0APPROVALS", "#security": "C0SECURITY", "#prod-access": "C0PRODACCESS"}
         self.users: dict[str, dict] = {}           # users.info answers
+        self.usergroups: dict[str, list[str]] = {}  # usergroups.users.list answers: user group id → user ids
         self._failures: dict[str, list[tuple[int, str | None, float | None]]] = {}
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -217,6 +218,10 @@ class FakeSlack:
     def _m_users_info(self, args: dict) -> dict:
         user = self.users.get(args.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
+
+    def _m_usergroups_users_list(self, args: dict) -> dict:
+        users = self.usergroups.get(args.get("usergroup", ""))
+        return {"ok": True, "users": list(users)} if users is not None else {"ok": False, "error": "no_such_subteam"}
 
     def _message_problem(self, args: dict) -> str | None:
         text = args.get("text") or ""
