@@ -53,6 +53,8 @@ async def test_user_group_members_approve_as_themselves(grouped):
     """Requirement 2: a Slack user bound only through a Slack user group approves as slack:<id>; two members count as two."""
     slack = grouped
     rid = await slack.propose()  # prod-deploy: 2 approvals from sre
+    await slack.jit("U0GRACE", "list")
+    assert rid in (await slack.answer("U0GRACE"))["text"]
     await slack.click("U0GRACE", APPROVE, rid)
     assert "1 more approval needed" in (await slack.ephemerals("U0GRACE"))[0]
     await slack.click("U0HANK", APPROVE, rid)
