@@ -130,8 +130,9 @@ class SlackDesk:
                 log.warning("Slack user group %s unavailable (%s); %s acts with their own groups only",
                             e.usergroup, e.why, found.id)
         if found is None:
+            also = ", or to add you to a Slack user group that the file binds" if bindings else ""
             raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
-                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry")
+                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
         return found
 
     async def answer(self, channel: str | None, user: str, text: str) -> None:

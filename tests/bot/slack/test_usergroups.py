@@ -156,3 +156,24 @@ async def test_breakglass_for_oneself_needs_an_explicit_binding(grouped):
     answer = await slack.answer("U0IVY")
     assert "needs your own entry" in answer["text"] and "slack: U0IVY" in answer["text"]
     assert slack.fake.of("views.open") == []
+
+
+async def test_an_owner_named_by_slack_id_is_recognised(tmp_path, redis_url, prefix, redis, fake_slack, approvers_file):
+    """DESIGN (not the agent's owner): an agent owned by `slack:U…` cannot be approved by that user through a user
+    group, and the owner hears the outcome by DM."""
+    from broker.identity import add_agent, generate_key, load_private_key
+
+    fake_slack.usergroups.update(S0SRELEADS=["U0GRACE", "U0HANK"], S0ONCALL=[])
+    pem, jwk = generate_key("Ed25519")
+    add_agent(tmp_path / "agents.yaml", id="grace-bot", owner="slack:U0GRACE", team="platform", public_jwk=jwk)
+    async with running(tmp_path, redis_url, prefix, fake_slack, approvers_file=approvers_file) as slack:
+        slack.h.keys["grace-bot"] = load_private_key(pem)
+        rid = await slack.propose("grace-bot")
+        await slack.click("U0GRACE", APPROVE, rid)
+        assert "slack:U0GRACE owns agent grace-bot" in (await slack.ephemerals("U0GRACE"))[0]
+        await slack.click("U0HANK", APPROVE, rid)
+        await slack.click("U0BOB", APPROVE, rid)
+        assert (await slack.status(rid, "approved")).approvers == ["slack:U0HANK", "bob"]
+        await slack.settle()
+        dms = [c.args["text"] for c in fake_slack.of("chat.postMessage") if c.args["channel"] == "U0GRACE"]
+        assert len(dms) == 1 and "approved by slack:U0HANK, bob" in dms[0]
