@@ -1,5 +1,8 @@
 """Chat identity → approver identity, through explicit bindings in the approvers file.
 
+A Slack user may also be bound through Slack user groups (``slack_usergroups`` entries);
+the desk asks Slack who is in them and :func:`with_slack_groups` folds the result in.
+
 Matching by e-mail is opt-in (``JITGATE_EMAIL_BINDING``): an e-mail address is only as
 trustworthy as the workspace that verified it. Desks call this on every click with the
 platform's *verified* user id, never with anything taken from a button value or card.
@@ -7,7 +10,9 @@ platform's *verified* user id, never with anything taken from a button value or 
 
 from __future__ import annotations
 
-from broker.directory import Approver, Directory
+import dataclasses
+
+from broker.directory import Approver, Directory, group_bound_id
 
 
 class Binder:
@@ -37,3 +42,17 @@ class Binder:
         if found is None and self.email_binding and email:
             found = self.directory.by_email(email)
         return found
+
+
+def with_slack_groups(found: Approver | None, slack_user_id: str, groups: frozenset[str]) -> Approver | None:
+    """``found`` (the explicit binding, if any) with the jitgate groups its Slack user groups give.
+
+    Someone bound both explicitly and through a user group is one person: their own entry,
+    with the groups added. Someone bound only through user groups acts as
+    ``slack:<user id>``, so two people in one user group count as two approvers.
+    """
+    if not groups:
+        return found
+    if found is not None:
+        return dataclasses.replace(found, groups=found.groups | groups)
+    return Approver(id=group_bound_id(slack_user_id), groups=groups, slack=slack_user_id)

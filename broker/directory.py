@@ -9,6 +9,7 @@ to approve.
 
 from __future__ import annotations
 
+import re
 import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,13 @@ _CEDAR_LONG_MAX = 2**63 - 1
 # that make two different ids look identical in a chat message; Zl/Zp: line/paragraph separators.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
-_APPROVER_KEYS = frozenset({"id", "groups", "slack", "teams", "email", "slack_usergroups"})
+_APPROVER_KEYS = frozenset({"id", "groups", "slack", "teams", "email"})
+# An entry with ``slack_usergroups`` binds the members of Slack user groups, not one person.
+_SLACK_BINDING_KEYS = frozenset({"id", "groups", "slack_usergroups"})
+# The approver id of someone bound only through a Slack user group: ``slack:U0123ABCD``.
+# Reserved, so no entry in the file can take (or be mistaken for) such a person's id.
+GROUP_BOUND_PREFIX = "slack:"
+_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,30}$")
 _TARGET_KEYS = frozenset({"id", "env", "attributes"})
 # ``name`` is set by the policy gate from the target id; an attribute may not shadow it.
 _RESERVED_TARGET_ATTRS = frozenset({"name"})
@@ -68,7 +75,24 @@ class Approver:
     slack: str | None = None
     teams: str | None = None
     email: str | None = None
-    slack_usergroups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SlackGroupBinding:
+    """Everyone in these Slack user groups may act, as themselves, with these jitgate groups.
+
+    Membership is Slack's to say (asked when someone clicks); such a person's approver id is
+    their explicit entry's id when they have one, else ``slack:<their Slack user id>``.
+    """
+
+    id: str
+    groups: frozenset[str]
+    usergroups: tuple[str, ...]
+
+
+def group_bound_id(slack_user_id: str) -> str:
+    """The approver id of a person known to jitgate only through a Slack user group."""
+    return GROUP_BOUND_PREFIX + slack_user_id
 
 
 @dataclass(frozen=True)
@@ -180,14 +204,46 @@ def _parse_approver(entry: object, where: str) -> Approver:
     email = _optional_id(entry, "email", where)
     if email is not None and ("@" not in email or any(ch.isspace() for ch in email)):
         raise ConfigError(f"{where}: email {email!r} is not an e-mail address")
+    approver_id = _check_id(entry.get("id"), "id", where)
+    if approver_id.startswith(GROUP_BOUND_PREFIX):
+        raise ConfigError(f"{where}: ids starting with {GROUP_BOUND_PREFIX!r} are reserved for people bound "
+                          "through a Slack user group")
     return Approver(
-        id=_check_id(entry.get("id"), "id", where),
+        id=approver_id,
         groups=frozenset(_id_list(entry, "groups", where)),
         slack=_optional_id(entry, "slack", where),
         teams=_optional_id(entry, "teams", where),
         email=email,
-        slack_usergroups=tuple(_id_list(entry, "slack_usergroups", where)),
     )
+
+
+def _parse_slack_binding(entry: dict, where: str) -> SlackGroupBinding:
+    unknown = set(entry) - _SLACK_BINDING_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: an entry with slack_usergroups binds the members of Slack user groups, not one "
+                          f"person, so it takes only {sorted(_SLACK_BINDING_KEYS)}; unexpected: {sorted(map(str, unknown))} "
+                          "(give a person their own entry)")
+    binding_id = _check_id(entry.get("id"), "id", where)
+    if binding_id.startswith(GROUP_BOUND_PREFIX):
+        raise ConfigError(f"{where}: ids starting with {GROUP_BOUND_PREFIX!r} are reserved for people bound "
+                          "through a Slack user group")
+    groups = frozenset(_id_list(entry, "groups", where))
+    if not groups:
+        raise ConfigError(f"{where}: a Slack user group binding needs 'groups' (what its members may do)")
+    usergroups = _id_list(entry, "slack_usergroups", where)
+    if not usergroups:
+        raise ConfigError(f"{where}: slack_usergroups must list at least one Slack user group id")
+    for ug in usergroups:
+        if not _USERGROUP_ID.match(ug):
+            raise ConfigError(f"{where}: {ug!r} is not a Slack user group id (like S0123ABCD; not the @handle)")
+    return SlackGroupBinding(id=binding_id, groups=groups, usergroups=tuple(dict.fromkeys(usergroups)))
+
+
+def _parse_entry(entry: object, where: str) -> Approver | SlackGroupBinding:
+    """One ``approvers:`` entry: a person, or (with ``slack_usergroups``) a Slack user group binding."""
+    if isinstance(entry, dict) and "slack_usergroups" in entry:
+        return _parse_slack_binding(entry, where)
+    return _parse_approver(entry, where)
 
 
 def _attr_value(value: object, key: str, where: str) -> object:
@@ -257,17 +313,21 @@ class _Snapshot:
     by_slack: Mapping[str, Approver]
     by_teams: Mapping[str, Approver]
     by_email: Mapping[str, Approver]
+    slack_bindings: tuple[SlackGroupBinding, ...] = ()
 
 
-def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_src: str, targets_src: str) -> _Snapshot:
+def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_src: str, targets_src: str,
+           slack_bindings: Iterable[SlackGroupBinding] = ()) -> _Snapshot:
     """Build the lookup tables; two entries claiming the same id or chat identity are an error."""
-    approvers, targets = tuple(approvers), tuple(targets)
+    approvers, targets, slack_bindings = tuple(approvers), tuple(targets), tuple(slack_bindings)
     by_id: dict[str, Approver] = {}
     bindings: dict[str, dict[str, Approver]] = {"slack": {}, "teams": {}, "email": {}}
     for n, approver in enumerate(approvers):
         where = f"{approvers_src}: entry {n + 1} (id {approver.id!r})"
         if approver.id in by_id:
             raise ConfigError(f"{where}: duplicate approver id")
+        if approver.id.startswith(GROUP_BOUND_PREFIX):
+            raise ConfigError(f"{where}: ids starting with {GROUP_BOUND_PREFIX!r} are reserved")
         by_id[approver.id] = approver
         # One chat identity bound to two approvers would let one person act as either.
         for kind, value in (("slack", approver.slack), ("teams", approver.teams), ("email", approver.email)):
@@ -278,12 +338,18 @@ def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_s
             if other is not None:
                 raise ConfigError(f"{where}: {kind} identity {value!r} is already bound to approver {other.id!r}")
             bindings[kind][key] = approver
+    binding_ids: set[str] = set()
+    for binding in slack_bindings:
+        if binding.id in by_id or binding.id in binding_ids:
+            raise ConfigError(f"{approvers_src}: Slack user group binding {binding.id!r}: duplicate id")
+        binding_ids.add(binding.id)
     targets_by_id: dict[str, Target] = {}
     for n, target in enumerate(targets):
         if target.id in targets_by_id:
             raise ConfigError(f"{targets_src}: entry {n + 1} (id {target.id!r}): duplicate target id")
         targets_by_id[target.id] = target
-    return _Snapshot(approvers, targets, by_id, targets_by_id, bindings["slack"], bindings["teams"], bindings["email"])
+    return _Snapshot(approvers, targets, by_id, targets_by_id, bindings["slack"], bindings["teams"], bindings["email"],
+                     slack_bindings)
 
 
 class Directory:
@@ -300,12 +366,14 @@ class Directory:
         *,
         approvers_path: Path | None = None,
         targets_path: Path | None = None,
+        slack_bindings: Iterable[SlackGroupBinding] = (),
     ) -> None:
         """Index the given entries; raise :class:`ConfigError` on duplicate ids or chat bindings."""
         self._approvers_path = approvers_path
         self._targets_path = targets_path
         self._lock = threading.Lock()
-        self._snap = _index(approvers, targets, str(approvers_path or "approvers"), str(targets_path or "targets"))
+        self._snap = _index(approvers, targets, str(approvers_path or "approvers"), str(targets_path or "targets"),
+                            slack_bindings)
         self._fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
 
     @classmethod
@@ -313,23 +381,25 @@ class Directory:
         """Read both files; a missing file is an empty list, anything malformed raises :class:`ConfigError`."""
         approvers_path, targets_path = Path(approvers_path), Path(targets_path)
         fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
-        approvers, targets = cls._read(approvers_path, targets_path)
-        directory = cls(approvers, targets, approvers_path=approvers_path, targets_path=targets_path)
+        approvers, targets, slack_bindings = cls._read(approvers_path, targets_path)
+        directory = cls(approvers, targets, approvers_path=approvers_path, targets_path=targets_path,
+                        slack_bindings=slack_bindings)
         # The fingerprint taken before reading: an edit racing the read shows up as a change later.
         directory._fingerprint = fingerprint
         return directory
 
     @staticmethod
-    def _read(approvers_path: Path, targets_path: Path) -> tuple[list[Approver], list[Target]]:
-        approvers = [
-            _parse_approver(entry, _where(approvers_path, n, entry))
+    def _read(approvers_path: Path, targets_path: Path) -> tuple[list[Approver], list[Target], list[SlackGroupBinding]]:
+        entries = [
+            _parse_entry(entry, _where(approvers_path, n, entry))
             for n, entry in enumerate(_read_list(approvers_path, "approvers"))
         ]
         targets = [
             _parse_target(entry, _where(targets_path, n, entry))
             for n, entry in enumerate(_read_list(targets_path, "targets"))
         ]
-        return approvers, targets
+        approvers = [e for e in entries if isinstance(e, Approver)]
+        return approvers, targets, [e for e in entries if isinstance(e, SlackGroupBinding)]
 
     def reload_if_changed(self) -> bool:
         """Re-read the files when their modification time, size or existence changed.
@@ -344,8 +414,8 @@ class Directory:
             fingerprint = (_fingerprint(self._approvers_path), _fingerprint(self._targets_path))
             if fingerprint == self._fingerprint:
                 return False
-            approvers, targets = self._read(self._approvers_path, self._targets_path)
-            self._snap = _index(approvers, targets, str(self._approvers_path), str(self._targets_path))
+            approvers, targets, slack_bindings = self._read(self._approvers_path, self._targets_path)
+            self._snap = _index(approvers, targets, str(self._approvers_path), str(self._targets_path), slack_bindings)
             self._fingerprint = fingerprint
             return True
 
@@ -370,6 +440,16 @@ class Directory:
     def members(self, group: str) -> tuple[Approver, ...]:
         """The approvers in ``group``, in file order."""
         return tuple(a for a in self._snap.approvers if group in a.groups)
+
+    @property
+    def slack_bindings(self) -> tuple[SlackGroupBinding, ...]:
+        """The Slack user group bindings, in file order (they are not approvers themselves)."""
+        return self._snap.slack_bindings
+
+    def slack_usergroups_for(self, group: str) -> tuple[str, ...]:
+        """The Slack user groups whose members are in jitgate ``group`` through a binding."""
+        out = [ug for b in self._snap.slack_bindings if group in b.groups for ug in b.usergroups]
+        return tuple(dict.fromkeys(out))
 
     def by_slack(self, user_id: str) -> Approver | None:
         """The approver bound to this Slack user id (exact match), or None."""

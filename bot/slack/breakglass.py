@@ -27,8 +27,9 @@ from slack_sdk.errors import SlackApiError
 
 
 from bot.commands import BreakGlassArgs
-from broker.directory import Approver, is_valid_id
-from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.breakglass import ME
+from broker.directory import GROUP_BOUND_PREFIX, Approver, group_bound_id, is_valid_id
+from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover
 from broker.model import Request, check_request_id
 
 from .bgviews import (COMMENT_BLOCK, COMMENT_INPUT, CONFIRM_VIEW, REVIEW, REVIEW_VIEW, confirm_modal, granted_text,
@@ -90,6 +91,10 @@ async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlass
                          command: dict) -> str | None:
     """Check everything now, then show exactly what would be granted in a confirmation modal."""
     bg = desk.broker.breakglass
+    if args.subject == ME and engineer.id.startswith(GROUP_BOUND_PREFIX):
+        # The policies see the people named in the approvers file; a user group member is not one of them.
+        raise NotApprover("break-glass for yourself needs your own entry in jitgate's approvers file "
+                          f"(`slack: {user}`), not only a Slack user group; break-glass for an agent works")
     pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
                           duration_s=args.duration_s, reason=args.reason, incident=args.incident)
     metadata = args.to_json()
@@ -110,9 +115,8 @@ async def run_reinstate(desk: "SlackDesk", by: Approver, who: str, user: str) ->
     m = _MENTION.match(who)
     if m:
         found = desk.broker.directory.by_slack(m[1])
-        if found is None:
-            raise NotFound(f"no approver is bound to Slack user {m[1]}")
-        engineer_id = found.id
+        # Not in the file: someone who acted through a Slack user group, under slack:U…
+        engineer_id = found.id if found is not None else group_bound_id(m[1])
     else:
         engineer_id = who.removeprefix("@")
         if not is_valid_id(engineer_id):

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from broker.directory import Approver
 from broker.errors import ConfigError, NotApprover
 
-from bot.approvers import Binder
+from bot.approvers import Binder, with_slack_groups
 
 from .api import SlackApi
 from .breakglass import BreakGlassListeners
@@ -25,6 +25,7 @@ from .commands import SlashCommand
 from .listeners import Listeners
 from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
+from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 
 log = logging.getLogger("jitgate.slack")
 
@@ -41,7 +42,8 @@ class SlackDesk:
 
     name = NAME
 
-    def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0) -> None:
+    def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0,
+                 usergroup_ttl_s: float = TTL_S) -> None:
         self.settings = settings
         self.socket_mode = bool(settings.slack_app_token)
         kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
@@ -49,6 +51,10 @@ class SlackDesk:
                                      logger=quiet_logger("jitgate.slack.sdk", logging.INFO), **kwargs)
         self.api = SlackApi(self.client, backoff_s=retry_backoff_s, budget_s=retry_budget_s)
         self.notifier = SlackNotifier(self.api, settings)
+        # Asked while a clicker waits: a short budget, and the answer (or refusal) comes quickly.
+        self._usergroup_api = SlackApi(self.client, attempts=2, backoff_s=retry_backoff_s, budget_s=2.0)
+        self._usergroup_ttl_s = usergroup_ttl_s
+        self.usergroups: UserGroups | None = None
         self.app = AsyncApp(
             name="jitgate",
             client=self.client,
@@ -75,6 +81,8 @@ class SlackDesk:
     async def start(self, broker) -> None:
         self._broker = broker
         self.binder = Binder(broker.directory, email_binding=self.settings.email_binding)
+        self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
+                                     clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
         self.notifier.bind(broker)
         await self._check_token()
         if self.socket_mode:
@@ -103,14 +111,28 @@ class SlackDesk:
         return self._broker
 
     async def approver(self, user_id: str) -> Approver:
-        """The approver bound to this *verified* Slack user id; :class:`NotApprover` if none."""
+        """The approver bound to this *verified* Slack user id, explicitly or through Slack user
+        groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
         self.broker.maybe_reload()
         found = self.binder.slack(user_id)
         if found is None and self.settings.email_binding and user_id:
             found = self.binder.slack(user_id, await self._verified_email(user_id))
+        bindings = self.broker.directory.slack_bindings
+        if bindings and user_id:
+            try:
+                found = with_slack_groups(found, user_id, await self.usergroups.groups_of(user_id, bindings))
+            except UserGroupUnavailable as e:
+                if found is None:
+                    raise NotApprover(f"jitgate could not ask Slack who is in the user group {e.usergroup} ({e.why}), "
+                                      "so it cannot count you as an approver right now; nothing changed. Try again "
+                                      "in a minute.") from None
+                # Fail closed for what the user group would add; the explicit binding still stands.
+                log.warning("Slack user group %s unavailable (%s); %s acts with their own groups only",
+                            e.usergroup, e.why, found.id)
         if found is None:
+            also = ", or to add you to a Slack user group that the file binds" if bindings else ""
             raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
-                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry")
+                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
         return found
 
     async def answer(self, channel: str | None, user: str, text: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from broker.directory import GROUP_BOUND_PREFIX
 from broker.model import PENDING, Request
 from broker.notify import MessageRef
 
@@ -26,7 +27,7 @@ from bot import render
 from .api import SlackApi
 from .bgviews import event_line, security_blocks, security_text
 from .blocks import fallback_text, proposal_blocks
-from .text import TEXT_LIMIT, channel_link, clip, escape, mention, mrkdwn
+from .text import TEXT_LIMIT, channel_link, clip, escape, mention, mrkdwn, usergroup_mention
 
 log = logging.getLogger("jitgate.slack")
 
@@ -240,8 +241,8 @@ class SlackNotifier:
         return not (event == "revoked" and request.closed_by == request.owner)
 
     async def _dm_owner(self, request: Request, event: str) -> None:
-        owner = self.broker.directory.approver(request.owner) if request.owner else None
-        if owner is None or not mention(owner.slack):
+        owner_slack = self._owner_slack(request.owner)
+        if not mention(owner_slack):
             return
         where = ""
         refs = [r for r in request.messages if r.get("transport") == NAME]
@@ -249,19 +250,34 @@ class SlackNotifier:
             where = f" (see {channel_link(refs[0].get('destination'))})"
         text = f"{EVENT_ICON.get(event, '')} {mrkdwn(render.owner_sentence(request, event), 2500)}{where}".strip()
         await self._once(request, f"dm:{event}", lambda: self.api.call(
-            "chat_postMessage", channel=owner.slack, text=text, unfurl_links=False, unfurl_media=False))
+            "chat_postMessage", channel=owner_slack, text=text, unfurl_links=False, unfurl_media=False))
+
+    def _owner_slack(self, owner: str | None) -> str | None:
+        """The owner's Slack user id: from their approvers entry, or from an owner named ``slack:U…``."""
+        if not owner:
+            return None
+        entry = self.broker.directory.approver(owner)
+        if entry is not None:
+            return entry.slack
+        return owner.removeprefix(GROUP_BOUND_PREFIX) if owner.startswith(GROUP_BOUND_PREFIX) else None
 
     def _mentions(self, request: Request, groups: list[str]) -> list[str]:
-        """``<@U…>`` of the people in ``groups`` who may still act: not the owner, not already counted."""
-        seen, out = set(), []
+        """``<@U…>`` of the people in ``groups`` who may still act (not the owner, not already
+        counted), and ``<!subteam^S…>`` of the Slack user groups bound to ``groups``."""
+        directory = self.broker.directory
+        seen, people, teams = set(), [], []
         for group in groups:
-            for a in self.broker.directory.members(group):
+            for ug in directory.slack_usergroups_for(group):
+                m = usergroup_mention(ug)
+                if m is not None and m not in teams:
+                    teams.append(m)
+            for a in directory.members(group):
                 m = mention(a.slack)
                 if m is None or a.id == request.owner or a.id in request.approvers or a.id in seen:
                     continue
                 seen.add(a.id)
-                out.append(m)
-        return out[:MAX_MENTIONS]
+                people.append(m)
+        return (teams + people)[:MAX_MENTIONS]
 
     def _marks(self, request_id: str) -> str:
         """The desk's Redis hash for one request: sent-markers and the break-glass alert's ref."""

@@ -19,6 +19,7 @@ ELLIPSIS = "…"
 _ENTITY_TAIL = re.compile(r"&[a-z]{0,3}$")
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
+_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,30}$")
 
 
 def escape(text: str) -> str:
@@ -51,6 +52,13 @@ def mention(user_id: str | None) -> str | None:
     """``<@U…>`` for a well-formed Slack user id from the approvers file, else None."""
     if user_id and _USER_ID.match(user_id):
         return f"<@{user_id}>"
+    return None
+
+
+def usergroup_mention(usergroup_id: str | None) -> str | None:
+    """``<!subteam^S…>`` (notifies the user group's members) for a well-formed id, else None."""
+    if usergroup_id and _USERGROUP_ID.match(usergroup_id):
+        return f"<!subteam^{usergroup_id}>"
     return None
 
 

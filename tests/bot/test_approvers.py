@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.directory import Approver, Directory
-from bot.approvers import Binder
+from bot.approvers import Binder, with_slack_groups
 
 ALICE = Approver("alice", frozenset({"sre"}), slack="U1", teams="aad-1", email="alice@example.com")
 
@@ -27,3 +27,12 @@ def test_teams_binding_checks_tenant():
     assert b.teams("aad-1", "t-1") == ALICE
     assert b.teams("aad-1", "t-2") is None
     assert b.teams(None, "t-1") is None
+
+
+def test_slack_user_group_groups_fold_into_one_identity():
+    """Bound explicitly and through a user group is one approver with both groups; only through a group: slack:<id>."""
+    assert with_slack_groups(ALICE, "U1", frozenset({"sre-leads"})) == Approver(
+        "alice", frozenset({"sre", "sre-leads"}), slack="U1", teams="aad-1", email="alice@example.com")
+    assert with_slack_groups(ALICE, "U1", frozenset()) is ALICE
+    assert with_slack_groups(None, "U7", frozenset({"sre"})) == Approver("slack:U7", frozenset({"sre"}), slack="U7")
+    assert with_slack_groups(None, "U7", frozenset()) is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.directory import Approver, Directory, Target
+from broker.directory import Approver, Directory, SlackGroupBinding, Target, group_bound_id
 from broker.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,10 +19,12 @@ approvers:
     slack: U0123ABCD
     teams: 6F2C1A9E-3B7D-4C55-9F1E-0A2B3C4D5E6F
     email: Alice@Example.com
-    slack_usergroups: [S0SRE]
   - id: bob
     groups: [sre]
     slack: U0456EFGH
+  - id: sre-in-slack
+    groups: [sre]
+    slack_usergroups: [S0SRE, S0SREOPS]
 """
 TARGETS = """
 targets:
@@ -60,7 +62,7 @@ def test_loads_approvers_and_targets(tmp_path):
     assert [a.id for a in d.approvers] == ["alice", "bob"]
     alice = d.approver("alice")
     assert alice == Approver("alice", frozenset({"sre", "on-call"}), "U0123ABCD",
-                             "6F2C1A9E-3B7D-4C55-9F1E-0A2B3C4D5E6F", "Alice@Example.com", ("S0SRE",))
+                             "6F2C1A9E-3B7D-4C55-9F1E-0A2B3C4D5E6F", "Alice@Example.com")
     assert d.approver("bob").teams is None and d.approver("bob").email is None
     prod = d.target("prod/payments-api")
     assert prod.env == "prod"
@@ -83,6 +85,16 @@ def test_members_of_group(tmp_path):
     assert [a.id for a in d.members("sre")] == ["alice", "bob"]
     assert [a.id for a in d.members("on-call")] == ["alice"]
     assert d.members("security") == ()
+
+
+def test_slack_user_group_bindings(tmp_path):
+    """An entry with slack_usergroups binds a Slack user group's members to jitgate groups; it is no approver itself."""
+    d = load(tmp_path)
+    (binding,) = d.slack_bindings
+    assert binding == SlackGroupBinding("sre-in-slack", frozenset({"sre"}), ("S0SRE", "S0SREOPS"))
+    assert d.approver("sre-in-slack") is None and "sre-in-slack" not in [a.id for a in d.members("sre")]
+    assert d.slack_usergroups_for("sre") == ("S0SRE", "S0SREOPS") and d.slack_usergroups_for("on-call") == ()
+    assert group_bound_id("U0999") == "slack:U0999"
 
 
 def test_chat_identity_lookups(tmp_path):
@@ -150,6 +162,12 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
         ("approvers: {alice: {}}\n", "'approvers' must be a list"),
         ("- id: alice\n", "expected a mapping"),
         ("approver:\n  - id: alice\n", "unknown top-level key"),
+        ("approvers:\n  - {id: slack:U1, groups: [sre]}\n", "reserved for people bound through a Slack user group"),
+        ("approvers:\n  - {id: b, groups: [sre], slack: U1, slack_usergroups: [S0A]}\n", r"not one person.*\['slack'\]"),
+        ("approvers:\n  - {id: b, slack_usergroups: [S0A]}\n", "needs 'groups'"),
+        ("approvers:\n  - {id: b, groups: [sre], slack_usergroups: []}\n", "at least one Slack user group id"),
+        ("approvers:\n  - {id: b, groups: [sre], slack_usergroups: ['@sre-leads']}\n", "not a Slack user group id"),
+        ("approvers:\n  - {id: b, groups: [sre]}\n  - {id: b, groups: [sre], slack_usergroups: [S0A]}\n", "duplicate id"),
     ],
 )
 def test_malformed_approver_entries(tmp_path, approvers, expected):

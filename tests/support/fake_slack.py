@@ -2,7 +2,7 @@
 
 It records every call (method, arguments, token), keeps the messages it was asked to post
 so ``chat.update`` edits them, answers ``ok: false`` where Slack would (bad token,
-unknown channel or message, Block Kit limits: 3000 characters per text object, 50
+unknown channel or message or user group, Block Kit limits: 3000 characters per text object, 50
 blocks per message, 100 per modal), can be told to fail a method (429 with
 ``Retry-After``, 5xx, or an error), and serves a Socket Mode WebSocket whose URL
 ``apps.connections.open`` hands out. Response URLs point back at it too.
@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import WSMsgType, web
 
 TEXT_LIMIT = 3000
+_ANY = {"type": "plain_text", "text": "-"}  # stands in for an optional text object that is absent
 FIELD_LIMIT = 2000
 MESSAGE_TEXT_LIMIT = 40000
 
@@ -49,6 +50,7 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], dict] = {}
         self.channels: dict[str, str] = {"#approvals": "C0APPROVALS", "#security": "C0SECURITY", "#prod-access": "C0PRODACCESS"}
         self.users: dict[str, dict] = {}           # users.info answers
+        self.usergroups: dict[str, list[str]] = {}  # usergroups.users.list answers: user group id → user ids
         self._failures: dict[str, list[tuple[int, str | None, float | None]]] = {}
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -218,6 +220,10 @@ class FakeSlack:
         user = self.users.get(args.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
 
+    def _m_usergroups_users_list(self, args: dict) -> dict:
+        users = self.usergroups.get(args.get("usergroup", ""))
+        return {"ok": True, "users": list(users)} if users is not None else {"ok": False, "error": "no_such_subteam"}
+
     def _message_problem(self, args: dict) -> str | None:
         text = args.get("text") or ""
         if len(text) > MESSAGE_TEXT_LIMIT:
@@ -259,10 +265,23 @@ class FakeSlack:
         await self.sockets[-1].send_str(json.dumps(envelope))
 
 
-def _text_problem(obj: Any, limit: int = TEXT_LIMIT) -> str | None:
-    if not isinstance(obj, dict) or obj.get("type") not in ("mrkdwn", "plain_text"):
+def _text_problem(obj: Any, limit: int = TEXT_LIMIT, *, plain: bool = False) -> str | None:
+    """A text object: mrkdwn or plain_text (only plain_text where Slack says so), 1..limit characters."""
+    kinds = ("plain_text",) if plain else ("mrkdwn", "plain_text")
+    if not isinstance(obj, dict) or obj.get("type") not in kinds:
         return "invalid_blocks"
     if not isinstance(obj.get("text"), str) or not obj["text"] or len(obj["text"]) > limit:
+        return "invalid_blocks"
+    return None
+
+
+def _confirm_problem(confirm: Any) -> str | None:
+    """A confirmation dialog: plain_text title ≤ 100, text ≤ 300, confirm and deny ≤ 30."""
+    if confirm is None:
+        return None
+    if not isinstance(confirm, dict) or _text_problem(confirm.get("title"), 100, plain=True) \
+            or _text_problem(confirm.get("text"), 300) or _text_problem(confirm.get("confirm"), 30, plain=True) \
+            or _text_problem(confirm.get("deny"), 30, plain=True):
         return "invalid_blocks"
     return None
 
@@ -271,30 +290,39 @@ def _element_problem(el: dict) -> str | None:
     kind = el.get("type")
     if len(el.get("action_id", "")) > 255:
         return "invalid_blocks"
+    if _confirm_problem(el.get("confirm")):
+        return "invalid_blocks"
     if kind == "button":
-        if _text_problem(el.get("text"), 75) or len(el.get("value", "")) > 2000:
+        if _text_problem(el.get("text"), 75, plain=True) or len(el.get("value", "")) > 2000 \
+                or len(el.get("url", "")) > 3000 or el.get("style") not in (None, "primary", "danger"):
             return "invalid_blocks"
     elif kind == "static_select":
         options = el.get("options") or []
-        if not 1 <= len(options) <= 100 or _text_problem(el.get("placeholder"), 150):
+        if not 1 <= len(options) <= 100 or _text_problem(el.get("placeholder"), 150, plain=True):
             return "invalid_blocks"
         for o in options:
-            if _text_problem(o.get("text"), 75) or not 1 <= len(o.get("value", "")) <= 150:
+            if _text_problem(o.get("text"), 75, plain=True) or not 1 <= len(o.get("value", "")) <= 150:
                 return "invalid_blocks"
     elif kind == "plain_text_input":
-        pass
+        if not 0 < el.get("max_length", 3000) <= 3000 or _text_problem(el.get("placeholder", _ANY), 150, plain=True):
+            return "invalid_blocks"
     else:
         return "invalid_blocks"
     return None
 
 
 def _blocks_problem(blocks: list) -> str | None:
+    block_ids: set[str] = set()
     for b in blocks:
         kind = b.get("type")
         if len(b.get("block_id", "")) > 255:
             return "invalid_blocks"
+        if "block_id" in b:  # Slack refuses a message or view with a block_id twice
+            if b["block_id"] in block_ids:
+                return "invalid_blocks"
+            block_ids.add(b["block_id"])
         if kind == "header":
-            if _text_problem(b.get("text"), 150):
+            if _text_problem(b.get("text"), 150, plain=True):
                 return "invalid_blocks"
         elif kind == "section":
             if "text" not in b and "fields" not in b:
@@ -312,8 +340,11 @@ def _blocks_problem(blocks: list) -> str | None:
             els = b.get("elements") or []
             if not 1 <= len(els) <= 25 or any(_element_problem(e) for e in els):
                 return "invalid_blocks"
+            action_ids = [e.get("action_id") for e in els if e.get("action_id")]
+            if len(action_ids) != len(set(action_ids)):
+                return "invalid_blocks"
         elif kind == "input":
-            if _text_problem(b.get("label"), 2000) or _element_problem(b.get("element") or {}):
+            if _text_problem(b.get("label"), 2000, plain=True) or _element_problem(b.get("element") or {}):
                 return "invalid_blocks"
         elif kind == "divider":
             pass
@@ -323,7 +354,11 @@ def _blocks_problem(blocks: list) -> str | None:
 
 
 def _view_problem(view: dict) -> str | None:
-    if view.get("type") != "modal" or _text_problem(view.get("title"), 24):
+    if view.get("type") != "modal" or _text_problem(view.get("title"), 24, plain=True):
+        return "invalid_arguments"
+    if any(k in view and _text_problem(view[k], 24, plain=True) for k in ("submit", "close")):
+        return "invalid_arguments"
+    if len(view.get("callback_id", "")) > 255 or len(view.get("external_id", "")) > 255:
         return "invalid_arguments"
     if len(view.get("private_metadata", "")) > 3000 or len(view.get("blocks") or []) > 100:
         return "invalid_arguments"

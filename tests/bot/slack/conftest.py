@@ -141,12 +141,13 @@ def _texts(node) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path, redis_url, prefix, fake: FakeSlack, *, make_desk=None, **overrides):
+async def running(tmp_path, redis_url, prefix, fake: FakeSlack, *, make_desk=None, clock: ManualClock | None = None,
+                  **overrides):
     """A broker with the Slack desk built from these settings (by ``make_desk``), and a driver for it."""
     settings = slack_settings(tmp_path, redis_url, prefix, fake, **overrides)
     keys = write_agents(settings.agents_file)
     desk = make_desk(settings) if make_desk else SlackDesk(settings, retry_backoff_s=0.01)
-    h = Harness(settings, keys, ManualClock(), desks=[desk])
+    h = Harness(settings, keys, clock or ManualClock(), desks=[desk])
     await h.start()
     try:
         yield Driver(h, fake)

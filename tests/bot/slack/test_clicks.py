@@ -51,6 +51,35 @@ async def test_stale_timestamp_is_refused(slack):
     await _unchanged(slack, rid, version)
 
 
+async def test_timestamp_from_the_future_is_refused(slack):
+    """Requirement 2: the replay window is five minutes either way; a signature dated 301 s ahead is refused too."""
+    rid = await slack.propose()
+    channel, ts = await slack.message_ref(rid)
+    version = (await slack.life.get(rid)).version
+    body = slackreq.form_payload(slackreq.block_actions("U0BOB", APPROVE, value=rid, channel=channel, ts=ts))
+    r = await slack.post(body, slackreq.signed(body, timestamp=int(time.time()) + 301))
+    assert r.status_code == 401
+    await _unchanged(slack, rid, version)
+
+
+async def test_bad_signature_on_a_modal_or_a_slash_command_is_refused(slack):
+    """Requirement 2: view_submission and slash-command bodies are verified like clicks; forged ones change nothing."""
+    rid = await slack.propose()
+    version = (await slack.life.get(rid)).version
+    deny = slackreq.form_payload(slackreq.view_submission("U0BOB", rid, "forged"))
+    r = await slack.post(deny, slackreq.signed(deny, secret="not-the-secret"))
+    assert r.status_code == 401
+    await _unchanged(slack, rid, version)
+    await slack.click("U0BOB", APPROVE, rid)
+    await slack.click("U0ERIN", APPROVE, rid)
+    approved = await slack.status(rid, "approved")
+    revoke = slackreq.slash("U0ERIN", f"revoke {rid} forged", response_url=slack.fake.response_url("U0ERIN"))
+    r = await slack.post(revoke, slackreq.signed(revoke, secret="not-the-secret"))
+    assert r.status_code == 401
+    await slack.settle()
+    assert (await slack.life.get(rid)).version == approved.version and slack.fake.responses == []
+
+
 async def test_unbound_user_gets_an_explanation(slack):
     """Requirement 2: a Slack user not bound in the approvers file is told why, and nothing changes."""
     rid = await slack.propose()

@@ -70,3 +70,20 @@ async def test_largest_proposal_fits_block_kit_limits(slack):
     (call,) = await slack.fake.wait_for(lambda: slack.fake.of("views.open"), what="evidence modal")
     assert len(call.args["view"]["blocks"]) <= 100
     assert slack.fake.of("views.open", ok=False) == [] and slack.fake.of("chat.update", ok=False) == []
+
+
+async def test_delegation_chain_is_shown_and_inert(slack):
+    """Requirement 1: the verified delegation chain is in the message, root first; a delegator's reason stays inert."""
+    import dataclasses
+
+    rid = await slack.propose()
+    chain = [{"delegator": "orchestrator", "delegate": "planner", "actions": ["deploy"], "targets": ["prod/*"],
+              "reason": "nightly <!channel> <https://evil.example|release>"},
+             {"delegator": "planner", "delegate": "deploy-bot", "actions": ["deploy"], "targets": ["prod/payments-api"]}]
+    req = dataclasses.replace(await slack.life.get(rid), delegation_chain=chain)
+    notifier = slack.h.broker.desks[0].notifier
+    (ref,) = await notifier.post_proposal(req)  # the stand-in refuses anything outside Block Kit's limits
+    text = slack.message_text((ref.destination, ref.ref))
+    assert ("1. orchestrator → planner: deploy on prod/* (nightly &lt;!channel&gt; "
+            "&lt;https://evil.example|release&gt;)\n2. planner → deploy-bot: deploy on prod/payments-api") in text
+    assert _agent_markup(_texts(slack.message((ref.destination, ref.ref))["blocks"])) == []

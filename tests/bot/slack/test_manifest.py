@@ -16,6 +16,12 @@ METHOD_SCOPES = {
     "auth.test": None, "chat.postMessage": "chat:write", "chat.update": "chat:write",
     "chat.postEphemeral": "chat:write", "views.open": None,
 }
+# Methods called only when a setting or the approvers file asks for them, and their scopes,
+# which the manifest lists commented out with the condition.
+OPTIONAL_METHOD_SCOPES = {
+    "users.info": ("users:read", "users:read.email"),  # JITGATE_EMAIL_BINDING
+    "usergroups.users.list": ("usergroups:read",),     # slack_usergroups bindings
+}
 
 
 def test_manifest_scopes_commands_and_urls():
@@ -28,6 +34,9 @@ def test_manifest_scopes_commands_and_urls():
     assert cmd["command"] == COMMAND and cmd["url"].endswith(EVENTS_PATH)
     assert m["settings"]["interactivity"]["is_enabled"] is True
     assert m["settings"]["interactivity"]["request_url"].endswith(EVENTS_PATH)
+    text = MANIFEST.read_text()
+    for scopes in OPTIONAL_METHOD_SCOPES.values():
+        assert all(f"# - {scope}\n" in text for scope in scopes)
 
 
 async def test_desk_calls_only_the_listed_methods(slack):

@@ -60,3 +60,29 @@ async def test_propose_approve_twice_collect_expire(slack):
     for step in ("proposed by deploy-bot", "bob approved (1 of 2)", "erin approved (2 of 2)",
                  "token collected by deploy-bot", "expired by scheduler"):
         assert step in timeline
+
+
+async def test_withdrawal_and_completion_edit_the_message(slack):
+    """Requirement 5: cancelled (withdrawn by the agent) and completed also edit the message in place and are said in its thread."""
+    rid = await slack.propose()
+    ref = await slack.message_ref(rid)
+    r = await slack.h.client.delete(f"/v1/escalations/{rid}", headers=slack.h.auth("deploy-bot"))
+    assert r.status_code == 200, r.text
+    await slack.fake.wait_for(lambda: "Withdrawn by the agent" in slack.message_text(ref), what="withdrawn message")
+    assert _action_ids(slack.message(ref)) == []
+    await slack.settle()
+    assert any("deploy-bot withdrew the request" in t for t in slack.fake.thread(*ref))
+    await slack.click("U0BOB", APPROVE, rid)  # a click on the old message: nothing to decide
+    assert "already cancelled" in (await slack.ephemerals("U0BOB"))[0]
+
+    rid = await slack.propose(justification="second")
+    ref = await slack.message_ref(rid)
+    await slack.click("U0BOB", APPROVE, rid)
+    await slack.click("U0ERIN", APPROVE, rid)
+    await slack.status(rid, "approved")
+    assert (await slack.h.collect(rid)).status_code == 200
+    assert (await slack.h.complete(rid)).status_code == 200
+    await slack.fake.wait_for(lambda: "Completed: the agent reported the task done" in slack.message_text(ref),
+                              what="completed message")
+    await slack.settle()
+    assert any("reported the task done" in t for t in slack.fake.thread(*ref))

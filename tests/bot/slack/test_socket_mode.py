@@ -64,3 +64,20 @@ async def test_socket_mode_has_no_http_endpoint(socket_slack):
     body = slackreq.form_payload(slackreq.block_actions("U0BOB", APPROVE, value="x" * 22))
     r = await socket_slack.post(body)
     assert r.status_code == 404
+
+
+async def test_socket_mode_deny_modal(socket_slack):
+    """Requirement 4/8: the deny modal's submission over the socket: a blank reason is answered in the ack with a
+    field error; a reason denies."""
+    slack = socket_slack
+    rid = await slack.propose()
+    blank = slackreq.view_submission("U0BOB", rid, "  ")
+    await slack.fake.socket_send({"envelope_id": "env-4", "type": "interactive", "payload": blank})
+    ack = await _ack(slack.fake, "env-4")
+    assert ack["payload"]["response_action"] == "errors"
+    assert (await slack.life.get(rid)).status == "pending"
+    await slack.fake.socket_send({"envelope_id": "env-5", "type": "interactive",
+                                  "payload": slackreq.view_submission("U0BOB", rid, "change freeze")})
+    await _ack(slack.fake, "env-5")
+    req = await slack.status(rid, "denied")
+    assert req.denial["by"] == "bob" and req.denial["reason"] == "change freeze"
