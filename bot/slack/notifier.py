@@ -80,7 +80,7 @@ class SlackNotifier:
             await self._rerender(request, ref)
             for key, text in self._thread_lines(request, event):
                 await self._once(request, f"thread:{ref.ref}:{key}", lambda: self._reply(ref, text))
-        if event in render.OUTCOME_EVENTS and self._owner_hears(request, event):
+        if render.owner_hears(request, event):
             await self._dm_owner(request, event)
 
     async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
@@ -232,13 +232,6 @@ class SlackNotifier:
         kwargs = {"reply_broadcast": True} if broadcast else {}
         await self.api.call("chat_postMessage", channel=ref.destination, thread_ts=ref.ref, text=text,
                             unfurl_links=False, unfurl_media=False, **kwargs)
-
-    @staticmethod
-    def _owner_hears(request: Request, event: str) -> bool:
-        # A grant that simply ran out after use is not news to the owner, nor their own revocation.
-        if event == "expired" and request.collected_at is not None:
-            return False
-        return not (event == "revoked" and request.closed_by == request.owner)
 
     async def _dm_owner(self, request: Request, event: str) -> None:
         owner_slack = self._owner_slack(request.owner)
