@@ -128,25 +128,15 @@ def kek() -> str:
 
 
 def broker_env(workdir: Path, redis_url: str, prefix: str, key: str, **extra: str) -> dict:
-    """The environment of a ``jitgate serve`` built from the test fixtures and the bench agents.
+    """The environment of a ``jitgate serve`` built from the test fixtures (the tests' own
+    set-up, ``tests/support/process.py``) and the bench agents.
 
     The sweep interval is left at its default (JITGATE_SWEEP_INTERVAL_S unset).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JITGATE_", "REDIS_URL", "SLACK_", "MICROSOFT_", "TEAMS_"))}
-    env.update(
-        JITGATE_ENV_FILE=str(workdir / "absent.env"),
-        JITGATE_ISSUER=ISSUER,
-        JITGATE_KEY_ENCRYPTION_KEY=key,
-        JITGATE_REDIS_PREFIX=prefix,
-        JITGATE_DATA_DIR=str(workdir / "data"),
-        JITGATE_POLICY_DIR=str(FIXTURES / "policies"),
-        JITGATE_AGENTS_FILE=str(workdir / "agents.yaml"),
-        JITGATE_APPROVERS_FILE=str(FIXTURES / "approvers.yaml"),
-        JITGATE_TARGETS_FILE=str(FIXTURES / "targets.yaml"),
-        REDIS_URL=redis_url,
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
+    from tests.support.process import jitgate_env  # noqa: PLC0415 - the tests' helper, shared
+
+    env = jitgate_env(workdir, prefix, key, redis_url, JITGATE_ISSUER=ISSUER, PYTHONUNBUFFERED="1", **extra)
+    env.pop("JITGATE_SWEEP_INTERVAL_S", None)
     return env
 
 
