@@ -42,17 +42,22 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", default=env("JITGATE_AGENT_KEY"), help="agent private key, PEM file (JITGATE_AGENT_KEY)")
     g.add_argument("--svid", default=env("JITGATE_SVID_FILE"),
                    help="authenticate with the JWT-SVID in this file instead of a key (JITGATE_SVID_FILE)")
+    g.add_argument("--workload-api", action="store_true",
+                   help="authenticate with a JWT-SVID from the SPIFFE Workload API at SPIFFE_ENDPOINT_SOCKET "
+                        "(needs the spiffe extra)")
     g.add_argument("--audience", default=env("JITGATE_AUDIENCE"),
                    help="the broker's issuer URL if it differs from --url (default: read from the broker)")
     g.add_argument("--no-dpop", action="store_true", help="collect a plain Bearer token instead of a DPoP-bound one")
 
 
 def _client(args: argparse.Namespace) -> Client:
-    if args.svid:
-        credential: Any = Svid(args.svid)
+    if args.workload_api:
+        credential: Any = Svid.from_workload_api()
+    elif args.svid:
+        credential = Svid(args.svid)
     else:
         if not args.agent or not args.key:
-            raise JitgateError("give --agent and --key (or JITGATE_AGENT_ID and JITGATE_AGENT_KEY), or --svid")
+            raise JitgateError("give --agent and --key (or JITGATE_AGENT_ID and JITGATE_AGENT_KEY), --svid, or --workload-api")
         try:
             credential = AgentKey(args.agent, load_key(Path(args.key)))
         except OSError as exc:

@@ -137,7 +137,10 @@ class Client:
             sent_headers = dict(headers or {})
             if auth:
                 aud = await self.audience()
-                sent_headers["Authorization"] = self.credential.authorization(aud)
+                if isinstance(self.credential, Svid):  # a file read or a Workload API call: off the loop
+                    sent_headers["Authorization"] = await asyncio.to_thread(self.credential.authorization, aud)
+                else:
+                    sent_headers["Authorization"] = self.credential.authorization(aud)
                 if dpop and self._dpop_key is not None:
                     sent_headers["DPoP"] = make_dpop_proof(self._dpop_key, method=method, url=aud + path)
             try:

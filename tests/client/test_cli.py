@@ -147,3 +147,22 @@ def test_yaml_entry_is_plain_yaml(tmp_path, monkeypatch):
     entry = yaml.safe_load("agents:\n" + out.getvalue())["agents"][0]
     assert entry["id"] == "yaml-bot" and entry["can_delegate"] is True and entry["public_key"]["crv"] == "Ed25519"
     assert (tmp_path / "yaml-bot.pem").exists()
+
+
+async def test_workload_api_identity(live, tmp_path, monkeypatch):
+    """--workload-api: the command authenticates with a JWT-SVID fetched from SPIFFE_ENDPOINT_SOCKET."""
+    from tests.client.conftest import SPIFFE_AGENT  # noqa: PLC0415
+    from tests.support.fake_spire import FakeWorkloadApi  # noqa: PLC0415
+
+    api = FakeWorkloadApi(tmp_path / "agent.sock", SPIFFE_AGENT, live.svid_key, "svid-key-1").start()
+    try:
+        monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", api.endpoint)
+        code, out, err = await agent(live, tmp_path, "request", *READ, "--workload-api", "--wait", "10")
+        assert code == 0, err
+        assert (await live.broker.lifecycle.get(out.strip())).agent == SPIFFE_AGENT
+        assert api.calls and api.calls[0].audience == [live.broker.settings.issuer]
+        monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", f"unix://{tmp_path}/none.sock")
+        code, _, err = await agent(live, tmp_path, "status", out.strip(), "--workload-api")
+        assert code == 1 and "SPIFFE Workload API" in err
+    finally:
+        api.stop()
