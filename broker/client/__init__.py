@@ -36,12 +36,12 @@ from .errors import (
 )
 from .models import Escalation, Evidence, Grant, Token
 from .sync import SyncClient
-from .verify import Introspector, ReplayCache, TokenVerifier, parse_authorization, verify
+from .verify import Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
 
 __all__ = [
     "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
     "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken", "JitgateError",
     "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "Svid", "SyncClient", "TimedOut", "Token",
-    "TokenVerifier", "TransportError", "generate_key", "load_key", "make_delegation", "outcome", "parse_authorization",
+    "TokenVerifier", "TransportError", "check_binding", "generate_key", "load_key", "make_delegation", "outcome", "parse_authorization",
     "public_jwk", "requires_approval", "verify",
 ]

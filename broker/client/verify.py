@@ -126,7 +126,32 @@ def verify(
         raise InvalidToken("the token signature does not verify") from None
     _check_claims(claims, now, leeway_s, issuer, audience)
 
-    jkt = (claims.get("cnf") or {}).get("jkt") if isinstance(claims.get("cnf"), dict) else None
+    return check_binding(claims, token, dpop_proof=dpop_proof, method=method, url=url, scheme=scheme,
+                         require_dpop=require_dpop, replay_cache=replay_cache, now=now, leeway_s=leeway_s,
+                         max_proof_age_s=max_proof_age_s)
+
+
+def check_binding(
+    claims: dict,
+    token: str,
+    *,
+    dpop_proof: str | None,
+    method: str | None,
+    url: str | None,
+    scheme: str | None = None,
+    require_dpop: bool = False,
+    replay_cache: ReplayCache | None = None,
+    now: float | None = None,
+    leeway_s: float = 5,
+    max_proof_age_s: float = 60,
+) -> dict:
+    """The DPoP half of :func:`verify`, for claims known good by other means (introspection):
+    a token with ``cnf.jkt`` needs a valid, unreplayed proof for this request and this token,
+    signed by the bound key, under the DPoP scheme; ``require_dpop`` refuses unbound tokens.
+    Returns ``claims``; raises :class:`InvalidToken` naming the failed check."""
+    now = time.time() if now is None else now
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
     if jkt is None:
         if require_dpop:
             raise InvalidToken("the token is not DPoP-bound")
@@ -226,15 +251,45 @@ class TokenVerifier:
 
 class Introspector:
     """A registered resource server asking the broker whether a token is active now
-    (RFC 7662), authenticated by an assertion signed with its own key."""
+    (RFC 7662), authenticated by an assertion signed with its own key.
+
+    ``audience`` is the broker's issuer URL (the assertions' ``aud``; default ``broker_url``).
+    For :meth:`verify_request`, ``target`` is this server's name at the broker (the tokens'
+    ``aud``) and ``require_dpop`` refuses unbound tokens.
+    """
 
     def __init__(self, broker_url: str, server_id: str, private_key: Any, *, audience: str | None = None,
-                 timeout_s: float = 5) -> None:
+                 target: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.server_id = server_id
         self.audience = (audience or self.broker_url).rstrip("/")
+        self.target = target
+        self.require_dpop = require_dpop
+        self.replay_cache = ReplayCache()
         self._key = load_key(private_key)
         self._timeout = timeout_s
+
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+        """The claims of the token in an incoming request's ``Authorization`` header once the
+        broker calls it active (and, with ``target``, meant for this server), with the DPoP
+        proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise."""
+        scheme, token = parse_authorization(authorization)
+        return self._checked(self.introspect(token), token, scheme, dpop, method, url)
+
+    async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+        """:meth:`verify_request` for async servers."""
+        scheme, token = parse_authorization(authorization)
+        return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url)
+
+    def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str) -> dict:
+        if info.get("active") is not True:
+            raise InvalidToken("the token is not active (expired, completed or revoked)")
+        if self.target is not None:
+            aud = info.get("aud")
+            if not (aud == self.target or (isinstance(aud, list) and self.target in aud)):
+                raise InvalidToken("the token is meant for another audience")
+        return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
+                             require_dpop=self.require_dpop, replay_cache=self.replay_cache)
 
     def _headers(self) -> dict:
         return {"Authorization": "Bearer " + make_assertion(self._key, agent_id=self.server_id, audience=self.audience)}

@@ -3,6 +3,7 @@ refuses a token whose proof does not match the request, the token or the key."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -189,8 +190,6 @@ async def test_verify_require_dpop_refuses_a_bearer_token(live):
 
 async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
     """TokenVerifier reads the broker's JWKS itself and checks the incoming request's headers."""
-    import asyncio  # noqa: PLC0415
-
     token, _, _ = bound
     verifier = TokenVerifier(live.url, issuer=ISSUER, audience="staging/payments-api", require_dpop=True)
     headers = token.headers("GET", RS_URL)
@@ -198,3 +197,32 @@ async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
     assert claims["cnf"]["jkt"]
     with pytest.raises(InvalidToken, match="replayed"):
         await asyncio.to_thread(verifier.verify_request, headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+
+
+async def test_introspector_checks_activity_audience_and_the_dpop_proof(live, bound):
+    """A resource server that introspects still enforces the DPoP binding (RFC 9449 section 7.1) and its own
+    audience, and learns at once that a completed grant's token is no longer active (RFC 7662 section 2.2)."""
+    from broker.client import Introspector  # noqa: PLC0415
+
+    token, _, key = bound
+    rs = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER,
+                      target="staging/payments-api", require_dpop=True)
+    headers = token.headers("GET", RS_URL)
+    claims = await rs.averify_request(headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+    assert claims["active"] and claims["sub"] == "reader-bot"
+    with pytest.raises(InvalidToken, match="replayed"):
+        await rs.averify_request(headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+    with pytest.raises(InvalidToken, match="proof is required"):
+        await rs.averify_request(f"DPoP {token.access_token}", None, "GET", RS_URL)
+    thief = make_dpop_proof(ec.generate_private_key(ec.SECP256R1()), method="GET", url=RS_URL,
+                            access_token=token.access_token)
+    with pytest.raises(InvalidToken, match="different key"):
+        await rs.averify_request(f"DPoP {token.access_token}", thief, "GET", RS_URL)
+    other = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER, target="prod/orders-db")
+    fresh = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="another audience"):
+        await asyncio.to_thread(other.verify_request, fresh["Authorization"], fresh["DPoP"], "GET", RS_URL)
+    await live.client("reader-bot").complete(token.request_id)
+    fresh = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="not active"):
+        await rs.averify_request(fresh["Authorization"], fresh["DPoP"], "GET", RS_URL)
