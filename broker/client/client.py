@@ -83,6 +83,7 @@ class Client:
 
     @property
     def agent_id(self) -> str | None:
+        """The agent id (for an SVID: its SPIFFE id, known after the first call)."""
         return self.credential.agent_id
 
     # ------------------------------------------------------------------ plumbing

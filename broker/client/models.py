@@ -30,6 +30,7 @@ class Evidence:
         return cls(kind, title, url)
 
     def to_dict(self) -> dict:
+        """The JSON object the API takes."""
         d = {"kind": self.kind, "title": self.title}
         if self.url is not None:
             d["url"] = self.url
@@ -56,14 +57,17 @@ class Escalation:
 
     @classmethod
     def from_json(cls, body: dict) -> "Escalation":
+        """From the broker's JSON answer."""
         return cls(id=body["id"], status=body["status"], raw=body)
 
     @property
     def decision(self) -> dict:
+        """The policy decision: ``outcome``, ``policies``, ``approvals_required``, ``approver_group``, ``reason``."""
         return self.raw.get("decision") or {}
 
     @property
     def approvals(self) -> list[dict]:
+        """Approvals so far: ``{approver, channel, at}`` each."""
         return self.raw.get("approvals") or []
 
     @property
@@ -72,10 +76,12 @@ class Escalation:
 
     @property
     def denial(self) -> dict | None:
+        """``{by, reason}`` once denied, else None."""
         return self.raw.get("denial")
 
     @property
     def delegation_chain(self) -> list[dict]:
+        """The verified delegation links, root first (empty without delegation)."""
         return self.raw.get("delegation_chain") or []
 
     def summary(self) -> str:
@@ -105,6 +111,7 @@ class Grant:
 
     @classmethod
     def from_escalation(cls, esc: Escalation) -> "Grant":
+        """The grant of an approved (or active) escalation."""
         raw = esc.raw
         return cls(
             request_id=esc.id,
@@ -136,6 +143,7 @@ class Token:
 
     @property
     def dpop_bound(self) -> bool:
+        """True when the token is bound to this client's DPoP key (send it with :meth:`headers`)."""
         return self._dpop_key is not None
 
     def headers(self, method: str, url: str) -> dict[str, str]:

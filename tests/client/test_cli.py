@@ -166,3 +166,43 @@ async def test_workload_api_identity(live, tmp_path, monkeypatch):
         assert code == 1 and "SPIFFE Workload API" in err
     finally:
         api.stop()
+
+
+async def test_wait_on_a_terminal_shows_a_spinner_and_clears_it(live, tmp_path):
+    """On a terminal, --wait keeps one spinner line (status and elapsed time) and erases it when decided."""
+    import pty  # noqa: PLC0415
+
+    key_file = tmp_path / "reader-bot.pem"
+    key_file.write_bytes(live.keys["reader-bot"].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    env = {**os.environ, "JITGATE_URL": live.url, "JITGATE_AGENT_ID": "reader-bot", "JITGATE_AGENT_KEY": str(key_file)}
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker.client.cli", "request", *RESTART,
+                                                    "--wait", "20", env=env, cwd=tmp_path,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        rid = await live.pending()
+        await asyncio.sleep(0.8)  # a few spinner frames
+        await live.approve(rid, "bob")
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    text = screen.decode()
+    assert proc.returncode == 0 and out.decode().strip() == rid
+    frames = [f for f in text.split("\r") if "pending: 0/1 approvals from sre" in f]
+    assert len(frames) >= 2 and {f[0] for f in frames} <= set("|/-\\")
+    assert "\r\x1b[K" in text and text.rstrip().endswith("approved by bob; collect the token with: "
+                                                         f"jitgate agent token {rid}")

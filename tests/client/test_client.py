@@ -161,6 +161,25 @@ async def test_grant_block_completes_even_when_the_body_raises(live):
     assert await live.broker.lifecycle.introspect(token.access_token) == {"active": False}
 
 
+async def test_grant_block_completes_when_the_task_is_cancelled(live):
+    """A cancelled agent task (a framework's timeout, Ctrl-C) still reports completion on its way out."""
+    inside = asyncio.Event()
+    seen = []
+
+    async def work():
+        async with live.client("reader-bot").grant(**READ) as token:
+            seen.append(token)
+            inside.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(work())
+    await asyncio.wait_for(inside.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await live.broker.lifecycle.get(seen[0].request_id)).status == "completed"
+
+
 async def test_grant_block_completes_on_normal_exit(live):
     """A normal exit from the block completes the grant too."""
     async with live.client("reader-bot").grant(**READ) as token:
