@@ -33,8 +33,7 @@ def make_server(args: argparse.Namespace) -> ThreadingHTTPServer:
                 # Active now (the broker says), meant for this server, and the DPoP proof holds.
                 info = introspector.verify_request(self.headers.get("Authorization"), self.headers.get("DPoP"), "GET", url)
             except InvalidToken as e:
-                self.answer(401, {"error": "invalid_token", "error_description": e.reason},
-                            {"WWW-Authenticate": f'DPoP error="invalid_token", error_description="{e.reason}"'})
+                self.answer(401, {"error": e.error, "error_description": e.reason}, e.challenge())
                 return
             except JitgateError as e:  # the broker refused this server or could not be reached: fail closed
                 self.answer(503, {"error": "temporarily_unavailable", "error_description": str(e)})

@@ -31,8 +31,7 @@ def make_server(args: argparse.Namespace) -> ThreadingHTTPServer:
             try:
                 claims = verifier.verify_request(self.headers.get("Authorization"), self.headers.get("DPoP"), "GET", url)
             except InvalidToken as e:
-                self.answer(401, {"error": "invalid_token", "error_description": e.reason},
-                            {"WWW-Authenticate": f'DPoP error="invalid_token", error_description="{e.reason}"'})
+                self.answer(401, {"error": e.error, "error_description": e.reason}, e.challenge())
                 return
             detail = claims["authorization_details"][0]
             self.answer(200, {"config": {"pool_size": 20}, "for": claims["sub"], "action": detail["action"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -88,6 +89,7 @@ def verify(
     now: float | None = None,
     leeway_s: float = 5,
     max_proof_age_s: float = 60,
+    nonce: str | Collection[str] | None = None,
 ) -> dict:
     """Verify a jitgate access token and, for a DPoP-bound one, its proof; return the claims.
 
@@ -98,7 +100,9 @@ def verify(
     no older than ``max_proof_age_s``, an unseen ``jti`` (``replay_cache``), ``ath`` =
     this token's hash, and a key whose thumbprint is ``cnf.jkt``. ``scheme`` (from
     :func:`parse_authorization`) must then be DPoP. ``require_dpop`` refuses unbound
-    tokens. Raises :class:`InvalidToken` naming the failed check.
+    tokens. ``nonce`` (a value or the values accepted now) makes the proof carry a nonce
+    this server handed out (RFC 9449 section 9). Raises :class:`InvalidToken` naming the
+    failed check.
     """
     now = time.time() if now is None else now
     try:
@@ -128,7 +132,7 @@ def verify(
 
     return check_binding(claims, token, dpop_proof=dpop_proof, method=method, url=url, scheme=scheme,
                          require_dpop=require_dpop, replay_cache=replay_cache, now=now, leeway_s=leeway_s,
-                         max_proof_age_s=max_proof_age_s)
+                         max_proof_age_s=max_proof_age_s, nonce=nonce)
 
 
 def check_binding(
@@ -144,6 +148,7 @@ def check_binding(
     now: float | None = None,
     leeway_s: float = 5,
     max_proof_age_s: float = 60,
+    nonce: str | Collection[str] | None = None,
 ) -> dict:
     """The DPoP half of :func:`verify`, for claims known good by other means (introspection):
     a token with ``cnf.jkt`` needs a valid, unreplayed proof for this request and this token,
@@ -166,12 +171,16 @@ def check_binding(
         proof = verify_dpop_proof(dpop_proof, method=method, url=url, now=now, access_token=token,
                                   max_age_s=max_proof_age_s, leeway_s=max(leeway_s, 5))
     except JoseError as exc:
-        raise InvalidToken(str(exc)) from None
+        raise InvalidToken(str(exc), "invalid_dpop_proof") from None
     if proof.jkt != jkt:
         raise InvalidToken("the DPoP proof is signed by a different key than the token is bound to")
+    if nonce is not None:
+        accepted = {nonce} if isinstance(nonce, str) else set(nonce)
+        if proof.claims.get("nonce") not in accepted:
+            raise InvalidToken("the DPoP proof must carry the nonce this server provides", "use_dpop_nonce")
     cache = _DEFAULT_CACHE if replay_cache is None else replay_cache
     if cache.seen(f"{proof.jkt}:{proof.jti}", proof.iat + max_proof_age_s + leeway_s, now):
-        raise InvalidToken("DPoP proof replayed (jti already used)")
+        raise InvalidToken("DPoP proof replayed (jti already used)", "invalid_dpop_proof")
     return claims
 
 
