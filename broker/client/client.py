@@ -151,10 +151,12 @@ class Client:
                 retryable = safe or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
                 if not retryable or attempt >= self.retries:
                     raise TransportError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+                log.debug("%s %s failed (%s); retry %d of %d", method, path, exc.__class__.__name__, attempt + 1, self.retries)
                 await self._backoff(attempt, None, deadline)
                 attempt += 1
                 continue
             if resp.status_code in _RETRY_STATUS and (safe or resp.status_code in _SAFE_STATUS) and attempt < self.retries:
+                log.debug("%s %s answered %d; retry %d of %d", method, path, resp.status_code, attempt + 1, self.retries)
                 await self._backoff(attempt, resp.headers.get("retry-after"), deadline)
                 attempt += 1
                 continue

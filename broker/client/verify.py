@@ -230,9 +230,13 @@ class TokenVerifier:
             resp = httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout)
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot fetch the broker's JWKS: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, None)
-        self._jwks, self._fetched_at = resp.json(), time.monotonic()
+        try:
+            jwks = resp.json() if resp.status_code == 200 else None
+        except ValueError:
+            jwks = None
+        if not isinstance(jwks, dict):
+            raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
+        self._jwks, self._fetched_at = jwks, time.monotonic()
 
     def _jwks_for(self, token: str) -> dict:
         with self._lock:
@@ -246,16 +250,17 @@ class TokenVerifier:
             return self._jwks
 
     def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
-               url: str | None = None, scheme: str | None = None) -> dict:
+               url: str | None = None, scheme: str | None = None, nonce: str | Collection[str] | None = None) -> dict:
         """The token's claims after :func:`verify`; fetches the JWKS when needed."""
         return verify(token, self._jwks_for(token), dpop_proof=dpop_proof, method=method, url=url,
                       issuer=self.issuer, audience=self.audience, scheme=scheme,
-                      require_dpop=self.require_dpop, replay_cache=self.replay_cache)
+                      require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
 
-    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                       nonce: str | Collection[str] | None = None) -> dict:
         """Verify the ``Authorization`` and ``DPoP`` headers of one incoming request."""
         scheme, token = parse_authorization(authorization)
-        return self.verify(token, dpop_proof=dpop, method=method, url=url, scheme=scheme)
+        return self.verify(token, dpop_proof=dpop, method=method, url=url, scheme=scheme, nonce=nonce)
 
 
 class Introspector:
@@ -278,19 +283,23 @@ class Introspector:
         self._key = load_key(private_key)
         self._timeout = timeout_s
 
-    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                       nonce: str | Collection[str] | None = None) -> dict:
         """The claims of the token in an incoming request's ``Authorization`` header once the
         broker calls it active (and, with ``target``, meant for this server), with the DPoP
-        proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise."""
+        proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise, and
+        ApiError / TransportError when the broker refuses this server or cannot be reached."""
         scheme, token = parse_authorization(authorization)
-        return self._checked(self.introspect(token), token, scheme, dpop, method, url)
+        return self._checked(self.introspect(token), token, scheme, dpop, method, url, nonce)
 
-    async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+    async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                              nonce: str | Collection[str] | None = None) -> dict:
         """:meth:`verify_request` for async servers."""
         scheme, token = parse_authorization(authorization)
-        return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url)
+        return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url, nonce)
 
-    def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str) -> dict:
+    def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str,
+                 nonce: str | Collection[str] | None) -> dict:
         if info.get("active") is not True:
             raise InvalidToken("the token is not active (expired, completed or revoked)")
         if self.target is not None:
@@ -298,9 +307,10 @@ class Introspector:
             if not (aud == self.target or (isinstance(aud, list) and self.target in aud)):
                 raise InvalidToken("the token is meant for another audience")
         return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
-                             require_dpop=self.require_dpop, replay_cache=self.replay_cache)
+                             require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
 
     def _headers(self) -> dict:
+        """A fresh assertion of this resource server for one introspection call."""
         return {"Authorization": "Bearer " + make_assertion(self._key, agent_id=self.server_id, audience=self.audience)}
 
     def introspect(self, token: str) -> dict:
@@ -310,9 +320,7 @@ class Introspector:
                               timeout=self._timeout)
         except httpx.HTTPError as exc:
             raise TransportError(f"introspection failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, resp.json() if resp.content else None)
-        return resp.json()
+        return _introspection(resp)
 
     async def aintrospect(self, token: str) -> dict:
         """:meth:`introspect` for async servers."""
@@ -321,6 +329,15 @@ class Introspector:
                 resp = await http.post(f"{self.broker_url}/v1/introspect", data={"token": token}, headers=self._headers())
             except httpx.HTTPError as exc:
                 raise TransportError(f"introspection failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, resp.json() if resp.content else None)
-        return resp.json()
+        return _introspection(resp)
+
+
+def _introspection(resp: httpx.Response) -> dict:
+    """The introspection answer, or the ApiError for a refusal (whatever its body is)."""
+    try:
+        body = resp.json() if resp.content else None
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict):
+        raise api_error(resp.status_code if resp.status_code != 200 else 502, body)
+    return body
