@@ -73,7 +73,7 @@ class Live:
     async def request_ids(self) -> list[str]:
         return [r.id for r in await self.broker.store.scan_requests()]
 
-    async def pending(self, timeout: float = 5.0) -> str:
+    async def pending(self, timeout: float = 20.0) -> str:
         """The id of the one pending request, once there is one."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
