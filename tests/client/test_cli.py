@@ -13,7 +13,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from broker.identity import Registry, load_private_key
+from broker.identity import Registry, generate_key, jwk_thumbprint, load_private_key, public_jwk
 from tests.client.conftest import serve, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +161,19 @@ async def test_workload_api_identity(live, tmp_path, monkeypatch):
         assert code == 0, err
         assert (await live.broker.lifecycle.get(out.strip())).agent == SPIFFE_AGENT
         assert api.calls and api.calls[0].audience == [live.broker.settings.issuer]
+        rid = out.strip()
+        code, _, err = await agent(live, tmp_path, "token", rid, "--workload-api")
+        assert code == 1 and "--dpop-key" in err  # a token bound to a key that dies with the process is useless
+        dpop_key = tmp_path / "dpop.pem"
+        dpop_key.write_bytes(generate_key("P-256")[0])
+        code, token, err = await agent(live, tmp_path, "token", rid, "--workload-api", "--dpop-key", str(dpop_key))
+        assert code == 0, err
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        assert claims["cnf"]["jkt"] == jwk_thumbprint(public_jwk(load_private_key(dpop_key.read_bytes())))
+        code, proof, _ = await agent(live, tmp_path, "proof", "GET", "https://rs.example/x", "--token", token.strip(),
+                                     "--key", str(dpop_key))
+        assert code == 0 and jwt.get_unverified_header(proof.strip())["jwk"]["x"] == public_jwk(
+            load_private_key(dpop_key.read_bytes()))["x"]
         monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", f"unix://{tmp_path}/none.sock")
         code, _, err = await agent(live, tmp_path, "status", out.strip(), "--workload-api")
         assert code == 1 and "SPIFFE Workload API" in err
