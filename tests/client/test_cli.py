@@ -100,6 +100,8 @@ async def test_timed_out_exits_4_and_status_reports(live, tmp_path):
     assert code == 0 and "cancelled" in err
     code, _, _ = await agent(live, tmp_path, "status", rid)
     assert code == 2
+    code, token, err = await agent(live, tmp_path, "token", rid)  # nothing to collect: the same exit code, no token
+    assert code == 2 and token == "" and "cancelled" in err
 
 
 async def test_expired_exits_3(live_settings, redis, tmp_path):
@@ -107,8 +109,10 @@ async def test_expired_exits_3(live_settings, redis, tmp_path):
     live = await serve(dataclasses.replace(live_settings["settings"], request_ttl_s=0.3), live_settings["keys"],
                        live_settings["svid_key"])
     try:
-        code, _, err = await agent(live, tmp_path, "request", *RESTART, "--wait", "20")
+        code, out, err = await agent(live, tmp_path, "request", *RESTART, "--wait", "20")
         assert code == 3 and "expired" in err
+        code, token, err = await agent(live, tmp_path, "token", out.strip())
+        assert code == 3 and token == "" and "expired" in err
     finally:
         await stop(live)
 
