@@ -15,11 +15,14 @@ log = logging.getLogger("jitgate.wakeups")
 
 
 class _Waiter:
-    __slots__ = ("known", "event")
+    __slots__ = ("known", "event", "early")
 
     def __init__(self) -> None:
         self.known: str | None = None
         self.event = asyncio.Event()
+        # Statuses published between register() and wait(): the read in between may have
+        # seen the state before such a change, and the change must still wake the wait.
+        self.early: list[str] = []
 
 
 class Wakeups:
@@ -75,7 +78,9 @@ class Wakeups:
         for line in text.split("\n"):  # a batch (the sweep) says "id status" once per line
             rid, _, status = line.partition(" ")
             for w in self._waiters.get(rid, ()):
-                if w.known is not None and status != w.known:
+                if w.known is None:
+                    w.early.append(status)
+                elif status != w.known:
                     w.event.set()
 
     def register(self, request_id: str) -> _Waiter:
@@ -94,6 +99,8 @@ class Wakeups:
     async def wait(self, w: _Waiter, known_status: str, timeout: float) -> bool:
         """Wait until a status other than ``known_status`` is published, or ``timeout``."""
         w.known = known_status
+        if any(status != known_status for status in w.early):
+            return True
         try:
             await asyncio.wait_for(w.event.wait(), timeout)
             return True

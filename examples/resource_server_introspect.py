@@ -1,6 +1,7 @@
 """A resource server that asks the broker about every token (RFC 7662 introspection),
 authenticated as the registered resource server `example-payments-api`. It learns at
-once when a grant has been completed or revoked - the offline verifier cannot.
+once when a grant has been completed or revoked - the offline verifier cannot - and it
+still checks the DPoP proof of a bound token, so a leaked token is useless here too.
 
 With `make run` going, from the repository root:
 
@@ -12,86 +13,52 @@ With `make run` going, from the repository root:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpx
+from resource_server_common import TARGET, JsonHandler, broker_issuer, main
 
-from broker.client import Client, Introspector, parse_authorization
-
-TARGET = "staging/payments-api"
+from broker.client import Client, Introspector, InvalidToken, JitgateError
 
 
-def make_server(broker_url: str, port: int, key: str) -> ThreadingHTTPServer:
-    issuer = httpx.get(f"{broker_url}/.well-known/oauth-authorization-server", timeout=5).json()["issuer"]
-    introspector = Introspector(broker_url, "example-payments-api", key, audience=issuer)
+def make_server(args: argparse.Namespace) -> ThreadingHTTPServer:
+    introspector = Introspector(args.url, "example-payments-api", args.server_key, audience=broker_issuer(args.url),
+                                target=TARGET, require_dpop=True)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
+            url = f"http://{self.headers.get('Host', f'127.0.0.1:{args.port}')}{self.path}"
             try:
-                _scheme, token = parse_authorization(self.headers.get("Authorization"))
-                info = introspector.introspect(token)
-            except Exception as e:  # noqa: BLE001 - an example: every failure is a 401
-                info = {"active": False, "why": str(e)}
-            if not info.get("active") or info.get("aud") != TARGET:
-                self._answer(401, {"error": "invalid_token", "active": info.get("active", False)})
+                # Active now (the broker says), meant for this server, and the DPoP proof holds.
+                info = introspector.verify_request(self.headers.get("Authorization"), self.headers.get("DPoP"), "GET", url)
+            except InvalidToken as e:
+                self.answer(401, {"error": e.error, "error_description": e.reason}, e.challenge())
                 return
-            # Introspection says the grant is live; a DPoP-bound token (token_type DPoP) should
-            # still have its proof checked as the offline example does, to stop a stolen token.
-            self._answer(200, {"config": {"pool_size": 20}, "for": info["sub"], "token_type": info["token_type"]})
+            except JitgateError as e:  # the broker refused this server or could not be reached: fail closed
+                self.answer(503, {"error": "temporarily_unavailable", "error_description": str(e)})
+                return
+            self.answer(200, {"config": {"pool_size": 20}, "for": info["sub"], "token_type": info["token_type"]})
 
-        def _answer(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    return ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
 
 
-async def demo(broker_url: str, port: int, key: str) -> int:
-    url = f"http://127.0.0.1:{port}/config"
+async def demo(broker_url: str, url: str, key: str) -> int:
     async with Client(broker_url, "demo-agent", key) as client, httpx.AsyncClient() as http:
         async with client.grant(action="read", target=TARGET, justification="read the pool size", duration=120) as token:
             r = await http.get(url, headers=token.headers("GET", url))
-            print("while the grant is active: ", r.status_code, r.json())
+            print("while the grant is active:  ", r.status_code, r.json())
+            r = await http.get(url, headers={"Authorization": f"DPoP {token.access_token}"})
+            print("the token without a proof:  ", r.status_code, r.json()["error_description"])
         # Leaving the block reported completion: the broker now calls the token inactive.
         r = await http.get(url, headers=token.headers("GET", url))
-        print("after the agent completed: ", r.status_code, r.json())
+        print("after the agent completed:  ", r.status_code, r.json()["error_description"])
     return 0
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=os.environ.get("JITGATE_URL", "http://127.0.0.1:8080"), help="the broker")
-    p.add_argument("--port", type=int, default=8092)
+def _server_key(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-key", default=".jitgate/examples/example-payments-api.pem")
-    p.add_argument("--key", default=".jitgate/demo-agent.pem", help="the demo agent's key (demo mode)")
-    p.add_argument("--serve", action="store_true", help="only serve, until Ctrl-C")
-    args = p.parse_args()
-    server = make_server(args.url, args.port, args.server_key)
-    if args.serve:
-        print(f"serving on http://127.0.0.1:{args.port}/config (introspecting at {args.url})")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            return 0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        return asyncio.run(demo(args.url, args.port, args.key))
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, default_port=8092, make_server=make_server, demo=demo, add_arguments=_server_key))

@@ -34,14 +34,14 @@ from .errors import (
     TimedOut,
     TransportError,
 )
-from .models import Escalation, Evidence, Grant, Token
+from .models import DpopAuth, Escalation, Evidence, Grant, Token
 from .sync import SyncClient
-from .verify import Introspector, ReplayCache, TokenVerifier, parse_authorization, verify
+from .verify import Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
 
 __all__ = [
     "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
-    "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken", "JitgateError",
-    "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "Svid", "SyncClient", "TimedOut", "Token",
-    "TokenVerifier", "TransportError", "generate_key", "load_key", "make_delegation", "outcome", "parse_authorization",
-    "public_jwk", "requires_approval", "verify",
+    "DpopAuth", "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken",
+    "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "Svid", "SyncClient", "TimedOut",
+    "Token", "TokenVerifier", "TransportError", "check_binding", "generate_key", "load_key", "make_delegation", "outcome",
+    "parse_authorization", "public_jwk", "requires_approval", "verify",
 ]

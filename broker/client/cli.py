@@ -42,22 +42,36 @@ def _connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", default=env("JITGATE_AGENT_KEY"), help="agent private key, PEM file (JITGATE_AGENT_KEY)")
     g.add_argument("--svid", default=env("JITGATE_SVID_FILE"),
                    help="authenticate with the JWT-SVID in this file instead of a key (JITGATE_SVID_FILE)")
+    g.add_argument("--workload-api", action="store_true",
+                   help="authenticate with a JWT-SVID from the SPIFFE Workload API at SPIFFE_ENDPOINT_SOCKET "
+                        "(needs the spiffe extra)")
     g.add_argument("--audience", default=env("JITGATE_AUDIENCE"),
                    help="the broker's issuer URL if it differs from --url (default: read from the broker)")
     g.add_argument("--no-dpop", action="store_true", help="collect a plain Bearer token instead of a DPoP-bound one")
+    g.add_argument("--dpop-key", default=env("JITGATE_DPOP_KEY"), metavar="PEM",
+                   help="bind tokens to this key instead of the agent key (JITGATE_DPOP_KEY); "
+                        "needed with an SVID, which brings no key of its own")
 
 
 def _client(args: argparse.Namespace) -> Client:
-    if args.svid:
-        credential: Any = Svid(args.svid)
+    if args.workload_api:
+        credential: Any = Svid.from_workload_api()
+    elif args.svid:
+        credential = Svid(args.svid)
     else:
         if not args.agent or not args.key:
-            raise JitgateError("give --agent and --key (or JITGATE_AGENT_ID and JITGATE_AGENT_KEY), or --svid")
+            raise JitgateError("give --agent and --key (or JITGATE_AGENT_ID and JITGATE_AGENT_KEY), --svid, or --workload-api")
         try:
             credential = AgentKey(args.agent, load_key(Path(args.key)))
         except OSError as exc:
             raise JitgateError(f"cannot read the key {args.key}: {exc.strerror or exc}") from None
-    return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop)
+    dpop_key = None
+    if args.dpop_key:
+        try:
+            dpop_key = load_key(Path(args.dpop_key))
+        except OSError as exc:
+            raise JitgateError(f"cannot read the DPoP key {args.dpop_key}: {exc.strerror or exc}") from None
+    return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
 
 
 def _run(args: argparse.Namespace, work) -> int:
@@ -223,6 +237,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    if (args.svid or args.workload_api) and not (args.dpop_key or args.no_dpop):
+        # The process's own DPoP key dies with it: the printed token could never be used.
+        _err("jitgate agent: with an SVID, give --dpop-key PEM (the key `proof --key` will sign with) or --no-dpop")
+        return EXIT_ERROR
+
     async def work(client: Client) -> int:
         esc = await client.status(args.id)
         if args.wait:

@@ -83,6 +83,7 @@ class Client:
 
     @property
     def agent_id(self) -> str | None:
+        """The agent id (for an SVID: its SPIFFE id, known after the first call)."""
         return self.credential.agent_id
 
     # ------------------------------------------------------------------ plumbing
@@ -137,7 +138,10 @@ class Client:
             sent_headers = dict(headers or {})
             if auth:
                 aud = await self.audience()
-                sent_headers["Authorization"] = self.credential.authorization(aud)
+                if isinstance(self.credential, Svid):  # a file read or a Workload API call: off the loop
+                    sent_headers["Authorization"] = await asyncio.to_thread(self.credential.authorization, aud)
+                else:
+                    sent_headers["Authorization"] = self.credential.authorization(aud)
                 if dpop and self._dpop_key is not None:
                     sent_headers["DPoP"] = make_dpop_proof(self._dpop_key, method=method, url=aud + path)
             try:
@@ -147,10 +151,12 @@ class Client:
                 retryable = safe or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
                 if not retryable or attempt >= self.retries:
                     raise TransportError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+                log.debug("%s %s failed (%s); retry %d of %d", method, path, exc.__class__.__name__, attempt + 1, self.retries)
                 await self._backoff(attempt, None, deadline)
                 attempt += 1
                 continue
             if resp.status_code in _RETRY_STATUS and (safe or resp.status_code in _SAFE_STATUS) and attempt < self.retries:
+                log.debug("%s %s answered %d; retry %d of %d", method, path, resp.status_code, attempt + 1, self.retries)
                 await self._backoff(attempt, resp.headers.get("retry-after"), deadline)
                 attempt += 1
                 continue

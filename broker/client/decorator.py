@@ -47,10 +47,12 @@ class Refusal(dict):
 
     @property
     def status(self) -> str:
+        """``denied``, ``expired``, ``cancelled``, ``revoked`` or ``timed_out``."""
         return self["status"]
 
     @property
     def reason(self) -> str:
+        """Why, in the decider's words."""
         return self["reason"]
 
     def __str__(self) -> str:

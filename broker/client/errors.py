@@ -91,11 +91,22 @@ class TransportError(JitgateError):
 
 
 class InvalidToken(JitgateError):
-    """A resource server's verification of a token (or its DPoP proof) failed; ``reason`` says which check."""
+    """A resource server's verification of a token (or its DPoP proof) failed; ``reason`` says
+    which check. ``error`` is the code for the ``WWW-Authenticate`` challenge: ``invalid_token``,
+    ``invalid_dpop_proof``, or ``use_dpop_nonce`` (send ``DPoP-Nonce`` with it, RFC 9449 section 9)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, error: str = "invalid_token") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.error = error
+
+    def challenge(self, nonce: str | None = None) -> dict[str, str]:
+        """Headers for the 401: ``WWW-Authenticate: DPoP error=...`` (and ``DPoP-Nonce`` when given)."""
+        reason = self.reason.replace("\\", "").replace('"', "'")
+        headers = {"WWW-Authenticate": f'DPoP error="{self.error}", error_description="{reason}", algs="ES256 EdDSA"'}
+        if nonce is not None:
+            headers["DPoP-Nonce"] = nonce
+        return headers
 
 
 _BY_STATUS = {400: InvalidRequest, 401: AuthenticationFailed, 404: NotFound, 409: Conflict}

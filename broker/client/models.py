@@ -4,8 +4,11 @@ it, a grant, and a collected token."""
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from ..jose import make_dpop_proof
 
@@ -30,6 +33,7 @@ class Evidence:
         return cls(kind, title, url)
 
     def to_dict(self) -> dict:
+        """The JSON object the API takes."""
         d = {"kind": self.kind, "title": self.title}
         if self.url is not None:
             d["url"] = self.url
@@ -56,14 +60,17 @@ class Escalation:
 
     @classmethod
     def from_json(cls, body: dict) -> "Escalation":
+        """From the broker's JSON answer."""
         return cls(id=body["id"], status=body["status"], raw=body)
 
     @property
     def decision(self) -> dict:
+        """The policy decision: ``outcome``, ``policies``, ``approvals_required``, ``approver_group``, ``reason``."""
         return self.raw.get("decision") or {}
 
     @property
     def approvals(self) -> list[dict]:
+        """Approvals so far: ``{approver, channel, at}`` each."""
         return self.raw.get("approvals") or []
 
     @property
@@ -72,10 +79,12 @@ class Escalation:
 
     @property
     def denial(self) -> dict | None:
+        """``{by, reason}`` once denied, else None."""
         return self.raw.get("denial")
 
     @property
     def delegation_chain(self) -> list[dict]:
+        """The verified delegation links, root first (empty without delegation)."""
         return self.raw.get("delegation_chain") or []
 
     def summary(self) -> str:
@@ -105,6 +114,7 @@ class Grant:
 
     @classmethod
     def from_escalation(cls, esc: Escalation) -> "Grant":
+        """The grant of an approved (or active) escalation."""
         raw = esc.raw
         return cls(
             request_id=esc.id,
@@ -136,14 +146,49 @@ class Token:
 
     @property
     def dpop_bound(self) -> bool:
+        """True when the token is bound to this client's DPoP key (send it with :meth:`headers`)."""
         return self._dpop_key is not None
 
-    def headers(self, method: str, url: str) -> dict[str, str]:
-        """Headers for one call to a resource server (a new DPoP proof each time)."""
+    def headers(self, method: str, url: str, *, nonce: str | None = None) -> dict[str, str]:
+        """Headers for one call to a resource server (a new DPoP proof each time, carrying
+        ``nonce`` when the server asked for one)."""
         if self._dpop_key is None:
             return {"Authorization": f"Bearer {self.access_token}"}
-        proof = make_dpop_proof(self._dpop_key, method=method, url=url, access_token=self.access_token)
+        proof = make_dpop_proof(self._dpop_key, method=method, url=url, access_token=self.access_token, nonce=nonce)
         return {"Authorization": f"DPoP {self.access_token}", "DPoP": proof}
+
+    def auth(self) -> "DpopAuth":
+        """An ``httpx.Auth`` for this token: ``httpx.get(url, auth=token.auth())`` (sync or async)."""
+        return DpopAuth(self)
 
     def __repr__(self) -> str:  # never the token itself: reprs end up in logs
         return f"Token(request_id={self.request_id!r}, token_type={self.token_type!r}, expires_in={self.expires_in})"
+
+
+class DpopAuth(httpx.Auth):
+    """httpx authentication with a collected token: the ``Authorization`` header and, for a
+    DPoP-bound token, a fresh proof for each request's own method and URL. When a resource
+    server answers ``use_dpop_nonce`` with a ``DPoP-Nonce`` (RFC 9449 section 9), the
+    request is sent once more with a proof carrying that nonce, and the latest nonce each
+    server hands out is used for the next calls to it."""
+
+    requires_request_body = True  # a retried request sends its body again
+
+    def __init__(self, token: Token) -> None:
+        self._token = token
+        self._nonces: dict[tuple[str, str, int | None], str] = {}
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        origin = (request.url.scheme, request.url.host, request.url.port)
+        url = str(request.url)
+        request.headers.update(self._token.headers(request.method, url, nonce=self._nonces.get(origin)))
+        response = yield request
+        nonce = response.headers.get("dpop-nonce")
+        if not nonce or not self._token.dpop_bound:
+            return
+        retry = response.status_code in (400, 401) and "use_dpop_nonce" in response.headers.get("www-authenticate", "")
+        fresh = nonce != self._nonces.get(origin)
+        self._nonces[origin] = nonce
+        if retry and fresh:  # once per nonce: a server that refuses its own nonce gets no loop
+            request.headers.update(self._token.headers(request.method, url, nonce=nonce))
+            yield request

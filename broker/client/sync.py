@@ -69,30 +69,39 @@ class SyncClient:
 
     @property
     def agent_id(self) -> str | None:
+        """The agent id (see :attr:`Client.agent_id`)."""
         return self.client.agent_id
 
     def propose(self, **proposal: Any) -> Escalation:
+        """:meth:`Client.propose <broker.client.Client.propose>`, blocking."""
         return self._run(self.client.propose(**proposal))
 
     def status(self, request_id: str) -> Escalation:
+        """The escalation as it is now."""
         return self._run(self.client.status(request_id))
 
     def wait(self, request_id: str, **kwargs: Any) -> Escalation:
+        """Block until decided; :class:`TimedOut` after ``timeout`` seconds (see :meth:`Client.wait`)."""
         return self._run(self.client.wait(request_id, **kwargs))
 
     def escalate(self, **proposal: Any) -> Grant:
+        """Propose and wait: a :class:`Grant`, or Denied / Expired / Cancelled / Revoked / TimedOut."""
         return self._run(self.client.escalate(**proposal))
 
     def collect(self, grant: Grant | str) -> Token:
+        """Collect the token of an approved request (once)."""
         return self._run(self.client.collect(grant))
 
     def complete(self, grant: Grant | Token | str) -> Escalation:
+        """Report the task done: the grant ends now."""
         return self._run(self.client.complete(grant))
 
     def cancel(self, request_id: str) -> Escalation:
+        """Withdraw a pending request."""
         return self._run(self.client.cancel(request_id))
 
     def delegate(self, to: str, **kwargs: Any) -> str:
+        """A signed delegation link for a sub-agent (see :meth:`Client.delegate`)."""
         return self._run(self.client.delegate(to, **kwargs))
 
     @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -88,6 +89,7 @@ def verify(
     now: float | None = None,
     leeway_s: float = 5,
     max_proof_age_s: float = 60,
+    nonce: str | Collection[str] | None = None,
 ) -> dict:
     """Verify a jitgate access token and, for a DPoP-bound one, its proof; return the claims.
 
@@ -98,7 +100,9 @@ def verify(
     no older than ``max_proof_age_s``, an unseen ``jti`` (``replay_cache``), ``ath`` =
     this token's hash, and a key whose thumbprint is ``cnf.jkt``. ``scheme`` (from
     :func:`parse_authorization`) must then be DPoP. ``require_dpop`` refuses unbound
-    tokens. Raises :class:`InvalidToken` naming the failed check.
+    tokens. ``nonce`` (a value or the values accepted now) makes the proof carry a nonce
+    this server handed out (RFC 9449 section 9). Raises :class:`InvalidToken` naming the
+    failed check.
     """
     now = time.time() if now is None else now
     try:
@@ -126,7 +130,33 @@ def verify(
         raise InvalidToken("the token signature does not verify") from None
     _check_claims(claims, now, leeway_s, issuer, audience)
 
-    jkt = (claims.get("cnf") or {}).get("jkt") if isinstance(claims.get("cnf"), dict) else None
+    return check_binding(claims, token, dpop_proof=dpop_proof, method=method, url=url, scheme=scheme,
+                         require_dpop=require_dpop, replay_cache=replay_cache, now=now, leeway_s=leeway_s,
+                         max_proof_age_s=max_proof_age_s, nonce=nonce)
+
+
+def check_binding(
+    claims: dict,
+    token: str,
+    *,
+    dpop_proof: str | None,
+    method: str | None,
+    url: str | None,
+    scheme: str | None = None,
+    require_dpop: bool = False,
+    replay_cache: ReplayCache | None = None,
+    now: float | None = None,
+    leeway_s: float = 5,
+    max_proof_age_s: float = 60,
+    nonce: str | Collection[str] | None = None,
+) -> dict:
+    """The DPoP half of :func:`verify`, for claims known good by other means (introspection):
+    a token with ``cnf.jkt`` needs a valid, unreplayed proof for this request and this token,
+    signed by the bound key, under the DPoP scheme; ``require_dpop`` refuses unbound tokens.
+    Returns ``claims``; raises :class:`InvalidToken` naming the failed check."""
+    now = time.time() if now is None else now
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
     if jkt is None:
         if require_dpop:
             raise InvalidToken("the token is not DPoP-bound")
@@ -141,12 +171,16 @@ def verify(
         proof = verify_dpop_proof(dpop_proof, method=method, url=url, now=now, access_token=token,
                                   max_age_s=max_proof_age_s, leeway_s=max(leeway_s, 5))
     except JoseError as exc:
-        raise InvalidToken(str(exc)) from None
+        raise InvalidToken(str(exc), "invalid_dpop_proof") from None
     if proof.jkt != jkt:
         raise InvalidToken("the DPoP proof is signed by a different key than the token is bound to")
+    if nonce is not None:
+        accepted = {nonce} if isinstance(nonce, str) else set(nonce)
+        if proof.claims.get("nonce") not in accepted:
+            raise InvalidToken("the DPoP proof must carry the nonce this server provides", "use_dpop_nonce")
     cache = _DEFAULT_CACHE if replay_cache is None else replay_cache
     if cache.seen(f"{proof.jkt}:{proof.jti}", proof.iat + max_proof_age_s + leeway_s, now):
-        raise InvalidToken("DPoP proof replayed (jti already used)")
+        raise InvalidToken("DPoP proof replayed (jti already used)", "invalid_dpop_proof")
     return claims
 
 
@@ -196,9 +230,13 @@ class TokenVerifier:
             resp = httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout)
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot fetch the broker's JWKS: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, None)
-        self._jwks, self._fetched_at = resp.json(), time.monotonic()
+        try:
+            jwks = resp.json() if resp.status_code == 200 else None
+        except ValueError:
+            jwks = None
+        if not isinstance(jwks, dict):
+            raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
+        self._jwks, self._fetched_at = jwks, time.monotonic()
 
     def _jwks_for(self, token: str) -> dict:
         with self._lock:
@@ -212,31 +250,67 @@ class TokenVerifier:
             return self._jwks
 
     def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
-               url: str | None = None, scheme: str | None = None) -> dict:
+               url: str | None = None, scheme: str | None = None, nonce: str | Collection[str] | None = None) -> dict:
         """The token's claims after :func:`verify`; fetches the JWKS when needed."""
         return verify(token, self._jwks_for(token), dpop_proof=dpop_proof, method=method, url=url,
                       issuer=self.issuer, audience=self.audience, scheme=scheme,
-                      require_dpop=self.require_dpop, replay_cache=self.replay_cache)
+                      require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
 
-    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str) -> dict:
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                       nonce: str | Collection[str] | None = None) -> dict:
         """Verify the ``Authorization`` and ``DPoP`` headers of one incoming request."""
         scheme, token = parse_authorization(authorization)
-        return self.verify(token, dpop_proof=dpop, method=method, url=url, scheme=scheme)
+        return self.verify(token, dpop_proof=dpop, method=method, url=url, scheme=scheme, nonce=nonce)
 
 
 class Introspector:
     """A registered resource server asking the broker whether a token is active now
-    (RFC 7662), authenticated by an assertion signed with its own key."""
+    (RFC 7662), authenticated by an assertion signed with its own key.
+
+    ``audience`` is the broker's issuer URL (the assertions' ``aud``; default ``broker_url``).
+    For :meth:`verify_request`, ``target`` is this server's name at the broker (the tokens'
+    ``aud``) and ``require_dpop`` refuses unbound tokens.
+    """
 
     def __init__(self, broker_url: str, server_id: str, private_key: Any, *, audience: str | None = None,
-                 timeout_s: float = 5) -> None:
+                 target: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.server_id = server_id
         self.audience = (audience or self.broker_url).rstrip("/")
+        self.target = target
+        self.require_dpop = require_dpop
+        self.replay_cache = ReplayCache()
         self._key = load_key(private_key)
         self._timeout = timeout_s
 
+    def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                       nonce: str | Collection[str] | None = None) -> dict:
+        """The claims of the token in an incoming request's ``Authorization`` header once the
+        broker calls it active (and, with ``target``, meant for this server), with the DPoP
+        proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise, and
+        ApiError / TransportError when the broker refuses this server or cannot be reached."""
+        scheme, token = parse_authorization(authorization)
+        return self._checked(self.introspect(token), token, scheme, dpop, method, url, nonce)
+
+    async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
+                              nonce: str | Collection[str] | None = None) -> dict:
+        """:meth:`verify_request` for async servers."""
+        scheme, token = parse_authorization(authorization)
+        return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url, nonce)
+
+    def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str,
+                 nonce: str | Collection[str] | None) -> dict:
+        if info.get("active") is not True:
+            raise InvalidToken("the token is not active (expired, completed or revoked)")
+        if self.target is not None:
+            aud = info.get("aud")
+            if not (aud == self.target or (isinstance(aud, list) and self.target in aud)):
+                raise InvalidToken("the token is meant for another audience")
+        return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
+                             require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
+
     def _headers(self) -> dict:
+        """A fresh assertion of this resource server for one introspection call."""
         return {"Authorization": "Bearer " + make_assertion(self._key, agent_id=self.server_id, audience=self.audience)}
 
     def introspect(self, token: str) -> dict:
@@ -246,9 +320,7 @@ class Introspector:
                               timeout=self._timeout)
         except httpx.HTTPError as exc:
             raise TransportError(f"introspection failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, resp.json() if resp.content else None)
-        return resp.json()
+        return _introspection(resp)
 
     async def aintrospect(self, token: str) -> dict:
         """:meth:`introspect` for async servers."""
@@ -257,6 +329,15 @@ class Introspector:
                 resp = await http.post(f"{self.broker_url}/v1/introspect", data={"token": token}, headers=self._headers())
             except httpx.HTTPError as exc:
                 raise TransportError(f"introspection failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise api_error(resp.status_code, resp.json() if resp.content else None)
-        return resp.json()
+        return _introspection(resp)
+
+
+def _introspection(resp: httpx.Response) -> dict:
+    """The introspection answer, or the ApiError for a refusal (whatever its body is)."""
+    try:
+        body = resp.json() if resp.content else None
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict):
+        raise api_error(resp.status_code if resp.status_code != 200 else 502, body)
+    return body

@@ -73,7 +73,7 @@ class Live:
     async def request_ids(self) -> list[str]:
         return [r.id for r in await self.broker.store.scan_requests()]
 
-    async def pending(self, timeout: float = 5.0) -> str:
+    async def pending(self, timeout: float = 20.0) -> str:
         """The id of the one pending request, once there is one."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
@@ -116,8 +116,12 @@ def live_settings(tmp_path, redis_url, prefix):
         agents.append(_entry(keys, agent_id, owner, team, can_delegate=can_delegate))
     # A keyless SPIFFE agent: it authenticates with JWT-SVIDs; the entry gives owner and team.
     agents.append({"id": SPIFFE_AGENT, "owner": "dave", "team": "platform"})
+    # A resource server that may call introspection.
+    pem, jwk = generate_key("P-256")
+    keys["payments-api"] = load_private_key(pem)
     # One write (add_agent fsyncs on every call, which costs more than the tests themselves).
-    (tmp_path / "agents.yaml").write_text(yaml.safe_dump({"agents": agents}))
+    (tmp_path / "agents.yaml").write_text(yaml.safe_dump({"agents": agents, "resource_servers": [
+        {"id": "payments-api", "public_key": jwk}]}))
     svid_key = ec.generate_private_key(ec.SECP256R1())
     bundle = tmp_path / "bundle.jwks"
     bundle.write_text(json.dumps({"keys": [ec_jwk(svid_key.public_key(), "svid-key-1")]}))

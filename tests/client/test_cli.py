@@ -13,7 +13,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from broker.identity import Registry, load_private_key
+from broker.identity import Registry, generate_key, jwk_thumbprint, load_private_key, public_jwk
 from tests.client.conftest import serve, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +100,8 @@ async def test_timed_out_exits_4_and_status_reports(live, tmp_path):
     assert code == 0 and "cancelled" in err
     code, _, _ = await agent(live, tmp_path, "status", rid)
     assert code == 2
+    code, token, err = await agent(live, tmp_path, "token", rid)  # nothing to collect: the same exit code, no token
+    assert code == 2 and token == "" and "cancelled" in err
 
 
 async def test_expired_exits_3(live_settings, redis, tmp_path):
@@ -107,8 +109,10 @@ async def test_expired_exits_3(live_settings, redis, tmp_path):
     live = await serve(dataclasses.replace(live_settings["settings"], request_ttl_s=0.3), live_settings["keys"],
                        live_settings["svid_key"])
     try:
-        code, _, err = await agent(live, tmp_path, "request", *RESTART, "--wait", "20")
+        code, out, err = await agent(live, tmp_path, "request", *RESTART, "--wait", "20")
         assert code == 3 and "expired" in err
+        code, token, err = await agent(live, tmp_path, "token", out.strip())
+        assert code == 3 and token == "" and "expired" in err
     finally:
         await stop(live)
 
@@ -147,3 +151,75 @@ def test_yaml_entry_is_plain_yaml(tmp_path, monkeypatch):
     entry = yaml.safe_load("agents:\n" + out.getvalue())["agents"][0]
     assert entry["id"] == "yaml-bot" and entry["can_delegate"] is True and entry["public_key"]["crv"] == "Ed25519"
     assert (tmp_path / "yaml-bot.pem").exists()
+
+
+async def test_workload_api_identity(live, tmp_path, monkeypatch):
+    """--workload-api: the command authenticates with a JWT-SVID fetched from SPIFFE_ENDPOINT_SOCKET."""
+    from tests.client.conftest import SPIFFE_AGENT  # noqa: PLC0415
+    from tests.support.fake_spire import FakeWorkloadApi  # noqa: PLC0415
+
+    api = FakeWorkloadApi(tmp_path / "agent.sock", SPIFFE_AGENT, live.svid_key, "svid-key-1").start()
+    try:
+        monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", api.endpoint)
+        code, out, err = await agent(live, tmp_path, "request", *READ, "--workload-api", "--wait", "10")
+        assert code == 0, err
+        assert (await live.broker.lifecycle.get(out.strip())).agent == SPIFFE_AGENT
+        assert api.calls and api.calls[0].audience == [live.broker.settings.issuer]
+        rid = out.strip()
+        code, _, err = await agent(live, tmp_path, "token", rid, "--workload-api")
+        assert code == 1 and "--dpop-key" in err  # a token bound to a key that dies with the process is useless
+        dpop_key = tmp_path / "dpop.pem"
+        dpop_key.write_bytes(generate_key("P-256")[0])
+        code, token, err = await agent(live, tmp_path, "token", rid, "--workload-api", "--dpop-key", str(dpop_key))
+        assert code == 0, err
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        assert claims["cnf"]["jkt"] == jwk_thumbprint(public_jwk(load_private_key(dpop_key.read_bytes())))
+        code, proof, _ = await agent(live, tmp_path, "proof", "GET", "https://rs.example/x", "--token", token.strip(),
+                                     "--key", str(dpop_key))
+        assert code == 0 and jwt.get_unverified_header(proof.strip())["jwk"]["x"] == public_jwk(
+            load_private_key(dpop_key.read_bytes()))["x"]
+        monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", f"unix://{tmp_path}/none.sock")
+        code, _, err = await agent(live, tmp_path, "status", out.strip(), "--workload-api")
+        assert code == 1 and "SPIFFE Workload API" in err
+    finally:
+        api.stop()
+
+
+async def test_wait_on_a_terminal_shows_a_spinner_and_clears_it(live, tmp_path):
+    """On a terminal, --wait keeps one spinner line (status and elapsed time) and erases it when decided."""
+    import pty  # noqa: PLC0415
+
+    key_file = tmp_path / "reader-bot.pem"
+    key_file.write_bytes(live.keys["reader-bot"].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    env = {**os.environ, "JITGATE_URL": live.url, "JITGATE_AGENT_ID": "reader-bot", "JITGATE_AGENT_KEY": str(key_file)}
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker.client.cli", "request", *RESTART,
+                                                    "--wait", "20", env=env, cwd=tmp_path,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        rid = await live.pending()
+        await asyncio.sleep(0.8)  # a few spinner frames
+        await live.approve(rid, "bob")
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    text = screen.decode()
+    assert proc.returncode == 0 and out.decode().strip() == rid
+    frames = [f for f in text.split("\r") if "pending: 0/1 approvals from sre" in f]
+    assert len(frames) >= 2 and {f[0] for f in frames} <= set("|/-\\")
+    assert "\r\x1b[K" in text and text.rstrip().endswith("approved by bob; collect the token with: "
+                                                         f"jitgate agent token {rid}")

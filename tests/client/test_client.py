@@ -142,6 +142,39 @@ async def test_retry_after_a_lost_answer_creates_one_request(live):
     await transport.aclose()
 
 
+class Unavailable(httpx.AsyncBaseTransport):
+    """A load balancer in front of the broker that answers 503 (Retry-After: 0) to the first `failures` proposals."""
+
+    def __init__(self, failures: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.failures = failures
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/escalations" and self.refused < self.failures:
+            self.refused += 1
+            return httpx.Response(503, headers={"Retry-After": "0"}, request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_refused_calls_are_retried_within_a_budget(live):
+    """503s are retried (Retry-After honoured) and the proposal still lands once; past the budget the error surfaces."""
+    from broker.client import ApiError  # noqa: PLC0415
+
+    flaky = Unavailable(failures=2)
+    esc = await live.client("reader-bot", transport=flaky, retries=2).propose(**RESTART)
+    assert flaky.refused == 2 and await live.request_ids() == [esc.id]
+    down = Unavailable(failures=10)
+    with pytest.raises(ApiError) as caught:
+        await live.client("reader-bot", transport=down, retries=2).propose(**RESTART)
+    assert caught.value.status == 503 and down.refused == 3  # the first try and two retries
+    await flaky.aclose()
+    await down.aclose()
+
+
 async def test_explicit_idempotency_key_finds_the_same_request(live):
     """A restarted agent that reuses its idempotency key resumes the request it already made."""
     first = await live.client("reader-bot").propose(**RESTART, idempotency_key="task-42")
@@ -159,6 +192,25 @@ async def test_grant_block_completes_even_when_the_body_raises(live):
     req = await live.broker.lifecycle.get(token.request_id)
     assert req.status == "completed" and req.closed_by == "reader-bot"
     assert await live.broker.lifecycle.introspect(token.access_token) == {"active": False}
+
+
+async def test_grant_block_completes_when_the_task_is_cancelled(live):
+    """A cancelled agent task (a framework's timeout, Ctrl-C) still reports completion on its way out."""
+    inside = asyncio.Event()
+    seen = []
+
+    async def work():
+        async with live.client("reader-bot").grant(**READ) as token:
+            seen.append(token)
+            inside.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(work())
+    await asyncio.wait_for(inside.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await live.broker.lifecycle.get(seen[0].request_id)).status == "completed"
 
 
 async def test_grant_block_completes_on_normal_exit(live):

