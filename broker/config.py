@@ -133,6 +133,7 @@ class Settings:
     spiffe_bundle: Path | None = None
     spiffe_trust_domain: str = ""
     escalate_after_s: int = 600
+    backup_group: str | None = None  # escalation target when the policy names no @backup_group
     max_body_bytes: int = 65536
     security_group: str = "security"
     oncall_group: str = "on-call"
@@ -199,6 +200,7 @@ class Settings:
             delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
             **_spiffe(env),
             escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
+            backup_group=(env.get("JITGATE_BACKUP_GROUP") or "").strip() or None,
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
             oncall_group=env.get("JITGATE_ONCALL_GROUP", "on-call"),

@@ -10,6 +10,7 @@ a no-op; a different one is a :class:`Conflict` that says what happened instead.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 
 import orjson
@@ -295,6 +296,12 @@ class Lifecycle:
         except Exception as e:  # noqa: BLE001 - unknown means deny
             log.exception("policy evaluation failed")
             decision = Decision("deny", (), 0, None, None, None, None, f"policy evaluation failed: {e.__class__.__name__}")
+        backup = self.settings.backup_group
+        if (decision.outcome == "require_approval" and not decision.backup_group and backup
+                and backup != decision.approver_group):
+            # The installation's backup group, where the policy names none; recorded in the
+            # decision (and so in the audit log) like one the policy named.
+            decision = dataclasses.replace(decision, backup_group=backup)
 
         rid = new_id()
         at = iso(now)

@@ -156,6 +156,44 @@ async def test_reminders_then_escalation_to_backup_group(harness, monkeypatch):
     assert approved.status == "approved"
 
 
+async def test_installation_backup_group_where_the_policy_names_none(harness):
+    """JITGATE_BACKUP_GROUP (issue 3 item 6: backup group "per policy annotation or config"):
+    used where the policy names no @backup_group, recorded in the decision and the audit log;
+    a policy's own backup group wins, and the approver group is never its own backup."""
+    import base64
+    import dataclasses
+    import os
+
+    import orjson
+
+    from broker.config import Settings
+
+    base = {"JITGATE_ISSUER": "https://jitgate.test", "JITGATE_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+    assert Settings.from_env({**base, "JITGATE_BACKUP_GROUP": " on-call "}).backup_group == "on-call"
+    assert Settings.from_env({**base, "JITGATE_BACKUP_GROUP": ""}).backup_group is None
+    life = harness.life
+    life.settings = dataclasses.replace(life.settings, backup_group="on-call", escalate_after_s=120, reminder_interval_s=60)
+    rid = (await harness.propose()).json()["id"]  # prod-deploy: 2 from sre, no @backup_group
+    req = await life.get(rid)
+    assert req.decision["backup_group"] == "on-call"
+    s = harness.broker.store
+    decisions = [orjson.loads(f[b"event"]) for _, f in await s.redis.xrange(s.audit_stream)]
+    assert [e["data"]["backup_group"] for e in decisions if e["type"] == "policy.decision" and e["request_id"] == rid] == ["on-call"]
+    with pytest.raises(NotApprover):
+        await life.approve(rid, harness.approver("frank"), channel="cli")  # not before the escalation
+    await s.redis.zadd(s.reminders, {rid: int(harness.clock.now() * 1000)})
+    harness.clock.advance(121)
+    assert await life.remind_due() == 1
+    assert (await life.get(rid)).escalated
+    assert (await life.approve(rid, harness.approver("frank"), channel="cli")).approvers == ["frank"]
+
+    life.settings = dataclasses.replace(life.settings, backup_group="sre")  # the approver group itself: no backup
+    assert (await life.get((await harness.propose()).json()["id"])).decision["backup_group"] is None
+    life.settings = dataclasses.replace(life.settings, backup_group="security")  # the policy's own wins
+    rid = (await harness.propose("ops-bot", action="rollback", target="prod/payments-api")).json()["id"]
+    assert (await life.get(rid)).decision["backup_group"] == "on-call"
+
+
 async def test_posture_is_security_only_audited_and_reaches_policy(harness):
     """Only the security group changes the posture; policy decisions see it at once."""
     life = harness.life
