@@ -327,13 +327,19 @@ def cmd_audit_trim(args) -> int:
     from .model import iso  # noqa: PLC0415
 
     before = parse_before(args.before)
-    with _open(args.exported, "rb") as f:
-        export_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256()  # of the file as read (recorded in the audit.trimmed entry)
+
+    def lines(f):
+        for raw in f:
+            digest.update(raw)
+            yield raw.decode(errors="replace")  # a bad byte fails that line's hash: a clear refusal
 
     async def run(broker):
         s, life = broker.store, broker.lifecycle
-        with _open(args.exported) as f:
-            plan = await plan_trim(broker.redis, s.audit_stream, s.audit_head, before, f)
+        with _open(args.exported, "rb") as f:
+            plan = await plan_trim(broker.redis, s.audit_stream, s.audit_head, before, lines(f))
+            for raw in f:  # the rest of the file, past the entries to remove
+                digest.update(raw)
         print(f"will remove {plan}", file=sys.stderr)
         if not args.yes:
             answer = input("type 'trim' to confirm: ") if sys.stdin.isatty() else ""
@@ -342,7 +348,7 @@ def cmd_audit_trim(args) -> int:
                 return 1
         await trim(broker.redis, s.audit_stream, s.audit_head, plan, at=iso(life.clock.now()),
                    actor={"operator": f"os:{life.os_user()}", "channel": "cli"},
-                   before=args.before, export_sha256=export_sha256)
+                   before=args.before, export_sha256=digest.hexdigest())
         print(f"trimmed {plan.count} entries (seq {plan.first_seq} to {plan.last_seq}); the retained chain starts "
               f"after hash {plan.last_hash}")
         return 0
