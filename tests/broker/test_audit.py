@@ -25,6 +25,18 @@ async def _verify(harness):
     return await audit.verify(s.redis, s.audit_stream, s.audit_head)
 
 
+async def _rebuild(s, entries, victim=None) -> None:
+    """Streams cannot be edited in place: an attacker rebuilds the stream from ``entries``,
+    with ``victim``'s event rewritten to name someone else."""
+    await s.redis.delete(s.audit_stream)
+    for sid, f in entries:
+        if sid == victim:
+            event = orjson.loads(f[b"event"])
+            event["actor"] = {"approver": "mallory"}
+            f = {**f, b"event": orjson.dumps(event, option=orjson.OPT_SORT_KEYS)}
+        await s.redis.xadd(s.audit_stream, f, id=sid)
+
+
 async def test_chain_verifies(harness):
     """An untouched chain verifies and counts every entry."""
     await _flow(harness)
@@ -37,15 +49,8 @@ async def test_modified_entry_is_detected(harness):
     await _flow(harness)
     s = harness.broker.store
     entries = await s.redis.xrange(s.audit_stream)
-    victim_id, fields = entries[2]
-    event = orjson.loads(fields[b"event"])
-    event["actor"] = {"approver": "mallory"}
-    # Streams cannot be edited in place: an attacker rebuilds the stream with the change.
-    await s.redis.delete(s.audit_stream)
-    for sid, f in entries:
-        if sid == victim_id:
-            f = {**f, b"event": orjson.dumps(event, option=orjson.OPT_SORT_KEYS)}
-        await s.redis.xadd(s.audit_stream, f, id=sid)
+    victim_id = entries[2][0]
+    await _rebuild(s, entries, victim_id)
     result = await _verify(harness)
     assert not result.ok and result.bad_entry == victim_id.decode() and "modified" in result.problem
 
@@ -228,29 +233,19 @@ async def test_tampering_after_a_trim_is_still_detected(harness):
     s = harness.broker.store
     await _trim(harness, 4, await _export(harness))
     kept = await s.redis.xrange(s.audit_stream)
-    victim_id, fields = kept[1]
-    event = orjson.loads(fields[b"event"])
-    event["actor"] = {"approver": "mallory"}
-    await s.redis.delete(s.audit_stream)
-    for sid, f in kept:
-        if sid == victim_id:
-            f = {**f, b"event": orjson.dumps(event, option=orjson.OPT_SORT_KEYS)}
-        await s.redis.xadd(s.audit_stream, f, id=sid)
+    victim_id = kept[1][0]
+    await _rebuild(s, kept, victim_id)
     result = await _verify(harness)
     assert not result.ok and result.bad_entry == victim_id.decode() and "modified" in result.problem
     assert result.trimmed == 3  # it checked from the anchor
 
-    await s.redis.delete(s.audit_stream)
-    for sid, f in kept[1:]:  # the first retained entry removed
-        await s.redis.xadd(s.audit_stream, f, id=sid)
+    await _rebuild(s, kept[1:])  # the first retained entry removed
     result = await _verify(harness)
     assert not result.ok and result.bad_entry == kept[1][0].decode() and "sequence" in result.problem
 
     # Someone with Redis access removes entries from the start and moves the anchor to fit:
     # the chain then fits, but no audit.trimmed entry records that anchor.
-    await s.redis.delete(s.audit_stream)
-    for sid, f in kept:
-        await s.redis.xadd(s.audit_stream, f, id=sid)
+    await _rebuild(s, kept)
     assert (await _verify(harness)).ok
     await s.redis.xdel(s.audit_stream, kept[0][0], kept[1][0])
     await s.redis.hset(s.audit_head, mapping={"base_seq": kept[1][1][b"seq"], "base_hash": kept[1][1][b"hash"]})
