@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Iterable, Iterator, TextIO
 
@@ -197,9 +197,14 @@ async def _verify(redis, stream: str, base: Anchor, head_seq: int, head_hash: st
 async def export(redis, stream: str, out: TextIO, head_key: str | None = None) -> int:
     """Write every retained entry as one JSON object per line; return the count. After a trim
     the first line's ``prev`` is the anchor's hash (the end of the export made before it)."""
-    start = await anchor(redis, head_key or f"{stream}:head")
+    head_key = head_key or f"{stream}:head"
+    start = await anchor(redis, head_key)
     n = 0
     async for e in entries(redis, stream, prev=start.hash):
+        if n == 0 and e.seq != start.seq + 1:  # trimmed between reading the anchor and the stream
+            now = await anchor(redis, head_key)
+            if e.seq == now.seq + 1:
+                e = replace(e, prev=now.hash)
         out.write(orjson.dumps(e.to_json()).decode() + "\n")
         n += 1
     return n

@@ -275,7 +275,8 @@ def cmd_breakglass(args) -> int:
 def _open(path: str, mode: str = "r"):
     """A file the operator named; a missing or unreadable one is a clear error, not a traceback."""
     try:
-        return open(path, mode)
+        # Text with a bad byte reads as U+FFFD: that line then fails its hash, a clear refusal.
+        return open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8", errors="replace")
     except OSError as e:
         raise BrokerError(f"cannot read {path}: {e.strerror}") from None
 
@@ -304,14 +305,17 @@ def cmd_audit_verify(args) -> int:
 
 
 def cmd_audit_export(args) -> int:
-    from .audit import export  # noqa: PLC0415
+    from .audit import anchor, export  # noqa: PLC0415
 
     async def run(broker):
         s = broker.store
         if args.out and args.out != "-":
             with open(args.out, "w") as f:
                 n = await export(broker.redis, s.audit_stream, f, s.audit_head)
-            print(f"exported {n} entries to {args.out}", file=sys.stderr)
+            base = await anchor(broker.redis, s.audit_head)
+            after = f" (seq {base.seq + 1} on; {base.seq} older entries were trimmed, the first line's prev is " \
+                    f"their last hash {base.hash})" if base.seq else ""
+            print(f"exported {n} entries to {args.out}{after}", file=sys.stderr)
         else:
             await export(broker.redis, s.audit_stream, sys.stdout, s.audit_head)
         return 0
@@ -332,7 +336,7 @@ def cmd_audit_trim(args) -> int:
     def lines(f):
         for raw in f:
             digest.update(raw)
-            yield raw.decode(errors="replace")  # a bad byte fails that line's hash: a clear refusal
+            yield raw.decode(errors="replace")  # as _open: a bad byte fails that line's hash
 
     async def run(broker):
         s, life = broker.store, broker.lifecycle

@@ -307,3 +307,20 @@ async def test_entries_appended_during_a_verify_do_not_break_it(harness):
     await _flow(harness)  # ... then appends land before it reads the stream
     result = await audit._verify(s.redis, s.audit_stream, *state)
     assert result.ok and result.seq == int(await s.redis.hget(s.audit_head, "seq")) > state[1]
+
+
+async def test_an_export_racing_a_trim_still_chains_from_the_anchor(harness, monkeypatch):
+    """A trim landing between the export's read of the anchor and of the stream: the first
+    line still carries the anchor it follows, so the export verifies on its own."""
+    await _flow(harness)
+    await _trim(harness, 3, await _export(harness))
+    s = harness.broker.store
+    real, calls = audit.anchor, []
+
+    async def before_the_trim(redis, head_key):
+        calls.append(head_key)
+        return audit.Anchor() if len(calls) == 1 else await real(redis, head_key)
+
+    monkeypatch.setattr(audit, "anchor", before_the_trim)
+    lines = await _export(harness)
+    assert len(calls) == 2 and audit.verify_export(lines).start == (await real(s.redis, s.audit_head)).hash

@@ -173,7 +173,8 @@ async def test_audit_trim_only_what_an_export_holds(cli_env, tmp_path):
     assert v.returncode == 0 and "OK" in v.stdout
     assert f"{exported} older entries trimmed after export" in v.stdout and anchor in v.stdout
     new = tmp_path / "new.jsonl"
-    assert run_cli(cli_env, "audit", "export", "--out", str(new)).returncode == 0
+    exported_new = run_cli(cli_env, "audit", "export", "--out", str(new))
+    assert exported_new.returncode == 0 and f"{exported} older entries were trimmed" in exported_new.stderr
     rows = [json.loads(line) for line in new.read_text().splitlines()]
     assert rows[0]["seq"] == exported + 1 and rows[0]["prev"] == anchor and rows[-1]["event"]["type"] == "audit.trimmed"
     assert rows[-1]["event"]["actor"]["operator"].startswith("os:") and rows[-1]["event"]["data"]["through_hash"] == anchor
