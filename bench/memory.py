@@ -8,6 +8,8 @@ import itertools
 
 import orjson
 
+from broker.config import DEFAULT_RETENTION_S
+
 from .autogrant import JSON, grant_operation, mint_triples
 from .load import Client, HarnessError, Recorder, closed_loop
 
@@ -145,10 +147,12 @@ async def measure(stack, broker, n: int, log) -> dict:
         jti = [k for k in await _keys(r, PREFIX + "jti:*") if k not in jti_before]
         closed = {**_figures(n, before, after, hashes, jti_bytes, len(jti)),
                   "audit_entries": await _entries(r, PREFIX, closed_keys[0].decode().split("{req:")[1].rstrip("}")),
-                  "retention_days": round(ttl_s / 86400, 2)}
+                  "retention_days": round(ttl_s / 86400, 2),  # measured: the closed hash's PTTL
+                  "retention_default_days": round(DEFAULT_RETENTION_S / 86400, 2)}  # JITGATE_RETENTION_S unset
         out["closed"] = closed
         log(f"  closed: {closed['total_bytes']} B per request in all (hash {closed['request_hash_bytes']}, "
-            f"audit {closed['audit_bytes']}), kept {closed['retention_days']} days")
+            f"audit {closed['audit_bytes']}), kept {closed['retention_days']} days (JITGATE_RETENTION_S; default "
+            f"{closed['retention_default_days']:g} days)")
         out["audit_bytes_per_entry"] = round((after["audit"]) / max(1, await r.xlen(PREFIX + "audit")))
     finally:
         await r.aclose()

@@ -237,10 +237,10 @@ def markdown(r: dict, d: dict, plot_path: str | None) -> str:
                    "outbox", "replay keys (jti, ~6 min)", "INFO used_memory delta"], rows)
     out += ["", "Audit entries of a pending request: " + ", ".join(f"`{k}`" for k in mem["pending"]["audit_entries"])
             + "; of a closed one: " + ", ".join(f"`{k}`" for k in mem["closed"]["audit_entries"]) + "."]
-    out += [f"A closed request's hash expires after {mem['closed']['retention_days']:g} days (fixed in "
-            "`Lifecycle(retention_s=30 days)`, not a setting); a pending one closes after `JITGATE_REQUEST_TTL_S` "
-            "(default 900 s). Nothing bounds the audit stream (about "
-            f"{mem['audit_bytes_per_entry']} B per entry): it grows for good.", ""]
+    out += [f"A closed request's hash expires after {mem['closed']['retention_days']:g} days "
+            "(`JITGATE_RETENTION_S`); a pending one closes after `JITGATE_REQUEST_TTL_S` "
+            f"(default 900 s). The audit stream (about {mem['audit_bytes_per_entry']} B per entry) grows until an "
+            "operator exports it and removes the exported part with `jitgate audit trim`.", ""]
     out += ["**6. The limit** — parts measured one by one on the server core, µs per call "
             f"({r['limits']['inflight']} async calls in flight; Redis CPU included; other processes on the machine "
             f"meanwhile: {r['limits'].get('other_cpu_cores', '?')} cores)", ""]

@@ -147,7 +147,8 @@ async def build(
     all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
     all_notifiers += [d.notifier for d in desks]
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
-                          notifiers=all_notifiers, clock=clock, metrics=metrics, registry=registry)
+                          notifiers=all_notifiers, clock=clock, metrics=metrics, registry=registry,
+                          retention_s=settings.retention_s)
     wakeups = Wakeups(redis, store.channel)
     breakglass = BreakGlass(lifecycle, registry, BreakGlassLimits(
         max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,

@@ -272,8 +272,29 @@ def cmd_breakglass(args) -> int:
 
 
 # ---------------------------------------------------------------------- audit
+def _open(path: str, mode: str = "r"):
+    """A file the operator named; a missing or unreadable one is a clear error, not a traceback."""
+    try:
+        # Text with a bad byte reads as U+FFFD: that line then fails its hash, a clear refusal.
+        return open(path, mode) if "b" in mode else open(path, mode, encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise BrokerError(f"cannot read {path}: {e.strerror}") from None
+
+
 def cmd_audit_verify(args) -> int:
-    from .audit import verify  # noqa: PLC0415
+    from .audit import verify, verify_export  # noqa: PLC0415
+
+    if args.file:
+        # An export on its own, offline: no settings, no Redis.
+        from .audit import ExportError  # noqa: PLC0415
+
+        try:
+            with _open(args.file) as f:
+                print(verify_export(f))
+        except ExportError as e:
+            print(f"export BROKEN: {e.detail}")
+            return 1
+        return 0
 
     async def run(broker):
         result = await verify(broker.redis, broker.store.audit_stream, broker.store.audit_head)
@@ -284,15 +305,56 @@ def cmd_audit_verify(args) -> int:
 
 
 def cmd_audit_export(args) -> int:
-    from .audit import export  # noqa: PLC0415
+    from .audit import anchor, export  # noqa: PLC0415
 
     async def run(broker):
+        s = broker.store
         if args.out and args.out != "-":
             with open(args.out, "w") as f:
-                n = await export(broker.redis, broker.store.audit_stream, f)
-            print(f"exported {n} entries to {args.out}", file=sys.stderr)
+                n = await export(broker.redis, s.audit_stream, f, s.audit_head)
+            base = await anchor(broker.redis, s.audit_head)
+            after = f" (seq {base.seq + 1} on; {base.seq} older entries were trimmed, the first line's prev is " \
+                    f"their last hash {base.hash})" if base.seq else ""
+            print(f"exported {n} entries to {args.out}{after}", file=sys.stderr)
         else:
-            await export(broker.redis, broker.store.audit_stream, sys.stdout)
+            await export(broker.redis, s.audit_stream, sys.stdout, s.audit_head)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_trim(args) -> int:
+    """Remove the oldest audit entries, only those the export file holds (see broker/audit.py)."""
+    import hashlib  # noqa: PLC0415
+
+    from .audit import parse_before, plan_trim, trim  # noqa: PLC0415
+    from .model import iso  # noqa: PLC0415
+
+    before = parse_before(args.before)
+    digest = hashlib.sha256()  # of the file as read (recorded in the audit.trimmed entry)
+
+    def lines(f):
+        for raw in f:
+            digest.update(raw)
+            yield raw.decode(errors="replace")  # as _open: a bad byte fails that line's hash
+
+    async def run(broker):
+        s, life = broker.store, broker.lifecycle
+        with _open(args.exported, "rb") as f:
+            plan = await plan_trim(broker.redis, s.audit_stream, s.audit_head, before, lines(f))
+            for raw in f:  # the rest of the file, past the entries to remove
+                digest.update(raw)
+        print(f"will remove {plan}", file=sys.stderr)
+        if not args.yes:
+            answer = input("type 'trim' to confirm: ") if sys.stdin.isatty() else ""
+            if answer.strip() != "trim":
+                print("not confirmed; nothing trimmed", file=sys.stderr)
+                return 1
+        await trim(broker.redis, s.audit_stream, s.audit_head, plan, at=iso(life.clock.now()),
+                   actor={"operator": f"os:{life.os_user()}", "channel": "cli"},
+                   before=args.before, export_sha256=digest.hexdigest())
+        print(f"trimmed {plan.count} entries (seq {plan.first_seq} to {plan.last_seq}); the retained chain starts "
+              f"after hash {plan.last_hash}")
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -416,12 +478,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
     s.set_defaults(fn=cmd_breakglass)
 
-    audit = sub.add_parser("audit", help="verify or export the audit log").add_subparsers(dest="sub", required=True)
-    s = audit.add_parser("verify")
+    audit = sub.add_parser("audit", help="verify, export or trim the audit log").add_subparsers(dest="sub", required=True)
+    s = audit.add_parser("verify", help="recompute the hash chain (from the trim anchor, if any)")
+    s.add_argument("--file", help="verify this export file instead, offline")
     s.set_defaults(fn=cmd_audit_verify)
-    s = audit.add_parser("export")
+    s = audit.add_parser("export", help="the retained audit log as JSON Lines")
     s.add_argument("--out", default="-")
     s.set_defaults(fn=cmd_audit_export)
+    s = audit.add_parser("trim", help="remove the oldest entries, only those an export file holds")
+    s.add_argument("--before", required=True, metavar="SEQ|TIME",
+                   help="remove entries with a lower seq, or appended before this ISO 8601 time (UTC if no zone)")
+    s.add_argument("--exported", required=True, metavar="FILE",
+                   help="a `jitgate audit export` file that holds every entry to remove")
+    s.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
+    s.set_defaults(fn=cmd_audit_trim)
 
     pol = sub.add_parser("policy", help="policy tools").add_subparsers(dest="sub", required=True)
     s = pol.add_parser("check", help="dry-run a proposal file and explain the decision")

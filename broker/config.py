@@ -10,6 +10,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+DEFAULT_RETENTION_S = 30 * 86400  # JITGATE_RETENTION_S: a closed request's hash, 30 days
+MAX_RETENTION_S = 10 * 365 * 86400
+
+
 class Secret:
     """A string that never shows itself in ``repr`` or logs."""
 
@@ -117,6 +121,7 @@ class Settings:
     approvers_file: Path = Path("approvers.yaml")
     targets_file: Path = Path("targets.yaml")
     request_ttl_s: int = 900
+    retention_s: int = DEFAULT_RETENTION_S  # how long a closed request stays readable
     collect_ttl_s: int = 300
     max_duration_s: int = 3600
     signing_alg: str = "ES256"
@@ -186,6 +191,7 @@ class Settings:
             approvers_file=Path(env.get("JITGATE_APPROVERS_FILE", "approvers.yaml")),
             targets_file=Path(env.get("JITGATE_TARGETS_FILE", "targets.yaml")),
             request_ttl_s=_int(env, "JITGATE_REQUEST_TTL_S", 900, 1, 7 * 86400),
+            retention_s=_int(env, "JITGATE_RETENTION_S", DEFAULT_RETENTION_S, 3600, MAX_RETENTION_S),
             collect_ttl_s=_int(env, "JITGATE_COLLECT_TTL_S", 300, 1, 86400),
             max_duration_s=_int(env, "JITGATE_MAX_DURATION_S", 3600, 1, 7 * 86400),
             signing_alg=alg,

@@ -224,17 +224,21 @@ class ChainStatus:
 async def _extend(broker, good: VerifyResult, most: int = 5000) -> VerifyResult | None:
     """``good`` extended by the entries appended since, or None when the stream's end does
     not simply continue it (then a full verification decides)."""
-    head_seq = await audit_seq(broker)
-    new = head_seq - good.entries
+    raw_seq, raw_base = await broker.redis.hmget(broker.store.audit_head, "seq", "base_seq")
+    head_seq = int(raw_seq) if raw_seq else 0
+    if (int(raw_base) if raw_base else 0) != good.trimmed:
+        return None  # trimmed since: a full verification starts from the new anchor
+    new = head_seq - good.seq
     if not 0 <= new <= most:
         return None
-    # The newest entries, plus the last one already verified: it must still end the good chain.
+    # The newest entries, plus the last one already verified: it must still end the good chain
+    # (with none retained, the chain ends at the anchor, which is no longer in the stream).
     rows = list(reversed(await broker.redis.xrevrange(broker.store.audit_stream, count=new + 1)))
     if good.entries == 0:
         rows = [None, *rows]
     if len(rows) != new + 1:
         return None
-    prev, seq = good.head, good.entries
+    prev, seq = good.head, good.seq
     for i, row in enumerate(rows):
         if row is None:
             continue
@@ -256,7 +260,7 @@ async def _extend(broker, good: VerifyResult, most: int = 5000) -> VerifyResult 
     head_hash = await broker.redis.hget(broker.store.audit_head, "hash")
     if seq != head_seq or head_hash is None or head_hash.decode() != prev:
         return None
-    return good if new == 0 else VerifyResult(True, seq, prev)
+    return good if new == 0 else VerifyResult(True, good.entries + new, prev, trimmed=good.trimmed, base=good.base)
 
 
 async def audit_seq(broker) -> int:

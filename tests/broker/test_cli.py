@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import stat
@@ -141,3 +142,45 @@ async def test_breakglass_cli(cli_env):
     assert refused.returncode != 0
     assert run_cli(cli_env, "breakglass", "review", rid, "justified", "--as", "carol").returncode == 0
     assert rid not in run_cli(cli_env, "breakglass", "reviews").stdout
+
+
+async def test_audit_trim_only_what_an_export_holds(cli_env, tmp_path):
+    """audit trim (issue 8 item 5): asks to confirm; refuses (nothing removed) unless the export
+    holds every entry to remove; then verify reports the anchor, which is where the old export
+    ends and the next export starts, both verifiable offline with verify --file."""
+    await _propose_async(cli_env)
+    old = tmp_path / "old.jsonl"
+    assert run_cli(cli_env, "audit", "export", "--out", str(old)).returncode == 0
+    exported = len(old.read_text().splitlines())
+    await _propose_async(cli_env)  # newer entries, not in the export
+
+    unconfirmed = run_cli(cli_env, "audit", "trim", "--before", str(exported + 1), "--exported", str(old))
+    assert unconfirmed.returncode == 1 and "not confirmed; nothing trimmed" in unconfirmed.stderr
+    assert f"will remove {exported} entries, seq 1 to {exported}" in unconfirmed.stderr
+    too_far = run_cli(cli_env, "audit", "trim", "--before", str(exported + 2), "--exported", str(old), "--yes")
+    assert too_far.returncode == 2 and "does not cover the entries to remove" in too_far.stderr
+    assert f"--before {exported + 1}" in too_far.stderr
+    missing = run_cli(cli_env, "audit", "trim", "--before", "2", "--exported", str(tmp_path / "nope.jsonl"), "--yes")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    assert "trimmed" not in run_cli(cli_env, "audit", "verify").stdout  # nothing removed so far
+
+    ok = run_cli(cli_env, "audit", "trim", "--before", str(exported + 1), "--exported", str(old), "--yes")
+    assert ok.returncode == 0, ok.stderr
+    offline = run_cli({}, "audit", "verify", "--file", str(old))  # no settings, no Redis
+    assert offline.returncode == 0 and f"seq 1 to {exported}" in offline.stdout and "from the genesis" in offline.stdout
+    anchor = offline.stdout.split("ends at hash ")[1].strip()
+    v = run_cli(cli_env, "audit", "verify")
+    assert v.returncode == 0 and "OK" in v.stdout
+    assert f"{exported} older entries trimmed after export" in v.stdout and anchor in v.stdout
+    new = tmp_path / "new.jsonl"
+    exported_new = run_cli(cli_env, "audit", "export", "--out", str(new))
+    assert exported_new.returncode == 0 and f"{exported} older entries were trimmed" in exported_new.stderr
+    rows = [json.loads(line) for line in new.read_text().splitlines()]
+    assert rows[0]["seq"] == exported + 1 and rows[0]["prev"] == anchor and rows[-1]["event"]["type"] == "audit.trimmed"
+    assert rows[-1]["event"]["actor"]["operator"].startswith("os:") and rows[-1]["event"]["data"]["through_hash"] == anchor
+    assert rows[-1]["event"]["data"]["export_sha256"] == hashlib.sha256(old.read_bytes()).hexdigest()
+    chained = run_cli({}, "audit", "verify", "--file", str(new))
+    assert chained.returncode == 0 and f"chained from hash {anchor}" in chained.stdout
+    new.write_text(new.read_text().replace(anchor, "f" * 64, 1))  # the first line's prev
+    broken = run_cli({}, "audit", "verify", "--file", str(new))
+    assert broken.returncode == 1 and "export BROKEN: line 1" in broken.stdout

@@ -201,3 +201,34 @@ async def test_redis_unreachable_is_said_plainly(console):
         await dead.aclose()
     assert r.status_code == 503 and "Redis did not answer" in r.text and "Traceback" not in r.text
     assert (await bob.page()).status_code == 200
+
+
+async def test_header_still_says_the_chain_verifies_after_a_trim(console, redis):
+    """After `audit trim` the header still says the chain verifies (from the anchor, naming the
+    trimmed entries), and the incremental check goes on from there."""
+    import io
+
+    from bot.console.queries import ChainStatus
+
+    from broker import audit
+
+    b = console.h.broker
+    s = b.store
+    await console.h.propose(action="restart", duration_s=60)
+    chain = ChainStatus(ttl_s=3600)
+    assert (await chain.get(b)).ok
+    out = io.StringIO()
+    await audit.export(s.redis, s.audit_stream, out, s.audit_head)
+    plan = await audit.plan_trim(s.redis, s.audit_stream, s.audit_head, 3, out.getvalue().splitlines())
+    await audit.trim(s.redis, s.audit_stream, s.audit_head, plan, at=iso(console.h.clock.now()),
+                     actor={"operator": "os:test", "channel": "cli"})
+    html = (await (await console.signed_in("carol")).page()).text
+    assert "audit chain verified (" in html and "after 2 trimmed once exported" in html
+    after_trim = await chain.get(b)  # the cached result predates the trim: a full check from the anchor
+    assert after_trim.ok and after_trim.trimmed == 2
+    await console.h.propose(action="restart", duration_s=60)
+    extended = await chain.get(b)
+    full = await audit.verify(s.redis, s.audit_stream, s.audit_head)
+    assert extended.ok and (extended.seq, extended.head, extended.trimmed) == (full.seq, full.head, 2)
+    await redis.xadd(s.audit_stream, {b"seq": str(full.seq + 1).encode(), b"hash": b"0" * 64, b"event": b"{}"})
+    assert not (await chain.get(b)).ok
