@@ -691,16 +691,16 @@ class Lifecycle:
         if not isinstance(rid, str):
             return inactive
         try:
-            req = await self.store.load(rid)
+            state = await self.store.grant_state(rid)  # three fields, not the whole request
         except BrokerError:
             raise
-        except Exception:  # noqa: BLE001 - a malformed id from a validly signed token: inactive
+        except Exception:  # noqa: BLE001 - a malformed id or field behind a validly signed token: inactive
             return inactive
         now = self._now()
-        if (
-            req is None or req.status != ACTIVE or req.grant_jti != claims.get("jti")
-            or req.grant_exp is None or now >= req.grant_exp
-        ):
+        if state is None:
+            return inactive
+        status, jti, exp = state
+        if status != ACTIVE or jti != claims.get("jti") or exp is None or now >= exp:
             return inactive
         out = {"active": True, "token_type": "Bearer" if "cnf" not in claims else "DPoP"}
         for k in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "authorization_details", "act", "cnf", "approval"):

@@ -250,6 +250,17 @@ class Store:
                         bg == b"1"))
         return out
 
+    async def grant_state(self, request_id: str) -> tuple[str, str | None, float | None] | None:
+        """(status, grant jti, grant exp) of a request, or None: the three fields introspection
+        needs, without decoding the whole request."""
+        try:
+            status, jti, exp = await self.redis.hmget(self.req_key(request_id), "status", "grant_jti", "grant_exp")
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        if status is None:
+            return None
+        return status.decode(), jti.decode() if jti else None, float(exp) if exp else None
+
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""
         try:
