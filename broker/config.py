@@ -126,7 +126,7 @@ class Settings:
     max_duration_s: int = 3600
     signing_alg: str = "ES256"
     key_rotation_s: int = 86400
-    sweep_interval_s: float = 0.5
+    sweep_interval_s: float = 0.2
     reminder_interval_s: int = 300
     breakglass_max_s: int = 3600
     breakglass_review_s: int = 86400
@@ -196,7 +196,7 @@ class Settings:
             max_duration_s=_int(env, "JITGATE_MAX_DURATION_S", 3600, 1, 7 * 86400),
             signing_alg=alg,
             key_rotation_s=_int(env, "JITGATE_KEY_ROTATION_S", 86400, 60, 365 * 86400),
-            sweep_interval_s=_float(env, "JITGATE_SWEEP_INTERVAL_S", 0.5),
+            sweep_interval_s=_float(env, "JITGATE_SWEEP_INTERVAL_S", 0.2),
             reminder_interval_s=_int(env, "JITGATE_REMINDER_INTERVAL_S", 300, 0, 86400),
             breakglass_max_s=_int(env, "JITGATE_BREAKGLASS_MAX_S", 3600, 60, 86400),
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),

@@ -40,7 +40,7 @@ return 0
 class Scheduler:
     """Owns the APScheduler instance and the jobs."""
 
-    def __init__(self, lifecycle, keyring, *, sweep_interval_s: float = 0.5, rotation_check_s: float = 60.0,
+    def __init__(self, lifecycle, keyring, *, sweep_interval_s: float = 0.2, rotation_check_s: float = 60.0,
                  breakglass=None) -> None:
         self.breakglass = breakglass
         self.lifecycle = lifecycle

@@ -20,12 +20,12 @@ for i, item in ipairs(items) do
   redis.call('HSET', key, 'status', 'expired', 'closed_at', ARGV[6], 'closed_by', 'scheduler',
              'close_reason', item[3], 'deadline_ms', '')
   redis.call('HINCRBY', key, 'version', 1)
-  redis.call('ZREM', KEYS[1], item[1])
   if ARGV[4] ~= '' then redis.call('PEXPIRE', key, ARGV[4]) end
   ids[#ids + 1] = item[1]
   lines[#lines + 1] = item[1] .. ' expired'
 end
 if #ids > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ids))
   -- One outbox entry for the batch: the consumer fans it out per request.
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'id', ids[1], 'ids', table.concat(ids, ' '), 'kind', 'expired')
   redis.call('PUBLISH', ARGV[3], table.concat(lines, '\n'))
