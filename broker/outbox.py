@@ -30,7 +30,7 @@ class Outbox:
 
     def __init__(self, redis, stream: str, consumer: str, handler: Handler, *, batch: int = 64,
                  claim_idle_ms: int = 30_000, max_attempts: int = 5, on_give_up: Handler | None = None,
-                 yield_to: asyncio.Event | None = None, yield_at_most_s: float = 2.0) -> None:
+                 yield_to: asyncio.Event | None = None, yield_at_most_s: float = 5.0) -> None:
         self.redis = redis
         self.stream = stream
         self.consumer = consumer

@@ -89,6 +89,8 @@ class Scheduler:
     async def _sweep_job(self) -> None:
         if await self.has_lease():
             await self.sweep()
+        else:
+            self.not_revoking.set()  # another replica sweeps: nothing here to wait for
 
     async def _remind_job(self) -> None:
         if await self.has_lease():
@@ -131,7 +133,9 @@ class Scheduler:
                 if len(due) < SWEEP_BATCH or n == 0:
                     break
         finally:
-            if held:
+            # Under a storm (this sweep found a backlog) the desks stay held until a sweep
+            # finds less than a batch due: telling waits, revoking does not.
+            if changed < SWEEP_BATCH:
                 self.not_revoking.set()
         self.swept += changed
         return changed

@@ -71,6 +71,20 @@ def events_arg(events: Iterable[bytes]) -> bytes:
     return orjson.dumps([[e.decode(), hashlib.sha256(e).hexdigest()] for e in events])
 
 
+# (status, deadline_ms, break_glass) of each request key, flat; '' where missing. One command
+# instead of a pipeline of HMGETs: the sweep reads a batch of 500 at once.
+_STATUSES_LUA = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'status', 'deadline_ms', 'break_glass')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
+end
+return out
+"""
+
+
 def _decode(raw: list) -> Outcome:
     parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[:3]]
     fields = None
@@ -97,6 +111,7 @@ class Store:
         self._approve = redis.register_script(_script("approve.lua"))
         self._append = redis.register_script(_script("append.lua"))
         self._expire_batch = redis.register_script(_script("expire_batch.lua"))
+        self._statuses = redis.register_script(_STATUSES_LUA)
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -237,18 +252,11 @@ class Store:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)
         for a request that no longer exists."""
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for rid in request_ids:
-                pipe.hmget(self.req_key(rid), "status", "deadline_ms", "break_glass")
-            rows = await pipe.execute()
+            flat = await self._statuses(keys=[self.req_key(rid) for rid in request_ids])
         except RedisError as e:
             raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
-        out = []
-        for status, deadline, bg in rows:
-            out.append((status.decode() if status else None,
-                        int(deadline) if deadline else None,
-                        bg == b"1"))
-        return out
+        return [(flat[i].decode() if flat[i] else None, int(flat[i + 1]) if flat[i + 1] else None, flat[i + 2] == b"1")
+                for i in range(0, len(flat), 3)]
 
     async def grant_state(self, request_id: str) -> tuple[str, str | None, float | None] | None:
         """(status, grant jti, grant exp) of a request, or None: the three fields introspection
