@@ -9,6 +9,7 @@ during a lease hand-over, a retry) is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -53,6 +54,7 @@ class Scheduler:
         self._lease = self.store.redis.register_script(_LEASE_LUA)
         self._release = self.store.redis.register_script(_RELEASE_LUA)
         self.aps = AsyncIOScheduler(timezone="UTC")
+        self._running: set[asyncio.Task] = set()  # jobs in flight, awaited by stop()
         self.swept = 0
         # Clear while a sweep works through a backlog (full batches): the outbox waits meanwhile.
         self.not_revoking = asyncio.Event()
@@ -71,12 +73,27 @@ class Scheduler:
         self.aps.start()
 
     async def stop(self) -> None:
+        """Stop the jobs, let one in flight finish (it holds Redis connections that are about
+        to be closed), and give up the lease."""
         if self.aps.running:
             self.aps.shutdown(wait=False)
+        running = {t for t in self._running if not t.done() and t is not asyncio.current_task()}
+        if running:
+            await asyncio.wait(running, timeout=10)
         try:
             await self._release(keys=[self.lease_key], args=[self.holder])
         except Exception:  # noqa: BLE001 - best effort; the lease times out anyway
             pass
+
+    @contextlib.contextmanager
+    def _tracked(self):
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
 
     async def has_lease(self) -> bool:
         """Take or renew the scheduler lease; True if this process holds it."""
@@ -87,29 +104,32 @@ class Scheduler:
             return False
 
     async def _sweep_job(self) -> None:
-        if await self.has_lease():
-            await self.sweep()
-        else:
-            self.not_revoking.set()  # another replica sweeps: nothing here to wait for
+        with self._tracked():
+            if await self.has_lease():
+                await self.sweep()
+            else:
+                self.not_revoking.set()  # another replica sweeps: nothing here to wait for
 
     async def _remind_job(self) -> None:
-        if await self.has_lease():
-            try:
-                await self.lifecycle.remind_due()
-                if self.breakglass is not None:
-                    await self.breakglass.sweep_reviews()
-            except Exception:  # noqa: BLE001
-                log.exception("reminders failed")
+        with self._tracked():
+            if await self.has_lease():
+                try:
+                    await self.lifecycle.remind_due()
+                    if self.breakglass is not None:
+                        await self.breakglass.sweep_reviews()
+                except Exception:  # noqa: BLE001
+                    log.exception("reminders failed")
 
     async def _rotate_job(self) -> None:
-        if await self.has_lease():
-            try:
-                if await self.keyring.rotate():
-                    log.info("signing key rotated; current kid %s", self.keyring.current_kid)
-            except Exception:  # noqa: BLE001
-                log.exception("key rotation failed")
-        else:
-            await self.keyring.refresh()
+        with self._tracked():
+            if await self.has_lease():
+                try:
+                    if await self.keyring.rotate():
+                        log.info("signing key rotated; current kid %s", self.keyring.current_kid)
+                except Exception:  # noqa: BLE001
+                    log.exception("key rotation failed")
+            else:
+                await self.keyring.refresh()
 
     async def sweep(self, max_batches: int = 200) -> int:
         """Expire everything whose deadline has passed, a batch at a time (one script call

@@ -131,3 +131,21 @@ async def test_desks_wait_while_the_sweep_works_through_a_backlog(harness):
     held.set()
     await outbox.drain(5)
     assert [r for k, r, _ in harness.notifier.sent if r == rid and k == "post"] == [rid]
+
+
+async def test_stop_lets_a_job_in_flight_finish_before_redis_closes(harness):
+    """A sweep in flight when the broker stops finishes first: it holds Redis connections
+    that shutdown is about to close (otherwise it opens a new one that nobody closes)."""
+    s = harness.broker.scheduler
+    done = []
+
+    async def slow_sweep(max_batches: int = 200) -> int:
+        await asyncio.sleep(0.3)
+        done.append(await s.store.redis.ping())
+        return 0
+
+    s.sweep = slow_sweep
+    job = asyncio.create_task(s._sweep_job())
+    await asyncio.sleep(0.05)
+    await s.stop()
+    assert done == [True] and job.done()
