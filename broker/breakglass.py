@@ -257,7 +257,7 @@ class BreakGlass:
         if not out.ok:
             raise Conflict("could not record the break-glass grant; nothing was granted")
         await self.store.redis.zadd(self.reviews, {rid: _ms(review_due)})
-        await self.store.redis.zadd(self.review_reminders, {rid: _ms(now + self.limits.review_s / 2)})
+        await self.store.redis.zadd(self.review_reminders, {rid: _ms(review_reminder_at(now, review_due))})
         self.life._count("break_glass", subject="self" if for_me else "agent")
         return Granted(await self.life.get(rid), token, pv.note)
 
@@ -407,6 +407,18 @@ class BreakGlass:
                                 rid, {"reinstated_by": by.id})
         await self.store.redis.hdel(self.suspended, engineer_id)
         await self.store.append([], rid, notify="bg.reinstated")
+
+
+def review_reminder_at(granted_at: float, review_due: float) -> float:
+    """When the first review reminder of a break-glass grant is due: halfway to the review
+    deadline."""
+    return granted_at + (review_due - granted_at) / 2
+
+
+def review_reminder_due(req: Request, now: float) -> bool:
+    """Whether a delivery for ``req`` can be its review reminder (the first comes halfway to
+    the deadline; earlier, a delivery can only be the grant itself, repeated)."""
+    return req.review_due is not None and now >= review_reminder_at(req.created_at, req.review_due) - 1
 
 
 def _s(raw: bytes | None) -> str:

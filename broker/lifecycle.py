@@ -651,15 +651,18 @@ class Lifecycle:
             rows = await self.store.statuses(todo)
             items: list[tuple[str, str, str]] = []
             one_by_one: list[str] = []
+            gone = []  # closed or deleted: nothing left to expire, only their deadline to drop
             for rid, (status, deadline, bg) in zip(todo, rows):
                 if status is None or status in TERMINAL:
-                    await self.store.redis.zrem(self.store.deadlines, rid)  # nothing left to expire
+                    gone.append(rid)
                 elif deadline is None or deadline > now_ms:
                     continue  # not due after all (its deadline moved)
                 elif bg:
                     one_by_one.append(rid)
                 else:
                     items.append((rid, status, _EXPIRY_REASON[status]))
+            if gone:
+                await self.store.redis.zrem(self.store.deadlines, *gone)
             for rid in one_by_one:
                 if (await self.expire(rid)).ok:
                     changed += 1

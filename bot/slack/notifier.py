@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from broker.breakglass import review_reminder_due
 from broker.directory import GROUP_BOUND_PREFIX
 from broker.model import PENDING, Request
 from broker.notify import MessageRef
@@ -169,7 +170,7 @@ class SlackNotifier:
         if suspended:
             await self._once(request, "bg:suspended", lambda: self._bg_reply(
                 ref, _with_people(f":no_entry: {mrkdwn(text, 1500)}", people), broadcast=True))
-        elif self._reminder_due(request):
+        elif review_reminder_due(request, self.broker.lifecycle.clock.now()):
             await self._bg_reply(ref, _with_people(f":bell: {mrkdwn(text, 1500)}", people))
 
     async def _bg_update(self, request: Request, event: str) -> None:
@@ -195,14 +196,6 @@ class SlackNotifier:
             return False
         s = await self.broker.breakglass.suspension(request.engineer)
         return bool(s) and s.get("request_id") == request.id
-
-    def _reminder_due(self, request: Request) -> bool:
-        """The core's first review reminder comes halfway to the review deadline; earlier, a
-        delivery can only be the grant itself, repeated."""
-        if request.review_due is None:
-            return False
-        halfway = request.created_at + (request.review_due - request.created_at) / 2
-        return self.broker.lifecycle.clock.now() >= halfway - 1
 
     def _security_channel(self) -> str:
         return self.settings.slack_security_channel or self.settings.slack_approvals_channel

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from broker.breakglass import review_reminder_due
 from broker.model import Request
 
 from bot import render
@@ -82,7 +83,7 @@ class SecurityAlerts:
         mentions = await self._security_mentions()
         if overdue:
             await self._reply_once(req, ref, "suspended", text, mentions)
-        elif self._reminder_due(req):
+        elif review_reminder_due(req, self.desk.broker.lifecycle.clock.now()):
             await self._reply(ref, text, mentions)
 
     async def on_update(self, req: Request, event: str) -> None:
@@ -169,11 +170,3 @@ class SecurityAlerts:
         if not overdue or req.engineer is None:
             return overdue, False
         return True, await self.desk.broker.breakglass.suspension(req.engineer) is not None
-
-    def _reminder_due(self, req: Request) -> bool:
-        """The core's first review reminder comes halfway to the deadline; earlier, a delivery
-        can only be the grant itself, repeated."""
-        if req.review_due is None:
-            return False
-        halfway = req.created_at + (req.review_due - req.created_at) / 2
-        return self.desk.broker.lifecycle.clock.now() >= halfway - 1
