@@ -72,3 +72,44 @@ def test_proposal_takes_a_bounded_list_of_compact_jws_links():
         Proposal.parse({**BODY, "delegation": [link, {"iss": "a"}]})
     with pytest.raises(InvalidRequest, match="at most"):
         Proposal.parse({**BODY, "delegation": [link] * (MAX_DELEGATION_LINKS + 1)})
+
+
+def _signed(private_key, alg: str, claims: dict | None = None) -> str:
+    import jwt  # noqa: PLC0415
+
+    return jwt.encode(claims or {"sub": "a", "n": 1}, private_key, algorithm=alg)
+
+
+@pytest.mark.parametrize("kind, alg", [("Ed25519", "EdDSA"), ("P-256", "ES256")])
+def test_jws_signature_verifies_only_the_signed_segments_with_the_right_key(kind, alg):
+    """RFC 7515 section 5.2: the signature covers exactly the first two segments, under the key's one algorithm."""
+    from broker.jose import generate_key, load_private_key, parse_public_jwk, verify_jws_signature  # noqa: PLC0415
+
+    pem, jwk = generate_key(kind)
+    private_key, (public, _kid, key_alg) = load_private_key(pem), parse_public_jwk(jwk)
+    assert key_alg == alg
+    token = _signed(private_key, alg)
+    assert verify_jws_signature(public, alg, token)
+    head, body, sig = token.split(".")
+    other = _signed(private_key, alg, {"sub": "b", "n": 1}).split(".")[1]
+    assert not verify_jws_signature(public, alg, f"{head}.{other}.{sig}")  # payload swapped
+    assert not verify_jws_signature(public, alg, f"{head}.{body}.")  # no signature
+    assert not verify_jws_signature(public, alg, f"{head}.{body}.{sig[:-1]}")  # not whole base64url
+    assert not verify_jws_signature(public, "ES256" if alg == "EdDSA" else "EdDSA", token)  # alg of another key type
+    stranger = parse_public_jwk(generate_key(kind)[1])[0]
+    assert not verify_jws_signature(stranger, alg, token)
+
+
+def test_es256_signature_must_be_raw_r_and_s():
+    """RFC 7518 section 3.4: an ES256 signature is the 64-byte R||S, so a DER-encoded one is refused."""
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    from broker.jose import b64url, verify_jws_signature  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = _signed(key, "ES256")
+    head, body, _ = token.split(".")
+    der = key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+    assert verify_jws_signature(key.public_key(), "ES256", token)
+    assert not verify_jws_signature(key.public_key(), "ES256", f"{head}.{body}.{b64url(der)}")
