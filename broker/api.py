@@ -149,7 +149,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         jkt = None
         if proof is not None or s.require_dpop:
             jkt = await broker.verifier.verify_dpop(proof, method="POST", url=f"{s.issuer}{request.url.path}")
-        _req, token = await life.collect(request_id, agent, jkt=jkt)
+        token = await life.collect(request_id, agent, jkt=jkt)
         return json_response(token.to_json(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     async def complete(request: HttpRequest) -> Response:

@@ -524,7 +524,7 @@ class Lifecycle:
         )
         return await self._finish(out, request_id)
 
-    async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> tuple[Request, IssuedToken]:
+    async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> IssuedToken:
         """Mint the task-scoped token, once, for the requesting agent."""
         req = await self.get_for_agent(request_id, agent)
         if req.status == ACTIVE:
@@ -565,18 +565,19 @@ class Lifecycle:
         if not out.ok:
             raise Conflict(_explain(out.request or await self.get(request_id)))
         self._count("transitions", to=ACTIVE)
-        details = claims["authorization_details"]
-        return out.request or await self.get(request_id), IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, details)
+        return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"])
 
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""
-        req = await self.get_for_agent(request_id, agent)
+        known = await self.store.owner_and_mark(request_id)
+        if known is None or known[0] != agent.id:
+            raise NotFound(f"no escalation {request_id}")  # the same 404 as get_for_agent
         now = self._now()
         at = iso(now)
         out = await self.store.transition(
             request_id, [ACTIVE, APPROVED], COMPLETED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
-            [event("grant.completed", at, request_id, {"agent": agent.id}, **_bg(req))],
+            [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]))],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + "completed",
         )
         return await self._finish(out, request_id)
@@ -758,9 +759,13 @@ SHOWN_ONLY = "?"
 _EXPIRY_REASON = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}
 
 
-def _bg(req: Request) -> dict:
+def _mark(break_glass: bool) -> dict:
     """Audit events of a break-glass grant carry the mark, so they can be watched apart."""
-    return {"break_glass": True} if req.break_glass else {}
+    return {"break_glass": True} if break_glass else {}
+
+
+def _bg(req: Request) -> dict:
+    return _mark(req.break_glass)
 
 
 def _ms(t: float) -> int:

@@ -269,6 +269,17 @@ class Store:
             return None
         return status.decode(), jti.decode() if jti else None, float(exp) if exp else None
 
+    async def owner_and_mark(self, request_id: str) -> tuple[str, bool] | None:
+        """(agent, break_glass) of a request, or None: what an agent's own transition needs to
+        know beforehand, without decoding the whole request."""
+        try:
+            agent, mark = await self.redis.hmget(self.req_key(request_id), "agent", "break_glass")
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        if agent is None:
+            return None
+        return agent.decode(), mark == b"1"
+
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""
         try:

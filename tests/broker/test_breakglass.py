@@ -183,6 +183,20 @@ async def test_later_events_of_an_agent_break_glass_are_marked(harness):
     assert kinds["grant.revoked"]["data"]["break_glass"] is True
 
 
+async def test_an_agent_completing_its_break_glass_grant_is_marked(harness):
+    """The agent's own completion of a break-glass grant is audited with the break-glass mark;
+    another agent gets the same 404 as for a missing request and changes nothing."""
+    g = await _bg(harness).grant(harness.approver("alice"), subject="ops-bot", action="rollback",
+                                 target="prod/payments-api", duration_s=60, reason="x", channel="cli")
+    await harness.collect(g.request.id, "ops-bot")
+    assert (await harness.complete(g.request.id, "deploy-bot")).status_code == 404
+    assert (await harness.life.get(g.request.id)).status == "active"
+    r = await harness.complete(g.request.id, "ops-bot")
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+    done = [e for e in await _audit(harness) if e.get("request_id") == g.request.id and e["type"] == "grant.completed"]
+    assert len(done) == 1 and done[0]["data"]["break_glass"] is True
+
+
 async def test_ending_a_grant_early_frees_its_slot(harness):
     """Abuse limits count active grants: one revoked early no longer counts."""
     bg = _bg(harness)
