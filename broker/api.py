@@ -129,7 +129,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         waiter = broker.wakeups.register(request_id)
         broker.metrics.waiters.inc()
         try:
-            req = await life.get_for_agent(request_id, agent)
+            req = await life.watch_for_agent(request_id, agent, wait)
             # With `known`, a change the caller has not seen yet (it happened between its
             # last read and this call) answers at once instead of after the whole wait.
             if req.status not in TERMINAL and (known is None or req.status == known):

@@ -136,6 +136,14 @@ class Lifecycle:
             raise NotFound(f"no escalation {request_id}")
         return req
 
+    async def watch_for_agent(self, request_id: str, agent: Agent, wait_s: float) -> Request:
+        """:meth:`get_for_agent` for a long poll: changes in the next ``wait_s`` seconds are
+        published to the waiters (register the waiter before calling this)."""
+        req = await self.store.watch(request_id, wait_s)
+        if req is None or req.agent != agent.id:
+            raise NotFound(f"no escalation {request_id}")
+        return req
+
     def _targets(self, only: set[str] | None) -> list[Notifier]:
         return [n for n in self.notifiers if only is None or n.name in only]
 

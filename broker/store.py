@@ -85,6 +85,20 @@ return out
 """
 
 
+# A long poll marks the request watched (until Redis time + wait + 1 s for the answer's way
+# back, never shortening another waiter's mark) and reads it in the same step, so the change
+# scripts publish every change after this read (audit.lua ``wake``). Not a state change: no
+# version, no audit. Nothing is written for a missing request.
+_WATCH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local t = redis.call('TIME')
+local untilms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1]) + 1000
+local cur = tonumber(redis.call('HGET', KEYS[1], 'watch_until'))
+if cur == nil or cur < untilms then redis.call('HSET', KEYS[1], 'watch_until', untilms) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
 def _decode(raw: list) -> Outcome:
     parts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[:3]]
     fields = None
@@ -112,6 +126,7 @@ class Store:
         self._append = redis.register_script(_script("append.lua"))
         self._expire_batch = redis.register_script(_script("expire_batch.lua"))
         self._statuses = redis.register_script(_STATUSES_LUA)
+        self._watch = redis.register_script(_WATCH_LUA)
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -151,7 +166,6 @@ class Store:
             orjson.dumps(fields),
             events_arg(events),
             "" if deadline_ms is None else str(deadline_ms),
-            self.channel,
             str(idem_ttl_ms),
             "1" if idem_key else "0",
             status,
@@ -279,6 +293,15 @@ class Store:
         if agent is None:
             return None
         return agent.decode(), mark == b"1"
+
+    async def watch(self, request_id: str, wait_s: float) -> Request | None:
+        """The request as stored now, or None; its changes in the next ``wait_s`` seconds are
+        published to the long polls (the change scripts publish nothing otherwise)."""
+        try:
+            flat = await self._watch(keys=[self.req_key(request_id)], args=[int(wait_s * 1000)])
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        return Request.from_redis(dict(zip(flat[::2], flat[1::2]))) if flat else None
 
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""

@@ -1,8 +1,9 @@
 """Long-poll wake-ups over Redis pub/sub, so a change on any replica wakes waiters here.
 
 One subscription per process; the transition scripts publish ``"<id> <status>"`` in
-the same atomic step as the change. Waiters register *before* reading the request, and
-wait for a status different from the one they read.
+the same atomic step as the change, while someone waits on that request: the long poll
+marks the request watched in the same step as its read (``Store.watch``). Waiters
+register *before* that read, and wait for a status different from the one they read.
 """
 
 from __future__ import annotations

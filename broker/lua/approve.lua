@@ -33,5 +33,5 @@ if complete then
   set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[7])
 end
 if complete then outbox(KEYS[5], ARGV[1], ARGV[12]) else outbox(KEYS[5], ARGV[1], ARGV[11]) end
-redis.call('PUBLISH', ARGV[8], ARGV[1] .. ' ' .. status)
+wake(ARGV[8], KEYS[1], ARGV[1], status)
 return {'ok', status, tostring(n), redis.call('HGETALL', KEYS[1])}

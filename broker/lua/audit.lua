@@ -54,3 +54,22 @@ local function outbox(stream, id, kind, req)
     redis.call('XADD', stream, 'MAXLEN', '~', 100000, '*', 'id', id, 'kind', kind)
   end
 end
+
+-- Long-poll wake-ups are published only while someone waits on the request: the long poll
+-- marks it (watch_until, Redis time in ms) before it reads it, so a change after that read
+-- is published and a change before it is seen by the read. A change nobody waits for (an
+-- auto-grant, a sweep of unattended grants) would otherwise cost every broker process a
+-- pub/sub message to read and drop.
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function watched(req, now)
+  local w = tonumber(redis.call('HGET', req, 'watch_until'))
+  return w ~= nil and w >= now
+end
+
+local function wake(channel, req, id, status)
+  if watched(req, redis_now_ms()) then redis.call('PUBLISH', channel, id .. ' ' .. status) end
+end

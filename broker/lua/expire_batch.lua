@@ -15,6 +15,7 @@ for i, item in ipairs(items) do
 end
 audit_append(KEYS[2], KEYS[3], cjson.decode(ARGV[2]))
 local ids, lines = {}, {}
+local clock = redis_now_ms()
 for i, item in ipairs(items) do
   local key = KEYS[4 + i]
   redis.call('HSET', key, 'status', 'expired', 'closed_at', ARGV[6], 'closed_by', 'scheduler',
@@ -22,12 +23,12 @@ for i, item in ipairs(items) do
   redis.call('HINCRBY', key, 'version', 1)
   if ARGV[4] ~= '' then redis.call('PEXPIRE', key, ARGV[4]) end
   ids[#ids + 1] = item[1]
-  lines[#lines + 1] = item[1] .. ' expired'
+  if watched(key, clock) then lines[#lines + 1] = item[1] .. ' expired' end
 end
 if #ids > 0 then
   redis.call('ZREM', KEYS[1], unpack(ids))
   -- One outbox entry for the batch: the consumer fans it out per request.
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'id', ids[1], 'ids', table.concat(ids, ' '), 'kind', 'expired')
-  redis.call('PUBLISH', ARGV[3], table.concat(lines, '\n'))
 end
+if #lines > 0 then redis.call('PUBLISH', ARGV[3], table.concat(lines, '\n')) end
 return {'ok', tostring(#ids)}

@@ -27,5 +27,5 @@ redis.call('HINCRBY', KEYS[1], 'version', 1)
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
 if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
 outbox(KEYS[5], ARGV[1], ARGV[11], KEYS[1])
-redis.call('PUBLISH', ARGV[7], ARGV[1] .. ' ' .. ARGV[3])
+wake(ARGV[7], KEYS[1], ARGV[1], ARGV[3])
 return {'ok', ARGV[3], '', redis.call('HGETALL', KEYS[1])}
