@@ -13,11 +13,14 @@ from broker.identity import add_agent, generate_key, load_private_key, make_asse
 from .procs import ISSUER
 
 RESOURCE_SERVER = "bench-rs"
+# The key `jitgate agent keygen` makes unless asked for Ed25519. It is also the cheaper one to
+# verify with this OpenSSL: P-256 ~100 µs, Ed25519 ~170 µs per signature on the bench machine.
+KEY_KIND = "P-256"
 
 
 class Agents:
     """``count`` agents of team platform (owner dave, so sre members may approve them)
-    with Ed25519 keys, and one resource server, also Ed25519."""
+    with :data:`KEY_KIND` keys, and one resource server with the same kind of key."""
 
     def __init__(self, path: Path, count: int) -> None:
         self.path = path
@@ -25,11 +28,11 @@ class Agents:
         self.ids: list[str] = []
         for i in range(count):
             agent_id = f"bench-{i}"
-            pem, jwk = generate_key("Ed25519")
+            pem, jwk = generate_key(KEY_KIND)
             self.keys[agent_id] = load_private_key(pem)
             add_agent(path, id=agent_id, owner="dave", team="platform", public_jwk=jwk)
             self.ids.append(agent_id)
-        pem, jwk = generate_key("Ed25519")
+        pem, jwk = generate_key(KEY_KIND)
         self.keys[RESOURCE_SERVER] = load_private_key(pem)
         doc = yaml.safe_load(path.read_text())
         doc["resource_servers"] = [{"id": RESOURCE_SERVER, "public_key": jwk}]

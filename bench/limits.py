@@ -33,6 +33,7 @@ from broker.policy import PolicyGate, PrincipalInfo
 from broker.store import Store, event
 from broker.tokens import KeyRing, build_access_token_claims
 
+from .agents import KEY_KIND
 from .procs import FIXTURES, ISSUER
 
 INFLIGHT = 16
@@ -111,7 +112,7 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
     out: dict[str, dict] = {}
     try:
         # -- one agent-assertion verification (signature, claims, jti SET NX in Redis)
-        pem, jwk = generate_key("Ed25519")
+        pem, jwk = generate_key(KEY_KIND)
         key = load_private_key(pem)
         add_agent(work / "agents.yaml", id="limits-agent", owner="dave", team="platform", public_jwk=jwk)
         registry = Registry.load(work / "agents.yaml")

@@ -32,7 +32,7 @@ GRANT_PARTS = {"http_hello_us": 3, "assertion_verify_us": 3, "cedar_decide_us": 
 INTROSPECT_PARTS = {"http_hello_us": 1, "assertion_verify_us": 1, "token_verify_us": 1, "redis_read_us": 1}
 PART_NAMES = {
     "http_hello_us": "HTTP hello-world (bare Starlette route, same uvicorn settings; server CPU per request)",
-    "assertion_verify_us": "agent-assertion verification (AssertionVerifier, Ed25519, incl. the jti SET NX)",
+    "assertion_verify_us": "agent-assertion verification (AssertionVerifier, P-256 as `jitgate agent keygen` makes, incl. the jti SET NX)",
     "cedar_decide_us": "Cedar decision, pre-parsed policies (PolicyGate.decide)",
     "evalsha_transition_us": "EVALSHA round trip: the real transition script with one audit event, throwaway request",
     "evalsha_transition_no_audit_us": "the same script without the audit event (reference: what one audit entry costs)",
