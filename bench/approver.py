@@ -18,7 +18,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from broker.app import build
+from broker.app import build, shutdown
 from broker.config import Settings
 
 
@@ -42,7 +42,7 @@ async def main(approver_id: str) -> None:
                 continue
             print(f"{line} {began:.6f} {done:.6f}", flush=True)
     finally:
-        await client.aclose()
+        await shutdown(broker)
 
 
 if __name__ == "__main__":

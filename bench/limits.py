@@ -30,6 +30,7 @@ from broker.clock import new_id
 from broker.directory import Directory
 from broker.identity import AssertionVerifier, Registry, add_agent, generate_key, load_private_key, make_assertion
 from broker.policy import PolicyGate, PrincipalInfo
+from broker.redisline import LuaScript, RedisLine
 from broker.store import Store, event
 from broker.tokens import KeyRing, build_access_token_claims
 
@@ -107,6 +108,7 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
     """Each part's microseconds per call: ``{"wall": {...}, "cpu": {...}}``."""
     meter = Meter(redis_pid)
     redis = aioredis.from_url(redis_url)
+    line = RedisLine(redis_url)  # what the broker's hot path talks to Redis through
     prefix = f"benchlimits:{secrets.token_hex(4)}:"
     work = Path(tempfile.mkdtemp(prefix="jitgate-limits-"))
     out: dict[str, dict] = {}
@@ -116,7 +118,7 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
         key = load_private_key(pem)
         add_agent(work / "agents.yaml", id="limits-agent", owner="dave", team="platform", public_jwk=jwk)
         registry = Registry.load(work / "agents.yaml")
-        verifier = AssertionVerifier(registry, redis, prefix, audience=ISSUER)
+        verifier = AssertionVerifier(registry, line, prefix, audience=ISSUER)
         total = n * (BATCHES + 1)
         bearers = ["Bearer " + make_assertion(key, agent_id="limits-agent", audience=ISSUER, lifetime_s=300)
                    for _ in range(total + INFLIGHT)]
@@ -144,7 +146,7 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
 
         # -- one EVALSHA round trip: the real transition script, one audit event, on
         #    throwaway requests (active -> completed, what /complete does)
-        store = Store(redis, prefix)
+        store = Store(redis, line, prefix)
         ids = [new_id() for _ in range(2 * (total + INFLIGHT))]
         at = "2026-01-01T00:00:00.000Z"
         sem = asyncio.Semaphore(64)
@@ -169,12 +171,13 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
         out["evalsha_transition_us"] = await async_part(meter, transition(True, 0), n)
         # The same without its audit event: what one hash-chained audit entry costs.
         out["evalsha_transition_no_audit_us"] = await async_part(meter, transition(False, total + INFLIGHT), n)
-        trivial = redis.register_script("return 1")
-        out["evalsha_trivial_us"] = await async_part(meter, lambda i: trivial(keys=[], args=[]), n)
-        out["redis_read_us"] = await async_part(meter, lambda i: redis.hgetall(store.req_key(ids[i % len(ids)])), n)
+        trivial = LuaScript.of("return 1")
+        out["evalsha_trivial_us"] = await async_part(meter, lambda i: line.run_script(trivial, [], []), n)
+        out["redis_read_us"] = await async_part(meter, lambda i: line.execute("HGETALL", store.req_key(ids[i % len(ids)])), n)
     finally:
         async for k in redis.scan_iter(match=prefix + "*", count=1000):
             await redis.delete(k)
+        await line.aclose()
         await redis.aclose()
     return {"wall": {k: v["wall"] for k, v in out.items()}, "cpu": {k: v["cpu"] for k, v in out.items()}}
 

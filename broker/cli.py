@@ -43,16 +43,21 @@ async def _with_broker(fn):
     """Build a broker without background jobs against the configured Redis; run ``fn``."""
     import redis.asyncio as aioredis  # noqa: PLC0415
 
-    from .app import build  # noqa: PLC0415
+    from .app import build, shutdown  # noqa: PLC0415
 
     settings = _settings()
-    client = aioredis.from_url(_redis_url_for_tools(settings))
+    settings = dataclasses.replace(settings, redis_url=_redis_url_for_tools(settings))
+    client = aioredis.from_url(settings.redis_url)
     # No desks here: notifications queue in the outbox for the serving broker to deliver.
-    broker = await build(settings, redis=client, notifiers=[], desks=[], start_background=False)
+    try:
+        broker = await build(settings, redis=client, notifiers=[], desks=[], start_background=False)
+    except BaseException:
+        await client.aclose()
+        raise
     try:
         return await fn(broker)
     finally:
-        await client.aclose()
+        await shutdown(broker)
 
 
 # ---------------------------------------------------------------------- serve

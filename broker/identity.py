@@ -535,7 +535,7 @@ class AssertionVerifier:
     def __init__(
         self,
         registry: Registry,
-        redis: Any,
+        line: Any,
         prefix: str,
         *,
         audience: str,
@@ -550,7 +550,7 @@ class AssertionVerifier:
         if max_lifetime_s <= 0 or leeway_s < 0:
             raise ConfigError("max_lifetime_s must be positive and leeway_s not negative")
         self._registry = registry
-        self._redis = redis
+        self._line = line  # a RedisLine: the jti check is on every request's way
         self._jti_prefix = f"{prefix}jti:"
         self._audience = audience
         self._clock = clock
@@ -587,7 +587,7 @@ class AssertionVerifier:
         # Remembered for as long as the proof would still pass the iat window, plus leeway.
         ttl_ms = max(1, math.ceil((checked.iat + self._dpop_max_age + self._leeway - now) * 1000))
         try:
-            fresh = await self._redis.set(f"{self._dpop_prefix}{checked.jkt}:{checked.jti}", b"1", nx=True, px=ttl_ms)
+            fresh = await self._line.execute("SET", f"{self._dpop_prefix}{checked.jkt}:{checked.jti}", "1", "NX", "PX", ttl_ms)
         except RedisError:
             raise Unavailable("replay protection unavailable") from None
         if not fresh:
@@ -629,7 +629,7 @@ class AssertionVerifier:
         ttl_ms = self._check_claims(claims, principal.id)
         key = f"{self._jti_prefix}{principal.id}:{claims['jti']}"
         try:
-            fresh = await self._redis.set(key, b"1", nx=True, px=ttl_ms)
+            fresh = await self._line.execute("SET", key, "1", "NX", "PX", ttl_ms)
         except RedisError:
             raise Unavailable("replay protection unavailable") from None
         if not fresh:

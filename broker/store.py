@@ -18,6 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .errors import AuditError, Unavailable
 from .model import Request
+from .redisline import LuaScript, RedisLine
 
 _LUA_DIR = resources.files("broker") / "lua"
 
@@ -111,8 +112,9 @@ def _decode(raw: list) -> Outcome:
 class Store:
     """Typed access to jitgate's Redis keys (all under ``prefix``)."""
 
-    def __init__(self, redis, prefix: str = "jitgate:") -> None:
-        self.redis = redis
+    def __init__(self, redis, line: RedisLine, prefix: str = "jitgate:") -> None:
+        self.redis = redis  # redis-py: scans, listings, streams, everything off the hot path
+        self.line = line  # every script and the reads on a request's way through the API
         self.prefix = prefix
         self.deadlines = f"{prefix}deadlines"
         self.audit_stream = f"{prefix}audit"
@@ -120,13 +122,13 @@ class Store:
         self.channel = f"{prefix}events"
         self.outbox = f"{prefix}outbox"
         self.reminders = f"{prefix}reminders"
-        self._submit = redis.register_script(_script("submit.lua"))
-        self._transition = redis.register_script(_script("transition.lua"))
-        self._approve = redis.register_script(_script("approve.lua"))
-        self._append = redis.register_script(_script("append.lua"))
-        self._expire_batch = redis.register_script(_script("expire_batch.lua"))
-        self._statuses = redis.register_script(_STATUSES_LUA)
-        self._watch = redis.register_script(_WATCH_LUA)
+        self._submit = LuaScript.of(_script("submit.lua"))
+        self._transition = LuaScript.of(_script("transition.lua"))
+        self._approve = LuaScript.of(_script("approve.lua"))
+        self._append = LuaScript.of(_script("append.lua"))
+        self._expire_batch = LuaScript.of(_script("expire_batch.lua"))
+        self._statuses = LuaScript.of(_STATUSES_LUA)
+        self._watch = LuaScript.of(_WATCH_LUA)
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -135,9 +137,18 @@ class Store:
         digest = hashlib.sha256(f"{agent_id}\0{key}".encode()).hexdigest()[:32]
         return f"{self.prefix}idem:{digest}"
 
-    async def _run(self, script, keys: list[str], args: list) -> Outcome:
+    async def _read(self, *command) -> Any:
+        """A read (a command, or with a LuaScript first a read-only script and its keys and args)."""
         try:
-            return _decode(await script(keys=keys, args=args))
+            if command and isinstance(command[0], LuaScript):
+                return await self.line.run_script(*command)
+            return await self.line.execute(*command)
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+
+    async def _run(self, script: LuaScript, keys: list[str], args: list) -> Outcome:
+        try:
+            return _decode(await self.line.run_script(script, keys, args))
         except ResponseError as e:
             # A script error aborts before the state writes (audit appends come first):
             # the transition did not happen. Fail closed and say so.
@@ -265,20 +276,14 @@ class Store:
     async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)
         for a request that no longer exists."""
-        try:
-            flat = await self._statuses(keys=[self.req_key(rid) for rid in request_ids])
-        except RedisError as e:
-            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        flat = await self._read(self._statuses, [self.req_key(rid) for rid in request_ids], [])
         return [(flat[i].decode() if flat[i] else None, int(flat[i + 1]) if flat[i + 1] else None, flat[i + 2] == b"1")
                 for i in range(0, len(flat), 3)]
 
     async def grant_state(self, request_id: str) -> tuple[str, str | None, float | None] | None:
         """(status, grant jti, grant exp) of a request, or None: the three fields introspection
         needs, without decoding the whole request."""
-        try:
-            status, jti, exp = await self.redis.hmget(self.req_key(request_id), "status", "grant_jti", "grant_exp")
-        except RedisError as e:
-            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        status, jti, exp = await self._read("HMGET", self.req_key(request_id), "status", "grant_jti", "grant_exp")
         if status is None:
             return None
         return status.decode(), jti.decode() if jti else None, float(exp) if exp else None
@@ -286,10 +291,7 @@ class Store:
     async def owner_and_mark(self, request_id: str) -> tuple[str, bool] | None:
         """(agent, break_glass) of a request, or None: what an agent's own transition needs to
         know beforehand, without decoding the whole request."""
-        try:
-            agent, mark = await self.redis.hmget(self.req_key(request_id), "agent", "break_glass")
-        except RedisError as e:
-            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        agent, mark = await self._read("HMGET", self.req_key(request_id), "agent", "break_glass")
         if agent is None:
             return None
         return agent.decode(), mark == b"1"
@@ -297,19 +299,13 @@ class Store:
     async def watch(self, request_id: str, wait_s: float) -> Request | None:
         """The request as stored now, or None; its changes in the next ``wait_s`` seconds are
         published to the long polls (the change scripts publish nothing otherwise)."""
-        try:
-            flat = await self._watch(keys=[self.req_key(request_id)], args=[int(wait_s * 1000)])
-        except RedisError as e:
-            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        flat = await self._read(self._watch, [self.req_key(request_id)], [int(wait_s * 1000)])
         return Request.from_redis(dict(zip(flat[::2], flat[1::2]))) if flat else None
 
     async def load(self, request_id: str) -> Request | None:
         """The request as stored now, or None."""
-        try:
-            h = await self.redis.hgetall(self.req_key(request_id))
-        except RedisError as e:
-            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
-        return Request.from_redis(h) if h else None
+        flat = await self._read("HGETALL", self.req_key(request_id))
+        return Request.from_redis(dict(zip(flat[::2], flat[1::2]))) if flat else None
 
     async def idempotent_id(self, idem_key: str) -> str | None:
         raw = await self.redis.get(idem_key)

@@ -57,6 +57,16 @@ async def redis(redis_url, prefix):
 
 
 @pytest.fixture
+async def line(redis_url):
+    """The broker's multiplexed connection (broker/redisline.py) to the same Redis."""
+    from broker.redisline import RedisLine
+
+    conn = RedisLine(redis_url)
+    yield conn
+    await conn.aclose()
+
+
+@pytest.fixture
 async def harness(tmp_path, redis_url, prefix, redis):
     """A running broker on the test prefix, with test agents, approvers and policies."""
     from broker.clock import ManualClock

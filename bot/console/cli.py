@@ -37,6 +37,7 @@ def cmd_login(args) -> int:
     from broker.directory import Directory  # noqa: PLC0415
     from broker.lifecycle import Lifecycle  # noqa: PLC0415
     from broker.model import iso  # noqa: PLC0415
+    from broker.redisline import RedisLine  # noqa: PLC0415
     from broker.store import Store, event  # noqa: PLC0415
 
     from .desk import console_mode  # noqa: PLC0415
@@ -53,16 +54,18 @@ def cmd_login(args) -> int:
         return 2
 
     async def mint():
-        client = aioredis.from_url(_redis_url_for_tools(settings))
+        url = _redis_url_for_tools(settings)
+        client, line = aioredis.from_url(url), RedisLine(url)
         try:
             now = SystemClock().now()
             operator = f"os:{Lifecycle.os_user()}"
             link = await Sessions(client, settings.redis_prefix).issue_link(approver.id, now=now, issued_by=operator)
-            await Store(client, settings.redis_prefix).append([event(
+            await Store(client, line, settings.redis_prefix).append([event(
                 "console.link_issued", iso(now), None, {"operator": operator},
                 approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))])
             return link
         finally:
+            await line.aclose()
             await client.aclose()
 
     link = asyncio.run(mint())

@@ -31,6 +31,7 @@ from broker.identity import (
     make_assertion,
     public_jwk,
 )
+from broker.redisline import RedisLine
 
 AUD = "https://jitgate.test"
 
@@ -73,12 +74,12 @@ def write_agents_file(path: Path, agents: list, servers: list | None = None) -> 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def new_verifier(registry, redis, prefix, clock) -> AssertionVerifier:
-    return AssertionVerifier(registry, redis, prefix, audience=AUD, clock=clock)
+def new_verifier(registry, line, prefix, clock) -> AssertionVerifier:
+    return AssertionVerifier(registry, line, prefix, audience=AUD, clock=clock)
 
 
 @pytest.fixture
-def world(tmp_path, redis, prefix) -> World:
+def world(tmp_path, line, prefix) -> World:
     ed_pem, ed_jwk = generate_key("Ed25519")
     ec_pem, ec_jwk = generate_key("P-256")
     rs_pem, rs_jwk = generate_key("P-256")
@@ -99,7 +100,7 @@ def world(tmp_path, redis, prefix) -> World:
         path=path,
         registry=registry,
         clock=clock,
-        verifier=new_verifier(registry, redis, prefix, clock),
+        verifier=new_verifier(registry, line, prefix, clock),
         ed_key=load_private_key(ed_pem),
         ec_key=load_private_key(ec_pem),
         rs_key=load_private_key(rs_pem),
@@ -138,10 +139,10 @@ async def test_scheme_is_case_insensitive_and_audience_may_be_a_list(world):
     assert agent.id == "deploy-bot"
 
 
-async def test_verifier_uses_the_injected_clock(tmp_path, redis, prefix, world):
+async def test_verifier_uses_the_injected_clock(tmp_path, line, prefix, world):
     """Expiry and replay are judged on the injected clock, even one far from real time."""
     clock = ManualClock(start=1_000_000_000)
-    verifier = new_verifier(world.registry, redis, prefix, clock)
+    verifier = new_verifier(world.registry, line, prefix, clock)
     token = make_assertion(world.ed_key, agent_id="deploy-bot", audience=AUD, now=clock.now())
     await verifier.verify_agent(world.bearer(token))
     with pytest.raises(Unauthenticated, match="assertion replayed"):
@@ -301,15 +302,19 @@ async def test_non_numeric_times_are_refused(world):
 # --- replay ---------------------------------------------------------------------------------
 
 
-async def test_replayed_jti_is_refused_across_verifiers(world, redis, prefix):
+async def test_replayed_jti_is_refused_across_verifiers(world, redis_url, prefix):
     """DESIGN agent identity: a replayed jti is refused, also by another broker replica sharing Redis."""
     token = world.assertion()
-    replica = new_verifier(world.registry, redis, prefix, world.clock)
-    await world.verifier.verify_agent(world.bearer(token))
-    with pytest.raises(Unauthenticated, match="assertion replayed"):
-        await replica.verify_agent(world.bearer(token))
-    with pytest.raises(Unauthenticated, match="assertion replayed"):
-        await world.verifier.verify_agent(world.bearer(world.assertion(jti=jwt.decode(token, options={"verify_signature": False})["jti"])))
+    other_line = RedisLine(redis_url)  # the other replica's own connection
+    try:
+        replica = new_verifier(world.registry, other_line, prefix, world.clock)
+        await world.verifier.verify_agent(world.bearer(token))
+        with pytest.raises(Unauthenticated, match="assertion replayed"):
+            await replica.verify_agent(world.bearer(token))
+        with pytest.raises(Unauthenticated, match="assertion replayed"):
+            await world.verifier.verify_agent(world.bearer(world.assertion(jti=jwt.decode(token, options={"verify_signature": False})["jti"])))
+    finally:
+        await other_line.aclose()
 
 
 async def test_failed_assertion_does_not_burn_its_jti(world, redis, prefix):

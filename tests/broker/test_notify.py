@@ -94,7 +94,7 @@ async def test_desk_failure_is_retried_and_request_not_lost(harness):
 
 async def test_change_made_elsewhere_is_delivered_by_the_serving_broker(harness):
     """An approval made by an operator process without desks is delivered by the broker that serves."""
-    from broker.app import build
+    from broker.app import build, shutdown
     import redis.asyncio as aioredis
 
     rid = (await harness.propose()).json()["id"]
@@ -103,7 +103,7 @@ async def test_change_made_elsewhere_is_delivered_by_the_serving_broker(harness)
     try:
         await tool.lifecycle.approve(rid, tool.directory.approver("bob"), channel="cli")
     finally:
-        await tool.redis.aclose()
+        await shutdown(tool)
     await harness.broker.outbox.drain()
     assert ("update", rid, "approval") in harness.notifier.sent
 
