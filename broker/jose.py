@@ -85,6 +85,9 @@ def split_jws(token: Any, what: str = "token") -> tuple[dict, dict]:
     return parts[0], parts[1]
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
 def verify_jws_signature(key: Any, alg: str, token: str) -> bool:
     """True when the compact JWS ``token`` carries ``key``'s ``alg`` signature over its
     first two segments (RFC 7515 section 5.2); False for any other token or signature.
@@ -110,7 +113,7 @@ def verify_jws_signature(key: Any, alg: str, token: str) -> bool:
             if len(signature) != 64:
                 return False
             der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-            key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
+            key.verify(der, signed, _ECDSA_SHA256)
             return True
     except InvalidSignature:
         return False

@@ -20,10 +20,16 @@ class Metrics:
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
+        # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
+        self._children: dict[tuple, object] = {}
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
-        metric = getattr(self, name)
-        (metric.labels(**labels) if labels else metric).inc(n)
+        key = (name, *labels.items())
+        child = self._children.get(key)
+        if child is None:  # prometheus_client's labels() costs more than the increment
+            metric = getattr(self, name)
+            child = self._children[key] = metric.labels(**labels) if labels else metric
+        child.inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
