@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 from broker.app import build, shutdown
 from broker.config import Settings
 
+from .procs import run_async
+
 
 async def main(approver_id: str) -> None:
     settings = Settings.from_env()
@@ -46,4 +48,4 @@ async def main(approver_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    run_async(main(sys.argv[1]))

@@ -35,7 +35,7 @@ from broker.store import Store, event
 from broker.tokens import KeyRing, build_access_token_claims
 
 from .agents import KEY_KIND
-from .procs import FIXTURES, ISSUER
+from .procs import FIXTURES, ISSUER, run_async
 
 INFLIGHT = 16
 BATCHES = 5
@@ -185,7 +185,7 @@ async def measure(redis_url: str, n: int, redis_pid: int | None = None) -> dict:
 def main() -> None:
     redis_url, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     redis_pid = int(sys.argv[3]) if len(sys.argv) > 3 else None
-    print(json.dumps(asyncio.run(measure(redis_url, n, redis_pid))))
+    print(json.dumps(run_async(measure(redis_url, n, redis_pid))))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import asyncio
 import datetime as dt
 import os
 import platform
@@ -26,7 +25,8 @@ import psutil
 from . import autogrant, introspect, memory, revocation, wakeup
 from .limits import INFLIGHT
 from .load import Client, HarnessError, closed_loop, summary
-from .procs import ROOT, BusyMeter, CpuMeter, Processes, bench_redis_binary, cpu_plan, hello_server, pin, redis_version
+from .procs import (ROOT, BusyMeter, CpuMeter, Processes, bench_redis_binary, cpu_plan, hello_server, pin, redis_version,
+                    run_async)
 from .profile import Profile, summarize
 from .report import write_all
 from .stack import POOL, Stack
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="jitgate-bench-work-"))
     try:
         with Processes() as ps:
-            results = asyncio.run(run_all(args, sizes, plan, ps, work, out_dir, stamp))
+            results = run_async(run_all(args, sizes, plan, ps, work, out_dir, stamp))
     except (HarnessError, RuntimeError, OSError, AssertionError) as e:
         traceback.print_exc()
         log(f"bench: the harness broke: {e}")

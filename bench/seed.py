@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 
 from broker.app import build, shutdown
 from broker.config import Settings
+
+from .procs import run_async
 from broker.model import Proposal
 
 PROPOSAL = {
@@ -57,7 +59,7 @@ async def seed(n: int, agent_ids: list[str]) -> list[str]:
 
 def main() -> None:
     n, agents, out = int(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
-    out.write_text("\n".join(asyncio.run(seed(n, agents))) + "\n")
+    out.write_text("\n".join(run_async(seed(n, agents))) + "\n")
 
 
 if __name__ == "__main__":
