@@ -54,8 +54,9 @@ class Profile:
 _FRAME = re.compile(r"^(?P<fn>.+?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 LIBRARIES = [  # leaf file path fragment -> what it is
-    ("redis/", "redis-py (commands, connections, parsing)"),
-    ("hiredis", "redis-py (commands, connections, parsing)"),
+    ("redis/", "Redis clients (redis-py; broker/redisline.py)"),
+    ("hiredis", "Redis clients (redis-py; broker/redisline.py)"),
+    ("broker/redisline", "Redis clients (redis-py; broker/redisline.py)"),
     ("starlette/", "Starlette"),
     ("uvicorn/", "uvicorn / httptools"),
     ("httptools", "uvicorn / httptools"),

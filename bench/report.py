@@ -255,8 +255,11 @@ def markdown(r: dict, d: dict, plot_path: str | None) -> str:
     out += ["", f"jitgate on this machine: {d['grant_best_1core']['grants_per_s']:.0f} complete grants/s on one core, "
             f"{d['grant_best_2cores']:.0f} with both cores (each grant = proposal + policy decision + token + completion, "
             "every step audited)."]
-    for key, title in (("autogrant_profile", "Where the broker's CPU goes at 16 concurrent grants"),
-                       ("revocation_profile", "Where the broker's CPU goes while sweeping")):
+    for key, title in (("autogrant_profile", "Where the broker's CPU goes at 16 concurrent grants (a separate run, "
+                                             "Redis moved to the load core)"),
+                       ("revocation_profile", "Where the broker's CPU goes while sweeping (during the measured run, "
+                                              "Redis on the broker's core: time Redis runs after a write to it is "
+                                              "sampled as the broker's write)")):
         prof = r.get(key) if key != "revocation_profile" else r["revocation"].get("profile")
         if not prof:
             continue
@@ -296,8 +299,8 @@ def findings(r: dict, d: dict) -> list[str]:
                 f"for each notification the outbox delivers; the scripts return the request after one) and "
                 f"{rg['round_trips'].get('xack', 0) + rg['round_trips'].get('xdel', 0):g} XACK/XDEL. Its {entries} "
                 f"audit entries cost about {audit_us:.0f} µs of Redis CPU each (the transition script with and "
-                f"without one), {entries * audit_us:.0f} µs per grant. Redis-py and the socket writes to Redis "
-                f"hold {_share(r.get('autogrant_profile'), ('redis-py', 'asyncio'))}% of the broker's samples.",]
+                f"without one), {entries * audit_us:.0f} µs per grant. The Redis clients and the event loop "
+                f"hold {_share(r.get('autogrant_profile'), ('Redis clients', 'asyncio'))}% of the broker's samples.",]
     ib = next((row for row in r["introspection"] if row["concurrency"] == d["introspect_best"]["concurrency"]), None)
     if ib and d["introspect_ratio_cpu"] < 0.7:
         trips = ib["redis_per_call"]["round_trips_total"]
