@@ -322,8 +322,8 @@ def findings(r: dict, d: dict) -> list[str]:
         out += [f"- *Introspection.* A call costs the server {ib['cpu_us_per_call']:.0f} µs of CPU where its parts add up "
                 f"to {d['introspect_limit_us']['cpu']:.0f} µs, with {trips:g} Redis round trips as in the limit: the "
                 f"{ib['cpu_us_per_call'] - d['introspect_limit_us']['cpu']:.0f} µs between is the broker's own Python "
-                "around the parts (decoding the whole stored request to read three fields of it, the form body, "
-                "the response), not waiting."]
+                "around the parts (parsing the form body, reading the three fields of the request, copying "
+                "the claims into the answer, the response, the routing), not waiting."]
     rv = r["revocation"]
     if rv["lag"]["p99_ms"] >= 1000:
         need = rv["grants"] / rv["window_s"]
