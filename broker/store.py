@@ -138,7 +138,8 @@ class Store:
         return f"{self.prefix}idem:{digest}"
 
     async def _read(self, *command) -> Any:
-        """A read (a command, or with a LuaScript first a read-only script and its keys and args)."""
+        """A read: a command, or (a LuaScript first, then its keys and args) a script that
+        changes no request state (the long poll's watch mark is not a state change)."""
         try:
             if command and isinstance(command[0], LuaScript):
                 return await self.line.run_script(*command)
