@@ -566,7 +566,7 @@ class Lifecycle:
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
-            _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + "collected",
+            _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + "collected", want_request=False,
         )
         if out.result == "noop":
             raise Conflict("the token for this request was already collected; a token is issued only once")

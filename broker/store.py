@@ -199,8 +199,13 @@ class Store:
         due_check: bool = False,
         retention_ms: int | None = None,
         notify: str = "",
+        want_request: bool = True,
     ) -> Outcome:
         """Compare-and-set ``status`` from one of ``from_states`` to ``to``.
+
+        The outcome carries the request as the script left it, unless ``want_request`` is
+        False and the change was made (a caller that answers without it saves Redis and
+        itself the whole hash); a refusal always carries it, to say why.
 
         ``deadline`` is '' (keep), '-' (clear) or a score in ms. With ``due_check`` the
         change happens only if the stored deadline has passed (scheduler sweeps).
@@ -220,6 +225,7 @@ class Store:
             "1" if due_check else "0",
             "" if retention_ms is None else str(retention_ms),
             notify,
+            "1" if want_request else "0",
         ]
         return await self._run(self._transition, keys, args)
 

@@ -4,7 +4,7 @@
 -- ARGV: id, allowed from-states (space separated), to-state, fields json, events json,
 --       deadline op ('' keep, '-' clear, score), channel, now ms, due check ('1': only if
 --       the stored deadline has passed), retention ms ('' none: PEXPIRE on closing),
---       notification kind ('' none)
+--       notification kind ('' none), return the fields on success ('1'/'0')
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
   return {'missing'}
@@ -28,4 +28,5 @@ set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
 if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
 outbox(KEYS[5], ARGV[1], ARGV[11], KEYS[1])
 wake(ARGV[7], KEYS[1], ARGV[1], ARGV[3])
+if ARGV[12] == '0' then return {'ok', ARGV[3]} end
 return {'ok', ARGV[3], '', redis.call('HGETALL', KEYS[1])}

@@ -1,0 +1,22 @@
+"""Store scripts: what a transition hands back."""
+
+from __future__ import annotations
+
+from broker.store import Store, event
+
+
+async def test_a_transition_returns_the_request_only_when_asked_or_refused(redis, line, prefix):
+    """want_request=False: a made change comes back without the hash (nobody reads it); a
+    refused one still carries the request, so the caller can say why."""
+    store = Store(redis, line, prefix)
+    at = "2026-01-01T00:00:00.000Z"
+    for rid in ("Req00000001", "Req00000002"):
+        assert (await store.create(rid, {"id": rid, "agent": "a"}, "approved", [event("t.seed", at, rid)],
+                                   None, None, 0)).ok
+    kept = await store.transition("Req00000001", ["approved"], "active", {}, [event("t.go", at, "Req00000001")], 0)
+    assert kept.ok and kept.fields[b"status"] == b"active"
+    bare = await store.transition("Req00000002", ["approved"], "active", {}, [event("t.go", at, "Req00000002")], 0,
+                                  want_request=False)
+    assert bare.ok and bare.status == "active" and bare.fields is None
+    refused = await store.transition("Req00000002", ["approved"], "completed", {}, [], 0, want_request=False)
+    assert refused.result == "conflict" and refused.fields[b"status"] == b"active"
