@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
+# The port `jitgate init` writes into a new .env (make run PORT=9000); an existing .env keeps its own.
+PORT   ?= 8080
 BIN    := $(VENV)/bin
 
 .PHONY: run test clean
@@ -16,7 +18,7 @@ $(VENV)/.test: $(VENV)/.run pyproject.toml
 	touch $@
 
 .env: | $(VENV)/.run
-	$(BIN)/jitgate init
+	$(BIN)/jitgate init --port $(PORT)
 
 ## run: install, write .env with fresh secrets and a demo agent (first time), start the broker with an
 ##      embedded Redis; it prints a console sign-in link for alice and the `jitgate demo` command
