@@ -1,7 +1,7 @@
 """The console in a real browser (Debian's Chromium driven by Playwright), on a broker set
 up as `make run` does it: sign in with the printed link, watch the demo request appear,
 approve it from the keyboard, see the agent's long poll return approved, revoke the grant,
-see it revoked — and take the README's screenshot.
+see it revoked — and take the screenshot in README.md and docs/console.md.
 
 Without Chromium this test FAILS and says how to install it; set JITGATE_SKIP_BROWSER=1 to
 skip it deliberately (the skip reason is then listed by pytest -ra).
