@@ -6,7 +6,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from trove_classifiers import classifiers as KNOWN_CLASSIFIERS
+from trove_classifiers import classifiers as known_classifiers
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -27,7 +27,7 @@ def test_the_classifiers_are_known_and_do_not_restate_the_license():
     """Every classifier is one PyPI accepts; with an SPDX license, PEP 639 forbids a License :: classifier."""
     classifiers = PROJECT["classifiers"]
     assert classifiers, "no classifiers"
-    assert [c for c in classifiers if c not in KNOWN_CLASSIFIERS] == []
+    assert [c for c in classifiers if c not in known_classifiers] == []
     assert [c for c in classifiers if c.startswith("License ::")] == []
     assert "Typing :: Typed" in classifiers  # broker/client ships py.typed
     supported = PROJECT["requires-python"].removeprefix(">=")

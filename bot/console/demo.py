@@ -143,7 +143,7 @@ class AgentClient:
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)  # noqa: S310 - the broker's URL
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the broker's own URL
                 raw = resp.read()

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
 
 
-def _run(args: argparse.Namespace, work) -> int:
+def _run(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
     """Run ``work(client)`` and turn the outcome into an exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP call drowns the progress
     async def main() -> int:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.bot.console.firstrun import FirstRun
 from tests.support.browser import CHROMIUM_ARGS, browser_for_tests
 from tests.support.process import ROOT
