@@ -26,8 +26,8 @@ run: $(VENV)/.run .env
 	@echo "starting jitgate; Ctrl-C stops it and its embedded Redis"
 	$(BIN)/jitgate serve
 
-## test: install the test dependencies (and Debian's Chromium for the console's browser
-##       test when it is missing) and run the whole suite
+## test: install the test dependencies, find a Chrome or Chromium for the browser tests (installing
+##       Debian's chromium only where apt-get may run: see .ci/install-browser), and run the whole suite
 test: $(VENV)/.test
 	./.ci/install-browser
 	$(BIN)/python -m pytest -q

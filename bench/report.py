@@ -12,7 +12,7 @@ from .procs import ROOT
 
 PLOT = "latency-throughput.png"
 START, END = "<!-- bench:results -->", "<!-- /bench:results -->"
-DOCS = [ROOT / "bench" / "README.md", ROOT / "README.md"]
+DOCS = [ROOT / "bench" / "README.md", ROOT / "docs" / "performance.md"]
 
 # Published peer figures (sources in bench/README.md).
 PEERS = [
@@ -355,10 +355,10 @@ def _share(prof: dict | None, libraries: tuple[str, ...]) -> str:
 
 
 def summary_markdown(r: dict, d: dict, plot_path: str | None, details: str) -> str:
-    """The short form for the README's Performance section: targets, ratios, plot."""
+    """The short form for docs/performance.md: targets, ratios, plot."""
     m = r["meta"]
     out = [f"Last run {m['date']} on {m['cpus']} × {m['cpu_model']} (server side on one core, load on the other; "
-           f"{m['seconds']:.0f} s). Details, method and the other figures: [{details}]({details}).", ""]
+           f"{m['seconds']:.0f} s). Details, method and the other figures: [bench/README.md]({details}).", ""]
     out += _noise_note(d)
     out += _table(["target", "result", "verdict"],
                   [[t["target"], t["result"], "met" if t["met"] else "**MISSED**"] for t in d["targets"]])

@@ -24,6 +24,21 @@ from .errors import BrokerError
 log = logging.getLogger("jitgate")
 
 
+def version() -> str:
+    """The installed jitgate's version (from the package metadata)."""
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+    from importlib.metadata import version as dist_version  # noqa: PLC0415
+
+    try:
+        return dist_version("jitgate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
 def _settings() -> Settings:
     load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
     return Settings.from_env()
@@ -149,6 +164,13 @@ def cmd_agents_list(args) -> int:
 
     load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
     reg = Registry.load(Path(os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml")))
+    if args.json:
+        _print_json({
+            "agents": [{"id": a.id, "owner": a.owner, "team": a.team, "kid": a.kid or None,
+                        "can_delegate": a.can_delegate} for a in reg.agents],
+            "resource_servers": [{"id": r.id, "kid": r.kid} for r in reg.resource_servers],
+        })
+        return 0
     for a in reg.agents:
         print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
     for r in reg.resource_servers:
@@ -170,7 +192,7 @@ def cmd_assertion(args) -> int:
 def _print_request(req, verbose: bool = False) -> None:
     d = req.to_public()
     if verbose:
-        print(json.dumps(d, indent=2))
+        _print_json(d)
         return
     need = d["decision"].get("approvals_required", 0)
     print(f"{d['id']}  {d['status']:<9}  {d['agent']:<16} {d['action']:<12} {d['target']:<28} "
@@ -179,10 +201,12 @@ def _print_request(req, verbose: bool = False) -> None:
 
 def cmd_requests_list(args) -> int:
     async def run(broker):
-        reqs = await broker.store.scan_requests(limit=args.limit)
+        reqs = [r for r in await broker.store.scan_requests(limit=args.limit)
+                if not args.status or r.status == args.status]
+        if args.json:
+            _print_json([r.to_public() for r in reqs])
+            return 0
         for r in reqs:
-            if args.status and r.status != args.status:
-                continue
             _print_request(r)
         return 0
 
@@ -262,6 +286,8 @@ def cmd_breakglass(args) -> int:
             _print_request(g.request)
             if g.token is not None:
                 print(g.token.access_token)  # once, to this terminal only
+        elif args.sub == "reviews" and args.json:
+            _print_json([r.to_public() for r in await bg.pending_reviews()])
         elif args.sub == "reviews":
             for r in await bg.pending_reviews():
                 print(f"{r.id}  {r.engineer:<10} {r.proposal.action:<10} {r.proposal.target:<28} review due {iso(r.review_due)}")
@@ -398,10 +424,14 @@ def cmd_policy_check(args) -> int:
     return 0 if result.get("decision", {}).get("outcome") != "deny" else 3
 
 
+JSON_HELP = "print JSON (each request as the API returns it) instead of a table"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
     p = argparse.ArgumentParser(prog="jitgate", description="Just-in-time privilege broker for AI agents")
+    p.add_argument("--version", action="version", version=f"jitgate {version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the broker (embedded Redis when REDIS_URL is unset)")
@@ -431,16 +461,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--kind", choices=["Ed25519", "P-256"], default="Ed25519")
     s.add_argument("--file", help="agents file (default JITGATE_AGENTS_FILE)")
     s.set_defaults(fn=cmd_agents_add)
-    s = agents.add_parser("list")
+    s = agents.add_parser("list", help="the registered agents and resource servers")
+    s.add_argument("--json", action="store_true",
+                   help='print JSON ({"agents": [...], "resource_servers": [...]}) instead of lines')
     s.set_defaults(fn=cmd_agents_list)
 
     reqs = sub.add_parser("requests", help="inspect and decide requests").add_subparsers(dest="sub", required=True)
     s = reqs.add_parser("list")
     s.add_argument("--status")
     s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(fn=cmd_requests_list)
-    s = reqs.add_parser("show")
+    s = reqs.add_parser("show", help="one request as the API returns it (JSON)")
     s.add_argument("id")
+    s.add_argument("--json", action="store_true", help="print JSON (what show always prints; accepted for symmetry with list)")
     s.set_defaults(fn=cmd_requests_show)
     for name in ("approve", "deny"):
         s = reqs.add_parser(name)
@@ -472,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
     s.set_defaults(fn=cmd_breakglass)
     s = bg.add_parser("reviews", help="break-glass grants awaiting review")
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(fn=cmd_breakglass)
     s = bg.add_parser("review", help="acknowledge a review (security group)")
     s.add_argument("id")

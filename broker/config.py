@@ -132,7 +132,7 @@ class Settings:
     breakglass_review_s: int = 86400
     breakglass_max_active: int = 2
     breakglass_max_per_day: int = 5
-    # Agents: DPoP-bound tokens, delegation chains, SPIFFE JWT-SVIDs (README "Agents").
+    # Agents: DPoP-bound tokens, delegation chains, SPIFFE JWT-SVIDs (docs/agents.md).
     require_dpop: bool = False
     delegation_max_depth: int = 3
     spiffe_bundle: Path | None = None

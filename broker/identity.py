@@ -255,7 +255,7 @@ def _check_unique(source: str, agents: Iterable[Agent], servers: Iterable[Resour
 
 def _load_document(text: str, source: str) -> dict:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if data is None:
@@ -406,7 +406,7 @@ def _appended_text(existing: str, data: dict, entry: dict) -> str:
     candidates += [base + "agents:\n" + _indent(block, n) for n in (2, 0)]
     for text in candidates:
         try:
-            if yaml.load(text, Loader=_StrictLoader) == expected:
+            if yaml.load(text, Loader=_StrictLoader) == expected:  # noqa: S506 - a SafeLoader subclass
                 return text
         except yaml.YAMLError:
             continue
@@ -446,7 +446,7 @@ def _atomic_write(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, public_jwk: dict,
+def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, public_jwk: dict,  # noqa: F811
               can_delegate: bool = False) -> Agent:
     """Register an agent in the agents file (created if missing) and return it.
 
@@ -476,7 +476,7 @@ def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, publi
     return agent
 
 
-def add_resource_server(path: Path, *, id: str, public_jwk: dict) -> ResourceServer:
+def add_resource_server(path: Path, *, id: str, public_jwk: dict) -> ResourceServer:  # noqa: F811 - the JWK, not the helper
     """Register a resource server (it may then call introspection) in the agents file.
 
     Same refusals as :func:`add_agent`; the file is rewritten atomically (as YAML, so

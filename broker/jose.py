@@ -58,7 +58,7 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def unb64url(text: str) -> bytes:
+def unb64url(text: object) -> bytes:
     """Strict base64url without padding (RFC 7515 section 2); ValueError otherwise."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise ValueError("not base64url")
@@ -128,12 +128,15 @@ def finite_number(value: Any) -> bool:
 # --- keys -----------------------------------------------------------------------------
 
 
-def jwk_thumbprint(jwk: dict) -> str:
+def jwk_thumbprint(jwk: object) -> str:
     """The RFC 7638 thumbprint: base64url SHA-256 of the required members, sorted, no spaces.
 
     Raises ValueError when the key type is unknown or a required member is missing.
     """
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty")) if isinstance(jwk, dict) else None
+    if not isinstance(jwk, dict):
+        raise ValueError("unsupported key type for a thumbprint")
+    kty = jwk.get("kty")
+    members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None  # a list would be unhashable
     if members is None:
         raise ValueError("unsupported key type for a thumbprint")
     try:
@@ -150,7 +153,8 @@ def parse_public_jwk(jwk: Any) -> tuple[Any, str, str]:
         raise ValueError("must be a JWK mapping")
     if PRIVATE_MEMBERS.intersection(jwk):
         raise ValueError(PUBLIC_ONLY)
-    kind = KINDS.get((jwk.get("kty"), jwk.get("crv")))
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    kind = KINDS.get((kty, crv)) if isinstance(kty, str) and isinstance(crv, str) else None  # lists are unhashable
     if kind is None:
         raise ValueError("must be an OKP/Ed25519 or EC/P-256 public key")
     alg, coordinates = kind
@@ -166,6 +170,7 @@ def parse_public_jwk(jwk: Any) -> tuple[Any, str, str]:
         raise ValueError(f"'alg' must be {alg} for this key type")
     if "use" in jwk and jwk["use"] != "sig":
         raise ValueError("'use' must be 'sig'")
+    key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
     try:
         if alg == "EdDSA":
             key = ed25519.Ed25519PublicKey.from_public_bytes(raw["x"])

@@ -346,7 +346,7 @@ class Request:
         return [a["approver"] for a in self.approvals]
 
     def to_public(self) -> dict:
-        """The escalation as the API returns it (DESIGN.md external contract)."""
+        """The escalation as the API returns it (the contract in docs/api.md)."""
         d: dict[str, Any] = {
             "id": self.id,
             "status": self.status,

@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document served at ``/openapi.json`` (written by hand: the API is small
-and the contract in DESIGN.md is firm, so the document is reviewed like code)."""
+and the contract in docs/api.md is firm, so the document is reviewed like code)."""
 
 from __future__ import annotations
 

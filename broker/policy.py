@@ -6,7 +6,7 @@ parsed once into a ``cedarpy.PolicySet`` (and the agents, approvers and targets 
 closed: a policy folder that does not load refuses start-up, and anything unexpected
 while deciding is a deny.
 
-The vocabulary (namespace ``Jitgate``) is fixed by DESIGN.md "Policy":
+The vocabulary (namespace ``Jitgate``) is fixed by docs/policies.md:
 principal ``Agent`` (attrs ``owner``, ``team``; parent ``Team``) or, for break-glass
 for oneself, ``Approver`` (parents ``Group``); action ``Action::"<action>"``; resource
 ``Target`` (attr ``name`` plus the targets file's attributes; parent ``Env``) — or

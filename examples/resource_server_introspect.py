@@ -27,7 +27,7 @@ def make_server(args: argparse.Namespace) -> ThreadingHTTPServer:
                                 target=TARGET, require_dpop=True)
 
     class Handler(JsonHandler):
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # noqa: N802 - http.server calls it by this name
             url = f"http://{self.headers.get('Host', f'127.0.0.1:{args.port}')}{self.path}"
             try:
                 # Active now (the broker says), meant for this server, and the DPoP proof holds.

@@ -25,7 +25,7 @@ def make_server(args: argparse.Namespace) -> ThreadingHTTPServer:
     verifier = TokenVerifier(args.url, issuer=broker_issuer(args.url), audience=TARGET, require_dpop=True)
 
     class Handler(JsonHandler):
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # noqa: N802 - http.server calls it by this name
             # The URL as the client addressed it: the DPoP proof's htu must match it.
             url = f"http://{self.headers.get('Host', f'127.0.0.1:{args.port}')}{self.path}"
             try:

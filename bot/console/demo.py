@@ -143,7 +143,7 @@ class AgentClient:
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)  # noqa: S310 - the broker's URL
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the broker's own URL
                 raw = resp.read()
@@ -198,14 +198,26 @@ def run_demo(client: AgentClient, *, proposal: dict = DEMO_PROPOSAL, work_s: flo
         return 130
 
 
+def unreachable(url: str, error: OSError) -> str:
+    """What to say when nothing answers at the broker's URL: the URL, why, and what to do."""
+    reason = getattr(error, "reason", None) or error.strerror or error
+    return (f"could not reach the broker at {url} ({reason}).\n"
+            "  Is it running? Start it with `make run` (or `jitgate serve`) and try again.\n"
+            "  Running on another port? Pass `--url http://127.0.0.1:PORT`, or set the port for both with\n"
+            "  `jitgate init --port PORT` (it writes a new .env: move the old one away first).")
+
+
 def _run(client: AgentClient, proposal: dict, work_s: float, max_wait_s: float | None,
          out: Callable[[str], None], state: dict) -> int:
     out(f"{client.agent_id}: asking to {proposal['action']} {proposal['target']} for {proposal['duration_s']} s")
     out(f"  justification: {proposal['justification']}")
     try:
         req = client.call("POST", "/v1/escalations", proposal, headers={"Idempotency-Key": f"demo-{uuid.uuid4()}"})
-    except (ApiError, OSError) as e:
+    except ApiError as e:
         out(f"could not propose: {e}")
+        return 1
+    except OSError as e:
+        out(unreachable(client.base, e))
         return 1
     rid = req["id"]
     state.update(id=rid, phase="waiting")

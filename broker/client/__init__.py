@@ -10,7 +10,7 @@ Needs only ``httpx``, ``pyjwt`` and ``cryptography`` (``pip install 'jitgate[cli
                             evidence=[Evidence.log("pod events", "OOMKilled x14")]) as token:
         await restart(headers=token.headers("POST", url))
 
-See the README section "Agents" for the decorator, the CLI, DPoP, delegation and SPIFFE.
+See docs/agents.md for the decorator, the CLI, DPoP, delegation and SPIFFE.
 """
 
 from ..jose import generate_key, make_delegation, public_jwk

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
 
 
-def _run(args: argparse.Namespace, work) -> int:
+def _run(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
     """Run ``work(client)`` and turn the outcome into an exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP call drowns the progress
     async def main() -> int:
@@ -301,11 +302,33 @@ def cmd_delegate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+# The module docstring, as a terminal shows it: without reStructuredText's ``literal`` marks.
+DESCRIPTION = (__doc__ or "").replace("``", "")
+
+
+def version() -> str:
+    """The installed version: of jitgate, or of a client-only distribution of it."""
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+    from importlib.metadata import version as dist_version  # noqa: PLC0415
+
+    for dist in ("jitgate", "jitgate-client"):
+        try:
+            return dist_version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def register(subparsers: Any) -> None:
     """Add ``agent`` and its sub-commands to a ``jitgate`` argument parser."""
     agent = subparsers.add_parser("agent", help="the agent side: keys, requests, tokens (exit 0 granted, 2 denied, "
-                                  "3 expired, 4 timed out)", description=__doc__,
+                                  "3 expired, 4 timed out)", description=DESCRIPTION,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(agent)
+
+
+def add_commands(agent: argparse.ArgumentParser) -> None:
+    """The agent sub-commands, on ``jitgate agent`` or on ``jitgate-agent`` itself."""
     sub = agent.add_subparsers(dest="agent_cmd", required=True)
 
     s = sub.add_parser("keygen", help="write a key pair (P-256 by default) and print the agents.yaml entry")
@@ -379,11 +402,13 @@ def register(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``jitgate-agent``: the same commands without the broker installed."""
-    parser = argparse.ArgumentParser(prog="jitgate-agent")
-    register(parser.add_subparsers(dest="cmd", required=True))
+    parser = argparse.ArgumentParser(prog="jitgate-agent", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jitgate-agent {version()}")
+    add_commands(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(["agent", *argv] if argv[:1] != ["agent"] else argv)
-    return args.fn(args)
+    args = parser.parse_args(argv[1:] if argv[:1] == ["agent"] else argv)  # `jitgate-agent agent ...` as before
+    return int(args.fn(args))
 
 
 if __name__ == "__main__":

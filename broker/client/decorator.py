@@ -27,6 +27,7 @@ class Refusal(dict):
 
     @classmethod
     def from_error(cls, error: Exception, *, action: str, target: str, wait: float) -> "Refusal":
+        request_id: str | None
         if isinstance(error, TimedOut):
             status, reason, policies = "timed_out", f"no decision within {wait:.0f} s; the request was withdrawn", []
             request_id = error.request_id
@@ -75,7 +76,7 @@ def _without_token(wrapper: Callable, fn: Callable, token_param: str) -> Callabl
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} must accept the keyword argument {token_param!r} (the grant's token)")
     wrapper.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != token_param])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != token_param}
-    del wrapper.__wrapped__  # type: ignore[attr-defined] - inspect would follow it back to the token
+    del wrapper.__wrapped__  # type: ignore[attr-defined]  # inspect would follow it back to the token
     return wrapper
 
 

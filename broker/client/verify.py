@@ -115,7 +115,8 @@ def verify(
     alg = header.get("alg")
     if alg not in _TOKEN_ALGS or "crit" in header:
         raise InvalidToken("the token algorithm or header is not allowed")
-    jwk = _keys_by_kid(jwks).get(header.get("kid"))
+    kid = header.get("kid")
+    jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None  # a list would be unhashable
     if jwk is None:
         raise InvalidToken("the token is signed with a key not in the JWKS")
     try:

@@ -81,7 +81,6 @@ async def test_failed_audit_append_fails_the_transition(harness):
     await harness.broker.outbox.drain()
     s = harness.broker.store
     before = await s.redis.hgetall(s.req_key(rid))
-    saved = await s.redis.xrange(s.audit_stream)
     await s.redis.delete(s.audit_stream)
     await s.redis.set(s.audit_stream, "not a stream")  # every XADD now fails
     with pytest.raises(AuditError):

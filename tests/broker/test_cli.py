@@ -184,3 +184,58 @@ async def test_audit_trim_only_what_an_export_holds(cli_env, tmp_path):
     new.write_text(new.read_text().replace(anchor, "f" * 64, 1))  # the first line's prev
     broken = run_cli({}, "audit", "verify", "--file", str(new))
     assert broken.returncode == 1 and "export BROKEN: line 1" in broken.stdout
+
+
+def test_version_is_the_installed_packages(cli_env):
+    """`jitgate --version` (issue 13, item 7) prints the version the package metadata carries."""
+    from importlib.metadata import version
+
+    out = run_cli(cli_env, "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"jitgate {version('jitgate')}"
+
+
+async def test_listings_print_json_with_json(cli_env):
+    """`--json` on requests list and show, agents list and breakglass reviews (issue 13, item 7): JSON a
+    script can parse, each request as the API returns it."""
+    rid = await _propose_async(cli_env)
+    listed = run_cli(cli_env, "requests", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (mine,) = [r for r in json.loads(listed.stdout) if r["id"] == rid]
+    assert mine["status"] == "pending" and mine["agent"] == "deploy-bot" and mine["target"] == "prod/payments-api"
+    assert mine["decision"]["policies"] == ["prod-deploy"]
+    assert json.loads(run_cli(cli_env, "requests", "list", "--status", "denied", "--json").stdout) == []
+    shown = json.loads(run_cli(cli_env, "requests", "show", rid, "--json").stdout)
+    assert shown == mine
+
+    agents = json.loads(run_cli(cli_env, "agents", "list", "--json").stdout)
+    by_id = {a["id"]: a for a in agents["agents"]}
+    assert by_id["deploy-bot"]["owner"] == "alice" and by_id["deploy-bot"]["kid"]
+    assert {"id", "owner", "team", "kid", "can_delegate"} == set(by_id["deploy-bot"])
+    assert isinstance(agents["resource_servers"], list)
+
+    assert json.loads(run_cli(cli_env, "breakglass", "reviews", "--json").stdout) == []
+    ok = run_cli(cli_env, "breakglass", "grant", "ops-bot", "rollback", "prod/payments-api", "600",
+                 "pods", "crashing", "--as", "alice", "--yes")
+    assert ok.returncode == 0, ok.stderr
+    (review,) = json.loads(run_cli(cli_env, "breakglass", "reviews", "--json").stdout)
+    assert review["id"] == ok.stdout.split()[0] and review["break_glass"] is True
+    assert review["break_glass_detail"]["engineer"] == "alice" and review["break_glass_detail"]["review_due"]
+
+
+def test_demo_names_the_url_it_cannot_reach(cli_env, tmp_path):
+    """`jitgate demo` against a broker that is not there (issue 13, item 7) names the URL and suggests
+    starting the broker or `jitgate init --port`; no traceback."""
+    from broker.identity import generate_key
+    from tests.support.process import free_port
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    pem, _jwk = generate_key("Ed25519")
+    (tmp_path / "data" / "demo-agent.pem").write_bytes(pem)
+    (tmp_path / "data" / "demo-agent.pem").chmod(0o600)
+    url = f"http://127.0.0.1:{free_port()}"
+    out = run_cli({**cli_env, "JITGATE_ISSUER": url}, "demo")
+    assert out.returncode == 1
+    assert f"could not reach the broker at {url}" in out.stdout
+    assert "jitgate init --port PORT" in out.stdout and "--url" in out.stdout
+    assert "Traceback" not in out.stderr

@@ -122,7 +122,7 @@ def test_auto_grant_only_for_the_team_in_the_envelope(tmp_path):
 
 
 def test_two_approval_obligations(tmp_path):
-    """The DESIGN.md prod-deploy example requires 2 approvals from sre for at most 900 s."""
+    """The prod-deploy example (policies/) requires 2 approvals from sre for at most 900 s."""
     gate = make_gate(tmp_path, {"prod.cedar": PROD_DEPLOY})
     d = decide(gate)
     assert d == Decision(

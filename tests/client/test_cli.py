@@ -223,3 +223,39 @@ async def test_wait_on_a_terminal_shows_a_spinner_and_clears_it(live, tmp_path):
     assert len(frames) >= 2 and {f[0] for f in frames} <= set("|/-\\")
     assert "\r\x1b[K" in text and text.rstrip().endswith("approved by bob; collect the token with: "
                                                          f"jitgate agent token {rid}")
+
+
+def _help(*args: str) -> str:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_jitgate_agent_names_itself_in_its_usage_lines():
+    """The usage lines of `jitgate-agent` read `jitgate-agent ...`, not `jitgate-agent agent ...` (issue 13,
+    item 7), and the old spelling with `agent` first still runs."""
+    top = _help("broker.client.cli", "--help")
+    assert top.startswith("usage: jitgate-agent [-h] [--version]")
+    assert "jitgate-agent agent" not in top
+    assert _help("broker.client.cli", "keygen", "--help").startswith("usage: jitgate-agent keygen ")
+    assert _help("broker.client.cli", "agent", "keygen", "--help").startswith("usage: jitgate-agent keygen ")
+    assert _help("broker.cli", "agent", "keygen", "--help").startswith("usage: jitgate agent keygen ")
+
+
+def test_agent_help_shows_no_restructuredtext_marks():
+    """`jitgate agent --help` and `jitgate-agent --help` print the description as plain text (issue 13, item 7)."""
+    for args in (("broker.cli", "agent", "--help"), ("broker.client.cli", "--help")):
+        text = _help(*args)
+        assert "Exit codes: 0 granted" in text
+        assert "``" not in text
+        assert "jitgate agent ... (and jitgate-agent ..., which needs only the client extra)" in text
+
+
+def test_jitgate_agent_version():
+    """`jitgate-agent --version` prints the installed version."""
+    from importlib.metadata import version
+
+    assert _help("broker.client.cli", "--version").strip() == f"jitgate-agent {version('jitgate')}"

@@ -56,7 +56,7 @@ async def test_client_runs_with_only_the_client_extra(live, tmp_path):
     # A copy of the package sources, so building it leaves nothing in the work tree.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for package in ("broker", "bot"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -174,7 +174,7 @@ class FakeSlack:
             return name
         return None
 
-    def _m_chat_postMessage(self, args: dict) -> dict:
+    def _m_chat_postMessage(self, args: dict) -> dict:  # noqa: N802 - the Slack method name
         channel = self._channel(args.get("channel"))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
@@ -199,7 +199,7 @@ class FakeSlack:
         self.messages[(channel, ts)].update(text=args.get("text"), blocks=args.get("blocks") or [])
         return {"ok": True, "channel": channel, "ts": ts}
 
-    def _m_chat_postEphemeral(self, args: dict) -> dict:
+    def _m_chat_postEphemeral(self, args: dict) -> dict:  # noqa: N802 - the Slack method name
         if self._channel(args.get("channel")) is None or not args.get("user"):
             return {"ok": False, "error": "channel_not_found"}
         problem = self._message_problem(args)

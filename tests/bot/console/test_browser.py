@@ -1,10 +1,11 @@
 """The console in a real browser (Debian's Chromium driven by Playwright), on a broker set
 up as `make run` does it: sign in with the printed link, watch the demo request appear,
 approve it from the keyboard, see the agent's long poll return approved, revoke the grant,
-see it revoked — and take the README's screenshot.
+see it revoked — and take the screenshot in README.md and docs/console.md.
 
-Without Chromium this test FAILS and says how to install it; set JITGATE_SKIP_BROWSER=1 to
-skip it deliberately (the skip reason is then listed by pytest -ra).
+The browser is the one `.ci/find-browser` finds (JITGATE_TEST_BROWSER, else Chrome or Chromium on
+PATH or in the usual places). Without one this test FAILS and says how to get one; set
+JITGATE_SKIP_BROWSER=1 to skip it deliberately (the skip reason is then listed by pytest -ra).
 """
 
 from __future__ import annotations
@@ -12,25 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.bot.console.firstrun import FirstRun
+from tests.support.browser import CHROMIUM_ARGS, browser_for_tests
 from tests.support.process import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 SCREENSHOT = ROOT / "docs" / "console.png"
-
-
-def _require_browser() -> None:
-    if os.environ.get("JITGATE_SKIP_BROWSER") == "1":
-        pytest.skip("JITGATE_SKIP_BROWSER=1: the console's browser test was skipped on purpose")
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing, so the console's browser test could not run. Install Chromium with "
-            "`.ci/install-browser` (or `apt-get install -y chromium`), or set JITGATE_SKIP_BROWSER=1 to skip it "
-            "deliberately.", pytrace=False)
 
 
 def _screenshot_path(tmp_path: Path) -> Path:
@@ -44,14 +31,14 @@ def _screenshot_path(tmp_path: Path) -> Path:
 
 async def test_console_in_a_real_browser(tmp_path, prefix, redis_url, redis):
     """Sign in with the link, approve the demo request, the agent gets its token, revoke it, see it revoked."""
-    _require_browser()
+    chromium = browser_for_tests()
     from playwright.async_api import async_playwright, expect
 
     run = FirstRun(tmp_path, prefix, redis_url)
     try:
         link = run.start()
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 900})
                 await page.goto(link)

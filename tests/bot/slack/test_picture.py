@@ -1,5 +1,5 @@
 """The README's picture of a Slack proposal (issue 7, item 4): the blocks the desk really
-posts for the console's demo request, drawn as a Slack message and photographed in Debian's
+posts for the console's demo request, drawn as a Slack message and photographed in
 Chromium, so the picture cannot drift from the real message.
 
 Written to docs/slack-proposal.png when that file is missing or JITGATE_UPDATE_SCREENSHOTS=1
@@ -18,9 +18,9 @@ from bot import render
 from bot.console.demo import DEMO_AGENT, DEMO_PROPOSAL
 from broker.clock import ManualClock
 from broker.identity import add_agent, generate_key, load_private_key
-from tests.bot.console.test_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
 from tests.bot.slack.conftest import running
 from tests.support.blockkit_html import message_page, mrkdwn
+from tests.support.browser import CHROMIUM_ARGS, browser_for_tests
 from tests.support.process import ROOT
 
 PICTURE = ROOT / "docs" / "slack-proposal.png"
@@ -52,7 +52,7 @@ def test_mrkdwn_drawing_keeps_agent_text_inert():
 
 async def test_readme_picture_of_the_demo_proposal(tmp_path, redis_url, prefix, redis, fake_slack):
     """The picture is drawn from the chat.postMessage blocks of the demo request and shows its real fields."""
-    _require_browser()
+    chromium = browser_for_tests()
     from playwright.async_api import async_playwright
 
     pem, jwk = generate_key("Ed25519")
@@ -79,7 +79,7 @@ async def test_readme_picture_of_the_demo_proposal(tmp_path, redis_url, prefix, 
         assert html.escape(value, quote=False) in page_html, value
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 900, "height": 600}, device_scale_factor=1)
             await page.set_content(page_html)
