@@ -120,3 +120,20 @@ async def test_an_auto_grant_ends_at_its_approval_plus_duration(no_sweep):
     assert claims["exp"] == int(created + 120)
     h.clock.advance(21)
     assert (await h.introspect(tok["access_token"])).json() == {"active": False}
+
+
+async def test_an_agent_break_glass_grant_ends_when_fixed_at_the_grant(no_sweep):
+    """Issue 14 item 4: a break-glass grant for an agent is approved when granted; its token never lives past that end."""
+    from bot import render
+
+    h = no_sweep
+    g = await h.broker.breakglass.grant(h.approver("alice"), subject="ops-bot", action="rollback",
+                                        target="prod/payments-api", duration_s=600, reason="pods crash-looping",
+                                        channel="cli")
+    granted_at = h.clock.now()
+    assert g.request.grant_end == pytest.approx(granted_at + 600, abs=0.002)
+    assert render.bg_until(g.request, when=lambda ts: "<when>") == "<when> (collect by <when>)"
+    h.clock.advance(120)
+    tok = (await h.collect(g.request.id, "ops-bot")).json()
+    claims = jwt.decode(tok["access_token"], options={"verify_signature": False})
+    assert claims["exp"] == int(granted_at + 600)

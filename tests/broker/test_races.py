@@ -5,13 +5,16 @@ replicas race through. The cross-process versions are in tests/scenarios/test_ra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import jwt
 import orjson
+import pytest
 
 from broker.audit import verify
-from broker.model import APPROVED
+from broker.errors import AuditError, Forbidden
+from broker.model import ACTIVE, APPROVED
 from broker.store import with_prelude
 
 ROUNDS = 20
@@ -89,3 +92,56 @@ async def test_script_json_strings_are_byte_identical_to_orjson(redis):
     for s in samples:
         got = await redis.eval(ENCODE, 0, s.encode())
         assert got == orjson.dumps(s), s
+
+
+async def test_racing_break_glass_confirmations_keep_the_active_limit(harness):
+    """Issue 14 item 1: "N concurrent confirmations never exceed JITGATE_BREAKGLASS_MAX_ACTIVE" (2), and
+    the active set counts exactly the grants really active."""
+    bg = harness.broker.breakglass
+    alice = harness.approver("alice")
+    results = await asyncio.gather(*(
+        bg.grant(alice, subject="me" if i % 2 else "ops-bot", action="rollback", target="prod/payments-api",
+                 duration_s=300, reason=f"race {i}", channel="cli") for i in range(8)), return_exceptions=True)
+    granted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(granted) == 2 and all(isinstance(r, Forbidden) and "2 active" in str(r) for r in refused), results
+    await _assert_counts_match(harness, "alice", active=2, today=2)
+    # A later confirmation is refused too (the set did not under-count).
+    with pytest.raises(Forbidden, match="2 active"):
+        await bg.grant(alice, subject="me", action="rollback", target="prod/payments-api", duration_s=300,
+                       reason="one more", channel="cli")
+
+
+async def test_racing_break_glass_confirmations_keep_the_daily_limit(harness):
+    """Issue 14 item 1: racing confirmations never exceed the daily limit either, and the day counts them all."""
+    bg = harness.broker.breakglass
+    bg.limits = dataclasses.replace(bg.limits, max_active=50, max_per_day=3)
+    alice = harness.approver("alice")
+    results = await asyncio.gather(*(
+        bg.grant(alice, subject="me", action="rollback", target="prod/payments-api", duration_s=300,
+                 reason=f"race {i}", channel="cli") for i in range(8)), return_exceptions=True)
+    assert len([r for r in results if not isinstance(r, Exception)]) == 3, results
+    await _assert_counts_match(harness, "alice", active=3, today=3)
+
+
+async def _assert_counts_match(harness, engineer: str, *, active: int, today: int) -> None:
+    """The limit sets hold exactly the break-glass grants of ``engineer`` that exist and are open."""
+    store = harness.broker.store
+    mine = [r for r in await store.scan_requests() if r.break_glass and r.engineer == engineer]
+    open_ids = sorted(r.id for r in mine if r.status in (APPROVED, ACTIVE))
+    assert len(open_ids) == active and len(mine) == today
+    in_set = sorted(x.decode() for x in await store.redis.zrange(f"{store.prefix}bg:active:{engineer}", 0, -1))
+    assert in_set == open_ids
+    assert await store.redis.zcard(f"{store.prefix}bg:day:{engineer}") == today
+
+
+async def test_a_failing_audit_append_grants_no_break_glass(harness, redis):
+    """Fail closed (DESIGN): if the audit append fails, no grant exists and no slot is taken."""
+    store = harness.broker.store
+    await redis.set(store.audit_head, "not a hash")  # HMGET on a string: the script errors before any write
+    with pytest.raises(AuditError):
+        await harness.broker.breakglass.grant(harness.approver("alice"), subject="me", action="rollback",
+                                              target="prod/payments-api", duration_s=60, reason="x", channel="cli")
+    await redis.delete(store.audit_head)
+    assert await redis.zcard(f"{store.prefix}bg:active:alice") == 0
+    assert [r for r in await store.scan_requests() if r.break_glass] == []

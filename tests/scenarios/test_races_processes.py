@@ -150,3 +150,67 @@ async def test_racing_slack_approvals_across_two_processes_keep_every_cap(replic
     for rid, (caps, smallest) in expected.items():
         check_approval_audit(audit[rid], caps, smallest)
     assert len(expected) == PAIRS
+
+
+async def _confirm_all(fake: FakeSlack, processes, http, user: str, count: int) -> list[str]:
+    """``/jit breakglass`` ``count`` times as ``user`` (one modal each), then press every Confirm at
+    once, spread over ``processes``; returns what the engineer was told after each."""
+    views = []
+    for n in range(count):
+        before = len(fake.of("views.open"))
+        body = slackreq.slash(user, f"breakglass ops-bot rollback prod/payments-api 20m race {n} --incident INC-14",
+                              response_url=fake.response_url(user))
+        assert (await http.post(processes[n % len(processes)].url + "/slack/events", content=body,
+                                headers=slackreq.signed(body))).status_code == 200
+        views.append((await fake.wait_for(lambda: fake.of("views.open")[before:], what="the confirmation modal"))[0])
+    told_before = len([c for c in fake.of("chat.postEphemeral") if c.args.get("user") == user])
+    submissions = []
+    for n, call in enumerate(views):
+        view = call.args["view"]
+        payload = slackreq.modal_submission(user, callback_id=view["callback_id"], view_id=call.response["view"]["id"],
+                                            private_metadata=view["private_metadata"], external_id=view["external_id"])
+        body = slackreq.form_payload(payload)
+        submissions.append((processes[n % len(processes)], body, slackreq.signed(body)))
+    answers = await asyncio.gather(*(http.post(p.url + "/slack/events", content=body, headers=headers)
+                                     for p, body, headers in submissions))
+    assert all(r.status_code == 200 for r in answers)
+    told = await fake.wait_for(lambda: (lambda t: t if len(t) >= told_before + count else None)(
+        [c.args["text"] for c in fake.of("chat.postEphemeral") if c.args.get("user") == user]), what="every answer")
+    return told[told_before:]
+
+
+async def _break_glass_of(redis, prefix: str, engineer: str) -> list[Request]:
+    out = []
+    async for key in redis.scan_iter(match=f"{prefix}{{req:*}}", count=500):
+        h = await redis.hgetall(key)
+        if h.get(b"engineer") == engineer.encode():
+            out.append(Request.from_redis(h))
+    return out
+
+
+async def _assert_limits_hold(redis, prefix: str, engineer: str, *, open_: int, today: int) -> None:
+    grants = await _break_glass_of(redis, prefix, engineer)
+    open_ids = sorted(r.id for r in grants if r.status in ("approved", "active"))
+    assert len(open_ids) == open_ and len(grants) == today, [(r.id, r.status) for r in grants]
+    assert sorted(x.decode() for x in await redis.zrange(f"{prefix}bg:active:{engineer}", 0, -1)) == open_ids
+    assert await redis.zcard(f"{prefix}bg:day:{engineer}") == today
+
+
+async def test_racing_break_glass_confirmations_through_one_and_two_processes(replicas, redis, prefix):
+    """Issue 14 item 1: "N concurrent confirmations, through one process and through two, never exceed
+    JITGATE_BREAKGLASS_MAX_ACTIVE or the daily limit, and the counts equal the grants really active"."""
+    fake, keys, (a, b), http = replicas
+    # One process: frank confirms six at once.
+    told = await _confirm_all(fake, [a], http, "U0FRANK", CONFIRMATIONS)
+    assert sum("2 active" in t for t in told) == CONFIRMATIONS - MAX_ACTIVE, told
+    await _assert_limits_hold(redis, prefix, "frank", open_=MAX_ACTIVE, today=MAX_ACTIVE)
+    # Two processes: alice confirms six at once, three on each replica.
+    told = await _confirm_all(fake, [a, b], http, "U0ALICE", CONFIRMATIONS)
+    assert sum("2 active" in t for t in told) == CONFIRMATIONS - MAX_ACTIVE, told
+    await _assert_limits_hold(redis, prefix, "alice", open_=MAX_ACTIVE, today=MAX_ACTIVE)
+    # The agent finishes both tasks: the slots free, but only one more is left today.
+    for r in await _break_glass_of(redis, prefix, "alice"):
+        assert (await http.post(f"{a.url}/v1/escalations/{r.id}/complete", headers=_auth(keys, "ops-bot"))).status_code == 200
+    told = await _confirm_all(fake, [a, b], http, "U0ALICE", CONFIRMATIONS)
+    assert sum("24 hours" in t for t in told) == CONFIRMATIONS - 1, told
+    await _assert_limits_hold(redis, prefix, "alice", open_=1, today=MAX_PER_DAY)
