@@ -481,7 +481,8 @@ class Lifecycle:
         required = int(req.decision.get("approvals_required", 1))
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
         # The count, the approvers and the granted duration depend on the other approvals:
-        # the script computes them from the approvals stored, not from what was read here.
+        # the script decides them from the approvals stored, not from what was read here
+        # (it picks this approval's entry for the count it makes, and writes the approval's).
         out = await self.store.approve(
             request_id, approver.id, approval,
             now_ms=_ms(now),
@@ -489,7 +490,9 @@ class Lifecycle:
             proposal_sha256=req.proposal_sha256,
             cap_s=self._grant_duration(req.proposal, req.decision, []),
             collect_deadline_ms=self._collect_deadline_ms(req, now),
-            recorded=event_frame("approval.recorded", at, request_id, actor),
+            recorded=[event("approval.recorded", at, request_id, actor, count=count, required=required,
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s)
+                      for count in range(1, required + 1)],
             approved=event_frame("request.approved", at, request_id, actor),
             late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
             notify_partial="approval",

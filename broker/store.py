@@ -276,7 +276,7 @@ class Store:
         proposal_sha256: str,
         cap_s: int,
         collect_deadline_ms: int,
-        recorded: tuple[bytes, bytes],
+        recorded: list[bytes],
         approved: tuple[bytes, bytes],
         late: Late,
         notify_partial: str = "",
@@ -284,13 +284,14 @@ class Store:
     ) -> Outcome:
         """Count one approval; the ``required``-th approves the request. ``extra`` = count.
 
-        What depends on the other approvals is computed by the script from the approvals
-        stored: the count in ``approval.recorded``, the approvers in ``request.approved``, and
-        the granted duration (the smallest of ``cap_s`` and every approval's ``duration_s``),
-        whose end is fixed now (``grant_end_ms``); the collect deadline is
-        ``collect_deadline_ms`` or that end, whichever comes first. ``recorded`` and
-        ``approved`` are those events cut around their data (:func:`event_frame`). After the
-        stored deadline the approval is refused and the request expires (``late``)."""
+        What depends on the other approvals is decided by the script from the approvals
+        stored: the count (``recorded`` holds this approval's ``approval.recorded`` event for
+        each count 1..``required``; the script appends the one for the count it makes), the
+        approvers in ``request.approved`` and the granted duration (the smallest of ``cap_s``
+        and every approval's ``duration_s``), whose end is fixed now (``grant_end_ms``); the
+        collect deadline is ``collect_deadline_ms`` or that end, whichever comes first.
+        ``approved`` is that event cut around its data (:func:`event_frame`). After the stored
+        deadline the approval is refused and the request expires (``late``)."""
         keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [
             request_id,
@@ -302,7 +303,7 @@ class Store:
             self.channel,
             str(cap_s),
             str(collect_deadline_ms),
-            *recorded,
+            events_arg(recorded),
             *approved,
             *late.args(),
             notify_partial,

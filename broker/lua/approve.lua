@@ -7,9 +7,10 @@
 -- ARGV: 1 id, 2 approver, 3 approval json, 4 now ms (the broker's clock), 5 required count,
 --       6 proposal sha, 7 channel, 8 cap s (the request's own: proposal, policy, settings),
 --       9 collect deadline ms (the latest; capped by the grant's end here),
---       10/11 approval.recorded event before/after its data, 12/13 request.approved event
---       before/after its data, 14 events if the deadline has passed, 15 fields then,
---       16 retention ms then ('' none), 17 notification kind if partial, 18 if complete
+--       10 approval.recorded events for count 1, 2, ... required (events json: the script
+--       picks the one for the count it makes), 11/12 request.approved event before/after its
+--       data, 13 events if the deadline has passed, 14 fields then, 15 retention ms then
+--       ('' none), 16 notification kind if partial, 17 if complete
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 local raw = redis.call('HGET', KEYS[1], 'approvals')
@@ -24,7 +25,7 @@ if redis.call('HGET', KEYS[1], 'proposal_sha256') ~= ARGV[6] then return {'stale
 local now = tonumber(ARGV[4])
 -- A decision after the deadline is refused, and the request expires now (as the sweep would).
 if past_deadline(KEYS[1], now) then
-  expire_late(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[7], ARGV[14], ARGV[15], ARGV[16])
+  expire_late(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[7], ARGV[13], ARGV[14], ARGV[15])
   return {'late', 'expired', tostring(#approvals), redis.call('HGETALL', KEYS[1])}
 end
 local mine = cjson.decode(ARGV[3])
@@ -32,10 +33,10 @@ approvals[#approvals + 1] = mine
 local n = #approvals
 local required = tonumber(ARGV[5])
 local complete = n >= required
-local dur = 'null'
-if type(mine['duration_s']) == 'number' then dur = string.format('%d', mine['duration_s']) end
-local events = {audit_event(ARGV[10], '{"count":' .. n .. ',"duration_s":' .. dur .. ',"proposal_sha256":'
-  .. json_str(ARGV[6]) .. ',"required":' .. required .. '}', ARGV[11])}
+-- The entry for this count was prepared by the caller (it knows everything else in it).
+local recorded = cjson.decode(ARGV[10])
+if recorded[n] == nil then return redis.error_reply('no approval.recorded event for count ' .. n) end
+local events = {recorded[n]}
 local granted, names = tonumber(ARGV[8]), {}
 if complete then
   -- The cap is the smallest over every approval recorded, whoever read what.
@@ -45,8 +46,8 @@ if complete then
     names[#names + 1] = json_str(a['approver'])
   end
   if granted < 1 then granted = 1 end
-  events[2] = audit_event(ARGV[12], '{"approved_duration_s":' .. string.format('%d', granted) .. ',"approvers":['
-    .. table.concat(names, ',') .. ']}', ARGV[13])
+  events[2] = audit_event(ARGV[11], '{"approved_duration_s":' .. string.format('%d', granted) .. ',"approvers":['
+    .. table.concat(names, ',') .. ']}', ARGV[12])
 end
 audit_append(KEYS[3], KEYS[4], events)
 redis.call('HSET', KEYS[1], 'approvals', cjson.encode(approvals))
@@ -61,6 +62,6 @@ if complete then
              'grant_end_ms', string.format('%d', grant_end))
   set_deadline(KEYS[2], ARGV[1], KEYS[1], string.format('%d', deadline))
 end
-if complete then outbox(KEYS[5], ARGV[1], ARGV[18]) else outbox(KEYS[5], ARGV[1], ARGV[17]) end
+if complete then outbox(KEYS[5], ARGV[1], ARGV[17]) else outbox(KEYS[5], ARGV[1], ARGV[16]) end
 wake(ARGV[7], KEYS[1], ARGV[1], status)
 return {'ok', status, tostring(n), redis.call('HGETALL', KEYS[1])}
