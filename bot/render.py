@@ -287,6 +287,8 @@ def bg_until(req: Request, when: Callable[[float | None], str] = fmt_time) -> st
     """Until when the grant runs (or how long, once collected)."""
     if req.grant_exp is not None:
         return when(req.grant_exp)
+    if req.status == APPROVED and req.grant_end is not None:
+        return f"{when(req.grant_end)} (collect by {when(req.deadline)})"
     if req.status == APPROVED:
         return f"{fmt_duration(req.approved_duration_s)} after collection (collect by {when(req.deadline)})"
     return "not collected"

@@ -24,6 +24,7 @@ from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from .lifecycle import IssuedToken, Lifecycle
 from .notify import PartialDelivery
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
+from .redisline import LuaScript
 from .store import event, events_arg, with_prelude
 from .tokens import build_access_token_claims
 
@@ -31,23 +32,36 @@ ME = "me"
 MAX_REASON = 500
 MAX_INCIDENT = 100
 
-# Reserve one break-glass slot for a person: drop finished grants, check both limits,
-# record the new one — in one step, so two commands at once cannot both slip through.
-_RESERVE_LUA = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
--- A grant revoked or completed early frees its slot at once.
-for _, rid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local st = redis.call('HGET', ARGV[8] .. '{req:' .. rid .. '}', 'status')
-  if st == false or st == 'completed' or st == 'revoked' or st == 'expired' then redis.call('ZREM', KEYS[1], rid) end
+# Check a person's break-glass limits and create the grant in ONE step: drop finished grants
+# from the active set, check both limits, create the request and record its slot. A slot
+# is never reserved before its request exists, so no other step can take a slot whose
+# request it cannot see yet for a finished one (issue 14 item 1: racing confirmations
+# purged each other's fresh reservations and went past the limits).
+# KEYS: req, deadlines, audit stream, audit head, outbox, active zset, day zset
+# ARGV: 1 id, 2 fields json, 3 events json, 4 deadline op, 5 status, 6 notification kind,
+#       7 now ms, 8 now - 24 h in ms, 9 max active, 10 max per day, 11 the grant's end ms,
+#       12 key prefix
+_GRANT_BODY = """
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[7])
+-- A grant revoked or completed early frees its slot at once (and one whose record is gone).
+for _, rid in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+  local st = redis.call('HGET', ARGV[12] .. '{req:' .. rid .. '}', 'status')
+  if st == false or st == 'completed' or st == 'revoked' or st == 'expired' then redis.call('ZREM', KEYS[6], rid) end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return {'active', redis.call('ZCARD', KEYS[1])} end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'daily', redis.call('ZCARD', KEYS[2])} end
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[7])
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
-redis.call('PEXPIRE', KEYS[1], 7 * 86400000)
-redis.call('PEXPIRE', KEYS[2], 2 * 86400000)
-return {'ok', 0}
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[8])
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[9]) then return {'active', tostring(redis.call('ZCARD', KEYS[6]))} end
+if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[10]) then return {'daily', tostring(redis.call('ZCARD', KEYS[7]))} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'conflict', 'id'} end
+audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[3]))
+hset_json(KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'version', 1)
+set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[4])
+outbox(KEYS[5], ARGV[1], ARGV[6])
+redis.call('ZADD', KEYS[6], ARGV[11], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
+redis.call('PEXPIRE', KEYS[6], 7 * 86400000)
+redis.call('PEXPIRE', KEYS[7], 2 * 86400000)
+return {'ok', ARGV[1], '', redis.call('HGETALL', KEYS[1])}
 """
 
 # Acknowledge a review once: the first acknowledgement wins, a repeat is a no-op.
@@ -111,7 +125,7 @@ class BreakGlass:
         self.reviews = f"{p}bg:reviews"
         self.review_reminders = f"{p}bg:review-reminders"
         self.suspended = f"{p}bg:suspended"
-        self._reserve = self.store.redis.register_script(_RESERVE_LUA)
+        self._grant = LuaScript.of(with_prelude(_GRANT_BODY))
         self._ack = self.store.redis.register_script(with_prelude(_ACK_BODY))
 
     # ------------------------------------------------------------------ checks
@@ -195,20 +209,7 @@ class BreakGlass:
         now = self._now()
         rid = new_id()
         for_me = subject == ME
-        grant_end = now + (pv.duration_s if for_me else self.life.settings.collect_ttl_s + pv.duration_s)
-        reserved = await self._reserve(
-            keys=[f"{self.store.prefix}bg:active:{engineer.id}", f"{self.store.prefix}bg:day:{engineer.id}"],
-            args=[int(now * 1000), int((now - 86400) * 1000), self.limits.max_active, self.limits.max_per_day,
-                  int(grant_end * 1000), int(now * 1000), rid, self.store.prefix],
-        )
-        verdict = reserved[0].decode() if isinstance(reserved[0], bytes) else reserved[0]
-        if verdict == "active":
-            raise Forbidden(f"you already have {self.limits.max_active} active break-glass grants; end one first "
-                            "(the `revoke <id>` command)")
-        if verdict == "daily":
-            raise Forbidden(f"you have used break-glass {self.limits.max_per_day} times in 24 hours; "
-                            f"ask {self.life.settings.security_group} for help")
-
+        grant_end = now + pv.duration_s  # fixed now: no token of this grant lives past it
         proposal = self._proposal(engineer, subject, action, target, pv.duration_s, reason, incident)
         sha = proposal.sha256()
         at = iso(now)
@@ -252,8 +253,21 @@ class BreakGlass:
                                 audience=target, kid=self.life.keyring.current_kid))
             status, deadline = ACTIVE, _ms(exp)
         else:
-            status, deadline = APPROVED, _ms(now + self.life.settings.collect_ttl_s)
-        out = await self.store.create(rid, fields, status, events, deadline, None, 0, notify="bg.granted")
+            fields["grant_end_ms"] = str(_ms(grant_end))
+            status, deadline = APPROVED, min(_ms(now + self.life.settings.collect_ttl_s), _ms(grant_end))
+        out = await self.store.run_script(
+            self._grant,
+            [self.store.req_key(rid), self.store.deadlines, self.store.audit_stream, self.store.audit_head,
+             self.store.outbox, f"{self.store.prefix}bg:active:{engineer.id}", f"{self.store.prefix}bg:day:{engineer.id}"],
+            [rid, orjson.dumps(fields), events_arg(events), str(deadline), status, "bg.granted", _ms(now),
+             _ms(now - 86400), self.limits.max_active, self.limits.max_per_day, _ms(grant_end), self.store.prefix],
+        )
+        if out.result == "active":
+            raise Forbidden(f"you already have {self.limits.max_active} active break-glass grants; end one first "
+                            "(the `revoke <id>` command)")
+        if out.result == "daily":
+            raise Forbidden(f"you have used break-glass {self.limits.max_per_day} times in 24 hours; "
+                            f"ask {self.life.settings.security_group} for help")
         if not out.ok:
             raise Conflict("could not record the break-glass grant; nothing was granted")
         await self.store.redis.zadd(self.reviews, {rid: _ms(review_due)})
@@ -284,7 +298,12 @@ class BreakGlass:
         who = req.engineer or "?"
         what = f"{req.proposal.action} on {req.proposal.target}"
         subject = f"agent {req.agent}" if req.agent else "themself"
-        until = iso(req.grant_exp) if req.grant_exp else f"{req.approved_duration_s // 60} min after collection"
+        if req.grant_exp:
+            until = iso(req.grant_exp)
+        elif req.grant_end:
+            until = iso(req.grant_end)  # fixed when granted, whenever the token is collected
+        else:
+            until = f"{req.approved_duration_s // 60} min after collection"
         texts = {
             "bg.granted": f"BREAK-GLASS by {who} for {subject}: {what}, until {until}. Reason: "
                           f"{req.proposal.justification}" + (f" (incident {req.incident})" if req.incident else "")

@@ -60,6 +60,13 @@ class Conflict(BrokerError):
     code, status, title = "conflict", 409, "Conflict with the current state"
 
 
+class DeadlinePassed(Conflict):
+    """A decision or a collection came after the request's deadline: it was refused and the
+    request expired there and then (as the scheduler's sweep would have expired it)."""
+
+    code, title = "deadline-passed", "The deadline has passed"
+
+
 class NotApprover(Forbidden):
     code, title = "not-an-approver", "Not allowed to decide this request"
 

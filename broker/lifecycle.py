@@ -22,7 +22,7 @@ from typing import Any
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
-from .errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from .errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
@@ -30,7 +30,7 @@ from .model import (
 )
 from .notify import MessageRef, Notifier, PartialDelivery
 from .policy import Decision, PolicyGate
-from .store import Outcome, Store, event
+from .store import Late, Outcome, Store, event, event_frame
 from .tokens import KeyRing, build_access_token_claims
 
 log = logging.getLogger("jitgate.lifecycle")
@@ -342,8 +342,10 @@ class Lifecycle:
             events.append(event("request.denied", at, rid, {"policy": list(decision.policies)}, reason=decision.reason))
         elif decision.outcome == "auto_grant":
             status = APPROVED
-            fields["approved_duration_s"] = str(self._grant_duration(proposal, decision.to_dict(), []))
-            deadline = _ms(now + self.settings.collect_ttl_s)
+            granted = self._grant_duration(proposal, decision.to_dict(), [])
+            fields["approved_duration_s"] = str(granted)
+            fields["grant_end_ms"] = str(_ms(now + granted))  # the grant's end is fixed when it is approved
+            deadline = min(_ms(now + self.settings.collect_ttl_s), _ms(now + granted))
             events.append(event("request.approved", at, rid, {"policy": list(decision.policies)}, approved_duration_s=int(fields["approved_duration_s"])))
         else:
             status = PENDING
@@ -416,6 +418,22 @@ class Lifecycle:
         limits += [int(a["duration_s"]) for a in approvals if a.get("duration_s")]
         return max(1, min(limits))
 
+    def _collect_deadline_ms(self, req: Request, now: float) -> int:
+        """The latest time the token of a grant approved ``now`` may be collected (the script
+        also caps it by the grant's end); nothing is collected once the delegation lapsed."""
+        deadline = _ms(now + self.settings.collect_ttl_s)
+        if req.delegation_exp is not None:
+            deadline = min(deadline, _ms(req.delegation_exp))
+        return deadline
+
+    def _late(self, req: Request, status: str, now: float, attempt: dict) -> Late:
+        """How ``req`` (in ``status``) expires when ``attempt`` comes after its deadline:
+        the audit entry and fields of the sweep's expiry, naming the refused attempt."""
+        why = _EXPIRY_REASON[status]
+        kind = "grant.expired" if status == ACTIVE else "request.expired"
+        ev = event(kind, iso(now), req.id, {"by": "deadline"}, previous=status, reason=why, refused=attempt, **_bg(req))
+        return Late([ev], {"closed_at": repr(now), "closed_by": "deadline", "close_reason": why}, self.retention_ms)
+
     # ------------------------------------------------------------------ people
     def check_approver(self, approver: Approver, req: Request) -> None:
         """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now."""
@@ -461,22 +479,28 @@ class Lifecycle:
         if duration_s is not None:
             approval["duration_s"] = duration_s
         required = int(req.decision.get("approvals_required", 1))
-        count = len(req.approvals) + 1
-        granted = self._grant_duration(req.proposal, req.decision, req.approvals + [approval])
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
-        ev_approval = event("approval.recorded", at, request_id, actor, count=count, required=required,
-                            proposal_sha256=req.proposal_sha256, duration_s=duration_s)
+        # The count, the approvers and the granted duration depend on the other approvals:
+        # the script decides them from the approvals stored, not from what was read here
+        # (it picks this approval's entry for the count it makes, and writes the approval's).
         out = await self.store.approve(
             request_id, approver.id, approval,
-            events_partial=[ev_approval],
-            events_complete=[ev_approval, event("request.approved", at, request_id, actor, approvers=req.approvers + [approver.id], approved_duration_s=granted)],
-            fields_complete={"approved_duration_s": str(granted)},
-            deadline_complete_ms=_ms(now + self.settings.collect_ttl_s),
+            now_ms=_ms(now),
             required=required,
             proposal_sha256=req.proposal_sha256,
+            cap_s=self._grant_duration(req.proposal, req.decision, []),
+            collect_deadline_ms=self._collect_deadline_ms(req, now),
+            recorded=[event("approval.recorded", at, request_id, actor, count=count, required=required,
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s)
+                      for count in range(1, required + 1)],
+            approved=event_frame("request.approved", at, request_id, actor),
+            late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
             notify_partial="approval",
             notify_complete="approved",
         )
+        if out.result == "late":
+            raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; "
+                                 "the request has expired and can no longer be approved")
         after = out.request or await self.get(request_id)
         if out.result in ("ok", "noop"):
             if out.ok:
@@ -506,7 +530,11 @@ class Lifecycle:
             {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},
             [event("request.denied", at, request_id, actor, reason=reason)],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify="denied",
+            late=self._late(req, PENDING, now, {"action": "deny", "approver": approver.id, "channel": channel}),
         )
+        if out.result == "late":
+            raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; the request has expired "
+                                 "(which denies it by default)")
         return await self._finish(out, request_id)
 
     async def _finish(self, out: Outcome, request_id: str) -> Request:
@@ -545,6 +573,10 @@ class Lifecycle:
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
         exp = iat + duration
+        if req.grant_end is not None:
+            exp = min(exp, int(req.grant_end))  # never past the end fixed when the grant was approved
+            if exp <= iat:
+                raise DeadlinePassed(f"the grant ended at {iso(req.grant_end)}; no token can be issued")
         if req.delegation_exp is not None:
             if req.delegation_exp <= iat + 1:
                 raise Conflict(f"the delegation chain expired at {iso(req.delegation_exp)}; no token can be issued")
@@ -567,7 +599,11 @@ class Lifecycle:
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
             _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + "collected", want_request=False,
+            late=self._late(req, APPROVED, now, {"action": "collect", "agent": agent.id}),
         )
+        if out.result == "late":
+            raise DeadlinePassed(f"the deadline to collect the token passed at {iso(req.deadline)}; "
+                                 "the grant has expired and no token was issued")
         if out.result == "noop":
             raise Conflict("the token for this request was already collected; a token is issued only once")
         if not out.ok:

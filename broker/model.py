@@ -278,6 +278,7 @@ class Request:
     approved_duration_s: int | None = None
     grant_jti: str | None = None
     grant_exp: float | None = None
+    grant_end: float | None = None  # fixed when the grant was approved: no token lives past it
     collected_at: float | None = None
     closed_at: float | None = None
     closed_by: str | None = None
@@ -324,6 +325,7 @@ class Request:
             approved_duration_s=int(g["approved_duration_s"]) if g.get("approved_duration_s") else None,
             grant_jti=g.get("grant_jti") or None,
             grant_exp=f("grant_exp"),
+            grant_end=(float(g["grant_end_ms"]) / 1000) if g.get("grant_end_ms") else None,
             collected_at=f("collected_at"),
             closed_at=f("closed_at"),
             closed_by=g.get("closed_by") or None,

@@ -39,7 +39,8 @@ def _script(name: str) -> str:
 @dataclass(frozen=True)
 class Outcome:
     """What a script did: ``ok``, ``noop`` (same outcome already), ``conflict``, ``missing``,
-    ``not_due``, ``exists`` or ``stale``; ``status`` is the request's status afterwards."""
+    ``not_due``, ``exists``, ``stale`` or ``late`` (the deadline had passed: the request
+    expired instead); ``status`` is the request's status afterwards."""
 
     result: str
     status: str | None = None
@@ -66,6 +67,31 @@ def event(kind: str, at: str, request_id: str | None = None, actor: dict | None 
     if data:
         body["data"] = data
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def event_frame(kind: str, at: str, request_id: str, actor: dict | None = None) -> tuple[bytes, bytes]:
+    """The canonical JSON of an event whose ``data`` a script computes, cut around it: the
+    script writes ``head + data + tail``, the very bytes :func:`event` would have written."""
+    body = orjson.loads(event(kind, at, request_id, actor))
+    body["data"] = 0
+    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    at_data = raw.rindex(b'"data":0')  # after it come only request_id (an id) and type
+    return raw[: at_data + 7], raw[at_data + 8:]
+
+
+@dataclass(frozen=True)
+class Late:
+    """What a transition does instead when the request's deadline has already passed: it
+    expires now, with these audit ``events`` and ``fields`` (and the closed request's
+    retention), as the sweep would have."""
+
+    events: list[bytes]
+    fields: dict
+    retention_ms: int | None = None
+
+    def args(self) -> list:
+        return [events_arg(self.events), orjson.dumps(self.fields),
+                "" if self.retention_ms is None else str(self.retention_ms)]
 
 
 def events_arg(events: Iterable[bytes]) -> bytes:
@@ -147,6 +173,11 @@ class Store:
         except RedisError as e:
             raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
 
+    async def run_script(self, script: LuaScript, keys: list[str], args: list) -> Outcome:
+        """Run a state-changing script of another module that keeps this module's contract
+        (audit appended before any state write; replies decoded as an :class:`Outcome`)."""
+        return await self._run(script, keys, args)
+
     async def _run(self, script: LuaScript, keys: list[str], args: list) -> Outcome:
         try:
             return _decode(await self.line.run_script(script, keys, args))
@@ -200,6 +231,7 @@ class Store:
         retention_ms: int | None = None,
         notify: str = "",
         want_request: bool = True,
+        late: Late | None = None,
     ) -> Outcome:
         """Compare-and-set ``status`` from one of ``from_states`` to ``to``.
 
@@ -211,6 +243,8 @@ class Store:
         change happens only if the stored deadline has passed (scheduler sweeps).
         ``notify`` queues a notification of that kind in the outbox, in the same step (with a
         leading ``?``: only if the request was shown to people; see ``audit.lua``).
+        With ``late`` the change happens only while the stored deadline (at ``now_ms``) has
+        not passed; otherwise the request expires now as ``late`` says (result ``late``).
         """
         keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [
@@ -226,6 +260,8 @@ class Store:
             "" if retention_ms is None else str(retention_ms),
             notify,
             "1" if want_request else "0",
+            "1" if late else "0",
+            *(late.args() if late else ["[]", "{}", ""]),
         ]
         return await self._run(self._transition, keys, args)
 
@@ -234,28 +270,42 @@ class Store:
         request_id: str,
         approver: str,
         approval: dict,
-        events_partial: list[bytes],
-        events_complete: list[bytes],
-        fields_complete: dict,
-        deadline_complete_ms: int,
+        *,
+        now_ms: int,
         required: int,
         proposal_sha256: str,
+        cap_s: int,
+        collect_deadline_ms: int,
+        recorded: list[bytes],
+        approved: tuple[bytes, bytes],
+        late: Late,
         notify_partial: str = "",
         notify_complete: str = "",
     ) -> Outcome:
-        """Count one approval; the ``required``-th approves the request. ``extra`` = count."""
+        """Count one approval; the ``required``-th approves the request. ``extra`` = count.
+
+        What depends on the other approvals is decided by the script from the approvals
+        stored: the count (``recorded`` holds this approval's ``approval.recorded`` event for
+        each count 1..``required``; the script appends the one for the count it makes), the
+        approvers in ``request.approved`` and the granted duration (the smallest of ``cap_s``
+        and every approval's ``duration_s``), whose end is fixed now (``grant_end_ms``); the
+        collect deadline is ``collect_deadline_ms`` or that end, whichever comes first.
+        ``approved`` is that event cut around its data (:func:`event_frame`). After the stored
+        deadline the approval is refused and the request expires (``late``)."""
         keys = [self.req_key(request_id), self.deadlines, self.audit_stream, self.audit_head, self.outbox]
         args = [
             request_id,
             approver,
             orjson.dumps(approval),
-            events_arg(events_partial),
-            events_arg(events_complete),
-            orjson.dumps(fields_complete),
-            str(deadline_complete_ms),
-            self.channel,
+            str(now_ms),
             str(required),
             proposal_sha256,
+            self.channel,
+            str(cap_s),
+            str(collect_deadline_ms),
+            events_arg(recorded),
+            *approved,
+            *late.args(),
             notify_partial,
             notify_complete,
         ]

@@ -73,3 +73,42 @@ end
 local function wake(channel, req, id, status)
   if watched(req, redis_now_ms()) then redis.call('PUBLISH', channel, id .. ' ' .. status) end
 end
+
+-- A JSON string exactly as orjson writes it (the bytes Python's event() would hash): only
+-- '"', '\' and control characters below 0x20 are escaped; \b \t \n \f \r in short form, the
+-- others as \u00xx (lowercase); DEL, '/' and non-ASCII bytes pass through.
+local JSON_SHORT = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\t'] = '\\t', ['\n'] = '\\n',
+                    ['\f'] = '\\f', ['\r'] = '\\r'}
+local function json_str(s)
+  return '"' .. string.gsub(s, '[%z\1-\31"\\]', function(c)
+    return JSON_SHORT[c] or string.format('\\u%04x', string.byte(c))
+  end) .. '"'
+end
+
+-- An audit event whose "data" the script computes: the caller sends the canonical JSON
+-- before and after the data object (keys sorted, so "data" sits between "at" and
+-- "request_id"), and the script joins them; the result is what event() would have written.
+local function audit_event(head, data, tail)
+  local json = head .. data .. tail
+  return {json, sha256_hex(json)}
+end
+
+-- A late decision or collection: the request's deadline has passed, so instead of the change
+-- asked for, it expires now with the caller's expiry events and fields, exactly as the
+-- sweep would (audit entry, deadline cleared, retention, desk notice, wake-up).
+local function expire_late(req, deadlines, stream, head, outbox_key, id, channel, events_json, fields_json, retention_ms)
+  audit_append(stream, head, cjson.decode(events_json))
+  hset_json(req, fields_json)
+  redis.call('HSET', req, 'status', 'expired')
+  redis.call('HINCRBY', req, 'version', 1)
+  set_deadline(deadlines, id, req, '-')
+  if retention_ms ~= '' then redis.call('PEXPIRE', req, retention_ms) end
+  outbox(outbox_key, id, 'expired', req)
+  wake(channel, req, id, 'expired')
+end
+
+-- Whether the request's stored deadline has passed at ``now_ms``.
+local function past_deadline(req, now_ms)
+  local due = tonumber(redis.call('HGET', req, 'deadline_ms'))
+  return due ~= nil and due <= now_ms
+end

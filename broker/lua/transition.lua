@@ -4,7 +4,9 @@
 -- ARGV: id, allowed from-states (space separated), to-state, fields json, events json,
 --       deadline op ('' keep, '-' clear, score), channel, now ms, due check ('1': only if
 --       the stored deadline has passed), retention ms ('' none: PEXPIRE on closing),
---       notification kind ('' none), return the fields on success ('1'/'0')
+--       notification kind ('' none), return the fields on success ('1'/'0'),
+--       13 in time ('1': only if the stored deadline has NOT passed; if it has, the request
+--       expires now instead, with events 14, fields 15 and retention ms 16, and {'late', ...})
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[6] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
   return {'missing'}
@@ -19,6 +21,10 @@ if not allowed then return {'conflict', cur, '', redis.call('HGETALL', KEYS[1])}
 if ARGV[9] == '1' then
   local due = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms'))
   if due == nil or due > tonumber(ARGV[8]) then return {'not_due', cur} end
+end
+if ARGV[13] == '1' and past_deadline(KEYS[1], tonumber(ARGV[8])) then
+  expire_late(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[7], ARGV[14], ARGV[15], ARGV[16])
+  return {'late', 'expired', '', redis.call('HGETALL', KEYS[1])}
 end
 audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[5]))
 hset_json(KEYS[1], ARGV[4])
