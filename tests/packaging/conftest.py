@@ -1,8 +1,8 @@
-"""The distribution as a user gets it, built once per session: the server's sdist and
-wheel (``python -m build``), from a copy of the work tree so that building leaves nothing
-in it. Each test installs one into a fresh virtual
-environment *with* dependency resolution (pip's cache, else the package index), exactly
-as ``pip install`` would.
+"""The distributions as a user gets them, built once per session: the server's sdist and
+wheel (``python -m build``) and the client's (``client/build.py``), from a copy of the work
+tree so that building leaves nothing in it. Each test installs one into a fresh virtual
+environment *with* dependency resolution (pip's cache, else the package index), exactly as
+``pip install`` would.
 
 The tests here are marked ``packaging``; ``-m 'not packaging'`` leaves them out of a
 quick local run (CI runs them).
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.client.conftest import live, live_settings  # noqa: F401 - the client test drives a live broker
 from tests.support.process import ROOT
 
 BUILD_TIMEOUT_S = 240
@@ -37,6 +38,8 @@ def pytest_configure(config):
 class Dists:
     server_wheel: Path
     server_sdist: Path
+    client_wheel: Path
+    client_sdist: Path
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -72,13 +75,15 @@ def installed(bin_dir: Path) -> set[str]:
 
 @pytest.fixture(scope="session")
 def dists(tmp_path_factory) -> Dists:
-    """The distributions, built side by side from one copy of the work tree."""
+    """Both distributions, built side by side from one copy of the work tree."""
     tmp = tmp_path_factory.mktemp("dists")
     src = tmp / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=UNSHIPPED)
     out = tmp / "dist"
     builds = [
         subprocess.Popen([sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env()),
+        subprocess.Popen([sys.executable, str(src / "client/build.py"), "--outdir", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env()),
     ]
     for proc in builds:
@@ -95,4 +100,5 @@ def dists(tmp_path_factory) -> Dists:
         assert len(found) == 1, f"expected one {pattern} in {out}: {found}"
         return found[0]
 
-    return Dists(one("jitgate-*.whl"), one("jitgate-*.tar.gz"))
+    return Dists(one("jitgate-*.whl"), one("jitgate-*.tar.gz"), one("jitgate_client-*.whl"),
+                 one("jitgate_client-*.tar.gz"))
