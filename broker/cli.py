@@ -100,6 +100,7 @@ def cmd_serve(args) -> int:
 def cmd_init(args) -> int:
     """Write a .env with fresh secrets and a demo agent (never overwrites)."""
     from .identity import add_agent, generate_key  # noqa: PLC0415
+    from .starter import place  # noqa: PLC0415
 
     env = Path(args.env)
     data = Path(args.data_dir)
@@ -108,6 +109,8 @@ def cmd_init(args) -> int:
     if env.exists():
         print(f"{env} exists; left as it is")
     else:
+        # A checkout's policies/ and examples/, or copies of the shipped ones in the data folder.
+        placed = place(Path.cwd(), data)
         kek = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         lines = [
             "# written by `jitgate init`; see .env.example for every setting",
@@ -115,14 +118,17 @@ def cmd_init(args) -> int:
             f"JITGATE_PORT={args.port}",
             f"JITGATE_KEY_ENCRYPTION_KEY={kek}",
             f"JITGATE_DATA_DIR={data}",
-            "JITGATE_POLICY_DIR=policies",
+            f"JITGATE_POLICY_DIR={placed['JITGATE_POLICY_DIR'][0]}",
             f"JITGATE_AGENTS_FILE={data}/agents.yaml",
-            "JITGATE_APPROVERS_FILE=examples/approvers.yaml",
-            "JITGATE_TARGETS_FILE=examples/targets.yaml",
+            f"JITGATE_APPROVERS_FILE={placed['JITGATE_APPROVERS_FILE'][0]}",
+            f"JITGATE_TARGETS_FILE={placed['JITGATE_TARGETS_FILE'][0]}",
         ]
         env.write_text("\n".join(lines) + "\n")
         os.chmod(env, 0o600)
         print(f"wrote {env}")
+        for setting, (path, copied) in placed.items():
+            if copied:
+                print(f"{setting}={path}: a copy of the starter files, yours to edit")
     key_file = data / "demo-agent.pem"
     agents_file = data / "agents.yaml"
     if not key_file.exists():

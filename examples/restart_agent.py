@@ -9,7 +9,7 @@ and, in another terminal, approve as an SRE (the command is printed):
 
     .venv/bin/jitgate requests approve <id> --as alice      # or: deny <id> --as bob --reason "..."
 
-Needs only the client extra (`pip install 'jitgate[client]'`).
+Needs only the client (`pip install jitgate-client`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The jitgate agent client: ask for a privilege, wait honestly, use it, give it back.
 
-Needs only ``httpx``, ``pyjwt`` and ``cryptography`` (``pip install 'jitgate[client]'``)::
+Needs only ``httpx``, ``pyjwt`` and ``cryptography`` (``pip install jitgate-client``)::
 
     from broker.client import Client, Evidence
 

@@ -73,11 +73,13 @@ class Svid:
     def from_workload_api(cls, socket_path: str | None = None, *, timeout_s: float = 5.0) -> "Svid":
         """JWT-SVIDs for the broker's audience from the SPIFFE Workload API at ``socket_path``
         (``unix:///run/spire/agent.sock``; unset: ``SPIFFE_ENDPOINT_SOCKET``), each fetch
-        bounded by ``timeout_s``. Needs ``pip install 'jitgate[spiffe]'``."""
+        bounded by ``timeout_s``. Needs the spiffe extra: ``pip install 'jitgate-client[spiffe]'``
+        (or ``'jitgate[spiffe]'`` next to the broker)."""
         try:
             from spiffe import WorkloadApiClient  # noqa: PLC0415 - optional: the spiffe extra
         except ImportError:
-            raise JitgateError("the SPIFFE Workload API needs the spiffe package: pip install 'jitgate[spiffe]'") from None
+            raise JitgateError("the SPIFFE Workload API needs the spiffe package: "
+                               "pip install 'jitgate-client[spiffe]' (or 'jitgate[spiffe]' with the broker)") from None
         try:
             workload = WorkloadApiClient(socket_path, default_timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - spiffe raises its own ArgumentError

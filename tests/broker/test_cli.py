@@ -98,6 +98,9 @@ def test_init_writes_private_env_and_demo_agent(tmp_path):
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600
     assert "JITGATE_KEY_ENCRYPTION_KEY=" in dotenv.read_text()
+    # From the repository (as `make run` does it), the checkout's own policies and examples.
+    assert "JITGATE_POLICY_DIR=policies\n" in dotenv.read_text()
+    assert "JITGATE_APPROVERS_FILE=examples/approvers.yaml\n" in dotenv.read_text()
     assert stat.S_IMODE((data / "demo-agent.pem").stat().st_mode) == 0o600
     env["JITGATE_AGENTS_FILE"] = str(data / "agents.yaml")
     env["JITGATE_ENV_FILE"] = str(dotenv)
