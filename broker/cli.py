@@ -18,15 +18,14 @@ import sys
 from pathlib import Path
 
 
-from .config import Settings, load_dotenv
+from .config import Settings, environment
 from .errors import BrokerError
 
 log = logging.getLogger("jitgate")
 
 
 def _settings() -> Settings:
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    return Settings.from_env()
+    return Settings.from_env(environment())
 
 
 def _redis_url_for_tools(settings: Settings) -> str:
@@ -123,8 +122,7 @@ def cmd_init(args) -> int:
 def cmd_agents_add(args) -> int:
     from .identity import add_agent, generate_key  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    path = Path(args.file or os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml"))
+    path = Path(args.file or environment().get("JITGATE_AGENTS_FILE", "agents.yaml"))
     if args.generate:
         pem, jwk = generate_key(args.kind)
         out = Path(args.generate)
@@ -147,8 +145,7 @@ def cmd_agents_add(args) -> int:
 def cmd_agents_list(args) -> int:
     from .identity import Registry  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    reg = Registry.load(Path(os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml")))
+    reg = Registry.load(Path(environment().get("JITGATE_AGENTS_FILE", "agents.yaml")))
     for a in reg.agents:
         print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
     for r in reg.resource_servers:
@@ -376,8 +373,7 @@ def cmd_policy_check(args) -> int:
     from .model import Proposal  # noqa: PLC0415
     from .policy import PolicyGate  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    env = os.environ
+    env = environment()
     body = json.loads(Path(args.file).read_text())
     agent_id = body.pop("agent", None)
     posture = body.pop("posture", "normal")

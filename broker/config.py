@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from .errors import ConfigError
 
 
@@ -34,20 +36,20 @@ class Secret:
         return bool(self._value)
 
 
-def load_dotenv(path: str | os.PathLike = ".env") -> None:
-    """Read KEY=VALUE lines into ``os.environ`` without overriding what is already set."""
+def read_env_file(path: str | os.PathLike = ".env") -> dict[str, str]:
+    """The settings in a ``.env`` file, read as python-dotenv reads them (``export``, quotes,
+    inline ``# comments``, ``${VAR}``); an absent file is empty. Never writes ``os.environ``."""
     p = Path(path)
     if not p.is_file():
-        return
-    for raw in p.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        os.environ.setdefault(key, value)
+        return {}
+    return {k: v for k, v in dotenv_values(p).items() if v is not None}
+
+
+def environment(env_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """What the settings are read from: the ``.env`` file (``env_file``, else
+    ``JITGATE_ENV_FILE``, else ``./.env``) overlaid by the process environment, which wins."""
+    path = env_file if env_file is not None else os.environ.get("JITGATE_ENV_FILE", ".env")
+    return {**read_env_file(path), **os.environ}
 
 
 def _int(env: dict, name: str, default: int, lo: int = 0, hi: int = 10**9) -> int:
@@ -165,8 +167,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
-        """Read settings; raise :class:`ConfigError` naming the first missing or bad one."""
-        env = dict(os.environ if env is None else env)
+        """Read settings from ``env`` (default: :func:`environment`, the process environment over
+        ``.env``); raise :class:`ConfigError` naming the first missing or bad one."""
+        env = environment() if env is None else dict(env)
         issuer = env.get("JITGATE_ISSUER", "").strip()
         if not issuer:
             raise ConfigError("JITGATE_ISSUER is not set (the broker's public URL, e.g. https://jitgate.example.com)")

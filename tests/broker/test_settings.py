@@ -1,0 +1,87 @@
+"""Settings: how ``.env`` is read, strict booleans, and secrets that are too weak to start with."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from broker.config import Settings, environment, read_env_file
+from broker.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+KEK = base64.urlsafe_b64encode(os.urandom(32)).decode()
+BASE = {"JITGATE_ISSUER": "https://jitgate.test", "JITGATE_KEY_ENCRYPTION_KEY": KEK}
+
+
+def _fenced_env_snippet(marker: str) -> str:
+    """The ```-fenced block of the README (or of a page under docs/) that configures a desk:
+    the one holding ``marker``. Read from the documents themselves, so the test checks what
+    users copy."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S):
+            if re.search(rf"^{re.escape(marker)}", block, re.M):
+                return block
+    raise AssertionError(f"no fenced block with {marker!r} in README.md or docs/*.md")
+
+
+def _private_env(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_readme_slack_snippet_reads_as_written(tmp_path):
+    """Issue 13.5: the README's Slack snippet, pasted into .env verbatim, gives the values it
+    shows (inline comments are comments; a commented-out line sets nothing)."""
+    env_file = _private_env(tmp_path, _fenced_env_snippet("SLACK_SIGNING_SECRET="))
+    values = read_env_file(env_file)
+    assert values["SLACK_APPROVALS_CHANNEL"] == "C0123ABCD"
+    assert values["SLACK_SECURITY_CHANNEL"] == "C0456EFGH"
+    assert values["SLACK_BOT_TOKEN"] == "xoxb-…"
+    assert "#" not in values["SLACK_SIGNING_SECRET"] and not values["SLACK_SIGNING_SECRET"].endswith(" ")
+    assert "SLACK_APP_TOKEN" not in values and "#SLACK_APP_TOKEN" not in values
+    settings = Settings.from_env({**BASE, **values})
+    assert settings.slack_approvals_channel == "C0123ABCD"
+    assert settings.slack_security_channel == "C0456EFGH"
+
+
+def test_readme_teams_snippet_reads_as_written(tmp_path):
+    """Issue 13.5: the README's Teams snippet, pasted into .env verbatim: a value that starts
+    with '#' (a channel name) is kept; the comment after it is not."""
+    env_file = _private_env(tmp_path, _fenced_env_snippet("MICROSOFT_APP_ID="))
+    settings = Settings.from_env({**BASE, **read_env_file(env_file)})
+    assert settings.microsoft_app_type == "SingleTenant"
+    assert settings.teams_approvals_conversation == "#jit-approvals"
+    assert settings.teams_security_conversation == "#security-alerts"
+    assert settings.microsoft_app_id == "<the Microsoft App ID>"
+
+
+def test_dotenv_export_quotes_and_comments(tmp_path):
+    """Issue 13.5: `export FOO=1` sets FOO; quotes keep a '#'; full-line comments and blank lines are skipped."""
+    env_file = _private_env(tmp_path, "# a comment\n\nexport JITGATE_PORT=9090\n"
+                                      "JITGATE_SECURITY_GROUP='sec # ops'   # quoted\n"
+                                      'JITGATE_ONCALL_GROUP="pager"\n')
+    values = read_env_file(env_file)
+    assert values == {"JITGATE_PORT": "9090", "JITGATE_SECURITY_GROUP": "sec # ops", "JITGATE_ONCALL_GROUP": "pager"}
+
+
+def test_process_environment_wins_and_is_not_written(tmp_path, monkeypatch):
+    """Issue 13.5: .env is read into the settings, never into os.environ; the process
+    environment still wins over the file."""
+    env_file = _private_env(tmp_path, f"JITGATE_ISSUER=https://from-file.test\nJITGATE_KEY_ENCRYPTION_KEY={KEK}\n"
+                                      "JITGATE_ONCALL_GROUP=pager   # from the file\n")
+    monkeypatch.delenv("JITGATE_ONCALL_GROUP", raising=False)
+    monkeypatch.delenv("JITGATE_KEY_ENCRYPTION_KEY", raising=False)
+    monkeypatch.setenv("JITGATE_ISSUER", "https://from-process.test")
+    monkeypatch.setenv("JITGATE_ENV_FILE", str(env_file))
+    settings = Settings.from_env()
+    assert settings.issuer == "https://from-process.test"
+    assert settings.oncall_group == "pager"
+    assert "JITGATE_ONCALL_GROUP" not in os.environ and "JITGATE_KEY_ENCRYPTION_KEY" not in os.environ
+    assert environment(tmp_path / "absent.env").get("JITGATE_ONCALL_GROUP") is None
