@@ -75,16 +75,27 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def _tristate(env: dict, name: str) -> bool | None:
-    """An on/off setting whose absence means "decide from the rest of the settings"."""
+    """An on/off setting; unset (or empty) is None. Any word but 1/0, true/false, yes/no,
+    on/off (any case) refuses to start: a typo must never quietly mean "off"."""
     raw = (env.get(name) or "").strip().lower()
     if not raw:
         return None
-    if raw in ("1", "true", "yes", "on"):
+    if raw in TRUE_WORDS:
         return True
-    if raw in ("0", "false", "no", "off"):
+    if raw in FALSE_WORDS:
         return False
-    raise ConfigError(f"{name} must be 1 or 0 (or unset), got {raw!r}")
+    raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off (or unset), got {env.get(name)!r}")
+
+
+def _bool(env: dict, name: str, default: bool) -> bool:
+    """An on/off setting with a default when unset; strict as :func:`_tristate`."""
+    value = _tristate(env, name)
+    return default if value is None else value
 
 
 def _spiffe(env: dict) -> dict:
@@ -205,7 +216,7 @@ class Settings:
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
             breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
             breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
-            require_dpop=env.get("JITGATE_REQUIRE_DPOP", "").lower() in ("1", "true", "yes"),
+            require_dpop=_bool(env, "JITGATE_REQUIRE_DPOP", False),
             delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
             **_spiffe(env),
             escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
@@ -213,7 +224,7 @@ class Settings:
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
             oncall_group=env.get("JITGATE_ONCALL_GROUP", "on-call"),
-            email_binding=env.get("JITGATE_EMAIL_BINDING", "").lower() in ("1", "true", "yes"),
+            email_binding=_bool(env, "JITGATE_EMAIL_BINDING", False),
             host=env.get("JITGATE_HOST", "127.0.0.1"),
             port=_int(env, "JITGATE_PORT", 8080, 0, 65535),
             slack_bot_token=Secret(env.get("SLACK_BOT_TOKEN", "")),

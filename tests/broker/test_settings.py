@@ -85,3 +85,42 @@ def test_process_environment_wins_and_is_not_written(tmp_path, monkeypatch):
     assert settings.oncall_group == "pager"
     assert "JITGATE_ONCALL_GROUP" not in os.environ and "JITGATE_KEY_ENCRYPTION_KEY" not in os.environ
     assert environment(tmp_path / "absent.env").get("JITGATE_ONCALL_GROUP") is None
+
+
+BOOLEANS = ["JITGATE_REQUIRE_DPOP", "JITGATE_EMAIL_BINDING", "JITGATE_CONSOLE"]
+FIELDS = {"JITGATE_REQUIRE_DPOP": "require_dpop", "JITGATE_EMAIL_BINDING": "email_binding", "JITGATE_CONSOLE": "console"}
+
+
+@pytest.mark.parametrize("name", BOOLEANS)
+@pytest.mark.parametrize("word, value", [("1", True), ("true", True), ("YES", True), ("On", True),
+                                         ("0", False), ("false", False), ("No", False), ("OFF", False)])
+def test_every_boolean_accepts_the_same_words(name, word, value):
+    """Issue 14.12: one parser for every boolean setting: 1/0, true/false, yes/no, on/off, any case."""
+    assert getattr(Settings.from_env({**BASE, name: word}), FIELDS[name]) is value
+
+
+@pytest.mark.parametrize("name", BOOLEANS)
+@pytest.mark.parametrize("word", ["enable", "ture", "2", "y", "required"])
+def test_an_unknown_boolean_refuses_to_start(name, word):
+    """Issue 14.12: "`JITGATE_REQUIRE_DPOP=on` (or a typo) silently means off": an unknown value
+    refuses to start, naming the variable and the accepted values."""
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({**BASE, name: word})
+    assert name in e.value.detail and "true/false" in e.value.detail and "on/off" in e.value.detail
+
+
+def test_require_dpop_on_means_on():
+    """Issue 14.12: JITGATE_REQUIRE_DPOP=on turns DPoP on (it meant off)."""
+    assert Settings.from_env({**BASE, "JITGATE_REQUIRE_DPOP": "on"}).require_dpop is True
+    assert Settings.from_env({**BASE, "JITGATE_EMAIL_BINDING": "on"}).email_binding is True
+    assert Settings.from_env(BASE).require_dpop is False and Settings.from_env(BASE).email_binding is False
+
+
+def test_serve_refuses_a_typo_in_a_boolean(tmp_path, redis_url, prefix):
+    """Issue 14.12: `jitgate serve` with JITGATE_REQUIRE_DPOP=ture exits non-zero, naming the setting."""
+    from tests.support.process import jitgate_env, run_cli
+
+    env = jitgate_env(tmp_path, prefix, KEK, redis_url, JITGATE_REQUIRE_DPOP="ture")
+    out = run_cli(env, "serve", "--port", "0", timeout=60)
+    assert out.returncode != 0
+    assert "JITGATE_REQUIRE_DPOP" in out.stderr and "on/off" in out.stderr
