@@ -108,6 +108,23 @@ def _spiffe(env: dict) -> dict:
     return {"spiffe_bundle": Path(bundle) if bundle else None, "spiffe_trust_domain": domain}
 
 
+MIN_METRICS_TOKEN_CHARS = 16
+
+
+def _metrics(env: dict) -> dict:
+    """JITGATE_METRICS_TOKEN (a bearer token /metrics requires) or JITGATE_METRICS_PUBLIC=1
+    (no authentication, on purpose); neither: /metrics is refused. Not both."""
+    token = (env.get("JITGATE_METRICS_TOKEN") or "").strip()
+    public = _bool(env, "JITGATE_METRICS_PUBLIC", False)
+    if token and public:
+        raise ConfigError("JITGATE_METRICS_TOKEN and JITGATE_METRICS_PUBLIC=1 contradict each other: "
+                          "keep the token (scrapers send it) or make /metrics public, not both")
+    if token and len(token) < MIN_METRICS_TOKEN_CHARS:
+        raise ConfigError(f"JITGATE_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_CHARS} characters "
+                          "(e.g. `openssl rand -hex 32`)")
+    return {"metrics_token": Secret(token), "metrics_public": public}
+
+
 def decode_kek(raw: str) -> bytes:
     """The key-encryption key: 32 bytes, URL-safe or standard base64."""
     try:
@@ -175,6 +192,9 @@ class Settings:
     teams_login_url: str = ""
     # The local web console: None = on only when no chat platform is configured.
     console: bool | None = None
+    # /metrics: a scraper's bearer token, or served to anyone only when made public on purpose.
+    metrics_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -243,4 +263,5 @@ class Settings:
             teams_token_issuer=env.get("TEAMS_TOKEN_ISSUER", ""),
             teams_login_url=env.get("TEAMS_LOGIN_URL", ""),
             console=_tristate(env, "JITGATE_CONSOLE"),
+            **_metrics(env),
         )
