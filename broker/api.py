@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 

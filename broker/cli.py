@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import Settings, environment
 from .errors import BrokerError
+from .filemodes import write_private
 
 log = logging.getLogger("jitgate")
 
@@ -104,15 +105,13 @@ def cmd_init(args) -> int:
             "JITGATE_APPROVERS_FILE=examples/approvers.yaml",
             "JITGATE_TARGETS_FILE=examples/targets.yaml",
         ]
-        env.write_text("\n".join(lines) + "\n")
-        os.chmod(env, 0o600)
+        write_private(env, ("\n".join(lines) + "\n").encode())
         print(f"wrote {env}")
     key_file = data / "demo-agent.pem"
     agents_file = data / "agents.yaml"
     if not key_file.exists():
         pem, jwk = generate_key("Ed25519")
-        key_file.write_bytes(pem)
-        os.chmod(key_file, 0o600)
+        write_private(key_file, pem)
         add_agent(agents_file, id="demo-agent", owner="dave", team="platform", public_jwk=jwk)
         print(f"demo agent 'demo-agent': private key {key_file}, registered in {agents_file}")
     return 0
@@ -129,8 +128,7 @@ def cmd_agents_add(args) -> int:
         if out.exists():
             print(f"{out} exists; refusing to overwrite a private key", file=sys.stderr)
             return 2
-        out.write_bytes(pem)
-        os.chmod(out, 0o600)
+        write_private(out, pem)
         print(f"private key written to {out} (give it to the agent only)")
     elif args.public_key:
         jwk = json.loads(Path(args.public_key).read_text())
@@ -155,10 +153,11 @@ def cmd_agents_list(args) -> int:
 
 def cmd_assertion(args) -> int:
     """Print a fresh agent assertion (for curl walk-throughs)."""
-    from .identity import load_private_key, make_assertion  # noqa: PLC0415
+    from .identity import make_assertion  # noqa: PLC0415
+    from .jose import read_private_key  # noqa: PLC0415
 
     settings = _settings()
-    key = load_private_key(Path(args.key).read_bytes())
+    key = read_private_key(args.key)
     print(make_assertion(key, agent_id=args.agent, audience=settings.issuer, lifetime_s=args.lifetime))
     return 0
 

@@ -6,10 +6,12 @@ import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+from .filemodes import check_private
 
 
 DEFAULT_RETENTION_S = 30 * 86400  # JITGATE_RETENTION_S: a closed request's hash, 30 days
@@ -36,13 +38,31 @@ class Secret:
         return bool(self._value)
 
 
+# Settings whose value is a secret: a .env holding one must be private to its owner.
+SECRET_SETTINGS = ("JITGATE_KEY_ENCRYPTION_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN",
+                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN")
+
+
 def read_env_file(path: str | os.PathLike = ".env") -> dict[str, str]:
     """The settings in a ``.env`` file, read as python-dotenv reads them (``export``, quotes,
-    inline ``# comments``, ``${VAR}``); an absent file is empty. Never writes ``os.environ``."""
+    inline ``# comments``, ``${VAR}``); an absent file is empty. Never writes ``os.environ``.
+
+    A file holding a secret (the key-encryption key, a chat secret, a password in
+    ``REDIS_URL``) that others may read is refused, naming the ``chmod`` that fixes it."""
     p = Path(path)
     if not p.is_file():
         return {}
-    return {k: v for k, v in dotenv_values(p).items() if v is not None}
+    values = {k: v for k, v in dotenv_values(p).items() if v is not None}
+    if any(values.get(name) for name in SECRET_SETTINGS) or _has_password(values.get("REDIS_URL", "")):
+        check_private(p, "settings file holding secrets")
+    return values
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def environment(env_file: str | os.PathLike | None = None) -> dict[str, str]:
@@ -109,6 +129,7 @@ def _spiffe(env: dict) -> dict:
 
 
 MIN_METRICS_TOKEN_CHARS = 16
+MIN_KEK_DISTINCT_BYTES = 8
 
 
 def _metrics(env: dict) -> dict:
@@ -133,6 +154,12 @@ def decode_kek(raw: str) -> bytes:
         raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY is not valid base64") from None
     if len(key) != 32:
         raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY must decode to 32 bytes (try `jitgate init`)")
+    # 32 random bytes hold about 30 distinct values; fewer than 8 is a made-up key (zeros, one
+    # repeated byte, a short pattern), which any guess finds. Odds for a random key: about 1e-37.
+    if len(set(key)) < MIN_KEK_DISTINCT_BYTES:
+        raise ConfigError(f"JITGATE_KEY_ENCRYPTION_KEY is not random ({len(set(key))} distinct byte values in 32, "
+                          "e.g. all zeros or one repeated byte): generate one with `jitgate init` or "
+                          "`openssl rand -base64 32`")
     return key
 
 

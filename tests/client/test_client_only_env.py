@@ -71,6 +71,7 @@ async def test_client_runs_with_only_the_client_extra(live, tmp_path):
     key = tmp_path / "reader-bot.pem"
     key.write_bytes(live.keys["reader-bot"].private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)  # a private key others may read is refused
     script = SCRIPT.format(absent=ABSENT, url=live.url, key=str(key), issuer=live.broker.settings.issuer)
     out = await run(str(venv / "bin/python"), "-c", script, cwd=tmp_path)
     _, sub, rid = out.split()[-3:]
