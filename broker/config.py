@@ -13,7 +13,6 @@ from dotenv import dotenv_values
 from .errors import ConfigError
 from .filemodes import check_private
 
-
 DEFAULT_RETENTION_S = 30 * 86400  # JITGATE_RETENTION_S: a closed request's hash, 30 days
 MAX_RETENTION_S = 10 * 365 * 86400
 

@@ -205,7 +205,7 @@ def test_the_agent_cli_refuses_a_readable_key_cleanly(tmp_path):
     key.chmod(0o644)
     env = {**os.environ, "JITGATE_URL": "http://127.0.0.1:9", "JITGATE_AGENT_ID": "a", "JITGATE_AGENT_KEY": str(key)}
     out = subprocess.run([sys.executable, "-m", "broker.client.cli", "status", "0123456789abcdef"], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert out.returncode == 1, out
     assert f"chmod 600 {key}" in out.stderr and "Traceback" not in out.stderr
 
@@ -216,7 +216,7 @@ def test_init_writes_files_that_pass_the_checks_under_any_umask(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JITGATE_", "REDIS_URL"))}
     dotenv, data = tmp_path / ".env", tmp_path / "data"
     out = subprocess.run([sys.executable, "-m", "broker.cli", "init", "--env", str(dotenv), "--data-dir", str(data)],
-                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT, umask=0)
+                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT, umask=0, check=False)
     assert out.returncode == 0, out.stderr
     assert dotenv.stat().st_mode & 0o777 == 0o600 and (data / "demo-agent.pem").stat().st_mode & 0o777 == 0o600
     from broker.jose import read_private_key

@@ -23,8 +23,9 @@ def _fenced_env_snippet(marker: str) -> str:
     users copy."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
-        for block in re.findall(r"^```[a-z]*\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S):
-            if re.search(rf"^{re.escape(marker)}", block, re.M):
+        text = page.read_text(encoding="utf-8")
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            if re.search(rf"^{re.escape(marker)}", block, re.MULTILINE):
                 return block
     raise AssertionError(f"no fenced block with {marker!r} in README.md or docs/*.md")
 
