@@ -17,17 +17,31 @@ KEK = base64.urlsafe_b64encode(os.urandom(32)).decode()
 BASE = {"JITGATE_ISSUER": "https://jitgate.test", "JITGATE_KEY_ENCRYPTION_KEY": KEK}
 
 
-def _fenced_env_snippet(marker: str) -> str:
-    """The ```-fenced block of the README (or of a page under docs/) that configures a desk:
-    the one holding ``marker``. Read from the documents themselves, so the test checks what
-    users copy."""
+def _fenced_env_snippets(marker: str) -> list[str]:
+    """The ```-fenced blocks of the README and of the pages under docs/ that configure a
+    desk: those with a line starting with ``marker``. Read from the documents themselves, so
+    the test checks what users copy, wherever the section lives."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = []
     for page in pages:
         text = page.read_text(encoding="utf-8")
         for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
             if re.search(rf"^{re.escape(marker)}", block, re.MULTILINE):
-                return block
-    raise AssertionError(f"no fenced block with {marker!r} in README.md or docs/*.md")
+                found.append(block)
+    assert found, f"no fenced block with {marker!r} in README.md or docs/*.md"
+    return found
+
+
+def _as_written(block: str) -> dict[str, str]:
+    """What a reader of the snippet expects: each uncommented KEY=VALUE line gives VALUE, up
+    to a comment (a '#' after whitespace)."""
+    expected = {}
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        expected[key.strip()] = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+    return expected
 
 
 def _private_env(tmp_path: Path, text: str) -> Path:
@@ -40,27 +54,26 @@ def _private_env(tmp_path: Path, text: str) -> Path:
 def test_readme_slack_snippet_reads_as_written(tmp_path):
     """Issue 13.5: the README's Slack snippet, pasted into .env verbatim, gives the values it
     shows (inline comments are comments; a commented-out line sets nothing)."""
-    env_file = _private_env(tmp_path, _fenced_env_snippet("SLACK_SIGNING_SECRET="))
-    values = read_env_file(env_file)
-    assert values["SLACK_APPROVALS_CHANNEL"] == "C0123ABCD"
-    assert values["SLACK_SECURITY_CHANNEL"] == "C0456EFGH"
-    assert values["SLACK_BOT_TOKEN"] == "xoxb-…"
-    assert "#" not in values["SLACK_SIGNING_SECRET"] and not values["SLACK_SIGNING_SECRET"].endswith(" ")
-    assert "SLACK_APP_TOKEN" not in values and "#SLACK_APP_TOKEN" not in values
-    settings = Settings.from_env({**BASE, **values})
-    assert settings.slack_approvals_channel == "C0123ABCD"
-    assert settings.slack_security_channel == "C0456EFGH"
+    for block in _fenced_env_snippets("SLACK_SIGNING_SECRET="):
+        values = read_env_file(_private_env(tmp_path, block))
+        assert values == _as_written(block)
+        assert "SLACK_APP_TOKEN" not in values and "#SLACK_APP_TOKEN" not in values
+        settings = Settings.from_env({**BASE, **values})
+        assert settings.slack_approvals_channel == values["SLACK_APPROVALS_CHANNEL"]
+        assert settings.slack_security_channel == values.get("SLACK_SECURITY_CHANNEL", "")
+        assert " " not in settings.slack_approvals_channel  # e.g. C0123ABCD, not the comment after it
 
 
 def test_readme_teams_snippet_reads_as_written(tmp_path):
     """Issue 13.5: the README's Teams snippet, pasted into .env verbatim: a value that starts
     with '#' (a channel name) is kept; the comment after it is not."""
-    env_file = _private_env(tmp_path, _fenced_env_snippet("MICROSOFT_APP_ID="))
-    settings = Settings.from_env({**BASE, **read_env_file(env_file)})
-    assert settings.microsoft_app_type == "SingleTenant"
-    assert settings.teams_approvals_conversation == "#jit-approvals"
-    assert settings.teams_security_conversation == "#security-alerts"
-    assert settings.microsoft_app_id == "<the Microsoft App ID>"
+    for block in _fenced_env_snippets("MICROSOFT_APP_ID="):
+        values = read_env_file(_private_env(tmp_path, block))
+        assert values == _as_written(block)
+        settings = Settings.from_env({**BASE, **values})
+        assert settings.microsoft_app_type == values.get("MICROSOFT_APP_TYPE", "MultiTenant")
+        assert settings.teams_approvals_conversation == values["TEAMS_APPROVALS_CONVERSATION"]
+        assert " " not in settings.teams_approvals_conversation  # e.g. #jit-approvals, kept, without its comment
 
 
 def test_dotenv_export_quotes_and_comments(tmp_path):
