@@ -3,8 +3,8 @@ renders the answer; errors are RFC 9457 problem+json and bad input is never a 50
 
 from __future__ import annotations
 
+import hmac
 import logging
-import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -14,7 +14,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import BrokerError, InvalidRequest, PayloadTooLarge, Unavailable
+from .errors import BrokerError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthenticated, Unavailable
 from .model import STATES, TERMINAL, Proposal, check_request_id
 from .openapi import openapi_document
 
@@ -209,31 +209,53 @@ def make_routes(broker: "Broker") -> list[Route]:
     async def healthz(request: HttpRequest) -> Response:
         return json_response({"status": "ok"})
 
+    said: dict[str, str] = {}  # per component, the last not-ready detail logged (each said once)
+
+    def _log_state(name: str, detail: str | None) -> None:
+        if said.get(name) != detail:
+            said[name] = detail
+            if detail is not None:
+                log.warning("readiness: %s is not ready: %s", name, detail)
+            else:
+                log.info("readiness: %s is ready again", name)
+
     async def readyz(request: HttpRequest) -> Response:
-        started = time.perf_counter()
+        # States only: component names and ok / not ready. What went wrong (URLs, exception
+        # text) goes to the log, never to an unauthenticated caller.
         try:
             await broker.redis.ping()
         except Exception as e:  # noqa: BLE001 - any failure means not ready
-            raise Unavailable(f"Redis is not reachable ({e.__class__.__name__})") from None
-        body = {"status": "ready", "redis_ms": round((time.perf_counter() - started) * 1000, 2)}
-        # Desks may report details (e.g. Teams knows no approvals conversation yet). They do
+            _log_state("redis", f"{e.__class__.__name__}: {e}")
+            raise Unavailable("not ready: redis", components={"redis": "not ready"}) from None
+        _log_state("redis", None)
+        components = {"redis": "ok"}
+        # Desks may not be ready (e.g. Teams knows no approvals conversation yet). That does
         # not change the status: a desk must keep receiving traffic to fix what it lacks.
-        desks = {}
         for desk in broker.desks:
             check = getattr(desk, "readiness", None)
             if check is None:
                 continue
             try:
-                desks[desk.name] = await check()
+                state = await check()
+                detail = None if state.get("ready") else str(state.get("detail") or "not ready")
             except Exception as e:  # noqa: BLE001 - a detail, never a failed probe
-                desks[desk.name] = {"ready": False, "detail": f"readiness check failed ({e.__class__.__name__})"}
-        if desks:
-            body["desks"] = desks
-        return json_response(body)
+                detail = f"readiness check failed ({e.__class__.__name__}: {e})"
+            _log_state(desk.name, detail)
+            components[desk.name] = "ok" if detail is None else "not ready"
+        return json_response({"status": "ready", "components": components})
+
+    metrics_token = s.metrics_token.reveal().encode()
 
     async def metrics(request: HttpRequest) -> Response:
         from .metrics import CONTENT_TYPE  # noqa: PLC0415
 
+        if metrics_token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), metrics_token):
+                raise Unauthenticated("/metrics needs Authorization: Bearer <JITGATE_METRICS_TOKEN>")
+        elif not s.metrics_public:
+            raise Forbidden("/metrics is off: set JITGATE_METRICS_TOKEN (scrapers send it as a bearer token), "
+                            "or JITGATE_METRICS_PUBLIC=1 to serve it without authentication")
         return Response(broker.metrics.render(), media_type=CONTENT_TYPE)
 
     async def openapi(request: HttpRequest) -> Response:

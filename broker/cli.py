@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 
-from .config import Settings, load_dotenv
+from .config import Settings, environment
 from .errors import BrokerError
+from .filemodes import write_private
 
 log = logging.getLogger("jitgate")
 
@@ -40,8 +41,7 @@ def _print_json(value) -> None:
 
 
 def _settings() -> Settings:
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    return Settings.from_env()
+    return Settings.from_env(environment())
 
 
 def _redis_url_for_tools(settings: Settings) -> str:
@@ -123,8 +123,7 @@ def cmd_init(args) -> int:
             f"JITGATE_APPROVERS_FILE={placed['JITGATE_APPROVERS_FILE'][0]}",
             f"JITGATE_TARGETS_FILE={placed['JITGATE_TARGETS_FILE'][0]}",
         ]
-        env.write_text("\n".join(lines) + "\n")
-        os.chmod(env, 0o600)
+        write_private(env, ("\n".join(lines) + "\n").encode())
         print(f"wrote {env}")
         for setting, (path, copied) in placed.items():
             if copied:
@@ -133,8 +132,7 @@ def cmd_init(args) -> int:
     agents_file = data / "agents.yaml"
     if not key_file.exists():
         pem, jwk = generate_key("Ed25519")
-        key_file.write_bytes(pem)
-        os.chmod(key_file, 0o600)
+        write_private(key_file, pem)
         add_agent(agents_file, id="demo-agent", owner="dave", team="platform", public_jwk=jwk)
         print(f"demo agent 'demo-agent': private key {key_file}, registered in {agents_file}")
     return 0
@@ -144,16 +142,14 @@ def cmd_init(args) -> int:
 def cmd_agents_add(args) -> int:
     from .identity import add_agent, generate_key  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    path = Path(args.file or os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml"))
+    path = Path(args.file or environment().get("JITGATE_AGENTS_FILE", "agents.yaml"))
     if args.generate:
         pem, jwk = generate_key(args.kind)
         out = Path(args.generate)
         if out.exists():
             print(f"{out} exists; refusing to overwrite a private key", file=sys.stderr)
             return 2
-        out.write_bytes(pem)
-        os.chmod(out, 0o600)
+        write_private(out, pem)
         print(f"private key written to {out} (give it to the agent only)")
     elif args.public_key:
         jwk = json.loads(Path(args.public_key).read_text())
@@ -168,8 +164,7 @@ def cmd_agents_add(args) -> int:
 def cmd_agents_list(args) -> int:
     from .identity import Registry  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    reg = Registry.load(Path(os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml")))
+    reg = Registry.load(Path(environment().get("JITGATE_AGENTS_FILE", "agents.yaml")))
     if args.json:
         _print_json({
             "agents": [{"id": a.id, "owner": a.owner, "team": a.team, "kid": a.kid or None,
@@ -186,10 +181,11 @@ def cmd_agents_list(args) -> int:
 
 def cmd_assertion(args) -> int:
     """Print a fresh agent assertion (for curl walk-throughs)."""
-    from .identity import load_private_key, make_assertion  # noqa: PLC0415
+    from .identity import make_assertion  # noqa: PLC0415
+    from .jose import read_private_key  # noqa: PLC0415
 
     settings = _settings()
-    key = load_private_key(Path(args.key).read_bytes())
+    key = read_private_key(args.key)
     print(make_assertion(key, agent_id=args.agent, audience=settings.issuer, lifetime_s=args.lifetime))
     return 0
 
@@ -408,8 +404,7 @@ def cmd_policy_check(args) -> int:
     from .model import Proposal  # noqa: PLC0415
     from .policy import PolicyGate  # noqa: PLC0415
 
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    env = os.environ
+    env = environment()
     body = json.loads(Path(args.file).read_text())
     agent_id = body.pop("agent", None)
     posture = body.pop("posture", "normal")

@@ -6,9 +6,12 @@ import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
 
 from .errors import ConfigError
-
+from .filemodes import check_private
 
 DEFAULT_RETENTION_S = 30 * 86400  # JITGATE_RETENTION_S: a closed request's hash, 30 days
 MAX_RETENTION_S = 10 * 365 * 86400
@@ -34,20 +37,38 @@ class Secret:
         return bool(self._value)
 
 
-def load_dotenv(path: str | os.PathLike = ".env") -> None:
-    """Read KEY=VALUE lines into ``os.environ`` without overriding what is already set."""
+# Settings whose value is a secret: a .env holding one must be private to its owner.
+SECRET_SETTINGS = ("JITGATE_KEY_ENCRYPTION_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN",
+                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN")
+
+
+def read_env_file(path: str | os.PathLike = ".env") -> dict[str, str]:
+    """The settings in a ``.env`` file, read as python-dotenv reads them (``export``, quotes,
+    inline ``# comments``, ``${VAR}``); an absent file is empty. Never writes ``os.environ``.
+
+    A file holding a secret (the key-encryption key, a chat secret, a password in
+    ``REDIS_URL``) that others may read is refused, naming the ``chmod`` that fixes it."""
     p = Path(path)
     if not p.is_file():
-        return
-    for raw in p.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        os.environ.setdefault(key, value)
+        return {}
+    values = {k: v for k, v in dotenv_values(p).items() if v is not None}
+    if any(values.get(name) for name in SECRET_SETTINGS) or _has_password(values.get("REDIS_URL", "")):
+        check_private(p, "settings file holding secrets")
+    return values
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
+def environment(env_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """What the settings are read from: the ``.env`` file (``env_file``, else
+    ``JITGATE_ENV_FILE``, else ``./.env``) overlaid by the process environment, which wins."""
+    path = env_file if env_file is not None else os.environ.get("JITGATE_ENV_FILE", ".env")
+    return {**read_env_file(path), **os.environ}
 
 
 def _int(env: dict, name: str, default: int, lo: int = 0, hi: int = 10**9) -> int:
@@ -73,16 +94,27 @@ def _float(env: dict, name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def _tristate(env: dict, name: str) -> bool | None:
-    """An on/off setting whose absence means "decide from the rest of the settings"."""
+    """An on/off setting; unset (or empty) is None. Any word but 1/0, true/false, yes/no,
+    on/off (any case) refuses to start: a typo must never quietly mean "off"."""
     raw = (env.get(name) or "").strip().lower()
     if not raw:
         return None
-    if raw in ("1", "true", "yes", "on"):
+    if raw in TRUE_WORDS:
         return True
-    if raw in ("0", "false", "no", "off"):
+    if raw in FALSE_WORDS:
         return False
-    raise ConfigError(f"{name} must be 1 or 0 (or unset), got {raw!r}")
+    raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off (or unset), got {env.get(name)!r}")
+
+
+def _bool(env: dict, name: str, default: bool) -> bool:
+    """An on/off setting with a default when unset; strict as :func:`_tristate`."""
+    value = _tristate(env, name)
+    return default if value is None else value
 
 
 def _spiffe(env: dict) -> dict:
@@ -95,6 +127,24 @@ def _spiffe(env: dict) -> dict:
     return {"spiffe_bundle": Path(bundle) if bundle else None, "spiffe_trust_domain": domain}
 
 
+MIN_METRICS_TOKEN_CHARS = 16
+MIN_KEK_DISTINCT_BYTES = 8
+
+
+def _metrics(env: dict) -> dict:
+    """JITGATE_METRICS_TOKEN (a bearer token /metrics requires) or JITGATE_METRICS_PUBLIC=1
+    (no authentication, on purpose); neither: /metrics is refused. Not both."""
+    token = (env.get("JITGATE_METRICS_TOKEN") or "").strip()
+    public = _bool(env, "JITGATE_METRICS_PUBLIC", False)
+    if token and public:
+        raise ConfigError("JITGATE_METRICS_TOKEN and JITGATE_METRICS_PUBLIC=1 contradict each other: "
+                          "keep the token (scrapers send it) or make /metrics public, not both")
+    if token and len(token) < MIN_METRICS_TOKEN_CHARS:
+        raise ConfigError(f"JITGATE_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_CHARS} characters "
+                          "(e.g. `openssl rand -hex 32`)")
+    return {"metrics_token": Secret(token), "metrics_public": public}
+
+
 def decode_kek(raw: str) -> bytes:
     """The key-encryption key: 32 bytes, URL-safe or standard base64."""
     try:
@@ -103,6 +153,12 @@ def decode_kek(raw: str) -> bytes:
         raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY is not valid base64") from None
     if len(key) != 32:
         raise ConfigError("JITGATE_KEY_ENCRYPTION_KEY must decode to 32 bytes (try `jitgate init`)")
+    # 32 random bytes hold about 30 distinct values; fewer than 8 is a made-up key (zeros, one
+    # repeated byte, a short pattern), which any guess finds. Odds for a random key: about 1e-37.
+    if len(set(key)) < MIN_KEK_DISTINCT_BYTES:
+        raise ConfigError(f"JITGATE_KEY_ENCRYPTION_KEY is not random ({len(set(key))} distinct byte values in 32, "
+                          "e.g. all zeros or one repeated byte): generate one with `jitgate init` or "
+                          "`openssl rand -base64 32`")
     return key
 
 
@@ -162,11 +218,15 @@ class Settings:
     teams_login_url: str = ""
     # The local web console: None = on only when no chat platform is configured.
     console: bool | None = None
+    # /metrics: a scraper's bearer token, or served to anyone only when made public on purpose.
+    metrics_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
-        """Read settings; raise :class:`ConfigError` naming the first missing or bad one."""
-        env = dict(os.environ if env is None else env)
+        """Read settings from ``env`` (default: :func:`environment`, the process environment over
+        ``.env``); raise :class:`ConfigError` naming the first missing or bad one."""
+        env = environment() if env is None else dict(env)
         issuer = env.get("JITGATE_ISSUER", "").strip()
         if not issuer:
             raise ConfigError("JITGATE_ISSUER is not set (the broker's public URL, e.g. https://jitgate.example.com)")
@@ -202,7 +262,7 @@ class Settings:
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
             breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
             breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
-            require_dpop=env.get("JITGATE_REQUIRE_DPOP", "").lower() in ("1", "true", "yes"),
+            require_dpop=_bool(env, "JITGATE_REQUIRE_DPOP", False),
             delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
             **_spiffe(env),
             escalate_after_s=_int(env, "JITGATE_ESCALATE_AFTER_S", 600, 0, 7 * 86400),
@@ -210,7 +270,7 @@ class Settings:
             max_body_bytes=_int(env, "JITGATE_MAX_BODY_BYTES", 65536, 1024, 10 * 1024 * 1024),
             security_group=env.get("JITGATE_SECURITY_GROUP", "security"),
             oncall_group=env.get("JITGATE_ONCALL_GROUP", "on-call"),
-            email_binding=env.get("JITGATE_EMAIL_BINDING", "").lower() in ("1", "true", "yes"),
+            email_binding=_bool(env, "JITGATE_EMAIL_BINDING", False),
             host=env.get("JITGATE_HOST", "127.0.0.1"),
             port=_int(env, "JITGATE_PORT", 8080, 0, 65535),
             slack_bot_token=Secret(env.get("SLACK_BOT_TOKEN", "")),
@@ -229,4 +289,5 @@ class Settings:
             teams_token_issuer=env.get("TEAMS_TOKEN_ISSUER", ""),
             teams_login_url=env.get("TEAMS_LOGIN_URL", ""),
             console=_tristate(env, "JITGATE_CONSOLE"),
+            **_metrics(env),
         )

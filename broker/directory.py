@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .filemodes import check_not_writable
 
 MAX_ID_LEN = 200
 # An operator file larger than this is a mistake (or an attack on the parser), not a directory.
@@ -134,6 +135,7 @@ def _read_list(path: Path, key: str) -> list:
         return []
     if not path.is_file():
         raise ConfigError(f"{path}: not a file")
+    check_not_writable(path, f"{key} file")
     try:
         raw = path.read_bytes()
     except OSError as exc:

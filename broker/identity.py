@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from .clock import SystemClock
 from .errors import ConfigError, InvalidRequest, Unauthenticated, Unavailable
+from .filemodes import check_not_writable
 from .jose import (  # noqa: F401 - re-exported: callers import key helpers from here
     DELEGATION_TYP,
     KINDS as _KINDS,
@@ -285,6 +286,7 @@ def _stamp(path: Path) -> tuple | None:
 
 
 def _read(path: Path) -> str:
+    check_not_writable(path, "agents file")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -734,6 +736,7 @@ class SpiffeBundle:
 
     def _load(self) -> dict[str, tuple[Any, str]]:
         where = f"JITGATE_SPIFFE_BUNDLE {self.path}"
+        check_not_writable(self.path, "SPIFFE trust bundle")
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -1,7 +1,8 @@
 """JOSE pieces the broker and the agent client share: keys and thumbprints, agent
 assertions, DPoP proofs (RFC 9449) and delegation links.
 
-Pure on purpose: this module imports only pyjwt, cryptography and ``broker.errors``, so
+Pure on purpose: this module imports only pyjwt, cryptography, ``broker.errors`` and
+``broker.filemodes``, so
 ``broker.client`` can use it in an environment that has nothing else of the broker's
 dependencies. The broker-side checks that need Redis or the registry (jti replay, who
 is registered) live in ``identity.py``; here is only what a JWS and a clock can tell.
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .errors import ConfigError
+from .filemodes import check_private
 
 # JWK members that only a private (or symmetric) key has: RFC 7518 sections 6.2.2, 6.3.2, 6.4.
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -222,6 +224,21 @@ def load_private_key(pem: bytes | str) -> Any:
         raise ConfigError("not an unencrypted PEM private key") from None
     alg_of_private_key(private_key)
     return private_key
+
+
+def read_private_key(path: Any) -> Any:
+    """The private key in the PEM file at ``path``, refused (ConfigError naming the file and
+    the ``chmod``) when others may read it, as OpenSSH refuses an unprotected key."""
+    check_private(path, "private key")
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the private key ({exc.strerror or exc})") from None
+    try:
+        return load_private_key(pem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.detail}") from None
 
 
 def public_jwk(private_key: Any) -> dict:

@@ -133,8 +133,11 @@ def openapi_document(issuer: str) -> dict:
             "/.well-known/jwks.json": {"get": _op("Public token signing keys", {"200": {"description": "JWK set"}}, auth=False)},
             "/.well-known/oauth-authorization-server": {"get": _op("RFC 8414 metadata", {"200": {"description": "metadata"}}, auth=False)},
             "/healthz": {"get": _op("Liveness", {"200": {"description": "alive"}}, auth=False)},
-            "/readyz": {"get": _op("Readiness (Redis reachable)", {"200": {"description": "ready"}}, auth=False)},
-            "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "metrics"}}, auth=False)},
+            "/readyz": {"get": _op("Readiness: each component ok or not ready (Redis must be reachable); details are "
+                                   "logged, never shown", {"200": {"description": "ready"}}, auth=False)},
+            "/metrics": {"get": {**_op("Prometheus metrics: Bearer JITGATE_METRICS_TOKEN when set; refused (403) "
+                                       "unless JITGATE_METRICS_PUBLIC=1 when not", {"200": {"description": "metrics"}},
+                                       auth=False), "security": [{"metricsToken": []}, {}]}},
         },
         "components": {
             "schemas": {"Proposal": proposal, "Evidence": evidence, "Escalation": escalation},
@@ -146,6 +149,8 @@ def openapi_document(issuer: str) -> dict:
                                    "description": "JWT signed by the agent's registered key: iss=sub=agent id, aud=issuer, exp ≤ iat+300, unique jti; "
                                                   "or, with JITGATE_SPIFFE_BUNDLE set, a SPIFFE JWT-SVID whose SPIFFE id is the agent id"},
                 "resourceServerAssertion": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "the scraper's token, JITGATE_METRICS_TOKEN"},
             },
         },
     }

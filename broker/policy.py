@@ -27,7 +27,8 @@ from typing import Any
 import cedarpy
 
 from .directory import Directory, id_problem
-from .errors import InvalidRequest, PolicyError
+from .errors import ConfigError, InvalidRequest, PolicyError
+from .filemodes import check_not_writable
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,12 @@ def _load_rules(policy_dir: Path) -> _Rules:
         raise PolicyError(f"policy directory {policy_dir} does not exist")
     fingerprint = _dir_fingerprint(policy_dir)
     files, schema_files = _policy_files(policy_dir)
+    try:  # re-read on every change: nobody else may write the folder or its files
+        check_not_writable(policy_dir, "policy folder")
+        for path in (*files, *schema_files):
+            check_not_writable(path, "policy file")
+    except ConfigError as exc:
+        raise PolicyError(exc.detail) from None
 
     texts: list[str] = []
     file_of: list[str] = []  # per global policy position, the file it came from

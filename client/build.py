@@ -1,7 +1,7 @@
 """Build the ``jitgate-client`` distribution (sdist and wheel) from this repository.
 
 The client is a slice of the ``broker`` package: ``broker/client/`` and the two core
-modules it imports (``broker/jose.py`` and the ``broker/errors.py`` that one raises).
+modules it imports (``broker/jose.py``, ``broker/filemodes.py`` and the ``broker/errors.py`` they raise).
 This script stages exactly those next to ``client/pyproject.toml`` in a temporary folder,
 writes the server's version into ``VERSION``, and runs ``python -m build`` there (the way
 Prefect builds ``prefect-client`` from its repository). It refuses to build when a staged
@@ -24,7 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # What the client distribution holds, relative to the repository root.
-MODULES = ["broker/__init__.py", "broker/py.typed", "broker/jose.py", "broker/errors.py", "broker/client"]
+MODULES = ["broker/__init__.py", "broker/py.typed", "broker/jose.py", "broker/errors.py", "broker/filemodes.py",
+           "broker/client"]
 
 
 def staged_modules(stage: Path) -> set[str]:

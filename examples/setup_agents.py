@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from broker.config import load_dotenv
+from broker.config import environment
 from broker.identity import Registry, add_agent, add_resource_server, generate_key
 
 # id, owner, team, may sign delegations
@@ -27,9 +27,9 @@ RESOURCE_SERVER = "example-payments-api"
 
 
 def main() -> int:
-    load_dotenv(os.environ.get("JITGATE_ENV_FILE", ".env"))
-    agents_file = Path(os.environ.get("JITGATE_AGENTS_FILE", "agents.yaml"))
-    keys = Path(os.environ.get("JITGATE_DATA_DIR", ".jitgate")) / "examples"
+    env = environment()  # the process environment over .env (JITGATE_ENV_FILE)
+    agents_file = Path(env.get("JITGATE_AGENTS_FILE", "agents.yaml"))
+    keys = Path(env.get("JITGATE_DATA_DIR", ".jitgate")) / "examples"
     keys.mkdir(parents=True, exist_ok=True)
     registry = Registry.load(agents_file)
     for agent_id, owner, team, can_delegate in AGENTS:

@@ -9,7 +9,6 @@ the standard library for HTTP so ``make run`` needs nothing beyond the broker it
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -296,10 +295,8 @@ def _run(client: AgentClient, proposal: dict, work_s: float, max_wait_s: float |
 
 
 def load_demo_key(path: Path):
-    from broker.identity import load_private_key  # noqa: PLC0415
+    from broker.jose import read_private_key  # noqa: PLC0415
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `jitgate init` first (it writes the demo agent's key)")
-    if os.stat(path).st_mode & 0o077:
-        print(f"warning: {path} is readable by other users", file=sys.stderr)
-    return load_private_key(path.read_bytes())
+    return read_private_key(path)  # refused when others may read it

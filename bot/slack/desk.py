@@ -181,6 +181,10 @@ class SlackDesk:
         return (user.get("profile") or {}).get("email") or None
 
 
+# Slack's signing secrets are 32 hex characters; anything this short is a placeholder.
+MIN_SIGNING_SECRET_CHARS = 16
+
+
 def desk_from_settings(settings) -> SlackDesk | None:
     """The Slack desk when Slack is configured, None when it is off; ConfigError (naming
     the setting) when it is half-configured: never run with verification off."""
@@ -198,6 +202,9 @@ def desk_from_settings(settings) -> SlackDesk | None:
     elif not secret:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify that requests come from Slack "
                           "(or set SLACK_APP_TOKEN to use Socket Mode)")
+    if secret and len(secret) < MIN_SIGNING_SECRET_CHARS:
+        raise ConfigError(f"SLACK_SIGNING_SECRET is {len(secret)} characters long: a real one (Basic Information → "
+                          f"Signing Secret) is 32; fewer than {MIN_SIGNING_SECRET_CHARS} is a placeholder anyone can guess")
     if not settings.slack_approvals_channel.strip():
         raise ConfigError("SLACK_APPROVALS_CHANNEL is not set: name the channel (id or #name) where proposals go")
     if settings.slack_api_url and not settings.slack_api_url.startswith(("https://", "http://")):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,13 +20,13 @@ def register(subparsers) -> None:
 
 
 def cmd_package(args) -> int:
-    from broker.config import load_dotenv  # noqa: PLC0415
+    from broker.config import environment  # noqa: PLC0415
 
     from .manifest import package  # noqa: PLC0415
 
-    load_dotenv()
-    app_id = args.app_id or os.environ.get("MICROSOFT_APP_ID", "")
-    domain = args.domain or urlparse(os.environ.get("JITGATE_ISSUER", "")).hostname or ""
+    env = environment()
+    app_id = args.app_id or env.get("MICROSOFT_APP_ID", "")
+    domain = args.domain or urlparse(env.get("JITGATE_ISSUER", "")).hostname or ""
     try:
         data = package(app_id, domain, args.version)
     except ValueError as e:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..jose import generate_key, make_dpop_proof
 from .client import Client, outcome
 from .credentials import AgentKey, Svid, load_key
@@ -64,14 +65,14 @@ def _client(args: argparse.Namespace) -> Client:
             raise JitgateError("give --agent and --key (or JITGATE_AGENT_ID and JITGATE_AGENT_KEY), --svid, or --workload-api")
         try:
             credential = AgentKey(args.agent, load_key(Path(args.key)))
-        except OSError as exc:
-            raise JitgateError(f"cannot read the key {args.key}: {exc.strerror or exc}") from None
+        except ConfigError as exc:  # unreadable, not a PEM key, or readable by others
+            raise JitgateError(f"cannot use the key: {exc.detail}") from None
     dpop_key = None
     if args.dpop_key:
         try:
             dpop_key = load_key(Path(args.dpop_key))
-        except OSError as exc:
-            raise JitgateError(f"cannot read the DPoP key {args.dpop_key}: {exc.strerror or exc}") from None
+        except ConfigError as exc:
+            raise JitgateError(f"cannot use the DPoP key: {exc.detail}") from None
     return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
 
 
@@ -264,8 +265,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_proof(args: argparse.Namespace) -> int:
     try:
         key = load_key(Path(args.key)) if args.key else None
-    except (OSError, ValueError) as exc:
-        _err(f"jitgate agent: cannot load the key: {getattr(exc, 'detail', exc)}")
+    except ConfigError as exc:
+        _err(f"jitgate agent: cannot load the key: {exc.detail}")
         return EXIT_ERROR
     if key is None:
         _err("jitgate agent: give --key (the key the token is bound to)")

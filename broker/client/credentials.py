@@ -12,14 +12,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..jose import load_private_key, make_assertion, split_jws
+from ..jose import load_private_key, make_assertion, read_private_key, split_jws
 from .errors import JitgateError
 
 
 def load_key(key: Any) -> Any:
-    """A private key from a key object, PEM text or bytes, or the path of a PEM file."""
+    """A private key from a key object, PEM text or bytes, or the path of a PEM file. A file
+    others may read is refused (ConfigError with the ``chmod`` that fixes it), as OpenSSH does."""
     if isinstance(key, os.PathLike) or (isinstance(key, str) and "-----BEGIN" not in key):
-        return load_private_key(Path(key).read_bytes())
+        return read_private_key(Path(key))
     if isinstance(key, (bytes, str)):
         return load_private_key(key)
     return key

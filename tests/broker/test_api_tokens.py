@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jwt
 import pytest
 from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
@@ -112,6 +114,8 @@ async def test_health_ready_metrics(harness):
     """healthz and readyz answer; metrics count decisions."""
     assert (await harness.client.get("/healthz")).json()["status"] == "ok"
     assert (await harness.client.get("/readyz")).json()["status"] == "ready"
+    harness.settings = dataclasses.replace(harness.settings, metrics_public=True)
+    await harness.restart()  # with /metrics public (it is refused by default)
     await harness.propose()
     text = (await harness.client.get("/metrics")).text
     assert 'jitgate_decisions_total{outcome="require_approval"} 1.0' in text

@@ -29,6 +29,7 @@ async def agent(live, tmp_path: Path, *args: str, agent_id: str = "reader-bot", 
     if not key_file.exists():
         key_file.write_bytes(live.keys[agent_id].private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key_file.chmod(0o600)  # a private key others may read is refused
     env = {**os.environ, "JITGATE_URL": live.url, "JITGATE_AGENT_ID": agent_id, "JITGATE_AGENT_KEY": str(key_file)}
     cmd = [sys.executable, "-m", module, *(["agent"] if module == "broker.cli" else []), *args]
     proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
@@ -170,6 +171,7 @@ async def test_workload_api_identity(live, tmp_path, monkeypatch):
         assert code == 1 and "--dpop-key" in err  # a token bound to a key that dies with the process is useless
         dpop_key = tmp_path / "dpop.pem"
         dpop_key.write_bytes(generate_key("P-256")[0])
+        dpop_key.chmod(0o600)
         code, token, err = await agent(live, tmp_path, "token", rid, "--workload-api", "--dpop-key", str(dpop_key))
         assert code == 0, err
         claims = jwt.decode(token.strip(), options={"verify_signature": False})
@@ -192,6 +194,7 @@ async def test_wait_on_a_terminal_shows_a_spinner_and_clears_it(live, tmp_path):
     key_file = tmp_path / "reader-bot.pem"
     key_file.write_bytes(live.keys["reader-bot"].private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.chmod(0o600)
     env = {**os.environ, "JITGATE_URL": live.url, "JITGATE_AGENT_ID": "reader-bot", "JITGATE_AGENT_KEY": str(key_file)}
     master, slave = pty.openpty()
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import time
 
 import jwt
@@ -167,7 +169,7 @@ def test_bundle_misconfiguration_refuses_start(tmp_path):
     with pytest.raises(ConfigError, match="private key material"):
         SpiffeBundle(path, "example.org")
     with pytest.raises(ConfigError, match="JITGATE_SPIFFE_TRUST_DOMAIN"):
-        Settings.from_env({"JITGATE_ISSUER": ISSUER, "JITGATE_KEY_ENCRYPTION_KEY": "A" * 43,
+        Settings.from_env({"JITGATE_ISSUER": ISSUER, "JITGATE_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
                            "JITGATE_SPIFFE_BUNDLE": str(path)})
 
 

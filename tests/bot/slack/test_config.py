@@ -27,16 +27,23 @@ def test_off_when_nothing_is_set(tmp_path):
 
 @pytest.mark.parametrize("slack, named", [
     ({"slack_bot_token": Secret("xoxb-1"), "slack_approvals_channel": "#a"}, "SLACK_SIGNING_SECRET"),
-    ({"slack_signing_secret": Secret("s"), "slack_approvals_channel": "#a"}, "SLACK_BOT_TOKEN"),
+    ({"slack_signing_secret": Secret(slackreq.SIGNING_SECRET), "slack_approvals_channel": "#a"}, "SLACK_BOT_TOKEN"),
     ({"slack_app_token": Secret("xapp-1"), "slack_approvals_channel": "#a"}, "SLACK_BOT_TOKEN"),
-    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret("s")}, "SLACK_APPROVALS_CHANNEL"),
+    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret(slackreq.SIGNING_SECRET)}, "SLACK_APPROVALS_CHANNEL"),
     ({"slack_bot_token": Secret("xoxb-1"), "slack_app_token": Secret("xapp-1")}, "SLACK_APPROVALS_CHANNEL"),
     ({"slack_bot_token": Secret("xoxb-1"), "slack_app_token": Secret("xoxb-oops"), "slack_approvals_channel": "#a"},
      "SLACK_APP_TOKEN"),
     ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret("   "), "slack_approvals_channel": "#a"},
      "SLACK_SIGNING_SECRET"),
-    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret("s"), "slack_approvals_channel": "#a",
+    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret(slackreq.SIGNING_SECRET), "slack_approvals_channel": "#a",
       "slack_api_url": "file:///etc/passwd"}, "SLACK_API_URL"),
+    # Issue 14.13: "a Slack signing secret of one character ... start[s] without complaint".
+    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret("s"), "slack_approvals_channel": "#a"},
+     "SLACK_SIGNING_SECRET"),
+    ({"slack_bot_token": Secret("xoxb-1"), "slack_signing_secret": Secret("0123456789abcde"),
+      "slack_approvals_channel": "#a"}, "SLACK_SIGNING_SECRET"),
+    ({"slack_bot_token": Secret("xoxb-1"), "slack_app_token": Secret("xapp-1"), "slack_signing_secret": Secret("x"),
+      "slack_approvals_channel": "#a"}, "SLACK_SIGNING_SECRET"),
 ])
 def test_half_configured_refuses_naming_the_setting(tmp_path, slack, named):
     """Requirement 9: Slack enabled without what it needs to verify requests (or to post) refuses to start."""
@@ -47,7 +54,7 @@ def test_half_configured_refuses_naming_the_setting(tmp_path, slack, named):
 
 def test_modes(tmp_path):
     """HTTP mode mounts POST /slack/events; Socket Mode (app token) mounts nothing."""
-    http = desk_from_settings(_settings(tmp_path, slack_bot_token=Secret("xoxb-1"), slack_signing_secret=Secret("s"),
+    http = desk_from_settings(_settings(tmp_path, slack_bot_token=Secret("xoxb-1"), slack_signing_secret=Secret(slackreq.SIGNING_SECRET),
                                         slack_approvals_channel="#a"))
     sock = desk_from_settings(_settings(tmp_path, slack_bot_token=Secret("xoxb-1"), slack_app_token=Secret("xapp-1"),
                                         slack_approvals_channel="#a"))
@@ -57,7 +64,7 @@ def test_modes(tmp_path):
 
 def test_registered_as_the_slack_desk(tmp_path):
     """The desk is found through the jitgate.desks entry point (the core imports none of it)."""
-    desks = load_desks(_settings(tmp_path, slack_bot_token=Secret("xoxb-1"), slack_signing_secret=Secret("s"),
+    desks = load_desks(_settings(tmp_path, slack_bot_token=Secret("xoxb-1"), slack_signing_secret=Secret(slackreq.SIGNING_SECRET),
                                  slack_approvals_channel="#a"))
     assert [type(d) for d in desks if d.name == "slack"] == [SlackDesk]
     with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
@@ -81,7 +88,7 @@ async def test_rejected_token_refuses_start(tmp_path, redis_url, prefix, redis, 
 async def test_unreachable_slack_does_not_block_start(tmp_path, redis_url, prefix, redis, caplog):
     """Slack down at start: the broker starts anyway (its API and other desks keep working) and says why."""
     settings = make_settings(tmp_path, redis_url, prefix, slack_bot_token=Secret(slackreq.BOT_TOKEN),
-                             slack_signing_secret=Secret("s"), slack_approvals_channel="#a",
+                             slack_signing_secret=Secret(slackreq.SIGNING_SECRET), slack_approvals_channel="#a",
                              slack_api_url="http://127.0.0.1:9/api/")
     write_agents(settings.agents_file)
     import redis.asyncio as aioredis

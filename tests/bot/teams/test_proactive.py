@@ -50,7 +50,8 @@ async def test_proposal_before_installation_waits_and_is_posted_on_install(bare,
     assert (await bare.h.life.get(rid)).status == PENDING
     ready = (await bare.h.client.get("/readyz")).json()
     assert ready["status"] == "ready"  # Redis is up; Teams' gap is a detail, so Teams traffic keeps coming
-    teams = ready["desks"]["teams"]
+    assert ready["components"]["teams"] == "not ready"  # states only: the details are logged
+    teams = await bare.desk.readiness()
     assert teams["ready"] is False and teams["held_proposals"] == 1
     assert "TEAMS_APPROVALS_CONVERSATION" in teams["detail"]
 
@@ -59,7 +60,8 @@ async def test_proposal_before_installation_waits_and_is_posted_on_install(bare,
     assert [c for c in bare.fake.posts(APPROVALS) if c.card and c.card.get("refresh")][0].card["refresh"]["action"][
         "data"] == {"request_id": rid}
     assert card_id
-    teams = (await bare.h.client.get("/readyz")).json()["desks"]["teams"]
+    assert (await bare.h.client.get("/readyz")).json()["components"]["teams"] == "ok"
+    teams = await bare.desk.readiness()
     assert teams["ready"] is True and teams["held_proposals"] == 0 and "Platform" in teams["approvals_conversation"]
 
 

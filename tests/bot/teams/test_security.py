@@ -3,7 +3,9 @@ refuses, and that a refused activity changes nothing."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+from urllib.parse import urlsplit
 
 import pytest
 from botbuilder.schema import Activity
@@ -220,15 +222,23 @@ async def test_oversized_activity_is_refused(rig):
     await _unchanged(rig, rid, card_id)
 
 
-async def test_without_signing_keys_everything_is_refused(tmp_path, redis_url, prefix, redis, fake_bf, fake_login):
+async def test_without_signing_keys_everything_is_refused(tmp_path, redis_url, prefix, redis, fake_bf, fake_login,
+                                                            caplog):
     """Fail closed: when the OpenID metadata cannot be fetched, tokens are refused (401), the
-    broker still starts, and /readyz says why."""
-    r = await make_rig(tmp_path, redis_url, prefix, fake_bf, fake_login,
-                       teams_openid_metadata_url=f"{fake_bf.base}/{secrets.token_hex(4)}/missing/openid")
+    broker still starts, and /readyz says Teams is not ready. Issue 14.14: "/readyz shows
+    internal URLs when a fetch fails": it shows the state only; the log says why."""
+    missing = f"{fake_bf.base}/{secrets.token_hex(4)}/missing/openid"
+    r = await make_rig(tmp_path, redis_url, prefix, fake_bf, fake_login, teams_openid_metadata_url=missing)
     try:
         resp = await r.send(conversation_update(APPROVALS, members_added=["bot"]))
         assert resp.status_code == 401
-        teams = (await r.h.client.get("/readyz")).json()["desks"]["teams"]
+        with caplog.at_level(logging.WARNING, logger="jitgate.api"):
+            ready = await r.h.client.get("/readyz")
+        assert ready.json()["components"]["teams"] == "not ready"
+        assert urlsplit(fake_bf.base).netloc not in ready.text and "missing" not in ready.text
+        assert "Error" not in ready.text
+        assert any("teams is not ready" in m.getMessage() and "signing keys" in m.getMessage() for m in caplog.records)
+        teams = await r.desk.readiness()
         assert teams["ready"] is False and "signing keys" in teams["detail"]
     finally:
         await r.h.stop()
