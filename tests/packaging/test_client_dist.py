@@ -91,6 +91,7 @@ async def test_the_client_library_and_jitgate_agent_run_approved_grants(live, cl
     key = tmp_path / "reader-bot.pem"
     key.write_bytes(live.keys["reader-bot"].private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)  # the client refuses a private key others can read
     issuer = live.broker.settings.issuer
 
     # The library: grant() waits for the decision while bob approves; leaving the block completes it.
