@@ -22,7 +22,7 @@ $(VENV)/.test: $(VENV)/.run pyproject.toml
 ##      embedded Redis; it prints a console sign-in link for alice and the `jitgate demo` command
 run: $(VENV)/.run .env
 	@echo "starting jitgate; Ctrl-C stops it and its embedded Redis"
-	$(BIN)/jitgate serve
+	$(BIN)/jitgate serve --first-run
 
 ## test: install the test dependencies (and Debian's Chromium for the console's browser
 ##       test when it is missing) and run the whole suite
