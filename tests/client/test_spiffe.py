@@ -10,10 +10,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.client import AuthenticationFailed, Client, Denied, JitgateError, Svid
+from broker.client import AuthenticationFailed, Client, JitgateError, Svid
 from broker.config import Settings
 from broker.errors import ConfigError, Unauthenticated
-from broker.identity import Registry, SpiffeBundle
+from broker.identity import BAD_SVID, Agent, Registry, SpiffeBundle
 from tests.client.conftest import ISSUER, SPIFFE_AGENT, ec_jwk
 from tests.support.fake_spire import FakeWorkloadApi
 
@@ -44,11 +44,17 @@ async def test_valid_svid_is_accepted_as_the_agent(live):
     assert (await client.complete(grant)).status == "completed"
 
 
-async def test_unlisted_workload_of_the_domain_is_an_agent_without_a_team(live):
-    """A workload of the trusted domain not in the agents file authenticates, but policy sees no team: denied."""
+async def test_unlisted_workload_of_the_domain_is_refused(live):
+    """Issue 24.3 "an identity that is not registered is refused, whatever its credential": a valid SVID of a
+    workload the agents file does not list is refused, in the same words as a bad signature (14.15); nothing stored."""
     client = svid_client(live, lambda aud: svid(live.svid_key, "spiffe://example.org/ns/other/sa/job"))
-    with pytest.raises(Denied, match="no policy permits read"):
-        await client.escalate(**READ)
+    with pytest.raises(AuthenticationFailed) as unlisted:
+        await client.propose(**READ)
+    forged = svid_client(live, lambda aud: svid(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(AuthenticationFailed) as bad_signature:
+        await forged.propose(**READ)
+    assert unlisted.value.detail == bad_signature.value.detail == BAD_SVID
+    assert await live.request_ids() == []
 
 
 async def test_svid_reuse_within_its_lifetime_is_accepted(live):
@@ -114,8 +120,8 @@ async def test_workload_api_refusal_surfaces_as_a_jitgate_error(live, workload_a
 
 @pytest.mark.parametrize("make, needle", [
     (lambda key: svid(key, "spiffe://evil.org/ns/platform/sa/indexer"), "trust domain 'evil.org'"),
-    (lambda key: svid(ec.generate_private_key(ec.SECP256R1())), "signature does not verify"),
-    (lambda key: svid(key, kid="other-kid"), "not in the trust bundle"),
+    (lambda key: svid(ec.generate_private_key(ec.SECP256R1())), BAD_SVID),
+    (lambda key: svid(key, kid="other-kid"), BAD_SVID),
     (lambda key: svid(key, aud=["https://other.example"]), "audience"),
     (lambda key: svid(key, exp=int(time.time()) - 120), "expired"),
     (lambda key: svid(key, exp=int(time.time()) + 86400), "longer than"),
@@ -145,10 +151,10 @@ def test_bundle_accepts_rsa_keys_and_rotates_on_change(tmp_path):
     path.write_text(json.dumps({"keys": [{**ec_jwk(ec_old.public_key(), "x"), "use": "x509-svid", "x5c": ["AA=="]},
                                          rsa_jwk]}))
     bundle = SpiffeBundle(path, "example.org")
-    registry = Registry()
+    registry = Registry([Agent(id=SPIFFE_AGENT, owner=None, team=None, public_jwk=None, kid="")])
     agent, _ = bundle.verify(svid(rsa_key, kid="r1", alg="RS256"), registry, ISSUER, time.time())
     assert agent.id == SPIFFE_AGENT and agent.team is None
-    with pytest.raises(Unauthenticated, match="not in the trust bundle"):
+    with pytest.raises(Unauthenticated, match="JWT-SVID not accepted"):
         bundle.verify(svid(ec_old, kid="new"), registry, ISSUER, time.time())
     path.write_text(json.dumps({"keys": [ec_jwk(ec_old.public_key(), "new")]}))
     bundle._checked_at = float("-inf")  # skip the two-second re-check interval
