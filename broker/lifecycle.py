@@ -16,6 +16,7 @@ import getpass
 import orjson
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -617,6 +618,38 @@ class Lifecycle:
             raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant")
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
+
+    async def close_unregistered(self, registered: Callable[[str], bool]) -> int:
+        """End what agents no longer in the registry still hold: approved and active grants are
+        revoked, pending requests withdrawn, each with its audit entry (actor ``registry``).
+        Called when a reload of the agents file removes (or denies) agents, and at start-up,
+        so a removal noticed by a process that then stopped is not lost. Every change is a
+        compare-and-set, so replicas doing it at once are harmless. Returns how many changed."""
+        changed = 0
+        async for ids in self.store.live_ids():
+            for rid, (agent, status) in zip(ids, await self.store.agents_of(ids)):
+                if not agent or registered(agent) or status not in (PENDING, APPROVED, ACTIVE):
+                    continue
+                reason = f"agent {agent} is no longer registered (removed from the agents file, or denied)"
+                try:
+                    if status == PENDING:
+                        await self._withdraw_for_registry(rid, agent, reason)
+                    else:
+                        await self.revoke(rid, by="registry", reason=reason, channel="registry")
+                    changed += 1
+                except (Conflict, NotFound):
+                    continue  # closed meanwhile: nothing left to end
+        return changed
+
+    async def _withdraw_for_registry(self, request_id: str, agent: str, reason: str) -> None:
+        now = self._now()
+        out = await self.store.transition(
+            request_id, [PENDING], CANCELLED,
+            {"closed_at": repr(now), "closed_by": "registry", "close_reason": reason},
+            [event("request.cancelled", iso(now), request_id, {"by": "registry"}, agent=agent, reason=reason)],
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="cancelled",
+        )
+        await self._finish(out, request_id)
 
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""

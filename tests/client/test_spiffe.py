@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import jwt
+import orjson
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from broker.client import AuthenticationFailed, Client, JitgateError, Svid
@@ -181,3 +184,41 @@ def b64url_int(value: int) -> str:
     from broker.jose import b64url  # noqa: PLC0415
 
     return b64url(value.to_bytes(32, "big"))
+
+
+@pytest.mark.parametrize("how", ["removed", "denied"])
+async def test_a_removed_or_denied_spiffe_agent_stops_and_loses_its_grants(live, how):
+    """Issue 24.3 "removing a SPIFFE agent does not disable it": once its entry is removed from the agents file (or its
+    id listed under denied_spiffe_ids), the reload, with no API traffic, revokes its active grant with an audit entry,
+    and its still-valid SVID is refused like a bad signature."""
+    client = svid_client(live, lambda aud: svid(live.svid_key))
+    grant = await client.escalate(**READ)
+    token = await client.collect(grant)
+    assert (await live.broker.lifecycle.introspect(token.access_token))["active"] is True
+
+    path = live.broker.settings.agents_file
+    doc = yaml.safe_load(path.read_text())
+    if how == "removed":
+        doc["agents"] = [a for a in doc["agents"] if a["id"] != SPIFFE_AGENT]
+    else:
+        doc["denied_spiffe_ids"] = [SPIFFE_AGENT]
+    path.write_text(yaml.safe_dump(doc))
+    later = time.time() + 5
+    os.utime(path, (later, later))
+
+    deadline = time.monotonic() + 10
+    while (await live.broker.lifecycle.get(grant.request_id)).status != "revoked":
+        assert time.monotonic() < deadline, "the removed agent's grant was not revoked"
+        await asyncio.sleep(0.05)
+    req = await live.broker.lifecycle.get(grant.request_id)
+    assert req.closed_by == "registry" and SPIFFE_AGENT in req.close_reason
+    assert await live.broker.lifecycle.introspect(token.access_token) == {"active": False}
+    store = live.broker.store
+    events = [orjson.loads(f[b"event"]) for _, f in await store.redis.xrange(store.audit_stream)]
+    revoked = [e for e in events if e["type"] == "grant.revoked" and e.get("request_id") == grant.request_id]
+    assert len(revoked) == 1 and revoked[0]["actor"]["by"] == "registry"
+
+    again = svid_client(live, lambda aud: svid(live.svid_key))
+    with pytest.raises(AuthenticationFailed) as refused:
+        await again.propose(**READ)
+    assert refused.value.detail == BAD_SVID
