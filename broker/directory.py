@@ -42,6 +42,27 @@ _TARGET_KEYS = frozenset({"id", "env", "attributes"})
 _RESERVED_TARGET_ATTRS = frozenset({"name"})
 
 
+# What jitgate binds by e-mail: an ASCII address, dot-atom local part, host-name labels.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+
+
+def email_key(value: object) -> str | None:
+    """The form in which e-mail addresses are compared, or None for one jitgate never binds.
+
+    The normalisation is exactly this: the address must be ASCII (local part of
+    ``A-Z a-z 0-9`` and ``!#$%&'*+/=?^_`{|}~.-``, a domain of host-name labels, at most
+    254 characters), and is then lower-cased, ASCII letters only. Anything else (non-ASCII
+    such as the Kelvin sign U+212A that ``str.lower()`` folds into ``k``, quoted local parts,
+    spaces, comments) is refused, never folded into something that might match.
+    """
+    if not isinstance(value, str) or not value.isascii() or len(value) > 254 or not _EMAIL.fullmatch(value):
+        return None
+    return value.lower()
+
+
 def id_problem(value: object) -> str | None:
     """Why ``value`` is not an acceptable identifier, or ``None`` when it is.
 
@@ -202,8 +223,9 @@ def _parse_approver(entry: object, where: str) -> Approver:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_APPROVER_KEYS)}")
     email = _optional_id(entry, "email", where)
-    if email is not None and ("@" not in email or any(ch.isspace() for ch in email)):
-        raise ConfigError(f"{where}: email {email!r} is not an e-mail address")
+    if email is not None and email_key(email) is None:
+        raise ConfigError(f"{where}: email {email!r} is not an ASCII e-mail address jitgate can bind "
+                          "(see docs/security.md, e-mail binding)")
     approver_id = _check_id(entry.get("id"), "id", where)
     if approver_id.startswith(GROUP_BOUND_PREFIX):
         raise ConfigError(f"{where}: ids starting with {GROUP_BOUND_PREFIX!r} are reserved for people bound "
@@ -333,7 +355,9 @@ def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_s
         for kind, value in (("slack", approver.slack), ("teams", approver.teams), ("email", approver.email)):
             if value is None:
                 continue
-            key = value if kind == "slack" else value.lower()
+            key = value if kind == "slack" else email_key(value) if kind == "email" else value.lower()
+            if key is None:
+                raise ConfigError(f"{where}: email {value!r} is not an ASCII e-mail address jitgate can bind")
             other = bindings[kind].get(key)
             if other is not None:
                 raise ConfigError(f"{where}: {kind} identity {value!r} is already bound to approver {other.id!r}")
@@ -460,8 +484,11 @@ class Directory:
         return self._snap.by_teams.get(aad_object_id.lower())
 
     def by_email(self, email: str) -> Approver | None:
-        """The approver with this e-mail address (case-insensitive), or None.
+        """The approver with this e-mail address, compared after :func:`email_key`'s
+        normalisation (an address it refuses matches nobody), or None.
 
-        Callers use this only when e-mail binding is enabled in the settings.
+        Callers use this only when e-mail binding is enabled in the settings, and only with an
+        address the platform verified for a full member of its own workspace or tenant.
         """
-        return self._snap.by_email.get(email.lower())
+        key = email_key(email)
+        return self._snap.by_email.get(key) if key is not None else None

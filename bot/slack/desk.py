@@ -25,6 +25,7 @@ from .commands import SlashCommand
 from .listeners import Listeners
 from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
+from .people import bindable_email
 from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 
 log = logging.getLogger("jitgate.slack")
@@ -70,6 +71,7 @@ class SlackDesk:
         self._connect: asyncio.Task | None = None
         self._broker = None
         self.binder: Binder | None = None
+        self.team_id: str | None = None  # this workspace (auth.test): e-mail binding trusts only its members
 
     # ------------------------------------------------------------------ the port
     def routes(self) -> list:
@@ -159,7 +161,9 @@ class SlackDesk:
 
     async def _check_token(self) -> None:
         try:
-            await self.api.call("auth_test")
+            resp = await self.api.call("auth_test")
+            team = resp.get("team_id")
+            self.team_id = team if isinstance(team, str) and team else None
         except SlackApiError as e:
             error = (getattr(e, "response", None) or {}).get("error", "")
             if error in BAD_TOKEN_ERRORS:
@@ -169,16 +173,19 @@ class SlackDesk:
             log.warning("Slack is unreachable (%s); starting anyway, Slack calls will be retried", e.__class__.__name__)
 
     async def _verified_email(self, user_id: str) -> str | None:
-        """The user's e-mail as Slack verified it (only with JITGATE_EMAIL_BINDING on)."""
+        """The user's e-mail if Slack confirmed it for a full member of this workspace (see
+        :mod:`bot.slack.people`; only with JITGATE_EMAIL_BINDING on); None, logged, otherwise."""
+        if self.team_id is None:
+            await self._check_token()  # auth.test did not answer at start: ask again
         try:
             resp = await self.api.call("users_info", user=user_id)
         except Exception:  # noqa: BLE001 - no e-mail, no binding
             log.warning("users.info failed for %s; not binding by e-mail", user_id)
             return None
-        user = resp.get("user") or {}
-        if user.get("deleted") or user.get("is_bot") or user.get("is_email_confirmed") is False:
-            return None
-        return (user.get("profile") or {}).get("email") or None
+        address, why = bindable_email(resp.get("user"), self.team_id)
+        if address is None:
+            log.warning("not binding Slack user %s by e-mail: %s", user_id, why)
+        return address
 
 
 def desk_from_settings(settings) -> SlackDesk | None:
