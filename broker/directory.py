@@ -116,6 +116,16 @@ def group_bound_id(slack_user_id: str) -> str:
     return GROUP_BOUND_PREFIX + slack_user_id
 
 
+def aliases(approver: Approver) -> frozenset[str]:
+    """Every approver id this person acts, or has acted, under: their own id and, when they have
+    a Slack account, ``slack:<its id>`` (the id a member of a bound Slack user group gets before
+    the file names them). The owner rule and "one person counts once" compare these sets."""
+    ids = {approver.id}
+    if approver.slack:
+        ids.add(group_bound_id(approver.slack))
+    return frozenset(ids)
+
+
 @dataclass(frozen=True)
 class Target:
     """A system an agent may ask to touch. ``attributes`` is read-only by convention."""
