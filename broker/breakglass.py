@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .clock import new_id
-from .directory import Approver
+from .directory import Approver, aliases
 from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from .lifecycle import IssuedToken, Lifecycle
 from .notify import PartialDelivery
@@ -317,7 +317,7 @@ class BreakGlass:
         if sec not in reviewer.groups:
             raise NotApprover(f"only members of '{sec}' may acknowledge a break-glass review")
         req = await self.life.get(request_id)
-        if req.engineer is not None and req.engineer == reviewer.id:
+        if req.engineer is not None and req.engineer in aliases(reviewer):
             raise NotApprover("nobody reviews their own break-glass; another member of security must")
         comment = (comment or "").strip()
         if not comment:

@@ -480,6 +480,31 @@ class Directory:
         """The Slack user group bindings, in file order (they are not approvers themselves)."""
         return self._snap.slack_bindings
 
+    def slack_alias_problem(self, email_binding: bool) -> str | None:
+        """Why a person could count twice through Slack user group bindings, or None.
+
+        A member of a bound Slack user group whom the file does not name by Slack id acts as
+        ``slack:<id>``. So while such bindings exist, every person in the file must be
+        recognisable in Slack before anyone is given a new identity there: by their ``slack:``
+        id, or (with JITGATE_EMAIL_BINDING on) by their ``email:`` as Slack confirms it.
+        """
+        if not self._snap.slack_bindings:
+            return None
+        for person in self._snap.approvers:
+            if person.slack or (email_binding and person.email):
+                continue
+            groups = ", ".join(ug for b in self._snap.slack_bindings for ug in b.usergroups)
+            fix = "their e-mail address ('email:', matched as Slack confirms it)" if email_binding else \
+                "JITGATE_EMAIL_BINDING=1 and their e-mail address ('email:')"
+            return (f"{self._approvers_path or 'approvers'}: approver {person.id!r} has no 'slack:' id while Slack user "
+                    f"groups are bound ({groups}): as a member of one, {person.id} would count as a second person "
+                    f"(slack:<their Slack id>). Add 'slack: U…' to {person.id}'s entry, or {fix}")
+        return None
+
+    def slack_unbound_people(self) -> bool:
+        """True when someone in the file has no ``slack:`` id (so Slack users must be told apart by e-mail)."""
+        return any(not person.slack for person in self._snap.approvers)
+
     def slack_usergroups_for(self, group: str) -> tuple[str, ...]:
         """The Slack user groups whose members are in jitgate ``group`` through a binding."""
         out = [ug for b in self._snap.slack_bindings if group in b.groups for ug in b.usergroups]

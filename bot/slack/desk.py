@@ -86,6 +86,9 @@ class SlackDesk:
         self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
                                      clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
         self.notifier.bind(broker)
+        problem = broker.directory.slack_alias_problem(self.settings.email_binding)
+        if problem:
+            raise ConfigError(problem)  # one person must never count as two approvers
         await self._check_token()
         if self.socket_mode:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler  # noqa: PLC0415
@@ -116,13 +119,24 @@ class SlackDesk:
         """The approver bound to this *verified* Slack user id, explicitly or through Slack user
         groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
         self.broker.maybe_reload()
+        directory = self.broker.directory
         found = self.binder.slack(user_id)
+        email = None
         if found is None and self.settings.email_binding and user_id:
-            found = self.binder.slack(user_id, await self._verified_email(user_id))
-        bindings = self.broker.directory.slack_bindings
+            email = await self._verified_email(user_id)
+            found = self.binder.slack(user_id, email) if email else None
+            if found is not None and found.slack and found.slack != user_id:
+                log.warning("Slack user %s has the e-mail of approver %s, who is bound to Slack user %s; refused",
+                            user_id, found.id, found.slack)
+                raise NotApprover(f"your e-mail address belongs to approver {found.id}, whose entry names another "
+                                  "Slack account; nothing changed. Ask an operator to fix the approvers file.")
+        bindings = directory.slack_bindings
         if bindings and user_id:
             try:
-                found = with_slack_groups(found, user_id, await self.usergroups.groups_of(user_id, bindings))
+                groups = await self.usergroups.groups_of(user_id, bindings)
+                if found is None and groups:
+                    self._check_new_identity(user_id, email)
+                found = with_slack_groups(found, user_id, groups)
             except UserGroupUnavailable as e:
                 if found is None:
                     raise NotApprover(f"jitgate could not ask Slack who is in the user group {e.usergroup} ({e.why}), "
@@ -136,6 +150,23 @@ class SlackDesk:
             raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
                               f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
         return found
+
+    def _check_new_identity(self, user_id: str, email: str | None) -> None:
+        """Before a member of a bound user group acts as ``slack:<id>``: make sure they cannot be
+        someone the file already names (who would then count twice); NotApprover otherwise."""
+        directory = self.broker.directory
+        problem = directory.slack_alias_problem(self.settings.email_binding)
+        if problem:  # a reloaded file broke the rule the start-up check enforced
+            log.error("refusing Slack user group member %s: %s", user_id, problem)
+            raise NotApprover("jitgate's approvers file does not let it tell whether you are also someone it names "
+                              "(an operator must fix it; the log says how), so it cannot count you now; nothing changed")
+        if directory.slack_unbound_people() and email is None:
+            # Someone in the file is known here only by e-mail: without a confirmed address this
+            # user might be them, so no new identity is minted.
+            log.warning("refusing Slack user group member %s: no confirmed e-mail to tell them apart from the "
+                        "approvers the file names only by e-mail", user_id)
+            raise NotApprover("Slack did not confirm your e-mail address for this workspace, so jitgate cannot tell "
+                              "whether you are also someone its approvers file names; nothing changed")
 
     async def answer(self, channel: str | None, user: str, text: str) -> None:
         """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""
