@@ -80,7 +80,6 @@ class Broker:
         except Exception as e:  # noqa: BLE001 - keep serving with the last good version
             log.error("reload refused, keeping the previous version: %s", e)
 
-
     def close_unregistered(self) -> asyncio.Task | None:
         """End, in the background, the grants and pending requests of agents the registry no
         longer holds (see :meth:`Lifecycle.close_unregistered`); None outside an event loop."""

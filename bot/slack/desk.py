@@ -206,8 +206,12 @@ class SlackDesk:
     async def _verified_email(self, user_id: str) -> str | None:
         """The user's e-mail if Slack confirmed it for a full member of this workspace (see
         :mod:`bot.slack.people`; only with JITGATE_EMAIL_BINDING on); None, logged, otherwise."""
-        if self.team_id is None:
-            await self._check_token()  # auth.test did not answer at start: ask again
+        if self.team_id is None:  # auth.test did not answer at start: ask again, briefly
+            try:
+                team = (await self._usergroup_api.call("auth_test")).get("team_id")
+                self.team_id = team if isinstance(team, str) and team else None
+            except Exception:  # noqa: BLE001 - no workspace known, no e-mail binding (bindable_email refuses)
+                log.warning("auth.test failed; not binding %s by e-mail", user_id)
         try:
             resp = await self.api.call("users_info", user=user_id)
         except Exception:  # noqa: BLE001 - no e-mail, no binding
