@@ -24,7 +24,7 @@ $(VENV)/.test: $(VENV)/.run pyproject.toml
 ##      embedded Redis; it prints a console sign-in link for alice and the `jitgate demo` command
 run: $(VENV)/.run .env
 	@echo "starting jitgate; Ctrl-C stops it and its embedded Redis"
-	$(BIN)/jitgate serve
+	$(BIN)/jitgate serve --first-run
 
 ## test: install the test dependencies, find a Chrome or Chromium for the browser tests (installing
 ##       Debian's chromium only where apt-get may run: see .ci/install-browser), and run the whole suite

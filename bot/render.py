@@ -12,6 +12,7 @@ import time
 
 from typing import Callable
 
+from broker.lifecycle import chain_owners
 from broker.model import ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, Request
 
 # Offered by "approve for less time": every choice below the approvable maximum.
@@ -212,6 +213,22 @@ def timeline(req: Request) -> list[str]:
     if req.closed_at is not None and req.status in (EXPIRED, CANCELLED, COMPLETED, REVOKED):
         steps.append(f"{fmt_time(req.closed_at)} {req.status}" + (f" by {req.closed_by}" if req.closed_by else ""))
     return steps
+
+
+def excluded_line(req) -> str | None:
+    """Who may not decide a delegated request and why, for approvers (lifecycle.check_approver
+    enforces it): everyone who owns an agent along the chain. None when there is no chain (the
+    plain "never the agent's owner" rule is said with the owner)."""
+    if not getattr(req, "delegation_chain", None):
+        return None
+    parts = []
+    for person, agents in chain_owners(req).items():
+        roles = [f"{a} (the requesting agent)" if a == req.agent else f"{a} (delegated along the chain)" for a in agents]
+        parts.append(f"{person}, owner of {', '.join(roles)}")
+    if not parts:
+        return None
+    return ("Excluded from deciding: " + "; ".join(parts)
+            + ". Nobody who owns an agent in the delegation chain may approve it.")
 
 
 def delegation_links(req) -> list[str]:

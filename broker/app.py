@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -55,6 +56,7 @@ class Broker:
     breakglass: BreakGlass
     desks: list = field(default_factory=list)
     _last_reload: float = field(default=0.0)
+    _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
         """Pick up edited agents, approvers, targets and policies (checked every 2 s at most).
@@ -68,11 +70,36 @@ class Broker:
         try:
             if self.registry.reload_if_changed():
                 self.gate.set_agents(principals(self.registry))
+                if self.registry.last_removed:
+                    log.warning("agents removed or denied in %s: %s; ending their grants", self.registry.path,
+                                ", ".join(sorted(self.registry.last_removed)))
+                    self.close_unregistered()
             if self.directory.reload_if_changed():
                 self.gate.set_directory(self.directory)
             self.gate.reload_if_changed()
         except Exception as e:  # noqa: BLE001 - keep serving with the last good version
             log.error("reload refused, keeping the previous version: %s", e)
+
+    def close_unregistered(self) -> asyncio.Task | None:
+        """End, in the background, the grants and pending requests of agents the registry no
+        longer holds (see :meth:`Lifecycle.close_unregistered`); None outside an event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        task = loop.create_task(self._close_unregistered())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
+
+    async def _close_unregistered(self) -> None:
+        try:
+            n = await self.lifecycle.close_unregistered(lambda agent_id: self.registry.agent(agent_id) is not None)
+        except Exception:  # noqa: BLE001 - the next reload or start-up tries again
+            log.exception("could not end the grants of removed agents")
+            return
+        if n:
+            log.warning("ended %d grant(s) or request(s) of agents no longer registered", n)
 
 
 def load_desks(settings: Settings) -> list[Desk]:
@@ -169,7 +196,10 @@ async def build(
                     yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks))
+    scheduler.reload = broker.maybe_reload  # edits of the files are followed without traffic too
     if start_background:
+        # Agents removed from the file while no broker (or not this one) noticed: end their grants.
+        await broker._close_unregistered()
         for desk in desks:
             await desk.start(broker)
         await wakeups.start()
@@ -182,6 +212,8 @@ async def shutdown(broker: Broker) -> None:
     """Stop background work, then the desks, then close Redis. Undelivered notifications
     stay in the outbox for the next broker."""
     await broker.scheduler.stop()
+    if broker._closing:
+        await asyncio.wait(set(broker._closing), timeout=10)
     await broker.outbox.stop()
     await broker.wakeups.stop()
     for desk in broker.desks:

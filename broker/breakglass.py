@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .clock import new_id
-from .directory import Approver
+from .directory import Approver, aliases
 from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from .lifecycle import IssuedToken, Lifecycle
 from .notify import PartialDelivery
@@ -181,12 +181,7 @@ class BreakGlass:
                                            action=action, target=target, reason=decision.reason,
                                            policies=list(decision.policies))])
             raise Forbidden(f"policy refuses this even in an emergency: {decision.reason}")
-        cap = min(decision.max_duration_s or self.limits.max_duration_s, self.limits.max_duration_s)
-        granted = min(duration_s, cap)
-        note = None
-        if granted < duration_s:
-            by = f"policy {', '.join(decision.policies)}" if decision.max_duration_s else "the break-glass limit"
-            note = f"cut to {granted // 60} min by {by}"
+        granted, note = _cap(duration_s, decision.max_duration_s, decision.policies, self.limits.max_duration_s)
         return Preview(subject, action, target, granted, duration_s, reason, incident, decision.policies, note)
 
     def _proposal(self, engineer: Approver, subject: str, action: str, target: str, duration_s: int,
@@ -341,7 +336,7 @@ class BreakGlass:
         if sec not in reviewer.groups:
             raise NotApprover(f"only members of '{sec}' may acknowledge a break-glass review")
         req = await self.life.get(request_id)
-        if req.engineer is not None and req.engineer == reviewer.id:
+        if req.engineer is not None and req.engineer in aliases(reviewer):
             raise NotApprover("nobody reviews their own break-glass; another member of security must")
         comment = (comment or "").strip()
         if not comment:
@@ -426,6 +421,28 @@ class BreakGlass:
                                 rid, {"reinstated_by": by.id})
         await self.store.redis.hdel(self.suspended, engineer_id)
         await self.store.append([], rid, notify="bg.reinstated")
+
+
+def _cap(requested_s: int, policy_s: int | None, policies: tuple[str, ...], limit_s: int) -> tuple[int, str | None]:
+    """The granted duration and, when it is less than asked, a note naming the limit that
+    actually applied: the policy's ``@max_duration``, the installation's break-glass limit
+    (``JITGATE_BREAKGLASS_MAX_S``), or both when they are equal."""
+    caps = [c for c in (policy_s, limit_s) if c]
+    cap = min(caps)
+    granted = min(requested_s, cap)
+    if granted >= requested_s:
+        return granted, None
+    by = []
+    if policy_s and policy_s == cap:
+        by.append(f"policy {', '.join(policies)}")
+    if limit_s == cap:
+        by.append("the break-glass limit (JITGATE_BREAKGLASS_MAX_S)")
+    return granted, f"cut to {_span(granted)} by {' and '.join(by)}"
+
+
+def _span(seconds: int) -> str:
+    """``30 min`` for whole minutes, else ``90 s``: never a rounded figure that is not the grant."""
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
 
 
 def review_reminder_at(granted_at: float, review_due: float) -> float:

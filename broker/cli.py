@@ -85,7 +85,9 @@ def cmd_serve(args) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     # The desks see where the broker really listens (the console refuses a public address).
-    settings = dataclasses.replace(settings, host=host, port=port)
+    # The first-run banner (a live console sign-in link) only when asked for (`make run`):
+    # a production start must not print a credential into its log.
+    settings = dataclasses.replace(settings, host=host, port=port, first_run=bool(args.first_run))
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5)
@@ -438,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="run the broker (embedded Redis when REDIS_URL is unset)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--first-run", action="store_true",
+                   help="print the console's first-run banner with a sign-in link (what `make run` does); "
+                        "never use it in production")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("init", help="write a .env with fresh secrets and a demo agent key")

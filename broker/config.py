@@ -199,6 +199,9 @@ class Settings:
     security_group: str = "security"
     oncall_group: str = "on-call"
     email_binding: bool = False
+    # Set only by `jitgate serve --first-run` (what `make run` passes), never from the
+    # environment: the console then prints its first-run banner with a live sign-in link.
+    first_run: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     slack_bot_token: Secret = field(default_factory=lambda: Secret(""), repr=False)

@@ -43,6 +43,27 @@ _TARGET_KEYS = frozenset({"id", "env", "attributes"})
 _RESERVED_TARGET_ATTRS = frozenset({"name"})
 
 
+# What jitgate binds by e-mail: an ASCII address, dot-atom local part, host-name labels.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+
+
+def email_key(value: object) -> str | None:
+    """The form in which e-mail addresses are compared, or None for one jitgate never binds.
+
+    The normalisation is exactly this: the address must be ASCII (local part of
+    ``A-Z a-z 0-9`` and ``!#$%&'*+/=?^_`{|}~.-``, a domain of host-name labels, at most
+    254 characters), and is then lower-cased, ASCII letters only. Anything else (non-ASCII
+    such as the Kelvin sign U+212A that ``str.lower()`` folds into ``k``, quoted local parts,
+    spaces, comments) is refused, never folded into something that might match.
+    """
+    if not isinstance(value, str) or not value.isascii() or len(value) > 254 or not _EMAIL.fullmatch(value):
+        return None
+    return value.lower()
+
+
 def id_problem(value: object) -> str | None:
     """Why ``value`` is not an acceptable identifier, or ``None`` when it is.
 
@@ -94,6 +115,16 @@ class SlackGroupBinding:
 def group_bound_id(slack_user_id: str) -> str:
     """The approver id of a person known to jitgate only through a Slack user group."""
     return GROUP_BOUND_PREFIX + slack_user_id
+
+
+def aliases(approver: Approver) -> frozenset[str]:
+    """Every approver id this person acts, or has acted, under: their own id and, when they have
+    a Slack account, ``slack:<its id>`` (the id a member of a bound Slack user group gets before
+    the file names them). The owner rule and "one person counts once" compare these sets."""
+    ids = {approver.id}
+    if approver.slack:
+        ids.add(group_bound_id(approver.slack))
+    return frozenset(ids)
 
 
 @dataclass(frozen=True)
@@ -204,8 +235,9 @@ def _parse_approver(entry: object, where: str) -> Approver:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_APPROVER_KEYS)}")
     email = _optional_id(entry, "email", where)
-    if email is not None and ("@" not in email or any(ch.isspace() for ch in email)):
-        raise ConfigError(f"{where}: email {email!r} is not an e-mail address")
+    if email is not None and email_key(email) is None:
+        raise ConfigError(f"{where}: email {email!r} is not an ASCII e-mail address jitgate can bind "
+                          "(see docs/security.md, e-mail binding)")
     approver_id = _check_id(entry.get("id"), "id", where)
     if approver_id.startswith(GROUP_BOUND_PREFIX):
         raise ConfigError(f"{where}: ids starting with {GROUP_BOUND_PREFIX!r} are reserved for people bound "
@@ -335,7 +367,9 @@ def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_s
         for kind, value in (("slack", approver.slack), ("teams", approver.teams), ("email", approver.email)):
             if value is None:
                 continue
-            key = value if kind == "slack" else value.lower()
+            key = value if kind == "slack" else email_key(value) if kind == "email" else value.lower()
+            if key is None:
+                raise ConfigError(f"{where}: email {value!r} is not an ASCII e-mail address jitgate can bind")
             other = bindings[kind].get(key)
             if other is not None:
                 raise ConfigError(f"{where}: {kind} identity {value!r} is already bound to approver {other.id!r}")
@@ -448,6 +482,31 @@ class Directory:
         """The Slack user group bindings, in file order (they are not approvers themselves)."""
         return self._snap.slack_bindings
 
+    def slack_alias_problem(self, email_binding: bool) -> str | None:
+        """Why a person could count twice through Slack user group bindings, or None.
+
+        A member of a bound Slack user group whom the file does not name by Slack id acts as
+        ``slack:<id>``. So while such bindings exist, every person in the file must be
+        recognisable in Slack before anyone is given a new identity there: by their ``slack:``
+        id, or (with JITGATE_EMAIL_BINDING on) by their ``email:`` as Slack confirms it.
+        """
+        if not self._snap.slack_bindings:
+            return None
+        for person in self._snap.approvers:
+            if person.slack or (email_binding and person.email):
+                continue
+            groups = ", ".join(ug for b in self._snap.slack_bindings for ug in b.usergroups)
+            fix = "their e-mail address ('email:', matched as Slack confirms it)" if email_binding else \
+                "JITGATE_EMAIL_BINDING=1 and their e-mail address ('email:')"
+            return (f"{self._approvers_path or 'approvers'}: approver {person.id!r} has no 'slack:' id while Slack user "
+                    f"groups are bound ({groups}): as a member of one, {person.id} would count as a second person "
+                    f"(slack:<their Slack id>). Add 'slack: U…' to {person.id}'s entry, or {fix}")
+        return None
+
+    def slack_unbound_people(self) -> bool:
+        """True when someone in the file has no ``slack:`` id (so Slack users must be told apart by e-mail)."""
+        return any(not person.slack for person in self._snap.approvers)
+
     def slack_usergroups_for(self, group: str) -> tuple[str, ...]:
         """The Slack user groups whose members are in jitgate ``group`` through a binding."""
         out = [ug for b in self._snap.slack_bindings if group in b.groups for ug in b.usergroups]
@@ -462,8 +521,11 @@ class Directory:
         return self._snap.by_teams.get(aad_object_id.lower())
 
     def by_email(self, email: str) -> Approver | None:
-        """The approver with this e-mail address (case-insensitive), or None.
+        """The approver with this e-mail address, compared after :func:`email_key`'s
+        normalisation (an address it refuses matches nobody), or None.
 
-        Callers use this only when e-mail binding is enabled in the settings.
+        Callers use this only when e-mail binding is enabled in the settings, and only with an
+        address the platform verified for a full member of its own workspace or tenant.
         """
-        return self._snap.by_email.get(email.lower())
+        key = email_key(email)
+        return self._snap.by_email.get(key) if key is not None else None

@@ -69,7 +69,8 @@ _ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : / @ -"
 
 _AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate"})
 _SERVER_KEYS = frozenset({"id", "public_key"})
-_TOP_KEYS = frozenset({"agents", "resource_servers"})
+# ``denied_spiffe_ids``: SPIFFE ids refused whatever their credential, listed entry or not.
+_TOP_KEYS = frozenset({"agents", "resource_servers", "denied_spiffe_ids"})
 
 ALLOWED_ALGS = frozenset({"EdDSA", "ES256"})
 _MAX_TOKEN_CHARS = 8192
@@ -78,6 +79,10 @@ _TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
 # No ':' so that "jti:{iss}:{jti}" cannot mean two things (ids may contain ':').
 _JTI = re.compile(r"[\x21-\x39\x3b-\x7e]{1,128}")
 _REQUIRED_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "jti")
+# One answer for "no such agent" and "not signed by its key" (unknown id, wrong algorithm for
+# the registered key, other kid, bad signature): a caller must not learn which ids exist.
+BAD_ASSERTION = "invalid assertion: unknown issuer or a signature that does not verify"
+BAD_SVID = "JWT-SVID not accepted: unregistered or denied SPIFFE id, or a signature that does not verify"
 
 
 # --- registry -------------------------------------------------------------------------
@@ -269,6 +274,20 @@ def _load_document(text: str, source: str) -> dict:
     return data
 
 
+def _parse_denied(source: str, data: dict) -> frozenset[str]:
+    """The ``denied_spiffe_ids`` list: well-formed SPIFFE ids, compared exactly."""
+    entries = data.get("denied_spiffe_ids")
+    if entries is None:
+        return frozenset()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: 'denied_spiffe_ids' must be a list of spiffe:// ids")
+    for index, value in enumerate(entries):
+        problem = spiffe_id_problem(value)
+        if problem:
+            raise ConfigError(f"{source}: denied_spiffe_ids[{index}] {problem}")
+    return frozenset(entries)
+
+
 def _parse_document(text: str, source: str) -> tuple[dict, tuple[Agent, ...], tuple[ResourceServer, ...]]:
     data = _load_document(text, source)
     agents = tuple(_parse_section(source, data, "agents", _agent_from_entry))
@@ -296,13 +315,16 @@ def _read(path: Path) -> str:
 
 
 class _Snapshot:
-    __slots__ = ("agents", "resource_servers", "agent_by_id", "server_by_id")
+    __slots__ = ("agents", "resource_servers", "agent_by_id", "server_by_id", "denied")
 
-    def __init__(self, agents: tuple[Agent, ...], servers: tuple[ResourceServer, ...]) -> None:
-        self.agents = agents
+    def __init__(self, agents: tuple[Agent, ...], servers: tuple[ResourceServer, ...],
+                 denied: frozenset[str] = frozenset()) -> None:
+        # A denied id is not an agent at all: not to authenticate, delegate, be granted or owned.
+        self.agents = tuple(a for a in agents if a.id not in denied)
         self.resource_servers = servers
-        self.agent_by_id = {a.id: a for a in agents}
+        self.agent_by_id = {a.id: a for a in self.agents}
         self.server_by_id = {s.id: s for s in servers}
+        self.denied = denied
 
 
 class Registry:
@@ -314,29 +336,33 @@ class Registry:
         resource_servers: Iterable[ResourceServer] = (),
         *,
         path: Path | None = None,
+        denied_spiffe_ids: Iterable[str] = (),
     ) -> None:
         agents, resource_servers = tuple(agents), tuple(resource_servers)
         _check_unique(str(path or "registry"), agents, resource_servers)
         self.path = path
         self._stamp: tuple | None = None
         # Swapped as one object so a reload never shows half of the old and half of the new file.
-        self._snapshot = _Snapshot(agents, resource_servers)
+        self._snapshot = _Snapshot(agents, resource_servers, frozenset(denied_spiffe_ids))
+        # Agent ids the last reload took away (removed from the file or denied): their grants end.
+        self.last_removed: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path) -> Registry:
         """Read the agents file; a missing file is an empty registry, a malformed one a ConfigError."""
         path = Path(path)
         stamp = _stamp(path)  # before reading, so a change during the read is seen next time
-        _, agents, servers = _parse_document(_read(path), str(path))
-        registry = cls(agents, servers, path=path)
+        data, agents, servers = _parse_document(_read(path), str(path))
+        registry = cls(agents, servers, path=path, denied_spiffe_ids=_parse_denied(str(path), data))
         registry._stamp = stamp
         return registry
 
     def reload_if_changed(self) -> bool:
         """Re-read the file when its mtime (or size or inode) changed; True when the data was replaced.
 
-        A broken new version raises ConfigError once and the previous data stays in force; the
-        next change of the file is tried again.
+        :attr:`last_removed` then names the agents the new version took away (removed, or
+        denied): the caller ends their grants. A broken new version raises ConfigError once
+        and the previous data stays in force; the next change of the file is tried again.
         """
         if self.path is None:
             return False
@@ -344,9 +370,15 @@ class Registry:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
-        _, agents, servers = _parse_document(_read(self.path), str(self.path))
-        self._snapshot = _Snapshot(agents, servers)
+        data, agents, servers = _parse_document(_read(self.path), str(self.path))
+        before = self._snapshot
+        self._snapshot = _Snapshot(agents, servers, _parse_denied(str(self.path), data))
+        self.last_removed = frozenset(before.agent_by_id) - frozenset(self._snapshot.agent_by_id)
         return True
+
+    def is_denied(self, spiffe_id: str) -> bool:
+        """True when the agents file's ``denied_spiffe_ids`` lists this id."""
+        return spiffe_id in self._snapshot.denied
 
     @property
     def agents(self) -> tuple[Agent, ...]:
@@ -525,6 +557,19 @@ def _bearer_token(authorization: str | None) -> str:
     return parts[1].strip()
 
 
+_DUMMY_KEYS: dict[str, Any] = {}
+
+
+def _dummy_key(alg: str) -> Any:
+    """A public key of ``alg``'s kind that matches nobody's private key: verifying against it
+    costs what verifying against a registered key costs, and always fails."""
+    key = _DUMMY_KEYS.get(alg)
+    if key is None:
+        kind = "Ed25519" if alg == "EdDSA" else "P-256"
+        key = _DUMMY_KEYS[alg] = _parse_public_jwk(generate_key(kind)[1])[0]
+    return key
+
+
 class InvalidDpopProof(Unauthenticated):
     """A DPoP proof (RFC 9449) that is missing, malformed, for another request, or replayed."""
 
@@ -573,7 +618,7 @@ class AssertionVerifier:
                 keyed = self._registry.agent(iss) if isinstance(iss, str) and iss == svid.get("sub") else None
                 if keyed is None or keyed.public_jwk is None:
                     return self._spiffe.verify(token, self._registry, self._audience, self._clock.now())
-        return await self._verify(authorization, self._registry.agent, "unknown agent")
+        return await self._verify(authorization, self._registry.agent)
 
     async def verify_dpop(self, proof: str | None, *, method: str, url: str) -> str:
         """The RFC 7638 thumbprint (``jkt``) of the key that signed a valid DPoP proof for
@@ -598,9 +643,9 @@ class AssertionVerifier:
 
     async def verify_resource_server(self, authorization: str | None) -> tuple[ResourceServer, dict]:
         """The resource server that signed the bearer assertion and its claims; Unauthenticated otherwise."""
-        return await self._verify(authorization, self._registry.resource_server, "unknown resource server")
+        return await self._verify(authorization, self._registry.resource_server)
 
-    async def _verify(self, authorization: str | None, lookup: Callable[[str], Any], unknown: str) -> tuple[Any, dict]:
+    async def _verify(self, authorization: str | None, lookup: Callable[[str], Any]) -> tuple[Any, dict]:
         token = _bearer_token(authorization)
         match = _TOKEN.fullmatch(token) if len(token) <= _MAX_TOKEN_CHARS else None
         if match is None:
@@ -617,16 +662,14 @@ class AssertionVerifier:
         if iss is None:
             raise Unauthenticated("assertion lacks the 'iss' claim")
         principal = lookup(iss) if isinstance(iss, str) else None
-        if principal is None:
-            raise Unauthenticated(unknown)
-        if principal.public_jwk is None:
-            raise Unauthenticated("this agent has no registered key; it authenticates with a JWT-SVID")
-        if alg != principal.alg:
-            raise Unauthenticated("algorithm does not match the registered key")
-        if "kid" in header and header["kid"] != principal.kid:
-            raise Unauthenticated("unknown key id")
-        if not verify_jws_signature(principal._key, alg, token):
-            raise Unauthenticated("invalid signature")
+        # Unknown, keyless (SVID-only), other algorithm, other kid, bad signature: the same
+        # status, code and detail, and (for an unknown id) a signature check against a dummy
+        # key all the same, so neither the answer nor its timing says whether the id exists.
+        known = (principal is not None and principal.public_jwk is not None and alg == principal.alg
+                 and ("kid" not in header or header["kid"] == principal.kid))
+        key = principal._key if known else _dummy_key(alg)
+        if not verify_jws_signature(key, alg, token) or not known:
+            raise Unauthenticated(BAD_ASSERTION)
 
         ttl_ms = self._check_claims(claims, principal.id)
         key = f"{self._jti_prefix}{principal.id}:{claims['jti']}"
@@ -799,11 +842,11 @@ class SpiffeBundle:
         return claims if isinstance(sub, str) and sub.startswith(SPIFFE_SCHEME) else None
 
     def verify(self, token: str, registry: Registry, audience: str, now: float, leeway_s: int = 30) -> tuple[Agent, dict]:
-        """The agent a JWT-SVID names (its SPIFFE id), after checking signature, trust
-        domain, audience and times; Unauthenticated otherwise.
+        """The registered agent a JWT-SVID names (its SPIFFE id), after checking signature,
+        trust domain, audience and times; Unauthenticated otherwise.
 
-        A SPIFFE id listed in the agents file gets that entry's owner and team; any other
-        workload of the trust domain is an agent with neither (policy decides what it may).
+        The SPIFFE id must be listed in the agents file (which gives it its owner and team)
+        and not under ``denied_spiffe_ids``: a valid SVID of an unlisted workload is refused.
         """
         self._refresh()
         header, claims = split_jws(token)
@@ -824,14 +867,14 @@ class SpiffeBundle:
             kid = next(iter(self._keys))
         entry = self._keys.get(kid) if isinstance(kid, str) else None
         if entry is None:
-            raise Unauthenticated("JWT-SVID signed with a key not in the trust bundle")
+            raise Unauthenticated(BAD_SVID)
         key, family = entry
         if not (alg == family or (family == "RSA" and alg[:2] in ("RS", "PS"))):
-            raise Unauthenticated("JWT-SVID alg does not match its bundle key")
+            raise Unauthenticated(BAD_SVID)
         try:
             self._jws.decode_complete(token, key, algorithms=[alg])
         except (jwt.PyJWTError, ValueError, TypeError):
-            raise Unauthenticated("JWT-SVID signature does not verify against the trust bundle") from None
+            raise Unauthenticated(BAD_SVID) from None
         aud = claims.get("aud")
         if not (aud == audience or (isinstance(aud, list) and audience in aud)):
             raise Unauthenticated("JWT-SVID audience does not include this broker")
@@ -845,9 +888,14 @@ class SpiffeBundle:
         for name in ("iat", "nbf"):
             if name in claims and (not _finite_number(claims[name]) or claims[name] > now + leeway_s):
                 raise Unauthenticated(f"JWT-SVID {name} is in the future")
-        if not ID_PATTERN.fullmatch(sub):
-            raise Unauthenticated(f"SPIFFE id cannot be an agent id ({_ID_RULE})")
-        agent = registry.agent(sub) or Agent(id=sub, owner=None, team=None, public_jwk=None, kid="")
+        # Only a registered, undenied SPIFFE id is an agent: a workload the trust domain vouches
+        # for but the agents file does not list (or lists under denied_spiffe_ids) is refused,
+        # in the same words as a bad signature, so the answer does not say which ids are listed.
+        agent = registry.agent(sub)
+        if agent is None:
+            log.warning("refused a valid JWT-SVID for %s: %s", sub,
+                        "denied in the agents file" if registry.is_denied(sub) else "not registered in the agents file")
+            raise Unauthenticated(BAD_SVID)
         return agent, claims
 
 
@@ -943,13 +991,11 @@ def verify_delegation_chain(
             raise InvalidDelegation(f"{where}: 'sub' must name the agent delegated to")
         where = f"delegation link {index} ({iss} -> {sub})"
         delegator = registry.agent(iss)
-        if delegator is None:
-            raise InvalidDelegation(f"{where}: delegator '{iss}' is not a registered agent")
-        if delegator.public_jwk is None:
-            raise InvalidDelegation(f"{where}: delegator '{iss}' has no registered key to sign with")
-        if alg != delegator.alg or ("kid" in header and header["kid"] != delegator.kid):
-            raise InvalidDelegation(f"{where}: not signed with '{iss}''s registered key")
-        if not verify_jws_signature(delegator._key, alg, token):
+        # Unknown, keyless, other algorithm or kid, bad signature: one answer (and a signature
+        # check either way), so a chain cannot be used to learn which agent ids exist.
+        known = (delegator is not None and delegator.public_jwk is not None and alg == delegator.alg
+                 and ("kid" not in header or header["kid"] == delegator.kid))
+        if not verify_jws_signature(delegator._key if known else _dummy_key(alg), alg, token) or not known:
             raise InvalidDelegation(f"{where}: signature does not verify against '{iss}''s registered key")
         if not delegator.can_delegate:
             raise InvalidDelegation(f"{where}: agent '{iss}' may not delegate (can_delegate is not set in the agents file)")

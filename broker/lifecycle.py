@@ -16,12 +16,13 @@ import getpass
 import orjson
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
-from .directory import Approver, Directory
+from .directory import Approver, Directory, aliases
 from .errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, verify_delegation_chain
 from .model import (
@@ -260,7 +261,7 @@ class Lifecycle:
         out = []
         for rid in (r.decode() for r in raw):
             req = await self.store.load(rid)
-            if req is None or req.status != PENDING or approver.id in req.approvers:
+            if req is None or req.status != PENDING or aliases(approver) & set(req.approvers):
                 continue
             try:
                 self.check_approver(approver, req)
@@ -314,7 +315,9 @@ class Lifecycle:
         rid = new_id()
         at = iso(now)
         actor = {"agent": agent.id, "owner": agent.owner}
-        received = {"delegation_chain": [link.to_dict() for link in chain]} if chain else {}
+        # Each link records its delegator's owner as the agents file says now: nobody who owns
+        # an agent along the chain may approve (check_approver), and the record says who that is.
+        received = {"delegation_chain": [self._with_owner(link) for link in chain]} if chain else {}
         events = [
             event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
                   **received),
@@ -333,7 +336,7 @@ class Lifecycle:
         }
         chain_exp = min((link.expires_at for link in chain), default=None)
         if chain_exp is not None:
-            fields.update(delegation_chain=_json([link.to_dict() for link in chain]), delegation_exp=str(chain_exp))
+            fields.update(delegation_chain=_json(received["delegation_chain"]), delegation_exp=str(chain_exp))
         deadline: int | None
         if decision.outcome == "deny":
             status, deadline = DENIED, None
@@ -376,6 +379,12 @@ class Lifecycle:
             proposal.delegation, registry=self.registry, requester=agent.id, action=proposal.action,
             target=proposal.target, audience=self.settings.issuer, now=now, max_depth=self.settings.delegation_max_depth,
         )
+
+    def _with_owner(self, link: DelegationLink) -> dict:
+        d = link.to_dict()
+        delegator = self.registry.agent(link.delegator) if self.registry is not None else None
+        d["delegator_owner"] = delegator.owner if delegator is not None else None
+        return d
 
     def _delegated_decision(self, decision: Decision, chain: list[DelegationLink], context: dict) -> Decision:
         """Ask Cedar whether each delegator may delegate to its delegate (action ``delegate``,
@@ -436,7 +445,13 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ people
     def check_approver(self, approver: Approver, req: Request) -> None:
-        """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now."""
+        """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now.
+
+        The one home of "who may decide": the required group (or the backup group once
+        escalated), and never anyone who owns an agent along the request's chain of intent
+        (the requesting agent, and every delegator of its delegation chain), under any of
+        their aliases (:func:`broker.directory.aliases`). Desks and listings ask this.
+        """
         group = req.decision.get("approver_group")
         if req.decision.get("outcome") != "require_approval":
             raise NotApprover("this request does not need human approval")
@@ -448,8 +463,26 @@ class Lifecycle:
             allowed.add(backup)
         if not allowed & approver.groups:
             raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' may decide this request")
-        if req.owner and approver.id == req.owner:
-            raise NotApprover(f"{approver.id} owns agent {req.agent} and may not approve its requests")
+        excluded = self.excluded_owners(req)
+        for person in sorted(aliases(approver) & excluded.keys()):
+            owned = excluded[person]
+            if owned == (req.agent,):
+                raise NotApprover(f"{approver.id} owns agent {req.agent} and may not approve its requests")
+            raise NotApprover(f"{approver.id} owns {', '.join(owned)} in this request's delegation chain "
+                              f"(which leads to {req.agent}) and may not approve it")
+
+    def excluded_owners(self, req: Request) -> dict[str, tuple[str, ...]]:
+        """:func:`chain_owners` of ``req``, with the agents file's owner for a link recorded
+        before links carried theirs."""
+        extra = {}
+        for link in req.delegation_chain:
+            if not isinstance(link, dict) or "delegator_owner" in link or self.registry is None:
+                continue
+            delegator = link.get("delegator")
+            agent = self.registry.agent(delegator) if isinstance(delegator, str) else None
+            if agent is not None and agent.owner:
+                extra[delegator] = agent.owner
+        return chain_owners(req, extra)
 
     async def approve(
         self,
@@ -463,8 +496,8 @@ class Lifecycle:
         """Count ``approver``'s approval; the last one needed approves the request."""
         req = await self.get(request_id)
         self.check_approver(approver, req)
-        if approver.id in req.approvers:
-            return req  # the same approval again: a no-op
+        if aliases(approver) & set(req.approvers):
+            return req  # the same person's approval again (under any alias): a no-op
         if req.status != PENDING:
             raise Conflict(_explain(req))
         max_s = self._grant_duration(req.proposal, req.decision, req.approvals)
@@ -654,6 +687,38 @@ class Lifecycle:
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
 
+    async def close_unregistered(self, registered: Callable[[str], bool]) -> int:
+        """End what agents no longer in the registry still hold: approved and active grants are
+        revoked, pending requests withdrawn, each with its audit entry (actor ``registry``).
+        Called when a reload of the agents file removes (or denies) agents, and at start-up,
+        so a removal noticed by a process that then stopped is not lost. Every change is a
+        compare-and-set, so replicas doing it at once are harmless. Returns how many changed."""
+        changed = 0
+        async for ids in self.store.live_ids():
+            for rid, (agent, status) in zip(ids, await self.store.agents_of(ids)):
+                if not agent or registered(agent) or status not in (PENDING, APPROVED, ACTIVE):
+                    continue
+                reason = f"agent {agent} is no longer registered (removed from the agents file, or denied)"
+                try:
+                    if status == PENDING:
+                        await self._withdraw_for_registry(rid, agent, reason)
+                    else:
+                        await self.revoke(rid, by="registry", reason=reason, channel="registry")
+                    changed += 1
+                except (Conflict, NotFound):
+                    continue  # closed meanwhile: nothing left to end
+        return changed
+
+    async def _withdraw_for_registry(self, request_id: str, agent: str, reason: str) -> None:
+        now = self._now()
+        out = await self.store.transition(
+            request_id, [PENDING], CANCELLED,
+            {"closed_at": repr(now), "closed_by": "registry", "close_reason": reason},
+            [event("request.cancelled", iso(now), request_id, {"by": "registry"}, agent=agent, reason=reason)],
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="cancelled",
+        )
+        await self._finish(out, request_id)
+
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
         for _ in range(3):  # bounded: the state may move between the read and the write
@@ -793,6 +858,24 @@ class Lifecycle:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def chain_owners(req: Request, extra: dict[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Who may not decide ``req`` because they own an agent along its chain of intent: approver
+    id → the agents they own there (the requesting agent first, then the delegators from the
+    nearest to the root). ``extra`` adds owners of delegators whose link recorded none."""
+    out: dict[str, list[str]] = {}
+    if req.owner:
+        out.setdefault(req.owner, []).append(req.agent)
+    for link in reversed(req.delegation_chain):
+        if not isinstance(link, dict):
+            continue
+        delegator = link.get("delegator")
+        owner = link.get("delegator_owner") or (extra or {}).get(delegator)
+        if isinstance(owner, str) and owner and isinstance(delegator, str):
+            out.setdefault(owner, []).append(delegator)
+    return {person: tuple(dict.fromkeys(agents)) for person, agents in out.items()}
+
 
 
 # A notification kind with this prefix is queued only when people were shown the request

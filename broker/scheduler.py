@@ -59,6 +59,9 @@ class Scheduler:
         # Clear while a sweep works through a backlog (full batches): the outbox waits meanwhile.
         self.not_revoking = asyncio.Event()
         self.not_revoking.set()
+        # Re-reads edited agents/approvers/targets/policies (Broker.maybe_reload); set by the
+        # composition root. Every replica runs it: each holds its own copy of the files.
+        self.reload = None
 
     async def start(self) -> None:
         """Run one catch-up sweep now, then the periodic jobs."""
@@ -67,6 +70,8 @@ class Scheduler:
         self.aps.add_job(self._sweep_job, "interval", seconds=self.sweep_interval_s, id="sweep",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._rotate_job, "interval", seconds=self.rotation_check_s, id="rotate",
+                         max_instances=1, coalesce=True, misfire_grace_time=None)
+        self.aps.add_job(self._reload_job, "interval", seconds=2.0, id="reload",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._remind_job, "interval", seconds=max(self.sweep_interval_s, 1.0), id="remind",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
@@ -109,6 +114,14 @@ class Scheduler:
                 await self.sweep()
             else:
                 self.not_revoking.set()  # another replica sweeps: nothing here to wait for
+
+    async def _reload_job(self) -> None:
+        with self._tracked():
+            if self.reload is not None:
+                try:
+                    self.reload()
+                except Exception:  # noqa: BLE001 - maybe_reload logs and keeps the last good version
+                    log.exception("reload check failed")
 
     async def _remind_job(self) -> None:
         with self._tracked():

@@ -337,6 +337,26 @@ class Store:
         return [(flat[i].decode() if flat[i] else None, int(flat[i + 1]) if flat[i + 1] else None, flat[i + 2] == b"1")
                 for i in range(0, len(flat), 3)]
 
+    async def live_ids(self, batch: int = 500):
+        """Every request that still has a deadline (pending, approved or active), in batches of
+        ids; a request closed meanwhile may still appear (callers re-check under a CAS)."""
+        ids: list[str] = []
+        async for member, _score in self.redis.zscan_iter(self.deadlines, count=batch):
+            ids.append(member.decode())
+            if len(ids) >= batch:
+                yield ids
+                ids = []
+        if ids:
+            yield ids
+
+    async def agents_of(self, request_ids: list[str]) -> list[tuple[str | None, str | None]]:
+        """(agent, status) of each request, one round trip; (None, None) for one that is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hmget(self.req_key(rid), "agent", "status")
+            rows = await pipe.execute()
+        return [(a.decode() if a else None, s.decode() if s else None) for a, s in rows]
+
     async def grant_state(self, request_id: str) -> tuple[str, str | None, float | None] | None:
         """(status, grant jti, grant exp) of a request, or None: the three fields introspection
         needs, without decoding the whole request."""

@@ -69,14 +69,16 @@ class ConsoleDesk:
 
     name = "console"
 
-    def __init__(self, settings: Settings, *, explicit: bool = False, banner: bool = True,
+    def __init__(self, settings: Settings, *, explicit: bool = False, banner: bool | None = None,
                  chain_cache_s: float = 30.0) -> None:
         from .views import ConsoleViews  # noqa: PLC0415 - Jinja2 is loaded only when the console is on
 
         self.settings = settings
         self.explicit = explicit
-        # The first-run banner (sign-in link + demo command), printed when a demo agent exists.
-        self.banner = banner
+        # The first-run banner (sign-in link + demo command), printed when a demo agent exists
+        # and the broker was started with `jitgate serve --first-run` (what `make run` does):
+        # a production start never prints a live sign-in link into its log.
+        self.banner = settings.first_run if banner is None else banner
         self.notifier = ConsoleNotifier()
         self.views = ConsoleViews(settings, chain_cache_s=chain_cache_s)
         self._banner_task: asyncio.Task | None = None

@@ -82,6 +82,9 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     if links:
         chain = "\n".join(f"{i}. {link}" for i, link in enumerate(links, 1))
         blocks.append(_section("*Delegation chain* (verified, root first)\n" + mrkdwn(chain, TEXT_LIMIT - 60)))
+    excluded = render.excluded_line(req)
+    if excluded:
+        blocks.append(_section(":no_entry: " + mrkdwn(excluded, TEXT_LIMIT - 20)))
 
     blocks.append(_section("*Justification*\n" + mrkdwn(p.justification, TEXT_LIMIT - 20)))
 

@@ -25,6 +25,7 @@ from .commands import SlashCommand
 from .listeners import Listeners
 from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
+from .people import bindable_email
 from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 
 log = logging.getLogger("jitgate.slack")
@@ -70,6 +71,7 @@ class SlackDesk:
         self._connect: asyncio.Task | None = None
         self._broker = None
         self.binder: Binder | None = None
+        self.team_id: str | None = None  # this workspace (auth.test): e-mail binding trusts only its members
 
     # ------------------------------------------------------------------ the port
     def routes(self) -> list:
@@ -84,6 +86,9 @@ class SlackDesk:
         self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
                                      clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
         self.notifier.bind(broker)
+        problem = broker.directory.slack_alias_problem(self.settings.email_binding)
+        if problem:
+            raise ConfigError(problem)  # one person must never count as two approvers
         await self._check_token()
         if self.socket_mode:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler  # noqa: PLC0415
@@ -114,13 +119,24 @@ class SlackDesk:
         """The approver bound to this *verified* Slack user id, explicitly or through Slack user
         groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
         self.broker.maybe_reload()
+        directory = self.broker.directory
         found = self.binder.slack(user_id)
+        email = None
         if found is None and self.settings.email_binding and user_id:
-            found = self.binder.slack(user_id, await self._verified_email(user_id))
-        bindings = self.broker.directory.slack_bindings
+            email = await self._verified_email(user_id)
+            found = self.binder.slack(user_id, email) if email else None
+            if found is not None and found.slack and found.slack != user_id:
+                log.warning("Slack user %s has the e-mail of approver %s, who is bound to Slack user %s; refused",
+                            user_id, found.id, found.slack)
+                raise NotApprover(f"your e-mail address belongs to approver {found.id}, whose entry names another "
+                                  "Slack account; nothing changed. Ask an operator to fix the approvers file.")
+        bindings = directory.slack_bindings
         if bindings and user_id:
             try:
-                found = with_slack_groups(found, user_id, await self.usergroups.groups_of(user_id, bindings))
+                groups = await self.usergroups.groups_of(user_id, bindings)
+                if found is None and groups:
+                    self._check_new_identity(user_id, email)
+                found = with_slack_groups(found, user_id, groups)
             except UserGroupUnavailable as e:
                 if found is None:
                     raise NotApprover(f"jitgate could not ask Slack who is in the user group {e.usergroup} ({e.why}), "
@@ -134,6 +150,23 @@ class SlackDesk:
             raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
                               f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
         return found
+
+    def _check_new_identity(self, user_id: str, email: str | None) -> None:
+        """Before a member of a bound user group acts as ``slack:<id>``: make sure they cannot be
+        someone the file already names (who would then count twice); NotApprover otherwise."""
+        directory = self.broker.directory
+        problem = directory.slack_alias_problem(self.settings.email_binding)
+        if problem:  # a reloaded file broke the rule the start-up check enforced
+            log.error("refusing Slack user group member %s: %s", user_id, problem)
+            raise NotApprover("jitgate's approvers file does not let it tell whether you are also someone it names "
+                              "(an operator must fix it; the log says how), so it cannot count you now; nothing changed")
+        if directory.slack_unbound_people() and email is None:
+            # Someone in the file is known here only by e-mail: without a confirmed address this
+            # user might be them, so no new identity is minted.
+            log.warning("refusing Slack user group member %s: no confirmed e-mail to tell them apart from the "
+                        "approvers the file names only by e-mail", user_id)
+            raise NotApprover("Slack did not confirm your e-mail address for this workspace, so jitgate cannot tell "
+                              "whether you are also someone its approvers file names; nothing changed")
 
     async def answer(self, channel: str | None, user: str, text: str) -> None:
         """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""
@@ -159,7 +192,9 @@ class SlackDesk:
 
     async def _check_token(self) -> None:
         try:
-            await self.api.call("auth_test")
+            resp = await self.api.call("auth_test")
+            team = resp.get("team_id")
+            self.team_id = team if isinstance(team, str) and team else None
         except SlackApiError as e:
             error = (getattr(e, "response", None) or {}).get("error", "")
             if error in BAD_TOKEN_ERRORS:
@@ -169,16 +204,23 @@ class SlackDesk:
             log.warning("Slack is unreachable (%s); starting anyway, Slack calls will be retried", e.__class__.__name__)
 
     async def _verified_email(self, user_id: str) -> str | None:
-        """The user's e-mail as Slack verified it (only with JITGATE_EMAIL_BINDING on)."""
+        """The user's e-mail if Slack confirmed it for a full member of this workspace (see
+        :mod:`bot.slack.people`; only with JITGATE_EMAIL_BINDING on); None, logged, otherwise."""
+        if self.team_id is None:  # auth.test did not answer at start: ask again, briefly
+            try:
+                team = (await self._usergroup_api.call("auth_test")).get("team_id")
+                self.team_id = team if isinstance(team, str) and team else None
+            except Exception:  # noqa: BLE001 - no workspace known, no e-mail binding (bindable_email refuses)
+                log.warning("auth.test failed; not binding %s by e-mail", user_id)
         try:
             resp = await self.api.call("users_info", user=user_id)
         except Exception:  # noqa: BLE001 - no e-mail, no binding
             log.warning("users.info failed for %s; not binding by e-mail", user_id)
             return None
-        user = resp.get("user") or {}
-        if user.get("deleted") or user.get("is_bot") or user.get("is_email_confirmed") is False:
-            return None
-        return (user.get("profile") or {}).get("email") or None
+        address, why = bindable_email(resp.get("user"), self.team_id)
+        if address is None:
+            log.warning("not binding Slack user %s by e-mail: %s", user_id, why)
+        return address
 
 
 # Slack's signing secrets are 32 hex characters; anything this short is a placeholder.

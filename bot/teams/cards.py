@@ -104,6 +104,9 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
         chain = "\n".join(f"{i}. {link}" for i, link in enumerate(links, 1))
         facts.append(rich(run("Delegation chain (verified, root first):", weight="Bolder")))
         facts.append(rich(run(chain, CAP_DELEGATION)))
+    excluded = render.excluded_line(req)
+    if excluded:
+        facts.append(rich(run(excluded, CAP_DELEGATION, color="Attention")))
     if req.break_glass:
         facts.append(field("Break-glass", f"by {req.engineer or 'unknown'}" + (f", incident {req.incident}" if req.incident else "")))
     body.append({"type": "Container", "spacing": "Medium", "items": facts})

@@ -155,7 +155,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
         ("approvers:\n  - id: 123\n", "must be a string, got int"),
         ("approvers:\n  - id: eve\n    slack: no\n", r"\(id 'eve'\): slack must be a string, got bool"),
         ("approvers:\n  - id: eve\n    grups: [sre]\n", r"unknown key\(s\) \['grups'\]"),
-        ("approvers:\n  - id: eve\n    email: not-an-address\n", "is not an e-mail address"),
+        ("approvers:\n  - id: eve\n    email: not-an-address\n", "is not an ASCII e-mail address"),
         ("approvers:\n  - id: eve\n  - id: eve\n", r"entry 2 \(id 'eve'\): duplicate approver id"),
         ("approvers:\n  - {id: eve, slack: U1}\n  - {id: mal, slack: U1}\n", "already bound to approver 'eve'"),
         ("approvers:\n  - {id: eve, email: E@x.org}\n  - {id: mal, email: e@X.org}\n", "already bound"),

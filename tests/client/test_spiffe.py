@@ -9,13 +9,15 @@ import os
 import time
 
 import jwt
+import orjson
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.client import AuthenticationFailed, Client, Denied, JitgateError, Svid
+from broker.client import AuthenticationFailed, Client, JitgateError, Svid
 from broker.config import Settings
 from broker.errors import ConfigError, Unauthenticated
-from broker.identity import Registry, SpiffeBundle
+from broker.identity import BAD_SVID, Agent, Registry, SpiffeBundle
 from tests.client.conftest import ISSUER, SPIFFE_AGENT, ec_jwk
 from tests.support.fake_spire import FakeWorkloadApi
 
@@ -46,11 +48,17 @@ async def test_valid_svid_is_accepted_as_the_agent(live):
     assert (await client.complete(grant)).status == "completed"
 
 
-async def test_unlisted_workload_of_the_domain_is_an_agent_without_a_team(live):
-    """A workload of the trusted domain not in the agents file authenticates, but policy sees no team: denied."""
+async def test_unlisted_workload_of_the_domain_is_refused(live):
+    """Issue 24.3 "an identity that is not registered is refused, whatever its credential": a valid SVID of a
+    workload the agents file does not list is refused, in the same words as a bad signature (14.15); nothing stored."""
     client = svid_client(live, lambda aud: svid(live.svid_key, "spiffe://example.org/ns/other/sa/job"))
-    with pytest.raises(Denied, match="no policy permits read"):
-        await client.escalate(**READ)
+    with pytest.raises(AuthenticationFailed) as unlisted:
+        await client.propose(**READ)
+    forged = svid_client(live, lambda aud: svid(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(AuthenticationFailed) as bad_signature:
+        await forged.propose(**READ)
+    assert unlisted.value.detail == bad_signature.value.detail == BAD_SVID
+    assert await live.request_ids() == []
 
 
 async def test_svid_reuse_within_its_lifetime_is_accepted(live):
@@ -116,8 +124,8 @@ async def test_workload_api_refusal_surfaces_as_a_jitgate_error(live, workload_a
 
 @pytest.mark.parametrize("make, needle", [
     (lambda key: svid(key, "spiffe://evil.org/ns/platform/sa/indexer"), "trust domain 'evil.org'"),
-    (lambda key: svid(ec.generate_private_key(ec.SECP256R1())), "signature does not verify"),
-    (lambda key: svid(key, kid="other-kid"), "not in the trust bundle"),
+    (lambda key: svid(ec.generate_private_key(ec.SECP256R1())), BAD_SVID),
+    (lambda key: svid(key, kid="other-kid"), BAD_SVID),
     (lambda key: svid(key, aud=["https://other.example"]), "audience"),
     (lambda key: svid(key, exp=int(time.time()) - 120), "expired"),
     (lambda key: svid(key, exp=int(time.time()) + 86400), "longer than"),
@@ -147,10 +155,10 @@ def test_bundle_accepts_rsa_keys_and_rotates_on_change(tmp_path):
     path.write_text(json.dumps({"keys": [{**ec_jwk(ec_old.public_key(), "x"), "use": "x509-svid", "x5c": ["AA=="]},
                                          rsa_jwk]}))
     bundle = SpiffeBundle(path, "example.org")
-    registry = Registry()
+    registry = Registry([Agent(id=SPIFFE_AGENT, owner=None, team=None, public_jwk=None, kid="")])
     agent, _ = bundle.verify(svid(rsa_key, kid="r1", alg="RS256"), registry, ISSUER, time.time())
     assert agent.id == SPIFFE_AGENT and agent.team is None
-    with pytest.raises(Unauthenticated, match="not in the trust bundle"):
+    with pytest.raises(Unauthenticated, match="JWT-SVID not accepted"):
         bundle.verify(svid(ec_old, kid="new"), registry, ISSUER, time.time())
     path.write_text(json.dumps({"keys": [ec_jwk(ec_old.public_key(), "new")]}))
     bundle._checked_at = float("-inf")  # skip the two-second re-check interval
@@ -177,3 +185,41 @@ def b64url_int(value: int) -> str:
     from broker.jose import b64url  # noqa: PLC0415
 
     return b64url(value.to_bytes(32, "big"))
+
+
+@pytest.mark.parametrize("how", ["removed", "denied"])
+async def test_a_removed_or_denied_spiffe_agent_stops_and_loses_its_grants(live, how):
+    """Issue 24.3 "removing a SPIFFE agent does not disable it": once its entry is removed from the agents file (or its
+    id listed under denied_spiffe_ids), the reload, with no API traffic, revokes its active grant with an audit entry,
+    and its still-valid SVID is refused like a bad signature."""
+    client = svid_client(live, lambda aud: svid(live.svid_key))
+    grant = await client.escalate(**READ)
+    token = await client.collect(grant)
+    assert (await live.broker.lifecycle.introspect(token.access_token))["active"] is True
+
+    path = live.broker.settings.agents_file
+    doc = yaml.safe_load(path.read_text())
+    if how == "removed":
+        doc["agents"] = [a for a in doc["agents"] if a["id"] != SPIFFE_AGENT]
+    else:
+        doc["denied_spiffe_ids"] = [SPIFFE_AGENT]
+    path.write_text(yaml.safe_dump(doc))
+    later = time.time() + 5
+    os.utime(path, (later, later))
+
+    deadline = time.monotonic() + 10
+    while (await live.broker.lifecycle.get(grant.request_id)).status != "revoked":
+        assert time.monotonic() < deadline, "the removed agent's grant was not revoked"
+        await asyncio.sleep(0.05)
+    req = await live.broker.lifecycle.get(grant.request_id)
+    assert req.closed_by == "registry" and SPIFFE_AGENT in req.close_reason
+    assert await live.broker.lifecycle.introspect(token.access_token) == {"active": False}
+    store = live.broker.store
+    events = [orjson.loads(f[b"event"]) for _, f in await store.redis.xrange(store.audit_stream)]
+    revoked = [e for e in events if e["type"] == "grant.revoked" and e.get("request_id") == grant.request_id]
+    assert len(revoked) == 1 and revoked[0]["actor"]["by"] == "registry"
+
+    again = svid_client(live, lambda aud: svid(live.svid_key))
+    with pytest.raises(AuthenticationFailed) as refused:
+        await again.propose(**READ)
+    assert refused.value.detail == BAD_SVID

@@ -46,8 +46,9 @@ def run_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedP
 class BrokerProcess:
     """``jitgate serve`` on a free loopback port."""
 
-    def __init__(self, env: dict) -> None:
+    def __init__(self, env: dict, *args: str) -> None:
         self.env = env
+        self.args = args  # more `jitgate serve` arguments (e.g. --first-run)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -56,7 +57,8 @@ class BrokerProcess:
         # Output goes to a file: a pipe nobody reads would block a chatty broker.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "broker.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             *self.args],
             env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout

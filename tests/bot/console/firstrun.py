@@ -40,7 +40,7 @@ class FirstRun:
     def __init__(self, tmp: Path, prefix: str, redis_url: str) -> None:
         self.tmp = tmp
         self.env = first_run_env(tmp, prefix, redis_url)
-        self.broker = BrokerProcess(self.env)
+        self.broker = BrokerProcess(self.env, "--first-run")
         self.url = self.broker.url
         init = run_cli(self.env, "init", "--env", str(tmp / ".env"), "--data-dir", str(tmp / "data"),
                        "--port", str(self.broker.port))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 
 import httpx
 
@@ -59,3 +60,23 @@ async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_pat
         assert verify.returncode == 0 and "OK" in verify.stdout
     finally:
         run.stop()
+
+
+async def test_a_production_start_prints_no_sign_in_link(tmp_path, prefix, redis_url, redis):
+    """Issue 14.17 "never in a production start": with the demo agent set up, `jitgate serve` (without
+    --first-run, which only `make run` passes) prints no console sign-in link, and no link is issued."""
+    from tests.bot.console.firstrun import LINK_RE
+    from tests.support.process import BrokerProcess
+
+    run = FirstRun(tmp_path, prefix, redis_url)
+    plain = BrokerProcess(run.env)
+    plain.start()
+    try:
+        time.sleep(1.5)  # the banner is printed half a second after start-up, when there is one
+        audit = run_cli(run.env, "audit", "export")
+        assert audit.returncode == 0, audit.stderr
+    finally:
+        output = plain.stop()
+    assert "jitgate is running at" not in output  # the banner
+    assert LINK_RE.search(output) is None and "login?token=" not in output
+    assert "console.link_issued" not in audit.stdout

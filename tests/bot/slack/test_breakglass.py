@@ -404,3 +404,23 @@ async def test_confirmation_rechecks_at_submit(slack):
     assert "suspended" in (await slack.ephemerals("U0FRANK"))[0]
     await slack.settle()
     assert await slack.h.broker.store.scan_requests() == []
+
+
+async def test_a_cut_by_the_break_glass_limit_names_that_limit(tmp_path, redis_url, prefix, redis, fake_slack):
+    """Issue 14.16 "name the limit that actually applied": with JITGATE_BREAKGLASS_MAX_S=60 and a policy allowing
+    1800 s, 2 min asked is granted 60 s, and the modal, the confirmation and the audit entry credit the break-glass
+    limit, not the policy."""
+    async with running(tmp_path, redis_url, prefix, fake_slack, breakglass_max_s=60) as slack:
+        call = await open_confirmation(slack, "U0FRANK", "ops-bot rollback prod/payments-api 2m pods crash-looping")
+        modal = json.dumps(call.args["view"])
+        assert "cut to 1 min by the break-glass limit (JITGATE_BREAKGLASS_MAX_S)" in modal
+        assert "by policy" not in modal
+        await submit_confirmation(slack, "U0FRANK", call)
+        confirmation = " ".join(await slack.ephemerals("U0FRANK"))
+        grant = await the_grant(slack)
+        assert grant.approved_duration_s == 60
+        store = slack.h.broker.store
+        events = [orjson.loads(f[b"event"]) for _, f in await store.redis.xrange(store.audit_stream)]
+        granted = [e for e in events if e["type"] == "breakglass.granted"]
+        assert granted and granted[0]["data"]["note"] == "cut to 1 min by the break-glass limit (JITGATE_BREAKGLASS_MAX_S)"
+        assert "cut to 1 min by the break-glass limit" in confirmation and "by policy" not in confirmation

@@ -223,8 +223,10 @@ async def test_request_body_limit(slack):
 
 async def test_email_binding_is_opt_in_and_uses_the_verified_address(tmp_path, redis_url, prefix, redis, fake_slack):
     """STYLE 5: with e-mail binding on, a user without a Slack id binds through the address Slack verified; never otherwise."""
-    fake_slack.users["U0GINA"] = {"id": "U0GINA", "is_email_confirmed": True, "profile": {"email": "gina@example.com"}}
-    fake_slack.users["U0FAKE"] = {"id": "U0FAKE", "is_email_confirmed": False, "profile": {"email": "gina@example.com"}}
+    fake_slack.users["U0GINA"] = {"id": "U0GINA", "team_id": "T0TEST", "is_email_confirmed": True,
+                                  "profile": {"email": "gina@example.com"}}
+    fake_slack.users["U0FAKE"] = {"id": "U0FAKE", "team_id": "T0TEST", "is_email_confirmed": False,
+                                  "profile": {"email": "gina@example.com"}}
     async with running(tmp_path, redis_url, prefix, fake_slack) as off:
         rid = await off.propose()
         await off.click("U0GINA", APPROVE, rid)

@@ -26,7 +26,11 @@ BINDINGS = """
 @pytest.fixture
 def approvers_file(tmp_path) -> Path:
     path = tmp_path / "approvers.yaml"
-    path.write_text(APPROVERS.read_text() + BINDINGS)
+    # Without gina, whom the shared file names by e-mail only: with user groups bound, everyone must
+    # be recognisable in Slack (issue 14.2; tests/bot/slack/test_aliases.py).
+    shared = APPROVERS.read_text().replace("  - id: gina\n    groups: [sre]\n    email: gina@example.com\n", "")
+    assert "gina" not in shared
+    path.write_text(shared + BINDINGS)
     return path
 
 
