@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import BrokerError, InvalidRequest, PayloadTooLarge, Unavailable
+from .identity import InvalidDpopProof
 from .model import STATES, TERMINAL, Proposal, check_request_id
 from .openapi import openapi_document
 
@@ -145,7 +146,11 @@ def make_routes(broker: "Broker") -> list[Route]:
         request_id = rid(request)
         # RFC 9449: a DPoP proof binds the token to the prover's key (cnf.jkt, token_type DPoP).
         # htu is this endpoint's public URL: the issuer (as agents see it) plus the path.
-        proof = request.headers.get("dpop")
+        proofs = request.headers.getlist("dpop")
+        if len(proofs) > 1:
+            # RFC 9449 section 4.3: "there is not more than one DPoP HTTP request header field".
+            raise InvalidDpopProof("more than one DPoP header; send exactly one proof")
+        proof = proofs[0] if proofs else None
         jkt = None
         if proof is not None or s.require_dpop:
             jkt = await broker.verifier.verify_dpop(proof, method="POST", url=f"{s.issuer}{request.url.path}")

@@ -76,6 +76,21 @@ async def test_token_endpoint_refuses_a_replayed_proof(live):
     assert (await live.broker.lifecycle.get(other)).status == "approved"
 
 
+async def test_token_endpoint_refuses_two_dpop_headers(live):
+    """RFC 9449 section 4.3: the request is refused unless "there is not more than one DPoP HTTP request
+    header field" (issue 14.5: two headers were accepted and the token bound to the first key)."""
+    rid = await approved(live)
+    url = f"{ISSUER}/v1/escalations/{rid}/token"
+    mine = make_dpop_proof(live.keys["reader-bot"], method="POST", url=url)
+    other = make_dpop_proof(ec.generate_private_key(ec.SECP256R1()), method="POST", url=url)
+    headers = [*auth(live).items(), ("DPoP", mine), ("DPoP", other)]
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        r = await http.post(f"/v1/escalations/{rid}/token", headers=headers)
+    assert r.status_code == 401 and r.json()["type"].endswith("/invalid-dpop-proof")
+    assert "more than one DPoP header" in r.json()["detail"]
+    assert (await live.broker.lifecycle.get(rid)).status == "approved"  # nothing minted
+
+
 async def test_required_dpop_refuses_a_bearer_collection(live_settings, redis):
     """With JITGATE_REQUIRE_DPOP the token endpoint mints nothing without a proof."""
     settings = dataclasses.replace(live_settings["settings"], require_dpop=True)
