@@ -512,6 +512,17 @@ def _json_segment(segment: str) -> dict:
     return value
 
 
+def _sole_audience(aud: Any, issuer: str) -> bool:
+    """Whether ``aud`` names this broker and nothing else: the issuer as a plain string.
+
+    RFC 7523bis (section 3) makes the authorization server's issuer identifier the sole
+    audience value of a client assertion, to close the audience-injection attack where
+    an assertion meant for another server also lists this one. A one-element list would
+    be harmless, but no jitgate signer makes one, so only the string form is accepted.
+    """
+    return isinstance(aud, str) and aud == issuer
+
+
 def _bearer_token(authorization: str | None) -> str:
     if not isinstance(authorization, str) or not authorization.strip():
         raise Unauthenticated("missing bearer assertion")
@@ -643,8 +654,7 @@ class AssertionVerifier:
                 raise Unauthenticated(f"assertion lacks the {name!r} claim")
         if claims["sub"] != principal_id:
             raise Unauthenticated("sub must equal iss")
-        aud = claims["aud"]
-        if not (aud == self._audience or (isinstance(aud, list) and self._audience in aud)):
+        if not _sole_audience(claims["aud"], self._audience):
             raise Unauthenticated("audience does not match this broker")
         iat, exp = claims["iat"], claims["exp"]
         if not _finite_number(iat) or not _finite_number(exp):
@@ -950,9 +960,8 @@ def verify_delegation_chain(
             raise InvalidDelegation(f"{where}: signature does not verify against '{iss}''s registered key")
         if not delegator.can_delegate:
             raise InvalidDelegation(f"{where}: agent '{iss}' may not delegate (can_delegate is not set in the agents file)")
-        aud = claims.get("aud")
-        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-            raise InvalidDelegation(f"{where}: audience is not this broker")
+        if not _sole_audience(claims.get("aud"), audience):
+            raise InvalidDelegation(f"{where}: audience is not this broker (aud must be its issuer alone, a string)")
         iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
         if not _finite_number(iat) or not _finite_number(exp) or exp <= iat:
             raise InvalidDelegation(f"{where}: needs numeric 'iat' and 'exp', exp after iat")

@@ -135,6 +135,14 @@ async def test_link_for_another_broker_is_refused(live):
     assert "audience is not this broker" in await refused(live, "worker", chain)
 
 
+@pytest.mark.parametrize("audience", [[ISSUER, "https://other-broker.example"], [ISSUER]])
+async def test_link_with_an_audience_list_is_refused(live, audience):
+    """RFC 7523bis section 3: the broker's issuer is the link's sole audience, a string (issue 14.6:
+    a list holding the issuer plus other audiences was accepted)."""
+    chain = [link(live, "orchestrator", "worker", audience=audience)]
+    assert "audience is not this broker (aud must be its issuer alone, a string)" in await refused(live, "worker", chain)
+
+
 async def test_cedar_denial_of_a_link_denies_the_request(live):
     """Cedar decides each link (action delegate, the sub-agent as resource): a forbidden link denies, naming it."""
     with pytest.raises(Denied) as caught:
