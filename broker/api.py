@@ -167,16 +167,17 @@ def make_routes(broker: "Broker") -> list[Route]:
 
     async def introspect(request: HttpRequest) -> Response:
         broker.maybe_reload()
-        await broker.verifier.verify_resource_server(request.headers.get("authorization"))
+        server, _ = await broker.verifier.verify_resource_server(request.headers.get("authorization"))
         form = await read_form(request, limit)
         token = form.get("token", "")
         if not token:
             raise InvalidRequest("'token' is required")
-        return json_response(await life.introspect(token), headers={"Cache-Control": "no-store"})
+        return json_response(await life.introspect(token, server=server), headers={"Cache-Control": "no-store"})
 
     async def revoke(request: HttpRequest) -> Response:
         broker.maybe_reload()
         auth = request.headers.get("authorization")
+        server = None
         try:
             server, _ = await broker.verifier.verify_resource_server(auth)
             by = f"resource_server:{server.id}"
@@ -187,7 +188,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         token = form.get("token", "")
         if not token:
             raise InvalidRequest("'token' is required")
-        await life.revoke_token(token, by=by)
+        await life.revoke_token(token, by=by, server=server)
         return Response(b"", status_code=200)
 
     async def jwks(request: HttpRequest) -> Response:

@@ -152,7 +152,7 @@ def cmd_agents_list(args) -> int:
     for a in reg.agents:
         print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
     for r in reg.resource_servers:
-        print(f"{r.id}\tresource-server\tkid={r.kid}")
+        print(f"{r.id}\tresource-server\tkid={r.kid}\taudiences={','.join(r.audiences or (r.id,))}")
     return 0
 
 
