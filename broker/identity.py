@@ -854,7 +854,10 @@ class SpiffeBundle:
         workload of the trust domain is an agent with neither (policy decides what it may).
         """
         self._refresh()
-        header, claims = split_jws(token)
+        try:
+            header, claims = split_jws(token)
+        except JoseError:
+            raise Unauthenticated("malformed JWT-SVID") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in _SVID_ALGS:
             raise Unauthenticated("JWT-SVID algorithm not allowed")

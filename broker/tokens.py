@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -371,7 +372,8 @@ class KeyRing:
 
 def _number(claims: dict, name: str) -> float:
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # NaN compares false with everything, so a NaN exp would never expire.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise Unauthenticated(f"the token {name} must be a number")
     return value
 

@@ -19,7 +19,7 @@ import httpx
 import jwt
 from jwt.api_jws import PyJWS
 
-from ..jose import JoseError, make_assertion, parse_public_jwk, split_jws, verify_dpop_proof
+from ..jose import JoseError, finite_number, make_assertion, parse_public_jwk, split_jws, verify_dpop_proof
 from .credentials import load_key
 from .errors import InvalidToken, TransportError, api_error
 
@@ -112,10 +112,12 @@ def verify(
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
         raise InvalidToken("the token typ must be at+jwt")
-    alg = header.get("alg")
-    if alg not in _TOKEN_ALGS or "crit" in header:
+    # A header is attacker-chosen JSON: a list or object where a string belongs is refused
+    # by name, never looked up (which would raise TypeError, not InvalidToken).
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in _TOKEN_ALGS or "crit" in header:
         raise InvalidToken("the token algorithm or header is not allowed")
-    jwk = _keys_by_kid(jwks).get(header.get("kid"))
+    jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None
     if jwk is None:
         raise InvalidToken("the token is signed with a key not in the JWKS")
     try:
@@ -176,7 +178,8 @@ def check_binding(
         raise InvalidToken("the DPoP proof is signed by a different key than the token is bound to")
     if nonce is not None:
         accepted = {nonce} if isinstance(nonce, str) else set(nonce)
-        if proof.claims.get("nonce") not in accepted:
+        sent = proof.claims.get("nonce")
+        if not isinstance(sent, str) or sent not in accepted:
             raise InvalidToken("the DPoP proof must carry the nonce this server provides", "use_dpop_nonce")
     cache = _DEFAULT_CACHE if replay_cache is None else replay_cache
     if cache.seen(f"{proof.jkt}:{proof.jti}", proof.iat + max_proof_age_s + leeway_s, now):
@@ -189,8 +192,7 @@ def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None,
         if name not in claims:
             raise InvalidToken(f"the token lacks the {name!r} claim")
     for name in ("exp", "iat", "nbf"):
-        value = claims.get(name)
-        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if name in claims and not finite_number(claims[name]):
             raise InvalidToken(f"the token {name} must be a number")
     if now >= claims["exp"] + leeway_s:
         raise InvalidToken("the token has expired")
@@ -244,6 +246,8 @@ class TokenVerifier:
                 kid = split_jws(token, "access token")[0].get("kid")
             except JoseError:
                 return self._jwks  # verify() names the problem
+            if not isinstance(kid, str):
+                return self._jwks  # no fetch for a kid that cannot name a key; verify() refuses it
             known = kid in _keys_by_kid(self._jwks)
             if not known and time.monotonic() - self._fetched_at >= self._refresh_s:
                 self._fetch()
