@@ -70,7 +70,7 @@ _AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate"})
 _SERVER_KEYS = frozenset({"id", "public_key", "audiences"})
 # A resource server's ``audiences``: the token audiences (target names) it may introspect
 # and revoke, or this alone for a central gateway that fronts every target.
-ANY_AUDIENCE = "*"
+GATEWAY_AUDIENCE = "*"
 _MAX_AUDIENCES = 100
 _TOP_KEYS = frozenset({"agents", "resource_servers"})
 
@@ -138,7 +138,7 @@ class ResourceServer:
         """Whether a token whose ``aud`` claim is ``aud`` is meant for this server (a string
         equal to one of its audiences, or a list holding one)."""
         mine = self.audiences or (self.id,)
-        if ANY_AUDIENCE in mine:
+        if GATEWAY_AUDIENCE in mine:
             return True
         if isinstance(aud, str):
             return aud in mine
@@ -238,8 +238,8 @@ def _audiences(entry: dict) -> tuple[str, ...]:
     for item in value:
         if not isinstance(item, str) or not item or len(item) > 256 or not item.isprintable() or item != item.strip():
             raise ValueError(f"'audiences' holds {item!r}, which is not a target name")
-    if ANY_AUDIENCE in value and len(value) > 1:
-        raise ValueError(f"'audiences': {ANY_AUDIENCE!r} (every token, for a gateway) must stand alone")
+    if GATEWAY_AUDIENCE in value and len(value) > 1:
+        raise ValueError(f"'audiences': {GATEWAY_AUDIENCE!r} (every token, for a gateway) must stand alone")
     return tuple(dict.fromkeys(value))
 
 

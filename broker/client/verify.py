@@ -26,6 +26,27 @@ from .errors import InvalidToken, TransportError, api_error
 _TOKEN_ALGS = frozenset({"ES256", "EdDSA"})
 
 
+class _AnyAudience:
+    """The type of :data:`ANY_AUDIENCE`."""
+
+    def __repr__(self) -> str:
+        return "ANY_AUDIENCE"
+
+
+# The explicit opt-out of the audience check, for a gateway that fronts every target and
+# routes on ``aud`` itself. Spelled out in the call so that skipping the check is never
+# what happens by leaving an argument out.
+ANY_AUDIENCE = _AnyAudience()
+
+
+def _audience_arg(audience: Any, name: str = "audience") -> "str | _AnyAudience":
+    """``audience`` if it is a target name or ANY_AUDIENCE; TypeError otherwise (a setup mistake)."""
+    if audience is ANY_AUDIENCE or (isinstance(audience, str) and audience):
+        return audience
+    raise TypeError(f"{name} is required: this server's name at the broker (the tokens' aud), "
+                    "or ANY_AUDIENCE to accept tokens for every target")
+
+
 class ReplayCache:
     """Remembers DPoP proof ids until they could no longer pass the ``iat`` window.
 
@@ -78,11 +99,11 @@ def verify(
     token: str,
     jwks: dict,
     *,
+    audience: "str | _AnyAudience",
     dpop_proof: str | None = None,
     method: str | None = None,
     url: str | None = None,
     issuer: str | None = None,
-    audience: str | None = None,
     scheme: str | None = None,
     require_dpop: bool = False,
     replay_cache: ReplayCache | None = None,
@@ -94,7 +115,9 @@ def verify(
     """Verify a jitgate access token and, for a DPoP-bound one, its proof; return the claims.
 
     The token: ``typ`` at+jwt, ES256/EdDSA signature by the JWKS key named by ``kid``,
-    ``exp``/``nbf``/``iat`` (``leeway_s``), ``iss`` and ``aud`` when given. A token with
+    ``exp``/``nbf``/``iat`` (``leeway_s``), ``iss`` when given, and ``aud`` = ``audience``
+    (required: this server's name at the broker, or :data:`ANY_AUDIENCE` to skip the
+    check, spelled out; a missing or empty one is a TypeError). A token with
     ``cnf.jkt`` needs ``dpop_proof``, ``method`` and ``url`` (the request's, as the
     client addressed it): ``typ`` dpop+jwt, its signature, ``htm``, ``htu``, an ``iat``
     no older than ``max_proof_age_s``, an unseen ``jti`` (``replay_cache``), ``ath`` =
@@ -104,6 +127,7 @@ def verify(
     this server handed out (RFC 9449 section 9). Raises :class:`InvalidToken` naming the
     failed check.
     """
+    audience = _audience_arg(audience)
     now = time.time() if now is None else now
     try:
         header, claims = split_jws(token, "access token")
@@ -187,7 +211,7 @@ def check_binding(
     return claims
 
 
-def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None, audience: str | None) -> None:
+def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None, audience: "str | _AnyAudience") -> None:
     for name in ("iss", "sub", "aud", "exp", "iat", "jti"):
         if name not in claims:
             raise InvalidToken(f"the token lacks the {name!r} claim")
@@ -200,10 +224,12 @@ def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None,
         raise InvalidToken("the token is not valid yet")
     if issuer is not None and claims["iss"] != issuer.rstrip("/"):
         raise InvalidToken("the token was issued by another issuer")
-    if audience is not None:
-        aud = claims["aud"]
-        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-            raise InvalidToken("the token is meant for another audience")
+    if audience is not ANY_AUDIENCE and not _audience_matches(claims["aud"], audience):
+        raise InvalidToken("the token is meant for another audience")
+
+
+def _audience_matches(aud: Any, audience: str) -> bool:
+    return aud == audience or (isinstance(aud, list) and audience in aud)
 
 
 class TokenVerifier:
@@ -212,13 +238,14 @@ class TokenVerifier:
 
     ``TokenVerifier("http://broker:8080", audience="prod/payments-api")`` then
     ``verifier.verify_request(headers["authorization"], headers.get("dpop"), method, url)``.
+    ``audience`` is required (or :data:`ANY_AUDIENCE`, spelled out).
     """
 
-    def __init__(self, broker_url: str, *, issuer: str | None = None, audience: str | None = None,
+    def __init__(self, broker_url: str, *, audience: "str | _AnyAudience", issuer: str | None = None,
                  require_dpop: bool = False, refresh_s: float = 30, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.issuer = (issuer or self.broker_url).rstrip("/")
-        self.audience = audience
+        self.audience = _audience_arg(audience)
         self.require_dpop = require_dpop
         self.replay_cache = ReplayCache()
         self._jwks: dict = {"keys": []}
@@ -272,16 +299,17 @@ class Introspector:
     (RFC 7662), authenticated by an assertion signed with its own key.
 
     ``audience`` is the broker's issuer URL (the assertions' ``aud``; default ``broker_url``).
-    For :meth:`verify_request`, ``target`` is this server's name at the broker (the tokens'
-    ``aud``) and ``require_dpop`` refuses unbound tokens.
+    ``target`` (required) is this server's name at the broker (the tokens' ``aud``) that
+    :meth:`verify_request` checks, or :data:`ANY_AUDIENCE` to skip that check, spelled out;
+    ``require_dpop`` refuses unbound tokens.
     """
 
-    def __init__(self, broker_url: str, server_id: str, private_key: Any, *, audience: str | None = None,
-                 target: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
+    def __init__(self, broker_url: str, server_id: str, private_key: Any, *, target: "str | _AnyAudience",
+                 audience: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.server_id = server_id
         self.audience = (audience or self.broker_url).rstrip("/")
-        self.target = target
+        self.target = _audience_arg(target, "target")
         self.require_dpop = require_dpop
         self.replay_cache = ReplayCache()
         self._key = load_key(private_key)
@@ -306,10 +334,8 @@ class Introspector:
                  nonce: str | Collection[str] | None) -> dict:
         if info.get("active") is not True:
             raise InvalidToken("the token is not active (expired, completed or revoked)")
-        if self.target is not None:
-            aud = info.get("aud")
-            if not (aud == self.target or (isinstance(aud, list) and self.target in aud)):
-                raise InvalidToken("the token is meant for another audience")
+        if self.target is not ANY_AUDIENCE and not _audience_matches(info.get("aud"), self.target):
+            raise InvalidToken("the token is meant for another audience")
         return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
                              require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
 

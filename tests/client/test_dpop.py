@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.client import InvalidToken, ReplayCache, TokenVerifier, parse_authorization, verify
+from broker.client import ANY_AUDIENCE, InvalidToken, ReplayCache, TokenVerifier, parse_authorization, verify
 from broker.jose import jwk_thumbprint, make_assertion, make_dpop_proof, public_jwk
 from tests.client.conftest import ISSUER, serve, stop
 
@@ -198,9 +198,9 @@ async def test_verify_require_dpop_refuses_a_bearer_token(live):
     assert token.token_type == "Bearer" and token.headers("GET", RS_URL) == {"Authorization": f"Bearer {token.access_token}"}
     async with httpx.AsyncClient(base_url=live.url) as http:
         jwks = (await http.get("/.well-known/jwks.json")).json()
-    assert verify(token.access_token, jwks)["sub"] == "reader-bot"
+    assert verify(token.access_token, jwks, audience="staging/payments-api")["sub"] == "reader-bot"
     with pytest.raises(InvalidToken, match="not DPoP-bound"):
-        verify(token.access_token, jwks, require_dpop=True)
+        verify(token.access_token, jwks, audience="staging/payments-api", require_dpop=True)
 
 
 async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
@@ -262,7 +262,7 @@ class NonceServer:
                 outer.seen.append((jwt.decode(proof, options={"verify_signature": False}).get("nonce"), body))
                 try:
                     scheme, token = parse_authorization(self.headers.get("Authorization"))
-                    claims = verify(token, jwks, dpop_proof=proof, method="POST", url=url, scheme=scheme,
+                    claims = verify(token, jwks, audience=ANY_AUDIENCE, dpop_proof=proof, method="POST", url=url, scheme=scheme,
                                     replay_cache=cache, nonce=outer.nonce if outer.honest else "never-handed-out")
                     status, headers, data = 200, {"DPoP-Nonce": outer.nonce}, claims["sub"].encode()
                 except InvalidToken as e:
@@ -333,3 +333,24 @@ def test_verify_requires_the_servers_nonce_when_given():
         assert caught.value.error == "use_dpop_nonce"
     proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token="t.o.k", nonce="n2")
     assert check_binding(claims, "t.o.k", dpop_proof=proof, nonce={"n1", "n2"}, **args) is claims
+
+
+async def test_verify_requires_an_audience_or_an_explicit_opt_out(bound):
+    """Issue 14.10: "Require an audience; an explicit opt-out must be spelled out in the call" - verify(),
+    TokenVerifier and Introspector refuse to run without one (a setup error, TypeError), and ANY_AUDIENCE is
+    the only way to accept a token for every target."""
+    from broker.client import Introspector  # noqa: PLC0415
+
+    token, jwks, _ = bound
+    for missing in ({}, {"audience": None}, {"audience": ""}):
+        with pytest.raises(TypeError, match="audience"):
+            verify(token.access_token, jwks, require_dpop=False, **missing)
+        with pytest.raises(TypeError, match="audience"):
+            TokenVerifier("http://broker.example", **missing)
+    with pytest.raises(TypeError, match="target"):
+        Introspector("http://broker.example", "payments-api", ec.generate_private_key(ec.SECP256R1()))
+    headers = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="another audience"):
+        check(token, jwks, headers["DPoP"], audience="prod/orders-db")
+    claims = check(token, jwks, headers["DPoP"], audience=ANY_AUDIENCE)
+    assert claims["aud"] == "staging/payments-api"
