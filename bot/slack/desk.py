@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
 from slack_bolt.async_app import AsyncApp
@@ -30,6 +31,8 @@ from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 log = logging.getLogger("jitgate.slack")
 
 EVENTS_PATH = "/slack/events"
+# X-Slack-Request-Timestamp: Unix seconds, ASCII digits (str.isdigit would let other scripts' digits by).
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 # A block_actions payload carries the whole message it came from (up to 50 blocks of 3000
 # characters, form-encoded), so this is larger than the agent API's body limit.
 MAX_EVENT_BYTES = 1024 * 1024
@@ -150,6 +153,10 @@ class SlackDesk:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_EVENT_BYTES):
             return PlainTextResponse("request too large", status_code=413)
+        # Bolt's verifier does int() on the timestamp and lets a ValueError through as a 500
+        # (with a traceback): anything but an integer is refused here like a bad signature.
+        if not _TIMESTAMP.fullmatch(request.headers.get("x-slack-request-timestamp", "")):
+            return Response(b'{"error": "invalid request"}', status_code=401, media_type="application/json")
         body = b""
         async for chunk in request.stream():
             body += chunk
