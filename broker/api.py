@@ -207,6 +207,9 @@ def make_routes(broker: "Broker") -> list[Route]:
             "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
             "authorization_details_types_supported": ["agent_escalation"],
             "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
+            # Every token this broker issues is DPoP-bound (JITGATE_REQUIRE_DPOP): resource servers
+            # (broker.client's helpers read this) refuse a Bearer token without being told.
+            "dpop_bound_access_tokens_required": s.require_dpop,
             "grant_types_supported": ["urn:jitgate:params:grant-type:escalation"],
             "response_types_supported": [],
             "service_documentation": f"{iss}/openapi.json",

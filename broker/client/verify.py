@@ -232,13 +232,36 @@ def _audience_matches(aud: Any, audience: str) -> bool:
     return aud == audience or (isinstance(aud, list) and audience in aud)
 
 
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+# How long the broker's word on DPoP (its metadata) is trusted before it is asked again.
+METADATA_MAX_AGE_S = 300.0
+
+
+def _json_document(resp: httpx.Response) -> dict:
+    try:
+        body = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
+    return body
+
+
+def _requires_dpop(metadata: dict) -> bool:
+    """Whether the broker's metadata says every token it issues is DPoP-bound."""
+    return metadata.get("dpop_bound_access_tokens_required") is True
+
+
 class TokenVerifier:
     """:func:`verify` with the broker's JWKS fetched (and re-fetched for an unknown
     ``kid``, at most every ``refresh_s``) and a replay cache of its own.
 
     ``TokenVerifier("http://broker:8080", audience="prod/payments-api")`` then
     ``verifier.verify_request(headers["authorization"], headers.get("dpop"), method, url)``.
-    ``audience`` is required (or :data:`ANY_AUDIENCE`, spelled out).
+    ``audience`` is required (or :data:`ANY_AUDIENCE`, spelled out). Unbound tokens are
+    refused with ``require_dpop``, and also - without being told - when the broker's
+    metadata says it requires DPoP (``dpop_bound_access_tokens_required``, read with the
+    JWKS and at least every five minutes).
     """
 
     def __init__(self, broker_url: str, *, audience: "str | _AnyAudience", issuer: str | None = None,
@@ -247,6 +270,7 @@ class TokenVerifier:
         self.issuer = (issuer or self.broker_url).rstrip("/")
         self.audience = _audience_arg(audience)
         self.require_dpop = require_dpop
+        self.broker_requires_dpop = False  # from the broker's metadata, at each fetch
         self.replay_cache = ReplayCache()
         self._jwks: dict = {"keys": []}
         self._fetched_at = float("-inf")
@@ -256,19 +280,19 @@ class TokenVerifier:
 
     def _fetch(self) -> None:
         try:
-            resp = httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout)
+            jwks = _json_document(httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout))
+            metadata = _json_document(httpx.get(f"{self.broker_url}{METADATA_PATH}", timeout=self._timeout))
         except httpx.HTTPError as exc:
-            raise TransportError(f"cannot fetch the broker's JWKS: {exc}") from exc
-        try:
-            jwks = resp.json() if resp.status_code == 200 else None
-        except ValueError:
-            jwks = None
-        if not isinstance(jwks, dict):
-            raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
-        self._jwks, self._fetched_at = jwks, time.monotonic()
+            raise TransportError(f"cannot fetch the broker's JWKS and metadata: {exc}") from exc
+        self._jwks, self.broker_requires_dpop = jwks, _requires_dpop(metadata)
+        self._fetched_at = time.monotonic()
 
     def _jwks_for(self, token: str) -> dict:
         with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age >= METADATA_MAX_AGE_S:
+                self._fetch()  # the first call, and the broker's DPoP setting kept current
+                return self._jwks
             try:
                 kid = split_jws(token, "access token")[0].get("kid")
             except JoseError:
@@ -276,16 +300,18 @@ class TokenVerifier:
             if not isinstance(kid, str):
                 return self._jwks  # no fetch for a kid that cannot name a key; verify() refuses it
             known = kid in _keys_by_kid(self._jwks)
-            if not known and time.monotonic() - self._fetched_at >= self._refresh_s:
+            if not known and age >= self._refresh_s:
                 self._fetch()
             return self._jwks
 
     def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
                url: str | None = None, scheme: str | None = None, nonce: str | Collection[str] | None = None) -> dict:
         """The token's claims after :func:`verify`; fetches the JWKS when needed."""
-        return verify(token, self._jwks_for(token), dpop_proof=dpop_proof, method=method, url=url,
+        jwks = self._jwks_for(token)
+        return verify(token, jwks, dpop_proof=dpop_proof, method=method, url=url,
                       issuer=self.issuer, audience=self.audience, scheme=scheme,
-                      require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
+                      require_dpop=self.require_dpop or self.broker_requires_dpop,
+                      replay_cache=self.replay_cache, nonce=nonce)
 
     def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                        nonce: str | Collection[str] | None = None) -> dict:
@@ -301,7 +327,8 @@ class Introspector:
     ``audience`` is the broker's issuer URL (the assertions' ``aud``; default ``broker_url``).
     ``target`` (required) is this server's name at the broker (the tokens' ``aud``) that
     :meth:`verify_request` checks, or :data:`ANY_AUDIENCE` to skip that check, spelled out;
-    ``require_dpop`` refuses unbound tokens.
+    ``require_dpop`` refuses unbound tokens; so does the broker's metadata saying it requires
+    DPoP (``dpop_bound_access_tokens_required``, asked at least every five minutes).
     """
 
     def __init__(self, broker_url: str, server_id: str, private_key: Any, *, target: "str | _AnyAudience",
@@ -311,9 +338,18 @@ class Introspector:
         self.audience = (audience or self.broker_url).rstrip("/")
         self.target = _audience_arg(target, "target")
         self.require_dpop = require_dpop
+        self.broker_requires_dpop = False
+        self._metadata_at = float("-inf")
         self.replay_cache = ReplayCache()
         self._key = load_key(private_key)
         self._timeout = timeout_s
+
+    def _metadata_due(self) -> bool:
+        return time.monotonic() - self._metadata_at >= METADATA_MAX_AGE_S
+
+    def _take_metadata(self, resp: httpx.Response) -> None:
+        self.broker_requires_dpop = _requires_dpop(_json_document(resp))
+        self._metadata_at = time.monotonic()
 
     def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                        nonce: str | Collection[str] | None = None) -> dict:
@@ -322,12 +358,23 @@ class Introspector:
         proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise, and
         ApiError / TransportError when the broker refuses this server or cannot be reached."""
         scheme, token = parse_authorization(authorization)
+        if self._metadata_due():
+            try:
+                self._take_metadata(httpx.get(f"{self.broker_url}{METADATA_PATH}", timeout=self._timeout))
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot fetch the broker's metadata: {exc}") from exc
         return self._checked(self.introspect(token), token, scheme, dpop, method, url, nonce)
 
     async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                               nonce: str | Collection[str] | None = None) -> dict:
         """:meth:`verify_request` for async servers."""
         scheme, token = parse_authorization(authorization)
+        if self._metadata_due():
+            try:
+                async with httpx.AsyncClient(timeout=self._timeout) as http:
+                    self._take_metadata(await http.get(f"{self.broker_url}{METADATA_PATH}"))
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot fetch the broker's metadata: {exc}") from exc
         return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url, nonce)
 
     def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str,
@@ -337,7 +384,8 @@ class Introspector:
         if self.target is not ANY_AUDIENCE and not _audience_matches(info.get("aud"), self.target):
             raise InvalidToken("the token is meant for another audience")
         return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
-                             require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
+                             require_dpop=self.require_dpop or self.broker_requires_dpop,
+                             replay_cache=self.replay_cache, nonce=nonce)
 
     def _headers(self) -> dict:
         """A fresh assertion of this resource server for one introspection call."""

@@ -354,3 +354,54 @@ async def test_verify_requires_an_audience_or_an_explicit_opt_out(bound):
         check(token, jwks, headers["DPoP"], audience="prod/orders-db")
     claims = check(token, jwks, headers["DPoP"], audience=ANY_AUDIENCE)
     assert claims["aud"] == "staging/payments-api"
+
+
+# ---------------------------------------------------------------------- DPoP required covers every token (issue 24.1)
+async def test_required_dpop_binds_break_glass_tokens_and_resource_servers_know_it(live_settings, redis):
+    """Issue 24.1: with JITGATE_REQUIRE_DPOP "every token the broker issues is bound": a break-glass token for
+    oneself without a key is refused (nothing granted), with one it carries cnf.jkt; the metadata advertises
+    dpop_bound_access_tokens_required; and TokenVerifier/Introspector, with no flag, refuse an unbound token
+    (RFC 9449 section 7.1: a resource server that requires DPoP rejects Bearer)."""
+    from broker.breakglass import DpopRequired  # noqa: PLC0415
+    from broker.client import Introspector  # noqa: PLC0415
+    from broker.tokens import build_access_token_claims  # noqa: PLC0415
+    from tests.support.harness import FIXTURES  # noqa: PLC0415
+
+    settings = dataclasses.replace(live_settings["settings"], require_dpop=True, policy_dir=FIXTURES / "policies")
+    live = await serve(settings, live_settings["keys"], live_settings["svid_key"])
+    try:
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
+        assert metadata["dpop_bound_access_tokens_required"] is True
+        bg, alice = live.broker.breakglass, live.approver("alice")
+        grant = dict(subject="me", action="restart", target="prod/payments-api", duration_s=300, reason="outage",
+                     channel="cli")
+        with pytest.raises(DpopRequired, match="--dpop-key"):
+            await bg.grant(alice, **grant)
+        assert await bg.pending_reviews() == []
+        key = ec.generate_private_key(ec.SECP256R1())
+        granted = await bg.grant(alice, **grant, dpop_jkt=jwk_thumbprint(public_jwk(key)))
+        assert granted.token.token_type == "DPoP"
+        token = granted.token.access_token
+        assert jwt.decode(token, options={"verify_signature": False})["cnf"] == {"jkt": jwk_thumbprint(public_jwk(key))}
+
+        verifier = TokenVerifier(live.url, issuer=ISSUER, audience="prod/payments-api")  # no require_dpop
+        proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token)
+        claims = await asyncio.to_thread(verifier.verify_request, f"DPoP {token}", proof, "GET", RS_URL)
+        assert claims["approval"]["break_glass"] is True and verifier.broker_requires_dpop is True
+        # A Bearer token of this broker (as one minted before the setting was turned on would be).
+        now = int(time.time())
+        unbound = live.broker.keyring.sign(build_access_token_claims(
+            issuer=ISSUER, agent_id="reader-bot", audience="prod/payments-api", issued_at=now, expires_at=now + 60,
+            jti="old-grant", action="restart", target="prod/payments-api", tool=None, dataset=None,
+            request_id="REQOLD123456", approvers=["bob"], policies=[], proposal_sha256="0" * 64))
+        with pytest.raises(InvalidToken, match="not DPoP-bound"):
+            await asyncio.to_thread(verifier.verify_request, f"Bearer {unbound}", None, "GET", RS_URL)
+
+        rs = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER,
+                          target="prod/payments-api")  # no require_dpop
+        fresh = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token)
+        assert (await rs.averify_request(f"DPoP {token}", fresh, "GET", RS_URL))["active"] is True
+        assert rs.broker_requires_dpop is True
+    finally:
+        await stop(live)
