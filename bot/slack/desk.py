@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import time
 
 from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import Request as HttpRequest
@@ -31,6 +34,8 @@ from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 log = logging.getLogger("jitgate.slack")
 
 EVENTS_PATH = "/slack/events"
+# The replay window of HTTP mode's signature timestamp, applied to Socket Mode interactions.
+MAX_PAYLOAD_AGE_S = 300
 # X-Slack-Request-Timestamp: Unix seconds, ASCII digits (str.isdigit would let other scripts' digits by).
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 # A block_actions payload carries the whole message it came from (up to 50 blocks of 3000
@@ -66,6 +71,12 @@ class SlackDesk:
             signing_secret=settings.slack_signing_secret.reveal(),
             logger=quiet_logger("jitgate.slack.bolt"),
         )
+        # Who we are at Slack (the bot token's workspace from auth.test, the app token's app from the
+        # socket's hello): Socket Mode envelopes must name this app and workspace.
+        self.team_id: str | None = None
+        self.app_id: str | None = None
+        if self.socket_mode:
+            self.app.middleware(self._envelope_guard)
         Listeners(self).register(self.app)
         BreakGlassListeners(self).register(self.app)
         SlashCommand(self).register(self.app)
@@ -93,6 +104,7 @@ class SlackDesk:
 
             self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.reveal(),
                                                   logger=quiet_logger("jitgate.slack.socket"), web_client=self.client)
+            self._socket.client.message_listeners.append(self._on_socket_message)
             # Connect in the background: a Slack outage must not keep the broker (and its
             # API and other desks) from starting. The client retries until it is closed.
             self._connect = asyncio.get_running_loop().create_task(self._socket.connect_async())
@@ -164,9 +176,60 @@ class SlackDesk:
                 return PlainTextResponse("request too large", status_code=413)
         return to_starlette_response(await self.app.async_dispatch(to_async_bolt_request(request, body)))
 
+    async def _envelope_guard(self, body: dict, next):  # noqa: A002 - Bolt injects by this name
+        """Socket Mode: only Slack writes to the socket, but an envelope for another app or
+        workspace, or an interaction far from now, is refused (acked, never acted on) - HTTP
+        mode gets the same assurance from the signing secret and its timestamp."""
+        problem = await self._envelope_problem(body if isinstance(body, dict) else {})
+        if problem is None:
+            return await next()
+        log.warning("Socket Mode envelope refused: %s", problem)
+        return BoltResponse(status=200, body="")
+
+    async def _envelope_problem(self, body: dict) -> str | None:
+        if self.team_id is None:
+            try:
+                await self._learn_identity()
+            except Exception as e:  # noqa: BLE001 - unknown workspace: refuse, and ask again next time
+                return f"this app's workspace is not known yet (auth.test failed: {e.__class__.__name__})"
+        if self.app_id is None:
+            return "this app's id is not known yet (no hello on the socket)"
+        app = body.get("api_app_id")
+        if app != self.app_id:
+            return f"it is for app {app!r}, not this one ({self.app_id})"
+        team = body.get("team_id")
+        if team is None and isinstance(body.get("team"), dict):
+            team = body["team"].get("id")
+        if team != self.team_id:
+            return f"it is for workspace {team!r}, not this one ({self.team_id})"
+        stamps = [a.get("action_ts") for a in body.get("actions") or [] if isinstance(a, dict)]
+        if "event_time" in body:
+            stamps.append(body.get("event_time"))
+        now = time.time()
+        for stamp in stamps:
+            try:
+                at = float(stamp)
+            except (TypeError, ValueError):
+                return "its timestamp is not a number"
+            if not math.isfinite(at) or abs(now - at) > MAX_PAYLOAD_AGE_S:
+                return f"it is {int(now - at) if math.isfinite(at) else '?'} s away from now (at most {MAX_PAYLOAD_AGE_S})"
+        return None
+
+    async def _learn_identity(self) -> None:
+        """The workspace of the bot token (auth.test's ``team_id``)."""
+        resp = await self.api.call("auth_test")
+        self.team_id = resp.get("team_id") or None
+
+    async def _on_socket_message(self, client, message: dict, raw: str | None = None) -> None:
+        """The app id of the app token, from the socket's ``hello`` (``connection_info.app_id``)."""
+        if isinstance(message, dict) and message.get("type") == "hello":
+            app_id = (message.get("connection_info") or {}).get("app_id")
+            if isinstance(app_id, str) and app_id:
+                self.app_id = app_id
+
     async def _check_token(self) -> None:
         try:
-            await self.api.call("auth_test")
+            await self._learn_identity()
         except SlackApiError as e:
             error = (getattr(e, "response", None) or {}).get("error", "")
             if error in BAD_TOKEN_ERRORS:
