@@ -51,9 +51,13 @@ class SlackDesk:
     name = NAME
 
     def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0,
-                 usergroup_ttl_s: float = TTL_S) -> None:
+                 usergroup_ttl_s: float = TTL_S, socket_ping_s: float = 10.0) -> None:
         self.settings = settings
         self.socket_mode = bool(settings.slack_app_token)
+        self._socket_ping_s = socket_ping_s  # also the SDK's pause between reconnection attempts
+        # Why Slack refuses the app token now (None: it does not); /readyz reports it.
+        self.app_token_problem: str | None = None
+        self._quiet_while_refused = _WhileRefused(self)
         kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
         self.client = AsyncWebClient(token=settings.slack_bot_token.reveal(), timeout=10, retry_handlers=[],
                                      logger=quiet_logger("jitgate.slack.sdk", logging.INFO), **kwargs)
@@ -100,11 +104,16 @@ class SlackDesk:
         self.notifier.bind(broker)
         await self._check_token()
         if self.socket_mode:
+            await self._check_app_token()
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler  # noqa: PLC0415
 
+            socket_log = quiet_logger("jitgate.slack.socket")
+            socket_log.addFilter(self._quiet_while_refused)
             self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.reveal(),
-                                                  logger=quiet_logger("jitgate.slack.socket"), web_client=self.client)
+                                                  logger=socket_log, web_client=self.client,
+                                                  ping_interval=self._socket_ping_s)
             self._socket.client.message_listeners.append(self._on_socket_message)
+            self._watch_app_token(self._socket.client)
             # Connect in the background: a Slack outage must not keep the broker (and its
             # API and other desks) from starting. The client retries until it is closed.
             self._connect = asyncio.get_running_loop().create_task(self._socket.connect_async())
@@ -117,6 +126,13 @@ class SlackDesk:
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
+        logging.getLogger("jitgate.slack.socket").removeFilter(self._quiet_while_refused)
+
+    async def readiness(self) -> dict:
+        """For /readyz: not ready while Slack refuses the app token (Socket Mode then hears nothing)."""
+        if self.app_token_problem:
+            return {"ready": False, "detail": self.app_token_problem}
+        return {"ready": True, "mode": "socket" if self.socket_mode else "http"}
 
     # ------------------------------------------------------------------ shared by listeners
     @property
@@ -238,6 +254,52 @@ class SlackDesk:
         except Exception as e:  # noqa: BLE001 - Slack unreachable: the outbox retries later
             log.warning("Slack is unreachable (%s); starting anyway, Slack calls will be retried", e.__class__.__name__)
 
+    async def _check_app_token(self) -> None:
+        """Socket Mode: ask Slack for a connection URL with the app token now, so a wrong one
+        refuses start-up like a wrong bot token (the SDK would retry it forever)."""
+        try:
+            await self.api.call("apps_connections_open", app_token=self.settings.slack_app_token.reveal())
+        except SlackApiError as e:
+            error = (getattr(e, "response", None) or {}).get("error", "")
+            if error in BAD_TOKEN_ERRORS:
+                raise ConfigError(f"SLACK_APP_TOKEN was refused by Slack ({error}); Socket Mode cannot connect "
+                                  "(an app-level token with connections:write)") from None
+            log.warning("Slack apps.connections.open failed (%s); starting anyway, the connection will be retried",
+                        error or e)
+        except Exception as e:  # noqa: BLE001 - Slack unreachable: the socket client retries
+            log.warning("Slack is unreachable (%s); starting anyway, Socket Mode will keep trying",
+                        e.__class__.__name__)
+
+    def _watch_app_token(self, client) -> None:
+        """Follow what Slack says of the app token at every (re)connection: refused or accepted,
+        said once in the log per change and kept for /readyz."""
+        issue = client.issue_new_wss_url
+
+        async def issue_watched() -> str:
+            try:
+                resp = await client.web_client.apps_connections_open(app_token=client.app_token)
+            except SlackApiError as e:
+                error = (getattr(e, "response", None) or {}).get("error", "")
+                if error == "ratelimited":
+                    return await issue()  # the SDK's own wait-and-retry
+                if error in BAD_TOKEN_ERRORS:
+                    self._app_token_state(f"Slack refuses SLACK_APP_TOKEN ({error})")
+                raise
+            self._app_token_state(None)
+            return resp["url"]
+
+        client.issue_new_wss_url = issue_watched
+
+    def _app_token_state(self, problem: str | None) -> None:
+        if problem == self.app_token_problem:
+            return
+        if problem:
+            log.error("%s: Socket Mode receives nothing (no clicks, no commands) until the token is fixed; "
+                      "retrying quietly", problem)
+        else:
+            log.warning("Slack accepts SLACK_APP_TOKEN again; Socket Mode reconnects")
+        self.app_token_problem = problem
+
     async def _verified_email(self, user_id: str) -> str | None:
         """The user's e-mail as Slack verified it (only with JITGATE_EMAIL_BINDING on)."""
         try:
@@ -249,6 +311,21 @@ class SlackDesk:
         if user.get("deleted") or user.get("is_bot") or user.get("is_email_confirmed") is False:
             return None
         return (user.get("profile") or {}).get("email") or None
+
+
+class _WhileRefused(logging.Filter):
+    """Drops the Socket Mode client's per-retry error and traceback while the app token is
+    refused: the desk has said so once, and says so again when it changes."""
+
+    _RETRY = ("Failed to retrieve WSS URL", "Failed to connect", "Failed to check the current session",
+              "Failed to receive or enqueue a message")
+
+    def __init__(self, desk: SlackDesk) -> None:
+        super().__init__()
+        self._desk = desk
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self._desk.app_token_problem and str(record.msg).startswith(self._RETRY))
 
 
 def desk_from_settings(settings) -> SlackDesk | None:

@@ -125,3 +125,37 @@ async def test_socket_mode_refuses_a_slash_command_for_another_workspace(socket_
                "api_app_id": "A0JITGATE", "response_url": slack.fake.response_url("bob"), "trigger_id": "t"}
     await slack.fake.socket_send({"envelope_id": "env-z", "type": "slash_commands", "payload": command})
     assert (await _ack(slack.fake, "env-z")) == {"envelope_id": "env-z"}
+
+
+async def test_revoked_app_token_makes_the_slack_desk_not_ready_and_is_logged_once(tmp_path, redis_url, prefix, redis,
+                                                                                   fake_slack, caplog):
+    """Issue 24.4: when Slack later refuses the app token, /readyz reports the Slack desk not ready and the log says
+    so once per state change (not a traceback per retry); when it is accepted again, both say so."""
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from bot.slack.desk import SlackDesk  # noqa: PLC0415
+
+    caplog.set_level(logging.INFO, logger="jitgate.slack")
+    async with running(tmp_path, redis_url, prefix, fake_slack, slack_signing_secret=Secret(""),
+                       slack_app_token=Secret(slackreq.APP_TOKEN),
+                       make_desk=lambda s: SlackDesk(s, retry_backoff_s=0.01, socket_ping_s=0.2)) as slack:
+        await fake_slack.socket_connected()
+        desk = slack.h.broker.desks[0]
+
+        async def slack_ready():
+            return (await slack.h.client.get("/readyz")).json()["desks"]["slack"]
+
+        assert (await slack_ready())["ready"] is True
+        fake_slack.app_token = "xapp-rotated"  # the old one is revoked at Slack, which drops the connection
+        await fake_slack.sockets[-1].close()
+        await fake_slack.wait_for(lambda: desk.app_token_problem, what="the refusal noticed")
+        await asyncio.sleep(1)  # several refused reconnection attempts (every 0.2 s)
+        assert len(fake_slack.of("apps.connections.open", ok=False)) >= 3
+        assert await slack_ready() == {"ready": False, "detail": "Slack refuses SLACK_APP_TOKEN (invalid_auth)"}
+        fake_slack.app_token = slackreq.APP_TOKEN  # fixed
+        await fake_slack.wait_for(lambda: desk.app_token_problem is None and fake_slack.sockets, what="reconnected")
+        assert (await slack_ready())["ready"] is True
+    said = [r for r in caplog.records if "SLACK_APP_TOKEN" in r.getMessage()]
+    assert [r.levelname for r in said] == ["ERROR", "WARNING"]
+    assert not [r for r in caplog.records if r.name.startswith("jitgate.slack.socket") and r.levelname == "ERROR"]
