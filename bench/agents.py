@@ -35,7 +35,7 @@ class Agents:
         pem, jwk = generate_key(KEY_KIND)
         self.keys[RESOURCE_SERVER] = load_private_key(pem)
         doc = yaml.safe_load(path.read_text())
-        doc["resource_servers"] = [{"id": RESOURCE_SERVER, "public_key": jwk}]
+        doc["resource_servers"] = [{"id": RESOURCE_SERVER, "public_key": jwk, "audiences": ["staging/payments-api"]}]
         path.write_text(yaml.safe_dump(doc))
 
     def assertion(self, principal: str) -> str:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import BrokerError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthenticated, Unavailable
+from .identity import InvalidDpopProof
 from .model import STATES, TERMINAL, Proposal, check_request_id
 from .openapi import openapi_document
 
@@ -145,7 +146,11 @@ def make_routes(broker: "Broker") -> list[Route]:
         request_id = rid(request)
         # RFC 9449: a DPoP proof binds the token to the prover's key (cnf.jkt, token_type DPoP).
         # htu is this endpoint's public URL: the issuer (as agents see it) plus the path.
-        proof = request.headers.get("dpop")
+        proofs = request.headers.getlist("dpop")
+        if len(proofs) > 1:
+            # RFC 9449 section 4.3: "there is not more than one DPoP HTTP request header field".
+            raise InvalidDpopProof("more than one DPoP header; send exactly one proof")
+        proof = proofs[0] if proofs else None
         jkt = None
         if proof is not None or s.require_dpop:
             jkt = await broker.verifier.verify_dpop(proof, method="POST", url=f"{s.issuer}{request.url.path}")
@@ -162,16 +167,17 @@ def make_routes(broker: "Broker") -> list[Route]:
 
     async def introspect(request: HttpRequest) -> Response:
         broker.maybe_reload()
-        await broker.verifier.verify_resource_server(request.headers.get("authorization"))
+        server, _ = await broker.verifier.verify_resource_server(request.headers.get("authorization"))
         form = await read_form(request, limit)
         token = form.get("token", "")
         if not token:
             raise InvalidRequest("'token' is required")
-        return json_response(await life.introspect(token), headers={"Cache-Control": "no-store"})
+        return json_response(await life.introspect(token, server=server), headers={"Cache-Control": "no-store"})
 
     async def revoke(request: HttpRequest) -> Response:
         broker.maybe_reload()
         auth = request.headers.get("authorization")
+        server = None
         try:
             server, _ = await broker.verifier.verify_resource_server(auth)
             by = f"resource_server:{server.id}"
@@ -182,7 +188,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         token = form.get("token", "")
         if not token:
             raise InvalidRequest("'token' is required")
-        await life.revoke_token(token, by=by)
+        await life.revoke_token(token, by=by, server=server)
         return Response(b"", status_code=200)
 
     async def jwks(request: HttpRequest) -> Response:
@@ -201,6 +207,9 @@ def make_routes(broker: "Broker") -> list[Route]:
             "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
             "authorization_details_types_supported": ["agent_escalation"],
             "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
+            # Every token this broker issues is DPoP-bound (JITGATE_REQUIRE_DPOP): resource servers
+            # (broker.client's helpers read this) refuse a Bearer token without being told.
+            "dpop_bound_access_tokens_required": s.require_dpop,
             "grant_types_supported": ["urn:jitgate:params:grant-type:escalation"],
             "response_types_supported": [],
             "service_documentation": f"{iss}/openapi.json",

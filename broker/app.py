@@ -28,7 +28,7 @@ from .policy import PolicyGate, PrincipalInfo
 from .redisline import RedisLine
 from .scheduler import Scheduler
 from .store import Store
-from .tokens import KeyRing
+from .tokens import KeyRing, key_retention_s
 from .wakeups import Wakeups
 
 log = logging.getLogger("jitgate")
@@ -170,7 +170,8 @@ async def build(
     store = Store(redis, line, settings.redis_prefix)
     keyring = KeyRing(redis, settings.redis_prefix, settings.key_encryption_key, alg=settings.signing_alg,
                       clock=clock, rotation_s=settings.key_rotation_s,
-                      retain_s=max(settings.max_duration_s * 2, 3600))
+                      # Every token lives at most this long, break-glass ones included.
+                      retain_s=key_retention_s(max(settings.max_duration_s, settings.breakglass_max_s)))
     await keyring.ensure()
     verifier = AssertionVerifier(registry, line, settings.redis_prefix, audience=settings.issuer, clock=clock,
                                  spiffe=SpiffeBundle.from_settings(settings))

@@ -81,6 +81,18 @@ return {'ok'}
 """
 
 
+class DpopRequired(Forbidden):
+    """Break-glass for oneself on a broker that requires DPoP, without a key to bind the token to."""
+
+    code, title = "dpop-required", "A DPoP key is required"
+
+
+DPOP_HINT = ("this broker requires DPoP-bound tokens (JITGATE_REQUIRE_DPOP) and a token for yourself is bound to a "
+             "key you hold; a chat cannot hold one, so break glass for yourself from a terminal: "
+             "`jitgate breakglass grant me ACTION TARGET SECONDS REASON --as YOU --dpop-key FILE` "
+             "(FILE is made if missing). Break-glass for an agent works here: the agent proves its own key.")
+
+
 @dataclass(frozen=True)
 class BreakGlassLimits:
     """What break-glass allows; all configurable."""
@@ -149,9 +161,16 @@ class BreakGlass:
             )
 
     async def preview(self, engineer: Approver, *, subject: str, action: str, target: str, duration_s: int,
-                      reason: str, incident: str | None = None) -> Preview:
-        """Check everything a grant would check and say what it would grant (no state change)."""
+                      reason: str, incident: str | None = None, dpop_jkt: str | None = None) -> Preview:
+        """Check everything a grant would check and say what it would grant (no state change).
+
+        With ``JITGATE_REQUIRE_DPOP`` a token for oneself (``me``) is DPoP-bound like every
+        token the broker issues: without ``dpop_jkt`` (the RFC 7638 thumbprint of the
+        engineer's key) it is refused with :class:`DpopRequired`, before anything is counted.
+        """
         await self._check_engineer(engineer)
+        if subject == ME and dpop_jkt is None and self.life.settings.require_dpop:
+            raise DpopRequired(DPOP_HINT)
         reason = (reason or "").strip()
         if not reason:
             raise InvalidRequest("a reason is required to break glass")
@@ -197,10 +216,15 @@ class BreakGlass:
 
     # ------------------------------------------------------------------ grant
     async def grant(self, engineer: Approver, *, subject: str, action: str, target: str, duration_s: int,
-                    reason: str, incident: str | None = None, channel: str, platform_user: str | None = None) -> Granted:
-        """Grant at once (after the engineer confirmed the preview)."""
+                    reason: str, incident: str | None = None, channel: str, platform_user: str | None = None,
+                    dpop_jkt: str | None = None) -> Granted:
+        """Grant at once (after the engineer confirmed the preview). A token for oneself is
+        bound to ``dpop_jkt`` (RFC 9449 ``cnf.jkt``, token type DPoP) when given, and must be
+        when the broker requires DPoP."""
+        if dpop_jkt is not None and subject != ME:
+            raise InvalidRequest("a DPoP key binds only a token for yourself; an agent proves its own key")
         pv = await self.preview(engineer, subject=subject, action=action, target=target, duration_s=duration_s,
-                                reason=reason, incident=incident)
+                                reason=reason, incident=incident, dpop_jkt=dpop_jkt)
         now = self._now()
         rid = new_id()
         for_me = subject == ME
@@ -239,13 +263,14 @@ class BreakGlass:
                 issuer=self.life.settings.issuer, agent_id=engineer.id, audience=target, issued_at=iat,
                 expires_at=exp, jti=jti, action=action, target=target, tool=None, dataset=None, request_id=rid,
                 approvers=[engineer.id], policies=list(pv.policies), proposal_sha256=sha, break_glass=True,
+                jkt=dpop_jkt,
             )
             claims["client_id"] = "jitgate:break-glass"
             signed = self.life.keyring.sign(claims)  # shown once to the engineer; only the jti is recorded
-            token = IssuedToken(signed, "Bearer", exp - iat, claims["authorization_details"])
+            token = IssuedToken(signed, "DPoP" if dpop_jkt else "Bearer", exp - iat, claims["authorization_details"])
             fields.update(grant_jti=jti, grant_exp=str(exp), collected_at=repr(now), grant_kid=self.life.keyring.current_kid)
             events.append(event("token.collected", at, rid, actor, break_glass=True, jti=jti, exp=iso(exp),
-                                audience=target, kid=self.life.keyring.current_kid))
+                                audience=target, kid=self.life.keyring.current_kid, dpop_jkt=dpop_jkt))
             status, deadline = ACTIVE, _ms(exp)
         else:
             fields["grant_end_ms"] = str(_ms(grant_end))
@@ -469,4 +494,4 @@ def _ms(t: float) -> int:
     return int(t * 1000)
 
 
-__all__ = ["ME", "BreakGlass", "BreakGlassLimits", "Granted", "Preview"]
+__all__ = ["ME", "BreakGlass", "BreakGlassLimits", "DpopRequired", "Granted", "Preview"]

@@ -177,7 +177,7 @@ def cmd_agents_list(args) -> int:
     for a in reg.agents:
         print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
     for r in reg.resource_servers:
-        print(f"{r.id}\tresource-server\tkid={r.kid}")
+        print(f"{r.id}\tresource-server\tkid={r.kid}\taudiences={','.join(r.audiences or (r.id,))}")
     return 0
 
 
@@ -264,6 +264,36 @@ def cmd_posture(args) -> int:
     return asyncio.run(_with_broker(run))
 
 
+def _dpop_key(path: str, subject: str) -> tuple[object, str]:
+    """(private key, RFC 7638 thumbprint) of the engineer's DPoP key in ``path``; a new P-256
+    key is written there (mode 600) when the file does not exist."""
+    from .jose import generate_key, jwk_thumbprint, load_private_key, public_jwk  # noqa: PLC0415
+
+    if subject != "me":
+        raise BrokerError("--dpop-key binds a token for yourself ('me'); an agent proves its own key when it collects")
+    file = Path(path)
+    if not file.exists():
+        pem, _jwk = generate_key("P-256")
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        print(f"wrote a new DPoP key to {file} (mode 600); the token will be bound to it", file=sys.stderr)
+    try:
+        key = load_private_key(file.read_bytes())
+    except OSError as e:
+        raise BrokerError(f"cannot read {file}: {e.strerror}") from None
+    return key, jwk_thumbprint(public_jwk(key))
+
+
+def _dpop_recipe(key_file: str, target: str) -> str:
+    """How to present a DPoP-bound token: the header pair, with a fresh proof per request."""
+    return (f"the token is DPoP-bound to the key in {key_file} (RFC 9449): send it as `Authorization: DPoP <token>` "
+            "with a new proof on every request, e.g.\n"
+            f"  TOKEN=<the token above>; URL=<the {target} URL you call>\n"
+            f'  curl -H "Authorization: DPoP $TOKEN" '
+            f'-H "DPoP: $(jitgate agent proof GET "$URL" --token "$TOKEN" --key {key_file})" "$URL"')
+
+
 def cmd_breakglass(args) -> int:
     """Break-glass from a terminal (same checks as the chat commands)."""
 
@@ -275,8 +305,11 @@ def cmd_breakglass(args) -> int:
         who = f"os:{life.os_user()}"
         if args.sub == "grant":
             engineer = life.operator_approver(args.as_)
+            dpop = _dpop_key(args.dpop_key, args.subject) if args.dpop_key else None
+            jkt = dpop[1] if dpop else None
             pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
-                                  duration_s=args.duration, reason=" ".join(args.reason), incident=args.incident)
+                                  duration_s=args.duration, reason=" ".join(args.reason), incident=args.incident,
+                                  dpop_jkt=jkt)
             print(f"will grant {pv.action} on {pv.target} to {pv.subject} for {pv.duration_s // 60} min"
                   + (f" ({pv.note})" if pv.note else ""), file=sys.stderr)
             if not args.yes:
@@ -286,10 +319,12 @@ def cmd_breakglass(args) -> int:
                     return 1
             g = await bg.grant(engineer, subject=args.subject, action=args.action, target=args.target,
                                duration_s=args.duration, reason=" ".join(args.reason), incident=args.incident,
-                               channel="cli", platform_user=who)
+                               channel="cli", platform_user=who, dpop_jkt=jkt)
             _print_request(g.request)
             if g.token is not None:
                 print(g.token.access_token)  # once, to this terminal only
+                if dpop:
+                    print(_dpop_recipe(args.dpop_key, args.target), file=sys.stderr)
         elif args.sub == "reviews" and args.json:
             _print_json([r.to_public() for r in await bg.pending_reviews()])
         elif args.sub == "reviews":
@@ -510,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--incident")
     s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
     s.add_argument("--yes", action="store_true", help="skip the confirmation prompt")
+    s.add_argument("--dpop-key", metavar="FILE",
+                   help="bind a token for yourself to this private key (DPoP, RFC 9449; made if missing); "
+                        "required when the broker requires DPoP")
     s.set_defaults(fn=cmd_breakglass)
     s = bg.add_parser("reviews", help="break-glass grants awaiting review")
     s.add_argument("--json", action="store_true", help=JSON_HELP)

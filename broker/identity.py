@@ -68,7 +68,11 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
 _ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : / @ -"
 
 _AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate"})
-_SERVER_KEYS = frozenset({"id", "public_key"})
+_SERVER_KEYS = frozenset({"id", "public_key", "audiences"})
+# A resource server's ``audiences``: the token audiences (target names) it may introspect
+# and revoke, or this alone for a central gateway that fronts every target.
+GATEWAY_AUDIENCE = "*"
+_MAX_AUDIENCES = 100
 # ``denied_spiffe_ids``: SPIFFE ids refused whatever their credential, listed entry or not.
 _TOP_KEYS = frozenset({"agents", "resource_servers", "denied_spiffe_ids"})
 
@@ -119,16 +123,32 @@ class Agent:
 
 @dataclass(frozen=True)
 class ResourceServer:
-    """A registered resource server (calls introspection); same key rules as an agent."""
+    """A registered resource server (calls introspection); same key rules as an agent.
+
+    ``audiences`` are the token audiences it is registered for (RFC 7662 section 4: the
+    broker answers only about tokens meant for the asking server). Empty means its own
+    id is its one audience; ``("*",)`` is a central gateway that may see every token.
+    """
 
     id: str
     public_jwk: dict = field(hash=False)
     kid: str
     _key: Any = field(default=None, compare=False, repr=False, hash=False)
+    audiences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self._key is None:
             object.__setattr__(self, "_key", _parse_public_jwk(self.public_jwk)[0])
+
+    def serves(self, aud: Any) -> bool:
+        """Whether a token whose ``aud`` claim is ``aud`` is meant for this server (a string
+        equal to one of its audiences, or a list holding one)."""
+        mine = self.audiences or (self.id,)
+        if GATEWAY_AUDIENCE in mine:
+            return True
+        if isinstance(aud, str):
+            return aud in mine
+        return isinstance(aud, list) and any(isinstance(a, str) and a in mine for a in aud)
 
     @property
     def alg(self) -> str:
@@ -213,10 +233,28 @@ def _agent_from_entry(entry: Any) -> Agent:
     )
 
 
+def _audiences(entry: dict) -> tuple[str, ...]:
+    """The ``audiences`` of a resource-server entry: a list of 1 to 100 token audiences
+    (target names), or ``["*"]`` alone for a gateway; absent means the server's own id."""
+    if "audiences" not in entry:
+        return ()
+    value = entry["audiences"]
+    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_AUDIENCES:
+        raise ValueError(f"'audiences' must be a list of 1 to {_MAX_AUDIENCES} target names, or [\"*\"] for a gateway")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > 256 or not item.isprintable() or item != item.strip():
+            raise ValueError(f"'audiences' holds {item!r}, which is not a target name")
+    if GATEWAY_AUDIENCE in value and len(value) > 1:
+        raise ValueError(f"'audiences': {GATEWAY_AUDIENCE!r} (every token, for a gateway) must stand alone")
+    return tuple(dict.fromkeys(value))
+
+
 def _server_from_entry(entry: Any) -> ResourceServer:
     ident = _checked_shape(entry, _SERVER_KEYS)
+    audiences = _audiences(entry)
     key, kid = _entry_key(entry)
-    return ResourceServer(id=ident, public_jwk=copy.deepcopy(entry["public_key"]), kid=kid, _key=key)
+    return ResourceServer(id=ident, public_jwk=copy.deepcopy(entry["public_key"]), kid=kid, _key=key,
+                          audiences=audiences)
 
 
 def _where(section: str, index: int, entry: Any) -> str:
@@ -510,14 +548,17 @@ def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, publi
     return agent
 
 
-def add_resource_server(path: Path, *, id: str, public_jwk: dict) -> ResourceServer:  # noqa: F811 - the JWK, not the helper
-    """Register a resource server (it may then call introspection) in the agents file.
+def add_resource_server(path: Path, *, id: str, public_jwk: dict, audiences: Iterable[str] | None = None) -> ResourceServer:  # noqa: F811 - the JWK, not the helper
+    """Register a resource server (it may then introspect and revoke the tokens meant for
+    its ``audiences``: target names, or ``["*"]`` for a gateway; None means its own id).
 
     Same refusals as :func:`add_agent`; the file is rewritten atomically (as YAML, so
     comments in it are not kept).
     """
     path = Path(path)
-    entry = {"id": id, "public_key": copy.deepcopy(public_jwk)}
+    entry: dict[str, Any] = {"id": id, "public_key": copy.deepcopy(public_jwk)}
+    if audiences is not None:
+        entry["audiences"] = list(audiences)
     try:
         server = _server_from_entry(entry)
     except ValueError as exc:
@@ -544,6 +585,17 @@ def _json_segment(segment: str) -> dict:
     if not isinstance(value, dict):
         raise Unauthenticated("malformed assertion")
     return value
+
+
+def _sole_audience(aud: Any, issuer: str) -> bool:
+    """Whether ``aud`` names this broker and nothing else: the issuer as a plain string.
+
+    RFC 7523bis (section 3) makes the authorization server's issuer identifier the sole
+    audience value of a client assertion, to close the audience-injection attack where
+    an assertion meant for another server also lists this one. A one-element list would
+    be harmless, but no jitgate signer makes one, so only the string form is accepted.
+    """
+    return isinstance(aud, str) and aud == issuer
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -688,8 +740,7 @@ class AssertionVerifier:
                 raise Unauthenticated(f"assertion lacks the {name!r} claim")
         if claims["sub"] != principal_id:
             raise Unauthenticated("sub must equal iss")
-        aud = claims["aud"]
-        if not (aud == self._audience or (isinstance(aud, list) and self._audience in aud)):
+        if not _sole_audience(claims["aud"], self._audience):
             raise Unauthenticated("audience does not match this broker")
         iat, exp = claims["iat"], claims["exp"]
         if not _finite_number(iat) or not _finite_number(exp):
@@ -849,7 +900,10 @@ class SpiffeBundle:
         and not under ``denied_spiffe_ids``: a valid SVID of an unlisted workload is refused.
         """
         self._refresh()
-        header, claims = split_jws(token)
+        try:
+            header, claims = split_jws(token)
+        except JoseError:
+            raise Unauthenticated("malformed JWT-SVID") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in _SVID_ALGS:
             raise Unauthenticated("JWT-SVID algorithm not allowed")
@@ -999,9 +1053,8 @@ def verify_delegation_chain(
             raise InvalidDelegation(f"{where}: signature does not verify against '{iss}''s registered key")
         if not delegator.can_delegate:
             raise InvalidDelegation(f"{where}: agent '{iss}' may not delegate (can_delegate is not set in the agents file)")
-        aud = claims.get("aud")
-        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-            raise InvalidDelegation(f"{where}: audience is not this broker")
+        if not _sole_audience(claims.get("aud"), audience):
+            raise InvalidDelegation(f"{where}: audience is not this broker (aud must be its issuer alone, a string)")
         iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
         if not _finite_number(iat) or not _finite_number(exp) or exp <= iat:
             raise InvalidDelegation(f"{where}: needs numeric 'iat' and 'exp', exp after iat")

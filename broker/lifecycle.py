@@ -24,7 +24,7 @@ from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory, aliases
 from .errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
-from .identity import Agent, DelegationLink, InvalidDelegation, Registry, verify_delegation_chain
+from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
@@ -793,12 +793,22 @@ class Lifecycle:
         return changed
 
     # ------------------------------------------------------------------ tokens
-    async def introspect(self, token: str) -> dict:
-        """RFC 7662: the token's claims if it is active now, else exactly ``{"active": false}``."""
+    async def introspect(self, token: str, *, server: ResourceServer | None = None) -> dict:
+        """RFC 7662: the token's claims if it is active now, else exactly ``{"active": false}``.
+
+        With ``server`` (the resource server asking), a token not meant for one of its
+        audiences is answered as inactive too (RFC 7662 section 4): a server learns only
+        about the tokens it could be presented with.
+        """
         inactive = {"active": False}
         try:
             claims = await self.keyring.verify(token, issuer=self.settings.issuer)
         except BrokerError:
+            return inactive
+        if server is not None and not server.serves(claims.get("aud")):
+            log.warning("resource server %s asked about a token for %r, outside its audiences %s; "
+                        "answered inactive (list the audience in its 'audiences' in the agents file)",
+                        server.id, claims.get("aud"), list(server.audiences or (server.id,)))
             return inactive
         rid = (claims.get("approval") or {}).get("request_id")
         if not isinstance(rid, str):
@@ -821,12 +831,18 @@ class Lifecycle:
                 out[k] = claims[k]
         return out
 
-    async def revoke_token(self, token: str, *, by: str) -> None:
-        """RFC 7009: revoke the grant behind a token; unknown or invalid tokens are ignored."""
+    async def revoke_token(self, token: str, *, by: str, server: ResourceServer | None = None) -> None:
+        """RFC 7009: revoke the grant behind a token; unknown or invalid tokens are ignored.
+
+        An agent may revoke only its own tokens, and a resource server (``server``) only the
+        tokens meant for one of its audiences: Forbidden otherwise.
+        """
         try:
             claims = await self.keyring.verify(token, issuer=self.settings.issuer, leeway=10**9)
         except BrokerError:
             return
+        if server is not None and not server.serves(claims.get("aud")):
+            raise Forbidden(f"resource server '{server.id}' may revoke only tokens meant for its audiences")
         rid = (claims.get("approval") or {}).get("request_id")
         if not isinstance(rid, str):
             return

@@ -39,6 +39,10 @@ MAX_DELEGATION_CHARS = 4096
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+# Actions the broker itself asks policy about (``delegate``: may this agent hand work to
+# that one?). A permit for them answers a question the broker asks, not a proposal: an
+# agent proposing one would turn a delegation permit into a token for another agent.
+INTERNAL_ACTIONS = frozenset({"delegate"})
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 _ID_RE = re.compile(r"^[A-Za-z0-9]{8,64}$")
@@ -123,6 +127,12 @@ class Evidence:
         return cls(kind=kind, title=title, url=url, excerpt=excerpt)
 
 
+class ReservedAction(InvalidRequest):
+    """A proposal for an action only the broker asks policy about (``INTERNAL_ACTIONS``)."""
+
+    code, title = "reserved-action", "Reserved action"
+
+
 @dataclass(frozen=True)
 class Proposal:
     """What an agent asks for, exactly as submitted (immutable)."""
@@ -149,6 +159,9 @@ class Proposal:
         action = _text(body, "action", MAX_ACTION, required=True)
         if not _ACTION_RE.match(action):
             raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':' and '-' only")
+        if action in INTERNAL_ACTIONS:
+            raise ReservedAction(f"'{action}' is an action the broker uses internally and cannot be requested; "
+                                 "to let another agent act, sign a delegation link and send it in 'delegation'")
         target = _text(body, "target", MAX_NAME, required=True)
         justification = _text(body, "justification", MAX_JUSTIFICATION, required=True, multiline=True)
         duration = body.get("duration_s")

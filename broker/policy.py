@@ -29,6 +29,7 @@ import cedarpy
 from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
+from .model import INTERNAL_ACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "hour_utc": (int, 0, 23),
     "break_glass": (bool, None, None),
 }
-# Actions whose resource is another agent rather than a target (the schema says the same).
-AGENT_RESOURCE_ACTIONS = frozenset({"delegate"})
+# Actions whose resource is another agent rather than a target (the schema says the same):
+# the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
+AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
 # Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
 # a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
 ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "max_duration", "channel", "backup_group", "description"})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,9 @@ from .clock import SystemClock
 from .errors import ConfigError, Unauthenticated
 
 ALGORITHMS = ("ES256", "EdDSA")
+# How long after a rotation a replica may still sign with the retired key: replicas that do
+# not rotate re-read the keys every minute; five covers a missed refresh or two.
+ROTATION_LAG_S = 300
 _REQUIRED_CLAIMS = ["iss", "exp", "iat", "jti"]
 
 # Create the first key unless another replica already did: one current key, whoever wins.
@@ -307,8 +311,18 @@ class KeyRing:
         return self._current
 
     def sign(self, claims: dict, *, typ: str = "at+jwt") -> str:
-        """Sign ``claims`` with the current key; header ``{alg, kid, typ}``."""
+        """Sign ``claims`` with the current key; header ``{alg, kid, typ}``.
+
+        A retired key stays published for ``retain_s``, so a token whose ``exp`` is further
+        away than that (less the rotation lag) is refused with ConfigError rather than signed:
+        every key is kept until the last token it signed has expired.
+        """
         key = self._current_or_refuse()
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and exp - self._clock.now() + ROTATION_LAG_S > self.retain_s:
+            raise ConfigError(f"a token living {int(exp - self._clock.now())} s would outlive its signing key, which "
+                              f"is kept {self.retain_s} s after rotation; the key retention must cover the longest "
+                              "grant (JITGATE_MAX_DURATION_S, JITGATE_BREAKGLASS_MAX_S)")
         return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
 
     async def verify(
@@ -369,9 +383,17 @@ class KeyRing:
         return claims
 
 
+def key_retention_s(longest_token_s: int) -> int:
+    """How long a retired signing key stays published: twice the longest token lifetime (at
+    least an hour), which covers a token signed just before the rotation, or by a replica that
+    has not yet seen it (``ROTATION_LAG_S``)."""
+    return max(2 * longest_token_s, longest_token_s + ROTATION_LAG_S, 3600)
+
+
 def _number(claims: dict, name: str) -> float:
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # NaN compares false with everything, so a NaN exp would never expire.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise Unauthenticated(f"the token {name} must be a number")
     return value
 

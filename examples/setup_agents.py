@@ -24,6 +24,7 @@ AGENTS = [
     ("example-worker", "dave", "platform", False),
 ]
 RESOURCE_SERVER = "example-payments-api"
+TARGET = "staging/payments-api"  # the tokens' aud the example resource servers accept
 
 
 def main() -> int:
@@ -42,8 +43,12 @@ def main() -> int:
               f"{', may delegate' if can_delegate else ''}); key {keys / (agent_id + '.pem')}")
     if registry.resource_server(RESOURCE_SERVER) is None:
         _pem, jwk = _new_key(keys / f"{RESOURCE_SERVER}.pem")
-        add_resource_server(agents_file, id=RESOURCE_SERVER, public_jwk=jwk)
-        print(f"{RESOURCE_SERVER}: registered as a resource server (may call introspection)")
+        add_resource_server(agents_file, id=RESOURCE_SERVER, public_jwk=jwk, audiences=[TARGET])
+        print(f"{RESOURCE_SERVER}: registered as a resource server for tokens meant for {TARGET} "
+              "(may introspect and revoke those)")
+    elif TARGET not in registry.resource_server(RESOURCE_SERVER).audiences:
+        print(f"{RESOURCE_SERVER}: already registered, but not for {TARGET}: add `audiences: [{TARGET}]` "
+              f"to its entry in {agents_file}, or the broker answers its introspections as inactive")
     else:
         print(f"{RESOURCE_SERVER}: already registered")
     return 0

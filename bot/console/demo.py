@@ -160,16 +160,18 @@ class AgentClient:
 
 
 def verified_claims(token: str, jwks: dict, *, issuer: str, audience: str) -> tuple[dict, dict]:
-    """The token's header and claims, its signature checked against the broker's JWKS."""
-    import jwt  # noqa: PLC0415
+    """The token's header and claims, checked as a resource server checks them (signature
+    against the broker's JWKS, typ, issuer, audience, times); ValueError naming the failed
+    check otherwise, and nothing else."""
+    from broker.client.verify import InvalidToken, verify  # noqa: PLC0415
+    from broker.jose import JoseError, split_jws  # noqa: PLC0415
 
-    header = jwt.get_unverified_header(token)
-    for jwk in jwks.get("keys", []):
-        if jwk.get("kid") == header.get("kid"):
-            key = jwt.PyJWK.from_dict(jwk)
-            claims = jwt.decode(token, key=key.key, algorithms=[header["alg"]], audience=audience, issuer=issuer)
-            return header, claims
-    raise ValueError(f"no key {header.get('kid')!r} in the broker's JWKS")
+    try:
+        claims = verify(token, jwks, issuer=issuer, audience=audience)
+        header = split_jws(token, "access token")[0]
+    except (InvalidToken, JoseError) as e:
+        raise ValueError(str(e)) from None
+    return header, claims
 
 
 def run_demo(client: AgentClient, *, proposal: dict = DEMO_PROPOSAL, work_s: float = 20,

@@ -36,10 +36,10 @@ from .errors import (
 )
 from .models import DpopAuth, Escalation, Evidence, Grant, Token
 from .sync import SyncClient
-from .verify import Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
+from .verify import ANY_AUDIENCE, Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
 
 __all__ = [
-    "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
+    "ANY_AUDIENCE", "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
     "DpopAuth", "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken",
     "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "Svid", "SyncClient", "TimedOut",
     "Token", "TokenVerifier", "TransportError", "check_binding", "generate_key", "load_key", "make_delegation", "outcome",

@@ -19,11 +19,32 @@ import httpx
 import jwt
 from jwt.api_jws import PyJWS
 
-from ..jose import JoseError, make_assertion, parse_public_jwk, split_jws, verify_dpop_proof
+from ..jose import JoseError, finite_number, make_assertion, parse_public_jwk, split_jws, verify_dpop_proof
 from .credentials import load_key
 from .errors import InvalidToken, TransportError, api_error
 
 _TOKEN_ALGS = frozenset({"ES256", "EdDSA"})
+
+
+class _AnyAudience:
+    """The type of :data:`ANY_AUDIENCE`."""
+
+    def __repr__(self) -> str:
+        return "ANY_AUDIENCE"
+
+
+# The explicit opt-out of the audience check, for a gateway that fronts every target and
+# routes on ``aud`` itself. Spelled out in the call so that skipping the check is never
+# what happens by leaving an argument out.
+ANY_AUDIENCE = _AnyAudience()
+
+
+def _audience_arg(audience: Any, name: str = "audience") -> "str | _AnyAudience":
+    """``audience`` if it is a target name or ANY_AUDIENCE; TypeError otherwise (a setup mistake)."""
+    if audience is ANY_AUDIENCE or (isinstance(audience, str) and audience):
+        return audience
+    raise TypeError(f"{name} is required: this server's name at the broker (the tokens' aud), "
+                    "or ANY_AUDIENCE to accept tokens for every target")
 
 
 class ReplayCache:
@@ -78,11 +99,11 @@ def verify(
     token: str,
     jwks: dict,
     *,
+    audience: "str | _AnyAudience",
     dpop_proof: str | None = None,
     method: str | None = None,
     url: str | None = None,
     issuer: str | None = None,
-    audience: str | None = None,
     scheme: str | None = None,
     require_dpop: bool = False,
     replay_cache: ReplayCache | None = None,
@@ -94,7 +115,9 @@ def verify(
     """Verify a jitgate access token and, for a DPoP-bound one, its proof; return the claims.
 
     The token: ``typ`` at+jwt, ES256/EdDSA signature by the JWKS key named by ``kid``,
-    ``exp``/``nbf``/``iat`` (``leeway_s``), ``iss`` and ``aud`` when given. A token with
+    ``exp``/``nbf``/``iat`` (``leeway_s``), ``iss`` when given, and ``aud`` = ``audience``
+    (required: this server's name at the broker, or :data:`ANY_AUDIENCE` to skip the
+    check, spelled out; a missing or empty one is a TypeError). A token with
     ``cnf.jkt`` needs ``dpop_proof``, ``method`` and ``url`` (the request's, as the
     client addressed it): ``typ`` dpop+jwt, its signature, ``htm``, ``htu``, an ``iat``
     no older than ``max_proof_age_s``, an unseen ``jti`` (``replay_cache``), ``ath`` =
@@ -104,6 +127,7 @@ def verify(
     this server handed out (RFC 9449 section 9). Raises :class:`InvalidToken` naming the
     failed check.
     """
+    audience = _audience_arg(audience)
     now = time.time() if now is None else now
     try:
         header, claims = split_jws(token, "access token")
@@ -112,11 +136,12 @@ def verify(
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
         raise InvalidToken("the token typ must be at+jwt")
-    alg = header.get("alg")
-    if alg not in _TOKEN_ALGS or "crit" in header:
+    # A header is attacker-chosen JSON: a list or object where a string belongs is refused
+    # by name, never looked up (which would raise TypeError, not InvalidToken).
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in _TOKEN_ALGS or "crit" in header:
         raise InvalidToken("the token algorithm or header is not allowed")
-    kid = header.get("kid")
-    jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None  # a list would be unhashable
+    jwk = _keys_by_kid(jwks).get(kid) if isinstance(kid, str) else None
     if jwk is None:
         raise InvalidToken("the token is signed with a key not in the JWKS")
     try:
@@ -177,7 +202,8 @@ def check_binding(
         raise InvalidToken("the DPoP proof is signed by a different key than the token is bound to")
     if nonce is not None:
         accepted = {nonce} if isinstance(nonce, str) else set(nonce)
-        if proof.claims.get("nonce") not in accepted:
+        sent = proof.claims.get("nonce")
+        if not isinstance(sent, str) or sent not in accepted:
             raise InvalidToken("the DPoP proof must carry the nonce this server provides", "use_dpop_nonce")
     cache = _DEFAULT_CACHE if replay_cache is None else replay_cache
     if cache.seen(f"{proof.jkt}:{proof.jti}", proof.iat + max_proof_age_s + leeway_s, now):
@@ -185,13 +211,12 @@ def check_binding(
     return claims
 
 
-def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None, audience: str | None) -> None:
+def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None, audience: "str | _AnyAudience") -> None:
     for name in ("iss", "sub", "aud", "exp", "iat", "jti"):
         if name not in claims:
             raise InvalidToken(f"the token lacks the {name!r} claim")
     for name in ("exp", "iat", "nbf"):
-        value = claims.get(name)
-        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if name in claims and not finite_number(claims[name]):
             raise InvalidToken(f"the token {name} must be a number")
     if now >= claims["exp"] + leeway_s:
         raise InvalidToken("the token has expired")
@@ -199,10 +224,32 @@ def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None,
         raise InvalidToken("the token is not valid yet")
     if issuer is not None and claims["iss"] != issuer.rstrip("/"):
         raise InvalidToken("the token was issued by another issuer")
-    if audience is not None:
-        aud = claims["aud"]
-        if not (aud == audience or (isinstance(aud, list) and audience in aud)):
-            raise InvalidToken("the token is meant for another audience")
+    if audience is not ANY_AUDIENCE and not _audience_matches(claims["aud"], audience):
+        raise InvalidToken("the token is meant for another audience")
+
+
+def _audience_matches(aud: Any, audience: str) -> bool:
+    return aud == audience or (isinstance(aud, list) and audience in aud)
+
+
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+# How long the broker's word on DPoP (its metadata) is trusted before it is asked again.
+METADATA_MAX_AGE_S = 300.0
+
+
+def _json_document(resp: httpx.Response) -> dict:
+    try:
+        body = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
+    return body
+
+
+def _requires_dpop(metadata: dict) -> bool:
+    """Whether the broker's metadata says every token it issues is DPoP-bound."""
+    return metadata.get("dpop_bound_access_tokens_required") is True
 
 
 class TokenVerifier:
@@ -211,14 +258,19 @@ class TokenVerifier:
 
     ``TokenVerifier("http://broker:8080", audience="prod/payments-api")`` then
     ``verifier.verify_request(headers["authorization"], headers.get("dpop"), method, url)``.
+    ``audience`` is required (or :data:`ANY_AUDIENCE`, spelled out). Unbound tokens are
+    refused with ``require_dpop``, and also - without being told - when the broker's
+    metadata says it requires DPoP (``dpop_bound_access_tokens_required``, read with the
+    JWKS and at least every five minutes).
     """
 
-    def __init__(self, broker_url: str, *, issuer: str | None = None, audience: str | None = None,
+    def __init__(self, broker_url: str, *, audience: "str | _AnyAudience", issuer: str | None = None,
                  require_dpop: bool = False, refresh_s: float = 30, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.issuer = (issuer or self.broker_url).rstrip("/")
-        self.audience = audience
+        self.audience = _audience_arg(audience)
         self.require_dpop = require_dpop
+        self.broker_requires_dpop = False  # from the broker's metadata, at each fetch
         self.replay_cache = ReplayCache()
         self._jwks: dict = {"keys": []}
         self._fetched_at = float("-inf")
@@ -228,34 +280,38 @@ class TokenVerifier:
 
     def _fetch(self) -> None:
         try:
-            resp = httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout)
+            jwks = _json_document(httpx.get(f"{self.broker_url}/.well-known/jwks.json", timeout=self._timeout))
+            metadata = _json_document(httpx.get(f"{self.broker_url}{METADATA_PATH}", timeout=self._timeout))
         except httpx.HTTPError as exc:
-            raise TransportError(f"cannot fetch the broker's JWKS: {exc}") from exc
-        try:
-            jwks = resp.json() if resp.status_code == 200 else None
-        except ValueError:
-            jwks = None
-        if not isinstance(jwks, dict):
-            raise api_error(resp.status_code if resp.status_code != 200 else 502, None)
-        self._jwks, self._fetched_at = jwks, time.monotonic()
+            raise TransportError(f"cannot fetch the broker's JWKS and metadata: {exc}") from exc
+        self._jwks, self.broker_requires_dpop = jwks, _requires_dpop(metadata)
+        self._fetched_at = time.monotonic()
 
     def _jwks_for(self, token: str) -> dict:
         with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age >= METADATA_MAX_AGE_S:
+                self._fetch()  # the first call, and the broker's DPoP setting kept current
+                return self._jwks
             try:
                 kid = split_jws(token, "access token")[0].get("kid")
             except JoseError:
                 return self._jwks  # verify() names the problem
+            if not isinstance(kid, str):
+                return self._jwks  # no fetch for a kid that cannot name a key; verify() refuses it
             known = kid in _keys_by_kid(self._jwks)
-            if not known and time.monotonic() - self._fetched_at >= self._refresh_s:
+            if not known and age >= self._refresh_s:
                 self._fetch()
             return self._jwks
 
     def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
                url: str | None = None, scheme: str | None = None, nonce: str | Collection[str] | None = None) -> dict:
         """The token's claims after :func:`verify`; fetches the JWKS when needed."""
-        return verify(token, self._jwks_for(token), dpop_proof=dpop_proof, method=method, url=url,
+        jwks = self._jwks_for(token)
+        return verify(token, jwks, dpop_proof=dpop_proof, method=method, url=url,
                       issuer=self.issuer, audience=self.audience, scheme=scheme,
-                      require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
+                      require_dpop=self.require_dpop or self.broker_requires_dpop,
+                      replay_cache=self.replay_cache, nonce=nonce)
 
     def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                        nonce: str | Collection[str] | None = None) -> dict:
@@ -269,20 +325,31 @@ class Introspector:
     (RFC 7662), authenticated by an assertion signed with its own key.
 
     ``audience`` is the broker's issuer URL (the assertions' ``aud``; default ``broker_url``).
-    For :meth:`verify_request`, ``target`` is this server's name at the broker (the tokens'
-    ``aud``) and ``require_dpop`` refuses unbound tokens.
+    ``target`` (required) is this server's name at the broker (the tokens' ``aud``) that
+    :meth:`verify_request` checks, or :data:`ANY_AUDIENCE` to skip that check, spelled out;
+    ``require_dpop`` refuses unbound tokens; so does the broker's metadata saying it requires
+    DPoP (``dpop_bound_access_tokens_required``, asked at least every five minutes).
     """
 
-    def __init__(self, broker_url: str, server_id: str, private_key: Any, *, audience: str | None = None,
-                 target: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
+    def __init__(self, broker_url: str, server_id: str, private_key: Any, *, target: "str | _AnyAudience",
+                 audience: str | None = None, require_dpop: bool = False, timeout_s: float = 5) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.server_id = server_id
         self.audience = (audience or self.broker_url).rstrip("/")
-        self.target = target
+        self.target = _audience_arg(target, "target")
         self.require_dpop = require_dpop
+        self.broker_requires_dpop = False
+        self._metadata_at = float("-inf")
         self.replay_cache = ReplayCache()
         self._key = load_key(private_key)
         self._timeout = timeout_s
+
+    def _metadata_due(self) -> bool:
+        return time.monotonic() - self._metadata_at >= METADATA_MAX_AGE_S
+
+    def _take_metadata(self, resp: httpx.Response) -> None:
+        self.broker_requires_dpop = _requires_dpop(_json_document(resp))
+        self._metadata_at = time.monotonic()
 
     def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                        nonce: str | Collection[str] | None = None) -> dict:
@@ -291,24 +358,34 @@ class Introspector:
         proof checked as :func:`verify` does. Raises :class:`InvalidToken` otherwise, and
         ApiError / TransportError when the broker refuses this server or cannot be reached."""
         scheme, token = parse_authorization(authorization)
+        if self._metadata_due():
+            try:
+                self._take_metadata(httpx.get(f"{self.broker_url}{METADATA_PATH}", timeout=self._timeout))
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot fetch the broker's metadata: {exc}") from exc
         return self._checked(self.introspect(token), token, scheme, dpop, method, url, nonce)
 
     async def averify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                               nonce: str | Collection[str] | None = None) -> dict:
         """:meth:`verify_request` for async servers."""
         scheme, token = parse_authorization(authorization)
+        if self._metadata_due():
+            try:
+                async with httpx.AsyncClient(timeout=self._timeout) as http:
+                    self._take_metadata(await http.get(f"{self.broker_url}{METADATA_PATH}"))
+            except httpx.HTTPError as exc:
+                raise TransportError(f"cannot fetch the broker's metadata: {exc}") from exc
         return self._checked(await self.aintrospect(token), token, scheme, dpop, method, url, nonce)
 
     def _checked(self, info: dict, token: str, scheme: str, dpop: str | None, method: str, url: str,
                  nonce: str | Collection[str] | None) -> dict:
         if info.get("active") is not True:
             raise InvalidToken("the token is not active (expired, completed or revoked)")
-        if self.target is not None:
-            aud = info.get("aud")
-            if not (aud == self.target or (isinstance(aud, list) and self.target in aud)):
-                raise InvalidToken("the token is meant for another audience")
+        if self.target is not ANY_AUDIENCE and not _audience_matches(info.get("aud"), self.target):
+            raise InvalidToken("the token is meant for another audience")
         return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
-                             require_dpop=self.require_dpop, replay_cache=self.replay_cache, nonce=nonce)
+                             require_dpop=self.require_dpop or self.broker_requires_dpop,
+                             replay_cache=self.replay_cache, nonce=nonce)
 
     def _headers(self) -> dict:
         """A fresh assertion of this resource server for one introspection call."""

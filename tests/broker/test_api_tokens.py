@@ -6,10 +6,13 @@ import dataclasses
 
 import jwt
 import pytest
+import yaml
 from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from broker.errors import ConfigError
+from broker.identity import Registry, add_resource_server, generate_key, load_private_key
 from tests.support.harness import ISSUER
 
 
@@ -81,6 +84,61 @@ async def test_agent_revokes_own_token_only(harness):
     own = await harness.client.post("/v1/revoke", data={"token": token}, headers=harness.auth("reader-bot"))
     assert own.status_code == 200
     assert (await harness.status(rid, "reader-bot")).json()["status"] == "revoked"
+
+
+def _add_servers(harness, **servers) -> None:
+    """Register resource servers (id -> audiences, None for none) with fresh keys and reload the registry."""
+    for server_id, audiences in servers.items():
+        pem, jwk = generate_key("P-256")
+        harness.keys[server_id] = load_private_key(pem)
+        add_resource_server(harness.settings.agents_file, id=server_id, public_jwk=jwk, audiences=audiences)
+    assert harness.broker.registry.reload_if_changed()
+
+
+async def _introspect_as(harness, server_id: str, token: str) -> dict:
+    r = await harness.client.post("/v1/introspect", data={"token": token}, headers=harness.auth(server_id))
+    assert r.status_code == 200
+    return r.json()
+
+
+async def test_introspection_answers_only_about_the_servers_own_audiences(harness):
+    """RFC 7662 section 4 / issue 14.8: "Restrict each resource server to tokens whose audience it is registered
+    for" - another server's token is answered exactly like an unknown one ({"active": false}); a gateway
+    registered with audiences ["*"] sees every token; a server without audiences has its own id as audience."""
+    _add_servers(harness, **{"prod-api": ["prod/payments-api"], "gateway": ["*"], "staging/payments-api": None,
+                             "ledger": None})
+    _rid, token = await _active_token(harness)  # aud staging/payments-api
+    assert await _introspect_as(harness, "prod-api", token) == {"active": False}
+    assert await _introspect_as(harness, "ledger", token) == {"active": False}
+    assert (await _introspect_as(harness, "gateway", token))["active"] is True
+    assert (await _introspect_as(harness, "staging/payments-api", token))["aud"] == "staging/payments-api"
+    assert (await _introspect_as(harness, "payments-api", token))["active"] is True
+
+
+async def test_revocation_only_of_the_servers_own_audiences(harness):
+    """RFC 7009 section 2.1 with RFC 7662 section 4 / issue 14.8: a resource server may revoke only tokens meant
+    for one of its audiences; another server's token is refused (403) and stays active."""
+    _add_servers(harness, **{"prod-api": ["prod/payments-api"], "gateway": ["*"]})
+    rid, token = await _active_token(harness)
+    r = await harness.client.post("/v1/revoke", data={"token": token}, headers=harness.auth("prod-api"))
+    assert r.status_code == 403 and r.json()["type"].endswith("/forbidden") and "its audiences" in r.json()["detail"]
+    assert (await harness.introspect(token)).json()["active"] is True
+    r = await harness.client.post("/v1/revoke", data={"token": token}, headers=harness.auth("gateway"))
+    assert r.status_code == 200
+    assert (await harness.status(rid, "reader-bot")).json()["status"] == "revoked"
+
+
+@pytest.mark.parametrize("audiences, needle", [
+    ([], "list of 1 to 100"), ("prod/payments-api", "list of 1 to 100"), (["*", "prod/x"], "must stand alone"),
+    ([7], "not a target name"), ([""], "not a target name"), (["a\nb"], "not a target name"),
+])
+def test_resource_server_audiences_must_be_well_formed(tmp_path, audiences, needle):
+    """A malformed 'audiences' refuses to load rather than widening or narrowing what a server may see."""
+    _pem, jwk = generate_key("P-256")
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump({"resource_servers": [{"id": "rs", "public_key": jwk, "audiences": audiences}]}))
+    with pytest.raises(ConfigError, match=needle):
+        Registry.load(path)
 
 
 async def test_token_signed_by_other_key_is_inactive(harness):

@@ -217,3 +217,40 @@ async def test_nobody_reviews_their_own_break_glass(harness):
                                  duration_s=60, reason="x", channel="cli")
     with pytest.raises(NotApprover, match="own break-glass"):
         await _bg(harness).acknowledge(g.request.id, both, comment="fine", channel="cli")
+
+
+async def test_signing_key_outlives_the_longest_break_glass_token(tmp_path, redis_url, prefix, redis):
+    """Issue 24.5: retired signing keys were kept for twice the longest ordinary grant, not JITGATE_BREAKGLASS_MAX_S,
+    so a long break-glass token stopped verifying before its exp. Every key is kept (published, and used by
+    introspection) until the last token it signed has expired."""
+    from broker.clock import ManualClock  # noqa: PLC0415
+    from tests.support.harness import Harness, make_settings, write_agents  # noqa: PLC0415
+
+    import shutil  # noqa: PLC0415
+
+    from tests.support.harness import FIXTURES  # noqa: PLC0415
+
+    policies = tmp_path / "policies"
+    shutil.copytree(FIXTURES / "policies", policies)
+    cedar = policies / "test.cedar"
+    cedar.write_text(cedar.read_text().replace('@id("break-glass") @max_duration("1800")', '@id("break-glass")'))
+    settings = make_settings(tmp_path, redis_url, prefix, max_duration_s=600, breakglass_max_s=7200,
+                             key_rotation_s=3600, policy_dir=policies)
+    h = Harness(settings, write_agents(settings.agents_file), ManualClock())
+    await h.start(background=False)
+    try:
+        g = await h.broker.breakglass.grant(h.approver("alice"), subject="me", action="rollback",
+                                            target="prod/payments-api", duration_s=7200, reason="long outage", channel="cli")
+        token = g.token.access_token
+        assert g.token.expires_in == 7200
+        kid = jwt.get_unverified_header(token)["kid"]
+        assert await h.broker.keyring.rotate(force=True)
+        for _ in range(7):  # the scheduler's rotation job, hourly, until the token's last second
+            h.clock.advance(1000)
+            await h.broker.keyring.rotate()
+            assert kid in [k["kid"] for k in (await h.client.get("/.well-known/jwks.json")).json()["keys"]]
+            assert (await h.introspect(token)).json()["active"] is True
+        h.clock.advance(199)
+        assert (await h.introspect(token)).json()["active"] is True
+    finally:
+        await h.stop()

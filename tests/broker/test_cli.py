@@ -147,6 +147,32 @@ async def test_breakglass_cli(cli_env):
     assert rid not in run_cli(cli_env, "breakglass", "reviews").stdout
 
 
+def test_breakglass_cli_binds_a_token_for_me_when_dpop_is_required(cli_env, tmp_path):
+    """Issue 24.1: with JITGATE_REQUIRE_DPOP the CLI's break-glass token for oneself is DPoP-bound: without
+    --dpop-key nothing is granted and the error says how; with it (the key file made if missing, mode 600) the
+    token carries cnf.jkt of that key and the CLI prints how to make the proofs."""
+    import time  # noqa: PLC0415
+
+    from broker.jose import jwk_thumbprint, load_private_key, public_jwk, verify_dpop_proof  # noqa: PLC0415
+
+    env = {**cli_env, "JITGATE_REQUIRE_DPOP": "1"}
+    args = ("breakglass", "grant", "me", "restart", "prod/payments-api", "300", "outage", "--as", "alice", "--yes")
+    refused = run_cli(env, *args)
+    assert refused.returncode == 2 and "--dpop-key" in refused.stderr and "eyJ" not in refused.stdout
+    key_file = tmp_path / "alice-dpop.pem"
+    ok = run_cli(env, *args, "--dpop-key", str(key_file))
+    assert ok.returncode == 0, ok.stderr
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    token = ok.stdout.split()[-1]
+    jkt = jwk_thumbprint(public_jwk(load_private_key(key_file.read_bytes())))
+    assert jwt.decode(token, options={"verify_signature": False})["cnf"] == {"jkt": jkt}
+    assert "Authorization: DPoP" in ok.stderr and "jitgate agent proof GET" in ok.stderr and str(key_file) in ok.stderr
+    url = "https://payments.example.com/v1/config"
+    proof = run_cli(env, "agent", "proof", "GET", url, "--token", token, "--key", str(key_file))
+    assert proof.returncode == 0, proof.stderr
+    assert verify_dpop_proof(proof.stdout.strip(), method="GET", url=url, now=time.time(), access_token=token).jkt == jkt
+
+
 async def test_audit_trim_only_what_an_export_holds(cli_env, tmp_path):
     """audit trim (issue 8 item 5): asks to confirm; refuses (nothing removed) unless the export
     holds every entry to remove; then verify reports the anchor, which is where the old export

@@ -133,11 +133,20 @@ async def test_p256_assertion_with_kid_verifies(world):
     assert agent.id == "db-bot" and agent.kid == "db-key-1" and agent.can_delegate is True
 
 
-async def test_scheme_is_case_insensitive_and_audience_may_be_a_list(world):
-    """RFC 6750: the scheme is case-insensitive; an aud list containing the broker is accepted."""
-    token = world.assertion(extra={"aud": ["https://other.example", AUD]})
-    agent, _ = await world.verifier.verify_agent(f"bEaReR   {token}")
+async def test_scheme_is_case_insensitive(world):
+    """RFC 6750: the scheme is case-insensitive."""
+    agent, _ = await world.verifier.verify_agent(f"bEaReR   {world.assertion()}")
     assert agent.id == "deploy-bot"
+
+
+@pytest.mark.parametrize("aud", [["https://other.example", AUD], [AUD, AUD], [AUD], AUD + "/", {"aud": AUD}])
+async def test_audience_must_be_the_broker_alone(world, aud):
+    """RFC 7523bis section 3: the assertion's aud is the authorization server's issuer identifier as its
+    sole value (issue 14.6: a list holding the issuer plus other audiences was accepted)."""
+    await refused(world, world.assertion(extra={"aud": aud}), "audience does not match this broker")
+    with pytest.raises(Unauthenticated, match="audience does not match this broker"):
+        await world.verifier.verify_resource_server(world.bearer(
+            make_assertion(world.rs_key, agent_id="payments-api", audience=aud, now=world.clock.now())))
 
 
 async def test_verifier_uses_the_injected_clock(tmp_path, line, prefix, world):

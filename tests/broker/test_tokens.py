@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.clock import ManualClock
 from broker.errors import ConfigError, Unauthenticated
-from broker.tokens import KeyRing, build_access_token_claims
+from broker.tokens import ROTATION_LAG_S, KeyRing, build_access_token_claims
 
 ISSUER = "https://jitgate.example.com"
 AUDIENCE = "prod/payments-api"
@@ -337,7 +337,7 @@ async def test_rotation_keeps_old_tokens_valid_then_drops_the_key(make_ring, red
     ring = make_ring(rotation_s=3600, retain_s=86400)
     await ring.ensure()
     old_kid = ring.current_kid
-    old_token = ring.sign(claims_at(clock.now(), expires_at=int(clock.now()) + 90000))
+    old_token = ring.sign(claims_at(clock.now(), expires_at=int(clock.now()) + 86000))
     assert await ring.rotate() is False
     clock.advance(3600)
     assert await ring.rotate() is True
@@ -410,7 +410,7 @@ async def test_changing_the_alg_setting_rotates(make_ring, clock):
 
 async def test_lost_current_pointer_keeps_the_old_key_until_retired(make_ring, redis, prefix, clock):
     """If signing:current is lost, a new key is made, the old one stays published and rotate() retires it."""
-    ring = make_ring(retain_s=100)
+    ring = make_ring(retain_s=1000)
     await ring.ensure()
     old_kid = ring.current_kid
     token = ring.sign(claims_at(clock.now()))
@@ -420,9 +420,20 @@ async def test_lost_current_pointer_keeps_the_old_key_until_retired(make_ring, r
     assert await ring.verify(token, issuer=ISSUER, audience=AUDIENCE)
     assert await ring.rotate() is False
     assert (await stored_records(redis, prefix))[old_kid]["retired_at"] == int(clock.now())
-    clock.advance(100)
+    clock.advance(1000)
     await ring.rotate()
     assert old_kid not in await stored_records(redis, prefix)
+
+
+async def test_a_key_never_signs_a_token_that_would_outlive_it(make_ring, clock):
+    """Issue 24.5: "Keep every key until the last token it signed has expired" - a ring that keeps retired keys
+    for retain_s refuses (ConfigError) to sign a token living longer than that less the rotation lag."""
+    ring = make_ring(retain_s=3600)
+    await ring.ensure()
+    ring.sign(claims_at(clock.now(), expires_at=int(clock.now()) + 3600 - ROTATION_LAG_S))
+    with pytest.raises(ConfigError, match="outlive its signing key"):
+        ring.sign(claims_at(clock.now(), expires_at=int(clock.now()) + 3600 - ROTATION_LAG_S + 1))
+
 
 
 # -- claims --------------------------------------------------------------------------

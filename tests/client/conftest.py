@@ -21,7 +21,7 @@ from broker.jose import b64url
 from broker.notify import LoggingNotifier
 from broker.client import Client
 from tests.support.harness import AGENTS as HARNESS_AGENTS
-from tests.support.harness import ISSUER, make_settings
+from tests.support.harness import ISSUER, RS_AUDIENCES, make_settings
 
 POLICIES = Path(__file__).resolve().parent / "policies"
 TRUST_DOMAIN = "example.org"
@@ -121,7 +121,7 @@ def live_settings(tmp_path, redis_url, prefix):
     keys["payments-api"] = load_private_key(pem)
     # One write (add_agent fsyncs on every call, which costs more than the tests themselves).
     (tmp_path / "agents.yaml").write_text(yaml.safe_dump({"agents": agents, "resource_servers": [
-        {"id": "payments-api", "public_key": jwk}]}))
+        {"id": "payments-api", "public_key": jwk, "audiences": RS_AUDIENCES}]}))
     svid_key = ec.generate_private_key(ec.SECP256R1())
     bundle = tmp_path / "bundle.jwks"
     bundle.write_text(json.dumps({"keys": [ec_jwk(svid_key.public_key(), "svid-key-1")]}))

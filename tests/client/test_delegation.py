@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.client import DelegationRefused, Denied
-from broker.jose import make_delegation
+from broker.jose import make_assertion, make_delegation
+from broker.model import ReservedAction
 from tests.client.conftest import ISSUER
 
 READ = dict(action="read", target="staging/payments-api", justification="index the config", duration=300)
@@ -136,6 +138,14 @@ async def test_link_for_another_broker_is_refused(live):
     assert "audience is not this broker" in await refused(live, "worker", chain)
 
 
+@pytest.mark.parametrize("audience", [[ISSUER, "https://other-broker.example"], [ISSUER]])
+async def test_link_with_an_audience_list_is_refused(live, audience):
+    """RFC 7523bis section 3: the broker's issuer is the link's sole audience, a string (issue 14.6:
+    a list holding the issuer plus other audiences was accepted)."""
+    chain = [link(live, "orchestrator", "worker", audience=audience)]
+    assert "audience is not this broker (aud must be its issuer alone, a string)" in await refused(live, "worker", chain)
+
+
 async def test_cedar_denial_of_a_link_denies_the_request(live):
     """Cedar decides each link (action delegate, the sub-agent as resource): a forbidden link denies, naming it."""
     with pytest.raises(Denied) as caught:
@@ -152,3 +162,23 @@ async def test_client_signs_delegations_for_its_sub_agent(live):
     chain = [await live.client("orchestrator").delegate("worker", actions=["read"], targets=["staging/*"], reason="audit")]
     grant = await live.client("worker").escalate(**READ, delegation=chain)
     assert grant.escalation.delegation_chain[0]["reason"] == "audit"
+
+
+@pytest.mark.parametrize("via", ["api", "break-glass"])
+async def test_the_internal_delegate_action_cannot_be_requested(live, via):
+    """Issue 14.7: "Actions the policies use internally are refused at the API with a clear error" - a
+    proposal for `delegate` on another agent was auto-granted by the team-delegation permit, minting a
+    token with aud=<that agent>. It is a 400 problem+json naming the action, and nothing is stored."""
+    before = await live.request_ids()
+    if via == "api":
+        body = {"action": "delegate", "target": "worker", "justification": "x", "duration_s": 60}
+        headers = {"Authorization": "Bearer " + make_assertion(live.keys["planner"], agent_id="planner", audience=ISSUER)}
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            r = await http.post("/v1/escalations", json=body, headers=headers)
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"].endswith("/reserved-action") and "'delegate'" in r.json()["detail"]
+    else:
+        with pytest.raises(ReservedAction, match="'delegate' is an action the broker uses internally"):
+            await live.broker.breakglass.preview(live.approver("alice"), subject="planner", action="delegate",
+                                                 target="worker", duration_s=60, reason="outage")
+    assert await live.request_ids() == before

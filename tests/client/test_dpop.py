@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.client import InvalidToken, ReplayCache, TokenVerifier, parse_authorization, verify
+from broker.client import ANY_AUDIENCE, InvalidToken, ReplayCache, TokenVerifier, parse_authorization, verify
 from broker.jose import jwk_thumbprint, make_assertion, make_dpop_proof, public_jwk
 from tests.client.conftest import ISSUER, serve, stop
 
@@ -74,6 +74,21 @@ async def test_token_endpoint_refuses_a_replayed_proof(live):
     r = await collect_raw(live, rid, proof)
     assert r.status_code == 401 and "replayed" in r.json()["detail"]
     assert (await live.broker.lifecycle.get(other)).status == "approved"
+
+
+async def test_token_endpoint_refuses_two_dpop_headers(live):
+    """RFC 9449 section 4.3: the request is refused unless "there is not more than one DPoP HTTP request
+    header field" (issue 14.5: two headers were accepted and the token bound to the first key)."""
+    rid = await approved(live)
+    url = f"{ISSUER}/v1/escalations/{rid}/token"
+    mine = make_dpop_proof(live.keys["reader-bot"], method="POST", url=url)
+    other = make_dpop_proof(ec.generate_private_key(ec.SECP256R1()), method="POST", url=url)
+    headers = [*auth(live).items(), ("DPoP", mine), ("DPoP", other)]
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        r = await http.post(f"/v1/escalations/{rid}/token", headers=headers)
+    assert r.status_code == 401 and r.json()["type"].endswith("/invalid-dpop-proof")
+    assert "more than one DPoP header" in r.json()["detail"]
+    assert (await live.broker.lifecycle.get(rid)).status == "approved"  # nothing minted
 
 
 async def test_required_dpop_refuses_a_bearer_collection(live_settings, redis):
@@ -183,9 +198,9 @@ async def test_verify_require_dpop_refuses_a_bearer_token(live):
     assert token.token_type == "Bearer" and token.headers("GET", RS_URL) == {"Authorization": f"Bearer {token.access_token}"}
     async with httpx.AsyncClient(base_url=live.url) as http:
         jwks = (await http.get("/.well-known/jwks.json")).json()
-    assert verify(token.access_token, jwks)["sub"] == "reader-bot"
+    assert verify(token.access_token, jwks, audience="staging/payments-api")["sub"] == "reader-bot"
     with pytest.raises(InvalidToken, match="not DPoP-bound"):
-        verify(token.access_token, jwks, require_dpop=True)
+        verify(token.access_token, jwks, audience="staging/payments-api", require_dpop=True)
 
 
 async def test_token_verifier_fetches_the_jwks_over_http(live, bound):
@@ -247,7 +262,7 @@ class NonceServer:
                 outer.seen.append((jwt.decode(proof, options={"verify_signature": False}).get("nonce"), body))
                 try:
                     scheme, token = parse_authorization(self.headers.get("Authorization"))
-                    claims = verify(token, jwks, dpop_proof=proof, method="POST", url=url, scheme=scheme,
+                    claims = verify(token, jwks, audience=ANY_AUDIENCE, dpop_proof=proof, method="POST", url=url, scheme=scheme,
                                     replay_cache=cache, nonce=outer.nonce if outer.honest else "never-handed-out")
                     status, headers, data = 200, {"DPoP-Nonce": outer.nonce}, claims["sub"].encode()
                 except InvalidToken as e:
@@ -318,3 +333,75 @@ def test_verify_requires_the_servers_nonce_when_given():
         assert caught.value.error == "use_dpop_nonce"
     proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token="t.o.k", nonce="n2")
     assert check_binding(claims, "t.o.k", dpop_proof=proof, nonce={"n1", "n2"}, **args) is claims
+
+
+async def test_verify_requires_an_audience_or_an_explicit_opt_out(bound):
+    """Issue 14.10: "Require an audience; an explicit opt-out must be spelled out in the call" - verify(),
+    TokenVerifier and Introspector refuse to run without one (a setup error, TypeError), and ANY_AUDIENCE is
+    the only way to accept a token for every target."""
+    from broker.client import Introspector  # noqa: PLC0415
+
+    token, jwks, _ = bound
+    for missing in ({}, {"audience": None}, {"audience": ""}):
+        with pytest.raises(TypeError, match="audience"):
+            verify(token.access_token, jwks, require_dpop=False, **missing)
+        with pytest.raises(TypeError, match="audience"):
+            TokenVerifier("http://broker.example", **missing)
+    with pytest.raises(TypeError, match="target"):
+        Introspector("http://broker.example", "payments-api", ec.generate_private_key(ec.SECP256R1()))
+    headers = token.headers("GET", RS_URL)
+    with pytest.raises(InvalidToken, match="another audience"):
+        check(token, jwks, headers["DPoP"], audience="prod/orders-db")
+    claims = check(token, jwks, headers["DPoP"], audience=ANY_AUDIENCE)
+    assert claims["aud"] == "staging/payments-api"
+
+
+# ---------------------------------------------------------------------- DPoP required covers every token (issue 24.1)
+async def test_required_dpop_binds_break_glass_tokens_and_resource_servers_know_it(live_settings, redis):
+    """Issue 24.1: with JITGATE_REQUIRE_DPOP "every token the broker issues is bound": a break-glass token for
+    oneself without a key is refused (nothing granted), with one it carries cnf.jkt; the metadata advertises
+    dpop_bound_access_tokens_required; and TokenVerifier/Introspector, with no flag, refuse an unbound token
+    (RFC 9449 section 7.1: a resource server that requires DPoP rejects Bearer)."""
+    from broker.breakglass import DpopRequired  # noqa: PLC0415
+    from broker.client import Introspector  # noqa: PLC0415
+    from broker.tokens import build_access_token_claims  # noqa: PLC0415
+    from tests.support.harness import FIXTURES  # noqa: PLC0415
+
+    settings = dataclasses.replace(live_settings["settings"], require_dpop=True, policy_dir=FIXTURES / "policies")
+    live = await serve(settings, live_settings["keys"], live_settings["svid_key"])
+    try:
+        async with httpx.AsyncClient(base_url=live.url) as http:
+            metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
+        assert metadata["dpop_bound_access_tokens_required"] is True
+        bg, alice = live.broker.breakglass, live.approver("alice")
+        grant = dict(subject="me", action="restart", target="prod/payments-api", duration_s=300, reason="outage",
+                     channel="cli")
+        with pytest.raises(DpopRequired, match="--dpop-key"):
+            await bg.grant(alice, **grant)
+        assert await bg.pending_reviews() == []
+        key = ec.generate_private_key(ec.SECP256R1())
+        granted = await bg.grant(alice, **grant, dpop_jkt=jwk_thumbprint(public_jwk(key)))
+        assert granted.token.token_type == "DPoP"
+        token = granted.token.access_token
+        assert jwt.decode(token, options={"verify_signature": False})["cnf"] == {"jkt": jwk_thumbprint(public_jwk(key))}
+
+        verifier = TokenVerifier(live.url, issuer=ISSUER, audience="prod/payments-api")  # no require_dpop
+        proof = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token)
+        claims = await asyncio.to_thread(verifier.verify_request, f"DPoP {token}", proof, "GET", RS_URL)
+        assert claims["approval"]["break_glass"] is True and verifier.broker_requires_dpop is True
+        # A Bearer token of this broker (as one minted before the setting was turned on would be).
+        now = int(time.time())
+        unbound = live.broker.keyring.sign(build_access_token_claims(
+            issuer=ISSUER, agent_id="reader-bot", audience="prod/payments-api", issued_at=now, expires_at=now + 60,
+            jti="old-grant", action="restart", target="prod/payments-api", tool=None, dataset=None,
+            request_id="REQOLD123456", approvers=["bob"], policies=[], proposal_sha256="0" * 64))
+        with pytest.raises(InvalidToken, match="not DPoP-bound"):
+            await asyncio.to_thread(verifier.verify_request, f"Bearer {unbound}", None, "GET", RS_URL)
+
+        rs = Introspector(live.url, "payments-api", live.keys["payments-api"], audience=ISSUER,
+                          target="prod/payments-api")  # no require_dpop
+        fresh = make_dpop_proof(key, method="GET", url=RS_URL, access_token=token)
+        assert (await rs.averify_request(f"DPoP {token}", fresh, "GET", RS_URL))["active"] is True
+        assert rs.broker_requires_dpop is True
+    finally:
+        await stop(live)

@@ -40,10 +40,11 @@ class FakeSlack:
     """The far side of the wire for the Slack desk's tests."""
 
     def __init__(self, *, bot_token: str = "xoxb-test-token", app_token: str = "xapp-test-token",
-                 team_id: str = "T0TEST", bot_user_id: str = "U0JITBOT") -> None:
+                 team_id: str = "T0TEST", bot_user_id: str = "U0JITBOT", app_id: str = "A0JITGATE") -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
+        self.app_id = app_id
         self.bot_user_id = bot_user_id
         self.calls: list[Call] = []
         self.responses: list[dict] = []            # posts to response URLs
@@ -249,7 +250,7 @@ class FakeSlack:
         self.sockets.append(ws)
         await ws.send_str(json.dumps({"type": "hello", "num_connections": 1,
                                       "debug_info": {"host": "fake", "approximate_connection_time": 3600},
-                                      "connection_info": {"app_id": "A0JITGATE"}}))
+                                      "connection_info": {"app_id": self.app_id}}))
         self._socket_open.set()
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:

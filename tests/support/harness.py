@@ -18,6 +18,8 @@ from broker.notify import LoggingNotifier
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ISSUER = "https://jitgate.test"
+# The token audiences (targets) the test resource server "payments-api" is registered for.
+RS_AUDIENCES = ["prod/payments-api", "staging/payments-api"]
 
 # id, owner, team, key kind
 AGENTS = [
@@ -39,7 +41,8 @@ def write_agents(path: Path) -> dict[str, object]:
     import yaml  # noqa: PLC0415
 
     doc = yaml.safe_load(path.read_text())
-    doc["resource_servers"] = [{"id": "payments-api", "public_key": jwk}]
+    # Registered for the targets the tests mint tokens for (RFC 7662 section 4: it sees only those).
+    doc["resource_servers"] = [{"id": "payments-api", "public_key": jwk, "audiences": RS_AUDIENCES}]
     path.write_text(yaml.safe_dump(doc))
     return keys
 

@@ -361,6 +361,19 @@ async def test_token_goes_by_dm_when_the_channel_refuses(slack, caplog):
     assert "sending it by DM" in caplog.text and token not in caplog.text
 
 
+async def test_token_for_me_is_refused_in_chat_when_dpop_is_required(tmp_path, redis_url, prefix, redis, fake_slack):
+    """Issue 24.1: with JITGATE_REQUIRE_DPOP every token the broker issues is bound, and a chat cannot hold the
+    engineer's key: `/jit breakglass me ...` is refused before any modal, pointing to the CLI's --dpop-key, and
+    nothing is granted or counted; break-glass for an agent still works (the agent proves its own key)."""
+    async with running(tmp_path, redis_url, prefix, fake_slack, require_dpop=True) as slack:
+        await slack.jit("U0FRANK", "breakglass me restart prod/payments-api 5m manual failover")
+        text = (await slack.answer("U0FRANK"))["text"]
+        assert "requires DPoP" in text and "--dpop-key" in text
+        assert slack.fake.of("views.open") == []
+        assert await slack.h.broker.breakglass.pending_reviews() == []
+        await open_confirmation(slack, "U0FRANK", AGENT_BG)
+
+
 # ---------------------------------------------------------------------- forged confirmations
 async def test_forged_confirmations_grant_nothing(slack):
     """Issue 5 "intent confirmed": a confirmation submitted by another user than the one it was shown to, one with

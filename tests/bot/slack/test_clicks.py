@@ -51,6 +51,23 @@ async def test_stale_timestamp_is_refused(slack):
     await _unchanged(slack, rid, version)
 
 
+async def test_non_numeric_timestamp_is_a_401_not_a_500(slack, caplog):
+    """Issue 14.11: "A non-numeric X-Slack-Request-Timestamp ... must be 401 like any bad signature" (it was a
+    500 with a traceback); a missing one too. Nothing changes and nothing is logged as an error."""
+    rid = await slack.propose()
+    channel, ts = await slack.message_ref(rid)
+    version = (await slack.life.get(rid)).version
+    body = slackreq.form_payload(slackreq.block_actions("U0BOB", APPROVE, value=rid, channel=channel, ts=ts))
+    good = slackreq.signed(body)
+    for stamp in ("abc", "1.5e9", str(int(time.time())) + "x", "\u0661\u0662".encode(), "", " " + good["X-Slack-Request-Timestamp"]):
+        r = await slack.post(body, {**good, "X-Slack-Request-Timestamp": stamp})
+        assert r.status_code == 401, stamp
+    headers = {k: v for k, v in good.items() if k != "X-Slack-Request-Timestamp"}
+    assert (await slack.post(body, headers)).status_code == 401
+    await _unchanged(slack, rid, version)
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+
+
 async def test_timestamp_from_the_future_is_refused(slack):
     """Requirement 2: the replay window is five minutes either way; a signature dated 301 s ahead is refused too."""
     rid = await slack.propose()

@@ -85,6 +85,23 @@ async def test_rejected_token_refuses_start(tmp_path, redis_url, prefix, redis, 
         await client.aclose()
 
 
+async def test_rejected_app_token_refuses_start(tmp_path, redis_url, prefix, redis, fake_slack):
+    """Issue 24.4: "Check the app token at start-up (apps.connections.open) and refuse" - a wrong SLACK_APP_TOKEN
+    looked healthy while Socket Mode retried invalid_auth forever; now it stops the broker from starting."""
+    settings = slack_settings(tmp_path, redis_url, prefix, fake_slack, slack_signing_secret=Secret(""),
+                              slack_app_token=Secret("xapp-wrong"))
+    write_agents(settings.agents_file)
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        with pytest.raises(ConfigError, match="SLACK_APP_TOKEN was refused by Slack \\(invalid_auth\\)"):
+            await build(settings, redis=client, clock=ManualClock(), desks=[desk_from_settings(settings)])
+    finally:
+        await client.aclose()
+    assert [c.token for c in fake_slack.of("apps.connections.open", ok=False)] == ["xapp-wrong"]
+
+
 async def test_unreachable_slack_does_not_block_start(tmp_path, redis_url, prefix, redis, caplog):
     """Slack down at start: the broker starts anyway (its API and other desks keep working) and says why."""
     settings = make_settings(tmp_path, redis_url, prefix, slack_bot_token=Secret(slackreq.BOT_TOKEN),

@@ -326,6 +326,21 @@ async def test_token_for_me_from_a_channel_goes_once_to_the_personal_chat(bg, re
     assert token not in caplog.text
 
 
+async def test_token_for_me_is_refused_in_teams_when_dpop_is_required(tmp_path, redis_url, prefix, redis, fake_bf,
+                                                                    fake_login):
+    """Issue 24.1: with JITGATE_REQUIRE_DPOP a token for oneself must be bound to a key the engineer holds, which a
+    chat cannot: `breakglass me ...` is answered with the refusal pointing to the CLI's --dpop-key, no confirmation
+    card, nothing granted."""
+    rig = await make_rig(tmp_path, redis_url, prefix, fake_bf, fake_login, require_dpop=True)
+    try:
+        await rig.install()
+        text = await ask(rig, f"breakglass {ME_BG}")
+        assert "requires DPoP" in text and "--dpop-key" in text
+        assert await grants(rig) == []
+    finally:
+        await rig.h.stop()
+
+
 async def test_token_for_me_typed_in_the_personal_chat_stays_there(bg, redis, prefix):
     """Issue 5 "for me": typed in the 1:1 chat, the token arrives there as a new message; no conversation is opened."""
     chat = "a:1personal-chat-with-frank"
