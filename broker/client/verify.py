@@ -224,7 +224,7 @@ def _check_claims(claims: dict, now: float, leeway_s: float, issuer: str | None,
         raise InvalidToken("the token is not valid yet")
     if issuer is not None and claims["iss"] != issuer.rstrip("/"):
         raise InvalidToken("the token was issued by another issuer")
-    if audience is not ANY_AUDIENCE and not _audience_matches(claims["aud"], audience):
+    if not isinstance(audience, _AnyAudience) and not _audience_matches(claims["aud"], audience):
         raise InvalidToken("the token is meant for another audience")
 
 
@@ -381,7 +381,7 @@ class Introspector:
                  nonce: str | Collection[str] | None) -> dict:
         if info.get("active") is not True:
             raise InvalidToken("the token is not active (expired, completed or revoked)")
-        if self.target is not ANY_AUDIENCE and not _audience_matches(info.get("aud"), self.target):
+        if not isinstance(self.target, _AnyAudience) and not _audience_matches(info.get("aud"), self.target):
             raise InvalidToken("the token is meant for another audience")
         return check_binding(info, token, dpop_proof=dpop, method=method, url=url, scheme=scheme,
                              require_dpop=self.require_dpop or self.broker_requires_dpop,
