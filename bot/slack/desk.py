@@ -225,7 +225,7 @@ class SlackDesk:
                 return PlainTextResponse("request too large", status_code=413)
         return to_starlette_response(await self.app.async_dispatch(to_async_bolt_request(request, body)))
 
-    async def _envelope_guard(self, body: dict, next):  # noqa: A002 - Bolt injects by this name
+    async def _envelope_guard(self, body: dict, next):  # "next": Bolt injects arguments by name
         """Socket Mode: only Slack writes to the socket, but an envelope for another app or
         workspace, or an interaction far from now, is refused (acked, never acted on) - HTTP
         mode gets the same assurance from the signing secret and its timestamp."""

@@ -239,6 +239,8 @@ def registry(tmp_path) -> tuple[Registry, dict]:
         pem, jwk = generate_key(kind)
         keys[agent_id] = load_private_key(pem)
         agents.append({"id": agent_id, "owner": "alice", "public_key": jwk, "can_delegate": can_delegate})
+    # A SPIFFE workload is an agent only when the agents file lists it (issue 24 item 3).
+    agents.append({"id": "spiffe://example.org/ns/platform/sa/indexer", "owner": "alice"})
     pem, jwk = generate_key("P-256")
     keys["payments-api"] = load_private_key(pem)
     path = tmp_path / "agents.yaml"
