@@ -176,6 +176,7 @@ async def test_chain_status_stays_current_between_full_checks(console, redis):
     first = await chain.get(b)
     assert first.ok
     await console.h.propose(action="restart", duration_s=60)
+    await b.outbox.drain()  # its delivery appends the message refs entry: let it land first
     second = await chain.get(b)
     full = await verify(b.redis, b.store.audit_stream, b.store.audit_head)
     assert second.ok and second.entries == full.entries > first.entries and second.head == full.head
