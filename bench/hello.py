@@ -33,7 +33,7 @@ def main() -> None:
     port = int(sys.argv[1])
     # The same Config as broker.cli.cmd_serve.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=5)
+                            lifespan="on", timeout_graceful_shutdown=5, ws="none")
     uvicorn.Server(config).run()
 
 

@@ -89,8 +89,10 @@ def cmd_serve(args) -> int:
     # a production start must not print a credential into its log.
     settings = dataclasses.replace(settings, host=host, port=port, first_run=bool(args.first_run))
     app = create_app(settings)
+    # ws="none": the broker serves no WebSocket, so uvicorn loads no WebSocket stack (before 0.50
+    # its default one imports websockets.legacy, deprecated since websockets 14).
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=5)
+                            lifespan="on", timeout_graceful_shutdown=5, ws="none")
     server = uvicorn.Server(config)
     server.run()
     # uvicorn reports a failed lifespan start-up (bad settings, broken policy) by exiting

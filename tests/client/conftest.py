@@ -88,7 +88,8 @@ async def serve(settings, keys, svid_key) -> Live:
     redis = aioredis.from_url(settings.redis_url)
     broker = await build(settings, redis=redis, notifiers=[LoggingNotifier()], desks=[])
     app = create_app(settings, broker=broker)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False,
+                            ws="none")  # as broker.cli.cmd_serve
     server = uvicorn.Server(config)
     # startup()/shutdown() without serve(): its main loop would add a 0.1 s tick to every stop.
     config.load()
