@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import PENDING, Request, check_request_id
 
 from bot import render
@@ -36,6 +36,8 @@ def error_text(e: BrokerError) -> str:
     detail = mrkdwn(e.detail, 1500)
     if isinstance(e, (NotApprover, Forbidden)):
         return f":no_entry: You may not do that: {detail}"
+    if isinstance(e, DeadlinePassed):  # a Conflict, but the request did change: it expired
+        return f":hourglass: Too late: {detail}"
     if isinstance(e, Conflict):
         return f":information_source: Nothing changed: {detail}"
     if isinstance(e, NotFound):

@@ -16,7 +16,7 @@ from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.schema import Activity, ActivityTypes
 
 from broker.directory import Approver
-from broker.errors import BrokerError, Conflict, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError, Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound
 from broker.model import Request, check_request_id
 
 from bot import render
@@ -130,7 +130,8 @@ class TurnHandler:
         except NotApprover as e:
             return cards.error_response(403, "Forbidden", e.detail)
         except Conflict as e:
-            after, notice = await life.get(rid), f"Nothing changed: {e.detail}"
+            prefix = "Too late" if isinstance(e, DeadlinePassed) else "Nothing changed"
+            after, notice = await life.get(rid), f"{prefix}: {e.detail}"
         except InvalidRequest as e:
             return cards.error_response(400, "BadRequest", e.detail)
         except BrokerError as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 
 from . import cards
 
@@ -46,6 +46,8 @@ def error_answer(e: BrokerError) -> Answer:
     """A broker error as a short answer (branching on the class, not the text)."""
     if isinstance(e, (NotApprover, Forbidden)):
         return Answer(f"You may not do that: {e.detail}")
+    if isinstance(e, DeadlinePassed):  # a Conflict, but the request did change: it expired
+        return Answer(f"Too late: {e.detail}")
     if isinstance(e, Conflict):
         return Answer(f"Nothing changed: {e.detail}")
     if isinstance(e, NotFound):

@@ -285,9 +285,16 @@ class Client:
 
     async def collect(self, grant: Grant | str) -> Token:
         """Collect the token of an approved request (once). With DPoP on, the token is
-        bound to this agent's key and ``token.headers()`` adds the proofs."""
+        bound to this agent's key and ``token.headers()`` adds the proofs. Raises
+        :class:`Expired` when the collection came after the broker's deadline (the request
+        expired then and there)."""
         request_id = grant.request_id if isinstance(grant, Grant) else grant
-        body = await self._send("POST", f"/v1/escalations/{request_id}/token", dpop=True, safe=False)
+        try:
+            body = await self._send("POST", f"/v1/escalations/{request_id}/token", dpop=True, safe=False)
+        except Conflict as exc:
+            if exc.code == "deadline-passed":
+                raise Expired(exc.detail, request_id=request_id, status="expired", escalation=None) from exc
+            raise
         return Token(body, request_id, self._dpop_key)
 
     async def complete(self, grant: Grant | Token | str) -> Escalation:
