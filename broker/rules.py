@@ -13,6 +13,7 @@ to offer, so a desk can never offer what the core would refuse, or hide what it 
 - the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
 - risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
 - why a request expired: :func:`expiry_reason`, :func:`expiry_event`;
+- whether a break-glass grant suspended its engineer: :func:`suspended_by`.
 """
 
 from __future__ import annotations
@@ -178,3 +179,14 @@ def why_not_revoker(approver: Approver, req: Request, security_group: str) -> st
     if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
         return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"
     return None
+
+
+# ---------------------------------------------------------------------- break-glass
+def suspended_by(req: Request, suspension: Mapping | None) -> bool:
+    """Whether break-glass grant ``req`` is what suspended its engineer's right, given the
+    engineer's suspension record as the core keeps it (None: not suspended). An overdue review
+    alone is not a suspension: the core records one when its sweep finds the review missed,
+    and until then (or after security reinstates the engineer) nothing is suspended."""
+    if not req.break_glass or req.reviewed_by or not req.engineer or not suspension:
+        return False
+    return suspension.get("request_id") == req.id

@@ -191,11 +191,8 @@ class SlackNotifier:
         await self._reply(MessageRef(NAME, ref[0], ref[1]), text, broadcast=broadcast)
 
     async def _suspended_for(self, request: Request) -> bool:
-        """Whether the engineer's right is suspended because of this very grant."""
-        if request.reviewed_by or not request.engineer:
-            return False
-        s = await self.broker.breakglass.suspension(request.engineer)
-        return bool(s) and s.get("request_id") == request.id
+        """Whether the engineer's right is suspended because of this very grant (the core's rule)."""
+        return await self.broker.breakglass.suspended_by(request)
 
     def _security_channel(self) -> str:
         return self.settings.slack_security_channel or self.settings.slack_approvals_channel
