@@ -83,7 +83,7 @@ def chain_owners(req: Request, extra: Mapping[str, str] | None = None) -> dict[s
         if not isinstance(link, dict):
             continue
         delegator = link.get("delegator")
-        owner = link.get("delegator_owner") or (extra or {}).get(delegator)
+        owner = link.get("delegator_owner") or (extra or {}).get(delegator if isinstance(delegator, str) else "")
         if isinstance(owner, str) and owner and isinstance(delegator, str):
             out.setdefault(owner, []).append(delegator)
     return {person: tuple(dict.fromkeys(agents)) for person, agents in out.items()}
@@ -92,13 +92,13 @@ def chain_owners(req: Request, extra: Mapping[str, str] | None = None) -> dict[s
 def excluded_owners(req: Request, owner_of: OwnerOf | None = None) -> dict[str, tuple[str, ...]]:
     """:func:`chain_owners` of ``req``, with ``owner_of``'s answer for a link recorded before
     links carried their delegator's owner."""
-    extra = {}
+    extra: dict[str, str] = {}
     for link in req.delegation_chain:
         if not isinstance(link, dict) or "delegator_owner" in link or owner_of is None:
             continue
         delegator = link.get("delegator")
         owner = owner_of(delegator) if isinstance(delegator, str) else None
-        if owner:
+        if owner and isinstance(delegator, str):
             extra[delegator] = owner
     return chain_owners(req, extra)
 
@@ -171,10 +171,10 @@ def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None]
 def why_not_revoker(approver: Approver, req: Request, security_group: str) -> str | None:
     """Why ``approver`` may not end ``req``'s grant early (None: they may): its deciding groups,
     the security group, the agent's owner, or (break-glass) the engineer who broke the glass."""
-    allowed = {req.decision.get("approver_group"), security_group}
+    named = {req.decision.get("approver_group"), security_group}
     if req.escalated:
-        allowed.add(req.decision.get("backup_group"))
-    allowed.discard(None)
+        named.add(req.decision.get("backup_group"))
+    allowed: set[str] = {g for g in named if g is not None}
     engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
     if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
         return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"
