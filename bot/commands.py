@@ -11,8 +11,8 @@ import orjson
 
 from broker.breakglass import ME
 from broker.errors import InvalidRequest
+from broker.rules import POSTURES
 
-POSTURES = ("normal", "elevated", "incident")
 MAX_DURATION_ARG_S = 7 * 86400
 
 _DURATION = re.compile(r"^(\d{1,9})([smh]?)$", re.IGNORECASE)

@@ -12,7 +12,8 @@ import time
 
 from typing import Callable
 
-from broker.lifecycle import chain_owners
+from broker import rules
+from broker.rules import chain_owners
 from broker.model import ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, Request
 
 # Offered by "approve for less time": every choice below the approvable maximum.
@@ -77,15 +78,7 @@ def verdict(req: Request) -> str:
     return f"needs {plural(n, 'approval')} from {d.get('approver_group') or 'nobody'}; decided by {decided}"
 
 
-def approvable_max(req: Request, max_duration_s: int) -> int:
-    """The longest grant an approver may still choose: the requested duration, capped by the
-    policy, the broker's maximum and every earlier approver's shorter choice. (The lifecycle
-    enforces the same bound; this only decides which choices to offer.)"""
-    limits = [req.proposal.duration_s, max_duration_s]
-    if req.decision.get("max_duration_s"):
-        limits.append(int(req.decision["max_duration_s"]))
-    limits += [int(a["duration_s"]) for a in req.approvals if a.get("duration_s")]
-    return max(1, min(limits))
+approvable_max = rules.approvable_max  # the lifecycle's own bound: offered choices never exceed it
 
 
 def shorter_durations(req: Request, max_duration_s: int) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from . import rules
 from .clock import new_id
 from .directory import Approver, aliases
 from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
@@ -148,6 +149,14 @@ class BreakGlass:
         """Why ``engineer_id``'s right is suspended, or None."""
         raw = await self.store.redis.hget(self.suspended, engineer_id)
         return orjson.loads(raw) if raw else None
+
+    async def suspended_by(self, req: Request) -> bool:
+        """Whether break-glass grant ``req`` is what suspended its engineer's right now
+        (:func:`broker.rules.suspended_by`): the one answer every desk shows. An overdue review
+        is not yet a suspension; :meth:`sweep_reviews` records it, then tells the desks."""
+        if not req.break_glass or req.reviewed_by or not req.engineer:
+            return False
+        return rules.suspended_by(req, await self.suspension(req.engineer))
 
     async def _check_engineer(self, engineer: Approver) -> None:
         oncall = self.life.settings.oncall_group

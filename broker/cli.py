@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import Settings, environment
 from .errors import BrokerError
+from .rules import POSTURES
 from .filemodes import write_private
 
 log = logging.getLogger("jitgate")
@@ -532,8 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_requests_revoke)
 
-    s = sub.add_parser("posture", help="show or set the risk posture (normal, elevated, incident)")
-    s.add_argument("level", nargs="?", choices=["normal", "elevated", "incident"])
+    s = sub.add_parser("posture", help=f"show or set the risk posture ({', '.join(POSTURES)})")
+    s.add_argument("level", nargs="?", choices=list(POSTURES))
     s.add_argument("--as", dest="as_", metavar="APPROVER_ID")
     s.set_defaults(fn=cmd_posture)
 

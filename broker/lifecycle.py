@@ -22,7 +22,7 @@ from typing import Any
 
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
-from .directory import Approver, Directory, aliases
+from .directory import Approver, Directory
 from .errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
@@ -30,7 +30,9 @@ from .model import (
     Proposal, Request, iso,
 )
 from .notify import MessageRef, Notifier, PartialDelivery
+from . import rules
 from .policy import Decision, PolicyGate
+from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .store import Late, Outcome, Store, event, event_frame
 from .tokens import KeyRing, build_access_token_claims
 
@@ -117,9 +119,7 @@ class Lifecycle:
         if time.monotonic() - at < 1.0:
             return value
         raw = await self.store.redis.get(self.store.prefix + "posture")
-        value = raw.decode() if raw else "normal"
-        if value not in ("normal", "elevated", "incident"):
-            value = "incident"  # unknown means the strictest
+        value = rules.posture_or_strictest(raw.decode() if raw else None)  # unknown means the strictest
         self._posture = (time.monotonic(), value)
         return value
 
@@ -210,7 +210,7 @@ class Lifecycle:
         await self.store.append([ev])
 
     # ------------------------------------------------------------------ posture
-    POSTURES = ("normal", "elevated", "incident")
+    POSTURES = rules.POSTURES
 
     async def set_posture(self, level: str, approver: Approver, *, channel: str) -> str:
         """Set the risk posture every policy decision sees (security group only)."""
@@ -261,11 +261,7 @@ class Lifecycle:
         out = []
         for rid in (r.decode() for r in raw):
             req = await self.store.load(rid)
-            if req is None or req.status != PENDING or aliases(approver) & set(req.approvers):
-                continue
-            try:
-                self.check_approver(approver, req)
-            except NotApprover:
+            if req is None or not rules.may_still_decide(approver, req, self._owner_of):
                 continue
             out.append(req)
             if len(out) >= limit:
@@ -420,12 +416,8 @@ class Lifecycle:
         return req
 
     def _grant_duration(self, proposal: Proposal, decision: dict, approvals: list[dict]) -> int:
-        """Requested duration, capped by policy, settings and every approver's choice."""
-        limits = [proposal.duration_s, self.settings.max_duration_s]
-        if decision.get("max_duration_s"):
-            limits.append(int(decision["max_duration_s"]))
-        limits += [int(a["duration_s"]) for a in approvals if a.get("duration_s")]
-        return max(1, min(limits))
+        """Requested duration, capped by policy, settings and every approver's choice (:func:`rules.grant_cap`)."""
+        return rules.grant_cap(proposal, decision, approvals, self.settings.max_duration_s)
 
     def _collect_deadline_ms(self, req: Request, now: float) -> int:
         """The latest time the token of a grant approved ``now`` may be collected (the script
@@ -438,51 +430,38 @@ class Lifecycle:
     def _late(self, req: Request, status: str, now: float, attempt: dict) -> Late:
         """How ``req`` (in ``status``) expires when ``attempt`` comes after its deadline:
         the audit entry and fields of the sweep's expiry, naming the refused attempt."""
-        why = _EXPIRY_REASON[status]
-        kind = "grant.expired" if status == ACTIVE else "request.expired"
+        why = rules.expiry_reason(status)
+        kind = rules.expiry_event(status)
         ev = event(kind, iso(now), req.id, {"by": "deadline"}, previous=status, reason=why, refused=attempt, **_bg(req))
         return Late([ev], {"closed_at": repr(now), "closed_by": "deadline", "close_reason": why}, self.retention_ms)
 
     # ------------------------------------------------------------------ people
     def check_approver(self, approver: Approver, req: Request) -> None:
-        """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now.
+        """Raise :class:`NotApprover` unless ``approver`` may decide ``req`` now
+        (:func:`broker.rules.why_not_decider`: the required group, or the backup group once
+        escalated, and never anyone who owns an agent along the request's chain of intent,
+        under any alias). Desks and listings ask the same rule."""
+        why = rules.why_not_decider(approver, req, self._owner_of)
+        if why is not None:
+            raise NotApprover(why)
 
-        The one home of "who may decide": the required group (or the backup group once
-        escalated), and never anyone who owns an agent along the request's chain of intent
-        (the requesting agent, and every delegator of its delegation chain), under any of
-        their aliases (:func:`broker.directory.aliases`). Desks and listings ask this.
-        """
-        group = req.decision.get("approver_group")
-        if req.decision.get("outcome") != "require_approval":
-            raise NotApprover("this request does not need human approval")
-        if not group:
-            raise NotApprover("policy named no approver group for this request, so nobody may approve it")
-        allowed = {group}
-        backup = req.decision.get("backup_group")
-        if req.escalated and backup:
-            allowed.add(backup)
-        if not allowed & approver.groups:
-            raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' may decide this request")
-        excluded = self.excluded_owners(req)
-        for person in sorted(aliases(approver) & excluded.keys()):
-            owned = excluded[person]
-            if owned == (req.agent,):
-                raise NotApprover(f"{approver.id} owns agent {req.agent} and may not approve its requests")
-            raise NotApprover(f"{approver.id} owns {', '.join(owned)} in this request's delegation chain "
-                              f"(which leads to {req.agent}) and may not approve it")
+    def may_still_decide(self, approver: Approver, req: Request) -> bool:
+        """Whether ``approver`` may decide pending ``req`` and is not counted yet (:func:`broker.rules.may_still_decide`)."""
+        return rules.may_still_decide(approver, req, self._owner_of)
+
+    def deciders(self, req: Request, *, groups: list[str | None] | None = None) -> list[Approver]:
+        """Who may still decide ``req``, from the directory as it is now (:func:`broker.rules.deciders`)."""
+        return rules.deciders(req, self.directory, groups=groups, owner_of=self._owner_of)
 
     def excluded_owners(self, req: Request) -> dict[str, tuple[str, ...]]:
-        """:func:`chain_owners` of ``req``, with the agents file's owner for a link recorded
-        before links carried theirs."""
-        extra = {}
-        for link in req.delegation_chain:
-            if not isinstance(link, dict) or "delegator_owner" in link or self.registry is None:
-                continue
-            delegator = link.get("delegator")
-            agent = self.registry.agent(delegator) if isinstance(delegator, str) else None
-            if agent is not None and agent.owner:
-                extra[delegator] = agent.owner
-        return chain_owners(req, extra)
+        """:func:`broker.rules.chain_owners` of ``req``, with the agents file's owner for a link
+        recorded before links carried theirs."""
+        return rules.excluded_owners(req, self._owner_of)
+
+    def _owner_of(self, agent_id: str) -> str | None:
+        """The owner the agents file names for ``agent_id`` now (None without a registry)."""
+        agent = self.registry.agent(agent_id) if self.registry is not None else None
+        return agent.owner if agent is not None else None
 
     async def approve(
         self,
@@ -496,7 +475,7 @@ class Lifecycle:
         """Count ``approver``'s approval; the last one needed approves the request."""
         req = await self.get(request_id)
         self.check_approver(approver, req)
-        if aliases(approver) & set(req.approvers):
+        if rules.already_approved(approver, req):
             return req  # the same person's approval again (under any alias): a no-op
         if req.status != PENDING:
             raise Conflict(_explain(req))
@@ -677,13 +656,9 @@ class Lifecycle:
         """A person ends a grant early: the request's approvers, its agent's owner, security, or
         (break-glass) the engineer who broke the glass."""
         req = await self.get(request_id)
-        allowed = {req.decision.get("approver_group"), self.settings.security_group}
-        if req.escalated:
-            allowed.add(req.decision.get("backup_group"))
-        allowed.discard(None)
-        engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
-        if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
-            raise NotApprover(f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant")
+        why = rules.why_not_revoker(approver, req, self.settings.security_group)
+        if why is not None:
+            raise NotApprover(why)
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
 
@@ -730,8 +705,8 @@ class Lifecycle:
                 return Outcome("noop", req.status)
             now = self._now()
             at = iso(now)
-            why = _EXPIRY_REASON[req.status]
-            kind = "grant.expired" if req.status == ACTIVE else "request.expired"
+            why = rules.expiry_reason(req.status)
+            kind = rules.expiry_event(req.status)
             out = await self.store.transition(
                 request_id, [req.status], EXPIRED,
                 {"closed_at": repr(now), "closed_by": "scheduler", "close_reason": why},
@@ -770,7 +745,7 @@ class Lifecycle:
                 elif bg:
                     one_by_one.append(rid)
                 else:
-                    items.append((rid, status, _EXPIRY_REASON[status]))
+                    items.append((rid, status, rules.expiry_reason(status)))
             if gone:
                 await self.store.redis.zrem(self.store.deadlines, *gone)
             for rid in one_by_one:
@@ -780,7 +755,7 @@ class Lifecycle:
                 break
             at = iso(now)
             ev = event("requests.expired", at, None, {"by": "scheduler"}, requests=[
-                {"request_id": rid, "type": "grant.expired" if st == ACTIVE else "request.expired", "previous": st, "reason": why}
+                {"request_id": rid, "type": rules.expiry_event(st), "previous": st, "reason": why}
                 for rid, st, why in items])
             out = await self.store.expire_batch(items, [ev], now_ms, repr(now), self.retention_ms)
             if out.ok:
@@ -876,30 +851,10 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def chain_owners(req: Request, extra: dict[str, str] | None = None) -> dict[str, tuple[str, ...]]:
-    """Who may not decide ``req`` because they own an agent along its chain of intent: approver
-    id → the agents they own there (the requesting agent first, then the delegators from the
-    nearest to the root). ``extra`` adds owners of delegators whose link recorded none."""
-    out: dict[str, list[str]] = {}
-    if req.owner:
-        out.setdefault(req.owner, []).append(req.agent)
-    for link in reversed(req.delegation_chain):
-        if not isinstance(link, dict):
-            continue
-        delegator = link.get("delegator")
-        owner = link.get("delegator_owner") or (extra or {}).get(delegator)
-        if isinstance(owner, str) and owner and isinstance(delegator, str):
-            out.setdefault(owner, []).append(delegator)
-    return {person: tuple(dict.fromkeys(agents)) for person, agents in out.items()}
-
-
-
 # A notification kind with this prefix is queued only when people were shown the request
 # (a desk posted it, or it is break-glass): nobody watches a grant that policy gave at once
 # for its token being collected or its task completed; the audit log records both.
 SHOWN_ONLY = "?"
-
-_EXPIRY_REASON = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time", ACTIVE: "grant ended"}
 
 
 def _mark(break_glass: bool) -> dict:

@@ -30,6 +30,7 @@ from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
 from .model import INTERNAL_ACTIONS
+from .rules import POSTURES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ TARGET = f"{NAMESPACE}::Target"
 ENV = f"{NAMESPACE}::Env"
 
 OUTCOMES = ("auto_grant", "require_approval", "deny")
-POSTURES = ("normal", "elevated", "incident")
 MAX_APPROVALS = 10
 _LONG_MAX = 2**63 - 1
 # name -> (type, low, high); ints are Cedar Longs, so no floats and no bools posing as ints.

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bot import render
+from broker import rules
 from broker.api import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
@@ -69,14 +70,8 @@ def _ts(epoch: float | None) -> str:
 
 
 def _dur(seconds) -> str:
-    if seconds is None:
-        return "—"
-    s = int(seconds)
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
-    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
+    """A duration in every desk's words (:func:`bot.render.fmt_duration`); ``—`` when there is none."""
+    return "—" if seconds is None else render.fmt_duration(seconds)
 
 
 def _environment() -> jinja2.Environment:
@@ -305,14 +300,14 @@ class ConsoleViews:
             trails=queries.trails(events),
             reviews=await breakglass_reviews(b, approver),
             reviews_available=reviews_available(b),
-            max_duration=lambda req: _max_duration(req, life.settings.max_duration_s),
+            max_duration=lambda req: rules.approvable_max(req, life.settings.max_duration_s),
             next="/console",
         )
         return self._html("index.html", status, **ctx)
 
     def _decidable(self, req, approver) -> dict:
         """Whether ``approver`` may decide ``req`` now, and if not, why (lifecycle's words)."""
-        if approver.id in req.approvers:
+        if rules.already_approved(approver, req):
             return {"req": req, "can_decide": False, "why": "You approved this request; it waits for more approvals."}
         try:
             self.broker.lifecycle.check_approver(approver, req)
@@ -340,7 +335,7 @@ class ConsoleViews:
             item=self._decidable(req, approver) if req.status == PENDING else {"req": req, "can_decide": False, "why": None},
             events=events,
             complete=complete,
-            max_duration=lambda r: _max_duration(r, self.broker.lifecycle.settings.max_duration_s),
+            max_duration=lambda r: rules.approvable_max(r, self.broker.lifecycle.settings.max_duration_s),
             next=f"/console/requests/{req.id}",
         )
         return self._html("request.html", status, **ctx)
@@ -457,12 +452,3 @@ def _duration_from_form(form: dict) -> int | None:
     if not math.isfinite(minutes) or minutes <= 0:
         raise InvalidRequest("the duration must be a positive number of minutes")
     return max(1, round(minutes * 60))
-
-
-def _max_duration(req, cap: int) -> int:
-    """What the approver may grant at most (the lifecycle enforces the same bound)."""
-    limits = [req.proposal.duration_s, cap]
-    if req.decision.get("max_duration_s"):
-        limits.append(int(req.decision["max_duration_s"]))
-    limits += [int(a["duration_s"]) for a in req.approvals if a.get("duration_s")]
-    return max(1, min(limits))

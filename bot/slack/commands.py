@@ -17,7 +17,7 @@ from broker.errors import BrokerError
 from broker.model import check_request_id
 
 from bot import render
-from bot.commands import id_and_reason, no_args, parse_breakglass, posture_level, request_id
+from bot.commands import POSTURES, id_and_reason, no_args, parse_breakglass, posture_level, request_id
 
 from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person,
                          run_breakglass, run_reinstate, run_reviews)
@@ -92,7 +92,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
     Subcommand("revoke", "/jit revoke <id> [reason]",
                "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
                id_and_reason, _revoke),
-    Subcommand("posture", "/jit posture [normal|elevated|incident]", "show or set the risk posture (security group)",
+    Subcommand("posture", f"/jit posture [{'|'.join(POSTURES)}]", "show or set the risk posture (security group)",
                posture_level, _posture),
     Subcommand("breakglass", BREAKGLASS_USAGE,
                "emergency access at once (on-call group): duration like 30m, 1h, 900s; you confirm in a dialog, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from broker import rules
 from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import PENDING, Request, check_request_id
 
@@ -82,7 +83,7 @@ class Listeners:
         try:
             approver = await self.desk.approver(_user(body))
             req = await self._clicked_request(body, pointer)
-            if approver.id in req.approvers:  # one person counts once; nothing to change
+            if rules.already_approved(approver, req):  # one person counts once (any alias); nothing to change
                 await self._ephemeral(body, ":information_source: You already approved this request. "
                                             + mrkdwn(render.status_line(req), 1000) + ".")
                 return

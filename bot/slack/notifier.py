@@ -92,7 +92,7 @@ class SlackNotifier:
             log.warning("request %s has no Slack message to remind in", request.id)
             return
         if escalated_to:
-            people = self._mentions(request, [escalated_to])
+            people = self._mentions(request, [escalated_to], deciding=True)
             text = f":rotating_light: {mrkdwn(render.escalation_sentence(request, escalated_to), 1500)}"
             for ref in refs:
                 await self._rerender(request, ref)  # the status now says "escalated"
@@ -103,7 +103,7 @@ class SlackNotifier:
         if request.escalated and request.decision.get("backup_group"):
             groups.append(request.decision["backup_group"])
         text = f":bell: {mrkdwn(render.reminder_sentence(request), 1500)}"
-        people = self._mentions(request, [g for g in groups if g])
+        people = self._mentions(request, [g for g in groups if g], deciding=True)
         for ref in refs:
             await self._reply(ref, _with_people(text, people))
 
@@ -191,11 +191,8 @@ class SlackNotifier:
         await self._reply(MessageRef(NAME, ref[0], ref[1]), text, broadcast=broadcast)
 
     async def _suspended_for(self, request: Request) -> bool:
-        """Whether the engineer's right is suspended because of this very grant."""
-        if request.reviewed_by or not request.engineer:
-            return False
-        s = await self.broker.breakglass.suspension(request.engineer)
-        return bool(s) and s.get("request_id") == request.id
+        """Whether the engineer's right is suspended because of this very grant (the core's rule)."""
+        return await self.broker.breakglass.suspended_by(request)
 
     def _security_channel(self) -> str:
         return self.settings.slack_security_channel or self.settings.slack_approvals_channel
@@ -247,22 +244,29 @@ class SlackNotifier:
             return entry.slack
         return owner.removeprefix(GROUP_BOUND_PREFIX) if owner.startswith(GROUP_BOUND_PREFIX) else None
 
-    def _mentions(self, request: Request, groups: list[str]) -> list[str]:
-        """``<@U…>`` of the people in ``groups`` who may still act (not the owner, not already
-        counted), and ``<!subteam^S…>`` of the Slack user groups bound to ``groups``."""
+    def _mentions(self, request: Request, groups: list[str], *, deciding: bool = False) -> list[str]:
+        """``<!subteam^S…>`` of the Slack user groups bound to ``groups``, then ``<@U…>`` of their
+        people: with ``deciding``, those who may still decide the request (the core's rule,
+        ``Lifecycle.deciders``); otherwise everyone in them but the owner and who approved."""
         directory = self.broker.directory
-        seen, people, teams = set(), [], []
+        teams: list[str] = []
         for group in groups:
             for ug in directory.slack_usergroups_for(group):
                 m = usergroup_mention(ug)
                 if m is not None and m not in teams:
                     teams.append(m)
-            for a in directory.members(group):
-                m = mention(a.slack)
-                if m is None or a.id == request.owner or a.id in request.approvers or a.id in seen:
-                    continue
-                seen.add(a.id)
-                people.append(m)
+        if deciding:
+            candidates = self.broker.lifecycle.deciders(request, groups=groups)
+        else:
+            candidates = [a for g in groups for a in directory.members(g)
+                          if a.id != request.owner and a.id not in request.approvers]
+        seen, people = set(), []
+        for a in candidates:
+            m = mention(a.slack)
+            if m is None or a.id in seen:
+                continue
+            seen.add(a.id)
+            people.append(m)
         return (teams + people)[:MAX_MENTIONS]
 
     def _marks(self, request_id: str) -> str:

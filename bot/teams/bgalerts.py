@@ -5,9 +5,9 @@ A break-glass grant has no proposal card; its home is this alert, whose conversa
 activity id are kept in a per-request Redis hash (with the sent-markers). The core tells
 the desk through ``alert_security`` (granted, review reminder, suspension, review
 acknowledged) with a sentence but not the kind, so the kind is read from the request's
-state: no alert yet → post it; reviewed → edit it in place; past the review deadline → the
-suspension, in the card and in its thread (once); past the first reminder time → a reminder in its
-thread; otherwise a repeated delivery of the grant → re-render only. Every delivery is at
+state: no alert yet → post it; reviewed → edit it in place; the engineer suspended by this
+grant (the core's answer, ``BreakGlass.suspended_by``, as on Slack) → the suspension, in the
+card and in its thread (once); past the first reminder time → a reminder in its thread; otherwise a repeated delivery of the grant → re-render only. Every delivery is at
 least once, so each thread reply that must not repeat is marked once sent.
 
 ``TEAMS_SECURITY_CONVERSATION`` is where the alert goes; when it is unset or not known to
@@ -61,13 +61,11 @@ class SecurityAlerts:
             return None
         return AlertRef(*(v.decode() for v in got))
 
-    async def card(self, req: Request, *, notice: str | None = None, overdue_suspends: bool = False) -> dict:
-        """The alert as it should look now. ``overdue_suspends``: an overdue review is shown as
-        a suspension even before the core has recorded it (it suspends on the same sweep,
-        and may deliver the news first)."""
+    async def card(self, req: Request, *, notice: str | None = None) -> dict:
+        """The alert as it should look now: suspended only when the core says this grant
+        suspended its engineer (``BreakGlass.suspended_by``), as on every desk."""
         overdue, suspended = await self._review_state(req)
-        return bgcards.security_card(req, overdue=overdue, suspended=suspended or (overdue and overdue_suspends),
-                                     notice=notice)
+        return bgcards.security_card(req, overdue=overdue, suspended=suspended, notice=notice)
 
     # ------------------------------------------------------------------ from the core
     async def alert(self, req: Request, text: str) -> None:
@@ -76,12 +74,12 @@ class SecurityAlerts:
         if ref is None:
             ref = await self._post(req)
         else:
-            await self._edit(req, ref, overdue_suspends=True)
+            await self._edit(req, ref)
         if req.reviewed_by:
             return  # the edit is the news
-        overdue, _ = await self._review_state(req)
+        _, suspended = await self._review_state(req)
         mentions = await self._security_mentions()
-        if overdue:
+        if suspended:
             await self._reply_once(req, ref, "suspended", text, mentions)
         elif review_reminder_due(req, self.desk.broker.lifecycle.clock.now()):
             await self._reply(ref, text, mentions)
@@ -141,10 +139,10 @@ class SecurityAlerts:
         await desk.broker.redis.expire(key, MARK_TTL_S)
         return AlertRef(dest.id, activity_id, dest.service_url)
 
-    async def _edit(self, req: Request, ref: AlertRef, *, overdue_suspends: bool = False) -> None:
+    async def _edit(self, req: Request, ref: AlertRef) -> None:
         from .notifier import card_activity  # noqa: PLC0415
 
-        card = await self.card(req, overdue_suspends=overdue_suspends)
+        card = await self.card(req)
         await self.desk.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
                                         card_activity(card, bgcards.security_summary(req)))
 
@@ -163,10 +161,8 @@ class SecurityAlerts:
         return await self.desk.mentions(self.desk.group_members(self.desk.settings.security_group))
 
     async def _review_state(self, req: Request) -> tuple[bool, bool]:
-        """(overdue, the engineer's break-glass right suspended now)."""
+        """(overdue, the engineer's break-glass right suspended by this grant now: the core's answer)."""
         if req.reviewed_by or req.review_due is None:
             return False, False
         overdue = self.desk.broker.lifecycle.clock.now() >= req.review_due
-        if not overdue or req.engineer is None:
-            return overdue, False
-        return True, await self.desk.broker.breakglass.suspension(req.engineer) is not None
+        return overdue, await self.desk.broker.breakglass.suspended_by(req)

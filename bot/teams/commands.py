@@ -21,7 +21,7 @@ from broker.errors import BrokerError
 from broker.model import check_request_id
 
 from bot import render
-from bot.commands import id_and_reason, no_args, parse_breakglass, posture_level, request_id
+from bot.commands import POSTURES, id_and_reason, no_args, parse_breakglass, posture_level, request_id
 
 from . import cards
 from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person, run_breakglass,
@@ -93,7 +93,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("revoke", "revoke <id> [reason]",
             "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
             id_and_reason, _revoke),
-    Command("posture", "posture [normal|elevated|incident]", "show or set the risk posture (security group)",
+    Command("posture", f"posture [{'|'.join(POSTURES)}]", "show or set the risk posture (security group)",
             posture_level, _posture),
     Command("breakglass", BREAKGLASS_USAGE,
             "emergency access at once (on-call group), confirmed on a card; security is told and must review it. "

@@ -19,6 +19,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker import rules
 from broker.config import Settings
 from broker.directory import Approver
 from broker.errors import NotApprover
@@ -247,17 +248,8 @@ class TeamsDesk:
         return [a for a in self.broker.directory.members(group) if a.id != exclude]
 
     def eligible(self, req: Request, *, groups: list[str] | None = None) -> list[Approver]:
-        """Who may still decide ``req``: its groups' members, not the owner, not yet counted."""
-        if groups is None:
-            groups = [req.decision.get("approver_group")]
-            if req.escalated:
-                groups.append(req.decision.get("backup_group"))
-        seen: dict[str, Approver] = {}
-        for g in groups:
-            for a in self.group_members(g, exclude=req.owner):
-                if a.id not in req.approvers:
-                    seen.setdefault(a.id, a)
-        return list(seen.values())
+        """Who may still decide ``req`` (the core's rule, ``Lifecycle.deciders``), in ``groups`` if given."""
+        return self.broker.lifecycle.deciders(req, groups=groups)
 
     async def mentions(self, people: list[Approver]) -> list[tuple[str, str]]:
         """(name, Teams id) pairs to @mention; the Entra object id where no 29: id is known."""
@@ -333,7 +325,7 @@ def _why_not(life, viewer: Approver | None, req: Request) -> str | None:
     """Why ``viewer`` cannot decide ``req`` now (None: they can)."""
     if viewer is None:
         return "Your Teams account is not bound to a jitgate approver, so you cannot decide this request."
-    if viewer.id in req.approvers:
+    if rules.already_approved(viewer, req):
         return "You approved this request; it is waiting for the others."
     try:
         life.check_approver(viewer, req)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from broker.model import Proposal, Request
 
 from bot import render
@@ -56,3 +58,12 @@ def test_break_glass_wording_is_one_for_both_desks():
     assert render.bg_review_due(req) == "Security has been told; a review is due by 2027-01-16 08:00 UTC."
     assert render.bg_reviews_heading(True) == "No break-glass review is open."
     assert render.bg_reviews_heading(False, count=2) == "Your break-glass grants awaiting review"
+
+
+@pytest.mark.parametrize("seconds", [45, 90, 119, 600, 5400, 7260, 90000])
+def test_the_console_says_durations_in_every_desks_words(seconds):
+    """Issue 15 "duration wording": the console's filter is render.fmt_duration ("1 min 30 s", not "90 s")."""
+    from bot.console.views import _environment  # noqa: PLC0415
+
+    assert _environment().filters["dur"](seconds) == render.fmt_duration(seconds)
+    assert _environment().filters["dur"](None) == "—"

@@ -287,6 +287,38 @@ async def test_unreviewed_grant_suspends_until_security_reinstates(slack):
     await open_confirmation(slack, "U0FRANK", AGENT_BG)  # the right is back
 
 
+async def test_an_overdue_review_shows_a_suspension_only_once_the_core_records_one(slack):
+    """Issue 15: "is this break-glass grant suspended?" has one answer, the core's (``BreakGlass.suspended_by``),
+    on every desk (Teams' twin: tests/bot/teams/test_breakglass.py). A delivery after the review deadline but before
+    the sweep suspends anyone shows no suspension; the suspension, once recorded, is said in the thread exactly once;
+    after security reinstates the engineer the alert no longer says the right is suspended."""
+    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+    await submit_confirmation(slack, "U0FRANK", call)
+    req = await the_grant(slack)
+    ref = await security_alert(slack)
+    bg = slack.h.broker.breakglass
+
+    seen = len(slack.fake.of("chat.update"))
+    slack.h.clock.advance(slack.h.settings.breakglass_review_s + 1)  # overdue, but no sweep has suspended anyone
+    await bg.deliver("bg.review_reminder", req.id)  # e.g. a reminder delivered late
+    await slack.settle()
+    assert await bg.suspension("frank") is None and not await bg.suspended_by(req)
+    edits = [json.dumps(c.args.get("blocks")) for c in slack.fake.of("chat.update")[seen:] if c.args.get("ts") == ref[1]]
+    assert edits and not [t for t in edits if "suspended until" in t], edits  # no edit said it, not even for a moment
+    assert not [t for t in slack.fake.thread(*ref) if "SUSPENDED" in t]
+
+    await bg.sweep_reviews()  # now the core suspends frank, then tells the desks
+    await slack.settle()
+    assert await bg.suspended_by(await slack.h.life.get(req.id))
+    await slack.fake.wait_for(lambda: "suspended until the security group reinstates it" in slack.message_text(ref),
+                              what="the alert shows the suspension")
+    assert len([t for t in slack.fake.thread(*ref) if "SUSPENDED" in t]) == 1
+
+    await bg.reinstate("frank", slack.h.approver("carol"), channel="cli")
+    await slack.settle()
+    assert "suspended until" not in slack.message_text(ref)
+
+
 async def test_reviews_lists_open_reviews(slack):
     """`/jit reviews`: security sees every open review, an engineer their own, others none."""
     call = await open_confirmation(slack, "U0FRANK", AGENT_BG)

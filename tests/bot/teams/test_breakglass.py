@@ -278,6 +278,40 @@ async def test_unreviewed_grant_suspends_until_security_reinstates(bg):
     await confirmation(bg)  # the right is back: a confirmation card again
 
 
+async def test_an_overdue_review_shows_a_suspension_only_once_the_core_records_one(bg):
+    """Issue 15: "is this break-glass grant suspended?" has one answer, the core's (``BreakGlass.suspended_by``),
+    on every desk (Slack's twin: tests/bot/slack/test_breakglass.py). A delivery after the review deadline but before
+    the sweep suspends anyone shows no suspension; the suspension, once recorded, is said in the thread exactly once;
+    after security reinstates the engineer the alert no longer says the right is suspended."""
+    h = bg.h
+    _, nonce, card_id = await confirmation(bg)
+    await confirm(bg, nonce, card_id)
+    (req,) = await grants(bg)
+    await bg.settle()
+    aid = await alert_id(bg, req.id)
+    original = alert_of(bg)
+    breakglass = h.broker.breakglass
+
+    seen = len(bg.fake.updates(aid))
+    h.clock.advance(h.settings.breakglass_review_s + 1)  # overdue, but no sweep has suspended anyone
+    await breakglass.deliver("bg.review_reminder", req.id)  # e.g. a reminder delivered late
+    await bg.settle()
+    assert await breakglass.suspension("frank") is None and not await breakglass.suspended_by(req)
+    edits = [_texts(c.card) for c in bg.fake.updates(aid)[seen:]]
+    assert edits and not [t for t in edits if "suspended until" in t], edits  # no edit said it, not even for a moment
+    assert not [t for t in thread(bg, aid) if "SUSPENDED" in t]
+
+    await breakglass.sweep_reviews()  # now the core suspends frank, then tells the desks
+    await bg.settle()
+    assert await breakglass.suspended_by(await h.life.get(req.id))
+    assert "suspended until the security group reinstates it" in _texts(latest(bg, aid, original))
+    assert len([t for t in thread(bg, aid) if "SUSPENDED" in t]) == 1
+
+    await breakglass.reinstate("frank", h.approver("carol"), channel="cli")
+    await bg.settle()
+    assert "suspended until" not in _texts(latest(bg, aid, original))
+
+
 # ---------------------------------------------------------------------- the token for me
 def _carrying(fake, token: str) -> list:
     return [c for c in fake.calls + fake.rejected if token in json.dumps({"h": c.headers, "b": c.body})]

@@ -1,0 +1,192 @@
+"""The rules every desk and the core agree on, each in one place.
+
+Pure functions of a request, its policy decision and the directory: no Redis, no clock, no
+I/O. The lifecycle enforces them (``Lifecycle.check_approver``, ``revoke_as``, ``approve``,
+``expire``), break-glass asks :func:`suspended_by`, and every desk (Slack, Teams, the
+console) asks the same functions which buttons to show, whom to @mention and which durations
+to offer, so a desk can never offer what the core would refuse, or hide what it allows.
+
+- who may decide a request: :func:`why_not_decider`, :func:`may_still_decide`, :func:`deciders`
+  (the group, the backup group once escalated, never an owner of an agent along the chain of
+  intent, each person once under any alias);
+- who may end a grant early: :func:`why_not_revoker`;
+- the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
+- risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
+- why a request expired: :func:`expiry_reason`, :func:`expiry_event`;
+- whether a break-glass grant suspended its engineer: :func:`suspended_by`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from .directory import Approver, Directory, aliases
+from .model import ACTIVE, APPROVED, PENDING, Proposal, Request
+
+# ---------------------------------------------------------------------- postures
+POSTURES = ("normal", "elevated", "incident")
+"""The risk postures every policy decision sees, from the most relaxed to the strictest."""
+
+
+def posture_or_strictest(value: str | None) -> str:
+    """A stored posture as policy sees it: unset is ``normal``, anything unknown the strictest."""
+    if not value:
+        return POSTURES[0]
+    return value if value in POSTURES else POSTURES[-1]
+
+
+# ---------------------------------------------------------------------- expiry
+_EXPIRY_REASON = {PENDING: "no decision before the deadline", APPROVED: "token not collected in time",
+                  ACTIVE: "grant ended"}
+
+
+def expiry_reason(status: str) -> str:
+    """Why a request that was ``status`` (pending, approved or active) expired, in the audit log's words."""
+    return _EXPIRY_REASON[status]
+
+
+def expiry_event(status: str) -> str:
+    """The audit event type of that expiry: a grant that was in use ends, anything else expires."""
+    return "grant.expired" if status == ACTIVE else "request.expired"
+
+
+# ---------------------------------------------------------------------- the duration cap
+def grant_cap(proposal: Proposal, decision: Mapping, approvals: Iterable[Mapping], max_duration_s: int) -> int:
+    """The longest grant possible: the requested duration, capped by the policy's maximum, the
+    broker's ``max_duration_s`` and every approver's shorter choice among ``approvals``
+    (at least one second)."""
+    limits = [proposal.duration_s, max_duration_s]
+    if decision.get("max_duration_s"):
+        limits.append(int(decision["max_duration_s"]))
+    limits += [int(a["duration_s"]) for a in approvals if a.get("duration_s")]
+    return max(1, min(limits))
+
+
+def approvable_max(req: Request, max_duration_s: int) -> int:
+    """The longest grant an approver of ``req`` may still choose (what ``approve`` accepts)."""
+    return grant_cap(req.proposal, req.decision, req.approvals, max_duration_s)
+
+
+# ---------------------------------------------------------------------- who may decide
+OwnerOf = Callable[[str], "str | None"]
+"""The owner the agents file names for an agent id now (None: unknown or no owner)."""
+
+
+def chain_owners(req: Request, extra: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Who may not decide ``req`` because they own an agent along its chain of intent: approver
+    id → the agents they own there (the requesting agent first, then the delegators from the
+    nearest to the root). ``extra`` adds owners of delegators whose link recorded none."""
+    out: dict[str, list[str]] = {}
+    if req.owner:
+        out.setdefault(req.owner, []).append(req.agent)
+    for link in reversed(req.delegation_chain):
+        if not isinstance(link, dict):
+            continue
+        delegator = link.get("delegator")
+        owner = link.get("delegator_owner") or (extra or {}).get(delegator if isinstance(delegator, str) else "")
+        if isinstance(owner, str) and owner and isinstance(delegator, str):
+            out.setdefault(owner, []).append(delegator)
+    return {person: tuple(dict.fromkeys(agents)) for person, agents in out.items()}
+
+
+def excluded_owners(req: Request, owner_of: OwnerOf | None = None) -> dict[str, tuple[str, ...]]:
+    """:func:`chain_owners` of ``req``, with ``owner_of``'s answer for a link recorded before
+    links carried their delegator's owner."""
+    extra: dict[str, str] = {}
+    for link in req.delegation_chain:
+        if not isinstance(link, dict) or "delegator_owner" in link or owner_of is None:
+            continue
+        delegator = link.get("delegator")
+        owner = owner_of(delegator) if isinstance(delegator, str) else None
+        if owner and isinstance(delegator, str):
+            extra[delegator] = owner
+    return chain_owners(req, extra)
+
+
+def deciding_groups(req: Request) -> set[str]:
+    """The groups whose members may decide ``req`` now: the policy's group, and the backup
+    group once the request was escalated to it."""
+    groups = {req.decision.get("approver_group")}
+    if req.escalated:
+        groups.add(req.decision.get("backup_group"))
+    groups.discard(None)
+    groups.discard("")
+    return groups  # type: ignore[return-value]
+
+
+def why_not_decider(approver: Approver, req: Request, owner_of: OwnerOf | None = None) -> str | None:
+    """Why ``approver`` may not decide ``req`` (None: they may).
+
+    The required group (or the backup group once escalated), and never anyone who owns an
+    agent along the request's chain of intent (the requesting agent, and every delegator of
+    its delegation chain), under any of their aliases (:func:`broker.directory.aliases`).
+    Whether they already approved is :func:`already_approved`.
+    """
+    group = req.decision.get("approver_group")
+    if req.decision.get("outcome") != "require_approval":
+        return "this request does not need human approval"
+    if not group:
+        return "policy named no approver group for this request, so nobody may approve it"
+    allowed = deciding_groups(req)
+    if not allowed & approver.groups:
+        return f"only members of '{' or '.join(sorted(allowed))}' may decide this request"
+    excluded = excluded_owners(req, owner_of)
+    for person in sorted(aliases(approver) & excluded.keys()):
+        owned = excluded[person]
+        if owned == (req.agent,):
+            return f"{approver.id} owns agent {req.agent} and may not approve its requests"
+        return (f"{approver.id} owns {', '.join(owned)} in this request's delegation chain "
+                f"(which leads to {req.agent}) and may not approve it")
+    return None
+
+
+def already_approved(approver: Approver, req: Request) -> bool:
+    """Whether this person (under any alias) is already counted among ``req``'s approvals."""
+    return bool(aliases(approver) & set(req.approvers))
+
+
+def may_still_decide(approver: Approver, req: Request, owner_of: OwnerOf | None = None) -> bool:
+    """Whether ``approver`` may decide pending ``req`` and is not counted yet."""
+    return (req.status == PENDING and not already_approved(approver, req)
+            and why_not_decider(approver, req, owner_of) is None)
+
+
+def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None] | None = None,
+             owner_of: OwnerOf | None = None) -> list[Approver]:
+    """The people who may still decide ``req`` (:func:`may_still_decide`), group by group in
+    the directory's order, each once; ``groups`` narrows the search (e.g. to the backup group
+    just escalated to). Empty once the request is no longer pending."""
+    if groups is None:
+        groups = [req.decision.get("approver_group"), req.decision.get("backup_group") if req.escalated else None]
+    seen: dict[str, Approver] = {}
+    for group in groups:
+        if not group:
+            continue
+        for a in directory.members(group):
+            if a.id not in seen and may_still_decide(a, req, owner_of):
+                seen[a.id] = a
+    return list(seen.values())
+
+
+def why_not_revoker(approver: Approver, req: Request, security_group: str) -> str | None:
+    """Why ``approver`` may not end ``req``'s grant early (None: they may): its deciding groups,
+    the security group, the agent's owner, or (break-glass) the engineer who broke the glass."""
+    named = {req.decision.get("approver_group"), security_group}
+    if req.escalated:
+        named.add(req.decision.get("backup_group"))
+    allowed: set[str] = {g for g in named if g is not None}
+    engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
+    if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
+        return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"
+    return None
+
+
+# ---------------------------------------------------------------------- break-glass
+def suspended_by(req: Request, suspension: Mapping | None) -> bool:
+    """Whether break-glass grant ``req`` is what suspended its engineer's right, given the
+    engineer's suspension record as the core keeps it (None: not suspended). An overdue review
+    alone is not a suspension: the core records one when its sweep finds the review missed,
+    and until then (or after security reinstates the engineer) nothing is suspended."""
+    if not req.break_glass or req.reviewed_by or not req.engineer or not suspension:
+        return False
+    return suspension.get("request_id") == req.id
