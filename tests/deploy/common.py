@@ -5,13 +5,9 @@ from __future__ import annotations
 import ast
 import os
 import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
 
 from tests.support.process import BrokerProcess
 
@@ -77,25 +73,11 @@ class ServedAsInContainer(BrokerProcess):
     def __init__(self, env: dict, command: list[str] | None = None, cwd: Path = ROOT) -> None:
         super().__init__(env)
         self.env = {**env, "JITGATE_PORT": str(self.port)}
-        self.command = command or [sys.executable, "-m", "broker.cli", "serve"]
+        self._command = command or [sys.executable, "-m", "broker.cli", "serve"]
         self.cwd = cwd
 
-    def start(self, timeout: float = 30) -> "ServedAsInContainer":
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited ({self.proc.returncode}): {self.output()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"broker did not become ready: {self.output()}")
+    def command(self) -> list[str]:
+        return self._command
 
 
 def start_broker(env: dict[str, str], mounts: dict[str, Path], *, redis_url: str, prefix: str, tmp: Path,

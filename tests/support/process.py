@@ -52,15 +52,19 @@ class BrokerProcess:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.cwd: Path = ROOT
+
+    def command(self) -> list[str]:
+        """The command line that starts this broker."""
+        return [sys.executable, "-m", "broker.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                *self.args]
 
     def start(self, timeout: float = 30) -> "BrokerProcess":
+        """Start it and wait until ``/readyz`` answers 200 (its output, if it exits first)."""
         # Output goes to a file: a pipe nobody reads would block a chatty broker.
         self._log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             *self.args],
-            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, text=True,
-        )
+        self.proc = subprocess.Popen(self.command(), env=self.env, cwd=self.cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -72,7 +76,7 @@ class BrokerProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError("broker did not become ready")
+        raise RuntimeError(f"broker did not become ready: {self.output()}")
 
     def stop(self, timeout: float = 15) -> str:
         """Stop with SIGTERM (as Ctrl-C would) and return what it printed."""
