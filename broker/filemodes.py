@@ -43,17 +43,25 @@ def _check_folder(path: Path, what: str) -> None:
                           f"run `chmod o-w {folder}`")
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    """The file's status, or None where there is nothing to check (not POSIX; missing or
+    unreadable, which the read that follows reports)."""
+    if not POSIX:
+        return None
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 def check_private(path: str | os.PathLike, what: str) -> None:
     """Refuse a secret file others may read, as OpenSSH refuses an unprotected private key:
     no access at all for others, and none for the group when the file is ours (we could
     have made it private); and a folder everyone may write to without the sticky bit."""
-    if not POSIX:
-        return
     path = Path(path)
-    try:
-        st = path.stat()
-    except OSError:
-        return  # missing or unreadable: the read that follows says so
+    st = _stat(path)
+    if st is None:
+        return
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o007 or (st.st_uid == os.geteuid() and mode & 0o070):
         raise ConfigError(f"{path}: {what} is accessible by others (mode {mode:04o}); it must be private to its owner: "
@@ -64,13 +72,10 @@ def check_private(path: str | os.PathLike, what: str) -> None:
 def check_not_writable(path: str | os.PathLike, what: str) -> None:
     """Refuse a trusted file (or folder) that everyone may write to, or whose folder lets
     everyone replace it. For a folder, each file in it is checked by its reader."""
-    if not POSIX:
-        return
     path = Path(path)
-    try:
-        st = path.stat()
-    except OSError:
-        return  # missing or unreadable: the read that follows says so
+    st = _stat(path)
+    if st is None:
+        return
     mode = stat.S_IMODE(st.st_mode)
     if mode & stat.S_IWOTH and not _read_only_mount(path):
         raise ConfigError(f"{path}: {what} is writable by everyone (mode {mode:04o}); anyone could change what the "
