@@ -19,7 +19,6 @@ Redis Cluster the prefix must carry a hash tag (e.g. ``{jitgate}:``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .clock import SystemClock
 from .errors import ConfigError, Unauthenticated
-from .jose import KINDS, HeaderNotAllowed, JoseError, b64url, check_header, public_jwk, unb64url
+from .jose import KINDS, HeaderNotAllowed, JoseError, b64url, check_header, finite_number, public_jwk, unb64url
 
 ALGORITHMS = ("ES256", "EdDSA")
 # How long after a rotation a replica may still sign with the retired key: replicas that do
@@ -365,7 +364,7 @@ def key_retention_s(longest_token_s: int) -> int:
 def _number(claims: dict, name: str) -> float:
     value = claims[name]
     # NaN compares false with everything, so a NaN exp would never expire.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite_number(value):
         raise Unauthenticated(f"the token {name} must be a number")
     return value
 
