@@ -7,8 +7,9 @@ minutes later) and a ``jti`` that may be used once. Resource servers that call
 introspection authenticate the same way, from their own section of the agents file.
 
 Verification runs on every API call, so keys are parsed once (when the registry loads),
-the token is parsed once before pyjwt checks the signature, and the only I/O is one
-``SET NX`` in Redis that remembers the ``jti``.
+the token is parsed once (``jose.split_jws`` with orjson) and its signature checked on
+those same segments (``jose.verify_jws_signature``, no second parse by pyjwt), and the
+only I/O is one ``SET NX`` in Redis that remembers the ``jti``.
 """
 
 from __future__ import annotations

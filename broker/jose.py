@@ -1,10 +1,12 @@
-"""JOSE pieces the broker and the agent client share: keys and thumbprints, agent
-assertions, DPoP proofs (RFC 9449) and delegation links.
+"""JOSE pieces the broker and the agent client share: keys and thumbprints, the one JWS
+header check every verifier makes (:func:`check_header`), agent assertions, DPoP proofs
+(RFC 9449) and delegation links.
 
 Pure on purpose: this module imports only pyjwt, cryptography, ``broker.errors`` and
 ``broker.filemodes``, so ``broker.client`` can use it in an environment that has nothing
-else of the broker's dependencies. The broker-side checks that need Redis or the registry (jti replay, who
-is registered) live in ``identity.py``; here is only what a JWS and a clock can tell.
+else of the broker's dependencies. The broker-side checks that need Redis or the registry
+(jti replay, who is registered) live in ``identity.py``; here is only what a JWS and a
+clock can tell.
 
 Every check raises a :class:`JoseError` (a ``ValueError``) whose subclass says what kind
 of check failed and whose message says which, in words that know nothing of agents,
