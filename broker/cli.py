@@ -270,7 +270,7 @@ def cmd_posture(args) -> int:
 def _dpop_key(path: str, subject: str) -> tuple[object, str]:
     """(private key, RFC 7638 thumbprint) of the engineer's DPoP key in ``path``; a new P-256
     key is written there (mode 600) when the file does not exist."""
-    from .jose import generate_key, jwk_thumbprint, load_private_key, public_jwk  # noqa: PLC0415
+    from .identity import generate_key, jwk_thumbprint, load_private_key, public_jwk  # noqa: PLC0415
 
     if subject != "me":
         raise BrokerError("--dpop-key binds a token for yourself ('me'); an agent proves its own key when it collects")

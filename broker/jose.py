@@ -1,11 +1,18 @@
-"""JOSE pieces the broker and the agent client share: keys and thumbprints, agent
-assertions, DPoP proofs (RFC 9449) and delegation links.
+"""JOSE pieces the broker and the agent client share: keys and thumbprints, the one JWS
+header check every verifier makes (:func:`check_header`), agent assertions, DPoP proofs
+(RFC 9449) and delegation links.
 
 Pure on purpose: this module imports only pyjwt, cryptography, ``broker.errors`` and
-``broker.filemodes``, so
-``broker.client`` can use it in an environment that has nothing else of the broker's
-dependencies. The broker-side checks that need Redis or the registry (jti replay, who
-is registered) live in ``identity.py``; here is only what a JWS and a clock can tell.
+``broker.filemodes``, so ``broker.client`` can use it in an environment that has nothing
+else of the broker's dependencies. The broker-side checks that need Redis or the registry
+(jti replay, who is registered) live in ``identity.py``; here is only what a JWS and a
+clock can tell.
+
+Every check raises a :class:`JoseError` (a ``ValueError``) whose subclass says what kind
+of check failed and whose message says which, in words that know nothing of agents,
+approvers or the broker: callers translate it to their own error at their boundary
+(``Unauthenticated``, ``InvalidToken``, ``ConfigError``). The one exception is
+:func:`read_private_key`, a file's refusal, which is ``broker.filemodes``'s ConfigError.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,12 +36,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .errors import ConfigError
+from .errors import ConfigError  # only read_private_key's, a file's refusal (see the module docstring)
 from .filemodes import check_private
 
 # JWK members that only a private (or symmetric) key has: RFC 7518 sections 6.2.2, 6.3.2, 6.4.
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-PUBLIC_ONLY = "agents file must hold public keys only"
+PUBLIC_ONLY = "must be a public key"
 # (kty, crv) -> (JWS alg, coordinate members); nothing else is accepted.
 KINDS = {("OKP", "Ed25519"): ("EdDSA", ("x",)), ("EC", "P-256"): ("ES256", ("x", "y"))}
 ALLOWED_ALGS = frozenset({"EdDSA", "ES256"})
@@ -49,7 +57,27 @@ DELEGATION_TYP = "jitgate-delegation+jwt"
 
 
 class JoseError(ValueError):
-    """A JWS that does not pass a check; the message says which, in a short sentence."""
+    """A JWS or key that does not pass a check; the message says which, in a short sentence."""
+
+
+class MalformedJws(JoseError):
+    """Not a compact JWS whose header and payload are JSON objects."""
+
+
+class HeaderNotAllowed(JoseError):
+    """A JWS header no jitgate verifier accepts (see :func:`check_header`)."""
+
+
+class KidNotString(HeaderNotAllowed):
+    """A header ``kid`` that is not a string, so it names no key."""
+
+
+class UnusableKey(JoseError):
+    """A key that is not an Ed25519 or P-256 key of the kind asked for."""
+
+
+class PrivateKeyMaterial(UnusableKey):
+    """A JWK carrying private members where only a public key belongs."""
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -61,30 +89,53 @@ def b64url(data: bytes) -> str:
 
 
 def unb64url(text: object) -> bytes:
-    """Strict base64url without padding (RFC 7515 section 2); ValueError otherwise."""
+    """Strict base64url without padding (RFC 7515 section 2); JoseError otherwise."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text):
-        raise ValueError("not base64url")
+        raise JoseError("not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
+        raise JoseError("not base64url") from None
 
 
-def split_jws(token: Any, what: str = "token") -> tuple[dict, dict]:
-    """The (header, claims) of a compact JWS, unverified; JoseError when it is not one."""
+def split_jws(token: Any, what: str = "token", loads: Callable[[bytes], Any] = json.loads) -> tuple[dict, dict]:
+    """The (header, claims) of a compact JWS of at most ``MAX_JWS_CHARS``, unverified;
+    MalformedJws when it is not one. ``loads`` parses each segment's JSON (a faster parser
+    on a hot path; it must raise ValueError for what it cannot read)."""
     match = _COMPACT.fullmatch(token) if isinstance(token, str) and len(token) <= MAX_JWS_CHARS else None
     if match is None:
-        raise JoseError(f"the {what} is not a compact JWS")
-    parts = []
-    for segment in (match[1], match[2]):
-        try:
-            value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-        except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise JoseError(f"the {what} is not a compact JWS") from None
-        if not isinstance(value, dict):
-            raise JoseError(f"the {what} is not a compact JWS")
-        parts.append(value)
-    return parts[0], parts[1]
+        raise MalformedJws(f"the {what} is not a compact JWS")
+    try:
+        # UnicodeDecodeError and JSONDecodeError (also orjson's) are ValueErrors.
+        header = loads(base64.urlsafe_b64decode(match[1] + "=" * (-len(match[1]) % 4)))
+        claims = loads(base64.urlsafe_b64decode(match[2] + "=" * (-len(match[2]) % 4)))
+    except (binascii.Error, ValueError):
+        raise MalformedJws(f"the {what} is not a compact JWS") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise MalformedJws(f"the {what} is not a compact JWS")
+    return header, claims
+
+
+def check_header(header: dict, algs: Collection[str] = ALLOWED_ALGS) -> str:
+    """The ``alg`` of a JWS header that passes the checks every jitgate verifier makes, in
+    this order; HeaderNotAllowed naming the first that fails:
+
+    * ``alg`` is a string in ``algs`` (ES256 and EdDSA unless the caller widens it; never
+      ``none``, never an HMAC);
+    * no ``crit`` (RFC 7515 section 4.1.11: a recipient must refuse critical extensions it
+      does not implement, and jitgate implements none) and no ``b64`` (RFC 7797 unencoded
+      payloads, which no jitgate signer uses);
+    * ``kid``, when present, is a string (a list or object would be looked up, not refused):
+      KidNotString.
+    """
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algs:
+        raise HeaderNotAllowed("algorithm not allowed")
+    if "crit" in header or "b64" in header:
+        raise HeaderNotAllowed("unsupported critical header")
+    if not isinstance(header.get("kid", ""), str):
+        raise KidNotString("kid must be a string")
+    return alg
 
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
@@ -133,45 +184,46 @@ def finite_number(value: Any) -> bool:
 def jwk_thumbprint(jwk: object) -> str:
     """The RFC 7638 thumbprint: base64url SHA-256 of the required members, sorted, no spaces.
 
-    Raises ValueError when the key type is unknown or a required member is missing.
+    Raises UnusableKey when the key type is unknown or a required member is missing.
     """
     if not isinstance(jwk, dict):
-        raise ValueError("unsupported key type for a thumbprint")
+        raise UnusableKey("unsupported key type for a thumbprint")
     kty = jwk.get("kty")
     members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None  # a list would be unhashable
     if members is None:
-        raise ValueError("unsupported key type for a thumbprint")
+        raise UnusableKey("unsupported key type for a thumbprint")
     try:
         canonical = {name: jwk[name] for name in members}
     except KeyError as exc:
-        raise ValueError(f"JWK lacks the {exc.args[0]!r} member") from None
+        raise UnusableKey(f"JWK lacks the {exc.args[0]!r} member") from None
     data = json.dumps(canonical, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return b64url(hashlib.sha256(data.encode("utf-8")).digest())
 
 
 def parse_public_jwk(jwk: Any) -> tuple[Any, str, str]:
-    """(cryptography public key, kid, JWS alg) of a public Ed25519 or P-256 JWK; ValueError otherwise."""
+    """(cryptography public key, kid, JWS alg) of a public Ed25519 or P-256 JWK; UnusableKey
+    otherwise (PrivateKeyMaterial when it holds private members)."""
     if not isinstance(jwk, dict):
-        raise ValueError("must be a JWK mapping")
+        raise UnusableKey("must be a JWK mapping")
     if PRIVATE_MEMBERS.intersection(jwk):
-        raise ValueError(PUBLIC_ONLY)
+        raise PrivateKeyMaterial(PUBLIC_ONLY)
     kty, crv = jwk.get("kty"), jwk.get("crv")
     kind = KINDS.get((kty, crv)) if isinstance(kty, str) and isinstance(crv, str) else None  # lists are unhashable
     if kind is None:
-        raise ValueError("must be an OKP/Ed25519 or EC/P-256 public key")
+        raise UnusableKey("must be an OKP/Ed25519 or EC/P-256 public key")
     alg, coordinates = kind
     raw = {}
     for name in coordinates:
         try:
             raw[name] = unb64url(jwk.get(name))
-        except ValueError:
-            raise ValueError(f"{name!r} must be base64url") from None
+        except JoseError:
+            raise UnusableKey(f"{name!r} must be base64url") from None
         if len(raw[name]) != 32:
-            raise ValueError(f"{name!r} must encode 32 bytes")
+            raise UnusableKey(f"{name!r} must encode 32 bytes")
     if "alg" in jwk and jwk["alg"] != alg:
-        raise ValueError(f"'alg' must be {alg} for this key type")
+        raise UnusableKey(f"'alg' must be {alg} for this key type")
     if "use" in jwk and jwk["use"] != "sig":
-        raise ValueError("'use' must be 'sig'")
+        raise UnusableKey("'use' must be 'sig'")
     key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
     try:
         if alg == "EdDSA":
@@ -182,33 +234,34 @@ def parse_public_jwk(jwk: Any) -> tuple[Any, str, str]:
             )
             key = numbers.public_key()  # checks that the point is on the curve
     except ValueError:
-        raise ValueError("is not a valid public key") from None
+        raise UnusableKey("is not a valid public key") from None
     if "kid" in jwk:
         kid = jwk["kid"]
         if not isinstance(kid, str) or not 1 <= len(kid) <= 256:
-            raise ValueError("'kid' must be a string of 1 to 256 characters")
+            raise UnusableKey("'kid' must be a string of 1 to 256 characters")
     else:
         kid = jwk_thumbprint(jwk)
     return key, kid, alg
 
 
 def alg_of_private_key(private_key: Any) -> str:
-    """``EdDSA`` for an Ed25519 key, ``ES256`` for P-256; ConfigError for anything else."""
+    """``EdDSA`` for an Ed25519 key, ``ES256`` for P-256; UnusableKey for anything else."""
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         return "EdDSA"
     if isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
         return "ES256"
-    raise ConfigError("agent keys must be Ed25519 or P-256")
+    raise UnusableKey("keys must be Ed25519 or P-256")
 
 
 def generate_key(kind: str = "Ed25519") -> tuple[bytes, dict]:
-    """A new agent key pair: (PKCS#8 PEM private key, public JWK with its thumbprint as ``kid``)."""
+    """A new key pair: (PKCS#8 PEM private key, public JWK with its thumbprint as ``kid``);
+    UnusableKey for a ``kind`` other than Ed25519 or P-256."""
     if kind == "Ed25519":
         private_key: Any = ed25519.Ed25519PrivateKey.generate()
     elif kind == "P-256":
         private_key = ec.generate_private_key(ec.SECP256R1())
     else:
-        raise ConfigError(f"key kind must be 'Ed25519' or 'P-256', got {kind!r}")
+        raise UnusableKey(f"key kind must be 'Ed25519' or 'P-256', got {kind!r}")
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -216,19 +269,20 @@ def generate_key(kind: str = "Ed25519") -> tuple[bytes, dict]:
 
 
 def load_private_key(pem: bytes | str) -> Any:
-    """The Ed25519 or P-256 private key in an unencrypted PEM; ConfigError for anything else."""
+    """The Ed25519 or P-256 private key in an unencrypted PEM; UnusableKey for anything else."""
     data = pem.encode("ascii") if isinstance(pem, str) else pem
     try:
         private_key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise ConfigError("not an unencrypted PEM private key") from None
+        raise UnusableKey("not an unencrypted PEM private key") from None
     alg_of_private_key(private_key)
     return private_key
 
 
 def read_private_key(path: Any) -> Any:
-    """The private key in the PEM file at ``path``, refused (ConfigError naming the file and
-    the ``chmod``) when others may read it, as OpenSSH refuses an unprotected key."""
+    """The private key in the PEM file at ``path``, refused (``broker.filemodes``'s ConfigError
+    naming the file: the ``chmod`` when others may read it, as OpenSSH refuses an unprotected
+    key; or why it cannot be read or used)."""
     check_private(path, "private key")
     try:
         with open(path, "rb") as handle:
@@ -237,8 +291,8 @@ def read_private_key(path: Any) -> Any:
         raise ConfigError(f"{path}: cannot read the private key ({exc.strerror or exc})") from None
     try:
         return load_private_key(pem)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.detail}") from None
+    except UnusableKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def public_jwk(private_key: Any) -> dict:
@@ -256,7 +310,7 @@ def public_jwk(private_key: Any) -> dict:
             "y": b64url(numbers.y.to_bytes(32, "big")),
         }
     else:
-        raise ConfigError("agent keys must be Ed25519 or P-256")
+        raise UnusableKey("keys must be Ed25519 or P-256")
     jwk["kid"] = jwk_thumbprint(jwk)
     return jwk
 
@@ -389,17 +443,16 @@ def verify_dpop_proof(
     """
     header, claims = split_jws(proof, "DPoP proof")
     if header.get("typ") != DPOP_TYP:
-        raise JoseError("DPoP proof typ must be dpop+jwt")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:
-        raise JoseError("DPoP proof algorithm not allowed")
-    if "crit" in header or "b64" in header:
-        raise JoseError("DPoP proof has an unsupported critical header")
+        raise HeaderNotAllowed("DPoP proof typ must be dpop+jwt")
+    try:
+        alg = check_header(header)
+    except HeaderNotAllowed as exc:
+        raise HeaderNotAllowed(f"DPoP proof {exc}") from None
     jwk = header.get("jwk")
     try:
         key, _kid, key_alg = parse_public_jwk(jwk)
-    except ValueError as exc:
-        raise JoseError(f"DPoP proof jwk {exc}".replace(PUBLIC_ONLY, "must be a public key")) from None
+    except UnusableKey as exc:
+        raise type(exc)(f"DPoP proof jwk {exc}") from None
     if key_alg != alg:
         raise JoseError("DPoP proof alg does not match its jwk")
     if not verify_jws_signature(key, alg, proof):

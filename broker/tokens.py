@@ -18,10 +18,7 @@ Redis Cluster the prefix must carry a hash tag (e.g. ``{jitgate}:``).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .clock import SystemClock
 from .errors import ConfigError, Unauthenticated
+from .jose import KINDS, HeaderNotAllowed, JoseError, b64url, check_header, finite_number, public_jwk, unb64url
 
 ALGORITHMS = ("ES256", "EdDSA")
 # How long after a rotation a replica may still sign with the retired key: replicas that do
@@ -67,47 +65,14 @@ return 1
 """
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _public_jwk(public_key: Any) -> dict:
-    """The required members (RFC 7638 §3.2) of a P-256 or Ed25519 public key."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        numbers = public_key.public_numbers()
-        return {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": _b64url(numbers.x.to_bytes(32, "big")),
-            "y": _b64url(numbers.y.to_bytes(32, "big")),
-        }
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
-
-
-def _thumbprint(jwk: dict) -> str:
-    """RFC 7638 SHA-256 thumbprint (base64url) of an EC or OKP public JWK."""
-    members = ("crv", "kty", "x", "y") if jwk.get("kty") == "EC" else ("crv", "kty", "x")
-    canonical = json.dumps({m: jwk[m] for m in members}, sort_keys=True, separators=(",", ":"))
-    return _b64url(hashlib.sha256(canonical.encode()).digest())
 
 
 def _new_private_key(alg: str) -> Any:
     if alg == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
     return ed25519.Ed25519PrivateKey.generate()
-
-
-def _expected_jwk_shape(alg: str) -> tuple[str, str]:
-    return ("EC", "P-256") if alg == "ES256" else ("OKP", "Ed25519")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +154,7 @@ class KeyRing:
     def _load(self, kid: str, raw: str) -> _Key:
         try:
             record = json.loads(raw)
-            alg, jwk, blob = record["alg"], record["public_jwk"], _unb64url(record["private_enc"])
+            alg, jwk, blob = record["alg"], record["public_jwk"], unb64url(record["private_enc"])
             created_at, retired_at = float(record["created_at"]), record.get("retired_at")
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"signing key {kid!r} in {self._keys_key} is malformed ({exc})") from None
@@ -207,8 +172,11 @@ class KeyRing:
         except ValueError:
             raise ConfigError(f"signing key {kid!r} does not hold a usable private key") from None
         public_key = private_key.public_key()
-        public = _public_jwk(public_key)
-        if (public["kty"], public["crv"]) != _expected_jwk_shape(alg) or _thumbprint(public) != kid:
+        try:
+            public = public_jwk(public_key)  # kid = the RFC 7638 thumbprint
+        except JoseError:
+            raise ConfigError(f"signing key {kid!r} is not an ES256 or EdDSA key; refusing to use it") from None
+        if KINDS[public["kty"], public["crv"]][0] != alg or public["kid"] != kid:
             raise ConfigError(f"signing key {kid!r} does not match its kid or alg; refusing to use it")
         if any(jwk.get(m) != v for m, v in public.items()):
             raise ConfigError(f"signing key {kid!r}: stored public_jwk does not match the private key")
@@ -217,7 +185,7 @@ class KeyRing:
             alg=alg,
             created_at=created_at,
             retired_at=None if retired_at is None else float(retired_at),
-            public_jwk={**public, "kid": kid, "alg": alg, "use": "sig"},
+            public_jwk={**public, "alg": alg, "use": "sig"},
             private_key=private_key,
             public_key=public_key,
             record=record,
@@ -226,8 +194,8 @@ class KeyRing:
 
     def _new_record(self) -> tuple[str, str]:
         private_key = _new_private_key(self.alg)
-        public = _public_jwk(private_key.public_key())
-        kid = _thumbprint(public)
+        public = public_jwk(private_key)
+        kid = public.pop("kid")
         der = private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -238,7 +206,7 @@ class KeyRing:
             "created_at": int(self._clock.now()),
             "retired_at": None,
             "public_jwk": {**public, "kid": kid, "alg": self.alg, "use": "sig"},
-            "private_enc": _b64url(nonce + self._aead.encrypt(nonce, der, kid.encode())),
+            "private_enc": b64url(nonce + self._aead.encrypt(nonce, der, kid.encode())),
         }
         return kid, json.dumps(record, separators=(",", ":"))
 
@@ -336,8 +304,9 @@ class KeyRing:
     ) -> dict:
         """Verify a token signed by this ring and return its claims, or raise :class:`Unauthenticated`.
 
-        The key is the one named by the header ``kid`` (Redis is re-read once for an unknown
-        kid), and the alg must be that key's. ``typ``, ``iss``, ``exp``, ``iat`` and ``jti``
+        The header passes :func:`broker.jose.check_header` (ES256 or EdDSA, no ``crit`` or
+        ``b64``); the key is the one named by the header ``kid`` (Redis is re-read once for an
+        unknown kid), and the alg must be that key's. ``typ``, ``iss``, ``exp``, ``iat`` and ``jti``
         are required; times are checked against the ring's clock. ``audience=None`` skips
         the audience check (the broker reading its own tokens, e.g. for introspection).
         """
@@ -345,13 +314,15 @@ class KeyRing:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated("the token is not a well-formed JWT") from None
-        kid, alg, token_typ = header.get("kid"), header.get("alg"), header.get("typ")
+        kid, token_typ = header.get("kid"), header.get("typ")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("the token has no kid")
         if not isinstance(token_typ, str) or token_typ.lower() not in (typ, "application/" + typ):
             raise Unauthenticated(f"the token typ must be {typ}")
-        if "crit" in header:
-            raise Unauthenticated("the token has critical header parameters this broker does not use")
+        try:
+            alg = check_header(header)
+        except HeaderNotAllowed as exc:
+            raise Unauthenticated(f"the token header is refused: {exc}") from None
         now = self._clock.now()
         key = self._keys.get(kid)
         if key is None or not self._published(key, now):
@@ -393,7 +364,7 @@ def key_retention_s(longest_token_s: int) -> int:
 def _number(claims: dict, name: str) -> float:
     value = claims[name]
     # NaN compares false with everything, so a NaN exp would never expire.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite_number(value):
         raise Unauthenticated(f"the token {name} must be a number")
     return value
 

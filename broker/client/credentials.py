@@ -12,17 +12,22 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..jose import load_private_key, make_assertion, read_private_key, split_jws
+from ..errors import ConfigError
+from ..jose import UnusableKey, load_private_key, make_assertion, read_private_key, split_jws
 from .errors import JitgateError
 
 
 def load_key(key: Any) -> Any:
     """A private key from a key object, PEM text or bytes, or the path of a PEM file. A file
-    others may read is refused (ConfigError with the ``chmod`` that fixes it), as OpenSSH does."""
+    others may read is refused (ConfigError with the ``chmod`` that fixes it), as OpenSSH does;
+    so is text or a file that is not an unencrypted Ed25519 or P-256 PEM key."""
     if isinstance(key, os.PathLike) or (isinstance(key, str) and "-----BEGIN" not in key):
         return read_private_key(Path(key))
     if isinstance(key, (bytes, str)):
-        return load_private_key(key)
+        try:
+            return load_private_key(key)
+        except UnusableKey as exc:
+            raise ConfigError(str(exc)) from None
     return key
 
 
