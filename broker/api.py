@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from .errors import BrokerError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthenticated, Unavailable
 from .identity import InvalidDpopProof
+from . import oauth
 from .model import STATES, TERMINAL, Proposal, check_request_id
 from .openapi import openapi_document
 
@@ -168,11 +169,8 @@ def make_routes(broker: "Broker") -> list[Route]:
     async def introspect(request: HttpRequest) -> Response:
         broker.maybe_reload()
         server, _ = await broker.verifier.verify_resource_server(request.headers.get("authorization"))
-        form = await read_form(request, limit)
-        token = form.get("token", "")
-        if not token:
-            raise InvalidRequest("'token' is required")
-        return json_response(await life.introspect(token, server=server), headers={"Cache-Control": "no-store"})
+        token = oauth.token_param(await read_form(request, limit))
+        return json_response(await oauth.introspect(life, token, server=server), headers={"Cache-Control": "no-store"})
 
     async def revoke(request: HttpRequest) -> Response:
         broker.maybe_reload()
@@ -184,36 +182,15 @@ def make_routes(broker: "Broker") -> list[Route]:
         except BrokerError:
             agent, _ = await broker.verifier.verify_agent(auth)
             by = f"agent:{agent.id}"
-        form = await read_form(request, limit)
-        token = form.get("token", "")
-        if not token:
-            raise InvalidRequest("'token' is required")
-        await life.revoke_token(token, by=by, server=server)
+        token = oauth.token_param(await read_form(request, limit))
+        await oauth.revoke(life, token, by=by, server=server)
         return Response(b"", status_code=200)
 
     async def jwks(request: HttpRequest) -> Response:
         return json_response(broker.keyring.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
     async def metadata(request: HttpRequest) -> Response:
-        iss = s.issuer
-        return json_response({
-            "issuer": iss,
-            "jwks_uri": f"{iss}/.well-known/jwks.json",
-            "introspection_endpoint": f"{iss}/v1/introspect",
-            "revocation_endpoint": f"{iss}/v1/revoke",
-            "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "introspection_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
-            "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
-            "authorization_details_types_supported": ["agent_escalation"],
-            "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
-            # Every token this broker issues is DPoP-bound (JITGATE_REQUIRE_DPOP): resource servers
-            # (broker.client's helpers read this) refuse a Bearer token without being told.
-            "dpop_bound_access_tokens_required": s.require_dpop,
-            "grant_types_supported": ["urn:jitgate:params:grant-type:escalation"],
-            "response_types_supported": [],
-            "service_documentation": f"{iss}/openapi.json",
-        })
+        return json_response(oauth.metadata(s))
 
     async def healthz(request: HttpRequest) -> Response:
         return json_response({"status": "ok"})

@@ -23,14 +23,14 @@ from typing import Any
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
-from .errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
+from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
 )
 from .notify import MessageRef, Notifier, PartialDelivery
-from . import rules
+from . import oauth, rules
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .store import Late, Outcome, Store, event, event_frame
@@ -769,67 +769,9 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ tokens
     async def introspect(self, token: str, *, server: ResourceServer | None = None) -> dict:
-        """RFC 7662: the token's claims if it is active now, else exactly ``{"active": false}``.
-
-        With ``server`` (the resource server asking), a token not meant for one of its
-        audiences is answered as inactive too (RFC 7662 section 4): a server learns only
-        about the tokens it could be presented with.
-        """
-        inactive = {"active": False}
-        try:
-            claims = await self.keyring.verify(token, issuer=self.settings.issuer)
-        except BrokerError:
-            return inactive
-        if server is not None and not server.serves(claims.get("aud")):
-            log.warning("resource server %s asked about a token for %r, outside its audiences %s; "
-                        "answered inactive (list the audience in its 'audiences' in the agents file)",
-                        server.id, claims.get("aud"), list(server.audiences or (server.id,)))
-            return inactive
-        rid = (claims.get("approval") or {}).get("request_id")
-        if not isinstance(rid, str):
-            return inactive
-        try:
-            state = await self.store.grant_state(rid)  # three fields, not the whole request
-        except BrokerError:
-            raise
-        except Exception:  # noqa: BLE001 - a malformed id or field behind a validly signed token: inactive
-            return inactive
-        now = self._now()
-        if state is None:
-            return inactive
-        status, jti, exp = state
-        if status != ACTIVE or jti != claims.get("jti") or exp is None or now >= exp:
-            return inactive
-        out = {"active": True, "token_type": "Bearer" if "cnf" not in claims else "DPoP"}
-        for k in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "authorization_details", "act", "cnf", "approval"):
-            if k in claims:
-                out[k] = claims[k]
-        return out
-
-    async def revoke_token(self, token: str, *, by: str, server: ResourceServer | None = None) -> None:
-        """RFC 7009: revoke the grant behind a token; unknown or invalid tokens are ignored.
-
-        An agent may revoke only its own tokens, and a resource server (``server``) only the
-        tokens meant for one of its audiences: Forbidden otherwise.
-        """
-        try:
-            claims = await self.keyring.verify(token, issuer=self.settings.issuer, leeway=10**9)
-        except BrokerError:
-            return
-        if server is not None and not server.serves(claims.get("aud")):
-            raise Forbidden(f"resource server '{server.id}' may revoke only tokens meant for its audiences")
-        rid = (claims.get("approval") or {}).get("request_id")
-        if not isinstance(rid, str):
-            return
-        req = await self.store.load(rid)
-        if req is None or req.grant_jti != claims.get("jti"):
-            return
-        if by.startswith("agent:") and by != f"agent:{req.agent}":
-            raise Forbidden("an agent may revoke only its own tokens")
-        try:
-            await self.revoke(rid, by=by, reason="token revoked (RFC 7009)", channel="api")
-        except Conflict:
-            return  # already closed: revocation is idempotent
+        """RFC 7662 introspection of ``token``: :func:`broker.oauth.introspect`, whose home
+        it is (kept here for callers holding a lifecycle)."""
+        return await oauth.introspect(self, token, server=server)
 
     # ------------------------------------------------------------------ operators
     def operator_approver(self, approver_id: str) -> Approver:
