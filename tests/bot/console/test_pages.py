@@ -216,6 +216,7 @@ async def test_header_still_says_the_chain_verifies_after_a_trim(console, redis)
     b = console.h.broker
     s = b.store
     await console.h.propose(action="restart", duration_s=60)
+    await b.outbox.drain()  # its delivery appends the message refs entry: let it land first
     chain = ChainStatus(ttl_s=3600)
     assert (await chain.get(b)).ok
     out = io.StringIO()
@@ -228,6 +229,7 @@ async def test_header_still_says_the_chain_verifies_after_a_trim(console, redis)
     after_trim = await chain.get(b)  # the cached result predates the trim: a full check from the anchor
     assert after_trim.ok and after_trim.trimmed == 2
     await console.h.propose(action="restart", duration_s=60)
+    await b.outbox.drain()
     extended = await chain.get(b)
     full = await audit.verify(s.redis, s.audit_stream, s.audit_head)
     assert extended.ok and (extended.seq, extended.head, extended.trimmed) == (full.seq, full.head, 2)
