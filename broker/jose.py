@@ -5,7 +5,7 @@ header check every verifier makes (:func:`check_header`), agent assertions, DPoP
 Pure on purpose: this module imports only pyjwt, cryptography, ``broker.errors`` and
 ``broker.filemodes``, so ``broker.client`` can use it in an environment that has nothing
 else of the broker's dependencies. The broker-side checks that need Redis or the registry
-(jti replay, who is registered) live in ``identity.py``; here is only what a JWS and a
+(jti replay, who is registered) live in ``broker/identity/``; here is only what a JWS and a
 clock can tell.
 
 Every check raises a :class:`JoseError` (a ``ValueError``) whose subclass says what kind

@@ -32,7 +32,7 @@ MAX_EVIDENCE_TITLE = 200
 MAX_EVIDENCE_EXCERPT = 2000
 MAX_URL = 2000
 MAX_DURATION_S = 7 * 86400
-# Delegation links are compact JWS strings; the broker verifies them (identity.py). The
+# Delegation links are compact JWS strings; the broker verifies them (identity/delegation.py). The
 # caps bound the work a chain can cause before any signature is checked.
 MAX_DELEGATION_LINKS = 8
 MAX_DELEGATION_CHARS = 4096

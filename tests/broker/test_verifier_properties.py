@@ -220,7 +220,7 @@ def test_console_demo_check_only_succeeds_or_raises_value_error():
     assert ok
 
 
-# --- broker-side verifiers (identity.py, tokens.py) ------------------------------------
+# --- broker-side verifiers (identity/, tokens.py) ------------------------------------
 # These talk to Redis, so each test runs its examples on an event loop of its own.
 
 
@@ -252,7 +252,7 @@ ASSERTION_CLAIMS = {"iss": "deploy-bot", "sub": "deploy-bot", "aud": ISSUER, "ia
 
 
 def test_assertion_verifier_only_succeeds_or_raises_unauthenticated(loop, registry, redis_url, prefix):
-    """broker/identity.py AssertionVerifier (every API call, agents and resource servers) raises Unauthenticated only."""
+    """broker/identity/assertions.py AssertionVerifier (every API call, agents and resource servers) raises Unauthenticated only."""
     reg, keys = registry
     line = RedisLine(redis_url)
     verifier = AssertionVerifier(reg, line, prefix, audience=ISSUER, clock=ManualClock(start=NOW))
@@ -285,7 +285,7 @@ LINK_CLAIMS = {"iss": "deploy-bot", "sub": "db-bot", "aud": ISSUER, "iat": NOW, 
 
 
 def test_delegation_verifier_only_succeeds_or_raises_invalid_delegation(registry):
-    """broker/identity.py verify_delegation_chain raises InvalidDelegation only."""
+    """broker/identity/delegation.py verify_delegation_chain raises InvalidDelegation only."""
     reg, keys = registry
     ok: list = []
 
@@ -307,7 +307,7 @@ SVID_CLAIMS = {"sub": "spiffe://example.org/ns/platform/sa/indexer", "aud": [ISS
 
 
 def test_svid_verifier_only_succeeds_or_raises_unauthenticated(tmp_path, registry):
-    """broker/identity.py SpiffeBundle.verify (JWT-SVIDs) raises Unauthenticated only."""
+    """broker/identity/spiffe.py SpiffeBundle.verify (JWT-SVIDs) raises Unauthenticated only."""
     reg, _keys = registry
     bundle_path = tmp_path / "bundle.json"
     bundle_path.write_text(json.dumps({"keys": [{**public_jwk(SVID_KEY), "kid": "svid-1", "use": "jwt-svid"}]}))
