@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.notify import MessageRef
+from broker.notify import Kind, MessageRef, Notice
 from bot.slack.blocks import APPROVE
 from tests.bot.slack.conftest import running
 
@@ -75,5 +75,5 @@ async def test_reminder_for_a_decided_request_says_nothing(slack):
     await slack.settle()
     before = len(slack.fake.calls)
     notifier = slack.h.broker.desks[0].notifier
-    await notifier.remind(req, [MessageRef("slack", *ref)])
+    await notifier.remind(Notice(Kind.REMIND, req, refs=(MessageRef("slack", *ref),)))
     assert len(slack.fake.calls) == before

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from broker.model import APPROVED
+from broker.notices import audience
+from broker.notify import Kind, Notice
 
 from .conftest import APPROVALS, card_action, make_rig
 from .test_cards import nodes
@@ -65,11 +67,12 @@ async def test_security_alerts_and_announcements(rrig):
     mentioning the group; untrusted text stays plain."""
     rid, _ = await rrig.propose_posted()
     req = await rrig.h.life.get(rid)
-    await rrig.desk.notifier.alert_security(req, "BREAK-GLASS by frank: **now**")
+    await rrig.desk.notifier.alert_security(Notice(Kind.BG_GRANTED, req, text="BREAK-GLASS by frank: **now**"))
     alert = rrig.fake.posts(SECURITY)[-1]
     runs = [n["text"] for n in nodes(alert.card, "TextRun")]
     assert "BREAK-GLASS by frank: **now**" in runs and nodes(alert.card, "TextBlock") == []
-    await rrig.desk.notifier.announce(req, "Approval bypassed", mention_group="sre")
+    who = audience(Kind.BG_GRANTED, req, rrig.h.broker.directory, security_group="security", bypassed_group="sre")
+    await rrig.desk.notifier.announce(Notice(Kind.BG_GRANTED, req, who, announcement="Approval bypassed"))
     note = rrig.fake.posts(APPROVALS)[-1]
     assert "Approval bypassed" in str(note.card) and mentioned(note) == {"bob", "erin"}
 
