@@ -7,7 +7,7 @@ import pytest
 
 from broker.model import APPROVED
 from broker.notices import audience
-from broker.notify import Kind, Notice
+from broker.notify import Audience, Kind, MessageRef, Notice
 
 from .conftest import APPROVALS, card_action, make_rig
 from .test_cards import nodes
@@ -87,3 +87,16 @@ async def test_break_glass_reaches_the_security_conversation(rrig):
     assert any("Break-glass by frank" in str(c.card) and "Acknowledge review" in str(c.card)
                for c in rrig.fake.posts(SECURITY))
     assert any("Approval bypassed" in str(c.card) for c in rrig.fake.posts(APPROVALS))
+
+
+async def test_a_reminder_mentions_the_audience_the_core_resolved(rrig):
+    """Issue 15 "where a desk re-derives who to mention, it takes notice.audience instead": the reminder
+    @mentions exactly the notice's deciders, not a list the desk works out for itself."""
+    rid, card_id = await rrig.propose_posted()
+    req = await rrig.h.life.get(rid)
+    assert {a.id for a in rrig.h.life.deciders(req)} == {"bob", "erin"}
+    refs = tuple(MessageRef.from_dict(m) for m in req.messages if m["transport"] == "teams")
+    who = Audience(deciders=(rrig.h.approver("erin"),), decider_groups=("sre",))
+    await rrig.desk.notifier.remind(Notice(Kind.REMIND, req, who, refs))
+    (reminder,) = [c for c in rrig.fake.replies(APPROVALS, card_id) if "Reminder" in str(c.card)]
+    assert mentioned(reminder) == {"erin"}
