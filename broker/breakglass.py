@@ -442,12 +442,6 @@ def review_reminder_at(granted_at: float, review_due: float) -> float:
     return granted_at + (review_due - granted_at) / 2
 
 
-def review_reminder_due(req: Request, now: float) -> bool:
-    """Whether a delivery for ``req`` can be its review reminder (the first comes halfway to
-    the deadline; earlier, a delivery can only be the grant itself, repeated)."""
-    return req.review_due is not None and now >= review_reminder_at(req.created_at, req.review_due) - 1
-
-
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
