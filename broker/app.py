@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .identity import AssertionVerifier, Registry, SpiffeBundle
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .notices import Notices
 from .notify import Desk, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
@@ -187,13 +188,8 @@ async def build(
         max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
 
-    async def deliver(kind: str, request_id: str, only: set[str] | None = None) -> None:
-        if kind.startswith("bg."):
-            await breakglass.deliver(kind, request_id, only)
-        else:
-            await lifecycle.deliver(kind, request_id, only)
-
-    outbox = Outbox(redis, store.outbox, scheduler.holder, deliver, on_give_up=lifecycle.notification_failed,
+    lifecycle.notices = notices = Notices(lifecycle, breakglass)
+    outbox = Outbox(redis, store.outbox, scheduler.holder, notices.deliver, on_give_up=lifecycle.notification_failed,
                     yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks))

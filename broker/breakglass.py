@@ -23,7 +23,7 @@ from .clock import new_id
 from .directory import Approver, aliases
 from .errors import Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from .lifecycle import IssuedToken, Lifecycle
-from .notify import PartialDelivery
+from .notify import Kind
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
 from .redisline import LuaScript
 from .store import event, events_arg, with_prelude
@@ -288,7 +288,7 @@ class BreakGlass:
             self._grant,
             [self.store.req_key(rid), self.store.deadlines, self.store.audit_stream, self.store.audit_head,
              self.store.outbox, f"{self.store.prefix}bg:active:{engineer.id}", f"{self.store.prefix}bg:day:{engineer.id}"],
-            [rid, orjson.dumps(fields), events_arg(events), str(deadline), status, "bg.granted", _ms(now),
+            [rid, orjson.dumps(fields), events_arg(events), str(deadline), status, Kind.BG_GRANTED, _ms(now),
              _ms(now - 86400), self.limits.max_active, self.limits.max_per_day, _ms(grant_end), self.store.prefix],
         )
         if out.result == "active":
@@ -317,51 +317,8 @@ class BreakGlass:
         return d.approver_group
 
     async def deliver(self, kind: str, request_id: str, only: set[str] | None = None) -> None:
-        """Tell the desks (all, or the ``only`` ones a previous attempt missed) about a
-        break-glass event (outbox kinds ``bg.*``)."""
-        req = await self.store.load(request_id)
-        if req is None:
-            return
-        bypassed = await self.store.redis.hget(self.store.req_key(request_id), "bypassed_group")
-        bypassed = bypassed.decode() if bypassed else None
-        who = req.engineer or "?"
-        what = f"{req.proposal.action} on {req.proposal.target}"
-        subject = f"agent {req.agent}" if req.agent else "themself"
-        if req.grant_exp:
-            until = iso(req.grant_exp)
-        elif req.grant_end:
-            until = iso(req.grant_end)  # fixed when granted, whenever the token is collected
-        else:
-            until = f"{req.approved_duration_s // 60} min after collection"
-        texts = {
-            "bg.granted": f"BREAK-GLASS by {who} for {subject}: {what}, until {until}. Reason: "
-                          f"{req.proposal.justification}" + (f" (incident {req.incident})" if req.incident else "")
-                          + f". Review due {iso(req.review_due)}.",
-            "bg.review_reminder": f"Break-glass review still open: {who}, {what}; due {iso(req.review_due)}. "
-                                  "Unreviewed, the engineer's break-glass right is suspended.",
-            "bg.suspended": f"Break-glass right of {who} SUSPENDED: the review of {req.id} was not acknowledged "
-                            f"in time. Reinstate with `/jit breakglass-reinstate {who}`.",
-            "bg.reviewed": f"Break-glass review of {req.id} ({who}, {what}) acknowledged by {req.reviewed_by}: "
-                           f"{req.review_comment}",
-            "bg.reinstated": f"Break-glass right of {who} reinstated by "
-                             f"{_s(await self.store.redis.hget(self.store.req_key(request_id), 'reinstated_by'))}.",
-        }
-        text = texts.get(kind)
-        if text is None:
-            return
-        failures: dict[str, BaseException] = {}
-        for n in self.life.notifiers:
-            if only is not None and n.name not in only:
-                continue
-            try:
-                await n.alert_security(req, text)
-                if kind == "bg.granted":
-                    await n.announce(req, f"Approval bypassed: {who} used break-glass for {subject} ({what}, until "
-                                          f"{until}). Reason: {req.proposal.justification}", mention_group=bypassed)
-            except Exception as e:  # noqa: BLE001 - the others are still told; this one is retried
-                failures[n.name] = e
-        if failures:
-            raise PartialDelivery(set(failures), next(iter(failures.values())))
+        """Tell the desks about a break-glass event (:meth:`broker.notices.Notices.deliver`)."""
+        await self.life.notices.deliver(kind, request_id, only)
 
     # ------------------------------------------------------------------ review
     async def acknowledge(self, request_id: str, reviewer: Approver, *, comment: str, channel: str) -> Request:
@@ -415,7 +372,7 @@ class BreakGlass:
                 await self.store.redis.zrem(self.review_reminders, rid)
                 continue
             await self.store.append([event("breakglass.review_reminder", iso(now), rid, None, break_glass=True,
-                                           due=iso(req_due / 1000))], rid, notify="bg.review_reminder")
+                                           due=iso(req_due / 1000))], rid, notify=Kind.BG_REVIEW_REMINDER)
             nxt = now + max((req_due / 1000 - now) * 0.8, 60)
             if nxt * 1000 >= req_due:
                 await self.store.redis.zrem(self.review_reminders, rid)
@@ -435,7 +392,7 @@ class BreakGlass:
                                                engineer=engineer, reason="review not acknowledged in time")])
                 await self.store.redis.hset(self.suspended, engineer, _json(info))
                 # Told only once the suspension is in force, so desks see it when they render.
-                await self.store.append([], rid, notify="bg.suspended")
+                await self.store.append([], rid, notify=Kind.BG_SUSPENDED)
             await self.store.redis.zrem(self.reviews, rid)
             await self.store.redis.zrem(self.review_reminders, rid)
             done += 1
@@ -454,7 +411,7 @@ class BreakGlass:
                                        {"approver": by.id, "channel": channel}, break_glass=True, engineer=engineer_id)],
                                 rid, {"reinstated_by": by.id})
         await self.store.redis.hdel(self.suspended, engineer_id)
-        await self.store.append([], rid, notify="bg.reinstated")
+        await self.store.append([], rid, notify=Kind.BG_REINSTATED)
 
 
 def _cap(requested_s: int, policy_s: int | None, policies: tuple[str, ...], limit_s: int) -> tuple[int, str | None]:
@@ -483,16 +440,6 @@ def review_reminder_at(granted_at: float, review_due: float) -> float:
     """When the first review reminder of a break-glass grant is due: halfway to the review
     deadline."""
     return granted_at + (review_due - granted_at) / 2
-
-
-def review_reminder_due(req: Request, now: float) -> bool:
-    """Whether a delivery for ``req`` can be its review reminder (the first comes halfway to
-    the deadline; earlier, a delivery can only be the grant itself, repeated)."""
-    return req.review_due is not None and now >= review_reminder_at(req.created_at, req.review_due) - 1
-
-
-def _s(raw: bytes | None) -> str:
-    return raw.decode() if raw else "?"
 
 
 def _json(value: Any) -> str:

@@ -29,7 +29,8 @@ from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
     Proposal, Request, iso,
 )
-from .notify import MessageRef, Notifier, PartialDelivery
+from .notices import Notices
+from .notify import Kind, Notifier
 from . import oauth, rules
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
@@ -104,6 +105,8 @@ class Lifecycle:
         self.metrics = metrics
         self.retention_ms = retention_s * 1000
         self._posture: tuple[float, str] = (0.0, "normal")
+        # The fan-out to the desks; the composition root replaces it with one that knows break-glass.
+        self.notices = Notices(self)
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
@@ -145,64 +148,9 @@ class Lifecycle:
             raise NotFound(f"no escalation {request_id}")
         return req
 
-    def _targets(self, only: set[str] | None) -> list[Notifier]:
-        return [n for n in self.notifiers if only is None or n.name in only]
-
     async def deliver(self, kind: str, request_id: str, only: set[str] | None = None) -> None:
-        """Tell the desks (all, or the ``only`` ones a previous attempt missed) about a
-        committed change; called by the outbox consumer.
-
-        Renders the request as it is now, so a late or repeated delivery is harmless.
-        Raises :class:`PartialDelivery` naming the desks that failed, so they are retried.
-        """
-        req = await self.store.load(request_id)
-        if req is None:
-            return
-        if kind == "proposed":
-            await self._post(req)
-            return
-        refs = [MessageRef.from_dict(m) for m in req.messages]
-        failures: dict[str, BaseException] = {}
-        for n in self._targets(only):
-            mine = [r for r in refs if r.transport == n.name]
-            try:
-                if kind == "remind":
-                    await n.remind(req, mine)
-                elif kind == "escalate":
-                    await n.remind(req, mine, escalated_to=req.decision.get("backup_group"))
-                else:
-                    await n.update(req, mine, kind)
-            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
-                log.exception("%s could not deliver %s for %s", n.name, kind, request_id)
-                failures[n.name] = e
-        if failures:
-            raise PartialDelivery(set(failures), next(iter(failures.values())))
-
-    async def _post(self, req: Request) -> None:
-        refs: list[MessageRef] = []
-        already = {m["transport"] for m in req.messages}
-        failed = []
-        for n in self.notifiers:
-            if n.name in already:
-                continue  # a retried delivery: this desk posted before
-            try:
-                refs.extend(await n.post_proposal(req))
-            except Exception as e:  # noqa: BLE001
-                log.exception("%s could not post request %s", n.name, req.id)
-                failed.append((n.name, e))
-        # Desks that returned no reference (a console) cannot be skipped on a retry, but
-        # re-posting there only re-renders the same state.
-        if refs:
-            at = iso(self._now())
-            merged = req.messages + [r.to_dict() for r in refs]
-            ev = event("notification.posted", at, req.id, refs=[r.to_dict() for r in refs])
-            await self.store.append([ev], req.id, {"messages": _json(merged)})
-            # Changed while we were posting (an approval on another desk)? Show it.
-            now = await self.store.load(req.id)
-            if now is not None and now.version != req.version:
-                await self.deliver("changed", req.id)
-        if failed:
-            raise PartialDelivery({name for name, _ in failed}, failed[0][1])  # desks that posted are skipped
+        """Tell the desks about a committed change (:meth:`broker.notices.Notices.deliver`)."""
+        await self.notices.deliver(kind, request_id, only)
 
     async def notification_failed(self, kind: str, request_id: str) -> None:
         """Record that the desks could not be told, after every retry."""
@@ -243,10 +191,10 @@ class Lifecycle:
             at = iso(now)
             if escalate:
                 ev = event("request.escalated", at, rid, None, backup_group=backup)
-                await self.store.append([ev], rid, {"escalated": "1"}, notify="escalate")
+                await self.store.append([ev], rid, {"escalated": "1"}, notify=Kind.ESCALATE)
             else:
                 ev = event("reminder.sent", at, rid, None, approvals=len(req.approvals))
-                await self.store.append([ev], rid, notify="remind")
+                await self.store.append([ev], rid, notify=Kind.REMIND)
             queued += 1
             nxt = now + max(self.settings.reminder_interval_s, 1)
             if req.deadline is not None and nxt >= req.deadline:
@@ -357,7 +305,7 @@ class Lifecycle:
             reminder = _ms(now + max(first, 1))
         out = await self.store.create(rid, fields, status, events, deadline, idem, IDEMPOTENCY_TTL_MS,
                                       retention_ms=self.retention_ms if status == DENIED else None,
-                                      notify="proposed" if status == PENDING else "", reminder_ms=reminder)
+                                      notify=Kind.PROPOSED if status == PENDING else "", reminder_ms=reminder)
         if out.result == "exists":
             return await self._idempotent(out.status, agent, sha), False
         if not out.ok:
@@ -507,8 +455,8 @@ class Lifecycle:
                       for count in range(1, required + 1)],
             approved=event_frame("request.approved", at, request_id, actor),
             late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
-            notify_partial="approval",
-            notify_complete="approved",
+            notify_partial=Kind.APPROVAL,
+            notify_complete=Kind.APPROVED,
         )
         if out.result == "late":
             raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; "
@@ -541,7 +489,7 @@ class Lifecycle:
             request_id, [PENDING], DENIED,
             {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},
             [event("request.denied", at, request_id, actor, reason=reason)],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="denied",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=Kind.DENIED,
             late=self._late(req, PENDING, now, {"action": "deny", "approver": approver.id, "channel": channel}),
         )
         if out.result == "late":
@@ -568,7 +516,7 @@ class Lifecycle:
             request_id, [PENDING], CANCELLED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "withdrawn by the agent"},
             [event("request.cancelled", at, request_id, {"agent": agent.id})],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="cancelled",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=Kind.CANCELLED,
         )
         return await self._finish(out, request_id)
 
@@ -610,7 +558,7 @@ class Lifecycle:
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
-            _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + "collected", want_request=False,
+            _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + Kind.COLLECTED, want_request=False,
             late=self._late(req, APPROVED, now, {"action": "collect", "agent": agent.id}),
         )
         if out.result == "late":
@@ -634,7 +582,7 @@ class Lifecycle:
             request_id, [ACTIVE, APPROVED], COMPLETED,
             {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
             [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]))],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + "completed",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + Kind.COMPLETED,
         )
         return await self._finish(out, request_id)
 
@@ -647,7 +595,7 @@ class Lifecycle:
             request_id, [ACTIVE, APPROVED], REVOKED,
             {"closed_at": repr(now), "closed_by": by, "close_reason": reason[:MAX_REASON]},
             [event("grant.revoked", at, request_id, {"by": by, "channel": channel}, reason=reason[:MAX_REASON], **_bg(req))],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="revoked",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=Kind.REVOKED,
         )
         return await self._finish(out, request_id)
 
@@ -690,7 +638,7 @@ class Lifecycle:
             request_id, [PENDING], CANCELLED,
             {"closed_at": repr(now), "closed_by": "registry", "close_reason": reason},
             [event("request.cancelled", iso(now), request_id, {"by": "registry"}, agent=agent, reason=reason)],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify="cancelled",
+            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=Kind.CANCELLED,
         )
         await self._finish(out, request_id)
 
@@ -711,7 +659,7 @@ class Lifecycle:
                 request_id, [req.status], EXPIRED,
                 {"closed_at": repr(now), "closed_by": "scheduler", "close_reason": why},
                 [event(kind, at, request_id, {"by": "scheduler"}, previous=req.status, reason=why, **_bg(req))],
-                _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms, notify="expired",
+                _ms(now), deadline="-", due_check=True, retention_ms=self.retention_ms, notify=Kind.EXPIRED,
             )
             if out.result == "conflict":
                 continue

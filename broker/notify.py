@@ -1,5 +1,12 @@
 """The Notifier port: what a chat transport implements to be an approval desk.
 
+The core tells desks what happened with a :class:`Notice`: the :class:`Kind` of event (the
+very strings the transition scripts queue in the outbox), the request as it is now, and
+the :class:`Audience` the core resolved once (who may still decide, whose approval a
+break-glass bypassed, the security group). Desks format; they never re-derive the event
+from a sentence or the state, nor who to mention. ``broker.notices`` builds the notices
+and fans them out.
+
 The core calls these after a state change has been committed; a transport failure is
 logged and audited but never undoes or blocks the change. Message references returned
 by ``post_proposal`` are stored with the request so every later change edits the
@@ -11,11 +18,93 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from .directory import Approver
 from .model import Request
 
 log = logging.getLogger("jitgate.notify")
+
+
+class Kind(StrEnum):
+    """What happened. The values are the wire strings the transition scripts (``broker/lua``,
+    ``breakglass.py``) and the scheduler queue in the outbox: never change one, or entries
+    queued before an upgrade no longer deliver."""
+
+    PROPOSED = "proposed"        # a request waits for people: post it
+    CHANGED = "changed"          # changed while it was being posted (never queued)
+    APPROVAL = "approval"        # one approval counted, more needed
+    APPROVED = "approved"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    COLLECTED = "collected"
+    COMPLETED = "completed"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    REMIND = "remind"            # still pending: nudge who may decide
+    ESCALATE = "escalate"        # the backup group may decide now too
+    BG_GRANTED = "bg.granted"
+    BG_REVIEW_REMINDER = "bg.review_reminder"
+    BG_SUSPENDED = "bg.suspended"
+    BG_REVIEWED = "bg.reviewed"
+    BG_REINSTATED = "bg.reinstated"
+
+    @property
+    def break_glass(self) -> bool:
+        """A break-glass event: told to the security channel, not to a proposal message."""
+        return self.value.startswith("bg.")
+
+    @classmethod
+    def parse(cls, wire: str) -> "Kind | None":
+        """The kind an outbox entry names, or None for one this broker does not know."""
+        try:
+            return cls(wire)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a notice is for, resolved once by the core (``broker.notices.audience``) so every
+    desk @mentions the same people.
+
+    ``deciders``: who may still decide the request (:func:`broker.rules.deciders`), drawn from
+    ``decider_groups`` (only the backup group on an escalation). ``bypassed``: the members of
+    the group whose approval a break-glass grant bypassed. ``security``: the security group's
+    members. Neither of the last two names the agent's owner or anyone who approved (for
+    break-glass: the engineer who broke the glass)."""
+
+    deciders: tuple[Approver, ...] = ()
+    decider_groups: tuple[str, ...] = ()
+    bypassed: tuple[Approver, ...] = ()
+    bypassed_group: str | None = None
+    security: tuple[Approver, ...] = ()
+    security_group: str | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One thing to tell one desk: ``kind`` on ``request`` (as it is now), for ``audience``.
+
+    ``refs`` are this desk's messages of the request. ``text`` is the core's sentence for the
+    security channel (break-glass kinds); ``announcement`` the sentence for the approvers'
+    channel when a break-glass bypassed them (``bg.granted``). ``suspended`` is the core's
+    answer to "did this grant suspend its engineer's break-glass right?"
+    (:meth:`broker.breakglass.BreakGlass.suspended_by`)."""
+
+    kind: Kind
+    request: Request
+    audience: Audience = field(default_factory=Audience)
+    refs: tuple["MessageRef", ...] = ()
+    text: str = ""
+    announcement: str = ""
+    suspended: bool = False
+
+    @property
+    def escalated_to(self) -> str | None:
+        """The backup group an escalation hands the request to (None for any other kind)."""
+        return self.audience.decider_groups[0] if self.kind is Kind.ESCALATE and self.audience.decider_groups else None
 
 
 class PartialDelivery(Exception):
@@ -45,26 +134,29 @@ class MessageRef:
 
 @runtime_checkable
 class Notifier(Protocol):
-    """A chat transport (Slack, Teams, console, log)."""
+    """A chat transport (Slack, Teams, console, log). ``broker.notices`` calls the method the
+    notice's kind asks for; each is told at least once per event, so each is idempotent."""
 
     name: str
 
-    async def post_proposal(self, request: Request) -> list[MessageRef]:
-        """Post the proposal where approvers will see it; return the message references."""
+    async def post_proposal(self, notice: Notice) -> list[MessageRef]:
+        """``proposed``: post the proposal where approvers will see it; return the message references."""
 
-    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
-        """Edit the posted messages to show the request as it is now; ``event`` says what changed."""
+    async def update(self, notice: Notice) -> None:
+        """Edit the posted messages (``notice.refs``) to show the request as it is now;
+        ``notice.kind`` says what changed."""
 
-    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
-        """Nudge approvers about a request still pending; ``escalated_to`` names the backup
-        group that may now decide too (mention its members)."""
+    async def remind(self, notice: Notice) -> None:
+        """``remind`` / ``escalate``: nudge ``notice.audience.deciders`` about a request still
+        pending (on an escalation, the backup group ``notice.escalated_to`` may decide too)."""
 
-    async def alert_security(self, request: Request, text: str) -> None:
-        """Tell the security channel (break-glass, anomalies)."""
+    async def alert_security(self, notice: Notice) -> None:
+        """A break-glass kind: tell the security channel (``notice.text``), mentioning
+        ``notice.audience.security``."""
 
-    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
-        """Post an informational message (no buttons) where approvals are asked, mentioning
-        ``mention_group``'s members — e.g. that a break-glass bypassed their approval."""
+    async def announce(self, notice: Notice) -> None:
+        """``bg.granted``: post ``notice.announcement`` (no buttons) where approvals are asked,
+        mentioning ``notice.audience.bypassed``, whose approval the break-glass bypassed."""
 
 
 @runtime_checkable
@@ -103,7 +195,8 @@ class LoggingNotifier:
         # What was said, newest last (tests read it); bounded, as a broker runs for months.
         self.sent: deque[tuple[str, str, str]] = deque(maxlen=SENT_KEPT)
 
-    async def post_proposal(self, request: Request) -> list[MessageRef]:
+    async def post_proposal(self, notice: Notice) -> list[MessageRef]:
+        request = notice.request
         d = request.decision
         self.log.info(
             "approval needed: %s wants %s on %s for %ss (%s); id=%s",
@@ -113,19 +206,22 @@ class LoggingNotifier:
         self.sent.append(("post", request.id, request.status))
         return [MessageRef(self.name, "log", request.id)]
 
-    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
-        self.log.info("request %s: %s (status %s)", request.id, event, request.status)
-        self.sent.append(("update", request.id, event))
+    async def update(self, notice: Notice) -> None:
+        request = notice.request
+        self.log.info("request %s: %s (status %s)", request.id, notice.kind, request.status)
+        self.sent.append(("update", request.id, str(notice.kind)))
 
-    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+    async def remind(self, notice: Notice) -> None:
+        request, escalated_to = notice.request, notice.escalated_to
         extra = f"; escalated to {escalated_to}" if escalated_to else ""
         self.log.info("reminder: request %s still pending%s", request.id, extra)
         self.sent.append(("remind", request.id, escalated_to or request.status))
 
-    async def alert_security(self, request: Request, text: str) -> None:
-        self.log.warning("security: %s (request %s)", text, request.id)
-        self.sent.append(("security", request.id, text))
+    async def alert_security(self, notice: Notice) -> None:
+        self.log.warning("security: %s (request %s)", notice.text, notice.request.id)
+        self.sent.append(("security", notice.request.id, notice.text))
 
-    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
-        self.log.warning("to %s: %s (request %s)", mention_group or "approvers", text, request.id)
-        self.sent.append(("announce", request.id, text))
+    async def announce(self, notice: Notice) -> None:
+        group = notice.audience.bypassed_group
+        self.log.warning("to %s: %s (request %s)", group or "approvers", notice.announcement, notice.request.id)
+        self.sent.append(("announce", notice.request.id, notice.announcement))

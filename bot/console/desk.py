@@ -13,8 +13,7 @@ import logging
 
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.model import Request
-from broker.notify import MessageRef
+from broker.notify import MessageRef, Notice
 
 log = logging.getLogger("jitgate.console")
 
@@ -48,19 +47,19 @@ class ConsoleNotifier:
 
     name = "console"
 
-    async def post_proposal(self, request: Request) -> list[MessageRef]:
+    async def post_proposal(self, notice: Notice) -> list[MessageRef]:
         return []
 
-    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+    async def update(self, notice: Notice) -> None:
         return None
 
-    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+    async def remind(self, notice: Notice) -> None:
         return None
 
-    async def alert_security(self, request: Request, text: str) -> None:
+    async def alert_security(self, notice: Notice) -> None:
         return None
 
-    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+    async def announce(self, notice: Notice) -> None:
         return None
 
 

@@ -6,22 +6,21 @@ thread reply or DM is remembered in Redis once it was sent (per request, per eve
 approver) so a retried delivery does not say it twice.
 
 A break-glass grant has no proposal message; its home is the alert in the security
-channel, whose channel and ts are kept in the same per-request Redis hash. The core tells
-the desk about it through ``alert_security`` (granted, review reminder, suspension,
-review acknowledged) with a sentence but not the kind, so the kind is read from the
-request's state: no alert yet → post it; reviewed → edit it in place; suspended for this
-grant → say so in its thread (once); past the first reminder time → a reminder in its
-thread; otherwise a repeated delivery of the grant → re-render only.
+channel, whose channel and ts are kept in the same per-request Redis hash. The core's
+notice says what happened (``notice.kind``), whom to mention (``notice.audience``) and
+whether this grant suspended its engineer (``notice.suspended``): no alert yet → post it;
+reviewed → edit it in place; suspended by this grant → say so in its thread (once); a
+review reminder or a reinstatement → a line in its thread; a repeated delivery of the
+grant → re-render only.
 """
 
 from __future__ import annotations
 
 import logging
 
-from broker.breakglass import review_reminder_due
 from broker.directory import GROUP_BOUND_PREFIX
 from broker.model import PENDING, Request
-from broker.notify import MessageRef
+from broker.notify import Kind, MessageRef, Notice
 
 from bot import render
 
@@ -63,8 +62,9 @@ class SlackNotifier:
         return self._broker
 
     # ------------------------------------------------------------------ the port
-    async def post_proposal(self, request: Request) -> list[MessageRef]:
+    async def post_proposal(self, notice: Notice) -> list[MessageRef]:
         """Post the proposal to the policy's channel (or SLACK_APPROVALS_CHANNEL)."""
+        request = notice.request
         channel = request.decision.get("channel") or self.settings.slack_approvals_channel
         resp = await self.api.call(
             "chat_postMessage", channel=channel, text=fallback_text(request),
@@ -73,45 +73,46 @@ class SlackNotifier:
         )
         return [MessageRef(NAME, resp["channel"], resp["ts"])]
 
-    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+    async def update(self, notice: Notice) -> None:
         """Re-render the original message, say what happened in its thread, tell the owner."""
+        request, event = notice.request, notice.kind
         if request.break_glass:
             await self._bg_update(request, event)
-        for ref in refs:
+        for ref in notice.refs:
             await self._rerender(request, ref)
             for key, text in self._thread_lines(request, event):
                 await self._once(request, f"thread:{ref.ref}:{key}", lambda: self._reply(ref, text))
         if render.owner_hears(request, event):
             await self._dm_owner(request, event)
 
-    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
-        """A reminder (or the escalation to the backup group) in the proposal's thread."""
+    async def remind(self, notice: Notice) -> None:
+        """A reminder (or the escalation to the backup group) in the proposal's thread,
+        mentioning who may still decide (``notice.audience``)."""
+        request, refs, escalated_to = notice.request, notice.refs, notice.escalated_to
         if request.status != PENDING:
             return  # decided meanwhile: nothing to nudge about
         if not refs:
             log.warning("request %s has no Slack message to remind in", request.id)
             return
+        who = notice.audience
+        people = self._mentions(who.decider_groups, who.deciders)
         if escalated_to:
-            people = self._mentions(request, [escalated_to], deciding=True)
             text = f":rotating_light: {mrkdwn(render.escalation_sentence(request, escalated_to), 1500)}"
             for ref in refs:
                 await self._rerender(request, ref)  # the status now says "escalated"
                 await self._once(request, f"thread:{ref.ref}:escalated",
                                  lambda: self._reply(ref, _with_people(text, people), broadcast=True))
             return
-        groups = [request.decision.get("approver_group")]
-        if request.escalated and request.decision.get("backup_group"):
-            groups.append(request.decision["backup_group"])
         text = f":bell: {mrkdwn(render.reminder_sentence(request), 1500)}"
-        people = self._mentions(request, [g for g in groups if g], deciding=True)
         for ref in refs:
             await self._reply(ref, _with_people(text, people))
 
-    async def alert_security(self, request: Request, text: str) -> None:
+    async def alert_security(self, notice: Notice) -> None:
         """Post to SLACK_SECURITY_CHANNEL (the approvals channel when none is set); a
         break-glass grant gets one alert with a review button, kept true in place."""
+        request, text = notice.request, notice.text
         if request.break_glass:
-            await self._bg_alert(request, text)
+            await self._bg_alert(notice)
             return
         p = request.proposal
         body = (f":rotating_light: *jitgate security:* {mrkdwn(text, 1500)}\n"
@@ -120,11 +121,13 @@ class SlackNotifier:
         await self.api.call("chat_postMessage", channel=self._security_channel(), text=clip(body, TEXT_LIMIT),
                             unfurl_links=False, unfurl_media=False)
 
-    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
-        """An informational message (no buttons) where this request's approvals are asked."""
+    async def announce(self, notice: Notice) -> None:
+        """An informational message (no buttons) where this request's approvals are asked,
+        mentioning the group whose approval was bypassed."""
+        request, who = notice.request, notice.audience
         channel = request.decision.get("channel") or self.settings.slack_approvals_channel
-        people = self._mentions(request, [mention_group]) if mention_group else []
-        body = _with_people(f":mega: {mrkdwn(text, 2000)}", people)
+        people = self._mentions((who.bypassed_group,), who.bypassed) if who.bypassed_group else []
+        body = _with_people(f":mega: {mrkdwn(notice.announcement, 2000)}", people)
 
         async def send() -> None:
             await self.api.call("chat_postMessage", channel=channel, text=body, unfurl_links=False, unfurl_media=False)
@@ -151,9 +154,9 @@ class SlackNotifier:
         except Exception:  # noqa: BLE001 - the change itself is done and audited
             log.warning("could not add a note under the break-glass alert of %s", request_id)
 
-    async def _bg_alert(self, request: Request, text: str) -> None:
+    async def _bg_alert(self, notice: Notice) -> None:
+        request, text, suspended = notice.request, notice.text, notice.suspended
         ref = await self.security_ref(request.id)
-        suspended = await self._suspended_for(request)
         if ref is None:
             resp = await self.api.call("chat_postMessage", channel=self._security_channel(),
                                        text=security_text(request), blocks=security_blocks(request, suspended=suspended),
@@ -166,11 +169,12 @@ class SlackNotifier:
             await self._bg_rerender(request, ref, suspended)
         if request.reviewed_by:
             return  # the edit above is the news
-        people = self._mentions(request, [self.settings.security_group])
+        who = notice.audience
+        people = self._mentions((who.security_group,) if who.security_group else (), who.security)
         if suspended:
             await self._once(request, "bg:suspended", lambda: self._bg_reply(
                 ref, _with_people(f":no_entry: {mrkdwn(text, 1500)}", people), broadcast=True))
-        elif review_reminder_due(request, self.broker.lifecycle.clock.now()):
+        elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
             await self._bg_reply(ref, _with_people(f":bell: {mrkdwn(text, 1500)}", people))
 
     async def _bg_update(self, request: Request, event: str) -> None:
@@ -244,10 +248,9 @@ class SlackNotifier:
             return entry.slack
         return owner.removeprefix(GROUP_BOUND_PREFIX) if owner.startswith(GROUP_BOUND_PREFIX) else None
 
-    def _mentions(self, request: Request, groups: list[str], *, deciding: bool = False) -> list[str]:
-        """``<!subteam^S…>`` of the Slack user groups bound to ``groups``, then ``<@U…>`` of their
-        people: with ``deciding``, those who may still decide the request (the core's rule,
-        ``Lifecycle.deciders``); otherwise everyone in them but the owner and who approved."""
+    def _mentions(self, groups, people) -> list[str]:
+        """``<!subteam^S…>`` of the Slack user groups bound to ``groups``, then ``<@U…>`` of
+        ``people`` (the audience the core resolved), at most :data:`MAX_MENTIONS`."""
         directory = self.broker.directory
         teams: list[str] = []
         for group in groups:
@@ -255,19 +258,14 @@ class SlackNotifier:
                 m = usergroup_mention(ug)
                 if m is not None and m not in teams:
                     teams.append(m)
-        if deciding:
-            candidates = self.broker.lifecycle.deciders(request, groups=groups)
-        else:
-            candidates = [a for g in groups for a in directory.members(g)
-                          if a.id != request.owner and a.id not in request.approvers]
-        seen, people = set(), []
-        for a in candidates:
+        seen, out = set(), []
+        for a in people:
             m = mention(a.slack)
             if m is None or a.id in seen:
                 continue
             seen.add(a.id)
-            people.append(m)
-        return (teams + people)[:MAX_MENTIONS]
+            out.append(m)
+        return (teams + out)[:MAX_MENTIONS]
 
     def _marks(self, request_id: str) -> str:
         """The desk's Redis hash for one request: sent-markers and the break-glass alert's ref."""

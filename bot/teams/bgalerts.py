@@ -2,12 +2,12 @@
 place, with its reminders, suspension and the grant's changes as replies in its thread.
 
 A break-glass grant has no proposal card; its home is this alert, whose conversation and
-activity id are kept in a per-request Redis hash (with the sent-markers). The core tells
-the desk through ``alert_security`` (granted, review reminder, suspension, review
-acknowledged) with a sentence but not the kind, so the kind is read from the request's
-state: no alert yet → post it; reviewed → edit it in place; the engineer suspended by this
-grant (the core's answer, ``BreakGlass.suspended_by``, as on Slack) → the suspension, in the
-card and in its thread (once); past the first reminder time → a reminder in its thread; otherwise a repeated delivery of the grant → re-render only. Every delivery is at
+activity id are kept in a per-request Redis hash (with the sent-markers). The core's notice
+says what happened (``notice.kind``), whom to mention (``notice.audience.security``) and
+whether this grant suspended its engineer (``notice.suspended``, the core's answer, as on
+Slack): no alert yet → post it; reviewed → edit it in place; suspended by this grant → the
+suspension, in the card and in its thread (once); a review reminder or a reinstatement → a
+line in its thread; a repeated delivery of the grant → re-render only. Every delivery is at
 least once, so each thread reply that must not repeat is marked once sent.
 
 ``TEAMS_SECURITY_CONVERSATION`` is where the alert goes; when it is unset or not known to
@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from broker.breakglass import review_reminder_due
 from broker.model import Request
+from broker.notify import Kind, Notice
 
 from bot import render
 
@@ -68,8 +68,9 @@ class SecurityAlerts:
         return bgcards.security_card(req, overdue=overdue, suspended=suspended, notice=notice)
 
     # ------------------------------------------------------------------ from the core
-    async def alert(self, req: Request, text: str) -> None:
+    async def alert(self, notice: Notice) -> None:
         """``alert_security`` for a break-glass grant (see the module docstring)."""
+        req, text = notice.request, notice.text
         ref = await self.ref(req.id)
         if ref is None:
             ref = await self._post(req)
@@ -77,11 +78,10 @@ class SecurityAlerts:
             await self._edit(req, ref)
         if req.reviewed_by:
             return  # the edit is the news
-        _, suspended = await self._review_state(req)
-        mentions = await self._security_mentions()
-        if suspended:
+        mentions = await self.desk.mentions(list(notice.audience.security))
+        if notice.suspended:
             await self._reply_once(req, ref, "suspended", text, mentions)
-        elif review_reminder_due(req, self.desk.broker.lifecycle.clock.now()):
+        elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
             await self._reply(ref, text, mentions)
 
     async def on_update(self, req: Request, event: str) -> None:
@@ -156,9 +156,6 @@ class SecurityAlerts:
     async def _reply_once(self, req: Request, ref: AlertRef, marker: str, text: str,
                           mentions: list[tuple[str, str]]) -> None:
         await self.once(req, marker, lambda: self._reply(ref, text, mentions))
-
-    async def _security_mentions(self) -> list[tuple[str, str]]:
-        return await self.desk.mentions(self.desk.group_members(self.desk.settings.security_group))
 
     async def _review_state(self, req: Request) -> tuple[bool, bool]:
         """(overdue, the engineer's break-glass right suspended by this grant now: the core's answer)."""

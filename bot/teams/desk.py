@@ -242,11 +242,6 @@ class TeamsDesk:
         default = self.settings.teams_approvals_conversation or "TEAMS_APPROVALS_CONVERSATION unset"
         return f"policy channel {wanted!r}, else {default}" if wanted else default
 
-    def group_members(self, group: str | None, *, exclude: str | None = None) -> list[Approver]:
-        if not group:
-            return []
-        return [a for a in self.broker.directory.members(group) if a.id != exclude]
-
     def eligible(self, req: Request, *, groups: list[str] | None = None) -> list[Approver]:
         """Who may still decide ``req`` (the core's rule, ``Lifecycle.deciders``), in ``groups`` if given."""
         return self.broker.lifecycle.deciders(req, groups=groups)

@@ -21,7 +21,7 @@ from botbuilder.schema import Activity, ActivityTypes, Attachment
 from msrest.exceptions import HttpOperationError
 
 from broker.model import PENDING, TERMINAL, Request
-from broker.notify import MessageRef
+from broker.notify import MessageRef, Notice
 
 from bot import render
 
@@ -63,7 +63,8 @@ class TeamsNotifier:
         self.bg = SecurityAlerts(desk)
 
     # ------------------------------------------------------------------ the port
-    async def post_proposal(self, request: Request) -> list[MessageRef]:
+    async def post_proposal(self, notice: Notice) -> list[MessageRef]:
+        request = notice.request
         conv = self.desk.conversations
         dest = await self.desk.destination(request)
         if dest is None:
@@ -89,8 +90,9 @@ class TeamsNotifier:
         finally:
             await conv.unlock("post:" + request.id)
 
-    async def update(self, request: Request, refs: list[MessageRef], event: str) -> None:
+    async def update(self, notice: Notice) -> None:
         """Re-render the card, say what happened in its thread, tell the owner (each once)."""
+        request, refs, event = notice.request, list(notice.refs), notice.kind
         if request.break_glass:
             await self.bg.on_update(request, event)  # its home is the security alert
         if refs:
@@ -110,7 +112,10 @@ class TeamsNotifier:
         if render.owner_hears(request, event):
             await self._tell_owner(request, refs, event)
 
-    async def remind(self, request: Request, refs: list[MessageRef], *, escalated_to: str | None = None) -> None:
+    async def remind(self, notice: Notice) -> None:
+        """A reminder (or the escalation) in the card's thread, mentioning who may still decide
+        (``notice.audience``)."""
+        request, refs, escalated_to = notice.request, notice.refs, notice.escalated_to
         if not refs or request.status != PENDING:
             return
         if escalated_to:
@@ -119,18 +124,17 @@ class TeamsNotifier:
             for ref in refs:
                 await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
             text = render.escalation_sentence(request, escalated_to)
-            people = self.desk.eligible(request, groups=[escalated_to])
         else:
             text = render.reminder_sentence(request)
-            people = self.desk.eligible(request)
-        mentions = await self.desk.mentions(people)
+        mentions = await self.desk.mentions(list(notice.audience.deciders))
         for ref in refs:
             await self.desk.outbound.reply(_service_url(ref), ref.destination, ref.ref,
                                            card_activity(cards.notice_card(text, mentions=mentions[:MAX_MENTIONS]), text[:200]))
 
-    async def alert_security(self, request: Request, text: str) -> None:
+    async def alert_security(self, notice: Notice) -> None:
+        request, text = notice.request, notice.text
         if request.break_glass:
-            await self.bg.alert(request, text)  # one card per grant, kept true, with the review action
+            await self.bg.alert(notice)  # one card per grant, kept true, with the review action
             return
         where = self.desk.settings.teams_security_conversation
         dest = await self.desk.conversations.resolve(where) if where else None
@@ -143,14 +147,15 @@ class TeamsNotifier:
                                         f"{request.proposal.action} on {request.proposal.target}"])
         await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
 
-    async def announce(self, request: Request, text: str, *, mention_group: str | None = None) -> None:
+    async def announce(self, notice: Notice) -> None:
+        """The announcement where approvals are asked, mentioning the group whose approval was bypassed."""
+        request, text = notice.request, notice.announcement
         dest = await self.desk.destination(request)
         if dest is None:
             log.warning("Teams: announcement for %s not posted: no conversation known (%s)", request.id,
                         self.desk.where_wanted(request))
             return
-        people = self.desk.group_members(mention_group, exclude=request.owner) if mention_group else []
-        mentions = await self.desk.mentions(people)
+        mentions = await self.desk.mentions(list(notice.audience.bypassed))
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
 
         async def send() -> None:

@@ -21,18 +21,18 @@ class FlakyNotifier(LoggingNotifier):
         super().__init__()
         self.failures = failures
 
-    async def post_proposal(self, request):
+    async def post_proposal(self, notice):
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("chat API down")
-        await super().post_proposal(request)
-        return [MessageRef(self.name, "#approvals", f"ts-{request.id}")]
+        await super().post_proposal(notice)
+        return [MessageRef(self.name, "#approvals", f"ts-{notice.request.id}")]
 
-    async def update(self, request, refs, event):
+    async def update(self, notice):
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("chat API down")
-        await super().update(request, refs, event)
+        await super().update(notice)
 
 
 async def test_every_change_reaches_the_desk_in_order(harness):

@@ -469,3 +469,14 @@ async def test_a_cut_by_the_break_glass_limit_names_that_limit(tmp_path, redis_u
         granted = [e for e in events if e["type"] == "breakglass.granted"]
         assert granted and granted[0]["data"]["note"] == "cut to 1 min by the break-glass limit (JITGATE_BREAKGLASS_MAX_S)"
         assert "cut to 1 min by the break-glass limit" in confirmation and "by policy" not in confirmation
+
+
+async def test_the_engineer_is_not_mentioned_among_those_bypassed(slack):
+    """Issue 15 "the audience resolved once in the core (who was bypassed)": an engineer who is in the bypassed group
+    is not @mentioned as someone whose approval they bypassed; Teams' twin: tests/bot/teams/test_breakglass.py."""
+    await slack.h.broker.breakglass.grant(slack.h.approver("alice"), subject="ops-bot", action="rollback",
+                                          target="prod/payments-api", duration_s=600, reason="pods down", channel="cli")
+    (announce,) = await slack.fake.wait_for(
+        lambda: [c for c in slack.fake.of("chat.postMessage") if c.args["channel"] == "#approvals"], what="announce")
+    assert "Approval bypassed: alice" in announce.args["text"]
+    assert "<@U0ERIN>" in announce.args["text"] and "<@U0ALICE>" not in announce.args["text"]

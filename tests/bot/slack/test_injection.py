@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from broker.notify import Kind, Notice
 from bot.slack.blocks import EVIDENCE
 from tests.bot.slack.conftest import _texts
 
@@ -82,7 +83,7 @@ async def test_delegation_chain_is_shown_and_inert(slack):
              {"delegator": "planner", "delegate": "deploy-bot", "actions": ["deploy"], "targets": ["prod/payments-api"]}]
     req = dataclasses.replace(await slack.life.get(rid), delegation_chain=chain)
     notifier = slack.h.broker.desks[0].notifier
-    (ref,) = await notifier.post_proposal(req)  # the stand-in refuses anything outside Block Kit's limits
+    (ref,) = await notifier.post_proposal(Notice(Kind.PROPOSED, req))  # the stand-in refuses anything outside Block Kit's limits
     text = slack.message_text((ref.destination, ref.ref))
     assert ("1. orchestrator → planner: deploy on prod/* (nightly &lt;!channel&gt; "
             "&lt;https://evil.example|release&gt;)\n2. planner → deploy-bot: deploy on prod/payments-api") in text

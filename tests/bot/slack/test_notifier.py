@@ -7,7 +7,8 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from broker.notify import MessageRef
+from broker.notices import audience
+from broker.notify import Kind, MessageRef, Notice
 from bot.slack.api import SlackApi
 from tests.bot.slack import slackreq
 from tests.bot.slack.conftest import running
@@ -73,7 +74,7 @@ async def test_updates_are_idempotent(slack):
     updates, thread = len(slack.fake.of("chat.update")), list(slack.fake.thread(*ref))
     notifier = slack.h.broker.desks[0].notifier
     for event in ("approval", "approved"):
-        await notifier.update(req, [MessageRef("slack", *ref)], event)
+        await notifier.update(Notice(Kind(event), req, refs=(MessageRef("slack", *ref),)))
     assert len(slack.fake.of("chat.update")) == updates + 2
     assert slack.fake.thread(*ref) == thread
     assert len([c for c in slack.fake.of("chat.postMessage") if c.args["channel"] == "U0ALICE"]) == 1
@@ -99,8 +100,9 @@ async def test_security_alerts_and_announcements(slack):
     rid = await slack.propose()
     req = await slack.life.get(rid)
     notifier = slack.h.broker.desks[0].notifier
-    await notifier.alert_security(req, "break-glass used <!channel>")
-    await notifier.announce(req, "break-glass bypassed approval <@U0BOB>", mention_group="sre")
+    who = audience(Kind.BG_GRANTED, req, slack.h.broker.directory, security_group="security", bypassed_group="sre")
+    await notifier.alert_security(Notice(Kind.BG_GRANTED, req, who, text="break-glass used <!channel>"))
+    await notifier.announce(Notice(Kind.BG_GRANTED, req, who, announcement="break-glass bypassed approval <@U0BOB>"))
     alert = [c for c in slack.fake.of("chat.postMessage") if c.args["channel"] == "#security"][0].args["text"]
     assert "break-glass used &lt;!channel&gt;" in alert and rid in alert
     note = [c for c in slack.fake.of("chat.postMessage") if "bypassed" in c.args.get("text", "")][0].args

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.notify import MessageRef
+from broker.notify import Audience, Kind, MessageRef, Notice
 from bot.slack.blocks import APPROVE
 from tests.bot.slack.conftest import running
 
@@ -75,5 +75,19 @@ async def test_reminder_for_a_decided_request_says_nothing(slack):
     await slack.settle()
     before = len(slack.fake.calls)
     notifier = slack.h.broker.desks[0].notifier
-    await notifier.remind(req, [MessageRef("slack", *ref)])
+    await notifier.remind(Notice(Kind.REMIND, req, refs=(MessageRef("slack", *ref),)))
     assert len(slack.fake.calls) == before
+
+
+async def test_a_reminder_mentions_the_audience_the_core_resolved(slack):
+    """Issue 15 "where a desk re-derives who to mention, it takes notice.audience instead": the reminder
+    @mentions exactly the notice's deciders (and the user groups bound to its groups), nobody the desk picks."""
+    rid = await slack.propose("ops-bot", action="rollback")
+    ref = await slack.message_ref(rid)
+    req = await slack.life.get(rid)
+    assert {"alice", "erin"} <= {a.id for a in slack.life.deciders(req)}
+    notifier = slack.h.broker.desks[0].notifier
+    who = Audience(deciders=(slack.h.approver("erin"),), decider_groups=("sre",))
+    await notifier.remind(Notice(Kind.REMIND, req, who, (MessageRef("slack", *ref),)))
+    (reminder,) = [t for t in slack.fake.thread(*ref) if t.startswith(":bell:")]
+    assert "<@U0ERIN>" in reminder and "<@U0ALICE>" not in reminder

@@ -465,3 +465,13 @@ async def test_without_a_security_conversation_the_alert_goes_to_approvals(tmp_p
         assert (await rig.desk.notifier.bg.ref(req.id)).conversation == APPROVALS
     finally:
         await rig.h.stop()
+
+
+async def test_the_engineer_is_not_mentioned_among_those_bypassed(bg):
+    """Issue 15 "the audience resolved once in the core (who was bypassed)": an engineer who is in the bypassed group
+    is not @mentioned as someone whose approval they bypassed, as on Slack (tests/bot/slack/test_breakglass.py)."""
+    await bg.h.broker.breakglass.grant(bg.h.approver("alice"), subject="ops-bot", action="rollback",
+                                       target="prod/payments-api", duration_s=600, reason="pods down", channel="cli")
+    await bg.settle()
+    (announce,) = [c for c in bg.fake.posts(APPROVALS) if "Approval bypassed" in _texts(c.card)]
+    assert "erin" in mentioned(announce) and "alice" not in mentioned(announce)

@@ -4,7 +4,7 @@ repeated and late clicks, per-viewer refresh, and idempotent card updates with t
 from __future__ import annotations
 
 from broker.model import APPROVED, DENIED, PENDING
-from broker.notify import MessageRef
+from broker.notify import Kind, MessageRef, Notice
 
 from .conftest import APPROVALS, card_action
 from .test_cards import nodes
@@ -108,8 +108,8 @@ async def test_repeated_delivery_edits_again_but_replies_once(rig):
     req = await rig.h.life.get(rid)
     refs = [MessageRef.from_dict(m) for m in req.messages if m["transport"] == "teams"]
     replies, edits = len(rig.fake.replies(APPROVALS, card_id)), len(rig.fake.updates(card_id))
-    await rig.desk.notifier.update(req, refs, "approval")
-    await rig.desk.notifier.update(req, refs, "approval")
+    await rig.desk.notifier.update(Notice(Kind.APPROVAL, req, refs=tuple(refs)))
+    await rig.desk.notifier.update(Notice(Kind.APPROVAL, req, refs=tuple(refs)))
     assert len(rig.fake.replies(APPROVALS, card_id)) == replies
     assert len(rig.fake.updates(card_id)) == edits + 2
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from broker.model import APPROVED, DENIED, EXPIRED, REVOKED
-from broker.notify import MessageRef
+from broker.notify import Kind, MessageRef, Notice
 
 from .conftest import APPROVALS, TENANT, card_action, message
 from .test_decisions import texts
@@ -47,8 +47,8 @@ async def test_owner_is_told_of_the_approval_in_a_new_personal_chat_once(rig):
 
     req = await rig.h.life.get(rid)
     refs = [MessageRef.from_dict(m) for m in req.messages if m["transport"] == "teams"]
-    await rig.desk.notifier.update(req, refs, "approved")
-    await rig.desk.notifier.update(req, refs, "approved")
+    await rig.desk.notifier.update(Notice(Kind.APPROVED, req, refs=tuple(refs)))
+    await rig.desk.notifier.update(Notice(Kind.APPROVED, req, refs=tuple(refs)))
     assert len(rig.fake.created()) == 1 and len(owner_posts(rig)) == 1
     # Nobody but the owner was messaged privately; the approvers' partial approval is no outcome.
     assert [c.path for c in rig.fake.posts() if "personal" in c.path] == [f"/svc/v3/conversations/{ALICE_NEW_CHAT}/activities"]

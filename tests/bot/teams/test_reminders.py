@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from broker.model import APPROVED
+from broker.notices import audience
+from broker.notify import Audience, Kind, MessageRef, Notice
 
 from .conftest import APPROVALS, card_action, make_rig
 from .test_cards import nodes
@@ -65,11 +67,12 @@ async def test_security_alerts_and_announcements(rrig):
     mentioning the group; untrusted text stays plain."""
     rid, _ = await rrig.propose_posted()
     req = await rrig.h.life.get(rid)
-    await rrig.desk.notifier.alert_security(req, "BREAK-GLASS by frank: **now**")
+    await rrig.desk.notifier.alert_security(Notice(Kind.BG_GRANTED, req, text="BREAK-GLASS by frank: **now**"))
     alert = rrig.fake.posts(SECURITY)[-1]
     runs = [n["text"] for n in nodes(alert.card, "TextRun")]
     assert "BREAK-GLASS by frank: **now**" in runs and nodes(alert.card, "TextBlock") == []
-    await rrig.desk.notifier.announce(req, "Approval bypassed", mention_group="sre")
+    who = audience(Kind.BG_GRANTED, req, rrig.h.broker.directory, security_group="security", bypassed_group="sre")
+    await rrig.desk.notifier.announce(Notice(Kind.BG_GRANTED, req, who, announcement="Approval bypassed"))
     note = rrig.fake.posts(APPROVALS)[-1]
     assert "Approval bypassed" in str(note.card) and mentioned(note) == {"bob", "erin"}
 
@@ -84,3 +87,16 @@ async def test_break_glass_reaches_the_security_conversation(rrig):
     assert any("Break-glass by frank" in str(c.card) and "Acknowledge review" in str(c.card)
                for c in rrig.fake.posts(SECURITY))
     assert any("Approval bypassed" in str(c.card) for c in rrig.fake.posts(APPROVALS))
+
+
+async def test_a_reminder_mentions_the_audience_the_core_resolved(rrig):
+    """Issue 15 "where a desk re-derives who to mention, it takes notice.audience instead": the reminder
+    @mentions exactly the notice's deciders, not a list the desk works out for itself."""
+    rid, card_id = await rrig.propose_posted()
+    req = await rrig.h.life.get(rid)
+    assert {a.id for a in rrig.h.life.deciders(req)} == {"bob", "erin"}
+    refs = tuple(MessageRef.from_dict(m) for m in req.messages if m["transport"] == "teams")
+    who = Audience(deciders=(rrig.h.approver("erin"),), decider_groups=("sre",))
+    await rrig.desk.notifier.remind(Notice(Kind.REMIND, req, who, refs))
+    (reminder,) = [c for c in rrig.fake.replies(APPROVALS, card_id) if "Reminder" in str(c.card)]
+    assert mentioned(reminder) == {"erin"}

@@ -1,0 +1,196 @@
+"""Notification fan-out: the one place an outbox entry becomes a :class:`~broker.notify.Notice`
+for every desk.
+
+The outbox hands over ``(kind, request id)`` at least once per committed change. This module
+reads the request as it is now, parses the kind (the wire strings of :class:`Kind`, so
+entries queued before an upgrade still deliver), resolves the audience once
+(:func:`audience`: who may still decide, who a break-glass bypassed, security), writes the
+core's sentences for break-glass events, and calls the Notifier method the kind asks for
+on each desk. A late or repeated delivery is harmless: everything is rendered from the
+request as it is now. A desk that fails is named in :class:`PartialDelivery` so that only
+it is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+
+from . import rules
+from .directory import Approver, Directory
+from .model import Request, iso
+from .notify import Audience, Kind, MessageRef, Notice, Notifier, PartialDelivery
+from .store import event
+
+if TYPE_CHECKING:
+    from .breakglass import BreakGlass
+    from .lifecycle import Lifecycle
+
+log = logging.getLogger("jitgate.notices")
+
+# The Notifier method each kind calls (``proposed`` posts; see :meth:`Notices.deliver`).
+_REMINDERS = frozenset({Kind.REMIND, Kind.ESCALATE})
+
+
+def audience(kind: Kind, req: Request, directory: Directory, *, security_group: str,
+             bypassed_group: str | None = None, owner_of: rules.OwnerOf | None = None) -> Audience:
+    """Who ``kind`` on ``req`` is for, by the core's rules, resolved once for every desk.
+
+    An ordinary request's notice names who may still decide it (:func:`broker.rules.deciders`:
+    the policy's group, and the backup group once escalated; on ``escalate``, the backup group
+    alone, the people who just gained the right). A break-glass notice names the members of
+    the group whose approval was bypassed and of the security group, leaving out the agent's
+    owner and whoever approved (the engineer who broke the glass)."""
+    if not kind.break_glass:
+        if kind is Kind.ESCALATE:
+            groups = [req.decision.get("backup_group")]
+        else:
+            groups = [req.decision.get("approver_group"), req.decision.get("backup_group") if req.escalated else None]
+        named = tuple(g for g in groups if g)
+        return Audience(deciders=tuple(rules.deciders(req, directory, groups=list(named), owner_of=owner_of)),
+                        decider_groups=named)
+
+    def members(group: str | None) -> tuple[Approver, ...]:
+        if not group:
+            return ()
+        return tuple(a for a in directory.members(group) if a.id != req.owner and a.id not in req.approvers)
+
+    return Audience(bypassed=members(bypassed_group), bypassed_group=bypassed_group or None,
+                    security=members(security_group), security_group=security_group)
+
+
+def security_text(kind: Kind, req: Request, *, reinstated_by: str | None = None) -> str:
+    """The core's sentence for a break-glass event, as the security channel reads it."""
+    who = req.engineer or "?"
+    what = f"{req.proposal.action} on {req.proposal.target}"
+    if kind is Kind.BG_GRANTED:
+        return (f"BREAK-GLASS by {who} for {_subject(req)}: {what}, until {_until(req)}. Reason: "
+                f"{req.proposal.justification}" + (f" (incident {req.incident})" if req.incident else "")
+                + f". Review due {iso(req.review_due)}.")
+    if kind is Kind.BG_REVIEW_REMINDER:
+        return (f"Break-glass review still open: {who}, {what}; due {iso(req.review_due)}. "
+                "Unreviewed, the engineer's break-glass right is suspended.")
+    if kind is Kind.BG_SUSPENDED:
+        return (f"Break-glass right of {who} SUSPENDED: the review of {req.id} was not acknowledged "
+                f"in time. Reinstate with `/jit breakglass-reinstate {who}`.")
+    if kind is Kind.BG_REVIEWED:
+        return f"Break-glass review of {req.id} ({who}, {what}) acknowledged by {req.reviewed_by}: {req.review_comment}"
+    if kind is Kind.BG_REINSTATED:
+        return f"Break-glass right of {who} reinstated by {reinstated_by or '?'}."
+    raise ValueError(f"{kind} is not a break-glass event")
+
+
+def bypass_text(req: Request) -> str:
+    """The approvers' channel's sentence when a break-glass grant bypassed their approval."""
+    return (f"Approval bypassed: {req.engineer or '?'} used break-glass for {_subject(req)} "
+            f"({req.proposal.action} on {req.proposal.target}, until {_until(req)}). "
+            f"Reason: {req.proposal.justification}")
+
+
+def _subject(req: Request) -> str:
+    return f"agent {req.agent}" if req.agent else "themself"
+
+
+def _until(req: Request) -> str:
+    if req.grant_exp:
+        return iso(req.grant_exp)
+    if req.grant_end:
+        return iso(req.grant_end)  # fixed when granted, whenever the token is collected
+    return f"{req.approved_duration_s // 60} min after collection"
+
+
+class Notices:
+    """Turns outbox entries into notices and hands them to the desks (all, or the ``only``
+    ones a previous attempt missed)."""
+
+    def __init__(self, life: "Lifecycle", breakglass: "BreakGlass | None" = None) -> None:
+        self.life = life
+        self.breakglass = breakglass
+        self.store = life.store
+
+    @property
+    def notifiers(self) -> list[Notifier]:
+        return self.life.notifiers  # the lifecycle's list: desks added to it are told too
+
+    async def deliver(self, kind: str, request_id: str, only: set[str] | None = None) -> None:
+        """Tell the desks about a committed change of kind ``kind`` (a wire string); called
+        by the outbox consumer. Raises :class:`PartialDelivery` naming the desks that failed."""
+        k = Kind.parse(kind)
+        if k is None:
+            log.warning("notification of unknown kind %r for %s dropped", kind, request_id)
+            return
+        req = await self.store.load(request_id)
+        if req is None:
+            return
+        if k is Kind.PROPOSED:
+            await self._post(req)
+            return
+        base = await self._notice(k, req)
+        refs = [MessageRef.from_dict(m) for m in req.messages]
+        failures: dict[str, BaseException] = {}
+        for n in self.notifiers:
+            if only is not None and n.name not in only:
+                continue
+            notice = Notice(base.kind, req, base.audience, tuple(r for r in refs if r.transport == n.name),
+                            base.text, base.announcement, base.suspended)
+            try:
+                await self._tell(n, notice)
+            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
+                log.exception("%s could not deliver %s for %s", n.name, kind, request_id)
+                failures[n.name] = e
+        if failures:
+            raise PartialDelivery(set(failures), next(iter(failures.values())))
+
+    async def _tell(self, n: Notifier, notice: Notice) -> None:
+        if notice.kind.break_glass:
+            await n.alert_security(notice)
+            if notice.kind is Kind.BG_GRANTED:
+                await n.announce(notice)
+        elif notice.kind in _REMINDERS:
+            await n.remind(notice)
+        else:
+            await n.update(notice)
+
+    async def _notice(self, kind: Kind, req: Request) -> Notice:
+        """The notice of ``kind`` on ``req`` without this desk's refs: audience and sentences."""
+        life = self.life
+        if not kind.break_glass:
+            return Notice(kind, req, audience(kind, req, life.directory, security_group=life.settings.security_group,
+                                              owner_of=life._owner_of))
+        h = await self.store.redis.hmget(self.store.req_key(req.id), "bypassed_group", "reinstated_by")
+        bypassed, reinstated_by = (v.decode() if v else None for v in h)
+        who = audience(kind, req, life.directory, security_group=life.settings.security_group,
+                       bypassed_group=bypassed, owner_of=life._owner_of)
+        suspended = await self.breakglass.suspended_by(req) if self.breakglass is not None else False
+        return Notice(kind, req, who, text=security_text(kind, req, reinstated_by=reinstated_by),
+                      announcement=bypass_text(req) if kind is Kind.BG_GRANTED else "", suspended=suspended)
+
+    async def _post(self, req: Request) -> None:
+        refs: list[MessageRef] = []
+        already = {m["transport"] for m in req.messages}
+        failed = []
+        notice = await self._notice(Kind.PROPOSED, req)
+        for n in self.notifiers:
+            if n.name in already:
+                continue  # a retried delivery: this desk posted before
+            try:
+                refs.extend(await n.post_proposal(notice))
+            except Exception as e:  # noqa: BLE001
+                log.exception("%s could not post request %s", n.name, req.id)
+                failed.append((n.name, e))
+        # Desks that returned no reference (a console) cannot be skipped on a retry, but
+        # re-posting there only re-renders the same state.
+        if refs:
+            at = iso(self.life._now())
+            merged = req.messages + [r.to_dict() for r in refs]
+            ev = event("notification.posted", at, req.id, refs=[r.to_dict() for r in refs])
+            await self.store.append([ev], req.id, {"messages": orjson.dumps(merged).decode()})
+            # Changed while we were posting (an approval on another desk)? Show it.
+            now = await self.store.load(req.id)
+            if now is not None and now.version != req.version:
+                await self.deliver(Kind.CHANGED, req.id)
+        if failed:
+            raise PartialDelivery({name for name, _ in failed}, failed[0][1])  # desks that posted are skipped
+
