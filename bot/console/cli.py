@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def cmd_login(args) -> int:
     import redis.asyncio as aioredis  # noqa: PLC0415
 
-    from broker.cli import _redis_url_for_tools, _settings  # noqa: PLC0415
     from broker.clock import SystemClock  # noqa: PLC0415
+    from broker.config import load_settings, redis_url_for_tools  # noqa: PLC0415
     from broker.directory import Directory  # noqa: PLC0415
     from broker.lifecycle import Lifecycle  # noqa: PLC0415
     from broker.model import iso  # noqa: PLC0415
@@ -43,7 +43,7 @@ def cmd_login(args) -> int:
     from .desk import console_mode  # noqa: PLC0415
     from .sessions import Sessions  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     if console_mode(settings) is None:
         print("the console is off (a chat platform is configured, or JITGATE_CONSOLE=0); "
               "set JITGATE_CONSOLE=1 to use it", file=sys.stderr)
@@ -54,7 +54,7 @@ def cmd_login(args) -> int:
         return 2
 
     async def mint():
-        url = _redis_url_for_tools(settings)
+        url = redis_url_for_tools(settings)
         client, line = aioredis.from_url(url), RedisLine(url)
         try:
             now = SystemClock().now()
@@ -76,11 +76,11 @@ def cmd_login(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from broker.cli import _settings  # noqa: PLC0415
+    from broker.config import load_settings  # noqa: PLC0415
 
     from .demo import AgentClient, load_demo_key, run_demo  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     key_path = Path(args.key) if args.key else settings.data_dir / "demo-agent.pem"
     try:
         key = load_demo_key(key_path)

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from bot import render
 from broker import rules
-from broker.api import read_form
+from broker.bodies import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
 )
