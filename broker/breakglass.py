@@ -26,7 +26,8 @@ from .lifecycle import IssuedToken, Lifecycle
 from .notify import PartialDelivery
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
 from .redisline import LuaScript
-from .store import event, events_arg, with_prelude
+from .audit import event
+from .store import events_arg, with_prelude
 from .tokens import build_access_token_claims
 
 ME = "me"

@@ -33,7 +33,8 @@ from .notify import MessageRef, Notifier, PartialDelivery
 from . import rules
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
-from .store import Late, Outcome, Store, event, event_frame
+from .audit import event, event_frame
+from .store import Late, Outcome, Store
 from .tokens import KeyRing, build_access_token_claims
 
 log = logging.getLogger("jitgate.lifecycle")

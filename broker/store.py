@@ -57,28 +57,6 @@ class Outcome:
         return Request.from_redis(self.fields) if self.fields else None
 
 
-def event(kind: str, at: str, request_id: str | None = None, actor: dict | None = None, **data: Any) -> bytes:
-    """An audit event as canonical JSON bytes (sorted keys): the exact bytes that get hashed."""
-    body: dict[str, Any] = {"type": kind, "at": at}
-    if request_id:
-        body["request_id"] = request_id
-    if actor:
-        body["actor"] = actor
-    if data:
-        body["data"] = data
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-
-
-def event_frame(kind: str, at: str, request_id: str, actor: dict | None = None) -> tuple[bytes, bytes]:
-    """The canonical JSON of an event whose ``data`` a script computes, cut around it: the
-    script writes ``head + data + tail``, the very bytes :func:`event` would have written."""
-    body = orjson.loads(event(kind, at, request_id, actor))
-    body["data"] = 0
-    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    at_data = raw.rindex(b'"data":0')  # after it come only request_id (an id) and type
-    return raw[: at_data + 7], raw[at_data + 8:]
-
-
 @dataclass(frozen=True)
 class Late:
     """What a transition does instead when the request's deadline has already passed: it

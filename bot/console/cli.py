@@ -32,13 +32,14 @@ def register(subparsers) -> None:
 def cmd_login(args) -> int:
     import redis.asyncio as aioredis  # noqa: PLC0415
 
+    from broker import audit  # noqa: PLC0415
     from broker.clock import SystemClock  # noqa: PLC0415
     from broker.config import load_settings, redis_url_for_tools  # noqa: PLC0415
     from broker.directory import Directory  # noqa: PLC0415
     from broker.lifecycle import Lifecycle  # noqa: PLC0415
     from broker.model import iso  # noqa: PLC0415
     from broker.redisline import RedisLine  # noqa: PLC0415
-    from broker.store import Store, event  # noqa: PLC0415
+    from broker.store import Store  # noqa: PLC0415
 
     from .desk import console_mode  # noqa: PLC0415
     from .sessions import Sessions  # noqa: PLC0415
@@ -60,9 +61,9 @@ def cmd_login(args) -> int:
             now = SystemClock().now()
             operator = f"os:{Lifecycle.os_user()}"
             link = await Sessions(client, settings.redis_prefix).issue_link(approver.id, now=now, issued_by=operator)
-            await Store(client, line, settings.redis_prefix).append([event(
-                "console.link_issued", iso(now), None, {"operator": operator},
-                approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))])
+            await audit.record(Store(client, line, settings.redis_prefix), "console.link_issued", iso(now),
+                               {"operator": operator}, approver=approver.id, link=link.ref,
+                               expires_at=iso(link.expires_at))
             return link
         finally:
             await line.aclose()

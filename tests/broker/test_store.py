@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from broker.store import Store, event
+from broker.audit import event
+from broker.store import Store
 
 
 async def test_a_transition_returns_the_request_only_when_asked_or_refused(redis, line, prefix):
