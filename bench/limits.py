@@ -31,7 +31,8 @@ from broker.directory import Directory
 from broker.identity import AssertionVerifier, Registry, add_agent, generate_key, load_private_key, make_assertion
 from broker.policy import PolicyGate, PrincipalInfo
 from broker.redisline import LuaScript, RedisLine
-from broker.store import Store, event
+from broker.audit import event
+from broker.store import Store
 from broker.tokens import KeyRing, build_access_token_claims
 
 from .agents import KEY_KIND

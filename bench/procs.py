@@ -142,13 +142,13 @@ def kek() -> str:
 
 def broker_env(workdir: Path, redis_url: str, prefix: str, key: str, **extra: str) -> dict:
     """The environment of a ``jitgate serve`` built from the test fixtures (the tests' own
-    set-up, ``tests/support/process.py``) and the bench agents.
+    set-up, ``support/env.py``) and the bench agents.
 
     The sweep interval is left at its default (JITGATE_SWEEP_INTERVAL_S unset). /metrics is
     public (JITGATE_METRICS_PUBLIC=1): these brokers listen on loopback, and the wake-up
     measurement reads the long-poll gauge from it.
     """
-    from tests.support.process import jitgate_env  # noqa: PLC0415 - the tests' helper, shared
+    from support.env import jitgate_env  # noqa: PLC0415
 
     env = jitgate_env(workdir, prefix, key, redis_url, JITGATE_ISSUER=ISSUER, PYTHONUNBUFFERED="1",
                       **{"JITGATE_METRICS_PUBLIC": "1", **extra})

@@ -307,7 +307,7 @@ def _cpu_model() -> str:
 def _slack_missing_reason() -> str:
     try:
         import bot.slack.desk  # noqa: F401, PLC0415
-        import tests.support.fake_slack  # noqa: F401, PLC0415
+        import support.fake_slack  # noqa: F401, PLC0415
     except Exception as e:  # noqa: BLE001
         return f"the Slack desk or its stand-in is not importable ({e.__class__.__name__}: {e})"
     return "unknown"

@@ -1,7 +1,7 @@
 """The real approval path for the wake-up figure: signed Slack clicks.
 
 The brokers run the Slack desk in HTTP mode against the local Slack Web API stand-in
-(tests/support/fake_slack.py, served from this process); each approval is the
+(support/fake_slack.py, served from this process); each approval is the
 ``block_actions`` payload Slack sends when an approver presses *Approve* on the proposal's
 message, form-encoded and signed with the signing secret exactly as Slack signs it,
 posted to ``POST /slack/events`` of a broker. The desk acks at once and approves after
@@ -78,7 +78,7 @@ class SlackClicker:
         try:
             from bot.slack.blocks import APPROVE  # noqa: PLC0415
             from bot.slack.desk import desk_from_settings  # noqa: F401, PLC0415
-            from tests.support.fake_slack import FakeSlack  # noqa: PLC0415
+            from support.fake_slack import FakeSlack  # noqa: PLC0415
         except ImportError:
             return None
         return cls(stack, FakeSlack, APPROVE)

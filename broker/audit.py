@@ -22,7 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Iterable, Iterator, TextIO
+from typing import Any, AsyncIterator, Iterable, Iterator, TextIO
 
 import orjson
 
@@ -34,6 +34,39 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+# ---------------------------------------------------------------------- events
+def event(kind: str, at: str, request_id: str | None = None, actor: dict | None = None, **data: Any) -> bytes:
+    """An audit event as canonical JSON bytes (sorted keys): the exact bytes that get hashed."""
+    body: dict[str, Any] = {"type": kind, "at": at}
+    if request_id:
+        body["request_id"] = request_id
+    if actor:
+        body["actor"] = actor
+    if data:
+        body["data"] = data
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def event_frame(kind: str, at: str, request_id: str, actor: dict | None = None) -> tuple[bytes, bytes]:
+    """The canonical JSON of an event whose ``data`` a script computes, cut around it: the
+    script writes ``head + data + tail``, the very bytes :func:`event` would have written."""
+    body = orjson.loads(event(kind, at, request_id, actor))
+    body["data"] = 0
+    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    at_data = raw.rindex(b'"data":0')  # after it come only request_id (an id) and type
+    return raw[: at_data + 7], raw[at_data + 8:]
+
+
+
+async def record(store, kind: str, at: str, actor: dict, request_id: str | None = None, **data: Any) -> None:
+    """Append one event that goes with no state change of the core (a console sign-in, an
+    issued sign-in link), chained like every other entry by the store's append script; raises
+    :class:`~broker.errors.AuditError` (or ``Unavailable``) when it cannot be written. The way
+    code outside the core's transitions writes to the audit log."""
+    await store.append([event(kind, at, request_id, actor, **data)])
+
+
+# ---------------------------------------------------------------------- the chain
 def entry_hash(prev: str, event: bytes, seq: int) -> str:
     """The chain hash of one entry."""
     return hashlib.sha256(bytes.fromhex(prev) + hashlib.sha256(event).digest() + seq.to_bytes(8, "big")).hexdigest()
@@ -41,11 +74,36 @@ def entry_hash(prev: str, event: bytes, seq: int) -> str:
 
 @dataclass(frozen=True)
 class Entry:
+    """One entry of the chain as stored: ``event`` holds the exact bytes that were hashed
+    (``seq`` is -1 when the stored seq is not a number: such an entry never verifies)."""
+
     stream_id: str
     seq: int
     prev: str
     hash: str
     event: bytes
+
+    @classmethod
+    def from_stream(cls, stream_id, fields: dict, prev: str) -> "Entry":
+        """An entry from a stream reply (``fields`` keyed by bytes or str); ``prev`` is used
+        unless the entry stores its own (entries written before ``prev`` was dropped do)."""
+        f = {_s(k): v for k, v in fields.items()}
+        try:
+            seq = int(_s(f.get("seq", b"")))
+        except ValueError:
+            seq = -1
+        ev = f.get("event", b"")
+        return cls(_s(stream_id), seq, _s(f["prev"]) if "prev" in f else prev, _s(f.get("hash", b"")),
+                   ev if isinstance(ev, bytes) else str(ev).encode())
+
+    def body(self) -> dict | None:
+        """The event as a dict (``type``, ``at``, and ``request_id``, ``actor``, ``data`` when
+        set), or None when the stored bytes are not a JSON object."""
+        try:
+            body = orjson.loads(self.event)
+        except orjson.JSONDecodeError:
+            return None
+        return body if isinstance(body, dict) else None
 
     def to_json(self) -> dict:
         return {
@@ -120,19 +178,75 @@ async def entries(redis, stream: str, batch: int = 1000, prev: str = GENESIS) ->
         if not chunk:
             return
         for sid, fields in chunk:
-            f = {_s(k): v for k, v in fields.items()}
-            try:
-                seq = int(_s(f.get("seq", b"")))
-            except ValueError:
-                seq = -1
-            ev = f.get("event", b"")
-            entry = Entry(_s(sid), seq, _s(f["prev"]) if "prev" in f else prev, _s(f.get("hash", b"")),
-                          ev if isinstance(ev, bytes) else str(ev).encode())
+            entry = Entry.from_stream(sid, fields, prev)
             prev = entry.hash
             yield entry
         if len(chunk) < batch:
             return
         start = "(" + _s(chunk[-1][0])
+
+
+async def newest(redis, stream: str, count: int) -> list[Entry]:
+    """The newest ``count`` entries, newest first (one bounded read). Each one's ``prev`` is the
+    hash of the entry before it in the list; the oldest one's is '' unless it stores its own."""
+    rows = await redis.xrevrange(stream, count=count)
+    out: list[Entry] = []
+    for i, (sid, fields) in enumerate(rows):
+        older = rows[i + 1][1] if i + 1 < len(rows) else {}
+        prev = older.get(b"hash", older.get("hash", b""))
+        out.append(Entry.from_stream(sid, fields, _s(prev)))
+    return out
+
+
+async def length(redis, head_key: str) -> int:
+    """The chain's length (the seq of its head, trimmed entries included): it grows with
+    every append, so readers use it as a change counter."""
+    raw = await redis.hget(head_key, "seq")
+    return int(raw) if raw else 0
+
+
+async def extend(redis, stream: str, head_key: str, good: VerifyResult, most: int = 5000) -> VerifyResult | None:
+    """``good`` (an ``ok`` result of :func:`verify`) extended by the entries appended since,
+    checked against it, or None when the stream's end does not simply continue it or more than
+    ``most`` entries were appended (then a full :func:`verify` decides). Never reports a
+    break: it catches appends that do not chain on, not changes to old entries."""
+    raw_seq, raw_base = await redis.hmget(head_key, "seq", "base_seq")
+    head_seq = int(raw_seq) if raw_seq else 0
+    if (int(raw_base) if raw_base else 0) != good.trimmed:
+        return None  # trimmed since: a full verification starts from the new anchor
+    new = head_seq - good.seq
+    if not 0 <= new <= most:
+        return None
+    # The newest entries, plus the last one already verified: it must still end the good chain
+    # (with none retained, the chain ends at the anchor, which is no longer in the stream).
+    rows = list(reversed(await redis.xrevrange(stream, count=new + 1)))
+    if good.entries == 0:
+        rows = [None, *rows]
+    if len(rows) != new + 1:
+        return None
+    prev, seq = good.head, good.seq
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        f = {_s(k): v for k, v in row[1].items()}
+        try:
+            if i == 0:
+                if int(f["seq"]) != seq or _s(f["hash"]) != prev:
+                    return None
+                continue
+            seq += 1
+            if int(f["seq"]) != seq or ("prev" in f and _s(f["prev"]) != prev):
+                return None
+            digest = _s(f["hash"])
+        except (KeyError, ValueError):
+            return None
+        if entry_hash(prev, f["event"], seq) != digest:
+            return None
+        prev = digest
+    head_hash = await redis.hget(head_key, "hash")
+    if seq != head_seq or head_hash is None or _s(head_hash) != prev:
+        return None
+    return good if new == 0 else VerifyResult(True, good.entries + new, prev, trimmed=good.trimmed, base=good.base)
 
 
 def _trim_record(event: bytes) -> tuple[int, str] | None:
@@ -392,7 +506,7 @@ async def trim(redis, stream: str, head_key: str, plan: TrimPlan, *, at: str, ac
     """Carry out ``plan`` atomically: remove its entries, record the anchor, and append an
     ``audit.trimmed`` event naming it (with ``data``, e.g. the export's digest). Refuses
     (:class:`Conflict`) when the start of the log changed since the plan was made."""
-    from .store import event, events_arg, with_prelude  # noqa: PLC0415 - the shared Lua prelude
+    from .store import events_arg, with_prelude  # noqa: PLC0415 - the shared Lua prelude
 
     ev = event(TRIMMED, at, None, actor, first_seq=plan.first_seq, through_seq=plan.last_seq,
                through_hash=plan.last_hash, entries=plan.count, **data)

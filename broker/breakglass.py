@@ -26,7 +26,8 @@ from .lifecycle import IssuedToken, Lifecycle
 from .notify import Kind
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
 from .redisline import LuaScript
-from .store import event, events_arg, with_prelude
+from .audit import event
+from .store import events_arg, with_prelude
 from .tokens import build_access_token_claims
 
 ME = "me"
@@ -137,9 +138,9 @@ class BreakGlass:
         p = self.store.prefix
         self.reviews = f"{p}bg:reviews"
         self.review_reminders = f"{p}bg:review-reminders"
-        self.suspended = f"{p}bg:suspended"
+        self.suspended = self.store.bg_suspended
         self._grant = LuaScript.of(with_prelude(_GRANT_BODY))
-        self._ack = self.store.redis.register_script(with_prelude(_ACK_BODY))
+        self._ack = LuaScript.of(with_prelude(_ACK_BODY))
 
     # ------------------------------------------------------------------ checks
     def _now(self) -> float:
@@ -147,8 +148,7 @@ class BreakGlass:
 
     async def suspension(self, engineer_id: str) -> dict | None:
         """Why ``engineer_id``'s right is suspended, or None."""
-        raw = await self.store.redis.hget(self.suspended, engineer_id)
-        return orjson.loads(raw) if raw else None
+        return await self.store.suspension(engineer_id)
 
     async def suspended_by(self, req: Request) -> bool:
         """Whether break-glass grant ``req`` is what suspended its engineer's right now
@@ -299,8 +299,8 @@ class BreakGlass:
                             f"ask {self.life.settings.security_group} for help")
         if not out.ok:
             raise Conflict("could not record the break-glass grant; nothing was granted")
-        await self.store.redis.zadd(self.reviews, {rid: _ms(review_due)})
-        await self.store.redis.zadd(self.review_reminders, {rid: _ms(review_reminder_at(now, review_due))})
+        await self.store.schedule(self.reviews, rid, _ms(review_due))
+        await self.store.schedule(self.review_reminders, rid, _ms(review_reminder_at(now, review_due)))
         self.life._count("break_glass", subject="self" if for_me else "agent")
         return Granted(await self.life.get(rid), token, pv.note)
 
@@ -338,12 +338,12 @@ class BreakGlass:
         ev = event("breakglass.reviewed", iso(now), request_id, {"approver": reviewer.id, "channel": channel},
                    break_glass=True, comment=comment)
         fields = {"reviewed_by": reviewer.id, "reviewed_at": repr(now), "review_comment": comment}
-        raw = await self._ack(
-            keys=[self.store.req_key(request_id), self.store.audit_stream, self.store.audit_head, self.reviews,
-                  self.review_reminders, self.store.outbox],
-            args=[events_arg([ev]), _json(fields), request_id],
-        )
-        verdict = raw[0].decode() if isinstance(raw[0], bytes) else raw[0]
+        verdict = (await self.store.run_script(
+            self._ack,
+            [self.store.req_key(request_id), self.store.audit_stream, self.store.audit_head, self.reviews,
+             self.review_reminders, self.store.outbox],
+            [events_arg([ev]), _json(fields), request_id],
+        )).result
         if verdict == "missing":
             raise NotFound(f"no request {request_id}")
         if verdict == "not_bg":
@@ -352,10 +352,9 @@ class BreakGlass:
 
     async def pending_reviews(self, limit: int = 100) -> list[Request]:
         """Break-glass grants whose review is still open, oldest deadline first."""
-        ids = await self.store.redis.zrange(self.reviews, 0, limit - 1)
         out = []
-        for rid in ids:
-            req = await self.store.load(rid.decode())
+        for rid in await self.store.first_in(self.reviews, limit):
+            req = await self.store.load(rid)
             if req is not None:
                 out.append(req)
         return out
@@ -364,37 +363,34 @@ class BreakGlass:
         """Remind before review deadlines; suspend the engineer once one passes. Returns actions taken."""
         now = self._now()
         done = 0
-        raw = await self.store.redis.zrangebyscore(self.review_reminders, "-inf", _ms(now), start=0, num=limit)
-        for rid in (r.decode() for r in raw):
-            req_due = await self.store.redis.zscore(self.reviews, rid)
+        for rid in await self.store.due_in(self.review_reminders, _ms(now), limit):
+            req_due = await self.store.scheduled_at(self.reviews, rid)
             if req_due is None or req_due <= now * 1000:
                 # Reviewed, or already overdue: the suspension below is the news, not a reminder.
-                await self.store.redis.zrem(self.review_reminders, rid)
+                await self.store.unschedule(self.review_reminders, rid)
                 continue
             await self.store.append([event("breakglass.review_reminder", iso(now), rid, None, break_glass=True,
                                            due=iso(req_due / 1000))], rid, notify=Kind.BG_REVIEW_REMINDER)
             nxt = now + max((req_due / 1000 - now) * 0.8, 60)
             if nxt * 1000 >= req_due:
-                await self.store.redis.zrem(self.review_reminders, rid)
+                await self.store.unschedule(self.review_reminders, rid)
             else:
-                await self.store.redis.zadd(self.review_reminders, {rid: _ms(nxt)})
+                await self.store.schedule(self.review_reminders, rid, _ms(nxt))
             done += 1
-        raw = await self.store.redis.zrangebyscore(self.reviews, "-inf", _ms(now), start=0, num=limit)
-        for rid in (r.decode() for r in raw):
-            h = await self.store.redis.hmget(self.store.req_key(rid), "engineer", "reviewed_by")
-            engineer = h[0].decode() if h[0] else None
-            if h[1]:
-                await self.store.redis.zrem(self.reviews, rid)
+        for rid in await self.store.due_in(self.reviews, _ms(now), limit):
+            engineer, reviewed_by = await self.store.request_fields(rid, "engineer", "reviewed_by")
+            if reviewed_by:
+                await self.store.unschedule(self.reviews, rid)
                 continue
             if engineer:
                 info = {"request_id": rid, "since": iso(now)}
                 await self.store.append([event("breakglass.suspended", iso(now), rid, None, break_glass=True,
                                                engineer=engineer, reason="review not acknowledged in time")])
-                await self.store.redis.hset(self.suspended, engineer, _json(info))
+                await self.store.suspend(engineer, info)
                 # Told only once the suspension is in force, so desks see it when they render.
                 await self.store.append([], rid, notify=Kind.BG_SUSPENDED)
-            await self.store.redis.zrem(self.reviews, rid)
-            await self.store.redis.zrem(self.review_reminders, rid)
+            await self.store.unschedule(self.reviews, rid)
+            await self.store.unschedule(self.review_reminders, rid)
             done += 1
         return done
 
@@ -410,7 +406,7 @@ class BreakGlass:
         await self.store.append([event("breakglass.reinstated", iso(self._now()), rid,
                                        {"approver": by.id, "channel": channel}, break_glass=True, engineer=engineer_id)],
                                 rid, {"reinstated_by": by.id})
-        await self.store.redis.hdel(self.suspended, engineer_id)
+        await self.store.lift_suspension(engineer_id)
         await self.store.append([], rid, notify=Kind.BG_REINSTATED)
 
 

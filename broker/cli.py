@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-from .config import Settings, environment
+from .config import environment, load_settings, redis_url_for_tools
 from .errors import BrokerError
 from .rules import POSTURES
 from .filemodes import write_private
@@ -41,28 +41,14 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _settings() -> Settings:
-    return Settings.from_env(environment())
-
-
-def _redis_url_for_tools(settings: Settings) -> str:
-    """REDIS_URL, or the socket of the embedded Redis that `jitgate serve` started."""
-    if settings.redis_url:
-        return settings.redis_url
-    sock = settings.data_dir / "redis" / "redis.sock"
-    if sock.exists():
-        return f"unix://{sock.resolve()}?db=0"
-    raise BrokerError("REDIS_URL is unset and no embedded Redis is running (start `jitgate serve` first)")
-
-
 async def _with_broker(fn):
     """Build a broker without background jobs against the configured Redis; run ``fn``."""
     import redis.asyncio as aioredis  # noqa: PLC0415
 
     from .app import build, shutdown  # noqa: PLC0415
 
-    settings = _settings()
-    settings = dataclasses.replace(settings, redis_url=_redis_url_for_tools(settings))
+    settings = load_settings()
+    settings = dataclasses.replace(settings, redis_url=redis_url_for_tools(settings))
     client = aioredis.from_url(settings.redis_url)
     # No desks here: notifications queue in the outbox for the serving broker to deliver.
     try:
@@ -82,7 +68,7 @@ def cmd_serve(args) -> int:
 
     from .app import create_app  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     # The desks see where the broker really listens (the console refuses a public address).
@@ -189,7 +175,7 @@ def cmd_assertion(args) -> int:
     from .identity import make_assertion  # noqa: PLC0415
     from .jose import read_private_key  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     key = read_private_key(args.key)
     print(make_assertion(key, agent_id=args.agent, audience=settings.issuer, lifetime_s=args.lifetime))
     return 0

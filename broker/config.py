@@ -294,3 +294,21 @@ class Settings:
             console=_tristate(env, "JITGATE_CONSOLE"),
             **_metrics(env),
         )
+
+
+def load_settings(env_file: str | os.PathLike | None = None) -> Settings:
+    """The settings of this process, read from :func:`environment` (the process environment
+    over ``.env``); raises :class:`ConfigError` naming a missing or wrong setting."""
+    return Settings.from_env(environment(env_file))
+
+
+def redis_url_for_tools(settings: Settings) -> str:
+    """Where an operator command (run beside a broker, not in it) finds Redis: ``REDIS_URL``,
+    or the socket of the embedded Redis that ``jitgate serve`` started; raises
+    :class:`ConfigError` when there is neither."""
+    if settings.redis_url:
+        return settings.redis_url
+    sock = settings.data_dir / "redis" / "redis.sock"
+    if sock.exists():
+        return f"unix://{sock.resolve()}?db=0"
+    raise ConfigError("REDIS_URL is unset and no embedded Redis is running (start `jitgate serve` first)")

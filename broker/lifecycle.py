@@ -1,5 +1,6 @@
-"""The only place state changes: submit, approve, deny, cancel, collect, complete,
-revoke, expire.
+"""The state machine of ordinary requests: submit, approve, deny, cancel, collect, complete,
+revoke, expire. (Break-glass grants are created and reviewed by ``breakglass.py``; both
+change state only through ``store.py``'s scripts.)
 
 Each operation reads the request, decides in Python what *may* happen (who is asking,
 what policy said), then asks Redis for one compare-and-set that also appends the audit
@@ -34,7 +35,8 @@ from .notify import Kind, Notifier
 from . import oauth, rules
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
-from .store import Late, Outcome, Store, event, event_frame
+from .audit import event, event_frame
+from .store import Late, Outcome, Store
 from .tokens import KeyRing, build_access_token_claims
 
 log = logging.getLogger("jitgate.lifecycle")
@@ -121,8 +123,7 @@ class Lifecycle:
         at, value = self._posture
         if time.monotonic() - at < 1.0:
             return value
-        raw = await self.store.redis.get(self.store.prefix + "posture")
-        value = rules.posture_or_strictest(raw.decode() if raw else None)  # unknown means the strictest
+        value = rules.posture_or_strictest(await self.store.posture())  # unknown means the strictest
         self._posture = (time.monotonic(), value)
         return value
 
@@ -170,7 +171,7 @@ class Lifecycle:
         ev = event("posture.changed", iso(self._now()), None, {"approver": approver.id, "channel": channel},
                    posture=level, previous=previous)
         await self.store.append([ev])  # audited first: no audit, no change
-        await self.store.redis.set(self.store.prefix + "posture", level)
+        await self.store.set_posture(level)
         self._posture = (0.0, level)
         return level
 
@@ -179,12 +180,11 @@ class Lifecycle:
         """Queue reminders (or the escalation to the backup group) for pending requests
         whose reminder time has come; returns how many were queued."""
         now = self._now()
-        raw = await self.store.redis.zrangebyscore(self.store.reminders, "-inf", _ms(now), start=0, num=limit)
         queued = 0
-        for rid in (r.decode() for r in raw):
+        for rid in await self.store.due_in(self.store.reminders, _ms(now), limit):
             req = await self.store.load(rid)
             if req is None or req.status != PENDING:
-                await self.store.redis.zrem(self.store.reminders, rid)
+                await self.store.unschedule(self.store.reminders, rid)
                 continue
             backup = req.decision.get("backup_group")
             escalate = bool(backup) and not req.escalated and now - req.created_at >= self.settings.escalate_after_s
@@ -198,16 +198,15 @@ class Lifecycle:
             queued += 1
             nxt = now + max(self.settings.reminder_interval_s, 1)
             if req.deadline is not None and nxt >= req.deadline:
-                await self.store.redis.zrem(self.store.reminders, rid)
+                await self.store.unschedule(self.store.reminders, rid)
             else:
-                await self.store.redis.zadd(self.store.reminders, {rid: _ms(nxt)})
+                await self.store.schedule(self.store.reminders, rid, _ms(nxt))
         return queued
 
     async def pending_for(self, approver: Approver, limit: int = 50) -> list[Request]:
         """Pending requests ``approver`` may decide now and has not approved yet (bounded)."""
-        raw = await self.store.redis.zrange(self.store.deadlines, 0, 499)
         out = []
-        for rid in (r.decode() for r in raw):
+        for rid in await self.store.first_in(self.store.deadlines, 500):
             req = await self.store.load(rid)
             if req is None or not rules.may_still_decide(approver, req, self._owner_of):
                 continue
@@ -649,7 +648,7 @@ class Lifecycle:
             if req is None:
                 return await self.store.transition(request_id, [], EXPIRED, {}, [], _ms(self._now()), deadline="-")
             if req.status in TERMINAL:
-                await self.store.redis.zrem(self.store.deadlines, request_id)
+                await self.store.unschedule(self.store.deadlines, request_id)
                 return Outcome("noop", req.status)
             now = self._now()
             at = iso(now)
@@ -695,7 +694,7 @@ class Lifecycle:
                 else:
                     items.append((rid, status, rules.expiry_reason(status)))
             if gone:
-                await self.store.redis.zrem(self.store.deadlines, *gone)
+                await self.store.unschedule(self.store.deadlines, *gone)
             for rid in one_by_one:
                 if (await self.expire(rid)).ok:
                     changed += 1

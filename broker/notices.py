@@ -22,7 +22,7 @@ from . import rules
 from .directory import Approver, Directory
 from .model import Request, iso
 from .notify import Audience, Kind, MessageRef, Notice, Notifier, PartialDelivery
-from .store import event
+from .audit import event
 
 if TYPE_CHECKING:
     from .breakglass import BreakGlass
@@ -159,8 +159,8 @@ class Notices:
         if not kind.break_glass:
             return Notice(kind, req, audience(kind, req, life.directory, security_group=life.settings.security_group,
                                               owner_of=life._owner_of))
-        h = await self.store.redis.hmget(self.store.req_key(req.id), "bypassed_group", "reinstated_by")
-        bypassed, reinstated_by = (v.decode() if v else None for v in h)
+        bypassed, reinstated_by = (v or None for v in await self.store.request_fields(req.id, "bypassed_group",
+                                                                                         "reinstated_by"))
         who = audience(kind, req, life.directory, security_group=life.settings.security_group,
                        bypassed_group=bypassed, owner_of=life._owner_of)
         suspended = await self.breakglass.suspended_by(req) if self.breakglass is not None else False

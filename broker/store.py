@@ -1,9 +1,15 @@
-"""Redis keys, Lua scripts and the pub/sub wake-ups: the only code that writes state.
+"""Redis keys, Lua scripts and the pub/sub wake-ups: the only code that writes a request or
+appends to the audit log (``Lifecycle``, ``BreakGlass`` and ``audit.record`` decide, and
+call it; ``audit.trim``, which removes old entries, runs its own script on the same prelude).
 
-Every state change is one script call: a compare-and-set on the request's status that
+Every change to a request is one script call: a compare-and-set on the request's status that
 appends its audit events (hash-chained) *before* writing the new state, so a failed
 append leaves the request untouched. Keys of one request share the hash tag
-``{req:<id>}``.
+``{req:<id>}``. Beside the requests it keeps the schedules (deadlines, reminders, break-glass
+reviews), the posture and break-glass suspensions, with plain commands its callers make after
+the audit event that records them. Other keys under the prefix hold no request state and
+belong to their modules: signing keys (``tokens.py``), the outbox's consumer group, the
+scheduler's lease, and the desks' own marks and sessions.
 """
 
 from __future__ import annotations
@@ -55,28 +61,6 @@ class Outcome:
     def request(self) -> Request | None:
         """The request as the script left it (parsed on demand), or None."""
         return Request.from_redis(self.fields) if self.fields else None
-
-
-def event(kind: str, at: str, request_id: str | None = None, actor: dict | None = None, **data: Any) -> bytes:
-    """An audit event as canonical JSON bytes (sorted keys): the exact bytes that get hashed."""
-    body: dict[str, Any] = {"type": kind, "at": at}
-    if request_id:
-        body["request_id"] = request_id
-    if actor:
-        body["actor"] = actor
-    if data:
-        body["data"] = data
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-
-
-def event_frame(kind: str, at: str, request_id: str, actor: dict | None = None) -> tuple[bytes, bytes]:
-    """The canonical JSON of an event whose ``data`` a script computes, cut around it: the
-    script writes ``head + data + tail``, the very bytes :func:`event` would have written."""
-    body = orjson.loads(event(kind, at, request_id, actor))
-    body["data"] = 0
-    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    at_data = raw.rindex(b'"data":0')  # after it come only request_id (an id) and type
-    return raw[: at_data + 7], raw[at_data + 8:]
 
 
 @dataclass(frozen=True)
@@ -148,6 +132,8 @@ class Store:
         self.channel = f"{prefix}events"
         self.outbox = f"{prefix}outbox"
         self.reminders = f"{prefix}reminders"
+        self.posture_key = f"{prefix}posture"
+        self.bg_suspended = f"{prefix}bg:suspended"
         self._submit = LuaScript.of(_script("submit.lua"))
         self._transition = LuaScript.of(_script("transition.lua"))
         self._approve = LuaScript.of(_script("approve.lua"))
@@ -396,6 +382,61 @@ class Store:
     async def next_deadline_ms(self) -> int | None:
         raw = await self.redis.zrange(self.deadlines, 0, 0, withscores=True)
         return int(raw[0][1]) if raw else None
+
+    # ------------------------------------------------------------------ beside the requests
+    # Schedules (sorted sets of request ids by time: deadlines, reminders, break-glass
+    # reviews), the posture and break-glass suspensions: plain commands, no script. A caller
+    # that records a change here appends its audit event first (no audit, no change).
+
+    async def first_in(self, schedule: str, limit: int) -> list[str]:
+        """The ids in ``schedule`` (a key of this store), earliest first, at most ``limit``; an
+        id may outlive its request (callers re-read the request)."""
+        return [r.decode() for r in await self.redis.zrange(schedule, 0, limit - 1)]
+
+    async def due_in(self, schedule: str, now_ms: int, limit: int) -> list[str]:
+        """The ids in ``schedule`` whose time is at or before ``now_ms``, earliest first, at most ``limit``."""
+        return [r.decode() for r in await self.redis.zrangebyscore(schedule, "-inf", now_ms, start=0, num=limit)]
+
+    async def scheduled_at(self, schedule: str, request_id: str) -> float | None:
+        """When ``request_id`` is due in ``schedule`` (ms), or None when it is not in it."""
+        return await self.redis.zscore(schedule, request_id)
+
+    async def schedule(self, schedule: str, request_id: str, at_ms: int) -> None:
+        """Put ``request_id`` in ``schedule`` at ``at_ms``, moving it if it was there already."""
+        await self.redis.zadd(schedule, {request_id: at_ms})
+
+    async def unschedule(self, schedule: str, *request_ids: str) -> None:
+        """Take ``request_ids`` out of ``schedule``; ids not in it are ignored."""
+        if request_ids:
+            await self.redis.zrem(schedule, *request_ids)
+
+    async def request_fields(self, request_id: str, *names: str) -> list[str | None]:
+        """These fields of a request as stored now, decoded; None for each one unset (or when
+        the request is gone). A read: nothing is locked or published."""
+        return [v.decode() if v is not None else None for v in await self.redis.hmget(self.req_key(request_id), *names)]
+
+    async def posture(self) -> str | None:
+        """The risk posture as stored, or None when never set (unchecked: callers apply
+        :func:`broker.rules.posture_or_strictest`)."""
+        raw = await self.redis.get(self.posture_key)
+        return raw.decode() if raw else None
+
+    async def set_posture(self, level: str) -> None:
+        """Store the risk posture ``level`` (checked by the caller) for every replica."""
+        await self.redis.set(self.posture_key, level)
+
+    async def suspension(self, engineer_id: str) -> dict | None:
+        """The record of why ``engineer_id``'s break-glass right is suspended, or None."""
+        raw = await self.redis.hget(self.bg_suspended, engineer_id)
+        return orjson.loads(raw) if raw else None
+
+    async def suspend(self, engineer_id: str, info: dict) -> None:
+        """Record ``engineer_id``'s break-glass right as suspended, for the reason ``info``."""
+        await self.redis.hset(self.bg_suspended, engineer_id, orjson.dumps(info))
+
+    async def lift_suspension(self, engineer_id: str) -> None:
+        """Forget ``engineer_id``'s suspension (a no-op when there is none)."""
+        await self.redis.hdel(self.bg_suspended, engineer_id)
 
     async def scan_requests(self, limit: int = 1000) -> list[Request]:
         """Up to ``limit`` stored requests (operator listing; not a hot path)."""

@@ -15,7 +15,7 @@ NOQA = re.compile(r"#\s*noqa:\s*([A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)")
 def _noqa_codes() -> dict[str, str]:
     """Every rule code named in a `# noqa:` comment in the project's Python files, with one place it is."""
     codes: dict[str, str] = {}
-    for folder in ("broker", "bot", "tests", "bench", "examples"):
+    for folder in ("broker", "bot", "tests", "bench", "support", "examples"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 for m in NOQA.finditer(line):

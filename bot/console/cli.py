@@ -32,18 +32,19 @@ def register(subparsers) -> None:
 def cmd_login(args) -> int:
     import redis.asyncio as aioredis  # noqa: PLC0415
 
-    from broker.cli import _redis_url_for_tools, _settings  # noqa: PLC0415
+    from broker import audit  # noqa: PLC0415
     from broker.clock import SystemClock  # noqa: PLC0415
+    from broker.config import load_settings, redis_url_for_tools  # noqa: PLC0415
     from broker.directory import Directory  # noqa: PLC0415
     from broker.lifecycle import Lifecycle  # noqa: PLC0415
     from broker.model import iso  # noqa: PLC0415
     from broker.redisline import RedisLine  # noqa: PLC0415
-    from broker.store import Store, event  # noqa: PLC0415
+    from broker.store import Store  # noqa: PLC0415
 
     from .desk import console_mode  # noqa: PLC0415
     from .sessions import Sessions  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     if console_mode(settings) is None:
         print("the console is off (a chat platform is configured, or JITGATE_CONSOLE=0); "
               "set JITGATE_CONSOLE=1 to use it", file=sys.stderr)
@@ -54,15 +55,15 @@ def cmd_login(args) -> int:
         return 2
 
     async def mint():
-        url = _redis_url_for_tools(settings)
+        url = redis_url_for_tools(settings)
         client, line = aioredis.from_url(url), RedisLine(url)
         try:
             now = SystemClock().now()
             operator = f"os:{Lifecycle.os_user()}"
             link = await Sessions(client, settings.redis_prefix).issue_link(approver.id, now=now, issued_by=operator)
-            await Store(client, line, settings.redis_prefix).append([event(
-                "console.link_issued", iso(now), None, {"operator": operator},
-                approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))])
+            await audit.record(Store(client, line, settings.redis_prefix), "console.link_issued", iso(now),
+                               {"operator": operator}, approver=approver.id, link=link.ref,
+                               expires_at=iso(link.expires_at))
             return link
         finally:
             await line.aclose()
@@ -76,11 +77,11 @@ def cmd_login(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from broker.cli import _settings  # noqa: PLC0415
+    from broker.config import load_settings  # noqa: PLC0415
 
     from .demo import AgentClient, load_demo_key, run_demo  # noqa: PLC0415
 
-    settings = _settings()
+    settings = load_settings()
     key_path = Path(args.key) if args.key else settings.data_dir / "demo-agent.pem"
     try:
         key = load_demo_key(key_path)

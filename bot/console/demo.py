@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from broker import audit
 from broker.model import iso
-from broker.store import event
 
 DEMO_AGENT = "demo-agent"
 
@@ -94,8 +94,8 @@ async def first_run_banner(broker, sessions) -> str | None:
     else:
         now = broker.lifecycle.clock.now()
         link = await sessions.issue_link(approver.id, now=now, issued_by="jitgate serve (first run)")
-        await broker.store.append([event("console.link_issued", iso(now), None, {"operator": "jitgate serve"},
-                                         approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))])
+        await audit.record(broker.store, "console.link_issued", iso(now), {"operator": "jitgate serve"},
+                           approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))
         groups = ", ".join(sorted(approver.groups))
         lines += [
             "",

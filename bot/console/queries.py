@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from broker.audit import VerifyResult, entry_hash, verify
+from broker import audit
+from broker.audit import Entry, VerifyResult, verify
 from broker.model import TERMINAL, Request
 
 OPEN_SCAN = 500  # requests with a deadline (pending, approved, active) looked at
@@ -108,16 +109,12 @@ class AuditEvent:
         return out
 
     @classmethod
-    def parse(cls, fields: dict) -> "AuditEvent | None":
-        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
-        try:
-            body = orjson.loads(f.get("event", b"{}"))
-            seq = int(f.get("seq", b"0"))
-        except (orjson.JSONDecodeError, ValueError):
+    def of(cls, entry: Entry) -> "AuditEvent | None":
+        """The entry decoded for display, or None when its event is not a JSON object."""
+        body = entry.body()
+        if body is None:
             return None
-        if not isinstance(body, dict):
-            return None
-        return cls(seq, str(body.get("type", "?")), str(body.get("at", "")), body.get("request_id"),
+        return cls(entry.seq, str(body.get("type", "?")), str(body.get("at", "")), body.get("request_id"),
                    body.get("actor") or {}, body.get("data") or {})
 
 
@@ -134,8 +131,8 @@ async def open_requests(broker, limit: int = OPEN_SCAN) -> list[Request]:
 
 async def recent_events(broker, count: int = RECENT_AUDIT) -> list[AuditEvent]:
     """The newest ``count`` audit events, newest first."""
-    rows = await broker.redis.xrevrange(broker.store.audit_stream, count=count)
-    return [e for e in (AuditEvent.parse(fields) for _sid, fields in rows) if e is not None]
+    rows = await audit.newest(broker.redis, broker.store.audit_stream, count)
+    return [e for e in (AuditEvent.of(entry) for entry in rows) if e is not None]
 
 
 async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> list[Request]:
@@ -171,13 +168,12 @@ async def trail(broker, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[A
     """
     needle = orjson.dumps(request_id)
     found: list[AuditEvent] = []
-    rows = await broker.redis.xrevrange(broker.store.audit_stream, count=scan)
+    rows = await audit.newest(broker.redis, broker.store.audit_stream, scan)
     complete = len(rows) < scan
-    for _sid, fields in rows:
-        raw = fields.get(b"event", b"")
-        if needle not in raw:  # cheap filter before parsing
+    for entry in rows:
+        if needle not in entry.event:  # cheap filter before parsing
             continue
-        e = AuditEvent.parse(fields)
+        e = AuditEvent.of(entry)
         e = next((p for p in e.per_request() if p.request_id == request_id), None) if e else None
         if e is None:
             continue
@@ -209,7 +205,7 @@ class ChainStatus:
             r = self._result
             if r is None or not r.ok or time.monotonic() - self._at >= self.ttl_s:
                 return await self._full(broker)
-            newer = await _extend(broker, r)
+            newer = await audit.extend(broker.redis, broker.store.audit_stream, broker.store.audit_head, r)
             if newer is None:
                 return await self._full(broker)
             self._result = newer
@@ -221,49 +217,6 @@ class ChainStatus:
         return self._result
 
 
-async def _extend(broker, good: VerifyResult, most: int = 5000) -> VerifyResult | None:
-    """``good`` extended by the entries appended since, or None when the stream's end does
-    not simply continue it (then a full verification decides)."""
-    raw_seq, raw_base = await broker.redis.hmget(broker.store.audit_head, "seq", "base_seq")
-    head_seq = int(raw_seq) if raw_seq else 0
-    if (int(raw_base) if raw_base else 0) != good.trimmed:
-        return None  # trimmed since: a full verification starts from the new anchor
-    new = head_seq - good.seq
-    if not 0 <= new <= most:
-        return None
-    # The newest entries, plus the last one already verified: it must still end the good chain
-    # (with none retained, the chain ends at the anchor, which is no longer in the stream).
-    rows = list(reversed(await broker.redis.xrevrange(broker.store.audit_stream, count=new + 1)))
-    if good.entries == 0:
-        rows = [None, *rows]
-    if len(rows) != new + 1:
-        return None
-    prev, seq = good.head, good.seq
-    for i, row in enumerate(rows):
-        if row is None:
-            continue
-        f = {k.decode(): v for k, v in row[1].items()}
-        try:
-            if i == 0:
-                if int(f["seq"]) != seq or f["hash"].decode() != prev:
-                    return None
-                continue
-            seq += 1
-            if int(f["seq"]) != seq or ("prev" in f and f["prev"].decode() != prev):
-                return None
-            digest = f["hash"].decode()
-        except (KeyError, ValueError):
-            return None
-        if entry_hash(prev, f["event"], seq) != digest:
-            return None
-        prev = digest
-    head_hash = await broker.redis.hget(broker.store.audit_head, "hash")
-    if seq != head_seq or head_hash is None or head_hash.decode() != prev:
-        return None
-    return good if new == 0 else VerifyResult(True, good.entries + new, prev, trimmed=good.trimmed, base=good.base)
-
-
 async def audit_seq(broker) -> int:
     """The audit chain's length: it grows with every state change, so it is the change counter."""
-    raw = await broker.redis.hget(broker.store.audit_head, "seq")
-    return int(raw) if raw else 0
+    return await audit.length(broker.redis, broker.store.audit_head)

@@ -19,13 +19,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bot import render
-from broker import rules
-from broker.api import read_form
+from broker import audit, rules
+from broker.bodies import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
 )
 from broker.model import ACTIVE, APPROVED, PENDING, check_request_id, iso
-from broker.store import event
 
 from . import queries
 from .reviews import available as reviews_available
@@ -215,7 +214,7 @@ class ConsoleViews:
                                samesite="strict")
 
     async def _audit(self, kind: str, actor: dict, **data) -> None:
-        await self.broker.store.append([event(kind, iso(self._now()), None, actor, **data)])
+        await audit.record(self.broker.store, kind, iso(self._now()), actor, **data)
 
     # ------------------------------------------------------------------ sign-in
     async def login_page(self, request: HttpRequest) -> Response:

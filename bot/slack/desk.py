@@ -18,8 +18,9 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from broker.bodies import read_body
 from broker.directory import Approver
-from broker.errors import ConfigError, NotApprover
+from broker.errors import BrokerError, ConfigError, NotApprover
 
 from bot.approvers import Binder, with_slack_groups
 
@@ -211,18 +212,14 @@ class SlackDesk:
 
     # ------------------------------------------------------------------ internals
     async def _events(self, request: HttpRequest) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_EVENT_BYTES):
+        try:
+            body = await read_body(request, MAX_EVENT_BYTES)
+        except BrokerError:  # too large, or a malformed Content-Length
             return PlainTextResponse("request too large", status_code=413)
         # Bolt's verifier does int() on the timestamp and lets a ValueError through as a 500
         # (with a traceback): anything but an integer is refused here like a bad signature.
         if not _TIMESTAMP.fullmatch(request.headers.get("x-slack-request-timestamp", "")):
             return Response(b'{"error": "invalid request"}', status_code=401, media_type="application/json")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_EVENT_BYTES:
-                return PlainTextResponse("request too large", status_code=413)
         return to_starlette_response(await self.app.async_dispatch(to_async_bolt_request(request, body)))
 
     async def _envelope_guard(self, body: dict, next):  # "next": Bolt injects arguments by name

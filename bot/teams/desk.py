@@ -20,9 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker import rules
+from broker.bodies import read_body
 from broker.config import Settings
 from broker.directory import Approver
-from broker.errors import NotApprover
+from broker.errors import BrokerError, NotApprover
 from broker.model import PENDING, Request
 
 from bot.approvers import Binder
@@ -125,8 +126,9 @@ class TeamsDesk:
             return _error(503, "the Teams desk is not started")
         if "application/json" not in request.headers.get("content-type", ""):
             return _error(415, "activities are JSON")
-        body = await _read_capped(request, self.settings.max_body_bytes)
-        if body is None:
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+        except BrokerError:  # too large, or a malformed Content-Length
             return _error(413, "activity too large")
         auth_header = request.headers.get("authorization")
         if not auth_header:
@@ -327,16 +329,6 @@ def _why_not(life, viewer: Approver | None, req: Request) -> str | None:
     except NotApprover as e:
         return f"You cannot decide this request: {e.detail}"
     return None
-
-
-async def _read_capped(request: HttpRequest, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, detail: str) -> Response:

@@ -323,3 +323,38 @@ async def test_an_export_racing_a_trim_still_chains_from_the_anchor(harness, mon
     monkeypatch.setattr(audit, "anchor", before_the_trim)
     lines = await _export(harness)
     assert len(calls) == 2 and audit.verify_export(lines).start == (await real(s.redis, s.audit_head)).hash
+
+
+async def test_an_event_recorded_outside_a_transition_is_chained_and_read_back_newest_first(harness):
+    """"Audit code in one place" (issue 15): what the console records goes through
+    ``audit.record`` into the same chain, and ``audit.newest`` links each entry to the one
+    before it, as ``verify`` does."""
+    await _flow(harness)
+    s = harness.broker.store
+    before = await audit.length(s.redis, s.audit_head)
+    await audit.record(s, "console.signed_in", "2026-12-01T10:00:00.000Z", {"approver": "bob", "channel": "console"},
+                       session="abc")
+    assert await audit.length(s.redis, s.audit_head) == before + 1
+    rows = await audit.newest(s.redis, s.audit_stream, 3)
+    assert rows[0].seq == before + 1 and rows[0].body() == {
+        "type": "console.signed_in", "at": "2026-12-01T10:00:00.000Z",
+        "actor": {"approver": "bob", "channel": "console"}, "data": {"session": "abc"}}
+    assert rows[0].prev == rows[1].hash and audit.entry_hash(rows[0].prev, rows[0].event, rows[0].seq) == rows[0].hash
+    assert (await _verify(harness)).ok
+
+
+async def test_extending_a_verified_chain_checks_only_the_new_entries_and_refuses_a_forged_one(harness):
+    """Tamper evidence for the console's cheap check (``audit.extend``): appended entries that
+    chain on extend the last verified result; an appended entry whose hash does not fit is not
+    accepted (None: a full verification decides)."""
+    await _flow(harness)
+    s = harness.broker.store
+    good = await _verify(harness)
+    await audit.record(s, "console.signed_out", "2026-12-01T10:00:00.000Z", {"approver": "bob"})
+    longer = await audit.extend(s.redis, s.audit_stream, s.audit_head, good)
+    assert longer is not None and longer.entries == good.entries + 1 and longer == await _verify(harness)
+    # A forged entry appended at the end, with the head moved along so only the hash is wrong.
+    await s.redis.xadd(s.audit_stream, {"seq": longer.seq + 1, "hash": "0" * 64, "event": b'{"type":"forged"}'})
+    await s.redis.hset(s.audit_head, mapping={"seq": longer.seq + 1, "hash": "0" * 64})
+    assert await audit.extend(s.redis, s.audit_stream, s.audit_head, longer) is None
+    assert not (await _verify(harness)).ok

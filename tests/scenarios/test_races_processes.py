@@ -20,7 +20,7 @@ from broker.identity import make_assertion
 from broker.model import Request
 from tests.bot.slack import slackreq
 from tests.broker.test_races import check_approval_audit
-from tests.support.fake_slack import FakeSlack
+from support.fake_slack import FakeSlack
 from tests.support.harness import ISSUER, write_agents
 from tests.support.process import BrokerProcess, jitgate_env
 

@@ -15,7 +15,7 @@ from broker.clock import ManualClock
 from broker.config import Secret
 from bot.slack import SlackDesk
 from tests.bot.slack import slackreq
-from tests.support.fake_slack import FakeSlack
+from support.fake_slack import FakeSlack
 from tests.support.harness import Harness, make_settings, write_agents
 
 APPROVERS = Path(__file__).resolve().parent / "fixtures" / "approvers.yaml"

@@ -1,0 +1,94 @@
+"""The import rules of issue 15, checked over the source (AST, nothing imported): "no desk
+importing a private name of the core or the agent API module, and the platforms never importing
+each other (a small AST test over the package keeps this true)"."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLATFORMS = ("bot.slack", "bot.teams")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, absolute module, names taken from it) of every import in ``path``, relative ones
+    resolved against the file's package."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out.extend((node.lineno, a.name, []) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base]) if base else ".".join(anchor)
+            out.append((node.lineno, base, [a.name for a in node.names]))
+    return out
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _violations(folder: str) -> list[str]:
+    found = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        where = _module_name(path)
+        for line, module, names in _imports(path):
+            at = f"{path.relative_to(ROOT)}:{line}"
+            if _within(module, "broker"):
+                private = [n for n in [*module.split(".")[1:], *names] if n.startswith("_") and not n.startswith("__")]
+                if private:
+                    found.append(f"{at} imports the private {', '.join(private)} from {module}")
+                if _within(module, "broker.api") or (module == "broker" and "api" in names):
+                    found.append(f"{at} imports the agent API module (broker.api)")
+            for mine in PLATFORMS:
+                for other in PLATFORMS:
+                    if mine != other and _within(where, mine) and (
+                            _within(module, other) or (module == "bot" and other.split(".")[1] in names)):
+                        found.append(f"{at}: {mine} imports {other}")
+    return found
+
+
+def test_desks_import_no_private_name_of_the_core_nor_the_agent_api():
+    """Issue 15: no desk imports a private name of the core or the agent API module."""
+    assert _violations("bot") == []
+
+
+def test_slack_and_teams_never_import_each_other():
+    """Issue 15: the platforms never import each other."""
+    assert not [v for v in _violations("bot") if "bot.slack imports" in v or "bot.teams imports" in v]
+
+
+def test_the_checker_sees_what_it_forbids(tmp_path, monkeypatch):
+    """The checks above can fail: a desk module with each forbidden import is reported, line by line."""
+    pkg = tmp_path / "bot" / "teams"
+    pkg.mkdir(parents=True)
+    (tmp_path / "bot" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bad.py").write_text(
+        "from broker.cli import _settings\n"
+        "from broker.api import read_form\n"
+        "from ..slack import blocks\n"
+        "import bot.slack.desk\n"
+        "from broker.config import load_settings\n"
+        "from .cards import card\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _violations("bot") == [
+        "bot/teams/bad.py:1 imports the private _settings from broker.cli",
+        "bot/teams/bad.py:2 imports the agent API module (broker.api)",
+        "bot/teams/bad.py:3: bot.teams imports bot.slack",
+        "bot/teams/bad.py:4: bot.teams imports bot.slack",
+    ]
