@@ -59,8 +59,9 @@ async def replicas(tmp_path, redis_url, prefix, redis):
         async with httpx.AsyncClient(timeout=30) as http:
             yield fake, keys, (a, b), http
     finally:
-        a.stop()
-        b.stop()
+        # Stopped off the event loop: the Slack stand-in lives on this loop and must see the
+        # brokers' connections close (a blocked loop left one unclosed, a ResourceWarning).
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
         await fake.stop()
 
 
