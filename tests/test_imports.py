@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORMS = ("bot.slack", "bot.teams")
+PLATFORM_SDKS = ("slack_bolt", "slack_sdk", "botbuilder", "botframework", "msrest", "msal")
 
 
 def _module_name(path: Path) -> str:
@@ -54,6 +55,11 @@ def _violations(folder: str) -> list[str]:
                     found.append(f"{at} imports the private {', '.join(private)} from {module}")
                 if _within(module, "broker.api") or (module == "broker" and "api" in names):
                     found.append(f"{at} imports the agent API module (broker.api)")
+            if _within(where, "bot.kit"):
+                sdk = [s for s in PLATFORM_SDKS if _within(module, s)]
+                desk = [p for p in PLATFORMS if _within(module, p) or (module == "bot" and p.split(".")[1] in names)]
+                if sdk or desk:
+                    found.append(f"{at}: bot.kit imports {(sdk + desk)[0]}")
             for mine in PLATFORMS:
                 for other in PLATFORMS:
                     if mine != other and _within(where, mine) and (
@@ -72,6 +78,12 @@ def test_slack_and_teams_never_import_each_other():
     assert not [v for v in _violations("bot") if "bot.slack imports" in v or "bot.teams imports" in v]
 
 
+def test_the_desk_kit_imports_no_platform():
+    """Issue 15: "bot/kit/ (no platform SDK imported)": neither a chat SDK nor a desk (bot.slack, bot.teams)."""
+    assert (ROOT / "bot" / "kit").is_dir()
+    assert not [v for v in _violations("bot") if "bot.kit imports" in v]
+
+
 def test_the_checker_sees_what_it_forbids(tmp_path, monkeypatch):
     """The checks above can fail: a desk module with each forbidden import is reported, line by line."""
     pkg = tmp_path / "bot" / "teams"
@@ -85,8 +97,24 @@ def test_the_checker_sees_what_it_forbids(tmp_path, monkeypatch):
         "import bot.slack.desk\n"
         "from broker.config import load_settings\n"
         "from .cards import card\n")
+    kit = tmp_path / "bot" / "kit"
+    kit.mkdir()
+    (kit / "__init__.py").write_text("")
+    (kit / "bad.py").write_text(
+        "from slack_sdk.errors import SlackApiError\n"
+        "import botbuilder.schema\n"
+        "from bot.teams import cards\n"
+        "from bot import slack\n"
+        "from ..slack.text import escape\n"
+        "from broker.errors import Conflict\n"
+        "from . import once\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert _violations("bot") == [
+        "bot/kit/bad.py:1: bot.kit imports slack_sdk",
+        "bot/kit/bad.py:2: bot.kit imports botbuilder",
+        "bot/kit/bad.py:3: bot.kit imports bot.teams",
+        "bot/kit/bad.py:4: bot.kit imports bot.slack",
+        "bot/kit/bad.py:5: bot.kit imports bot.slack",
         "bot/teams/bad.py:1 imports the private _settings from broker.cli",
         "bot/teams/bad.py:2 imports the agent API module (broker.api)",
         "bot/teams/bad.py:3: bot.teams imports bot.slack",

@@ -4,10 +4,13 @@
 The command checks everything first (the core's ``preview``) and opens a modal showing
 exactly what would be granted. Confirming calls the core's ``grant`` as the *verified*
 submitter, which runs every check again. The modal's ``private_metadata`` holds only the
-command's parameters; they are honoured only together with a one-time confirmation
-record kept in Redis when the modal was opened (who opened it, from which channel, and a
-digest of those very parameters), found through the view's ``external_id``. So a
-submission by someone else, with edited parameters, or replayed grants nothing.
+command's parameters; they are honoured only together with the one-time confirmation
+record of :mod:`bot.kit.confirmations`, kept when the modal was opened and found through
+the view's ``external_id``: taken once and only by the Slack user and workspace it was
+shown to, from that very modal, with those very parameters, by the approver it was shown
+to, and only while the core's preview still grants exactly what the modal showed. So a
+submission by someone else, with edited parameters, replayed, or after what would be
+granted changed grants nothing.
 
 A token for ``me`` is minted once by the core and sent once, ephemerally, to the
 engineer (a DM when there is no channel to answer in); it goes into no other Slack call,
@@ -16,17 +19,14 @@ no log line and no stored record.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import secrets
 from typing import TYPE_CHECKING
 
-import orjson
 from slack_sdk.errors import SlackApiError
 
-
 from bot.commands import BreakGlassArgs
+from bot.kit.confirmations import Confirmations, preview_digest, recheck
 from broker.breakglass import ME
 from broker.directory import GROUP_BOUND_PREFIX, Approver, group_bound_id, is_valid_id
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover
@@ -46,7 +46,6 @@ log = logging.getLogger("jitgate.slack")
 
 BREAKGLASS_USAGE = "/jit breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "/jit breakglass-reinstate <approver-id|@user>"
-CONFIRM_TTL_S = 600          # an unconfirmed modal older than this grants nothing: run the command again
 REVIEWS_LIMIT = 20
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
@@ -61,31 +60,6 @@ def parse_person(rest: str) -> str:
     return parts[0]
 
 
-# ---------------------------------------------------------------------- the one-time confirmation
-def _confirm_key(desk: "SlackDesk", nonce: str) -> str:
-    return f"{desk.settings.redis_prefix}slack:bg-confirm:{nonce}"
-
-
-def _digest(metadata: str) -> str:
-    return hashlib.sha256(metadata.encode()).hexdigest()
-
-
-async def _remember(desk: "SlackDesk", *, user: str, channel: str | None, metadata: str) -> str:
-    """Record what this modal may grant and for whom; its key goes out as the view's ``external_id``."""
-    nonce = secrets.token_urlsafe(18)
-    record = {"user": user, "channel": channel or None, "sha256": _digest(metadata)}
-    await desk.broker.redis.set(_confirm_key(desk, nonce), orjson.dumps(record), ex=CONFIRM_TTL_S)
-    return nonce
-
-
-async def _take(desk: "SlackDesk", nonce: object) -> dict | None:
-    """The confirmation record, removed in the same step: a confirmation works once."""
-    if not isinstance(nonce, str) or not re.fullmatch(r"[A-Za-z0-9_-]{10,64}", nonce):
-        return None
-    raw = await desk.broker.redis.getdel(_confirm_key(desk, nonce))
-    return orjson.loads(raw) if raw else None
-
-
 # ---------------------------------------------------------------------- sub-commands
 async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlassArgs, user: str,
                          command: dict) -> str | None:
@@ -98,15 +72,19 @@ async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlass
     pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
                           duration_s=args.duration_s, reason=args.reason, incident=args.incident)
     metadata = args.to_json()
-    nonce = await _remember(desk, user=user, channel=command.get("channel_id"), metadata=metadata)
+    nonce = await desk.confirmations.remember(user=user, tenant=command.get("team_id"), where=command.get("channel_id"),
+                                              engineer=engineer.id, params=metadata, shown=preview_digest(pv))
     view = confirm_modal(pv, engineer.id, metadata, review_s=bg.limits.review_s)
     view["external_id"] = nonce
     try:
-        await desk.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
+        opened = await desk.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
     except Exception as e:  # noqa: BLE001 - an expired trigger, Slack down: nothing was granted
-        await desk.broker.redis.delete(_confirm_key(desk, nonce))
+        await desk.confirmations.drop(nonce)
         log.warning("views.open failed for /jit breakglass by %s (%s)", user, e.__class__.__name__)
         return ":warning: Slack did not open the confirmation in time; nothing was granted. Run the command again."
+    view_id = ((opened.get("view") if opened else None) or {}).get("id")
+    if view_id:
+        await desk.confirmations.attach(nonce, view_id)
     return None  # the modal is the answer
 
 
@@ -160,18 +138,24 @@ class BreakGlassListeners:
         desk = self.desk
         user = _user(body)
         metadata = view.get("private_metadata") or ""
-        record = await _take(desk, view.get("external_id"))
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+        verdict, record = await desk.confirmations.take(view.get("external_id"), user, team)
         channel = None
         try:
-            if record is None:
+            if verdict == "missing":
                 raise Conflict("this confirmation was already used or has expired; nothing was granted. "
                                "Run `/jit breakglass` again.")
-            if record.get("user") != user or record.get("sha256") != _digest(metadata):
+            if verdict != "ok" or not Confirmations.matches(record, shown_in=view.get("id"), params=metadata):
                 log.warning("a break-glass confirmation submitted by %s does not match the one shown; refused", user)
                 raise Forbidden("this confirmation does not match the one jitgate showed you; nothing was granted")
-            channel = record.get("channel")
-            args = BreakGlassArgs.from_json(metadata)
+            channel = record.get("where") or None
+            args = BreakGlassArgs.from_json(record["params"])
             engineer = await desk.approver(user)
+            if not Confirmations.same_engineer(record, engineer.id):
+                raise Forbidden("your Slack account is no longer bound to the approver who typed this command; "
+                                "nothing was granted")
+            await recheck(desk.broker.breakglass, engineer, args, record, shown_as="dialog",
+                          again="Run `/jit breakglass` again.")
             granted = await desk.broker.breakglass.grant(
                 engineer, subject=args.subject, action=args.action, target=args.target, duration_s=args.duration_s,
                 reason=args.reason, incident=args.incident, channel=CHANNEL, platform_user=user)

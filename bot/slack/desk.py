@@ -23,6 +23,7 @@ from broker.directory import Approver
 from broker.errors import BrokerError, ConfigError, NotApprover
 
 from bot.approvers import Binder, with_slack_groups
+from bot.kit.confirmations import Confirmations
 
 from .api import SlackApi
 from .breakglass import BreakGlassListeners
@@ -91,6 +92,7 @@ class SlackDesk:
         self._connect: asyncio.Task | None = None
         self._broker = None
         self.binder: Binder | None = None
+        self.confirmations: Confirmations | None = None
 
     # ------------------------------------------------------------------ the port
     def routes(self) -> list:
@@ -102,6 +104,7 @@ class SlackDesk:
     async def start(self, broker) -> None:
         self._broker = broker
         self.binder = Binder(broker.directory, email_binding=self.settings.email_binding)
+        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix, "slack")
         self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
                                      clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
         self.notifier.bind(broker)

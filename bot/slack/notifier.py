@@ -23,6 +23,7 @@ from broker.model import PENDING, Request
 from broker.notify import Kind, MessageRef, Notice
 
 from bot import render
+from bot.kit.once import say_once
 
 from .api import SlackApi
 from .bgviews import event_line, security_blocks, security_text
@@ -273,13 +274,7 @@ class SlackNotifier:
 
     async def _once(self, request: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already sent for this request; remember it after."""
-        redis = self.broker.redis
-        key = self._marks(request.id)
-        if await redis.hexists(key, marker):
-            return  # a retried delivery: say nothing twice
-        await send()
-        await redis.hset(key, marker, "1")
-        await redis.expire(key, MARK_TTL_S)
+        await say_once(self.broker.redis, self._marks(request.id), send, field=marker, ttl_s=MARK_TTL_S)
 
 
 def _with_people(text: str, people: list[str]) -> str:

@@ -24,6 +24,7 @@ from broker.model import Request
 from broker.notify import Kind, Notice
 
 from bot import render
+from bot.kit.once import say_once
 
 from . import bgcards, cards
 
@@ -96,12 +97,7 @@ class SecurityAlerts:
 
     async def once(self, req: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already done for this grant."""
-        redis, key = self.desk.broker.redis, self._key(req.id)
-        if await redis.hexists(key, "mark:" + marker):
-            return
-        await send()
-        await redis.hset(key, "mark:" + marker, "1")
-        await redis.expire(key, MARK_TTL_S)
+        await say_once(self.desk.broker.redis, self._key(req.id), send, field="mark:" + marker, ttl_s=MARK_TTL_S)
 
     async def note(self, request_id: str, text: str) -> None:
         """A line in the alert's thread, and the alert re-rendered (best effort: a courtesy;

@@ -23,19 +23,15 @@ unaccounted for. It goes into no log line and no stored record.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-import secrets
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-import orjson
 from botbuilder.schema import Activity
 
-from broker.breakglass import ME, Preview
+from broker.breakglass import ME
 
 from bot.commands import BreakGlassArgs
+from bot.kit.confirmations import Confirmations, preview_digest, recheck
 from broker.directory import Approver, is_valid_id
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import Request, check_request_id
@@ -53,10 +49,7 @@ log = logging.getLogger("jitgate.teams")
 CHANNEL = "teams"
 BREAKGLASS_USAGE = "breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "breakglass-reinstate <approver-id>"
-CONFIRM_TTL_S = 600          # an unconfirmed card older than this grants nothing: run the command again
 REVIEWS_LIMIT = 20
-
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 
 
 # ---------------------------------------------------------------------- parsing
@@ -68,81 +61,13 @@ def parse_person(rest: str) -> str:
     return parts[0].removeprefix("@")
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def preview_digest(pv: Preview) -> str:
-    """A digest of everything the confirmation card shows."""
-    return _digest(orjson.dumps(asdict(pv), option=orjson.OPT_SORT_KEYS).decode())
-
-
-# ---------------------------------------------------------------------- one-time confirmations
-# Take a confirmation once, and only as the person it was shown to (Entra object id and
-# tenant): anyone else's click leaves it in place, so nobody can spend it for the engineer.
-_TAKE_LUA = """
-local who = redis.call('HMGET', KEYS[1], 'user', 'tenant')
-if not who[1] then return {'missing'} end
-if who[1] ~= ARGV[1] or who[2] ~= ARGV[2] then return {'other'} end
-local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {'ok', all}
-"""
-_ATTACH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'card', ARGV[1])
-return 1
-"""
-
-
-class Confirmations:
-    """The one-time records behind confirmation cards (Redis hashes with a TTL)."""
-
-    def __init__(self, redis, prefix: str) -> None:
-        self.redis = redis
-        self.p = prefix + "teams:bg-confirm:"
-        self._take = redis.register_script(_TAKE_LUA)
-        self._attach = redis.register_script(_ATTACH_LUA)
-
-    async def remember(self, *, user: str, tenant: str | None, conversation: str, engineer: str, params: str,
-                       shown: str) -> str:
-        """Record what a card may grant and for whom; returns the nonce the card carries."""
-        nonce = secrets.token_urlsafe(24)
-        record = {"user": user, "tenant": tenant or "", "conversation": conversation, "engineer": engineer,
-                  "params": params, "sha256": _digest(params), "shown": shown}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.p + nonce, mapping=record)
-            pipe.expire(self.p + nonce, CONFIRM_TTL_S)
-            await pipe.execute()
-        return nonce
-
-    async def attach(self, nonce: str, activity_id: str) -> None:
-        """The card is out: only a click on that very message counts from now on."""
-        await self._attach(keys=[self.p + nonce], args=[activity_id])
-
-    async def take(self, nonce: object, user: str, tenant: str | None) -> tuple[str, dict]:
-        """('ok', record) removing it; ('other', {}) when it is someone else's (left in place);
-        ('missing', {}) when used, cancelled, expired or never issued."""
-        if not isinstance(nonce, str) or not _NONCE.match(nonce):
-            return "missing", {}
-        raw = await self._take(keys=[self.p + nonce], args=[user, tenant or ""])
-        verdict = raw[0].decode() if isinstance(raw[0], bytes) else raw[0]
-        if verdict != "ok":
-            return verdict, {}
-        flat = [v.decode() if isinstance(v, bytes) else v for v in raw[1]]
-        return "ok", dict(zip(flat[::2], flat[1::2]))
-
-    async def drop(self, nonce: str) -> None:
-        await self.redis.delete(self.p + nonce)
-
-
 # ---------------------------------------------------------------------- commands
 async def run_breakglass(desk: "TeamsDesk", engineer: Approver, args: BreakGlassArgs, user: str, turn: Turn) -> Answer:
     """Check everything now, then answer with the confirmation card (nothing granted yet)."""
     bg = desk.broker.breakglass
     pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
                           duration_s=args.duration_s, reason=args.reason, incident=args.incident)
-    nonce = await desk.confirmations.remember(user=user, tenant=turn.tenant_id, conversation=turn.conversation_id,
+    nonce = await desk.confirmations.remember(user=user, tenant=turn.tenant_id, where=turn.conversation_id,
                                               engineer=engineer.id, params=args.to_json(), shown=preview_digest(pv))
 
     async def posted(activity_id: str | None) -> None:
@@ -206,14 +131,12 @@ class BreakGlassActions:
                                                           "confirm or cancel it; nothing was granted")
         # The record is spent: from here on, anything amiss grants nothing.
         conv = base_conversation_id(a.conversation.id if a.conversation else "")
-        if (record.get("conversation") != conv
-                or (record.get("card") and record.get("card") != a.reply_to_id)
-                or _digest(record.get("params", "")) != record.get("sha256")):
+        if not Confirmations.matches(record, shown_in=a.reply_to_id, where=conv):
             log.warning("Teams: a break-glass confirmation by %s does not match the card it was issued for; refused", aad)
             return cards.error_response(403, "Forbidden", "this confirmation does not match the card jitgate showed you; "
                                                           "nothing was granted")
         engineer = desk.binder.teams(aad, tenant)
-        if engineer is None or engineer.id != record.get("engineer"):
+        if not Confirmations.same_engineer(record, engineer.id if engineer else None):
             return cards.error_response(403, "Forbidden", "your Teams account is not bound to the approver who typed "
                                                           "this command; nothing was granted")
         if verb == bgcards.CANCEL:
@@ -223,12 +146,7 @@ class BreakGlassActions:
         args = BreakGlassArgs.from_json(record["params"])
         bg = desk.broker.breakglass
         try:
-            pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
-                                  duration_s=args.duration_s, reason=args.reason, incident=args.incident)
-            if preview_digest(pv) != record.get("shown"):
-                raise Conflict(f"what would be granted changed since the card was shown (now {pv.duration_s // 60} min"
-                               + (f", {pv.note}" if pv.note else "") + "); nothing was granted. Run the breakglass "
-                               "command again.")
+            await recheck(bg, engineer, args, record, shown_as="card", again="Run the breakglass command again.")
             chat = await self._personal_chat(a, aad, tenant) if args.subject == ME else None
             granted = await bg.grant(engineer, subject=args.subject, action=args.action, target=args.target,
                                      duration_s=args.duration_s, reason=args.reason, incident=args.incident,

@@ -176,8 +176,6 @@ class Conversations:
         await self.redis.delete(self.p + "lock:" + name)
 
     # ------------------------------------------------------------------ idempotent replies
-    async def replied(self, mark: str) -> bool:
-        return bool(await self.redis.exists(self.p + "replied:" + mark))
-
-    async def mark_replied(self, mark: str) -> None:
-        await self.redis.set(self.p + "replied:" + mark, b"1", ex=REPLY_MARK_TTL_S)
+    def reply_mark(self, mark: str) -> str:
+        """The Redis key of one say-once marker (see :mod:`bot.kit.once`; kept ``REPLY_MARK_TTL_S``)."""
+        return self.p + "replied:" + mark

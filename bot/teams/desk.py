@@ -27,10 +27,11 @@ from broker.errors import BrokerError, NotApprover
 from broker.model import PENDING, Request
 
 from bot.approvers import Binder
+from bot.kit.confirmations import Confirmations
 
 from . import cards
 from .auth import BotConfig, MetadataWarmer, MsalCredentialsFactory, build_authentication, login_authority
-from .breakglass import BreakGlassActions, Confirmations
+from .breakglass import BreakGlassActions
 from .conversations import ConversationRef, Conversations, NoPersonalChat
 from .handler import TurnHandler
 from .notifier import TeamsNotifier
@@ -77,7 +78,7 @@ class TeamsDesk:
     async def start(self, broker) -> None:
         self.broker = broker
         self.conversations = Conversations(broker.redis, self.settings.redis_prefix)
-        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix)
+        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix, "teams")
         self.binder = Binder(broker.directory, email_binding=self.settings.email_binding,
                              teams_tenant=self.settings.microsoft_app_tenant_id)
         await self.warmer.start()

@@ -24,10 +24,11 @@ from broker.model import PENDING, TERMINAL, Request
 from broker.notify import MessageRef, Notice
 
 from bot import render
+from bot.kit.once import say_once
 
 from . import cards
 from .bgalerts import SecurityAlerts
-from .conversations import NoPersonalChat
+from .conversations import REPLY_MARK_TTL_S, NoPersonalChat
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -170,10 +171,7 @@ class TeamsNotifier:
         """Call ``send()`` unless ``mark`` says it was done already; remember it after (a
         retried delivery says nothing twice)."""
         conv = self.desk.conversations
-        if await conv.replied(mark):
-            return
-        await send()
-        await conv.mark_replied(mark)
+        await say_once(conv.redis, conv.reply_mark(mark), send, ttl_s=REPLY_MARK_TTL_S)
 
     async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:
         for ref in refs:

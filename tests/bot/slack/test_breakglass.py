@@ -6,6 +6,7 @@ running app; the Slack stand-in records every Web API call."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ import orjson
 
 from bot.slack.bgviews import CONFIRM_VIEW, REVIEW, REVIEW_VIEW
 from tests.bot.slack import slackreq
-from tests.bot.slack.conftest import running
+from tests.bot.slack.conftest import APPROVERS, running
 from tests.bot.slack.test_manifest import METHOD_SCOPES
 
 AGENT_BG = "ops-bot rollback prod/payments-api 20m pods crash-looping --incident INC-7"
@@ -415,16 +416,14 @@ async def test_forged_confirmations_grant_nothing(slack):
     assert meta == {"subject": "ops-bot", "action": "rollback", "target": "prod/payments-api", "duration_s": 1200,
                     "reason": "pods crash-looping", "incident": "INC-7"}
 
-    # Alice is on-call too, but this confirmation was shown to frank; it is spent by the attempt.
+    # Alice is on-call too, but this confirmation was shown to frank; her attempt leaves it in place.
     await submit_confirmation(slack, "U0ALICE", call)
     assert "does not match the one jitgate showed you" in (await told(slack, "U0ALICE"))[0]
-    await submit_confirmation(slack, "U0FRANK", call)
-    assert "already used or has expired" in (await told(slack, "U0FRANK"))[0]
-
-    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
     tampered = json.dumps({**meta, "subject": "me", "duration_s": 86400})
     await submit_confirmation(slack, "U0FRANK", call, metadata=tampered)
-    assert "does not match" in (await told(slack, "U0FRANK", 2))[1]
+    assert "does not match" in (await told(slack, "U0FRANK"))[0]
+    await submit_confirmation(slack, "U0FRANK", call)  # the tampered attempt spent it
+    assert "already used or has expired" in (await told(slack, "U0FRANK", 2))[1]
     await submit_confirmation(slack, "U0FRANK", call, external_id="made-up-confirmation-id")
     assert "already used or has expired" in (await told(slack, "U0FRANK", 3))[2]
     await slack.settle()
@@ -480,3 +479,84 @@ async def test_the_engineer_is_not_mentioned_among_those_bypassed(slack):
         lambda: [c for c in slack.fake.of("chat.postMessage") if c.args["channel"] == "#approvals"], what="announce")
     assert "Approval bypassed: alice" in announce.args["text"]
     assert "<@U0ERIN>" in announce.args["text"] and "<@U0ALICE>" not in announce.args["text"]
+
+
+# ---------------------------------------------------------------------- the kit's confirmation checks (issue 15)
+# Issue 15 "one one-time confirmation store (keep the stricter of today's two)": the checks Teams made and Slack
+# did not now hold on Slack too (bot/kit/confirmations.py; Teams' tests: tests/bot/teams/test_breakglass.py).
+async def submit_as(slack, user: str, call, *, team: str | None = None, view_id: str | None = None):
+    """Press Confirm on the modal, optionally from another workspace or another view."""
+    view = call.args["view"]
+    payload = slackreq.modal_submission(
+        user, callback_id=CONFIRM_VIEW, view_id=view_id or call.response["view"]["id"],
+        private_metadata=view["private_metadata"], external_id=view["external_id"])
+    if team is not None:
+        payload["team"]["id"] = payload["user"]["team_id"] = team
+    r = await slack.post(slackreq.form_payload(payload))
+    assert r.status_code == 200
+
+
+async def test_someone_elses_submission_leaves_the_confirmation_to_its_engineer(slack):
+    """Issue 15 (the stricter store): a confirmation is taken only by the person it was shown to; another user's
+    submission is refused and neither uses nor spends it, so the engineer can still confirm."""
+    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+    await submit_as(slack, "U0ALICE", call)
+    assert "does not match the one jitgate showed you" in (await told(slack, "U0ALICE"))[0]
+    await submit_as(slack, "U0FRANK", call)
+    assert "Break-glass granted" in (await told(slack, "U0FRANK"))[0]
+    await slack.settle()
+    assert len(await slack.h.broker.store.scan_requests()) == 1
+
+
+async def test_a_submission_from_another_workspace_grants_nothing(slack):
+    """Issue 15 (the stricter store): a confirmation is bound to the user *and* the tenant (Slack workspace) it was
+    shown in; the same user id submitting from another workspace grants nothing."""
+    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+    await submit_as(slack, "U0FRANK", call, team="T0ELSEWHERE")
+    assert "does not match the one jitgate showed you" in (await told(slack, "U0FRANK"))[0]
+    await slack.settle()
+    assert await slack.h.broker.store.scan_requests() == []
+
+
+async def test_a_submission_from_another_modal_grants_nothing(slack):
+    """Issue 15 (the stricter store): once the modal is open, only a submission of that very modal (its view id)
+    counts; the confirmation's id carried by another view grants nothing."""
+    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+    await submit_as(slack, "U0FRANK", call, view_id="V0SOMEOTHER")
+    assert "does not match the one jitgate showed you" in (await told(slack, "U0FRANK"))[0]
+    await slack.settle()
+    assert await slack.h.broker.store.scan_requests() == []
+
+
+async def test_a_confirmation_grants_only_what_the_modal_showed(slack):
+    """Issue 15 (the stricter store): the core's preview is re-run at submit; when what would be granted changed
+    since the modal was shown (here a lower break-glass cap: 10 min instead of the 20 shown), nothing is granted."""
+    call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+    bg = slack.h.broker.breakglass
+    bg.limits = dataclasses.replace(bg.limits, max_duration_s=600)
+    await submit_as(slack, "U0FRANK", call)
+    said = (await told(slack, "U0FRANK"))[0]
+    assert "changed since the dialog was shown" in said and "now 10 min" in said
+    await slack.settle()
+    assert await slack.h.broker.store.scan_requests() == []
+
+
+async def test_a_confirmation_needs_the_engineer_it_was_shown_to(tmp_path, redis_url, prefix, redis, fake_slack):
+    """Issue 15 (the stricter store): the confirmation is bound to the approver it was shown to; when the approvers
+    file is edited meanwhile so that the same Slack user is now another approver, nothing is granted."""
+    path = tmp_path / "bg-approvers.yaml"
+    original = APPROVERS.read_text()
+    path.write_text(original)
+    async with running(tmp_path, redis_url, prefix, fake_slack, approvers_file=path) as slack:
+        call = await open_confirmation(slack, "U0FRANK", AGENT_BG)
+        path.write_text(original.replace("slack: U0FRANK", "slack: U0FRANKOLD")
+                        + "  - id: fred\n    groups: [on-call]\n    slack: U0FRANK\n")
+        directory = slack.h.broker.directory
+        deadline = time.monotonic() + 8  # the reload job runs every 2 s; bounded so a missing reload fails
+        while directory.by_slack("U0FRANK").id != "fred" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert directory.by_slack("U0FRANK").id == "fred", "the approvers file was not reloaded"
+        await submit_as(slack, "U0FRANK", call)
+        assert "no longer bound to the approver who typed" in (await told(slack, "U0FRANK"))[0]
+        await slack.settle()
+        assert await slack.h.broker.store.scan_requests() == []
