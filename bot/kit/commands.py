@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from broker.directory import Approver
 from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
@@ -129,14 +129,28 @@ REINSTATE_SUMMARY = "restore a break-glass right suspended for an unreviewed gra
 HELP = Spec("help", "", "this text", no_args)
 NEUTRAL = (LIST, STATUS, REVOKE, POSTURE)
 
-C = TypeVar("C")
+@dataclass(frozen=True)
+class Command:
+    """A row of a desk's command table: its usage as the desk shows it, and its runner (None:
+    answered from the text alone). ``interactive``: the runner also gets the desk's own
+    context of the command (Slack's slash command, Teams' Turn)."""
+
+    name: str
+    usage: str
+    summary: str
+    parse: Callable[[str], Any]
+    run: Callable[..., Awaitable[Any]] | None
+    interactive: bool = False
 
 
-def table(neutral: Mapping[str, C], desk_run: Iterable[C], help_: C, name: Callable[[C], str]) -> dict[str, C]:
-    """A desk's command table in the one order every desk shows: the neutral commands, the
-    desk-run ones (break-glass), then help."""
-    rows = [neutral[s.name] for s in NEUTRAL] + list(desk_run) + [help_]
-    return {name(c): c for c in rows}
+def table(prefix: str, bind: Callable[[Spec], Callable[..., Awaitable[Any]]],
+          desk_run: Iterable[Command]) -> dict[str, Command]:
+    """A desk's command table in the one order every desk shows: the neutral commands (each
+    run by ``bind(spec)``, the desk's wrapper of its handler), the desk-run ones
+    (break-glass), then help."""
+    rows = [Command(s.name, s.usage(prefix), s.summary, s.parse, bind(s)) for s in NEUTRAL]
+    rows += [*desk_run, Command(HELP.name, HELP.usage(prefix), HELP.summary, HELP.parse, None)]
+    return {c.name: c for c in rows}
 
 
 @dataclass(frozen=True)
@@ -145,22 +159,22 @@ class Parsed:
     is True when the arguments did not fit; otherwise ``args`` are the parsed arguments."""
 
     name: str
-    command: Any
+    command: Command | None
     args: Any = None
     usage: bool = False
 
 
-def parse(commands: Mapping[str, C], text: str, parse_of: Callable[[C], Callable[[str], Any]]) -> Parsed:
+def parse(commands: Mapping[str, Command], text: str) -> Parsed:
     """Split ``name rest`` (no name: help), look the name up and parse its arguments."""
     name, _, rest = text.strip().partition(" ")
     cmd = commands.get(name.lower() or "help")
     if cmd is None:
         return Parsed(name, None)
     try:
-        return Parsed(name, cmd, parse_of(cmd)(rest))
+        return Parsed(name, cmd, cmd.parse(rest))
     except ValueError:  # Usage, or a parser's own "does not fit"
         return Parsed(name, cmd, usage=True)
 
 
-__all__ = ["Caller", "ErrorKind", "Handler", "LIST_LIMIT", "Parsed", "Reply", "Spec", "Usage", "error_kind",
+__all__ = ["Caller", "Command", "ErrorKind", "Handler", "LIST_LIMIT", "Parsed", "Reply", "Spec", "Usage", "error_kind",
            "list_pending", "parse", "posture", "revoke", "status", "table"]

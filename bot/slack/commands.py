@@ -9,7 +9,6 @@ a modal instead of text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from broker.directory import Approver
@@ -31,18 +30,6 @@ if TYPE_CHECKING:
 
 COMMAND = "/jit"
 PREFIX = COMMAND + " "
-
-
-@dataclass(frozen=True)
-class Subcommand:
-    name: str
-    usage: str
-    summary: str
-    parse: Callable[[str], Any]
-    # None: answered from the text alone. Returns the ephemeral answer, or None when there is
-    # none (a modal was opened instead).
-    run: Callable[..., Awaitable[str | None]] | None
-    interactive: bool = False  # run also gets the slash command (trigger_id, channel_id)
 
 
 def _list(reply: kit.Reply) -> str:
@@ -81,26 +68,27 @@ def _posture(reply: kit.Reply) -> str:
     return f":shield: Risk posture is now *{escape(reply.posture or '')}*; every new policy decision sees it."
 
 
-def _neutral(spec: kit.Spec, fmt: Callable[[kit.Reply], str]) -> Subcommand:
+_FORMAT: dict[str, Callable[[kit.Reply], str]] = {"list": _list, "status": _status, "revoke": _revoke,
+                                                 "posture": _posture}
+
+
+def _bind(spec: kit.Spec) -> Callable[..., Awaitable[str]]:
     """A kit command run by its neutral handler, its reply formatted as Slack text."""
-    handler = spec.handler
+    handler, fmt = spec.handler, _FORMAT[spec.name]
     assert handler is not None
 
     async def run(desk: "SlackDesk", approver: Approver, args: Any, user: str) -> str:
         return fmt(await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
-    return Subcommand(spec.name, spec.usage(PREFIX), spec.summary, spec.parse, run)
+    return run
 
 
-SUBCOMMANDS: dict[str, Subcommand] = kit.table(
-    {s.name: _neutral(s, f) for s, f in ((kit.LIST, _list), (kit.STATUS, _status), (kit.REVOKE, _revoke),
-                                         (kit.POSTURE, _posture))},
-    (Subcommand("breakglass", BREAKGLASS_USAGE,
+SUBCOMMANDS: dict[str, kit.Command] = kit.table(PREFIX, _bind, (
+    kit.Command("breakglass", BREAKGLASS_USAGE,
                 "emergency access at once (on-call group): duration like 30m, 1h, 900s; you confirm in a dialog, "
                 "security is told and must review it", parse_breakglass, run_breakglass, interactive=True),
-     Subcommand("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
-     Subcommand("reviews", PREFIX + "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews)),
-    Subcommand("help", kit.HELP.usage(PREFIX), kit.HELP.summary, kit.HELP.parse, None),
-    lambda c: c.name)
+    kit.Command("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
+    kit.Command("reviews", PREFIX + "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews),
+))
 
 
 def help_text() -> str:
@@ -109,7 +97,7 @@ def help_text() -> str:
     return "*jitgate* approvals from Slack:\n" + "\n".join(rows)
 
 
-def usage_text(sub: Subcommand | None, given: str) -> str:
+def usage_text(sub: kit.Command | None, given: str) -> str:
     if sub is None:
         return f":warning: Unknown sub-command `{mrkdwn(given, 40)}`.\n" + help_text()
     return f":warning: Usage: `{escape(sub.usage)}`"
@@ -125,7 +113,7 @@ class SlashCommand:
         app.command(COMMAND)(self.handle)
 
     async def handle(self, ack, command, respond) -> None:
-        parsed = kit.parse(SUBCOMMANDS, command.get("text") or "", lambda c: c.parse)
+        parsed = kit.parse(SUBCOMMANDS, command.get("text") or "")
         sub, args = parsed.command, parsed.args
         if sub is None or parsed.usage:
             await ack(text=usage_text(sub, parsed.name), response_type="ephemeral")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from broker.directory import Approver
@@ -34,16 +33,6 @@ if TYPE_CHECKING:
 CHANNEL = "teams"
 _MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    usage: str
-    summary: str
-    parse: Callable[[str], Any]
-    run: Callable[..., Awaitable[Answer]] | None  # None: needs no approver
-    interactive: bool = False  # run also gets the Turn (where and by whom the command was typed)
 
 
 def command_text(raw: str | None) -> str:
@@ -80,28 +69,29 @@ def _posture(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
     return Answer(f"Risk posture is now {reply.posture}; every new policy decision sees it.")
 
 
-def _neutral(spec: kit.Spec, fmt: Callable[["TeamsDesk", kit.Reply], Answer]) -> Command:
+_FORMAT: dict[str, Callable[["TeamsDesk", kit.Reply], Answer]] = {"list": _list, "status": _status,
+                                                                  "revoke": _revoke, "posture": _posture}
+
+
+def _bind(spec: kit.Spec) -> Callable[..., Awaitable[Answer]]:
     """A kit command run by its neutral handler, its reply formatted as a Teams answer."""
-    handler = spec.handler
+    handler, fmt = spec.handler, _FORMAT[spec.name]
     assert handler is not None
 
     async def run(desk: "TeamsDesk", approver: Approver, args: Any, user: str) -> Answer:
         return fmt(desk, await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
-    return Command(spec.name, spec.usage(), spec.summary, spec.parse, run)
+    return run
 
 
 # The manifest's commandLists (manifests/teams/manifest.json) are generated from this table.
-COMMANDS: dict[str, Command] = kit.table(
-    {s.name: _neutral(s, f) for s, f in ((kit.LIST, _list), (kit.STATUS, _status), (kit.REVOKE, _revoke),
-                                         (kit.POSTURE, _posture))},
-    (Command("breakglass", BREAKGLASS_USAGE,
-             "emergency access at once (on-call group), confirmed on a card; security is told and must review it. "
-             "Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
-             run_breakglass, interactive=True),
-     Command("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
-     Command("reviews", "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews)),
-    Command("help", kit.HELP.usage(), kit.HELP.summary, kit.HELP.parse, None),
-    lambda c: c.name)
+COMMANDS: dict[str, kit.Command] = kit.table("", _bind, (
+    kit.Command("breakglass", BREAKGLASS_USAGE,
+                "emergency access at once (on-call group), confirmed on a card; security is told and must review "
+                "it. Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
+                run_breakglass, interactive=True),
+    kit.Command("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
+    kit.Command("reviews", "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews),
+))
 
 
 def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answer:
@@ -116,7 +106,7 @@ def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answe
 async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, aad_object_id: str | None,
                       conversation_id: str | None, turn: Turn | None = None) -> Answer:
     """Parse and run one command; every outcome is an answer, never an exception."""
-    parsed = kit.parse(COMMANDS, command_text(text), lambda c: c.parse)
+    parsed = kit.parse(COMMANDS, command_text(text))
     cmd, args = parsed.command, parsed.args
     if cmd is None:
         head = help_answer(aad_object_id, conversation_id)
