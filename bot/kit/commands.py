@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
+from broker.breakglass import BreakGlass
 from broker.directory import Approver
 from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.lifecycle import Lifecycle
@@ -21,6 +22,7 @@ from broker.rules import POSTURES
 from bot.commands import Usage, id_and_reason, no_args, posture_level, request_id
 
 LIST_LIMIT = 20
+REVIEWS_LIMIT = 20
 
 
 class ErrorKind(enum.Enum):
@@ -69,6 +71,7 @@ class Reply:
     more: bool = False
     posture: str | None = None
     changed: bool = False
+    everyone: bool = False  # reviews: the caller sees everyone's, not only their own
     error: ErrorKind | None = None
 
 
@@ -97,6 +100,16 @@ async def posture(life: Lifecycle, caller: Caller, level: str | None) -> Reply:
         return Reply(posture=await life.posture())
     await life.set_posture(level, caller.approver, channel=caller.channel)
     return Reply(posture=level, changed=True)
+
+
+async def reviews(bg: BreakGlass, caller: Caller, security_group: str) -> Reply:
+    """Open break-glass reviews, oldest deadline first: all of them for the security group,
+    one's own for others; at most REVIEWS_LIMIT."""
+    everyone = security_group in caller.approver.groups
+    reqs = await bg.pending_reviews(limit=100)
+    if not everyone:
+        reqs = [r for r in reqs if r.engineer == caller.approver.id]
+    return Reply(requests=tuple(reqs[:REVIEWS_LIMIT]), more=len(reqs) > REVIEWS_LIMIT, everyone=everyone)
 
 
 Handler = Callable[[Lifecycle, Caller, Any], Awaitable[Reply]]
@@ -177,4 +190,4 @@ def parse(commands: Mapping[str, Command], text: str) -> Parsed:
 
 
 __all__ = ["Caller", "Command", "ErrorKind", "Handler", "LIST_LIMIT", "Parsed", "Reply", "Spec", "Usage", "error_kind",
-           "list_pending", "parse", "posture", "revoke", "status", "table"]
+           "list_pending", "parse", "posture", "reviews", "revoke", "status", "table"]

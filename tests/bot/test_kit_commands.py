@@ -126,3 +126,18 @@ async def test_list_is_bounded_and_says_when_it_was_cut(harness, monkeypatch):
         await propose(harness)
     reply = await kit.list_pending(harness.life, caller(harness, "bob"), None)
     assert len(reply.requests) == 2 and reply.more
+
+
+async def test_reviews_show_security_every_open_review_and_others_only_their_own(harness):
+    """Break-glass "security team ... review break-glass": the security group sees every open review, an
+    engineer only their own (the rule both desks' ``reviews`` command used to hold a copy of)."""
+    bg = harness.broker.breakglass
+    granted = await bg.grant(harness.approver("alice"), subject="ops-bot", action="rollback",
+                             target="prod/payments-api", duration_s=600, reason="pods down", channel="cli")
+    rid = granted.request.id
+    security = harness.settings.security_group
+    mine = await kit.reviews(bg, caller(harness, "alice"), security)
+    assert [r.id for r in mine.requests] == [rid] and not mine.everyone
+    assert (await kit.reviews(bg, caller(harness, "frank"), security)).requests == ()
+    everyone = await kit.reviews(bg, caller(harness, "carol"), security)
+    assert [r.id for r in everyone.requests] == [rid] and everyone.everyone
