@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from slack_sdk.errors import SlackApiError
 
 from bot.commands import BreakGlassArgs
+from bot.kit import commands as kit
 from bot.kit.confirmations import Confirmations, preview_digest, recheck
 from broker.breakglass import ME
 from broker.directory import GROUP_BOUND_PREFIX, Approver, group_bound_id, is_valid_id
@@ -46,7 +47,6 @@ log = logging.getLogger("jitgate.slack")
 
 BREAKGLASS_USAGE = "/jit breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "/jit breakglass-reinstate <approver-id|@user>"
-REVIEWS_LIMIT = 20
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
 
@@ -111,13 +111,10 @@ async def run_reinstate(desk: "SlackDesk", by: Approver, who: str, user: str) ->
 
 async def run_reviews(desk: "SlackDesk", approver: Approver, _args: None, user: str) -> str:
     """Open break-glass reviews: all of them for the security group, one's own for others."""
-    bg = desk.broker.breakglass
-    everyone = desk.settings.security_group in approver.groups
-    reqs = await bg.pending_reviews(limit=100)
-    if not everyone:
-        reqs = [r for r in reqs if r.engineer == approver.id]
-    return reviews_text(reqs[:REVIEWS_LIMIT], now=desk.broker.lifecycle.clock.now(), everyone=everyone,
-                        limit=REVIEWS_LIMIT)
+    reply = await kit.reviews(desk.broker.breakglass, kit.Caller(approver, user, CHANNEL),
+                              desk.settings.security_group)
+    return reviews_text(list(reply.requests), now=desk.broker.lifecycle.clock.now(), everyone=reply.everyone,
+                        limit=kit.REVIEWS_LIMIT)
 
 
 # ---------------------------------------------------------------------- interactions

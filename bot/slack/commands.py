@@ -9,15 +9,14 @@ a modal instead of text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from broker.directory import Approver
 from broker.errors import BrokerError
-from broker.model import check_request_id
 
 from bot import render
-from bot.commands import POSTURES, id_and_reason, no_args, parse_breakglass, posture_level, request_id
+from bot.commands import no_args, parse_breakglass
+from bot.kit import commands as kit
 
 from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person,
                          run_breakglass, run_reinstate, run_reviews)
@@ -30,27 +29,14 @@ if TYPE_CHECKING:
     from .desk import SlackDesk
 
 COMMAND = "/jit"
-LIST_LIMIT = 20
+PREFIX = COMMAND + " "
 
 
-@dataclass(frozen=True)
-class Subcommand:
-    name: str
-    usage: str
-    summary: str
-    parse: Callable[[str], Any]
-    # None: answered from the text alone. Returns the ephemeral answer, or None when there is
-    # none (a modal was opened instead).
-    run: Callable[..., Awaitable[str | None]] | None
-    interactive: bool = False  # run also gets the slash command (trigger_id, channel_id)
-
-
-async def _list(desk: "SlackDesk", approver: Approver, _args: None, user: str) -> str:
-    reqs = await desk.broker.lifecycle.pending_for(approver, limit=LIST_LIMIT)
-    if not reqs:
+def _list(reply: kit.Reply) -> str:
+    if not reply.requests:
         return ":sparkles: Nothing is waiting for you."
-    lines = [f"*Waiting for you* ({len(reqs)}{'+' if len(reqs) >= LIST_LIMIT else ''}):"]
-    for r in reqs:
+    lines = [f"*Waiting for you* ({len(reply.requests)}{'+' if reply.more else ''}):"]
+    for r in reply.requests:
         p = r.proposal
         lines.append(
             f"• `{escape(r.id)}` {mrkdwn(r.agent, 100)} → *{mrkdwn(p.action, 64)}* on {mrkdwn(p.target, 200)} "
@@ -59,8 +45,8 @@ async def _list(desk: "SlackDesk", approver: Approver, _args: None, user: str) -
     return "\n".join(lines)
 
 
-async def _status(desk: "SlackDesk", approver: Approver, rid: str, user: str) -> str:
-    r = await desk.broker.lifecycle.get(check_request_id(rid))
+def _status(reply: kit.Reply) -> str:
+    r = reply.requests[0]
     p = r.proposal
     lines = [
         f"`{escape(r.id)}`: {mrkdwn(r.agent, 100)} → *{mrkdwn(p.action, 64)}* on {mrkdwn(p.target, 200)}",
@@ -71,39 +57,38 @@ async def _status(desk: "SlackDesk", approver: Approver, rid: str, user: str) ->
     return "\n".join(lines)
 
 
-async def _revoke(desk: "SlackDesk", approver: Approver, args: tuple[str, str], user: str) -> str:
-    rid, reason = args
-    r = await desk.broker.lifecycle.revoke_as(check_request_id(rid), approver, reason=reason, channel=CHANNEL,
-                                              platform_user=user)
+def _revoke(reply: kit.Reply) -> str:
+    r = reply.requests[0]
     return f":no_entry: Revoked `{escape(r.id)}`: {mrkdwn(r.close_reason or '', 600)}"
 
 
-async def _posture(desk: "SlackDesk", approver: Approver, level: str | None, user: str) -> str:
-    life = desk.broker.lifecycle
-    if level is None:
-        return f"Risk posture is *{escape(await life.posture())}*."
-    await life.set_posture(level, approver, channel=CHANNEL)
-    return f":shield: Risk posture is now *{escape(level)}*; every new policy decision sees it."
+def _posture(reply: kit.Reply) -> str:
+    if not reply.changed:
+        return f"Risk posture is *{escape(reply.posture or '')}*."
+    return f":shield: Risk posture is now *{escape(reply.posture or '')}*; every new policy decision sees it."
 
 
-SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
-    Subcommand("list", "/jit list", "requests waiting for your approval", no_args, _list),
-    Subcommand("status", "/jit status <id>", "where a request stands", request_id, _status),
-    Subcommand("revoke", "/jit revoke <id> [reason]",
-               "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
-               id_and_reason, _revoke),
-    Subcommand("posture", f"/jit posture [{'|'.join(POSTURES)}]", "show or set the risk posture (security group)",
-               posture_level, _posture),
-    Subcommand("breakglass", BREAKGLASS_USAGE,
-               "emergency access at once (on-call group): duration like 30m, 1h, 900s; you confirm in a dialog, "
-               "security is told and must review it", parse_breakglass, run_breakglass, interactive=True),
-    Subcommand("breakglass-reinstate", REINSTATE_USAGE,
-               "restore a break-glass right suspended for an unreviewed grant (security group)", parse_person,
-               run_reinstate),
-    Subcommand("reviews", "/jit reviews", "open break-glass reviews (security group: all; others: their own)",
-               no_args, run_reviews),
-    Subcommand("help", "/jit help", "this text", no_args, None),
-)}
+_FORMAT: dict[str, Callable[[kit.Reply], str]] = {"list": _list, "status": _status, "revoke": _revoke,
+                                                 "posture": _posture}
+
+
+def _bind(spec: kit.Spec) -> Callable[..., Awaitable[str]]:
+    """A kit command run by its neutral handler, its reply formatted as Slack text."""
+    handler, fmt = spec.handler, _FORMAT[spec.name]
+    assert handler is not None
+
+    async def run(desk: "SlackDesk", approver: Approver, args: Any, user: str) -> str:
+        return fmt(await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
+    return run
+
+
+SUBCOMMANDS: dict[str, kit.Command] = kit.table(PREFIX, _bind, (
+    kit.Command("breakglass", BREAKGLASS_USAGE,
+                "emergency access at once (on-call group): duration like 30m, 1h, 900s; you confirm in a dialog, "
+                "security is told and must review it", parse_breakglass, run_breakglass, interactive=True),
+    kit.Command("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
+    kit.Command("reviews", PREFIX + "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews),
+))
 
 
 def help_text() -> str:
@@ -112,7 +97,7 @@ def help_text() -> str:
     return "*jitgate* approvals from Slack:\n" + "\n".join(rows)
 
 
-def usage_text(sub: Subcommand | None, given: str) -> str:
+def usage_text(sub: kit.Command | None, given: str) -> str:
     if sub is None:
         return f":warning: Unknown sub-command `{mrkdwn(given, 40)}`.\n" + help_text()
     return f":warning: Usage: `{escape(sub.usage)}`"
@@ -128,16 +113,10 @@ class SlashCommand:
         app.command(COMMAND)(self.handle)
 
     async def handle(self, ack, command, respond) -> None:
-        text = (command.get("text") or "").strip()
-        name, _, rest = text.partition(" ")
-        sub = SUBCOMMANDS.get(name.lower() or "help")
-        if sub is None:
-            await ack(text=usage_text(None, name), response_type="ephemeral")
-            return
-        try:
-            args = sub.parse(rest)
-        except ValueError:  # Usage, or a parser's own "does not fit"
-            await ack(text=usage_text(sub, name), response_type="ephemeral")
+        parsed = kit.parse(SUBCOMMANDS, command.get("text") or "")
+        sub, args = parsed.command, parsed.args
+        if sub is None or parsed.usage:
+            await ack(text=usage_text(sub, parsed.name), response_type="ephemeral")
             return
         if sub.run is None:
             await ack(text=help_text(), response_type="ephemeral")

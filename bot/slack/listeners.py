@@ -14,10 +14,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from broker import rules
-from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError, Conflict, Forbidden
 from broker.model import PENDING, Request, check_request_id
 
 from bot import render
+from bot.kit.commands import ErrorKind, error_kind
 
 from .blocks import APPROVE, APPROVE_FOR, DENY, DENY_VIEW, EVIDENCE, REASON_BLOCK, REASON_INPUT, deny_modal, evidence_modal
 from .notifier import NAME
@@ -35,17 +36,17 @@ log = logging.getLogger("jitgate.slack")
 def error_text(e: BrokerError) -> str:
     """A broker error as a short ephemeral message (branching on the class, not the text)."""
     detail = mrkdwn(e.detail, 1500)
-    if isinstance(e, (NotApprover, Forbidden)):
-        return f":no_entry: You may not do that: {detail}"
-    if isinstance(e, DeadlinePassed):  # a Conflict, but the request did change: it expired
-        return f":hourglass: Too late: {detail}"
-    if isinstance(e, Conflict):
-        return f":information_source: Nothing changed: {detail}"
-    if isinstance(e, NotFound):
-        return f":mag: {detail}"
-    if isinstance(e, InvalidRequest):
-        return f":warning: {detail}"
-    return f":warning: jitgate could not do that: {detail}"
+    return _ERROR_TEXT[error_kind(e)].format(detail=detail)
+
+
+_ERROR_TEXT = {
+    ErrorKind.FORBIDDEN: ":no_entry: You may not do that: {detail}",
+    ErrorKind.TOO_LATE: ":hourglass: Too late: {detail}",
+    ErrorKind.UNCHANGED: ":information_source: Nothing changed: {detail}",
+    ErrorKind.NOT_FOUND: ":mag: {detail}",
+    ErrorKind.INVALID: ":warning: {detail}",
+    ErrorKind.OTHER: ":warning: jitgate could not do that: {detail}",
+}
 
 
 class Listeners:

@@ -31,6 +31,7 @@ from botbuilder.schema import Activity
 from broker.breakglass import ME
 
 from bot.commands import BreakGlassArgs
+from bot.kit import commands as kit
 from bot.kit.confirmations import Confirmations, preview_digest, recheck
 from broker.directory import Approver, is_valid_id
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
@@ -49,7 +50,6 @@ log = logging.getLogger("jitgate.teams")
 CHANNEL = "teams"
 BREAKGLASS_USAGE = "breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_USAGE = "breakglass-reinstate <approver-id>"
-REVIEWS_LIMIT = 20
 
 
 # ---------------------------------------------------------------------- parsing
@@ -92,13 +92,10 @@ async def run_reinstate(desk: "TeamsDesk", by: Approver, engineer_id: str, user:
 
 async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
     """Open break-glass reviews: all of them for the security group, one's own for others."""
-    bg = desk.broker.breakglass
-    everyone = desk.settings.security_group in approver.groups
-    reqs = await bg.pending_reviews(limit=100)
-    if not everyone:
-        reqs = [r for r in reqs if r.engineer == approver.id]
-    text, lines = bgcards.reviews_answer(reqs[:REVIEWS_LIMIT], now=desk.broker.lifecycle.clock.now(),
-                                         everyone=everyone, limit=REVIEWS_LIMIT)
+    reply = await kit.reviews(desk.broker.breakglass, kit.Caller(approver, user, CHANNEL),
+                              desk.settings.security_group)
+    text, lines = bgcards.reviews_answer(list(reply.requests), now=desk.broker.lifecycle.clock.now(),
+                                         everyone=reply.everyone, limit=kit.REVIEWS_LIMIT)
     return Answer(text, lines)
 
 

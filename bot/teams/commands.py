@@ -13,38 +13,26 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from broker.directory import Approver
 from broker.errors import BrokerError
-from broker.model import check_request_id
 
 from bot import render
-from bot.commands import POSTURES, id_and_reason, no_args, parse_breakglass, posture_level, request_id
+from bot.commands import no_args, parse_breakglass
+from bot.kit import commands as kit
 
 from . import cards
 from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person, run_breakglass,
                          run_reinstate, run_reviews)
-from .replies import Answer, Turn, Usage, error_answer, unbound_answer
+from .replies import Answer, Turn, error_answer, unbound_answer
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
 
 CHANNEL = "teams"
-LIST_LIMIT = 20
 _MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    usage: str
-    summary: str
-    parse: Callable[[str], Any]
-    run: Callable[..., Awaitable[Answer]] | None  # None: needs no approver
-    interactive: bool = False  # run also gets the Turn (where and by whom the command was typed)
 
 
 def command_text(raw: str | None) -> str:
@@ -54,59 +42,56 @@ def command_text(raw: str | None) -> str:
     return " ".join(text.split())
 
 
-async def _list(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
-    reqs = await desk.broker.lifecycle.pending_for(approver, limit=LIST_LIMIT)
-    if not reqs:
+def _list(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+    if not reply.requests:
         return Answer("Nothing is waiting for you.")
     lines = []
-    for r in reqs:
+    for r in reply.requests:
         p = r.proposal
         lines.append(f"{r.id}: {r.agent} wants to {p.action} on {p.target} for {render.fmt_duration(p.duration_s)}; "
                      f"{len(r.approvals)} of {render.approvals_required(r)} approvals, expires {render.fmt_time(r.deadline)}")
-    more = "+" if len(reqs) >= LIST_LIMIT else ""
-    return Answer(f"Waiting for you ({len(reqs)}{more}):", tuple(lines))
+    return Answer(f"Waiting for you ({len(reply.requests)}{'+' if reply.more else ''}):", tuple(lines))
 
 
-async def _status(desk: "TeamsDesk", approver: Approver, rid: str, user: str) -> Answer:
-    r = await desk.broker.lifecycle.get(check_request_id(rid))
-    return Answer(card=cards.proposal_card(r, max_duration_s=desk.settings.max_duration_s, actions=False, refresh=False))
+def _status(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+    return Answer(card=cards.proposal_card(reply.requests[0], max_duration_s=desk.settings.max_duration_s,
+                                           actions=False, refresh=False))
 
 
-async def _revoke(desk: "TeamsDesk", approver: Approver, args: tuple[str, str], user: str) -> Answer:
-    rid, reason = args
-    r = await desk.broker.lifecycle.revoke_as(check_request_id(rid), approver, reason=reason, channel=CHANNEL,
-                                              platform_user=user)
+def _revoke(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+    r = reply.requests[0]
     return Answer(f"Revoked {r.id}: {r.close_reason or ''}")
 
 
-async def _posture(desk: "TeamsDesk", approver: Approver, level: str | None, user: str) -> Answer:
-    life = desk.broker.lifecycle
-    if level is None:
-        return Answer(f"Risk posture is {await life.posture()}.")
-    await life.set_posture(level, approver, channel=CHANNEL)
-    return Answer(f"Risk posture is now {level}; every new policy decision sees it.")
+def _posture(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+    if not reply.changed:
+        return Answer(f"Risk posture is {reply.posture}.")
+    return Answer(f"Risk posture is now {reply.posture}; every new policy decision sees it.")
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("list", "list", "requests waiting for your approval", no_args, _list),
-    Command("status", "status <id>", "where a request stands", request_id, _status),
-    Command("revoke", "revoke <id> [reason]",
-            "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
-            id_and_reason, _revoke),
-    Command("posture", f"posture [{'|'.join(POSTURES)}]", "show or set the risk posture (security group)",
-            posture_level, _posture),
-    Command("breakglass", BREAKGLASS_USAGE,
-            "emergency access at once (on-call group), confirmed on a card; security is told and must review it. "
-            "Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
-            run_breakglass, interactive=True),
-    Command("breakglass-reinstate", REINSTATE_USAGE,
-            "restore a break-glass right suspended for an unreviewed grant (security group)", parse_person,
-            run_reinstate),
-    Command("reviews", "reviews", "open break-glass reviews (security group: all; others: their own)", no_args,
-            run_reviews),
-    Command("help", "help", "this text", no_args, None),
-    # The manifest's commandLists (manifests/teams/manifest.json) are generated from this table.
-)}
+_FORMAT: dict[str, Callable[["TeamsDesk", kit.Reply], Answer]] = {"list": _list, "status": _status,
+                                                                  "revoke": _revoke, "posture": _posture}
+
+
+def _bind(spec: kit.Spec) -> Callable[..., Awaitable[Answer]]:
+    """A kit command run by its neutral handler, its reply formatted as a Teams answer."""
+    handler, fmt = spec.handler, _FORMAT[spec.name]
+    assert handler is not None
+
+    async def run(desk: "TeamsDesk", approver: Approver, args: Any, user: str) -> Answer:
+        return fmt(desk, await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
+    return run
+
+
+# The manifest's commandLists (manifests/teams/manifest.json) are generated from this table.
+COMMANDS: dict[str, kit.Command] = kit.table("", _bind, (
+    kit.Command("breakglass", BREAKGLASS_USAGE,
+                "emergency access at once (on-call group), confirmed on a card; security is told and must review "
+                "it. Duration like 30m, 1h, 900s; 'me' sends the token to your personal chat", parse_breakglass,
+                run_breakglass, interactive=True),
+    kit.Command("breakglass-reinstate", REINSTATE_USAGE, kit.REINSTATE_SUMMARY, parse_person, run_reinstate),
+    kit.Command("reviews", "reviews", kit.REVIEWS_SUMMARY, no_args, run_reviews),
+))
 
 
 def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answer:
@@ -121,14 +106,12 @@ def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answe
 async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, aad_object_id: str | None,
                       conversation_id: str | None, turn: Turn | None = None) -> Answer:
     """Parse and run one command; every outcome is an answer, never an exception."""
-    name, _, rest = command_text(text).partition(" ")
-    cmd = COMMANDS.get(name.lower() or "help")
+    parsed = kit.parse(COMMANDS, command_text(text))
+    cmd, args = parsed.command, parsed.args
     if cmd is None:
         head = help_answer(aad_object_id, conversation_id)
-        return Answer(f"Unknown command '{name[:40]}'. " + head.text, head.lines)
-    try:
-        args = cmd.parse(rest)
-    except Usage:
+        return Answer(f"Unknown command '{parsed.name[:40]}'. " + head.text, head.lines)
+    if parsed.usage:
         return Answer(f"Usage: {cmd.usage}")
     if cmd.run is None:
         return help_answer(aad_object_id, conversation_id)

@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import BrokerError
 
 from . import cards
 
 
 from bot.commands import Usage  # noqa: E402,F401 - one Usage for every desk
+from bot.kit.commands import ErrorKind, error_kind  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,17 @@ class Answer:
 
 def error_answer(e: BrokerError) -> Answer:
     """A broker error as a short answer (branching on the class, not the text)."""
-    if isinstance(e, (NotApprover, Forbidden)):
-        return Answer(f"You may not do that: {e.detail}")
-    if isinstance(e, DeadlinePassed):  # a Conflict, but the request did change: it expired
-        return Answer(f"Too late: {e.detail}")
-    if isinstance(e, Conflict):
-        return Answer(f"Nothing changed: {e.detail}")
-    if isinstance(e, NotFound):
-        return Answer(e.detail)
-    if isinstance(e, InvalidRequest):
-        return Answer(f"That did not work: {e.detail}")
-    return Answer(f"jitgate could not do that: {e.detail}")
+    return Answer(_ERROR_TEXT[error_kind(e)].format(detail=e.detail))
+
+
+_ERROR_TEXT = {
+    ErrorKind.FORBIDDEN: "You may not do that: {detail}",
+    ErrorKind.TOO_LATE: "Too late: {detail}",
+    ErrorKind.UNCHANGED: "Nothing changed: {detail}",
+    ErrorKind.NOT_FOUND: "{detail}",
+    ErrorKind.INVALID: "That did not work: {detail}",
+    ErrorKind.OTHER: "jitgate could not do that: {detail}",
+}
 
 
 def unbound_answer(aad_object_id: str | None) -> Answer:
