@@ -1,4 +1,4 @@
-"""``jitgate agent ...`` (and ``jitgate-agent ...``, which needs only the client extra):
+"""``jitgate agent ...`` (and ``jitgate-agent ...``, which the client-only ``jitgate-client`` install also has):
 the agent API for shell scripts and for people trying it out.
 
 Exit codes: 0 granted (or, for status, not refused), 2 denied / withdrawn / revoked,
