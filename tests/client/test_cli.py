@@ -254,7 +254,7 @@ def test_agent_help_shows_no_restructuredtext_marks():
         text = _help(*args)
         assert "Exit codes: 0 granted" in text
         assert "``" not in text
-        assert "jitgate agent ... (and jitgate-agent ..., which needs only the client extra)" in text
+        assert "jitgate agent ... (and jitgate-agent ..., which the client-only jitgate-client install also has)" in text
 
 
 def test_jitgate_agent_version():
