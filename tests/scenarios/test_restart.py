@@ -49,23 +49,6 @@ async def test_restart_during_long_poll_wait(harness):
     assert (await asyncio.wait_for(poll, 5)).json()["status"] == "approved"
 
 
-async def test_repeated_sweeps_are_harmless(harness):
-    """A scheduler firing twice (or two replicas sweeping) produces one expiry and one audit event."""
-    rid = (await harness.propose()).json()["id"]
-    harness.clock.advance(harness.settings.request_ttl_s + 1)
-    results = await asyncio.gather(harness.broker.scheduler.sweep(), harness.broker.scheduler.sweep(),
-                                   harness.life.expire(rid))
-    assert (await harness.life.get(rid)).status == "expired"
-    s = harness.broker.store
-    import orjson
-
-    events = [orjson.loads(f[b"event"]) for _, f in await s.redis.xrange(s.audit_stream)]
-    # The sweep writes one ``requests.expired`` per batch; a lone expire writes ``request.expired``.
-    expiries = [e for e in events if e["type"] == "request.expired" and e["request_id"] == rid]
-    expiries += [r for e in events if e["type"] == "requests.expired" for r in e["data"]["requests"] if r["request_id"] == rid]
-    assert len(expiries) == 1, (events, results)
-
-
 async def test_expire_does_not_undo_a_fresh_approval(harness):
     """A stale sweep cannot expire a request whose deadline moved (approved just before)."""
     rid = (await harness.propose()).json()["id"]

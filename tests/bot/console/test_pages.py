@@ -145,16 +145,6 @@ async def test_change_counter_moves_with_every_state_change(console):
     assert (await bob.http.get("/console/changes")).json()["seq"] > second
 
 
-async def test_sign_in_and_out_are_audited(console, redis):
-    """Signing in and out of the console leaves audit events naming the approver."""
-    bob = await console.signed_in("bob")
-    await bob.post("/console/logout")
-    rows = await redis.xrange(console.h.broker.store.audit_stream)
-    kinds = [(f[b"event"]) for _sid, f in rows]
-    assert any(b'"console.signed_in"' in k and b'"bob"' in k for k in kinds)
-    assert any(b'"console.signed_out"' in k and b'"bob"' in k for k in kinds)
-
-
 async def test_console_notifier_posts_nothing_and_stores_no_message_refs(console):
     """The console's notifier is honest: it posts nothing, so the request stores no console message refs."""
     rid = (await console.h.propose(action="restart", duration_s=60)).json()["id"]

@@ -1,5 +1,5 @@
-"""Console sign-in: single-use short-lived links, cookie sessions, sign-out, and the
-`jitgate console login` command."""
+"""Console sign-in: single-use short-lived links, cookie sessions, sign-out (both audited),
+and the `jitgate console login` command."""
 
 from __future__ import annotations
 
@@ -168,3 +168,13 @@ def test_cli_login_refuses_unknown_approver_and_a_disabled_console(tmp_path, pre
     assert out.returncode == 2 and "no approver 'mallory'" in out.stderr and not out.stdout
     off = run_cli({**env, "JITGATE_CONSOLE": "0"}, "console", "login", "alice")
     assert off.returncode == 2 and "console is off" in off.stderr and not off.stdout
+
+
+async def test_sign_in_and_out_are_audited(console, redis):
+    """Signing in and out of the console leaves audit events naming the approver."""
+    bob = await console.signed_in("bob")
+    await bob.post("/console/logout")
+    rows = await redis.xrange(console.h.broker.store.audit_stream)
+    kinds = [(f[b"event"]) for _sid, f in rows]
+    assert any(b'"console.signed_in"' in k and b'"bob"' in k for k in kinds)
+    assert any(b'"console.signed_out"' in k and b'"bob"' in k for k in kinds)

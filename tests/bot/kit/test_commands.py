@@ -14,7 +14,7 @@ from broker.errors import (BrokerError, Conflict, DeadlinePassed, Forbidden, Inv
 
 from bot.kit import commands as kit
 
-KIT = Path(__file__).resolve().parents[2] / "bot" / "kit"
+KIT = Path(__file__).resolve().parents[3] / "bot" / "kit"
 
 
 def caller(h, approver_id: str) -> kit.Caller:
