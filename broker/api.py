@@ -45,7 +45,6 @@ def make_routes(broker: "Broker") -> list[Route]:
     limit = s.max_body_bytes
 
     async def agent_of(request: HttpRequest):
-        broker.maybe_reload()
         try:
             agent, _claims = await broker.verifier.verify_agent(request.headers.get("authorization"))
         except BrokerError:
@@ -117,13 +116,11 @@ def make_routes(broker: "Broker") -> list[Route]:
         return json_response((await life.cancel(rid(request), agent)).to_public())
 
     async def introspect(request: HttpRequest) -> Response:
-        broker.maybe_reload()
         server, _ = await broker.verifier.verify_resource_server(request.headers.get("authorization"))
         token = oauth.token_param(await read_form(request, limit))
         return json_response(await oauth.introspect(life, token, server=server), headers={"Cache-Control": "no-store"})
 
     async def revoke(request: HttpRequest) -> Response:
-        broker.maybe_reload()
         auth = request.headers.get("authorization")
         server = None
         try:

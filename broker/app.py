@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -31,11 +30,9 @@ from .scheduler import Scheduler
 from .store import Store
 from .tokens import KeyRing, key_retention_s
 from .wakeups import Wakeups
+from .watched import follow
 
 log = logging.getLogger("jitgate")
-
-RELOAD_CHECK_S = 2.0
-
 
 @dataclass
 class Broker:
@@ -56,30 +53,24 @@ class Broker:
     outbox: Outbox
     breakglass: BreakGlass
     desks: list = field(default_factory=list)
-    _last_reload: float = field(default=0.0)
     _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
-        """Pick up edited agents, approvers, targets and policies (checked every 2 s at most).
+        """Pick up edited agents, approvers, targets and policies. The scheduler's reload job
+        (every 2 s) is its only caller: no request path reloads.
 
-        A broken new file is refused and the previous version stays in force.
+        Each file is followed on its own (:func:`broker.watched.follow`): a broken new version
+        is logged and refused, the previous one stays in force, and the others still reload.
         """
-        now = time.monotonic()
-        if now - self._last_reload < RELOAD_CHECK_S:
-            return
-        self._last_reload = now
-        try:
-            if self.registry.reload_if_changed():
-                self.gate.set_agents(principals(self.registry))
-                if self.registry.last_removed:
-                    log.warning("agents removed or denied in %s: %s; ending their grants", self.registry.path,
-                                ", ".join(sorted(self.registry.last_removed)))
-                    self.close_unregistered()
-            if self.directory.reload_if_changed():
-                self.gate.set_directory(self.directory)
-            self.gate.reload_if_changed()
-        except Exception as e:  # noqa: BLE001 - keep serving with the last good version
-            log.error("reload refused, keeping the previous version: %s", e)
+        if follow("agents file", self.registry.reload_if_changed):
+            self.gate.set_agents(principals(self.registry))
+            if self.registry.last_removed:
+                log.warning("agents removed or denied in %s: %s; ending their grants", self.registry.path,
+                            ", ".join(sorted(self.registry.last_removed)))
+                self.close_unregistered()
+        if follow("approvers or targets file", self.directory.reload_if_changed):
+            self.gate.set_directory(self.directory)
+        follow("policy folder", self.gate.reload_if_changed)
 
     def close_unregistered(self) -> asyncio.Task | None:
         """End, in the background, the grants and pending requests of agents the registry no
@@ -193,7 +184,7 @@ async def build(
                     yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks))
-    scheduler.reload = broker.maybe_reload  # edits of the files are followed without traffic too
+    scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
     if start_background:
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()

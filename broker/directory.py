@@ -16,10 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .errors import ConfigError
-from .filemodes import check_not_writable
+from .watched import Watched, load_yaml, read_trusted
 
 MAX_ID_LEN = 200
 # An operator file larger than this is a mistake (or an attack on the parser), not a directory.
@@ -137,48 +136,12 @@ class Target:
     attributes: dict = field(default_factory=dict, hash=False)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML keeps the last one silently)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:  # an unhashable key; let the base constructor report it
-            break
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_list(path: Path, key: str) -> list:
     """The list under ``key`` in the YAML file at ``path``; a missing file is an empty list."""
-    if not path.exists():
+    text = read_trusted(path, f"{key} file", max_bytes=MAX_FILE_BYTES)
+    if text is None:
         return []
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a file")
-    check_not_writable(path, f"{key} file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    try:
-        doc = yaml.load(raw.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    doc = load_yaml(text, str(path))
     if doc is None:
         return []
     if not isinstance(doc, dict):
@@ -324,18 +287,6 @@ def _parse_target(entry: object, where: str) -> Target:
     return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes)
 
 
-def _fingerprint(path: Path | None) -> tuple:
-    if path is None:
-        return ()
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return (str(path), None)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return (str(path), st.st_mtime_ns, st.st_size)
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     """One consistent view of both files; swapped whole so readers never see half a reload."""
@@ -410,18 +361,19 @@ class Directory:
         self._lock = threading.Lock()
         self._snap = _index(approvers, targets, str(approvers_path or "approvers"), str(targets_path or "targets"),
                             slack_bindings)
-        self._fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
+        self._watched = Watched(lambda: (approvers_path, targets_path))
+        if approvers_path is not None and targets_path is not None:
+            self._watched.stamp = self._watched.now()
 
     @classmethod
     def load(cls, approvers_path: Path, targets_path: Path) -> "Directory":
         """Read both files; a missing file is an empty list, anything malformed raises :class:`ConfigError`."""
         approvers_path, targets_path = Path(approvers_path), Path(targets_path)
-        fingerprint = (_fingerprint(approvers_path), _fingerprint(targets_path))
-        approvers, targets, slack_bindings = cls._read(approvers_path, targets_path)
+        watched = Watched(lambda: (approvers_path, targets_path))
+        approvers, targets, slack_bindings = watched.load(lambda: cls._read(approvers_path, targets_path))
         directory = cls(approvers, targets, approvers_path=approvers_path, targets_path=targets_path,
                         slack_bindings=slack_bindings)
-        # The fingerprint taken before reading: an edit racing the read shows up as a change later.
-        directory._fingerprint = fingerprint
+        directory._watched = watched  # its fingerprint was taken before reading
         return directory
 
     @staticmethod
@@ -447,12 +399,14 @@ class Directory:
         if self._approvers_path is None or self._targets_path is None:
             return False
         with self._lock:
-            fingerprint = (_fingerprint(self._approvers_path), _fingerprint(self._targets_path))
-            if fingerprint == self._fingerprint:
+            def read() -> _Snapshot:
+                approvers, targets, slack_bindings = self._read(self._approvers_path, self._targets_path)
+                return _index(approvers, targets, str(self._approvers_path), str(self._targets_path), slack_bindings)
+
+            snap = self._watched.reload(read)
+            if snap is None:
                 return False
-            approvers, targets, slack_bindings = self._read(self._approvers_path, self._targets_path)
-            self._snap = _index(approvers, targets, str(self._approvers_path), str(self._targets_path), slack_bindings)
-            self._fingerprint = fingerprint
+            self._snap = snap
             return True
 
     @property

@@ -29,6 +29,7 @@ import cedarpy
 from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
+from .watched import fingerprint as files_fingerprint
 from .model import INTERNAL_ACTIONS
 from .rules import POSTURES
 
@@ -199,18 +200,11 @@ def _policy_files(policy_dir: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _dir_fingerprint(policy_dir: Path) -> tuple:
-    """Names, modification times and sizes of every file the gate reads from ``policy_dir``."""
+    """The :func:`broker.watched.fingerprint` of every file the gate reads from ``policy_dir``."""
     if not policy_dir.is_dir():
         return ()
     policies, schemas = _policy_files(policy_dir)
-    out = []
-    for path in policies + schemas:
-        try:
-            st = path.stat()
-        except FileNotFoundError:  # deleted between listing and stat: the next poll sees it
-            continue
-        out.append((path.name, st.st_mtime_ns, st.st_size))
-    return tuple(out)
+    return files_fingerprint(policies + schemas)
 
 
 def _read_text(path: Path) -> str:

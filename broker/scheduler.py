@@ -17,6 +17,7 @@ import socket
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .clock import new_id
+from .watched import RELOAD_INTERVAL_S
 
 log = logging.getLogger("jitgate.scheduler")
 
@@ -60,7 +61,7 @@ class Scheduler:
         self.not_revoking = asyncio.Event()
         self.not_revoking.set()
         # Re-reads edited agents/approvers/targets/policies (Broker.maybe_reload); set by the
-        # composition root. Every replica runs it: each holds its own copy of the files.
+        # composition root. The only reload path; every replica runs it: each holds its own copy of the files.
         self.reload = None
 
     async def start(self) -> None:
@@ -71,7 +72,7 @@ class Scheduler:
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._rotate_job, "interval", seconds=self.rotation_check_s, id="rotate",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
-        self.aps.add_job(self._reload_job, "interval", seconds=2.0, id="reload",
+        self.aps.add_job(self._reload_job, "interval", seconds=RELOAD_INTERVAL_S, id="reload",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._remind_job, "interval", seconds=max(self.sweep_interval_s, 1.0), id="remind",
                          max_instances=1, coalesce=True, misfire_grace_time=None)

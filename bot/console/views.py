@@ -160,7 +160,6 @@ class ConsoleViews:
 
     async def _session(self, request: HttpRequest) -> tuple[Session, object] | None:
         """The signed-in session and its approver (re-read from the directory), or None."""
-        self.broker.maybe_reload()
         session = await self.sessions.get(request.cookies.get(self.cookie), now=self._now())
         if session is None:
             return None
@@ -234,7 +233,6 @@ class ConsoleViews:
         approver_id = await self.sessions.consume_link(form.get("token", ""), now=self._now())
         if approver_id is None:
             return _bad_link(self)
-        self.broker.maybe_reload()
         if self.broker.directory.approver(approver_id) is None:
             return self._message(403, "Not an approver",
                                  f"'{approver_id}' is not in the approvers file, so it cannot sign in.")

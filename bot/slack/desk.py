@@ -153,7 +153,6 @@ class SlackDesk:
     async def approver(self, user_id: str) -> Approver:
         """The approver bound to this *verified* Slack user id, explicitly or through Slack user
         groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
-        self.broker.maybe_reload()
         directory = self.broker.directory
         found = self.binder.slack(user_id)
         email = None

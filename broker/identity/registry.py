@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..filemodes import check_not_writable
+from ..watched import Watched, compose_yaml, load_yaml, read_trusted
 from ..jose import KINDS as _KINDS, PrivateKeyMaterial, jwk_thumbprint, parse_public_jwk as _parse_public_jwk
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
@@ -110,27 +110,6 @@ class ResourceServer:
     def alg(self) -> str:
         """The one JWS algorithm this server's assertions may use."""
         return _KINDS[self.public_jwk["kty"], self.public_jwk["crv"]][0]
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last one)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if isinstance(key, Hashable):
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _check_id(value: Any, what: str) -> str:
@@ -256,10 +235,7 @@ def _check_unique(source: str, agents: Iterable[Agent], servers: Iterable[Resour
 
 
 def _load_document(text: str, source: str) -> dict:
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    data = load_yaml(text, source)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -292,22 +268,13 @@ def _parse_document(text: str, source: str) -> tuple[dict, tuple[Agent, ...], tu
     return data, agents, servers
 
 
-def _stamp(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-
-
 def _read(path: Path) -> str:
-    check_not_writable(path, "agents file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    return read_trusted(path, "agents file") or ""
+
+
+def _parse_file(path: Path) -> tuple[tuple[Agent, ...], tuple[ResourceServer, ...], frozenset[str]]:
+    data, agents, servers = _parse_document(_read(path), str(path))
+    return agents, servers, _parse_denied(str(path), data)
 
 
 class _Snapshot:
@@ -337,7 +304,8 @@ class Registry:
         agents, resource_servers = tuple(agents), tuple(resource_servers)
         _check_unique(str(path or "registry"), agents, resource_servers)
         self.path = path
-        self._stamp: tuple | None = None
+        # A broken version is reported once; its next edit is tried again.
+        self._watched = Watched(lambda: (path,) if path is not None else (), retry_broken=False)
         # Swapped as one object so a reload never shows half of the old and half of the new file.
         self._snapshot = _Snapshot(agents, resource_servers, frozenset(denied_spiffe_ids))
         # Agent ids the last reload took away (removed from the file or denied): their grants end.
@@ -347,10 +315,10 @@ class Registry:
     def load(cls, path: Path) -> Registry:
         """Read the agents file; a missing file is an empty registry, a malformed one a ConfigError."""
         path = Path(path)
-        stamp = _stamp(path)  # before reading, so a change during the read is seen next time
-        data, agents, servers = _parse_document(_read(path), str(path))
-        registry = cls(agents, servers, path=path, denied_spiffe_ids=_parse_denied(str(path), data))
-        registry._stamp = stamp
+        watched = Watched(lambda: (path,), retry_broken=False)
+        agents, servers, denied = watched.load(lambda: _parse_file(path))
+        registry = cls(agents, servers, path=path, denied_spiffe_ids=denied)
+        registry._watched = watched
         return registry
 
     def reload_if_changed(self) -> bool:
@@ -362,13 +330,12 @@ class Registry:
         """
         if self.path is None:
             return False
-        stamp = _stamp(self.path)
-        if stamp == self._stamp:
+        parsed = self._watched.reload(lambda: _parse_file(self.path))
+        if parsed is None:
             return False
-        self._stamp = stamp
-        data, agents, servers = _parse_document(_read(self.path), str(self.path))
+        agents, servers, denied = parsed
         before = self._snapshot
-        self._snapshot = _Snapshot(agents, servers, _parse_denied(str(self.path), data))
+        self._snapshot = _Snapshot(agents, servers, denied)
         self.last_removed = frozenset(before.agent_by_id) - frozenset(self._snapshot.agent_by_id)
         return True
 
@@ -404,10 +371,7 @@ def _indent(text: str, spaces: int) -> str:
 
 def _after_last_agent(text: str) -> int | None:
     """Where a new entry goes in the text: after the last content line of a block ``agents:`` list."""
-    try:
-        root = yaml.compose(text, Loader=_StrictLoader)
-    except yaml.YAMLError:
-        return None
+    root = compose_yaml(text)
     if not isinstance(root, yaml.MappingNode):
         return None
     for key, value in root.value:
@@ -436,9 +400,9 @@ def _appended_text(existing: str, data: dict, entry: dict) -> str:
     candidates += [base + "agents:\n" + _indent(block, n) for n in (2, 0)]
     for text in candidates:
         try:
-            if yaml.load(text, Loader=_StrictLoader) == expected:  # noqa: S506 - a SafeLoader subclass
+            if load_yaml(text, "candidate") == expected:
                 return text
-        except yaml.YAMLError:
+        except ConfigError:
             continue
     return _dump(expected)
 

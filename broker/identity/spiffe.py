@@ -18,6 +18,7 @@ from jwt.api_jws import PyJWS
 
 from ..errors import ConfigError, Unauthenticated
 from ..filemodes import check_not_writable
+from ..watched import Watched
 from ..jose import (
     PRIVATE_MEMBERS as _PRIVATE_MEMBERS,
     HeaderNotAllowed,
@@ -31,7 +32,6 @@ from .registry import (
     SPIFFE_SCHEME,
     Agent,
     Registry,
-    _stamp,
     spiffe_id_problem,
     trust_domain_of,
 )
@@ -64,8 +64,9 @@ class SpiffeBundle:
         self.trust_domain = trust_domain
         self._jws = PyJWS()
         self._checked_at = time.monotonic()
-        self._stamp = _stamp(self.path)
-        self._keys = self._load()
+        # A broken new version is logged once; its next edit is tried again.
+        self._watched = Watched(lambda: (self.path,), retry_broken=False)
+        self._keys = self._watched.load(self._load)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "SpiffeBundle | None":
@@ -120,12 +121,10 @@ class SpiffeBundle:
         if now - self._checked_at < _BUNDLE_CHECK_S:
             return
         self._checked_at = now
-        stamp = _stamp(self.path)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
         try:
-            self._keys = self._load()
+            keys = self._watched.reload(self._load)
+            if keys is not None:
+                self._keys = keys
         except ConfigError as exc:
             log.error("SPIFFE bundle reload refused, keeping the previous keys: %s", exc.detail)
 

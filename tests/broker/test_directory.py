@@ -131,7 +131,7 @@ def test_example_files_load():
 
 def test_malformed_yaml_names_the_file(tmp_path):
     """YAML that does not parse raises ConfigError naming the file."""
-    with pytest.raises(ConfigError, match="approvers.yaml: malformed YAML"):
+    with pytest.raises(ConfigError, match="approvers.yaml: not valid YAML"):
         load(tmp_path, approvers="approvers:\n  - id: [unclosed\n")
 
 
