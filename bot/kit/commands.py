@@ -2,8 +2,9 @@
 handlers: each parses nothing platform-specific, calls the core and returns a :class:`Reply`
 that the desk formats (Block Kit text in Slack, a card or text in Teams).
 
-The break-glass commands (``breakglass``, ``breakglass-reinstate``, ``reviews``) are still
-run by each desk; their place in the table is given by :func:`table`.
+The break-glass commands (``breakglass``, ``breakglass-reinstate``) have their neutral
+runners in :mod:`bot.kit.breakglass` and ``reviews`` here; each desk wraps them (a modal or a
+card is the desk's), and their place in the table is given by :func:`table`.
 """
 
 from __future__ import annotations

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from slack_sdk.errors import SlackApiError
 
 from bot.commands import BreakGlassArgs
+from bot.kit import breakglass as bgkit
 from bot.kit import commands as kit
-from bot.kit.confirmations import Confirmations, preview_digest, recheck
+from bot.kit.confirmations import Confirmations, recheck
 from broker.breakglass import ME
-from broker.directory import GROUP_BOUND_PREFIX, Approver, group_bound_id, is_valid_id
-from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover
+from broker.directory import GROUP_BOUND_PREFIX, Approver, group_bound_id
+from broker.errors import BrokerError, Conflict, Forbidden, NotApprover
 from broker.model import Request, check_request_id
 
 from .bgviews import (COMMENT_BLOCK, COMMENT_INPUT, CONFIRM_VIEW, REVIEW, REVIEW_VIEW, confirm_modal, granted_text,
@@ -45,67 +46,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jitgate.slack")
 
-BREAKGLASS_USAGE = "/jit breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
+BREAKGLASS_USAGE = f"/jit breakglass {bgkit.BREAKGLASS_ARGS}"
 REINSTATE_USAGE = "/jit breakglass-reinstate <approver-id|@user>"
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
-
-
-# ---------------------------------------------------------------------- parsing
-def parse_person(rest: str) -> str:
-    """One approver id, ``@id`` or an escaped Slack mention ``<@U…>``."""
-    parts = rest.split()
-    if len(parts) != 1:
-        raise ValueError(rest)
-    return parts[0]
 
 
 # ---------------------------------------------------------------------- sub-commands
 async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlassArgs, user: str,
                          command: dict) -> str | None:
     """Check everything now, then show exactly what would be granted in a confirmation modal."""
-    bg = desk.broker.breakglass
     if args.subject == ME and engineer.id.startswith(GROUP_BOUND_PREFIX):
         # The policies see the people named in the approvers file; a user group member is not one of them.
         raise NotApprover("break-glass for yourself needs your own entry in jitgate's approvers file "
                           f"(`slack: {user}`), not only a Slack user group; break-glass for an agent works")
-    pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
-                          duration_s=args.duration_s, reason=args.reason, incident=args.incident)
-    metadata = args.to_json()
-    nonce = await desk.confirmations.remember(user=user, tenant=command.get("team_id"), where=command.get("channel_id"),
-                                              engineer=engineer.id, params=metadata, shown=preview_digest(pv))
-    view = confirm_modal(pv, engineer.id, metadata, review_s=bg.limits.review_s)
-    view["external_id"] = nonce
+    c = await bgkit.breakglass(desk.broker.breakglass, desk.confirmations, engineer, args, user=user,
+                               tenant=command.get("team_id"), where=command.get("channel_id"))
+    view = confirm_modal(c.preview, engineer.id, c.params, review_s=c.review_s)
+    view["external_id"] = c.nonce
     try:
         opened = await desk.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
     except Exception as e:  # noqa: BLE001 - an expired trigger, Slack down: nothing was granted
-        await desk.confirmations.drop(nonce)
+        await desk.confirmations.drop(c.nonce)
         log.warning("views.open failed for /jit breakglass by %s (%s)", user, e.__class__.__name__)
         return ":warning: Slack did not open the confirmation in time; nothing was granted. Run the command again."
     view_id = ((opened.get("view") if opened else None) or {}).get("id")
     if view_id:
-        await desk.confirmations.attach(nonce, view_id)
+        await desk.confirmations.attach(c.nonce, view_id)
     return None  # the modal is the answer
+
+
+def _mentioned(desk: "SlackDesk") -> Callable[[str], str | None]:
+    """A ``<@U…>`` mention as an approver id: the bound one, else the Slack user group member's own."""
+    def approver_id(who: str) -> str | None:
+        m = _MENTION.match(who)
+        if not m:
+            return None
+        found = desk.broker.directory.by_slack(m[1])
+        return found.id if found is not None else group_bound_id(m[1])
+    return approver_id
 
 
 async def run_reinstate(desk: "SlackDesk", by: Approver, who: str, user: str) -> str:
     """Security restores a suspended engineer's break-glass right (audited by the core)."""
-    m = _MENTION.match(who)
-    if m:
-        found = desk.broker.directory.by_slack(m[1])
-        # Not in the file: someone who acted through a Slack user group, under slack:U…
-        engineer_id = found.id if found is not None else group_bound_id(m[1])
-    else:
-        engineer_id = who.removeprefix("@")
-        if not is_valid_id(engineer_id):
-            raise InvalidRequest("name the engineer by approver id (as in the approvers file) or as <@U…>")
-    bg = desk.broker.breakglass
-    suspension = await bg.suspension(engineer_id)
-    await bg.reinstate(engineer_id, by, channel=CHANNEL)
-    if suspension and suspension.get("request_id"):
+    engineer_id = bgkit.engineer_id(who, _mentioned(desk),
+                                    "name the engineer by approver id (as in the approvers file) or as <@U…>")
+    done = await bgkit.reinstate(desk.broker.breakglass, by, engineer_id, channel=CHANNEL)
+    if done.request_id:
         await desk.notifier.security_note(
-            suspension["request_id"], f":unlock: {mrkdwn(by.id, 100)} reinstated {mrkdwn(engineer_id, 100)}'s "
-                                      "break-glass right.")
+            done.request_id, f":unlock: {mrkdwn(by.id, 100)} reinstated {mrkdwn(engineer_id, 100)}'s "
+                             "break-glass right.")
     return f":unlock: {mrkdwn(engineer_id, 100)}'s break-glass right is reinstated."
 
 

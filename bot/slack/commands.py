@@ -17,8 +17,9 @@ from broker.errors import BrokerError
 from bot import render
 from bot.commands import no_args, parse_breakglass
 from bot.kit import commands as kit
+from bot.kit.breakglass import parse_person
 
-from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person,
+from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE,
                          run_breakglass, run_reinstate, run_reviews)
 from .listeners import CHANNEL, error_text
 from .text import date, escape, mrkdwn

@@ -31,16 +31,17 @@ from botbuilder.schema import Activity
 from broker.breakglass import ME
 
 from bot.commands import BreakGlassArgs
+from bot.kit import breakglass as bgkit
 from bot.kit import commands as kit
-from bot.kit.confirmations import Confirmations, preview_digest, recheck
-from broker.directory import Approver, is_valid_id
+from bot.kit.confirmations import Confirmations, recheck
+from broker.directory import Approver
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
 from broker.model import Request, check_request_id
 
 from . import bgcards, cards
 from .conversations import ConversationRef, NoPersonalChat, base_conversation_id
 from .notifier import card_activity
-from .replies import Answer, Turn, Usage
+from .replies import Answer, Turn
 
 if TYPE_CHECKING:
     from .desk import TeamsDesk
@@ -48,46 +49,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("jitgate.teams")
 
 CHANNEL = "teams"
-BREAKGLASS_USAGE = "breakglass <agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
-REINSTATE_USAGE = "breakglass-reinstate <approver-id>"
-
-
-# ---------------------------------------------------------------------- parsing
-def parse_person(rest: str) -> str:
-    """One approver id (``frank`` or ``@frank``)."""
-    parts = rest.split()
-    if len(parts) != 1:
-        raise Usage()
-    return parts[0].removeprefix("@")
+BREAKGLASS_USAGE = f"breakglass {bgkit.BREAKGLASS_ARGS}"
+REINSTATE_USAGE = f"breakglass-reinstate {bgkit.REINSTATE_ARGS}"
 
 
 # ---------------------------------------------------------------------- commands
 async def run_breakglass(desk: "TeamsDesk", engineer: Approver, args: BreakGlassArgs, user: str, turn: Turn) -> Answer:
     """Check everything now, then answer with the confirmation card (nothing granted yet)."""
-    bg = desk.broker.breakglass
-    pv = await bg.preview(engineer, subject=args.subject, action=args.action, target=args.target,
-                          duration_s=args.duration_s, reason=args.reason, incident=args.incident)
-    nonce = await desk.confirmations.remember(user=user, tenant=turn.tenant_id, where=turn.conversation_id,
-                                              engineer=engineer.id, params=args.to_json(), shown=preview_digest(pv))
+    c = await bgkit.breakglass(desk.broker.breakglass, desk.confirmations, engineer, args, user=user,
+                               tenant=turn.tenant_id, where=turn.conversation_id)
 
     async def posted(activity_id: str | None) -> None:
         if activity_id:
-            await desk.confirmations.attach(nonce, activity_id)
+            await desk.confirmations.attach(c.nonce, activity_id)
 
-    return Answer(text=f"Confirm break-glass: {pv.action} on {pv.target}",
-                  card=bgcards.confirm_card(pv, engineer.id, nonce, review_s=bg.limits.review_s), posted=posted)
+    return Answer(text=f"Confirm break-glass: {c.preview.action} on {c.preview.target}",
+                  card=bgcards.confirm_card(c.preview, engineer.id, c.nonce, review_s=c.review_s), posted=posted)
 
 
-async def run_reinstate(desk: "TeamsDesk", by: Approver, engineer_id: str, user: str) -> Answer:
+async def run_reinstate(desk: "TeamsDesk", by: Approver, who: str, user: str) -> Answer:
     """Security restores a suspended engineer's break-glass right (audited by the core)."""
-    if not is_valid_id(engineer_id):
-        raise InvalidRequest("name the engineer by approver id, as in the approvers file")
-    bg = desk.broker.breakglass
-    suspension = await bg.suspension(engineer_id)
-    await bg.reinstate(engineer_id, by, channel=CHANNEL)
-    if suspension and suspension.get("request_id"):
-        await desk.notifier.bg.note(suspension["request_id"], f"{by.id} reinstated {engineer_id}'s break-glass right.")
-    return Answer(f"{engineer_id}'s break-glass right is reinstated.")
+    done = await bgkit.reinstate(desk.broker.breakglass, by, bgkit.engineer_id(who), channel=CHANNEL)
+    if done.request_id:
+        await desk.notifier.bg.note(done.request_id, f"{by.id} reinstated {done.engineer}'s break-glass right.")
+    return Answer(f"{done.engineer}'s break-glass right is reinstated.")
 
 
 async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:

@@ -21,9 +21,10 @@ from broker.errors import BrokerError
 from bot import render
 from bot.commands import no_args, parse_breakglass
 from bot.kit import commands as kit
+from bot.kit.breakglass import parse_person
 
 from . import cards
-from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, parse_person, run_breakglass,
+from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, run_breakglass,
                          run_reinstate, run_reviews)
 from .replies import Answer, Turn, error_answer, unbound_answer
 
