@@ -32,6 +32,8 @@ def browser_for_tests() -> Path:
     JITGATE_SKIP_BROWSER=1 skips instead, on purpose (pytest -ra lists the reason); CI never sets it.
     """
     if os.environ.get("JITGATE_SKIP_BROWSER") == "1":
+        if os.environ.get("CI"):  # the browser test must run in CI: skipping it there is refused
+            pytest.fail("JITGATE_SKIP_BROWSER=1 is refused under CI: the browser tests must run there")
         pytest.skip("JITGATE_SKIP_BROWSER=1: the browser tests were skipped on purpose")
     path, why = _find()
     if path is None:
