@@ -25,6 +25,7 @@ from .notices import Notices
 from .notify import Desk, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
+from .redischeck import refuse_eviction
 from .redisline import RedisLine
 from .scheduler import Scheduler
 from .store import Store
@@ -150,8 +151,15 @@ async def build(
     desks = load_desks(settings) if desks is None else desks
     if not settings.redis_url:
         raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
+    owned = redis is None
     if redis is None:
         redis = connect(settings.redis_url, settings.redis_max_connections)
+    try:
+        await refuse_eviction(redis)
+    except BaseException:
+        if owned:
+            await redis.aclose()
+        raise
     clock = clock or SystemClock()
     registry = Registry.load(settings.agents_file)
     directory = Directory.load(settings.approvers_file, settings.targets_file)
