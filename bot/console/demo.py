@@ -133,11 +133,17 @@ class AgentClient:
         self.agent_id = agent_id
 
     def call(self, method: str, path: str, body: dict | None = None, *, timeout: float = 15,
-             headers: dict | None = None) -> dict:
+             headers: dict | None = None, dpop: bool = False) -> dict:
+        """One call; with ``dpop`` a proof of the agent key goes along, so a token it collects is
+        bound to that key (RFC 9449), as the client library does by default and as a broker with
+        JITGATE_REQUIRE_DPOP demands."""
         from broker.identity import make_assertion  # noqa: PLC0415
+        from broker.jose import make_dpop_proof  # noqa: PLC0415
 
         assertion = make_assertion(self.key, agent_id=self.agent_id, audience=self.issuer)
         h = {"Authorization": f"Bearer {assertion}", "Accept": "application/json", **(headers or {})}
+        if dpop:
+            h["DPoP"] = make_dpop_proof(self.key, method=method, url=self.issuer + path)
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -159,15 +165,24 @@ class AgentClient:
             return json.loads(resp.read())
 
 
-def verified_claims(token: str, jwks: dict, *, issuer: str, audience: str) -> tuple[dict, dict]:
-    """The token's header and claims, checked as a resource server checks them (signature
-    against the broker's JWKS, typ, issuer, audience, times); ValueError naming the failed
-    check otherwise, and nothing else."""
-    from broker.client.verify import InvalidToken, verify  # noqa: PLC0415
-    from broker.jose import JoseError, split_jws  # noqa: PLC0415
+# Where the demo agent would use its token: only the proof names it; nothing is sent there.
+DEMO_RESOURCE_URL = "https://payments-api.example/v1/restart"
 
+
+def verified_claims(token: str, jwks: dict, *, issuer: str, audience: str, key=None) -> tuple[dict, dict]:
+    """The token's header and claims, checked as a resource server checks them (signature
+    against the broker's JWKS, typ, issuer, audience, times, and for a DPoP-bound token the
+    proof ``key`` makes for one request); ValueError naming the failed check otherwise, and
+    nothing else."""
+    from broker.client.verify import InvalidToken, verify  # noqa: PLC0415
+    from broker.jose import JoseError, make_dpop_proof, split_jws  # noqa: PLC0415
+
+    proof = None
+    if key is not None:
+        proof = make_dpop_proof(key, method="POST", url=DEMO_RESOURCE_URL, access_token=token)
     try:
-        claims = verify(token, jwks, issuer=issuer, audience=audience)
+        claims = verify(token, jwks, issuer=issuer, audience=audience, dpop_proof=proof, method="POST",
+                        url=DEMO_RESOURCE_URL)
         header = split_jws(token, "access token")[0]
     except (InvalidToken, JoseError) as e:
         raise ValueError(str(e)) from None
@@ -256,14 +271,14 @@ def _run(client: AgentClient, proposal: dict, work_s: float, max_wait_s: float |
     approvers = ", ".join(a["approver"] for a in req.get("approvals", [])) or "policy"
     out(f"  approved by {approvers}; collecting the token")
     try:
-        token = client.call("POST", f"/v1/escalations/{rid}/token")
+        token = client.call("POST", f"/v1/escalations/{rid}/token", dpop=True)
         header, claims = verified_claims(token["access_token"], client.jwks(), issuer=client.issuer,
-                                         audience=proposal["target"])
+                                         audience=proposal["target"], key=client.key)
     except (ApiError, OSError, ValueError) as e:
         out(f"  could not collect or verify the token: {e}")
         return 1
     out(f"  token ({header.get('typ')}, {header.get('alg')}, kid {header.get('kid')}), signature verified against "
-        f"{client.base}/.well-known/jwks.json; its claims:")
+        f"{client.base}/.well-known/jwks.json, bound to the demo key (DPoP); its claims:")
     out(json.dumps(claims, indent=2, sort_keys=True))
     state["phase"] = "working"
     steps = ["draining traffic from pod 1/3", "restarting pod 1/3", "restarting pod 2/3", "restarting pod 3/3",

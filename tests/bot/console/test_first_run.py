@@ -45,6 +45,8 @@ async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_pat
         assert claims["sub"] == "demo-agent" and claims["aud"] == "prod/payments-api"
         assert claims["approval"]["approvers"] == ["alice"] and claims["approval"]["request_id"] == rid
         assert claims["exp"] - claims["iat"] == 300
+        # Bound to the demo key (RFC 9449), so the demo also works where JITGATE_REQUIRE_DPOP is on.
+        assert set(claims["cnf"]) == {"jkt"}
         assert "signature verified" in text and "status completed" in text
 
         interrupted = run.demo()
