@@ -117,6 +117,9 @@ def test_jitgate_test_browser_wins_and_a_wrong_one_is_an_error(machine, tmp_path
     assert "JITGATE_TEST_BROWSER=" in done.stderr and "not a Chrome or Chromium that runs" in done.stderr
     assert machine.calls() == []
 
+# apt-get waits for dpkg's lock rather than failing when another apt-get holds it.
+LOCK = "-o DPkg::Lock::Timeout=300 "
+
 
 def test_as_root_with_apt_get_debians_chromium_is_installed(machine):
     """No browser, apt-get and root: `apt-get install chromium` runs, without sudo, and the new browser is named."""
@@ -125,7 +128,7 @@ def test_as_root_with_apt_get_debians_chromium_is_installed(machine):
     machine.sudo(passwordless=True)
     done = machine.run(INSTALL)
     assert done.returncode == 0, done.stderr
-    assert machine.calls() == ["apt-get update -qq", "apt-get install -y -q chromium"]
+    assert machine.calls() == [f"apt-get {LOCK}update -qq", f"apt-get {LOCK}install -y -q chromium"]
     assert f"{machine.bin}/chromium" in done.stdout
 
 
@@ -135,9 +138,20 @@ def test_with_passwordless_sudo_it_installs_through_sudo(machine):
     machine.sudo(passwordless=True)
     done = machine.run(INSTALL)
     assert done.returncode == 0, done.stderr
-    assert [c for c in machine.calls() if c.startswith("apt-get")] == ["apt-get update -qq",
-                                                                         "apt-get install -y -q chromium"]
-    assert "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium" in machine.calls()
+    assert [c for c in machine.calls() if c.startswith("apt-get")] == [f"apt-get {LOCK}update -qq",
+                                                                         f"apt-get {LOCK}install -y -q chromium"]
+    assert f"sudo env DEBIAN_FRONTEND=noninteractive apt-get {LOCK}install -y -q chromium" in machine.calls()
+
+
+def test_a_failing_apt_get_is_named_and_fails(machine):
+    """apt-get itself fails (here: dpkg's lock held past the wait): the script says apt-get failed,
+    never that it installed chromium, and exits 1."""
+    machine.uid(0)
+    machine.script("apt-get", f'#!/bin/sh\necho "apt-get $*" >> {machine.log}\n'
+                   'echo "E: Could not get lock /var/lib/dpkg/lock-frontend" >&2\nexit 100\n')
+    done = machine.run(INSTALL)
+    assert done.returncode == 1
+    assert "apt-get could not install chromium" in done.stderr and "installed chromium, but" not in done.stderr
 
 
 @pytest.mark.parametrize("setup", ["no apt-get", "sudo wants a password", "no sudo"])
