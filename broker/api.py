@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -84,8 +85,13 @@ def make_routes(broker: "Broker") -> list[Route]:
             # With `known`, a change the caller has not seen yet (it happened between its
             # last read and this call) answers at once instead of after the whole wait.
             if req.status not in TERMINAL and (known is None or req.status == known):
-                if await broker.wakeups.wait(waiter, req.status, wait):
-                    req = await life.get_for_agent(request_id, agent)
+                end = time.monotonic() + wait
+                while await broker.wakeups.wait(waiter, req.status, max(0.0, end - time.monotonic())):
+                    seen = req.status
+                    # Re-marked watched too: the mark may be gone with a restarted Redis.
+                    req = await life.watch_for_agent(request_id, agent, max(1.0, end - time.monotonic()))
+                    if req.status != seen or not waiter.take_resync():
+                        break
         finally:
             broker.metrics.waiters.dec()
             broker.wakeups.unregister(request_id, waiter)

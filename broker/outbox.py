@@ -17,8 +17,19 @@ from typing import Awaitable, Callable
 from redis.exceptions import ResponseError
 
 from .notify import PartialDelivery
+from .outage import Outage
 
 log = logging.getLogger("jitgate.outbox")
+
+# Remove a consumer from the group only while it holds no pending entry (atomically: a
+# consumer's pending entries would be lost with it). KEYS[1] the stream; ARGV group, consumer.
+_DROP_IDLE_CONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+# A consumer silent this long belongs to a broker that is gone (a live one reads every 0.2 s).
+DEAD_CONSUMER_IDLE_MS = 10 * 60 * 1000
 
 GROUP = "desks"
 # handler(kind, request_id, only): ``only`` names the desks a previous attempt missed.
@@ -46,6 +57,7 @@ class Outbox:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.delivered = 0
+        self._outage = Outage(log, "reading the outbox (Redis)")
 
     async def ensure_group(self) -> None:
         try:
@@ -60,15 +72,39 @@ class Outbox:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop consuming. Entries being delivered stay pending and are claimed later."""
+        """Stop consuming. Entries being delivered stay pending and are claimed later; with
+        none pending, this consumer leaves the group (each start is a new consumer)."""
         self._stopping = True  # redis-py may turn a cancelled blocking read into another error
         if self._task:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5)
             self._task = None
+        try:
+            await self._drop(self.consumer)
+        except Exception:  # noqa: BLE001 - best effort: prune_dead removes it later
+            pass
+
+    async def _drop(self, consumer: str) -> bool:
+        script = self.redis.register_script(_DROP_IDLE_CONSUMER)
+        return bool(await script(keys=[self.stream], args=[GROUP, consumer]))
+
+    async def prune_dead(self) -> list[str]:
+        """Remove the consumers of brokers that are gone (silent for DEAD_CONSUMER_IDLE_MS and
+        holding no pending entry: what they held was claimed by then); the names removed."""
+        dropped = []
+        for c in await self.redis.xinfo_consumers(self.stream, GROUP):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != self.consumer and c["pending"] == 0 and c["idle"] >= DEAD_CONSUMER_IDLE_MS:
+                if await self._drop(name):
+                    dropped.append(name)
+        if dropped:
+            log.info("removed %d outbox consumer(s) of brokers that are gone", len(dropped))
+        return dropped
 
     async def _run(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         claim_every, since_claim = 10, 0
         while not self._stopping:
             try:
@@ -77,9 +113,13 @@ class Outbox:
                 if since_claim >= claim_every:
                     since_claim = 0
                     entries = await self._claim_stale()
+                    if not entries and loop.time() >= next_prune:
+                        next_prune = loop.time() + 60
+                        await self.prune_dead()
                 if not entries:
                     resp = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=200)
                     entries = resp[0][1] if resp else []
+                self._outage.ok()
                 if entries:
                     await self._process(entries)
                 backoff = 0.1
@@ -89,11 +129,11 @@ class Outbox:
                 if "NOGROUP" in str(e):
                     await self.ensure_group()  # the stream was deleted (tests, a flush)
                     continue
-                log.warning("outbox read failed (%s); retrying", e)
+                self._outage.failed(str(e))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as e:  # noqa: BLE001 - Redis away: retry with backoff
-                log.warning("outbox read failed (%s); retrying", e.__class__.__name__)
+                self._outage.failed(e.__class__.__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

@@ -17,6 +17,7 @@ import socket
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .clock import new_id
+from .outage import Outage
 from .watched import RELOAD_INTERVAL_S
 
 log = logging.getLogger("jitgate.scheduler")
@@ -52,6 +53,7 @@ class Scheduler:
         self.rotation_check_s = rotation_check_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
         self.lease_key = self.store.prefix + "scheduler:lease"
+        self._lease_outage = Outage(log, "taking the scheduler lease (Redis)")
         self._lease = self.store.redis.register_script(_LEASE_LUA)
         self._release = self.store.redis.register_script(_RELEASE_LUA)
         self.aps = AsyncIOScheduler(timezone="UTC")
@@ -104,10 +106,12 @@ class Scheduler:
     async def has_lease(self) -> bool:
         """Take or renew the scheduler lease; True if this process holds it."""
         try:
-            return bool(await self._lease(keys=[self.lease_key], args=[self.holder, LEASE_TTL_MS]))
-        except Exception:  # noqa: BLE001 - no Redis, no lease
-            log.warning("could not reach Redis for the scheduler lease")
+            held = bool(await self._lease(keys=[self.lease_key], args=[self.holder, LEASE_TTL_MS]))
+        except Exception as e:  # noqa: BLE001 - no Redis, no lease
+            self._lease_outage.failed(e.__class__.__name__)
             return False
+        self._lease_outage.ok()
+        return held
 
     async def _sweep_job(self) -> None:
         with self._tracked():

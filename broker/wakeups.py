@@ -4,6 +4,12 @@ One subscription per process; the transition scripts publish ``"<id> <status>"``
 the same atomic step as the change, while someone waits on that request: the long poll
 marks the request watched in the same step as its read (``Store.watch``). Waiters
 register *before* that read, and wait for a status different from the one they read.
+
+A change published while the subscription was down (Redis restarted, the connection
+dropped) reaches nobody, so every re-subscription wakes every waiter with ``resync`` set:
+the long poll reads its request again and keeps waiting only if nothing changed. Retries
+come at most every ``MAX_BACKOFF_S``, so a waiter learns of such a change within about that.
+An outage is logged once when it starts and once when it ends, not once per retry.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from collections import defaultdict
 
 log = logging.getLogger("jitgate.wakeups")
 
+MAX_BACKOFF_S = 0.5
+
 
 class _Waiter:
-    __slots__ = ("known", "event", "early")
+    __slots__ = ("known", "event", "early", "resync")
 
     def __init__(self) -> None:
         self.known: str | None = None
@@ -24,6 +32,17 @@ class _Waiter:
         # Statuses published between register() and wait(): the read in between may have
         # seen the state before such a change, and the change must still wake the wait.
         self.early: list[str] = []
+        # Woken because the subscription came back, not by a published change.
+        self.resync = False
+
+    def take_resync(self) -> bool:
+        """True (and ready to wait again) when the last wake-up was only a re-subscription."""
+        if not self.resync:
+            return False
+        self.resync = False
+        self.early.clear()
+        self.event.clear()
+        return True
 
 
 class Wakeups:
@@ -51,10 +70,18 @@ class Wakeups:
 
     async def _run(self) -> None:
         backoff = 0.05
+        lost_at: float | None = None  # when the subscription went down (None: it is up)
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                if self._ready.is_set():
+                    self._resync_all()  # what was published while we were away reached nobody
+                if lost_at is not None:
+                    log.warning("pub/sub subscription back after %.1f s; long polls re-read their requests",
+                                loop.time() - lost_at)
+                    lost_at = None
                 self._ready.set()
                 backoff = 0.05
                 while not self._stopping:
@@ -69,10 +96,20 @@ class Wakeups:
                 if self._stopping:
                     await _close(pubsub)
                     return
-                log.warning("pub/sub connection lost (%s); reconnecting", e.__class__.__name__)
+                if lost_at is None:
+                    lost_at = loop.time()
+                    log.warning("pub/sub connection lost (%s); reconnecting", e.__class__.__name__)
+                else:
+                    log.debug("pub/sub still unavailable (%s)", e.__class__.__name__)
                 await _close(pubsub)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _resync_all(self) -> None:
+        for waiters in self._waiters.values():
+            for w in waiters:
+                w.resync = True
+                w.event.set()
 
     def _route(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data

@@ -156,3 +156,46 @@ async def test_a_desk_that_keeps_failing_is_recorded(harness):
     kinds = [orjson.loads(f[b"event"])["type"] for _, f in await s.redis.xrange(s.audit_stream)]
     assert "notification.failed" in kinds
     assert (await harness.life.get(rid)).status == "pending"
+
+
+async def test_restarts_leave_no_consumers_behind_and_pending_entries_stay(harness, monkeypatch):
+    """Issue 21, item 5 ("every start leaves a consumer in the outbox group forever"): a broker
+    that stops with nothing pending leaves the group; the consumer of a broker that died is
+    removed once it has been silent long enough and holds nothing, and one that still holds an
+    entry is never removed (its entry would be lost with it)."""
+    import broker.outbox as outbox_module
+    from broker.outbox import GROUP, Outbox
+
+    s = harness.broker.store
+
+    async def consumers():
+        return {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
+                for c in await s.redis.xinfo_consumers(s.outbox, GROUP)}
+
+    async def handler(kind, request_id, only=None):
+        pass
+
+    await harness.broker.outbox.stop()
+    for n in range(3):  # three restarts of a broker, each delivering something
+        await harness.propose()
+        other = Outbox(s.redis, s.outbox, f"restarted-{n}", handler)
+        await other.start()
+        await other.drain(timeout=10)  # it has read (and so joined the group) and acknowledged
+        assert (await consumers())[f"restarted-{n}"] == 0
+        await other.stop()
+        assert f"restarted-{n}" not in await consumers()
+
+    # Two brokers that died: one with nothing pending, one holding an entry.
+    await harness.propose()
+    await s.redis.xreadgroup(GROUP, "died-empty", {s.outbox: ">"}, count=10)
+    await s.redis.xack(s.outbox, GROUP, *[e[0] for e in (await s.redis.xrange(s.outbox))])
+    await harness.propose()
+    await s.redis.xreadgroup(GROUP, "died-holding", {s.outbox: ">"}, count=10)
+    assert (await consumers())["died-holding"] >= 1
+    live = Outbox(s.redis, s.outbox, "live", handler)
+    monkeypatch.setattr(outbox_module, "DEAD_CONSUMER_IDLE_MS", 1_000_000)
+    assert await live.prune_dead() == []  # not silent long enough
+    await asyncio.sleep(0.05)
+    monkeypatch.setattr(outbox_module, "DEAD_CONSUMER_IDLE_MS", 10)
+    assert await live.prune_dead() == ["died-empty"]
+    assert "died-holding" in await consumers()
