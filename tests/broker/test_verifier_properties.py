@@ -44,7 +44,9 @@ from bot.console.demo import verified_claims
 ISSUER = "https://jitgate.test"
 AUDIENCE = "staging/payments-api"
 URL = "https://payments.example.com/v1/config"
-NOW = int(time.time())
+def now() -> int:
+    """The time when the test runs (never at import: a long suite would expire the claims)."""
+    return int(time.time())
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -108,9 +110,16 @@ TOKEN_JWK = {**public_jwk(TOKEN_KEY), "alg": "ES256", "use": "sig"}
 JWKS = {"keys": [TOKEN_JWK]}
 AGENT_KEY = ec.generate_private_key(ec.SECP256R1())
 ACCESS_HEADER = {"alg": "ES256", "typ": "at+jwt", "kid": TOKEN_JWK["kid"]}
-ACCESS_CLAIMS = {"iss": ISSUER, "sub": "reader-bot", "aud": AUDIENCE, "iat": NOW, "nbf": NOW, "exp": NOW + 300,
+
+
+def access_claims() -> dict:
+    t = now()
+    return {"iss": ISSUER, "sub": "reader-bot", "aud": AUDIENCE, "iat": t, "nbf": t, "exp": t + 300,
                  "jti": "grant-1", "cnf": {"jkt": jwk_thumbprint(public_jwk(AGENT_KEY))}}
-UNBOUND_CLAIMS = {k: v for k, v in ACCESS_CLAIMS.items() if k != "cnf"}
+
+
+def unbound_claims() -> dict:
+    return {k: v for k, v in access_claims().items() if k != "cnf"}
 
 
 def proof_for(token: str) -> str:
@@ -121,7 +130,7 @@ def proof_for(token: str) -> str:
 def test_list_or_object_kid_and_alg_are_invalid_tokens(change):
     """Issue 14.9, the red-team's cases: a list or object kid, a list alg - InvalidToken from verify() and from
     TokenVerifier, not TypeError (a resource server catching InvalidToken crashed on an unauthenticated request)."""
-    token = sign(TOKEN_KEY, {**ACCESS_HEADER, **change}, UNBOUND_CLAIMS)
+    token = sign(TOKEN_KEY, {**ACCESS_HEADER, **change}, unbound_claims())
     with pytest.raises(InvalidToken):
         verify(token, JWKS, issuer=ISSUER, audience=AUDIENCE)
     verifier = TokenVerifier("http://127.0.0.1:9", audience=AUDIENCE, issuer=ISSUER)
@@ -135,7 +144,7 @@ def test_client_verify_only_succeeds_or_raises_invalid_token():
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(ACCESS_CLAIMS, EXTRA_CLAIMS))
+    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(access_claims(), EXTRA_CLAIMS))
     def check(header, claims):
         token = sign(TOKEN_KEY, header, claims)
         got = outcome(lambda: verify(token, JWKS, issuer=ISSUER, audience=AUDIENCE, dpop_proof=proof_for(token),
@@ -155,7 +164,7 @@ def test_token_verifier_only_succeeds_or_raises_invalid_token():
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(ACCESS_CLAIMS, EXTRA_CLAIMS))
+    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(access_claims(), EXTRA_CLAIMS))
     def check(header, claims):
         token = sign(TOKEN_KEY, header, claims)
         outcome(lambda: verifier.verify(token, dpop_proof=proof_for(token), method="GET", url=URL, scheme="DPoP"),
@@ -169,7 +178,7 @@ PROOF_HEADER = {"typ": "dpop+jwt", "alg": "ES256", "jwk": {k: v for k, v in publ
 
 
 def proof_claims(token: str) -> dict:
-    return {"jti": "p-1", "htm": "GET", "htu": URL, "iat": NOW, "ath": access_token_hash(token), "nonce": "n-1"}
+    return {"jti": "p-1", "htm": "GET", "htu": URL, "iat": now(), "ath": access_token_hash(token), "nonce": "n-1"}
 
 
 def test_check_binding_only_succeeds_or_raises_invalid_token():
@@ -179,7 +188,7 @@ def test_check_binding_only_succeeds_or_raises_invalid_token():
     ok: list = []
 
     @PROPERTY
-    @given(claims=mutated(ACCESS_CLAIMS, EXTRA_CLAIMS), proof_header=mutated(PROOF_HEADER, EXTRA_HEADER),
+    @given(claims=mutated(access_claims(), EXTRA_CLAIMS), proof_header=mutated(PROOF_HEADER, EXTRA_HEADER),
            data=st.data())
     def check(claims, proof_header, data):
         proof = sign(AGENT_KEY, proof_header, data.draw(mutated(proof_claims(token), EXTRA_CLAIMS)))
@@ -199,7 +208,7 @@ def test_dpop_proof_verifier_only_succeeds_or_raises_jose_error():
     @given(header=mutated(PROOF_HEADER, EXTRA_HEADER), claims=mutated(proof_claims("t.t.t"), EXTRA_CLAIMS))
     def check(header, claims):
         proof = sign(AGENT_KEY, header, claims)
-        outcome(lambda: verify_dpop_proof(proof, method="GET", url=URL, now=NOW, access_token="t.t.t"), JoseError, ok)
+        outcome(lambda: verify_dpop_proof(proof, method="GET", url=URL, now=now(), access_token="t.t.t"), JoseError, ok)
 
     check()
     assert ok
@@ -211,7 +220,7 @@ def test_console_demo_check_only_succeeds_or_raises_value_error():
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(UNBOUND_CLAIMS, EXTRA_CLAIMS))
+    @given(header=mutated(ACCESS_HEADER, EXTRA_HEADER), claims=mutated(unbound_claims(), EXTRA_CLAIMS))
     def check(header, claims):
         token = sign(TOKEN_KEY, header, claims)
         outcome(lambda: verified_claims(token, JWKS, issuer=ISSUER, audience=AUDIENCE), ValueError, ok)
@@ -248,20 +257,22 @@ def registry(tmp_path) -> tuple[Registry, dict]:
     return Registry.load(path), keys
 
 
-ASSERTION_CLAIMS = {"iss": "deploy-bot", "sub": "deploy-bot", "aud": ISSUER, "iat": NOW, "exp": NOW + 60}
+def assertion_claims() -> dict:
+    t = now()
+    return {"iss": "deploy-bot", "sub": "deploy-bot", "aud": ISSUER, "iat": t, "exp": t + 60}
 
 
 def test_assertion_verifier_only_succeeds_or_raises_unauthenticated(loop, registry, redis_url, prefix):
     """broker/identity/assertions.py AssertionVerifier (every API call, agents and resource servers) raises Unauthenticated only."""
     reg, keys = registry
     line = RedisLine(redis_url)
-    verifier = AssertionVerifier(reg, line, prefix, audience=ISSUER, clock=ManualClock(start=NOW))
+    verifier = AssertionVerifier(reg, line, prefix, audience=ISSUER, clock=ManualClock(start=now()))
     counter = iter(range(10**9))
     ok: list = []
 
     @PROPERTY
     @given(header=mutated({"alg": "EdDSA", "kid": reg.agent("deploy-bot").kid}, EXTRA_HEADER),
-           claims=mutated(ASSERTION_CLAIMS, EXTRA_CLAIMS), server=st.booleans())
+           claims=mutated(assertion_claims(), EXTRA_CLAIMS), server=st.booleans())
     def check(header, claims, server):
         if isinstance(claims, dict):
             claims.setdefault("jti", f"j-{next(counter)}")  # fresh, so a replay is not what refuses it
@@ -280,7 +291,11 @@ def test_assertion_verifier_only_succeeds_or_raises_unauthenticated(loop, regist
 
 
 LINK_HEADER = {"typ": "jitgate-delegation+jwt", "alg": "EdDSA"}
-LINK_CLAIMS = {"iss": "deploy-bot", "sub": "db-bot", "aud": ISSUER, "iat": NOW, "exp": NOW + 600, "jti": "l-1",
+
+
+def link_claims() -> dict:
+    t = now()
+    return {"iss": "deploy-bot", "sub": "db-bot", "aud": ISSUER, "iat": t, "exp": t + 600, "jti": "l-1",
                "actions": ["read"], "targets": ["staging/*"], "reason": "audit"}
 
 
@@ -290,11 +305,11 @@ def test_delegation_verifier_only_succeeds_or_raises_invalid_delegation(registry
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(LINK_HEADER, EXTRA_HEADER), claims=mutated(LINK_CLAIMS, EXTRA_CLAIMS))
+    @given(header=mutated(LINK_HEADER, EXTRA_HEADER), claims=mutated(link_claims(), EXTRA_CLAIMS))
     def check(header, claims):
         chain = [sign(keys["deploy-bot"], header, claims)]
         outcome(lambda: verify_delegation_chain(chain, registry=reg, requester="db-bot", action="read",
-                                                target="staging/payments-api", audience=ISSUER, now=NOW,
+                                                target="staging/payments-api", audience=ISSUER, now=now(),
                                                 max_depth=3), InvalidDelegation, ok)
 
     check()
@@ -303,7 +318,11 @@ def test_delegation_verifier_only_succeeds_or_raises_invalid_delegation(registry
 
 SVID_KEY = ec.generate_private_key(ec.SECP256R1())
 SVID_HEADER = {"alg": "ES256", "kid": "svid-1", "typ": "JWT"}
-SVID_CLAIMS = {"sub": "spiffe://example.org/ns/platform/sa/indexer", "aud": [ISSUER], "iat": NOW, "exp": NOW + 300}
+
+
+def svid_claims() -> dict:
+    t = now()
+    return {"sub": "spiffe://example.org/ns/platform/sa/indexer", "aud": [ISSUER], "iat": t, "exp": t + 300}
 
 
 def test_svid_verifier_only_succeeds_or_raises_unauthenticated(tmp_path, registry):
@@ -315,10 +334,10 @@ def test_svid_verifier_only_succeeds_or_raises_unauthenticated(tmp_path, registr
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(SVID_HEADER, EXTRA_HEADER), claims=mutated(SVID_CLAIMS, EXTRA_CLAIMS))
+    @given(header=mutated(SVID_HEADER, EXTRA_HEADER), claims=mutated(svid_claims(), EXTRA_CLAIMS))
     def check(header, claims):
         token = sign(SVID_KEY, header, claims)
-        outcome(lambda: bundle.verify(token, reg, ISSUER, NOW), Unauthenticated, ok)
+        outcome(lambda: bundle.verify(token, reg, ISSUER, now()), Unauthenticated, ok)
 
     check()
     assert ok
@@ -328,14 +347,14 @@ def test_keyring_verify_only_succeeds_or_raises_unauthenticated(loop, redis_url,
     """broker/tokens.py KeyRing.verify (introspection and revocation read the broker's own tokens) raises
     Unauthenticated only."""
     client = aioredis.from_url(redis_url)
-    ring = KeyRing(client, prefix, os.urandom(32), clock=ManualClock(start=NOW))
+    ring = KeyRing(client, prefix, os.urandom(32), clock=ManualClock(start=now()))
     loop.run_until_complete(ring.ensure())
     key = ring._current
     header_base = {"alg": key.alg, "typ": "at+jwt", "kid": key.kid}
     ok: list = []
 
     @PROPERTY
-    @given(header=mutated(header_base, EXTRA_HEADER), claims=mutated(UNBOUND_CLAIMS, EXTRA_CLAIMS),
+    @given(header=mutated(header_base, EXTRA_HEADER), claims=mutated(unbound_claims(), EXTRA_CLAIMS),
            audience=st.sampled_from([None, AUDIENCE]))
     def check(header, claims, audience):
         token = sign(key.private_key, header, claims)
