@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -28,6 +29,7 @@ log = logging.getLogger("jitgate.api")
 
 PROBLEM = "application/problem+json"
 MAX_WAIT_S = 60
+RETRY_AFTER_S = 1  # the Retry-After of a 503 whose error names no other
 
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
@@ -36,6 +38,8 @@ def json_response(body, status: int = 200, headers: dict | None = None) -> Respo
 
 def problem_response(err: BrokerError, instance: str | None = None) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="jitgate"'} if err.status == 401 else None
+    if err.status == 503:  # every 503 is retryable: say when (clients back off at least this long)
+        headers = {"Retry-After": str(getattr(err, "retry_after_s", None) or RETRY_AFTER_S)}
     return Response(orjson.dumps(err.to_problem(instance)), status_code=err.status, media_type=PROBLEM, headers=headers)
 
 
@@ -197,13 +201,16 @@ def make_routes(broker: "Broker") -> list[Route]:
                             "or JITGATE_METRICS_PUBLIC=1 to serve it without authentication")
         return Response(broker.metrics.render(), media_type=CONTENT_TYPE)
 
+    async def escalation(request: HttpRequest) -> Response:
+        return await (withdraw if request.method == "DELETE" else status)(request)
+
     async def openapi(request: HttpRequest) -> Response:
         return json_response(openapi_document(s.issuer))
 
     return [
         Route("/v1/escalations", propose, methods=["POST"]),
-        Route("/v1/escalations/{id}", status, methods=["GET"]),
-        Route("/v1/escalations/{id}", withdraw, methods=["DELETE"]),
+        # One route for both methods, so a 405 here lists both in Allow (RFC 9110 section 15.5.6).
+        Route("/v1/escalations/{id}", escalation, methods=["GET", "DELETE"]),
         Route("/v1/escalations/{id}/token", collect, methods=["POST"]),
         Route("/v1/escalations/{id}/complete", complete, methods=["POST"]),
         Route("/v1/introspect", introspect, methods=["POST"]),
@@ -241,10 +248,15 @@ def exception_handlers(get_broker) -> dict:
             resp.headers.update(headers)
         return resp
 
+    async def on_redis(request: HttpRequest, exc: RedisError) -> Response:
+        # A Redis failure no module turned into a problem: retryable, never a 500 (issue 21.5).
+        log.warning("Redis failed on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+        return await on_broker_error(request, Unavailable(f"Redis is unavailable: {exc.__class__.__name__}"))
+
     async def on_unexpected(request: HttpRequest, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         err = BrokerError("internal error; it was logged")
         err.status, err.code, err.title = 500, "internal", "Internal error"
         return problem_response(err, request.url.path)
 
-    return {BrokerError: on_broker_error, HTTPException: on_http, Exception: on_unexpected}
+    return {BrokerError: on_broker_error, HTTPException: on_http, RedisError: on_redis, Exception: on_unexpected}

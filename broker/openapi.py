@@ -45,8 +45,9 @@ def openapi_document(issuer: str) -> dict:
         "required": ["action", "target", "justification", "duration_s"],
         "properties": {
             "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
-            "target": {"type": "string", "maxLength": model.MAX_NAME},
-            "justification": {"type": "string", "maxLength": model.MAX_JUSTIFICATION},
+            # Required text must hold a non-blank character: the API refuses "" and "  " (400).
+            "target": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_NAME},
+            "justification": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_JUSTIFICATION},
             "evidence": {"type": "array", "maxItems": model.MAX_EVIDENCE_ITEMS, "items": evidence},
             "duration_s": {"type": "integer", "minimum": 1, "maximum": model.MAX_DURATION_S},
             "tool": {"type": "string", "maxLength": model.MAX_NAME},
@@ -98,7 +99,7 @@ def openapi_document(issuer: str) -> dict:
     }
     form_token = {"content": {
         "application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"], "properties": {
-            "token": {"type": "string"}, "token_type_hint": {"type": "string"}}}}}}
+            "token": {"type": "string", "minLength": 1}, "token_type_hint": {"type": "string"}}}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "jitgate", "version": "1", "description": "Just-in-time privilege broker for AI agents."},

@@ -168,6 +168,35 @@ async def test_metadata_and_openapi(harness):
         assert path in doc["paths"]
 
 
+async def test_a_405_lists_every_method_of_the_path(harness):
+    """Issue 21.8: OPTIONS or PUT on /v1/escalations/{id} is a 405 whose Allow names GET and DELETE
+    (DELETE was missing: each method had its own route)."""
+    for method in ("OPTIONS", "PUT"):
+        r = await harness.client.request(method, "/v1/escalations/AAAAAAAAAAAAAAAAAAAAAA")
+        assert r.status_code == 405 and {"GET", "DELETE"} <= {m.strip() for m in r.headers["allow"].split(",")}
+
+
+async def test_the_openapi_document_refuses_the_blank_values_the_api_refuses(harness):
+    """Issue 21.8: the document accepted an empty target and token the API refuses with a 400;
+    every value the schema now refuses is refused by the API too."""
+    import re
+
+    doc = (await harness.client.get("/openapi.json")).json()
+    props = doc["components"]["schemas"]["Proposal"]["properties"]
+    form = doc["paths"]["/v1/introspect"]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]
+    token = form["schema"]["properties"]["token"]
+
+    def schema_allows(schema: dict, value: str) -> bool:
+        return len(value) >= schema.get("minLength", 0) and re.search(schema.get("pattern", ""), value) is not None
+
+    for blank in ("", "   "):
+        assert not schema_allows(props["target"], blank) and not schema_allows(props["justification"], blank)
+        assert (await harness.propose(target=blank)).status_code == 400
+        assert (await harness.propose(justification=blank)).status_code == 400
+    assert not schema_allows(token, "")
+    assert (await harness.introspect("")).status_code == 400
+
+
 async def test_health_ready_metrics(harness):
     """healthz and readyz answer; metrics count decisions."""
     assert (await harness.client.get("/healthz")).json()["status"] == "ok"
