@@ -22,18 +22,50 @@ from .watched import RELOAD_INTERVAL_S
 
 log = logging.getLogger("jitgate.scheduler")
 
-LEASE_TTL_MS = 5000
+# The lease is renewed by every job run (the sweep runs every sweep interval), so a holder that
+# dies is replaced within this long: the longer of 0.8 s and four sweep intervals (issue 21.4;
+# it was 5 s). A holder stalled for longer loses it to another replica; a sweep twice is harmless.
+LEASE_TTL_MIN_MS = 800
 SWEEP_BATCH = 500
 
-# Take the lease if free, or renew it if it is ours; one atomic step.
+# Take the lease if free, ours, or held by ARGV[3] (a holder this process proved dead); one
+# atomic step. Returns 1 when this process holds it, else the holder.
 _LEASE_LUA = """
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
+if cur == false or cur == ARGV[1] or (ARGV[3] ~= '' and cur == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-return 0
+return cur
 """
+
+
+def lease_ttl_ms(sweep_interval_s: float) -> int:
+    return max(LEASE_TTL_MIN_MS, int(4 * sweep_interval_s * 1000))
+
+
+def holder_is_dead(holder: str, *, host: str | None = None, pid: int | None = None) -> bool:
+    """True when ``holder`` (``host:pid:id``) is provably a dead process: on this host, with this
+    process's own pid (a container restarted: its pid is reused, the id is not) or a pid no process
+    has. Another host's holder is never judged here: its lease runs out instead."""
+    host = socket.gethostname() if host is None else host
+    pid = os.getpid() if pid is None else pid
+    try:
+        h_host, h_pid, _ = holder.rsplit(":", 2)
+        other = int(h_pid)
+    except ValueError:
+        return False
+    if h_host != host or other <= 0:
+        return False
+    if other == pid:
+        return True  # this pid is ours now: the holder was an earlier process
+    try:
+        os.kill(other, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists (another user's process): alive as far as we can tell
+    return False
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -52,6 +84,7 @@ class Scheduler:
         self.sweep_interval_s = sweep_interval_s
         self.rotation_check_s = rotation_check_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
+        self.lease_ttl_ms = lease_ttl_ms(sweep_interval_s)
         self.lease_key = self.store.prefix + "scheduler:lease"
         self._lease_outage = Outage(log, "taking the scheduler lease (Redis)")
         self._lease = self.store.redis.register_script(_LEASE_LUA)
@@ -106,17 +139,23 @@ class Scheduler:
     async def has_lease(self) -> bool:
         """Take or renew the scheduler lease; True if this process holds it."""
         try:
-            held = bool(await self._lease(keys=[self.lease_key], args=[self.holder, LEASE_TTL_MS]))
+            got = await self._lease(keys=[self.lease_key], args=[self.holder, self.lease_ttl_ms, ""])
+            if got != 1:
+                other = got.decode() if isinstance(got, bytes) else str(got)
+                if holder_is_dead(other):  # a restart on this host: take over now, not at the TTL
+                    got = await self._lease(keys=[self.lease_key], args=[self.holder, self.lease_ttl_ms, other])
+                    if got == 1:
+                        log.info("took the scheduler lease from %s, a process that is gone", other)
         except Exception as e:  # noqa: BLE001 - no Redis, no lease
             self._lease_outage.failed(e.__class__.__name__)
             return False
         self._lease_outage.ok()
-        return held
+        return got == 1
 
     async def _sweep_job(self) -> None:
         with self._tracked():
             if await self.has_lease():
-                await self.sweep()
+                await self.sweep(renew=True)
             else:
                 self.not_revoking.set()  # another replica sweeps: nothing here to wait for
 
@@ -149,9 +188,10 @@ class Scheduler:
             else:
                 await self.keyring.refresh()
 
-    async def sweep(self, max_batches: int = 200) -> int:
+    async def sweep(self, max_batches: int = 200, *, renew: bool = False) -> int:
         """Expire everything whose deadline has passed, a batch at a time (one script call
-        and one audit entry per batch); returns how many changed."""
+        and one audit entry per batch); returns how many changed. With ``renew`` (the job, which
+        holds the lease) the lease is renewed after each full batch, and the sweep stops if lost."""
         changed, held = 0, False
         try:
             for _ in range(max_batches):
@@ -170,6 +210,8 @@ class Scheduler:
                 changed += n
                 if len(due) < SWEEP_BATCH or n == 0:
                     break
+                if renew and not await self.has_lease():
+                    break  # another replica took over while this backlog ran
         finally:
             # Under a storm (this sweep found a backlog) the desks stay held until a sweep
             # finds less than a batch due: telling waits, revoking does not.

@@ -69,7 +69,7 @@ async def test_stop_lets_a_job_in_flight_finish_before_redis_closes(harness):
     s = harness.broker.scheduler
     done = []
 
-    async def slow_sweep(max_batches: int = 200) -> int:
+    async def slow_sweep(max_batches: int = 200, **_) -> int:
         await asyncio.sleep(0.3)
         done.append(await s.store.redis.ping())
         return 0
