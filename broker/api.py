@@ -88,7 +88,8 @@ def make_routes(broker: "Broker") -> list[Route]:
             req = await life.watch_for_agent(request_id, agent, wait)
             # With `known`, a change the caller has not seen yet (it happened between its
             # last read and this call) answers at once instead of after the whole wait.
-            if req.status not in TERMINAL and (known is None or req.status == known):
+            seen_first = req.status
+            if req.status not in TERMINAL and (known is None or req.status == known) and not broker.wakeups.draining:
                 end = time.monotonic() + wait
                 while await broker.wakeups.wait(waiter, req.status, max(0.0, end - time.monotonic())):
                     seen = req.status
@@ -96,6 +97,10 @@ def make_routes(broker: "Broker") -> list[Route]:
                     req = await life.watch_for_agent(request_id, agent, max(1.0, end - time.monotonic()))
                     if req.status != seen or not waiter.take_resync():
                         break
+                if broker.wakeups.draining and req.status == seen_first:
+                    # Shutting down (a rolling restart): nothing changed; the agent asks again
+                    # after Retry-After and another replica (or this one, restarted) answers.
+                    raise Unavailable("this broker is shutting down; ask again")
         finally:
             broker.metrics.waiters.dec()
             broker.wakeups.unregister(request_id, waiter)

@@ -73,6 +73,13 @@ class Broker:
             self.gate.set_directory(self.directory)
         follow("policy folder", self.gate.reload_if_changed)
 
+    async def drain(self) -> None:
+        """The first step of a graceful stop (SIGTERM), before the open connections finish:
+        waiting long polls answer a retryable 503 at once, and the scheduler lease is handed
+        over (released), so another replica takes the jobs now, not when the lease runs out."""
+        self.wakeups.drain()
+        await self.scheduler.stop()
+
     def close_unregistered(self) -> asyncio.Task | None:
         """End, in the background, the grants and pending requests of agents the registry no
         longer holds (see :meth:`Lifecycle.close_unregistered`); None outside an event loop."""

@@ -80,11 +80,33 @@ def cmd_serve(args) -> int:
     # its default one imports websockets.legacy, deprecated since websockets 14).
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5, ws="none")
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, app)
     server.run()
     # uvicorn reports a failed lifespan start-up (bad settings, broken policy) by exiting
     # the serve loop without "started": say so with a failing exit code.
     return 0 if server.started else 3
+
+
+def _DrainingServer(config, app):  # noqa: N802 - a class made on demand (uvicorn is imported lazily)
+    """uvicorn's server, draining the broker at the first SIGTERM/SIGINT (see Broker.drain)
+    while uvicorn stops accepting connections and waits for the open ones."""
+    import asyncio  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    class Server(uvicorn.Server):
+        draining: asyncio.Task | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            broker = getattr(app.state, "broker", None)
+            if self.draining is None and broker is not None:
+                try:
+                    self.draining = asyncio.get_running_loop().create_task(broker.drain())
+                except RuntimeError:  # no loop running: nothing is being served
+                    pass
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 # ---------------------------------------------------------------------- init

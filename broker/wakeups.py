@@ -55,6 +55,9 @@ class Wakeups:
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._stopping = False
+        # Set when this process is shutting down (SIGTERM): every wait ends now, and the long
+        # polls answer a retryable 503 so the agents ask another replica.
+        self.draining = False
 
     async def start(self) -> None:
         """Subscribe and start routing (returns once subscribed)."""
@@ -105,6 +108,13 @@ class Wakeups:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
+    def drain(self) -> None:
+        """End every wait now, and every later one at once (the process is shutting down)."""
+        self.draining = True
+        for waiters in self._waiters.values():
+            for w in waiters:
+                w.event.set()
+
     def _resync_all(self) -> None:
         for waiters in self._waiters.values():
             for w in waiters:
@@ -137,7 +147,7 @@ class Wakeups:
     async def wait(self, w: _Waiter, known_status: str, timeout: float) -> bool:
         """Wait until a status other than ``known_status`` is published, or ``timeout``."""
         w.known = known_status
-        if any(status != known_status for status in w.early):
+        if self.draining or any(status != known_status for status in w.early):
             return True
         try:
             await asyncio.wait_for(w.event.wait(), timeout)
