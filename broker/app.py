@@ -26,6 +26,7 @@ from .notify import Desk, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
 from .redischeck import refuse_eviction
+from .redisconn import connect
 from .redisline import RedisLine
 from .scheduler import Scheduler
 from .store import Store
@@ -127,13 +128,6 @@ def refuse_unbuilt_channels(settings: Settings, available: set[str]) -> None:
     if "teams" not in available and (settings.microsoft_app_id or settings.microsoft_app_password):
         raise ConfigError("MICROSOFT_APP_* is set, but this installation has no Teams desk; unset it and approve with "
                           "`jitgate requests approve`")
-
-
-def connect(url: str, max_connections: int = 256) -> aioredis.Redis:
-    """A Redis client whose pool *waits* for a free connection (up to 10 s) instead of
-    failing: redis-py's default pool raises past its limit, which turned load into 503s."""
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 def principals(registry: Registry) -> list[PrincipalInfo]:

@@ -43,13 +43,12 @@ def _print_json(value) -> None:
 
 async def _with_broker(fn):
     """Build a broker without background jobs against the configured Redis; run ``fn``."""
-    import redis.asyncio as aioredis  # noqa: PLC0415
-
     from .app import build, shutdown  # noqa: PLC0415
+    from .redisconn import connect  # noqa: PLC0415
 
     settings = load_settings()
     settings = dataclasses.replace(settings, redis_url=redis_url_for_tools(settings))
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     # No desks here: notifications queue in the outbox for the serving broker to deliver.
     try:
         broker = await build(settings, redis=client, notifiers=[], desks=[], start_background=False)

@@ -34,6 +34,7 @@ from redis.exceptions import (  # redis-py's, shadowing builtins: callers catch 
 )
 
 from .errors import ConfigError
+from .redisconn import SentinelUrl, is_sentinel, master_address, parse_sentinel
 
 log = logging.getLogger("jitgate.redis")
 
@@ -125,18 +126,26 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         pending = self._pending
+        demoted = False
         try:
             while (reply := self._reader.gets()) is not False:
                 fut = pending.popleft()[0]
+                if isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
+                    demoted = True  # a fail-over made this server a replica: reconnect to the master
+                    reply = ConnectionError("Redis is a replica now (fail-over); reconnecting")
                 # A cancelled caller's reply is still consumed, so the next one stays matched.
                 if not fut.done():
-                    if isinstance(reply, ResponseError):
+                    if isinstance(reply, (ResponseError, ConnectionError)):
                         fut.set_exception(reply)
                     else:
                         fut.set_result(reply)
         except (hiredis.ProtocolError, IndexError):  # Garbage, or a reply nobody asked for.
             log.warning("Redis sent an unparsable or unexpected reply; aborting the connection")
             self.abort(ConnectionError("Redis protocol error; connection aborted"))
+            return
+        if demoted:
+            log.warning("Redis answered READONLY: it is a replica now; reconnecting to the master")
+            self.abort(ConnectionError("Redis is a replica now (fail-over); reconnecting"))
 
     def _check_deadline(self) -> None:
         # One timer per connection: only the oldest command can be late, replies come in order.
@@ -182,6 +191,11 @@ class RedisLine:
 
     def __init__(self, url: str, *, timeout_s: float = 10.0, connect_timeout_s: float = 5.0,
                  max_in_flight: int = 10_000) -> None:
+        # Sentinel: the master is asked for at every (re)connect and its role checked.
+        self._sentinel: SentinelUrl | None = parse_sentinel(url) if is_sentinel(url) else None
+        if self._sentinel is not None:
+            target = self._sentinel
+            url = f"{'rediss' if target.tls else 'redis'}://localhost/{target.db}"
         opts = parse_url(url)
         self._path: str | None = opts.pop("path", None)
         self._host: str = opts.pop("host", None) or "localhost"
@@ -190,6 +204,8 @@ class RedisLine:
         self._username: str | None = opts.pop("username", None)
         self._password: str | None = opts.pop("password", None)
         self._client_name: str | None = opts.pop("client_name", None)
+        if self._sentinel is not None:
+            self._username, self._password = self._sentinel.username, self._sentinel.password
         self._ssl = _ssl_context(opts) if url.lower().startswith("rediss://") else None
         for key in (*_IGNORED_OPTIONS, "connection_class"):
             opts.pop(key, None)
@@ -255,6 +271,8 @@ class RedisLine:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
+                if self._sentinel is not None:
+                    self._host, self._port = await master_address(self._sentinel)
                 if self._path:
                     _, conn = await loop.create_unix_connection(lambda: _Connection(self), self._path)
                 else:
@@ -270,6 +288,8 @@ class RedisLine:
                     hello.append(conn.send(("SELECT", self._db)))
                 if self._client_name:
                     hello.append(conn.send(("CLIENT", "SETNAME", self._client_name)))
+                if self._sentinel is not None:
+                    hello.append(conn.send(("ROLE",)))  # the sentinels may lag a fail-over
                 replies = await asyncio.gather(*hello, return_exceptions=True)
         except builtins.TimeoutError as exc:  # asyncio.timeout's; TimeoutError here is redis-py's.
             self._discard(conn)
@@ -280,6 +300,9 @@ class RedisLine:
         except BaseException:
             self._discard(conn)
             raise
+        if self._sentinel is not None and not isinstance(replies[-1], BaseException) and replies[-1][0] != b"master":
+            self._discard(conn)
+            raise ConnectionError(f"{self._host}:{self._port} is not the master of {self._sentinel.service!r} (yet)")
         for i, reply in enumerate(replies):
             if isinstance(reply, BaseException):
                 self._discard(conn)

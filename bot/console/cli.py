@@ -30,14 +30,13 @@ def register(subparsers) -> None:
 
 
 def cmd_login(args) -> int:
-    import redis.asyncio as aioredis  # noqa: PLC0415
-
     from broker import audit  # noqa: PLC0415
     from broker.clock import SystemClock  # noqa: PLC0415
     from broker.config import load_settings, redis_url_for_tools  # noqa: PLC0415
     from broker.directory import Directory  # noqa: PLC0415
     from broker.lifecycle import Lifecycle  # noqa: PLC0415
     from broker.model import iso  # noqa: PLC0415
+    from broker.redisconn import connect  # noqa: PLC0415
     from broker.redisline import RedisLine  # noqa: PLC0415
     from broker.store import Store  # noqa: PLC0415
 
@@ -56,7 +55,7 @@ def cmd_login(args) -> int:
 
     async def mint():
         url = redis_url_for_tools(settings)
-        client, line = aioredis.from_url(url), RedisLine(url)
+        client, line = connect(url), RedisLine(url)
         try:
             now = SystemClock().now()
             operator = f"os:{Lifecycle.os_user()}"

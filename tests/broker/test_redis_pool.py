@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.app import connect
+from broker.redisconn import connect
 
 
 async def test_pool_waits_instead_of_failing(redis_url):

@@ -15,6 +15,7 @@ from broker.clock import ManualClock
 from broker.config import Settings
 from broker.identity import add_agent, generate_key, load_private_key, make_assertion
 from broker.notify import LoggingNotifier
+from broker.redisconn import connect, is_sentinel
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ISSUER = "https://jitgate.test"
@@ -76,7 +77,8 @@ class Harness:
 
     async def start(self, *, background: bool = True) -> "Harness":
         """(Re)build the broker on the same Redis and settings: a restart."""
-        redis = aioredis.from_url(self.settings.redis_url)
+        url = self.settings.redis_url
+        redis = connect(url) if is_sentinel(url) else aioredis.from_url(url)
         self.broker = await build(self.settings, redis=redis, clock=self.clock, notifiers=[self.notifier],
                                   desks=self.desks, start_background=background)
         app = create_app(self.settings, broker=self.broker)
