@@ -472,6 +472,30 @@ def cmd_policy_check(args) -> int:
     return 0 if result.get("decision", {}).get("outcome") != "deny" else 3
 
 
+def cmd_policy_test(args) -> int:
+    """Run the YAML test cases next to a policy set (broker/policytest.py)."""
+    from .directory import Directory  # noqa: PLC0415
+    from .errors import BrokerError  # noqa: PLC0415
+    from .policytest import run, test_files  # noqa: PLC0415
+
+    env = environment()
+    policy_dir = Path(args.dir or env.get("JITGATE_POLICY_DIR", "policies"))
+    try:
+        directory = Directory.load(Path(args.approvers or env.get("JITGATE_APPROVERS_FILE", "approvers.yaml")),
+                                   Path(args.targets or env.get("JITGATE_TARGETS_FILE", "targets.yaml")))
+        report = run(policy_dir, directory, test_files(policy_dir, Path(args.tests) if args.tests else None))
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.render(verbose=args.verbose))
+    if report.failed:
+        return 1
+    if args.require_coverage and report.uncovered:
+        print("error: --require-coverage: every policy must decide at least one case", file=sys.stderr)
+        return 1
+    return 0
+
+
 JSON_HELP = "print JSON (each request as the API returns it) instead of a table"
 
 
@@ -592,6 +616,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("file")
     s.add_argument("--policy-dir")
     s.set_defaults(fn=cmd_policy_check)
+    s = pol.add_parser("test", help="run the YAML test cases next to a policy set; non-zero exit on a failure")
+    s.add_argument("dir", nargs="?", help="the policy folder (default: JITGATE_POLICY_DIR, else ./policies)")
+    s.add_argument("--tests", metavar="PATH", help="a test file or folder (default: DIR/tests)")
+    s.add_argument("--approvers", metavar="FILE", help="default: JITGATE_APPROVERS_FILE, else ./approvers.yaml")
+    s.add_argument("--targets", metavar="FILE", help="default: JITGATE_TARGETS_FILE, else ./targets.yaml")
+    s.add_argument("--require-coverage", action="store_true",
+                   help="fail unless every policy decides at least one case")
+    s.add_argument("-v", "--verbose", action="store_true", help="list the cases that passed too")
+    s.set_defaults(fn=cmd_policy_test)
 
     # Commands of optional parts (agent tools, desks) plug in through entry points, so
     # the core names none of them.

@@ -12,9 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_shipped_starter_files_are_the_repository_examples():
     """The package data is the repository's policies/ and examples/ (one copy to edit)."""
-    assert sorted(p.name for p in (shipped() / "policies").iterdir()) == sorted(p.name for p in (ROOT / "policies").iterdir())
-    for p in (ROOT / "policies").iterdir():
-        assert (shipped() / "policies" / p.name).read_bytes() == p.read_bytes()
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files(shipped() / "policies") == files(ROOT / "policies")  # the policies and their tests
+    for name in files(ROOT / "policies"):
+        assert (shipped() / "policies" / name).read_bytes() == (ROOT / "policies" / name).read_bytes()
     for name in ("approvers.yaml", "targets.yaml"):
         assert (shipped() / name).read_bytes() == (ROOT / "examples" / name).read_bytes()
 

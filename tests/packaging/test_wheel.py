@@ -22,7 +22,8 @@ from tests.support.process import ROOT
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(480)]
 
 STARTER = ["broker/defaults/approvers.yaml", "broker/defaults/targets.yaml",
-           *(f"broker/defaults/policies/{p.name}" for p in sorted((ROOT / "policies").iterdir()))]
+           *(f"broker/defaults/policies/{p.relative_to(ROOT / 'policies')}"
+             for p in sorted((ROOT / "policies").rglob("*")) if p.is_file())]
 
 
 def children(pid: int) -> dict[int, str]:
@@ -77,8 +78,9 @@ def test_a_pip_installed_jitgate_inits_and_serves_in_an_empty_folder(dists, tmp_
     assert settings["JITGATE_POLICY_DIR"] == ".jitgate/policies", out
     assert settings["JITGATE_APPROVERS_FILE"] == ".jitgate/approvers.yaml"
     assert settings["JITGATE_TARGETS_FILE"] == ".jitgate/targets.yaml"
-    for p in (ROOT / "policies").iterdir():
-        assert (folder / ".jitgate/policies" / p.name).read_text() == p.read_text()
+    for p in (ROOT / "policies").rglob("*"):  # the policies and their tests
+        if p.is_file():
+            assert (folder / ".jitgate/policies" / p.relative_to(ROOT / "policies")).read_text() == p.read_text()
     assert (folder / ".jitgate/approvers.yaml").read_text() == (ROOT / "examples/approvers.yaml").read_text()
 
     log = (tmp_path / "serve.log").open("w+")
