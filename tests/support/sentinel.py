@@ -32,7 +32,7 @@ class SentinelSet:
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def _spawn(self, port: int, *args: str) -> None:
-        log = open(self.dir / f"{port}.log", "w")  # noqa: SIM115 - closed in stop()
+        log = open(self.dir / f"{port}.log", "w")  # closed in stop()
         self._logs.append(log)
         self.procs[port] = subprocess.Popen([self.binary, *args], stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.dir)
