@@ -22,7 +22,7 @@ from .identity import AssertionVerifier, Registry, SpiffeBundle
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .notices import Notices
-from .notify import Desk, LoggingNotifier, Notifier
+from .notify import Desk, DeskContext, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
 from .redischeck import refuse_eviction
@@ -197,7 +197,7 @@ async def build(
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()
         for desk in desks:
-            await desk.start(broker)
+            await desk.start(DeskContext.of(broker))
         await wakeups.start()
         await scheduler.start()
         await outbox.start()
