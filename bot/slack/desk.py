@@ -21,9 +21,9 @@ from starlette.routing import Route
 from broker.bodies import read_body
 from broker.directory import Approver
 from broker.errors import BrokerError, ConfigError, NotApprover
+from broker.notify import DeskContext
 
 from bot.approvers import Binder, with_slack_groups
-from bot.kit.confirmations import Confirmations
 
 from .api import SlackApi
 from .breakglass import BreakGlassListeners
@@ -31,6 +31,7 @@ from .commands import SlashCommand
 from .listeners import Listeners
 from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
+from .parts import Parts
 from .people import bindable_email
 from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
 
@@ -85,14 +86,14 @@ class SlackDesk:
         self.app_id: str | None = None
         if self.socket_mode:
             self.app.middleware(self._envelope_guard)
-        Listeners(self).register(self.app)
-        BreakGlassListeners(self).register(self.app)
-        SlashCommand(self).register(self.app)
+        # The listeners get their collaborators, never the desk.
+        self.parts = Parts(self.api, self.client, self.notifier, approver=self.approver)
+        Listeners(self.parts).register(self.app)
+        BreakGlassListeners(self.parts).register(self.app)
+        SlashCommand(self.parts).register(self.app)
         self._socket = None
         self._connect: asyncio.Task | None = None
-        self._broker = None
         self.binder: Binder | None = None
-        self.confirmations: Confirmations | None = None
 
     # ------------------------------------------------------------------ the port
     def routes(self) -> list:
@@ -101,14 +102,13 @@ class SlackDesk:
             return []
         return [Route(EVENTS_PATH, self._events, methods=["POST"])]
 
-    async def start(self, broker) -> None:
-        self._broker = broker
-        self.binder = Binder(broker.directory, email_binding=self.settings.email_binding)
-        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix, "slack")
-        self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
-                                     clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
-        self.notifier.bind(broker)
-        problem = broker.directory.slack_alias_problem(self.settings.email_binding)
+    async def start(self, ctx: DeskContext) -> None:
+        self.parts.start(ctx)
+        self.binder = Binder(ctx.directory, email_binding=self.settings.email_binding)
+        self.usergroups = UserGroups(self._usergroup_api, ctx.keys.redis, prefix=ctx.keys.prefix,
+                                     clock=ctx.clock, ttl_s=self._usergroup_ttl_s)
+        self.notifier.bind(ctx)
+        problem = ctx.directory.slack_alias_problem(self.settings.email_binding)
         if problem:
             raise ConfigError(problem)  # one person must never count as two approvers
         await self._check_token()
@@ -143,17 +143,16 @@ class SlackDesk:
             return {"ready": False, "detail": self.app_token_problem}
         return {"ready": True, "mode": "socket" if self.socket_mode else "http"}
 
-    # ------------------------------------------------------------------ shared by listeners
     @property
-    def broker(self):
-        if self._broker is None:
-            raise RuntimeError("the Slack desk has not been started")
-        return self._broker
+    def confirmations(self):
+        """The break-glass confirmations (the listeners hold them through :class:`Parts`)."""
+        return self.parts.confirmations
 
+    # ------------------------------------------------------------------ approver resolution
     async def approver(self, user_id: str) -> Approver:
         """The approver bound to this *verified* Slack user id, explicitly or through Slack user
         groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
-        directory = self.broker.directory
+        directory = self.parts.ctx.directory
         found = self.binder.slack(user_id)
         email = None
         if found is None and self.settings.email_binding and user_id:
@@ -188,7 +187,7 @@ class SlackDesk:
     def _check_new_identity(self, user_id: str, email: str | None) -> None:
         """Before a member of a bound user group acts as ``slack:<id>``: make sure they cannot be
         someone the file already names (who would then count twice); NotApprover otherwise."""
-        directory = self.broker.directory
+        directory = self.parts.ctx.directory
         problem = directory.slack_alias_problem(self.settings.email_binding)
         if problem:  # a reloaded file broke the rule the start-up check enforced
             log.error("refusing Slack user group member %s: %s", user_id, problem)
@@ -201,16 +200,6 @@ class SlackDesk:
                         "approvers the file names only by e-mail", user_id)
             raise NotApprover("Slack did not confirm your e-mail address for this workspace, so jitgate cannot tell "
                               "whether you are also someone its approvers file names; nothing changed")
-
-    async def answer(self, channel: str | None, user: str, text: str) -> None:
-        """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""
-        try:
-            if channel:
-                await self.api.call("chat_postEphemeral", channel=channel, user=user, text=text)
-            else:
-                await self.api.call("chat_postMessage", channel=user, text=text)
-        except Exception:  # noqa: BLE001 - a courtesy; the state is already right
-            log.exception("could not answer Slack user %s", user)
 
     # ------------------------------------------------------------------ internals
     async def _events(self, request: HttpRequest) -> Response:

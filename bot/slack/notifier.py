@@ -20,7 +20,7 @@ import logging
 
 from broker.directory import GROUP_BOUND_PREFIX
 from broker.model import PENDING, Request
-from broker.notify import Kind, MessageRef, Notice
+from broker.notify import DeskContext, Kind, MessageRef, Notice
 
 from bot import render
 from bot.kit.once import say_once
@@ -50,17 +50,17 @@ class SlackNotifier:
     def __init__(self, api: SlackApi, settings) -> None:
         self.api = api
         self.settings = settings
-        self._broker = None
+        self._ctx: DeskContext | None = None
 
-    def bind(self, broker) -> None:
-        """Attach the running broker (directory for mentions, Redis for sent-markers)."""
-        self._broker = broker
+    def bind(self, ctx: DeskContext) -> None:
+        """Attach the desk's context (directory for mentions, Redis for sent-markers)."""
+        self._ctx = ctx
 
     @property
-    def broker(self):
-        if self._broker is None:
+    def ctx(self) -> DeskContext:
+        if self._ctx is None:
             raise RuntimeError("the Slack desk has not been started")
-        return self._broker
+        return self._ctx
 
     # ------------------------------------------------------------------ the port
     async def post_proposal(self, notice: Notice) -> list[MessageRef]:
@@ -140,7 +140,7 @@ class SlackNotifier:
     # ------------------------------------------------------------------ break-glass
     async def security_ref(self, request_id: str) -> tuple[str, str] | None:
         """(channel, ts) of the break-glass alert for this request, if one was posted."""
-        got = await self.broker.redis.hmget(self._marks(request_id), "bg:channel", "bg:ts")
+        got = await self.ctx.redis.hmget(self._marks(request_id), "bg:channel", "bg:ts")
         if not got[0] or not got[1]:
             return None
         return got[0].decode(), got[1].decode()
@@ -164,8 +164,8 @@ class SlackNotifier:
                                        unfurl_links=False, unfurl_media=False)
             ref = (resp["channel"], resp["ts"])
             key = self._marks(request.id)
-            await self.broker.redis.hset(key, mapping={"bg:channel": ref[0], "bg:ts": ref[1]})
-            await self.broker.redis.expire(key, MARK_TTL_S)
+            await self.ctx.redis.hset(key, mapping={"bg:channel": ref[0], "bg:ts": ref[1]})
+            await self.ctx.redis.expire(key, MARK_TTL_S)
         else:
             await self._bg_rerender(request, ref, suspended)
         if request.reviewed_by:
@@ -197,7 +197,7 @@ class SlackNotifier:
 
     async def _suspended_for(self, request: Request) -> bool:
         """Whether the engineer's right is suspended because of this very grant (the core's rule)."""
-        return await self.broker.breakglass.suspended_by(request)
+        return await self.ctx.breakglass.suspended_by(request)
 
     def _security_channel(self) -> str:
         return self.settings.slack_security_channel or self.settings.slack_approvals_channel
@@ -244,7 +244,7 @@ class SlackNotifier:
         """The owner's Slack user id: from their approvers entry, or from an owner named ``slack:U…``."""
         if not owner:
             return None
-        entry = self.broker.directory.approver(owner)
+        entry = self.ctx.directory.approver(owner)
         if entry is not None:
             return entry.slack
         return owner.removeprefix(GROUP_BOUND_PREFIX) if owner.startswith(GROUP_BOUND_PREFIX) else None
@@ -252,7 +252,7 @@ class SlackNotifier:
     def _mentions(self, groups, people) -> list[str]:
         """``<!subteam^S…>`` of the Slack user groups bound to ``groups``, then ``<@U…>`` of
         ``people`` (the audience the core resolved), at most :data:`MAX_MENTIONS`."""
-        directory = self.broker.directory
+        directory = self.ctx.directory
         teams: list[str] = []
         for group in groups:
             for ug in directory.slack_usergroups_for(group):
@@ -274,7 +274,7 @@ class SlackNotifier:
 
     async def _once(self, request: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already sent for this request; remember it after."""
-        await say_once(self.broker.redis, self._marks(request.id), send, field=marker, ttl_s=MARK_TTL_S)
+        await say_once(self.ctx.redis, self._marks(request.id), send, field=marker, ttl_s=MARK_TTL_S)
 
 
 def _with_people(text: str, people: list[str]) -> str:
