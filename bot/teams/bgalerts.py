@@ -27,9 +27,10 @@ from bot import render
 from bot.kit.once import say_once
 
 from . import bgcards, cards
+from .outbound import card_activity
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.teams")
 
@@ -49,22 +50,22 @@ class AlertRef:
 class SecurityAlerts:
     """The security conversation's side of break-glass."""
 
-    def __init__(self, desk: "TeamsDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: "Parts") -> None:
+        self.parts = parts
 
     def _key(self, request_id: str) -> str:
-        return f"{self.desk.settings.redis_prefix}teams:bg:{{req:{request_id}}}"
+        return f"{self.parts.settings.redis_prefix}teams:bg:{{req:{request_id}}}"
 
     async def ref(self, request_id: str) -> AlertRef | None:
         """The alert of this grant, if one was posted."""
-        got = await self.desk.broker.redis.hmget(self._key(request_id), "conversation", "activity", "service_url")
+        got = await self.parts.ctx.redis.hmget(self._key(request_id), "conversation", "activity", "service_url")
         if not all(got):
             return None
         return AlertRef(*(v.decode() for v in got))
 
     async def card(self, req: Request, *, notice: str | None = None) -> dict:
         """The alert as it should look now: suspended only when the core says this grant
-        suspended its engineer (``BreakGlass.suspended_by``), as on every desk."""
+        suspended its engineer (``BreakGlass.suspended_by``), as on every parts."""
         overdue, suspended = await self._review_state(req)
         return bgcards.security_card(req, overdue=overdue, suspended=suspended, notice=notice)
 
@@ -79,7 +80,7 @@ class SecurityAlerts:
             await self._edit(req, ref)
         if req.reviewed_by:
             return  # the edit is the news
-        mentions = await self.desk.mentions(list(notice.audience.security))
+        mentions = await self.parts.mentions(list(notice.audience.security))
         if notice.suspended:
             await self._reply_once(req, ref, "suspended", text, mentions)
         elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
@@ -97,14 +98,14 @@ class SecurityAlerts:
 
     async def once(self, req: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already done for this grant."""
-        await say_once(self.desk.broker.redis, self._key(req.id), send, field="mark:" + marker, ttl_s=MARK_TTL_S)
+        await say_once(self.parts.ctx.redis, self._key(req.id), send, field="mark:" + marker, ttl_s=MARK_TTL_S)
 
     async def note(self, request_id: str, text: str) -> None:
         """A line in the alert's thread, and the alert re-rendered (best effort: a courtesy;
         the change itself is done and audited)."""
         try:
             ref = await self.ref(request_id)
-            req = await self.desk.broker.store.load(request_id)
+            req = await self.parts.ctx.store.load(request_id)
             if ref is None or req is None:
                 return
             await self._edit(req, ref)
@@ -115,38 +116,35 @@ class SecurityAlerts:
 
     # ------------------------------------------------------------------ pieces
     async def _post(self, req: Request) -> AlertRef:
-        desk = self.desk
-        where = desk.settings.teams_security_conversation
-        dest = await desk.conversations.resolve(where) if where else None
+        parts = self.parts
+        where = parts.settings.teams_security_conversation
+        dest = await parts.conversations.resolve(where) if where else None
         if dest is None:
-            dest = await desk.destination(req)
+            dest = await parts.destination(req)
             log.warning("Teams: break-glass alert for %s goes to the approvals conversation: %s", req.id,
                         f"no conversation known for TEAMS_SECURITY_CONVERSATION={where!r}" if where
                         else "TEAMS_SECURITY_CONVERSATION is unset")
         if dest is None:
             raise RuntimeError("no Teams conversation is known for break-glass alerts yet")  # the outbox retries
-        from .notifier import card_activity  # noqa: PLC0415 - the notifier builds this class
 
-        activity_id = await desk.outbound.post(dest.service_url, dest.id,
+        activity_id = await parts.outbound.post(dest.service_url, dest.id,
                                                card_activity(await self.card(req), bgcards.security_summary(req)))
         key = self._key(req.id)
-        await desk.broker.redis.hset(key, mapping={"conversation": dest.id, "activity": activity_id,
+        await parts.ctx.redis.hset(key, mapping={"conversation": dest.id, "activity": activity_id,
                                                    "service_url": dest.service_url})
-        await desk.broker.redis.expire(key, MARK_TTL_S)
+        await parts.ctx.redis.expire(key, MARK_TTL_S)
         return AlertRef(dest.id, activity_id, dest.service_url)
 
     async def _edit(self, req: Request, ref: AlertRef) -> None:
-        from .notifier import card_activity  # noqa: PLC0415
 
         card = await self.card(req)
-        await self.desk.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
+        await self.parts.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
                                         card_activity(card, bgcards.security_summary(req)))
 
     async def _reply(self, ref: AlertRef, text: str, mentions: list[tuple[str, str]]) -> None:
-        from .notifier import card_activity  # noqa: PLC0415
 
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
-        await self.desk.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
+        await self.parts.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
                                        card_activity(note, cards.plain(text, 200)))
 
     async def _reply_once(self, req: Request, ref: AlertRef, marker: str, text: str,
@@ -157,5 +155,5 @@ class SecurityAlerts:
         """(overdue, the engineer's break-glass right suspended by this grant now: the core's answer)."""
         if req.reviewed_by or req.review_due is None:
             return False, False
-        overdue = self.desk.broker.lifecycle.clock.now() >= req.review_due
-        return overdue, await self.desk.broker.breakglass.suspended_by(req)
+        overdue = self.parts.ctx.lifecycle.clock.now() >= req.review_due
+        return overdue, await self.parts.ctx.breakglass.suspended_by(req)
