@@ -154,7 +154,7 @@ class BreakGlassListeners:
             return
         text = granted_text(granted.request, granted.note, granted.token.access_token)
         if not await self._hand_over(channel, user, text):
-            await self._undeliverable(granted.request, user)
+            await bgkit.revoke_undelivered(self.parts.ctx.lifecycle, granted.request, channel=CHANNEL)
 
     async def _hand_over(self, channel: str | None, user: str, text: str) -> bool:
         """Show ``text`` (it holds a token) to ``user`` alone: ephemerally, else by DM; one attempt
@@ -179,15 +179,6 @@ class BreakGlassListeners:
         except Exception as e:  # noqa: BLE001
             log.warning("sending a break-glass token by DM failed (%s)", e.__class__.__name__)
             return True
-
-    async def _undeliverable(self, req: Request, user: str) -> None:
-        """Nobody holds the token: end the grant rather than leave a live credential unaccounted for."""
-        try:
-            await self.parts.ctx.lifecycle.revoke(req.id, by="jitgate",
-                                                    reason="the token could not be delivered to the engineer",
-                                                    channel=CHANNEL)
-        except BrokerError:
-            log.warning("could not revoke undeliverable break-glass grant %s", req.id)
 
     async def review_clicked(self, ack, body) -> None:
         """Acknowledge review: for the security group, open the modal asking for the comment."""

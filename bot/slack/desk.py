@@ -20,10 +20,10 @@ from starlette.routing import Route
 
 from broker.bodies import read_body
 from broker.directory import Approver
-from broker.errors import BrokerError, ConfigError, NotApprover
+from broker.errors import BrokerError, ConfigError
 from broker.notify import DeskContext
 
-from bot.approvers import Binder, with_slack_groups
+from bot.approvers import Binder, slack_approver
 
 from .api import SlackApi
 from .breakglass import BreakGlassListeners
@@ -33,7 +33,7 @@ from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
 from .parts import Parts
 from .people import bindable_email
-from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
+from .usergroups import TTL_S, UserGroups
 
 log = logging.getLogger("jitgate.slack")
 
@@ -150,56 +150,10 @@ class SlackDesk:
 
     # ------------------------------------------------------------------ approver resolution
     async def approver(self, user_id: str) -> Approver:
-        """The approver bound to this *verified* Slack user id, explicitly or through Slack user
-        groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
-        directory = self.parts.ctx.directory
-        found = self.binder.slack(user_id)
-        email = None
-        if found is None and self.settings.email_binding and user_id:
-            email = await self._verified_email(user_id)
-            found = self.binder.slack(user_id, email) if email else None
-            if found is not None and found.slack and found.slack != user_id:
-                log.warning("Slack user %s has the e-mail of approver %s, who is bound to Slack user %s; refused",
-                            user_id, found.id, found.slack)
-                raise NotApprover(f"your e-mail address belongs to approver {found.id}, whose entry names another "
-                                  "Slack account; nothing changed. Ask an operator to fix the approvers file.")
-        bindings = directory.slack_bindings
-        if bindings and user_id:
-            try:
-                groups = await self.usergroups.groups_of(user_id, bindings)
-                if found is None and groups:
-                    self._check_new_identity(user_id, email)
-                found = with_slack_groups(found, user_id, groups)
-            except UserGroupUnavailable as e:
-                if found is None:
-                    raise NotApprover(f"jitgate could not ask Slack who is in the user group {e.usergroup} ({e.why}), "
-                                      "so it cannot count you as an approver right now; nothing changed. Try again "
-                                      "in a minute.") from None
-                # Fail closed for what the user group would add; the explicit binding still stands.
-                log.warning("Slack user group %s unavailable (%s); %s acts with their own groups only",
-                            e.usergroup, e.why, found.id)
-        if found is None:
-            also = ", or to add you to a Slack user group that the file binds" if bindings else ""
-            raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
-                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
-        return found
-
-    def _check_new_identity(self, user_id: str, email: str | None) -> None:
-        """Before a member of a bound user group acts as ``slack:<id>``: make sure they cannot be
-        someone the file already names (who would then count twice); NotApprover otherwise."""
-        directory = self.parts.ctx.directory
-        problem = directory.slack_alias_problem(self.settings.email_binding)
-        if problem:  # a reloaded file broke the rule the start-up check enforced
-            log.error("refusing Slack user group member %s: %s", user_id, problem)
-            raise NotApprover("jitgate's approvers file does not let it tell whether you are also someone it names "
-                              "(an operator must fix it; the log says how), so it cannot count you now; nothing changed")
-        if directory.slack_unbound_people() and email is None:
-            # Someone in the file is known here only by e-mail: without a confirmed address this
-            # user might be them, so no new identity is minted.
-            log.warning("refusing Slack user group member %s: no confirmed e-mail to tell them apart from the "
-                        "approvers the file names only by e-mail", user_id)
-            raise NotApprover("Slack did not confirm your e-mail address for this workspace, so jitgate cannot tell "
-                              "whether you are also someone its approvers file names; nothing changed")
+        """The approver bound to this *verified* Slack user id (:func:`bot.approvers.slack_approver`;
+        user groups asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
+        return await slack_approver(self.binder, user_id, email_of=self._verified_email,
+                                    groups_of=self.usergroups.groups_of)
 
     # ------------------------------------------------------------------ internals
     async def _events(self, request: HttpRequest) -> Response:

@@ -36,7 +36,7 @@ from bot.kit import commands as kit
 from bot.kit.confirmations import Confirmations, recheck
 from broker.directory import Approver
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
-from broker.model import Request, check_request_id
+from broker.model import check_request_id
 
 from . import bgcards, cards
 from .conversations import ConversationRef, NoPersonalChat, base_conversation_id
@@ -144,7 +144,7 @@ class BreakGlassActions:
             token_activity = card_activity(bgcards.token_card(req, granted.note, granted.token.access_token),
                                             "Your break-glass token")
             if not await self._hand_over(chat, token_activity):
-                await self._undeliverable(req)
+                await bgkit.revoke_undelivered(self.parts.ctx.lifecycle, req, channel=CHANNEL)
                 text = f"Break-glass {req.id} revoked: your token could not be delivered to your personal chat."
                 self._edit_card(a, bgcards.closed_confirm_card(text, good=False))
                 return cards.card_response(bgcards.closed_confirm_card(text, good=False, lines=[
@@ -177,14 +177,6 @@ class BreakGlassActions:
             log.warning("Teams: a break-glass token could not be delivered (%s); the grant is revoked",
                         e.__class__.__name__)
             return False
-
-    async def _undeliverable(self, req: Request) -> None:
-        """Nobody surely holds the token: end the grant rather than leave a live credential unaccounted for."""
-        try:
-            await self.parts.ctx.lifecycle.revoke(req.id, by="jitgate", channel=CHANNEL,
-                                                    reason="the token could not be delivered to the engineer")
-        except BrokerError:
-            log.warning("Teams: could not revoke undeliverable break-glass grant %s", req.id)
 
     def _edit_card(self, a: Activity, card: dict) -> None:
         """The confirmation card for everyone in the conversation: what happened, no buttons
