@@ -143,11 +143,6 @@ class SlackDesk:
             return {"ready": False, "detail": self.app_token_problem}
         return {"ready": True, "mode": "socket" if self.socket_mode else "http"}
 
-    @property
-    def confirmations(self):
-        """The break-glass confirmations (the listeners hold them through :class:`Parts`)."""
-        return self.parts.confirmations
-
     # ------------------------------------------------------------------ approver resolution
     async def approver(self, user_id: str) -> Approver:
         """The approver bound to this *verified* Slack user id (:func:`bot.approvers.slack_approver`;

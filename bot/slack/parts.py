@@ -1,7 +1,5 @@
-"""What Slack's listeners and ``/jit`` are given when the desk builds them: the desk's
-context (once started), approver resolution, the Web API, the notifier (for the security
-alert) and the one-time confirmations. They never reach back into the desk, so no module
-of ``bot.slack`` imports ``desk.py`` but the package itself."""
+"""What Slack's listeners and ``/jit`` are given when the desk builds them (never the desk,
+so nothing in ``bot.slack`` but the package imports ``desk.py``)."""
 
 from __future__ import annotations
 
@@ -30,25 +28,13 @@ class Parts:
     client: AsyncWebClient  # raw, no retry: a break-glass token is sent at most once
     notifier: SlackNotifier
     approver: Callable[[str], Awaitable[Approver]]  # the approver bound to a verified Slack user id
-    _ctx: DeskContext | None = None
-    _confirmations: Confirmations | None = None
+    ctx: DeskContext = None  # type: ignore[assignment]  # the desk's context, set when it starts
+    confirmations: Confirmations = None  # type: ignore[assignment]  # set when it starts
 
     def start(self, ctx: DeskContext) -> None:
         """Fill in what exists only once the broker is built."""
-        self._ctx = ctx
-        self._confirmations = Confirmations(ctx.keys.redis, ctx.keys.prefix, "slack")
-
-    @property
-    def ctx(self) -> DeskContext:
-        if self._ctx is None:
-            raise RuntimeError("the Slack desk has not been started")
-        return self._ctx
-
-    @property
-    def confirmations(self) -> Confirmations:
-        if self._confirmations is None:
-            raise RuntimeError("the Slack desk has not been started")
-        return self._confirmations
+        self.ctx = ctx
+        self.confirmations = Confirmations(ctx.keys.redis, ctx.keys.prefix, "slack")
 
     async def answer(self, channel: str | None, user: str, text: str) -> None:
         """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""

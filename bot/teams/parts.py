@@ -1,12 +1,12 @@
 """What the Teams desk's turn handler, notifier and break-glass actions are given when the
-desk builds them (never the desk itself): its context once started, the conversations the
-bot knows, approver binding, the one-time confirmations, the Bot Connector, and where and
-to whom a card goes. So no module of ``bot.teams`` imports ``desk.py`` but the package."""
+desk builds them (never the desk, so nothing in ``bot.teams`` but the package imports
+``desk.py``): its context, conversations, binding, confirmations, the Bot Connector, and
+where and to whom a card goes."""
 
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from broker import rules
 from broker.config import Settings
@@ -25,16 +25,6 @@ from .outbound import Outbound
 log = logging.getLogger("jitgate.teams")
 
 
-class Alerts(Protocol):
-    """The security conversation's side of break-glass (``bot.teams.bgalerts.SecurityAlerts``)."""
-
-    async def ref(self, request_id: str): ...
-
-    async def card(self, req: Request, *, notice: str | None = None) -> dict: ...
-
-    async def note(self, request_id: str, text: str) -> None: ...
-
-
 class Parts:
     """The Teams desk's collaborators, handed to each part at construction."""
 
@@ -44,7 +34,7 @@ class Parts:
         self.outbound = outbound
         self.spawn = spawn  # run in the background, awaited on stop
         self.flush_soon = flush_soon  # post held proposals now (a conversation just became known)
-        self.alerts: Alerts | None = None  # set by the desk once its notifier exists
+        self.alerts: Any = None  # the notifier's SecurityAlerts (bot.teams.bgalerts), set by the desk
         self._ctx: DeskContext | None = None
         self.conversations: Conversations | None = None
         self.binder: Binder | None = None
