@@ -114,10 +114,11 @@ def load_desks(settings: Settings) -> list[Desk]:
 def refuse_unbuilt_channels(settings: Settings, available: set[str]) -> None:
     """Chat credentials for a desk this installation does not have: refuse rather than
     leave approvers waiting on a channel that will never show them anything."""
-    if "slack" not in available and (settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret):
+    env = settings.env
+    if "slack" not in available and (env.get("SLACK_BOT_TOKEN") or env.get("SLACK_APP_TOKEN") or env.get("SLACK_SIGNING_SECRET")):
         raise ConfigError("SLACK_* is set, but this installation has no Slack desk; unset it and approve with "
                           "`jitgate requests approve`")
-    if "teams" not in available and (settings.microsoft_app_id or settings.microsoft_app_password):
+    if "teams" not in available and (env.get("MICROSOFT_APP_ID") or env.get("MICROSOFT_APP_PASSWORD")):
         raise ConfigError("MICROSOFT_APP_* is set, but this installation has no Teams desk; unset it and approve with "
                           "`jitgate requests approve`")
 

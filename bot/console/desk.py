@@ -26,7 +26,7 @@ def console_mode(settings: Settings) -> str | None:
         return EXPLICIT
     if settings.console is False:
         return None
-    if settings.slack_bot_token or settings.microsoft_app_id:
+    if settings.env.get("SLACK_BOT_TOKEN") or settings.env.get("MICROSOFT_APP_ID"):
         return None
     return DEFAULT
 

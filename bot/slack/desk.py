@@ -33,6 +33,7 @@ from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
 from .parts import Parts
 from .people import bindable_email
+from .settings import SlackSettings
 from .usergroups import TTL_S, UserGroups
 
 log = logging.getLogger("jitgate.slack")
@@ -54,19 +55,20 @@ class SlackDesk:
 
     name = NAME
 
-    def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0,
-                 usergroup_ttl_s: float = TTL_S, socket_ping_s: float = 10.0) -> None:
-        self.settings = settings
-        self.socket_mode = bool(settings.slack_app_token)
+    def __init__(self, settings, *, slack: SlackSettings | None = None, retry_backoff_s: float = 0.5,
+                 retry_budget_s: float = 20.0, usergroup_ttl_s: float = TTL_S, socket_ping_s: float = 10.0) -> None:
+        self.settings = settings  # the core's
+        self.slack = slack = slack or SlackSettings.from_env(settings.env)  # the desk's own
+        self.socket_mode = bool(slack.app_token)
         self._socket_ping_s = socket_ping_s  # also the SDK's pause between reconnection attempts
         # Why Slack refuses the app token now (None: it does not); /readyz reports it.
         self.app_token_problem: str | None = None
         self._quiet_while_refused = _WhileRefused(self)
-        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-        self.client = AsyncWebClient(token=settings.slack_bot_token.reveal(), timeout=10, retry_handlers=[],
+        kwargs = {"base_url": slack.api_url} if slack.api_url else {}
+        self.client = AsyncWebClient(token=slack.bot_token.reveal(), timeout=10, retry_handlers=[],
                                      logger=quiet_logger("jitgate.slack.sdk", logging.INFO), **kwargs)
         self.api = SlackApi(self.client, backoff_s=retry_backoff_s, budget_s=retry_budget_s)
-        self.notifier = SlackNotifier(self.api, settings)
+        self.notifier = SlackNotifier(self.api, settings, slack)
         # Asked while a clicker waits: a short budget, and the answer (or refusal) comes quickly.
         self._usergroup_api = SlackApi(self.client, attempts=2, backoff_s=retry_backoff_s, budget_s=2.0)
         self._usergroup_ttl_s = usergroup_ttl_s
@@ -76,7 +78,7 @@ class SlackDesk:
             client=self.client,
             # Always explicit: Bolt would otherwise read SLACK_SIGNING_SECRET itself. In
             # Socket Mode it is unused (the connection is authenticated by the app token).
-            signing_secret=settings.slack_signing_secret.reveal(),
+            signing_secret=slack.signing_secret.reveal(),
             logger=quiet_logger("jitgate.slack.bolt"),
         )
         # Who we are at Slack (the bot token's workspace from auth.test, the app token's app from the
@@ -118,7 +120,7 @@ class SlackDesk:
 
             socket_log = quiet_logger("jitgate.slack.socket")
             socket_log.addFilter(self._quiet_while_refused)
-            self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.reveal(),
+            self._socket = AsyncSocketModeHandler(self.app, self.slack.app_token.reveal(),
                                                   logger=socket_log, web_client=self.client,
                                                   ping_interval=self._socket_ping_s)
             self._socket.client.message_listeners.append(self._on_socket_message)
@@ -228,7 +230,7 @@ class SlackDesk:
         """Socket Mode: ask Slack for a connection URL with the app token now, so a wrong one
         refuses start-up like a wrong bot token (the SDK would retry it forever)."""
         try:
-            await self.api.call("apps_connections_open", app_token=self.settings.slack_app_token.reveal())
+            await self.api.call("apps_connections_open", app_token=self.slack.app_token.reveal())
         except SlackApiError as e:
             error = (getattr(e, "response", None) or {}).get("error", "")
             if error in BAD_TOKEN_ERRORS:
@@ -290,10 +292,6 @@ class SlackDesk:
         return address
 
 
-# Slack's signing secrets are 32 hex characters; anything this short is a placeholder.
-MIN_SIGNING_SECRET_CHARS = 16
-
-
 class _WhileRefused(logging.Filter):
     """Drops the Socket Mode client's per-retry error and traceback while the app token is
     refused: the desk has said so once, and says so again when it changes."""
@@ -311,26 +309,6 @@ class _WhileRefused(logging.Filter):
 
 def desk_from_settings(settings) -> SlackDesk | None:
     """The Slack desk when Slack is configured, None when it is off; ConfigError (naming
-    the setting) when it is half-configured: never run with verification off."""
-    token = settings.slack_bot_token.reveal().strip()
-    secret = settings.slack_signing_secret.reveal().strip()
-    app_token = settings.slack_app_token.reveal().strip()
-    if not (token or secret or app_token):
-        return None
-    if not token:
-        raise ConfigError("SLACK_BOT_TOKEN is not set, but other SLACK_* settings are: set the bot token "
-                          "(xoxb-…) or unset them all to turn Slack off")
-    if app_token:
-        if not app_token.startswith("xapp-"):
-            raise ConfigError("SLACK_APP_TOKEN must be an app-level token (xapp-…) with the connections:write scope")
-    elif not secret:
-        raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify that requests come from Slack "
-                          "(or set SLACK_APP_TOKEN to use Socket Mode)")
-    if secret and len(secret) < MIN_SIGNING_SECRET_CHARS:
-        raise ConfigError(f"SLACK_SIGNING_SECRET is {len(secret)} characters long: a real one (Basic Information → "
-                          f"Signing Secret) is 32; fewer than {MIN_SIGNING_SECRET_CHARS} is a placeholder anyone can guess")
-    if not settings.slack_approvals_channel.strip():
-        raise ConfigError("SLACK_APPROVALS_CHANNEL is not set: name the channel (id or #name) where proposals go")
-    if settings.slack_api_url and not settings.slack_api_url.startswith(("https://", "http://")):
-        raise ConfigError("SLACK_API_URL must be an http(s) URL")
-    return SlackDesk(settings)
+    the setting) when it is half-configured (:meth:`SlackSettings.check`)."""
+    slack = SlackSettings.from_env(settings.env)
+    return SlackDesk(settings, slack=slack) if slack.check() else None

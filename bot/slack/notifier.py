@@ -28,6 +28,7 @@ from bot.kit.once import say_once
 from .api import SlackApi
 from .bgviews import event_line, security_blocks, security_text
 from .blocks import fallback_text, proposal_blocks
+from .settings import SlackSettings
 from .text import TEXT_LIMIT, channel_link, clip, escape, mention, mrkdwn, usergroup_mention
 
 log = logging.getLogger("jitgate.slack")
@@ -47,9 +48,10 @@ class SlackNotifier:
 
     name = NAME
 
-    def __init__(self, api: SlackApi, settings) -> None:
+    def __init__(self, api: SlackApi, settings, slack: SlackSettings) -> None:
         self.api = api
-        self.settings = settings
+        self.settings = settings  # the core's
+        self.slack = slack  # the desk's own (channels)
         self._ctx: DeskContext | None = None
 
     def bind(self, ctx: DeskContext) -> None:
@@ -66,7 +68,7 @@ class SlackNotifier:
     async def post_proposal(self, notice: Notice) -> list[MessageRef]:
         """Post the proposal to the policy's channel (or SLACK_APPROVALS_CHANNEL)."""
         request = notice.request
-        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        channel = request.decision.get("channel") or self.slack.approvals_channel
         resp = await self.api.call(
             "chat_postMessage", channel=channel, text=fallback_text(request),
             blocks=proposal_blocks(request, max_duration_s=self.settings.max_duration_s),
@@ -126,7 +128,7 @@ class SlackNotifier:
         """An informational message (no buttons) where this request's approvals are asked,
         mentioning the group whose approval was bypassed."""
         request, who = notice.request, notice.audience
-        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        channel = request.decision.get("channel") or self.slack.approvals_channel
         people = self._mentions((who.bypassed_group,), who.bypassed) if who.bypassed_group else []
         body = _with_people(f":mega: {mrkdwn(notice.announcement, 2000)}", people)
 
@@ -200,7 +202,7 @@ class SlackNotifier:
         return await self.ctx.breakglass.suspended_by(request)
 
     def _security_channel(self) -> str:
-        return self.settings.slack_security_channel or self.settings.slack_approvals_channel
+        return self.slack.security_channel or self.slack.approvals_channel
 
     # ------------------------------------------------------------------ pieces
     async def _rerender(self, request: Request, ref: MessageRef) -> None:

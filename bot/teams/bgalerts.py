@@ -117,7 +117,7 @@ class SecurityAlerts:
     # ------------------------------------------------------------------ pieces
     async def _post(self, req: Request) -> AlertRef:
         parts = self.parts
-        where = parts.settings.teams_security_conversation
+        where = parts.teams.security_conversation
         dest = await parts.conversations.resolve(where) if where else None
         if dest is None:
             dest = await parts.destination(req)

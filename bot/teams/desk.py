@@ -32,6 +32,7 @@ from .handler import TurnHandler
 from .notifier import TeamsNotifier
 from .outbound import Outbound
 from .parts import Parts
+from .settings import TeamsSettings
 
 log = logging.getLogger("jitgate.teams")
 
@@ -45,21 +46,21 @@ class TeamsDesk:
 
     name = "teams"
 
-    def __init__(self, settings: Settings, *, credentials_factory=None) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, teams: TeamsSettings | None = None, *, credentials_factory=None) -> None:
+        self.settings = settings  # the core's
+        self.teams = teams = teams or TeamsSettings.from_env(settings.env)  # the desk's own
         self.credentials_factory = credentials_factory or MsalCredentialsFactory(
-            settings.microsoft_app_id, settings.microsoft_app_password, login_authority(settings),
-            custom_authority=bool(settings.teams_login_url))
-        self.authentication = build_authentication(settings, self.credentials_factory)
+            teams.app_id, teams.app_password, login_authority(teams), custom_authority=bool(teams.login_url))
+        self.authentication = build_authentication(teams, self.credentials_factory)
         self.adapter = CloudAdapter(self.authentication)
-        self.outbound = Outbound(self.authentication, self.credentials_factory, settings.microsoft_app_id)
+        self.outbound = Outbound(self.authentication, self.credentials_factory, teams.app_id)
         # Each part gets its collaborators, never the desk.
-        self.parts = Parts(settings, self.outbound, spawn=self.spawn, flush_soon=self.flush_soon)
+        self.parts = Parts(settings, teams, self.outbound, spawn=self.spawn, flush_soon=self.flush_soon)
         self.notifier = TeamsNotifier(self.parts)
         self.parts.alerts = self.notifier.bg
         self.bg_actions = BreakGlassActions(self.parts)
         self.handler = TurnHandler(self.parts, self.bg_actions)
-        self.warmer = MetadataWarmer(BotConfig(settings).TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
+        self.warmer = MetadataWarmer(BotConfig(teams).TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self._flush_now = asyncio.Event()
@@ -96,7 +97,7 @@ class TeamsDesk:
         """Whether approvers will see proposals here, for ``/readyz`` and the start-up log.
         Not being ready never fails the broker's readiness: the bot must keep receiving
         activities to learn the conversation it is missing."""
-        where = self.settings.teams_approvals_conversation
+        where = self.teams.approvals_conversation
         ref = await self.conversations.resolve(where) if where else None
         held = await self.conversations.held_count()
         problems = []

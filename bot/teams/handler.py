@@ -66,7 +66,7 @@ class TurnHandler:
     async def on_turn(self, turn: TurnContext) -> None:
         a = turn.activity
         tenant = tenant_of(a)
-        ours = tenant is not None and tenant == self.parts.settings.microsoft_app_tenant_id
+        ours = tenant is not None and tenant == self.parts.teams.tenant_id
         new = await self._remember(a, tenant) if ours else False
         if a.type == ActivityTypes.invoke:
             if a.name == CARD_ACTION:
@@ -76,7 +76,7 @@ class TurnHandler:
             return  # other invokes: botbuilder answers 501
         if not ours:
             log.info("Teams: ignored a %s activity from tenant %r (serving %r only)", a.type, tenant,
-                     self.parts.settings.microsoft_app_tenant_id)
+                     self.parts.teams.tenant_id)
             return
         if a.type == ActivityTypes.message:
             await self.command(a, tenant)

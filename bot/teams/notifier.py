@@ -131,7 +131,7 @@ class TeamsNotifier:
         if request.break_glass:
             await self.bg.alert(notice)  # one card per grant, kept true, with the review action
             return
-        where = self.parts.settings.teams_security_conversation
+        where = self.parts.teams.security_conversation
         dest = await self.parts.conversations.resolve(where) if where else None
         if dest is None:
             log.warning("Teams: security alert for %s not posted: %s", request.id,

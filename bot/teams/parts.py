@@ -21,6 +21,7 @@ from bot.kit.confirmations import Confirmations
 from . import cards
 from .conversations import ConversationRef, Conversations, NoPersonalChat
 from .outbound import Outbound
+from .settings import TeamsSettings
 
 log = logging.getLogger("jitgate.teams")
 
@@ -28,9 +29,10 @@ log = logging.getLogger("jitgate.teams")
 class Parts:
     """The Teams desk's collaborators, handed to each part at construction."""
 
-    def __init__(self, settings: Settings, outbound: Outbound, *, spawn: Callable[[Awaitable], object],
+    def __init__(self, settings: Settings, teams: TeamsSettings, outbound: Outbound, *, spawn: Callable[[Awaitable], object],
                  flush_soon: Callable[[], None]) -> None:
-        self.settings = settings
+        self.settings = settings  # the core's
+        self.teams = teams  # the desk's own
         self.outbound = outbound
         self.spawn = spawn  # run in the background, awaited on stop
         self.flush_soon = flush_soon  # post held proposals now (a conversation just became known)
@@ -46,7 +48,7 @@ class Parts:
         self.conversations = Conversations(ctx.keys.redis, ctx.keys.prefix)
         self.confirmations = Confirmations(ctx.keys.redis, ctx.keys.prefix, "teams")
         self.binder = Binder(ctx.directory, email_binding=self.settings.email_binding,
-                             teams_tenant=self.settings.microsoft_app_tenant_id)
+                             teams_tenant=self.teams.tenant_id)
 
     @property
     def started(self) -> bool:
@@ -68,7 +70,7 @@ class Parts:
                 return ref
             log.warning("Teams: policy channel %r of request %s is not known to the bot; using "
                         "TEAMS_APPROVALS_CONVERSATION", wanted, req.id)
-        where = self.settings.teams_approvals_conversation
+        where = self.teams.approvals_conversation
         return await self.conversations.resolve(where) if where else None
 
     async def personal_chat(self, aad_object_id: str, *, service_url: str | None = None, user_id: str | None = None,
@@ -91,7 +93,7 @@ class Parts:
         if not service_url:
             raise NoPersonalChat("the bot knows no Bot Connector endpoint yet (it is installed nowhere)")
         bot_id = bot_id or (via.bot_id if via else None)
-        tenant_id = tenant_id or self.settings.microsoft_app_tenant_id
+        tenant_id = tenant_id or self.teams.tenant_id
         user_id = user_id or (await conv.user_ids([aad_object_id])).get(aad_object_id) or aad_object_id
         cid = await self.outbound.create_personal(service_url, bot_id=bot_id, user_id=user_id, tenant_id=tenant_id)
         ref = ConversationRef(id=cid, service_url=service_url, tenant_id=tenant_id, kind="personal", bot_id=bot_id)
@@ -101,18 +103,18 @@ class Parts:
 
     async def _any_conversation(self) -> ConversationRef | None:
         """A conversation of this tenant the bot knows: the approvals one first."""
-        where = self.settings.teams_approvals_conversation
+        where = self.teams.approvals_conversation
         ref = await self.conversations.resolve(where) if where else None
         if ref is not None:
             return ref
-        tenant = self.settings.microsoft_app_tenant_id
+        tenant = self.teams.tenant_id
         mine = [r for r in await self.conversations.all() if r.tenant_id == tenant and r.service_url]
         mine.sort(key=lambda r: -r.updated_at)
         return mine[0] if mine else None
 
     def where_wanted(self, req: Request) -> str:
         wanted = req.decision.get("channel")
-        default = self.settings.teams_approvals_conversation or "TEAMS_APPROVALS_CONVERSATION unset"
+        default = self.teams.approvals_conversation or "TEAMS_APPROVALS_CONVERSATION unset"
         return f"policy channel {wanted!r}, else {default}" if wanted else default
 
     def eligible(self, req: Request, *, groups: list[str] | None = None) -> list[Approver]:
