@@ -217,7 +217,7 @@ class BreakGlassListeners:
         ref = None
         try:
             rid = check_request_id(rid)
-            ref = await parts.notifier.security_ref(rid)
+            ref = await parts.notifier.alert_ref(rid)
             reviewer = await parts.approver(user)
             req = await parts.ctx.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
         except BrokerError as e:
@@ -237,7 +237,7 @@ class BreakGlassListeners:
         container = body.get("container") or {}
         channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
         ts = container.get("message_ts") or (body.get("message") or {}).get("ts")
-        ref = await self.parts.notifier.security_ref(req.id) if req.break_glass else None
+        ref = await self.parts.notifier.alert_ref(req.id) if req.break_glass else None
         if ref is None or ref != (channel, ts):
             raise Forbidden("this button does not belong to that request")
         return req

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from broker.model import Request
-from broker.notify import Kind, Notice
+from broker.notify import Notice
 
 from bot import render
+from bot.kit import alerts
 from bot.kit.once import say_once
 
 from . import bgcards, cards
@@ -65,36 +66,32 @@ class SecurityAlerts:
 
     async def card(self, req: Request, *, notice: str | None = None) -> dict:
         """The alert as it should look now: suspended only when the core says this grant
-        suspended its engineer (``BreakGlass.suspended_by``), as on every parts."""
+        suspended its engineer (``BreakGlass.suspended_by``), as on every desk."""
         overdue, suspended = await self._review_state(req)
         return bgcards.security_card(req, overdue=overdue, suspended=suspended, notice=notice)
 
-    # ------------------------------------------------------------------ from the core
+    # ------------------------------------------------------------------ bot.kit.alerts' AlertDesk
     async def alert(self, notice: Notice) -> None:
         """``alert_security`` for a break-glass grant (see the module docstring)."""
-        req, text = notice.request, notice.text
-        ref = await self.ref(req.id)
-        if ref is None:
-            ref = await self._post(req)
-        else:
-            await self._edit(req, ref)
-        if req.reviewed_by:
-            return  # the edit is the news
-        mentions = await self.parts.mentions(list(notice.audience.security))
-        if notice.suspended:
-            await self._reply_once(req, ref, "suspended", text, mentions)
-        elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
-            await self._reply(ref, text, mentions)
+        await alerts.alert(self, notice)
 
     async def on_update(self, req: Request, event: str) -> None:
         """A change of the grant (collected, revoked, ended): edit the alert, say it in its thread once."""
-        ref = await self.ref(req.id)
-        if ref is None:
-            return  # the alert is not out yet; it will show the state when it is
+        await alerts.changed(self, req, event, render.bg_event_sentence(req, event))
+
+    alert_ref = ref
+
+    async def alert_post(self, req: Request, suspended: bool) -> AlertRef:
+        return await self._post(req)  # the card asks the core itself (it shows "overdue" too)
+
+    async def alert_edit(self, req: Request, ref: AlertRef, suspended: bool | None) -> None:
         await self._edit(req, ref)
-        line = render.bg_event_sentence(req, event)
-        if line:
-            await self._reply_once(req, ref, f"event:{event}", line, [])
+
+    async def alert_say(self, ref: AlertRef, text: str, audience, tone: alerts.Tone) -> None:
+        await self._reply(ref, text, await self.parts.mentions(list(audience.security)) if audience else [])
+
+    async def alert_once(self, req: Request, marker: str, send) -> None:
+        await self.once(req, marker, send)
 
     async def once(self, req: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already done for this grant."""
@@ -146,10 +143,6 @@ class SecurityAlerts:
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
         await self.parts.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
                                        card_activity(note, cards.plain(text, 200)))
-
-    async def _reply_once(self, req: Request, ref: AlertRef, marker: str, text: str,
-                          mentions: list[tuple[str, str]]) -> None:
-        await self.once(req, marker, lambda: self._reply(ref, text, mentions))
 
     async def _review_state(self, req: Request) -> tuple[bool, bool]:
         """(overdue, the engineer's break-glass right suspended by this grant now: the core's answer)."""
