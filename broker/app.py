@@ -22,7 +22,7 @@ from .identity import AssertionVerifier, Registry, SpiffeBundle
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .notices import Notices
-from .notify import Desk, LoggingNotifier, Notifier
+from .notify import Desk, DeskContext, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
 from .redischeck import refuse_eviction
@@ -122,10 +122,11 @@ def load_desks(settings: Settings) -> list[Desk]:
 def refuse_unbuilt_channels(settings: Settings, available: set[str]) -> None:
     """Chat credentials for a desk this installation does not have: refuse rather than
     leave approvers waiting on a channel that will never show them anything."""
-    if "slack" not in available and (settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret):
+    env = settings.env
+    if "slack" not in available and (env.get("SLACK_BOT_TOKEN") or env.get("SLACK_APP_TOKEN") or env.get("SLACK_SIGNING_SECRET")):
         raise ConfigError("SLACK_* is set, but this installation has no Slack desk; unset it and approve with "
                           "`jitgate requests approve`")
-    if "teams" not in available and (settings.microsoft_app_id or settings.microsoft_app_password):
+    if "teams" not in available and (env.get("MICROSOFT_APP_ID") or env.get("MICROSOFT_APP_PASSWORD")):
         raise ConfigError("MICROSOFT_APP_* is set, but this installation has no Teams desk; unset it and approve with "
                           "`jitgate requests approve`")
 
@@ -198,7 +199,7 @@ async def build(
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()
         for desk in desks:
-            await desk.start(broker)
+            await desk.start(DeskContext.of(broker))
         await wakeups.start()
         await scheduler.start()
         await outbox.start()

@@ -6,6 +6,7 @@ import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -204,21 +205,9 @@ class Settings:
     first_run: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
-    slack_bot_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    slack_signing_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    slack_app_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    slack_approvals_channel: str = ""
-    slack_security_channel: str = ""
-    slack_api_url: str = ""
-    microsoft_app_id: str = ""
-    microsoft_app_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
-    microsoft_app_tenant_id: str = ""
-    microsoft_app_type: str = "MultiTenant"
-    teams_approvals_conversation: str = ""
-    teams_security_conversation: str = ""
-    teams_openid_metadata_url: str = ""
-    teams_token_issuer: str = ""
-    teams_login_url: str = ""
+    # The environment these settings were read from (the process environment over .env):
+    # each desk's factory reads its own variables from it (bot/slack/settings.py, bot/teams/settings.py).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # The local web console: None = on only when no chat platform is configured.
     console: bool | None = None
     # /metrics: a scraper's bearer token, or served to anyone only when made public on purpose.
@@ -276,23 +265,9 @@ class Settings:
             email_binding=_bool(env, "JITGATE_EMAIL_BINDING", False),
             host=env.get("JITGATE_HOST", "127.0.0.1"),
             port=_int(env, "JITGATE_PORT", 8080, 0, 65535),
-            slack_bot_token=Secret(env.get("SLACK_BOT_TOKEN", "")),
-            slack_signing_secret=Secret(env.get("SLACK_SIGNING_SECRET", "")),
-            slack_app_token=Secret(env.get("SLACK_APP_TOKEN", "")),
-            slack_approvals_channel=env.get("SLACK_APPROVALS_CHANNEL", ""),
-            slack_security_channel=env.get("SLACK_SECURITY_CHANNEL", ""),
-            slack_api_url=env.get("SLACK_API_URL", ""),
-            microsoft_app_id=env.get("MICROSOFT_APP_ID", ""),
-            microsoft_app_password=Secret(env.get("MICROSOFT_APP_PASSWORD", "")),
-            microsoft_app_tenant_id=env.get("MICROSOFT_APP_TENANT_ID", ""),
-            microsoft_app_type=env.get("MICROSOFT_APP_TYPE", "MultiTenant"),
-            teams_approvals_conversation=env.get("TEAMS_APPROVALS_CONVERSATION", ""),
-            teams_security_conversation=env.get("TEAMS_SECURITY_CONVERSATION", ""),
-            teams_openid_metadata_url=env.get("TEAMS_OPENID_METADATA_URL", ""),
-            teams_token_issuer=env.get("TEAMS_TOKEN_ISSUER", ""),
-            teams_login_url=env.get("TEAMS_LOGIN_URL", ""),
             console=_tristate(env, "JITGATE_CONSOLE"),
             **_metrics(env),
+            env=env,
         )
 
 

@@ -19,10 +19,19 @@ import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .directory import Approver
+from .directory import Approver, Directory
 from .model import Request
+
+if TYPE_CHECKING:
+    from .breakglass import BreakGlass
+    from .config import Settings
+    from .identity.registry import Registry
+    from .lifecycle import Lifecycle
+    from .notices import Notices
+    from .policy import PolicyGate
+    from .store import Store
 
 log = logging.getLogger("jitgate.notify")
 
@@ -159,6 +168,56 @@ class Notifier(Protocol):
         mentioning ``notice.audience.bypassed``, whose approval the break-glass bypassed."""
 
 
+@dataclass(frozen=True)
+class KeySpace:
+    """The desk's own corner of Redis: every key it writes starts with ``prefix`` (the
+    broker's ``JITGATE_REDIS_PREFIX``), so desks, tests and replicas never collide."""
+
+    redis: Any
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        """``prefix`` followed by ``parts`` joined with ``:``."""
+        return self.prefix + ":".join(parts)
+
+
+@dataclass(frozen=True)
+class DeskContext:
+    """What a desk is given when it starts, instead of the whole broker: the lifecycle (every
+    ordinary transition), break-glass, the directory (approvers; ``broker.rules`` answers who
+    may decide), the core's settings (read only), its key space in Redis, the notice port,
+    and, for the console's pages, the store (requests, the audit log), the agents and the
+    policy gate. Nothing else of the broker (keys, verifier, scheduler, outbox) reaches a desk."""
+
+    settings: "Settings"
+    lifecycle: "Lifecycle"
+    breakglass: "BreakGlass"
+    directory: Directory
+    keys: KeySpace
+    notices: "Notices"
+    store: "Store"
+    registry: "Registry"
+    gate: "PolicyGate"
+
+    @property
+    def clock(self):
+        """The broker's clock (the lifecycle's)."""
+        return self.lifecycle.clock
+
+    @property
+    def redis(self):
+        """The Redis client of :attr:`keys` (for reads next to the store's, e.g. the audit stream)."""
+        return self.keys.redis
+
+    @classmethod
+    def of(cls, broker) -> "DeskContext":
+        """The context of a built broker (``broker.app.Broker``)."""
+        return cls(settings=broker.settings, lifecycle=broker.lifecycle, breakglass=broker.breakglass,
+                   directory=broker.directory, keys=KeySpace(broker.redis, broker.settings.redis_prefix),
+                   notices=broker.lifecycle.notices, store=broker.store, registry=broker.registry,
+                   gate=broker.gate)
+
+
 @runtime_checkable
 class Desk(Protocol):
     """An approval desk plugged into the broker: a notifier, HTTP routes, and a lifetime.
@@ -175,8 +234,8 @@ class Desk(Protocol):
     def routes(self) -> list:
         """Starlette routes to mount on the broker's server (may be empty)."""
 
-    async def start(self, broker) -> None:
-        """Start with the built broker (its lifecycle, store, directory, settings)."""
+    async def start(self, ctx: DeskContext) -> None:
+        """Start with the broker's :class:`DeskContext` (never the whole broker)."""
 
     async def stop(self) -> None:
         """Stop background work and close connections."""

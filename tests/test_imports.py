@@ -120,3 +120,64 @@ def test_the_checker_sees_what_it_forbids(tmp_path, monkeypatch):
         "bot/teams/bad.py:3: bot.teams imports bot.slack",
         "bot/teams/bad.py:4: bot.teams imports bot.slack",
     ]
+
+
+def _cycles(folder: str) -> list[list[str]]:
+    """The import circles among the modules under ``folder`` (every import counts: at the top,
+    inside a function, or only for type checking), each as the modules around it."""
+    paths = {_module_name(p): p for p in sorted((ROOT / folder).rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        edges = set()
+        for _line, module, names in _imports(path):
+            modules = [f"{module}.{n}" for n in names if f"{module}.{n}" in paths]  # from a package import a module
+            for target in modules if modules and len(modules) == len(names) else [module, *modules]:
+                if target in paths and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    found, index, low, stack, on_stack = [], {}, {}, [], set()
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_circles_among_the_modules_of_bot():
+    """Issue 15: "No import circles among the modules of bot/" (a listener gets its
+    collaborators; it does not import the desk that built it, not even for type checking)."""
+    assert _cycles("bot") == []
+
+
+def test_the_circle_checker_sees_a_circle(tmp_path, monkeypatch):
+    """The check above can fail: a circle through a type-checking-only import is reported."""
+    pkg = tmp_path / "bot" / "teams"
+    pkg.mkdir(parents=True)
+    (tmp_path / "bot" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "desk.py").write_text("from .handler import TurnHandler\n")
+    (pkg / "handler.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .desk import Desk\n")
+    (pkg / "cards.py").write_text("from . import handler\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _cycles("bot") == [["bot.teams.desk", "bot.teams.handler"]]

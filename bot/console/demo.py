@@ -50,19 +50,19 @@ def _context(proposal: dict) -> dict:
     }
 
 
-def demo_approver(broker):
+def demo_approver(ctx):
     """An approver who may decide the demo request under the loaded policies, or None."""
-    agent = broker.registry.agent(DEMO_AGENT)
+    agent = ctx.registry.agent(DEMO_AGENT)
     if agent is None:
         return None
     try:
-        d = broker.gate.decide(agent_id=DEMO_AGENT, action=DEMO_PROPOSAL["action"],
+        d = ctx.gate.decide(agent_id=DEMO_AGENT, action=DEMO_PROPOSAL["action"],
                                target=DEMO_PROPOSAL["target"], context=_context(DEMO_PROPOSAL))
     except Exception:  # noqa: BLE001 - policies that cannot decide the demo: no banner link
         return None
     if d.outcome != "require_approval" or not d.approver_group:
         return None
-    for approver in broker.directory.members(d.approver_group):
+    for approver in ctx.directory.members(d.approver_group):
         if approver.id != agent.owner:
             return approver
     return None
@@ -80,21 +80,21 @@ def command_prefix() -> str:
     return "jitgate"
 
 
-async def first_run_banner(broker, sessions) -> str | None:
+async def first_run_banner(ctx, sessions) -> str | None:
     """The first-run instructions, with a fresh sign-in link, when a demo agent is set up."""
-    s = broker.settings
-    if broker.registry.agent(DEMO_AGENT) is None or not (s.data_dir / "demo-agent.pem").is_file():
+    s = ctx.settings
+    if ctx.registry.agent(DEMO_AGENT) is None or not (s.data_dir / "demo-agent.pem").is_file():
         return None
     jg = command_prefix()
-    approver = demo_approver(broker)
+    approver = demo_approver(ctx)
     rule = "─" * 76
     lines = [rule, f" jitgate is running at {s.issuer}; the approval desk is the web console."]
     if approver is None:
         lines += ["", " Sign in to the console with a link from:", f"     {jg} console login <approver-id>"]
     else:
-        now = broker.lifecycle.clock.now()
+        now = ctx.lifecycle.clock.now()
         link = await sessions.issue_link(approver.id, now=now, issued_by="jitgate serve (first run)")
-        await audit.record(broker.store, "console.link_issued", iso(now), {"operator": "jitgate serve"},
+        await audit.record(ctx.store, "console.link_issued", iso(now), {"operator": "jitgate serve"},
                            approver=approver.id, link=link.ref, expires_at=iso(link.expires_at))
         groups = ", ".join(sorted(approver.groups))
         lines += [

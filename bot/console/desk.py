@@ -13,7 +13,7 @@ import logging
 
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.notify import MessageRef, Notice
+from broker.notify import DeskContext, MessageRef, Notice
 
 log = logging.getLogger("jitgate.console")
 
@@ -26,7 +26,7 @@ def console_mode(settings: Settings) -> str | None:
         return EXPLICIT
     if settings.console is False:
         return None
-    if settings.slack_bot_token or settings.microsoft_app_id:
+    if settings.env.get("SLACK_BOT_TOKEN") or settings.env.get("MICROSOFT_APP_ID"):
         return None
     return DEFAULT
 
@@ -85,12 +85,12 @@ class ConsoleDesk:
     def routes(self) -> list:
         return self.views.routes()
 
-    async def start(self, broker) -> None:
-        self.views.bind(broker)
+    async def start(self, ctx: DeskContext) -> None:
+        self.views.bind(ctx)
         if self.banner:
             from .demo import first_run_banner  # noqa: PLC0415
 
-            text = await first_run_banner(broker, self.views.sessions)
+            text = await first_run_banner(ctx, self.views.sessions)
             if text:
                 # Printed just after uvicorn says where it listens, so it is the last thing seen.
                 self._banner_task = asyncio.get_running_loop().create_task(_print_later(text))

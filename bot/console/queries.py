@@ -118,24 +118,24 @@ class AuditEvent:
                    body.get("actor") or {}, body.get("data") or {})
 
 
-async def open_requests(broker, limit: int = OPEN_SCAN) -> list[Request]:
+async def open_requests(ctx, limit: int = OPEN_SCAN) -> list[Request]:
     """Requests still waiting on something (pending, approved, active), soonest deadline first."""
-    raw = await broker.redis.zrange(broker.store.deadlines, 0, limit - 1)
+    raw = await ctx.redis.zrange(ctx.store.deadlines, 0, limit - 1)
     out = []
     for rid in raw:
-        req = await broker.store.load(rid.decode())
+        req = await ctx.store.load(rid.decode())
         if req is not None and req.status not in TERMINAL:
             out.append(req)
     return out
 
 
-async def recent_events(broker, count: int = RECENT_AUDIT) -> list[AuditEvent]:
+async def recent_events(ctx, count: int = RECENT_AUDIT) -> list[AuditEvent]:
     """The newest ``count`` audit events, newest first."""
-    rows = await audit.newest(broker.redis, broker.store.audit_stream, count)
+    rows = await audit.newest(ctx.redis, ctx.store.audit_stream, count)
     return [e for e in (AuditEvent.of(entry) for entry in rows) if e is not None]
 
 
-async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> list[Request]:
+async def recent_closed(ctx, events: list[AuditEvent], limit: int = 20) -> list[Request]:
     """Closed requests that appear in ``events``, most recent first."""
     seen, out = set(), []
     for e in (p for ev in events for p in ev.per_request()):
@@ -143,7 +143,7 @@ async def recent_closed(broker, events: list[AuditEvent], limit: int = 20) -> li
         if not rid or rid in seen:
             continue
         seen.add(rid)
-        req = await broker.store.load(rid)
+        req = await ctx.store.load(rid)
         if req is not None and req.status in TERMINAL:
             out.append(req)
             if len(out) >= limit:
@@ -160,7 +160,7 @@ def trails(events: list[AuditEvent]) -> dict[str, list[AuditEvent]]:
     return out
 
 
-async def trail(broker, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[AuditEvent], bool]:
+async def trail(ctx, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[AuditEvent], bool]:
     """The audit events of one request, oldest first, searching the newest ``scan`` entries.
 
     Returns (events, complete): ``complete`` is False when the search stopped before the
@@ -168,7 +168,7 @@ async def trail(broker, request_id: str, scan: int = TRAIL_SCAN) -> tuple[list[A
     """
     needle = orjson.dumps(request_id)
     found: list[AuditEvent] = []
-    rows = await audit.newest(broker.redis, broker.store.audit_stream, scan)
+    rows = await audit.newest(ctx.redis, ctx.store.audit_stream, scan)
     complete = len(rows) < scan
     for entry in rows:
         if needle not in entry.event:  # cheap filter before parsing
@@ -200,23 +200,23 @@ class ChainStatus:
     _result: VerifyResult | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def get(self, broker) -> VerifyResult:
+    async def get(self, ctx) -> VerifyResult:
         async with self._lock:
             r = self._result
             if r is None or not r.ok or time.monotonic() - self._at >= self.ttl_s:
-                return await self._full(broker)
-            newer = await audit.extend(broker.redis, broker.store.audit_stream, broker.store.audit_head, r)
+                return await self._full(ctx)
+            newer = await audit.extend(ctx.redis, ctx.store.audit_stream, ctx.store.audit_head, r)
             if newer is None:
-                return await self._full(broker)
+                return await self._full(ctx)
             self._result = newer
             return newer
 
-    async def _full(self, broker) -> VerifyResult:
-        self._result = await verify(broker.redis, broker.store.audit_stream, broker.store.audit_head)
+    async def _full(self, ctx) -> VerifyResult:
+        self._result = await verify(ctx.redis, ctx.store.audit_stream, ctx.store.audit_head)
         self._at = time.monotonic()
         return self._result
 
 
-async def audit_seq(broker) -> int:
+async def audit_seq(ctx) -> int:
     """The audit chain's length: it grows with every state change, so it is the change counter."""
-    return await audit.length(broker.redis, broker.store.audit_head)
+    return await audit.length(ctx.redis, ctx.store.audit_head)

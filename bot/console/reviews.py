@@ -13,13 +13,13 @@ from broker.model import Request
 MAX_REVIEWS = 50
 
 
-def available(broker) -> bool:
+def available(ctx) -> bool:
     """True when this broker records break-glass reviews."""
-    return getattr(broker, "breakglass", None) is not None
+    return getattr(ctx, "breakglass", None) is not None
 
 
-async def breakglass_reviews(broker, approver) -> list[Request]:
+async def breakglass_reviews(ctx, approver) -> list[Request]:
     """Break-glass requests whose review is still open, oldest deadline first (bounded)."""
-    if not available(broker):
+    if not available(ctx):
         return []
-    return await broker.breakglass.pending_reviews(limit=MAX_REVIEWS)
+    return await ctx.breakglass.pending_reviews(limit=MAX_REVIEWS)

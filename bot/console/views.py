@@ -24,6 +24,7 @@ from broker.bodies import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
 )
+from broker.notify import DeskContext
 from broker.model import ACTIVE, APPROVED, PENDING, check_request_id, iso
 
 from . import queries
@@ -88,7 +89,7 @@ def _environment() -> jinja2.Environment:
 
 
 class ConsoleViews:
-    """Route handlers bound to one broker (set in :meth:`bind` when the desk starts)."""
+    """Route handlers bound to one broker's desk context (set in :meth:`bind` when the desk starts)."""
 
     def __init__(self, settings, *, chain_cache_s: float = 30.0) -> None:
         self.settings = settings
@@ -98,13 +99,13 @@ class ConsoleViews:
         self.cookie_path = "/" if self.secure else "/console"
         self.env = _environment()
         self.chain = queries.ChainStatus(ttl_s=chain_cache_s)
-        self.broker = None
+        self.ctx: DeskContext | None = None
         self.sessions: Sessions | None = None
         self._static = {name: (resources.files("bot.console") / "static" / name).read_bytes() for name in _STATIC}
 
-    def bind(self, broker) -> None:
-        self.broker = broker
-        self.sessions = Sessions(broker.redis, broker.settings.redis_prefix)
+    def bind(self, ctx: DeskContext) -> None:
+        self.ctx = ctx
+        self.sessions = Sessions(ctx.redis, ctx.settings.redis_prefix)
 
     def routes(self) -> list[Route]:
         w = self._plainly
@@ -146,7 +147,7 @@ class ConsoleViews:
 
     # ------------------------------------------------------------------ plumbing
     def _now(self) -> float:
-        return self.broker.lifecycle.clock.now()
+        return self.ctx.lifecycle.clock.now()
 
     def _html(self, template: str, status: int = 200, **ctx) -> Response:
         body = self.env.get_template(template).render(**ctx)
@@ -163,7 +164,7 @@ class ConsoleViews:
         session = await self.sessions.get(request.cookies.get(self.cookie), now=self._now())
         if session is None:
             return None
-        approver = self.broker.directory.approver(session.approver)
+        approver = self.ctx.directory.approver(session.approver)
         if approver is None:  # removed from the approvers file: the session ends with it
             await self.sessions.end(session)
             return None
@@ -213,7 +214,7 @@ class ConsoleViews:
                                samesite="strict")
 
     async def _audit(self, kind: str, actor: dict, **data) -> None:
-        await audit.record(self.broker.store, kind, iso(self._now()), actor, **data)
+        await audit.record(self.ctx.store, kind, iso(self._now()), actor, **data)
 
     # ------------------------------------------------------------------ sign-in
     async def login_page(self, request: HttpRequest) -> Response:
@@ -233,7 +234,7 @@ class ConsoleViews:
         approver_id = await self.sessions.consume_link(form.get("token", ""), now=self._now())
         if approver_id is None:
             return _bad_link(self)
-        if self.broker.directory.approver(approver_id) is None:
+        if self.ctx.directory.approver(approver_id) is None:
             return self._message(403, "Not an approver",
                                  f"'{approver_id}' is not in the approvers file, so it cannot sign in.")
         old = await self.sessions.get(request.cookies.get(self.cookie), now=self._now())
@@ -265,7 +266,7 @@ class ConsoleViews:
         return await self._render_index(session, approver)
 
     async def _common(self, session: Session, approver) -> dict:
-        b = self.broker
+        b = self.ctx
         return {
             "me": approver,
             "csrf": session.csrf,
@@ -278,7 +279,7 @@ class ConsoleViews:
         }
 
     async def _render_index(self, session: Session, approver, *, error: str | None = None, status: int = 200) -> Response:
-        b = self.broker
+        b = self.ctx
         life = b.lifecycle
         ctx = await self._common(session, approver)
         open_reqs = await queries.open_requests(b)
@@ -307,7 +308,7 @@ class ConsoleViews:
         if rules.already_approved(approver, req):
             return {"req": req, "can_decide": False, "why": "You approved this request; it waits for more approvals."}
         try:
-            self.broker.lifecycle.check_approver(approver, req)
+            self.ctx.lifecycle.check_approver(approver, req)
         except NotApprover as e:
             return {"req": req, "can_decide": False, "why": e.detail}
         return {"req": req, "can_decide": True, "why": None}
@@ -322,17 +323,17 @@ class ConsoleViews:
     async def _render_detail(self, session: Session, approver, raw_id: str, *, error: str | None = None,
                              status: int = 200) -> Response:
         try:
-            req = await self.broker.lifecycle.get(check_request_id(raw_id))
+            req = await self.ctx.lifecycle.get(check_request_id(raw_id))
         except BrokerError:
             return self._message(404, "Not found", "There is no request with this id.")
         ctx = await self._common(session, approver)
-        events, complete = await queries.trail(self.broker, req.id)
+        events, complete = await queries.trail(self.ctx, req.id)
         ctx.update(
             error=error,
             item=self._decidable(req, approver) if req.status == PENDING else {"req": req, "can_decide": False, "why": None},
             events=events,
             complete=complete,
-            max_duration=lambda r: rules.approvable_max(r, self.broker.lifecycle.settings.max_duration_s),
+            max_duration=lambda r: rules.approvable_max(r, self.ctx.lifecycle.settings.max_duration_s),
             next=f"/console/requests/{req.id}",
         )
         return self._html("request.html", status, **ctx)
@@ -342,7 +343,7 @@ class ConsoleViews:
         found = await self._session(request)
         if found is None:
             return JSONResponse({"error": "signed out"}, status_code=401, headers={"Cache-Control": "no-store"})
-        return JSONResponse({"seq": await queries.audit_seq(self.broker)}, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"seq": await queries.audit_seq(self.ctx)}, headers={"Cache-Control": "no-store"})
 
     async def static(self, request: HttpRequest) -> Response:
         name = request.path_params["name"]
@@ -385,9 +386,9 @@ class ConsoleViews:
 
     async def acknowledge(self, request: HttpRequest) -> Response:
         async def act(life, rid, approver, session, form):
-            if not reviews_available(self.broker):
+            if not reviews_available(self.ctx):
                 raise NotFound("this broker records no break-glass reviews")
-            req = await self.broker.breakglass.acknowledge(rid, approver, comment=form.get("comment", ""),
+            req = await self.ctx.breakglass.acknowledge(rid, approver, comment=form.get("comment", ""),
                                                            channel=CHANNEL)
             return f"Review acknowledged: break-glass by {req.engineer} ({req.proposal.action} on {req.proposal.target})."
 
@@ -405,7 +406,7 @@ class ConsoleViews:
         except InvalidRequest:
             return self._message(404, "Not found", "There is no request with this id.", hint="Nothing was changed.")
         try:
-            message = await act(self.broker.lifecycle, rid, approver, session, form)
+            message = await act(self.ctx.lifecycle, rid, approver, session, form)
         except BrokerError as e:
             text = f"Not done: {e.detail}"
             status = e.status

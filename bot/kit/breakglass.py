@@ -10,12 +10,14 @@ is shown, and how the answer reads.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from broker.breakglass import BreakGlass, Preview
 from broker.directory import Approver, is_valid_id
-from broker.errors import InvalidRequest
+from broker.errors import BrokerError, InvalidRequest
+from broker.model import Request
 
 from bot.commands import BreakGlassArgs, Usage
 from bot.kit.confirmations import Confirmations, preview_digest
@@ -23,6 +25,8 @@ from bot.kit.confirmations import Confirmations, preview_digest
 BREAKGLASS_ARGS = "<agent-id|me> <action> <target> <duration> <reason…> [--incident <ref>]"
 REINSTATE_ARGS = "<approver-id>"
 BY_ID = "name the engineer by approver id, as in the approvers file"
+
+log = logging.getLogger("jitgate.breakglass")
 
 
 def parse_person(rest: str) -> str:
@@ -85,5 +89,15 @@ async def reinstate(bg: BreakGlass, by: Approver, engineer: str, *, channel: str
     return Reinstated(engineer, (suspension or {}).get("request_id") or None)
 
 
+async def revoke_undelivered(life, req: Request, *, channel: str) -> None:
+    """The token for ``me`` surely reached nobody: end the grant at once rather than leave a
+    live credential unaccounted for (a failure is logged; the grant then ends on its own)."""
+    try:
+        await life.revoke(req.id, by="jitgate", reason="the token could not be delivered to the engineer",
+                          channel=channel)
+    except BrokerError:
+        log.warning("could not revoke undeliverable break-glass grant %s", req.id)
+
+
 __all__ = ["BREAKGLASS_ARGS", "BY_ID", "Confirm", "REINSTATE_ARGS", "Reinstated", "breakglass", "engineer_id",
-           "parse_person", "reinstate"]
+           "parse_person", "reinstate", "revoke_undelivered"]

@@ -42,7 +42,7 @@ from .text import escape, mrkdwn
 if TYPE_CHECKING:
     from slack_bolt.async_app import AsyncApp
 
-    from .desk import SlackDesk
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.slack")
 
@@ -53,57 +53,57 @@ _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,30})(?:\|[^>]*)?>$")
 
 
 # ---------------------------------------------------------------------- sub-commands
-async def run_breakglass(desk: "SlackDesk", engineer: Approver, args: BreakGlassArgs, user: str,
+async def run_breakglass(parts: Parts, engineer: Approver, args: BreakGlassArgs, user: str,
                          command: dict) -> str | None:
     """Check everything now, then show exactly what would be granted in a confirmation modal."""
     if args.subject == ME and engineer.id.startswith(GROUP_BOUND_PREFIX):
         # The policies see the people named in the approvers file; a user group member is not one of them.
         raise NotApprover("break-glass for yourself needs your own entry in jitgate's approvers file "
                           f"(`slack: {user}`), not only a Slack user group; break-glass for an agent works")
-    c = await bgkit.breakglass(desk.broker.breakglass, desk.confirmations, engineer, args, user=user,
+    c = await bgkit.breakglass(parts.ctx.breakglass, parts.confirmations, engineer, args, user=user,
                                tenant=command.get("team_id"), where=command.get("channel_id"))
     view = confirm_modal(c.preview, engineer.id, c.params, review_s=c.review_s)
     view["external_id"] = c.nonce
     try:
-        opened = await desk.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
+        opened = await parts.api.call("views_open", trigger_id=command.get("trigger_id"), view=view)
     except Exception as e:  # noqa: BLE001 - an expired trigger, Slack down: nothing was granted
-        await desk.confirmations.drop(c.nonce)
+        await parts.confirmations.drop(c.nonce)
         log.warning("views.open failed for /jit breakglass by %s (%s)", user, e.__class__.__name__)
         return ":warning: Slack did not open the confirmation in time; nothing was granted. Run the command again."
     view_id = ((opened.get("view") if opened else None) or {}).get("id")
     if view_id:
-        await desk.confirmations.attach(c.nonce, view_id)
+        await parts.confirmations.attach(c.nonce, view_id)
     return None  # the modal is the answer
 
 
-def _mentioned(desk: "SlackDesk") -> Callable[[str], str | None]:
+def _mentioned(parts: Parts) -> Callable[[str], str | None]:
     """A ``<@U…>`` mention as an approver id: the bound one, else the Slack user group member's own."""
     def approver_id(who: str) -> str | None:
         m = _MENTION.match(who)
         if not m:
             return None
-        found = desk.broker.directory.by_slack(m[1])
+        found = parts.ctx.directory.by_slack(m[1])
         return found.id if found is not None else group_bound_id(m[1])
     return approver_id
 
 
-async def run_reinstate(desk: "SlackDesk", by: Approver, who: str, user: str) -> str:
+async def run_reinstate(parts: Parts, by: Approver, who: str, user: str) -> str:
     """Security restores a suspended engineer's break-glass right (audited by the core)."""
-    engineer_id = bgkit.engineer_id(who, _mentioned(desk),
+    engineer_id = bgkit.engineer_id(who, _mentioned(parts),
                                     "name the engineer by approver id (as in the approvers file) or as <@U…>")
-    done = await bgkit.reinstate(desk.broker.breakglass, by, engineer_id, channel=CHANNEL)
+    done = await bgkit.reinstate(parts.ctx.breakglass, by, engineer_id, channel=CHANNEL)
     if done.request_id:
-        await desk.notifier.security_note(
+        await parts.notifier.security_note(
             done.request_id, f":unlock: {mrkdwn(by.id, 100)} reinstated {mrkdwn(engineer_id, 100)}'s "
                              "break-glass right.")
     return f":unlock: {mrkdwn(engineer_id, 100)}'s break-glass right is reinstated."
 
 
-async def run_reviews(desk: "SlackDesk", approver: Approver, _args: None, user: str) -> str:
+async def run_reviews(parts: Parts, approver: Approver, _args: None, user: str) -> str:
     """Open break-glass reviews: all of them for the security group, one's own for others."""
-    reply = await kit.reviews(desk.broker.breakglass, kit.Caller(approver, user, CHANNEL),
-                              desk.settings.security_group)
-    return reviews_text(list(reply.requests), now=desk.broker.lifecycle.clock.now(), everyone=reply.everyone,
+    reply = await kit.reviews(parts.ctx.breakglass, kit.Caller(approver, user, CHANNEL),
+                              parts.ctx.settings.security_group)
+    return reviews_text(list(reply.requests), now=parts.ctx.lifecycle.clock.now(), everyone=reply.everyone,
                         limit=kit.REVIEWS_LIMIT)
 
 
@@ -111,8 +111,8 @@ async def run_reviews(desk: "SlackDesk", approver: Approver, _args: None, user: 
 class BreakGlassListeners:
     """The confirmation modal, and the review button with its modal."""
 
-    def __init__(self, desk: "SlackDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     def register(self, app: "AsyncApp") -> None:
         app.view(CONFIRM_VIEW)(self.confirmed)
@@ -122,11 +122,11 @@ class BreakGlassListeners:
     async def confirmed(self, ack, body, view) -> None:
         """The engineer confirmed: grant as the verified submitter, if the confirmation is the one we showed them."""
         await ack()
-        desk = self.desk
+        parts = self.parts
         user = _user(body)
         metadata = view.get("private_metadata") or ""
         team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
-        verdict, record = await desk.confirmations.take(view.get("external_id"), user, team)
+        verdict, record = await parts.confirmations.take(view.get("external_id"), user, team)
         channel = None
         try:
             if verdict == "missing":
@@ -137,29 +137,29 @@ class BreakGlassListeners:
                 raise Forbidden("this confirmation does not match the one jitgate showed you; nothing was granted")
             channel = record.get("where") or None
             args = BreakGlassArgs.from_json(record["params"])
-            engineer = await desk.approver(user)
+            engineer = await parts.approver(user)
             if not Confirmations.same_engineer(record, engineer.id):
                 raise Forbidden("your Slack account is no longer bound to the approver who typed this command; "
                                 "nothing was granted")
-            await recheck(desk.broker.breakglass, engineer, args, record, shown_as="dialog",
+            await recheck(parts.ctx.breakglass, engineer, args, record, shown_as="dialog",
                           again="Run `/jit breakglass` again.")
-            granted = await desk.broker.breakglass.grant(
+            granted = await parts.ctx.breakglass.grant(
                 engineer, subject=args.subject, action=args.action, target=args.target, duration_s=args.duration_s,
                 reason=args.reason, incident=args.incident, channel=CHANNEL, platform_user=user)
         except BrokerError as e:
-            await desk.answer(channel, user, error_text(e))
+            await parts.answer(channel, user, error_text(e))
             return
         if granted.token is None:
-            await desk.answer(channel, user, granted_text(granted.request, granted.note, None))
+            await parts.answer(channel, user, granted_text(granted.request, granted.note, None))
             return
         text = granted_text(granted.request, granted.note, granted.token.access_token)
         if not await self._hand_over(channel, user, text):
-            await self._undeliverable(granted.request, user)
+            await bgkit.revoke_undelivered(self.parts.ctx.lifecycle, granted.request, channel=CHANNEL)
 
     async def _hand_over(self, channel: str | None, user: str, text: str) -> bool:
         """Show ``text`` (it holds a token) to ``user`` alone: ephemerally, else by DM; one attempt
         each and no retry, so it is sent at most once. False only when Slack surely did not show it."""
-        client = self.desk.client
+        client = self.parts.client
         if channel:
             try:
                 await client.chat_postEphemeral(channel=channel, user=user, text=text)
@@ -180,37 +180,28 @@ class BreakGlassListeners:
             log.warning("sending a break-glass token by DM failed (%s)", e.__class__.__name__)
             return True
 
-    async def _undeliverable(self, req: Request, user: str) -> None:
-        """Nobody holds the token: end the grant rather than leave a live credential unaccounted for."""
-        try:
-            await self.desk.broker.lifecycle.revoke(req.id, by="jitgate",
-                                                    reason="the token could not be delivered to the engineer",
-                                                    channel=CHANNEL)
-        except BrokerError:
-            log.warning("could not revoke undeliverable break-glass grant %s", req.id)
-
     async def review_clicked(self, ack, body) -> None:
         """Acknowledge review: for the security group, open the modal asking for the comment."""
         await ack()
-        desk = self.desk
+        parts = self.parts
         user = _user(body)
         channel = (body.get("container") or {}).get("channel_id") or (body.get("channel") or {}).get("id")
         try:
-            reviewer = await desk.approver(user)
+            reviewer = await parts.approver(user)
             req = await self._alert_request(body)
-            group = desk.settings.security_group
+            group = parts.ctx.settings.security_group
             if group not in reviewer.groups:
                 raise NotApprover(f"only members of '{group}' may acknowledge a break-glass review")
             if req.reviewed_by:
                 raise Conflict(f"already reviewed by {req.reviewed_by}: {req.review_comment}")
         except BrokerError as e:
-            await desk.answer(channel, user, error_text(e))
+            await parts.answer(channel, user, error_text(e))
             return
         try:
-            await desk.api.call("views_open", trigger_id=body.get("trigger_id"), view=review_modal(req))
+            await parts.api.call("views_open", trigger_id=body.get("trigger_id"), view=review_modal(req))
         except Exception as e:  # noqa: BLE001
             log.warning("views.open failed for a review click by %s (%s)", user, e.__class__.__name__)
-            await desk.answer(channel, user, ":warning: Slack did not open the dialog in time; please click again.")
+            await parts.answer(channel, user, ":warning: Slack did not open the dialog in time; please click again.")
 
     async def review_submitted(self, ack, body, view) -> None:
         """The review modal was submitted: acknowledge with the comment (the first acknowledgement wins)."""
@@ -220,33 +211,33 @@ class BreakGlassListeners:
             await ack(response_action="errors", errors={COMMENT_BLOCK: "A comment is required for the review."})
             return
         await ack()
-        desk = self.desk
+        parts = self.parts
         user = _user(body)
         rid = view.get("private_metadata") or ""
         ref = None
         try:
             rid = check_request_id(rid)
-            ref = await desk.notifier.security_ref(rid)
-            reviewer = await desk.approver(user)
-            req = await desk.broker.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
+            ref = await parts.notifier.alert_ref(rid)
+            reviewer = await parts.approver(user)
+            req = await parts.ctx.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
         except BrokerError as e:
-            await desk.answer(ref[0] if ref else None, user, error_text(e))
+            await parts.answer(ref[0] if ref else None, user, error_text(e))
             return
         if req.reviewed_by != reviewer.id:
             text = f":information_source: Nothing changed: already reviewed by {mrkdwn(req.reviewed_by, 100)}."
         else:
             text = f":white_check_mark: Your review of `{escape(req.id)}` is recorded."
-        await desk.answer(ref[0] if ref else None, user, text)
+        await parts.answer(ref[0] if ref else None, user, text)
 
     async def _alert_request(self, body: dict) -> Request:
         """The break-glass request the button points at, re-read now, and only if this message is its alert."""
         actions = body.get("actions") or [{}]
         pointer = (actions[0] if isinstance(actions[0], dict) else {}).get("value") or ""
-        req = await self.desk.broker.lifecycle.get(check_request_id(pointer))
+        req = await self.parts.ctx.lifecycle.get(check_request_id(pointer))
         container = body.get("container") or {}
         channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
         ts = container.get("message_ts") or (body.get("message") or {}).get("ts")
-        ref = await self.desk.notifier.security_ref(req.id) if req.break_glass else None
+        ref = await self.parts.notifier.alert_ref(req.id) if req.break_glass else None
         if ref is None or ref != (channel, ts):
             raise Forbidden("this button does not belong to that request")
         return req

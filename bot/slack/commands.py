@@ -27,7 +27,7 @@ from .text import date, escape, mrkdwn
 if TYPE_CHECKING:
     from slack_bolt.async_app import AsyncApp
 
-    from .desk import SlackDesk
+    from .parts import Parts
 
 COMMAND = "/jit"
 PREFIX = COMMAND + " "
@@ -78,8 +78,8 @@ def _bind(spec: kit.Spec) -> Callable[..., Awaitable[str]]:
     handler, fmt = spec.handler, _FORMAT[spec.name]
     assert handler is not None
 
-    async def run(desk: "SlackDesk", approver: Approver, args: Any, user: str) -> str:
-        return fmt(await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
+    async def run(parts: Parts, approver: Approver, args: Any, user: str) -> str:
+        return fmt(await handler(parts.ctx.lifecycle, kit.Caller(approver, user, CHANNEL), args))
     return run
 
 
@@ -107,8 +107,8 @@ def usage_text(sub: kit.Command | None, given: str) -> str:
 class SlashCommand:
     """``/jit``: ack within Slack's 3 seconds, answer ephemerally."""
 
-    def __init__(self, desk: "SlackDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     def register(self, app: "AsyncApp") -> None:
         app.command(COMMAND)(self.handle)
@@ -125,11 +125,11 @@ class SlashCommand:
         await ack()
         user = str(command.get("user_id") or "")
         try:
-            approver = await self.desk.approver(user)
+            approver = await self.parts.approver(user)
             if sub.interactive:
-                answer = await sub.run(self.desk, approver, args, user, command)
+                answer = await sub.run(self.parts, approver, args, user, command)
             else:
-                answer = await sub.run(self.desk, approver, args, user)
+                answer = await sub.run(self.parts, approver, args, user)
         except BrokerError as e:
             answer = error_text(e)
         if answer:

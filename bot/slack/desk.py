@@ -20,10 +20,10 @@ from starlette.routing import Route
 
 from broker.bodies import read_body
 from broker.directory import Approver
-from broker.errors import BrokerError, ConfigError, NotApprover
+from broker.errors import BrokerError, ConfigError
+from broker.notify import DeskContext
 
-from bot.approvers import Binder, with_slack_groups
-from bot.kit.confirmations import Confirmations
+from bot.approvers import Binder, slack_approver
 
 from .api import SlackApi
 from .breakglass import BreakGlassListeners
@@ -31,8 +31,10 @@ from .commands import SlashCommand
 from .listeners import Listeners
 from .logs import quiet_logger
 from .notifier import NAME, SlackNotifier
+from .parts import Parts
 from .people import bindable_email
-from .usergroups import TTL_S, UserGroups, UserGroupUnavailable
+from .settings import SlackSettings
+from .usergroups import TTL_S, UserGroups
 
 log = logging.getLogger("jitgate.slack")
 
@@ -53,19 +55,20 @@ class SlackDesk:
 
     name = NAME
 
-    def __init__(self, settings, *, retry_backoff_s: float = 0.5, retry_budget_s: float = 20.0,
-                 usergroup_ttl_s: float = TTL_S, socket_ping_s: float = 10.0) -> None:
-        self.settings = settings
-        self.socket_mode = bool(settings.slack_app_token)
+    def __init__(self, settings, *, slack: SlackSettings | None = None, retry_backoff_s: float = 0.5,
+                 retry_budget_s: float = 20.0, usergroup_ttl_s: float = TTL_S, socket_ping_s: float = 10.0) -> None:
+        self.settings = settings  # the core's
+        self.slack = slack = slack or SlackSettings.from_env(settings.env)  # the desk's own
+        self.socket_mode = bool(slack.app_token)
         self._socket_ping_s = socket_ping_s  # also the SDK's pause between reconnection attempts
         # Why Slack refuses the app token now (None: it does not); /readyz reports it.
         self.app_token_problem: str | None = None
         self._quiet_while_refused = _WhileRefused(self)
-        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-        self.client = AsyncWebClient(token=settings.slack_bot_token.reveal(), timeout=10, retry_handlers=[],
+        kwargs = {"base_url": slack.api_url} if slack.api_url else {}
+        self.client = AsyncWebClient(token=slack.bot_token.reveal(), timeout=10, retry_handlers=[],
                                      logger=quiet_logger("jitgate.slack.sdk", logging.INFO), **kwargs)
         self.api = SlackApi(self.client, backoff_s=retry_backoff_s, budget_s=retry_budget_s)
-        self.notifier = SlackNotifier(self.api, settings)
+        self.notifier = SlackNotifier(self.api, settings, slack)
         # Asked while a clicker waits: a short budget, and the answer (or refusal) comes quickly.
         self._usergroup_api = SlackApi(self.client, attempts=2, backoff_s=retry_backoff_s, budget_s=2.0)
         self._usergroup_ttl_s = usergroup_ttl_s
@@ -75,7 +78,7 @@ class SlackDesk:
             client=self.client,
             # Always explicit: Bolt would otherwise read SLACK_SIGNING_SECRET itself. In
             # Socket Mode it is unused (the connection is authenticated by the app token).
-            signing_secret=settings.slack_signing_secret.reveal(),
+            signing_secret=slack.signing_secret.reveal(),
             logger=quiet_logger("jitgate.slack.bolt"),
         )
         # Who we are at Slack (the bot token's workspace from auth.test, the app token's app from the
@@ -85,14 +88,14 @@ class SlackDesk:
         self.app_id: str | None = None
         if self.socket_mode:
             self.app.middleware(self._envelope_guard)
-        Listeners(self).register(self.app)
-        BreakGlassListeners(self).register(self.app)
-        SlashCommand(self).register(self.app)
+        # The listeners get their collaborators, never the desk.
+        self.parts = Parts(self.api, self.client, self.notifier, approver=self.approver)
+        Listeners(self.parts).register(self.app)
+        BreakGlassListeners(self.parts).register(self.app)
+        SlashCommand(self.parts).register(self.app)
         self._socket = None
         self._connect: asyncio.Task | None = None
-        self._broker = None
         self.binder: Binder | None = None
-        self.confirmations: Confirmations | None = None
 
     # ------------------------------------------------------------------ the port
     def routes(self) -> list:
@@ -101,14 +104,13 @@ class SlackDesk:
             return []
         return [Route(EVENTS_PATH, self._events, methods=["POST"])]
 
-    async def start(self, broker) -> None:
-        self._broker = broker
-        self.binder = Binder(broker.directory, email_binding=self.settings.email_binding)
-        self.confirmations = Confirmations(broker.redis, self.settings.redis_prefix, "slack")
-        self.usergroups = UserGroups(self._usergroup_api, broker.redis, prefix=self.settings.redis_prefix,
-                                     clock=broker.lifecycle.clock, ttl_s=self._usergroup_ttl_s)
-        self.notifier.bind(broker)
-        problem = broker.directory.slack_alias_problem(self.settings.email_binding)
+    async def start(self, ctx: DeskContext) -> None:
+        self.parts.start(ctx)
+        self.binder = Binder(ctx.directory, email_binding=self.settings.email_binding)
+        self.usergroups = UserGroups(self._usergroup_api, ctx.keys.redis, prefix=ctx.keys.prefix,
+                                     clock=ctx.clock, ttl_s=self._usergroup_ttl_s)
+        self.notifier.bind(ctx)
+        problem = ctx.directory.slack_alias_problem(self.settings.email_binding)
         if problem:
             raise ConfigError(problem)  # one person must never count as two approvers
         await self._check_token()
@@ -118,7 +120,7 @@ class SlackDesk:
 
             socket_log = quiet_logger("jitgate.slack.socket")
             socket_log.addFilter(self._quiet_while_refused)
-            self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.reveal(),
+            self._socket = AsyncSocketModeHandler(self.app, self.slack.app_token.reveal(),
                                                   logger=socket_log, web_client=self.client,
                                                   ping_interval=self._socket_ping_s)
             self._socket.client.message_listeners.append(self._on_socket_message)
@@ -143,74 +145,12 @@ class SlackDesk:
             return {"ready": False, "detail": self.app_token_problem}
         return {"ready": True, "mode": "socket" if self.socket_mode else "http"}
 
-    # ------------------------------------------------------------------ shared by listeners
-    @property
-    def broker(self):
-        if self._broker is None:
-            raise RuntimeError("the Slack desk has not been started")
-        return self._broker
-
+    # ------------------------------------------------------------------ approver resolution
     async def approver(self, user_id: str) -> Approver:
-        """The approver bound to this *verified* Slack user id, explicitly or through Slack user
-        groups (asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
-        directory = self.broker.directory
-        found = self.binder.slack(user_id)
-        email = None
-        if found is None and self.settings.email_binding and user_id:
-            email = await self._verified_email(user_id)
-            found = self.binder.slack(user_id, email) if email else None
-            if found is not None and found.slack and found.slack != user_id:
-                log.warning("Slack user %s has the e-mail of approver %s, who is bound to Slack user %s; refused",
-                            user_id, found.id, found.slack)
-                raise NotApprover(f"your e-mail address belongs to approver {found.id}, whose entry names another "
-                                  "Slack account; nothing changed. Ask an operator to fix the approvers file.")
-        bindings = directory.slack_bindings
-        if bindings and user_id:
-            try:
-                groups = await self.usergroups.groups_of(user_id, bindings)
-                if found is None and groups:
-                    self._check_new_identity(user_id, email)
-                found = with_slack_groups(found, user_id, groups)
-            except UserGroupUnavailable as e:
-                if found is None:
-                    raise NotApprover(f"jitgate could not ask Slack who is in the user group {e.usergroup} ({e.why}), "
-                                      "so it cannot count you as an approver right now; nothing changed. Try again "
-                                      "in a minute.") from None
-                # Fail closed for what the user group would add; the explicit binding still stands.
-                log.warning("Slack user group %s unavailable (%s); %s acts with their own groups only",
-                            e.usergroup, e.why, found.id)
-        if found is None:
-            also = ", or to add you to a Slack user group that the file binds" if bindings else ""
-            raise NotApprover(f"your Slack account ({user_id or 'unknown'}) is not bound to an approver in "
-                              f"jitgate's approvers file; ask an operator to add `slack: {user_id}` to your entry{also}")
-        return found
-
-    def _check_new_identity(self, user_id: str, email: str | None) -> None:
-        """Before a member of a bound user group acts as ``slack:<id>``: make sure they cannot be
-        someone the file already names (who would then count twice); NotApprover otherwise."""
-        directory = self.broker.directory
-        problem = directory.slack_alias_problem(self.settings.email_binding)
-        if problem:  # a reloaded file broke the rule the start-up check enforced
-            log.error("refusing Slack user group member %s: %s", user_id, problem)
-            raise NotApprover("jitgate's approvers file does not let it tell whether you are also someone it names "
-                              "(an operator must fix it; the log says how), so it cannot count you now; nothing changed")
-        if directory.slack_unbound_people() and email is None:
-            # Someone in the file is known here only by e-mail: without a confirmed address this
-            # user might be them, so no new identity is minted.
-            log.warning("refusing Slack user group member %s: no confirmed e-mail to tell them apart from the "
-                        "approvers the file names only by e-mail", user_id)
-            raise NotApprover("Slack did not confirm your e-mail address for this workspace, so jitgate cannot tell "
-                              "whether you are also someone its approvers file names; nothing changed")
-
-    async def answer(self, channel: str | None, user: str, text: str) -> None:
-        """An ephemeral answer to ``user`` in ``channel`` (a DM when there is no channel)."""
-        try:
-            if channel:
-                await self.api.call("chat_postEphemeral", channel=channel, user=user, text=text)
-            else:
-                await self.api.call("chat_postMessage", channel=user, text=text)
-        except Exception:  # noqa: BLE001 - a courtesy; the state is already right
-            log.exception("could not answer Slack user %s", user)
+        """The approver bound to this *verified* Slack user id (:func:`bot.approvers.slack_approver`;
+        user groups asked of Slack now, at most a minute old); :class:`NotApprover` if none."""
+        return await slack_approver(self.binder, user_id, email_of=self._verified_email,
+                                    groups_of=self.usergroups.groups_of)
 
     # ------------------------------------------------------------------ internals
     async def _events(self, request: HttpRequest) -> Response:
@@ -290,7 +230,7 @@ class SlackDesk:
         """Socket Mode: ask Slack for a connection URL with the app token now, so a wrong one
         refuses start-up like a wrong bot token (the SDK would retry it forever)."""
         try:
-            await self.api.call("apps_connections_open", app_token=self.settings.slack_app_token.reveal())
+            await self.api.call("apps_connections_open", app_token=self.slack.app_token.reveal())
         except SlackApiError as e:
             error = (getattr(e, "response", None) or {}).get("error", "")
             if error in BAD_TOKEN_ERRORS:
@@ -352,10 +292,6 @@ class SlackDesk:
         return address
 
 
-# Slack's signing secrets are 32 hex characters; anything this short is a placeholder.
-MIN_SIGNING_SECRET_CHARS = 16
-
-
 class _WhileRefused(logging.Filter):
     """Drops the Socket Mode client's per-retry error and traceback while the app token is
     refused: the desk has said so once, and says so again when it changes."""
@@ -373,26 +309,6 @@ class _WhileRefused(logging.Filter):
 
 def desk_from_settings(settings) -> SlackDesk | None:
     """The Slack desk when Slack is configured, None when it is off; ConfigError (naming
-    the setting) when it is half-configured: never run with verification off."""
-    token = settings.slack_bot_token.reveal().strip()
-    secret = settings.slack_signing_secret.reveal().strip()
-    app_token = settings.slack_app_token.reveal().strip()
-    if not (token or secret or app_token):
-        return None
-    if not token:
-        raise ConfigError("SLACK_BOT_TOKEN is not set, but other SLACK_* settings are: set the bot token "
-                          "(xoxb-…) or unset them all to turn Slack off")
-    if app_token:
-        if not app_token.startswith("xapp-"):
-            raise ConfigError("SLACK_APP_TOKEN must be an app-level token (xapp-…) with the connections:write scope")
-    elif not secret:
-        raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify that requests come from Slack "
-                          "(or set SLACK_APP_TOKEN to use Socket Mode)")
-    if secret and len(secret) < MIN_SIGNING_SECRET_CHARS:
-        raise ConfigError(f"SLACK_SIGNING_SECRET is {len(secret)} characters long: a real one (Basic Information → "
-                          f"Signing Secret) is 32; fewer than {MIN_SIGNING_SECRET_CHARS} is a placeholder anyone can guess")
-    if not settings.slack_approvals_channel.strip():
-        raise ConfigError("SLACK_APPROVALS_CHANNEL is not set: name the channel (id or #name) where proposals go")
-    if settings.slack_api_url and not settings.slack_api_url.startswith(("https://", "http://")):
-        raise ConfigError("SLACK_API_URL must be an http(s) URL")
-    return SlackDesk(settings)
+    the setting) when it is half-configured (:meth:`SlackSettings.check`)."""
+    slack = SlackSettings.from_env(settings.env)
+    return SlackDesk(settings, slack=slack) if slack.check() else None

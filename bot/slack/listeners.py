@@ -27,7 +27,7 @@ from .text import mrkdwn
 if TYPE_CHECKING:
     from slack_bolt.async_app import AsyncApp
 
-    from .desk import SlackDesk
+    from .parts import Parts
 
 CHANNEL = "slack"
 log = logging.getLogger("jitgate.slack")
@@ -52,8 +52,8 @@ _ERROR_TEXT = {
 class Listeners:
     """The interactive side of the Slack desk."""
 
-    def __init__(self, desk: "SlackDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
     def register(self, app: "AsyncApp") -> None:
         app.action(APPROVE)(self.approve)
@@ -80,9 +80,9 @@ class Listeners:
         await self._approve(body, rid, duration)
 
     async def _approve(self, body: dict, pointer: str | None, duration: int | None) -> None:
-        life = self.desk.broker.lifecycle
+        life = self.parts.ctx.lifecycle
         try:
-            approver = await self.desk.approver(_user(body))
+            approver = await self.parts.approver(_user(body))
             req = await self._clicked_request(body, pointer)
             if rules.already_approved(approver, req):  # one person counts once (any alias); nothing to change
                 await self._ephemeral(body, ":information_source: You already approved this request. "
@@ -103,9 +103,9 @@ class Listeners:
         """Deny: if this person may decide, open the modal that asks for the reason."""
         await ack()
         try:
-            approver = await self.desk.approver(_user(body))
+            approver = await self.parts.approver(_user(body))
             req = await self._clicked_request(body, _action(body).get("value"))
-            self.desk.broker.lifecycle.check_approver(approver, req)
+            self.parts.ctx.lifecycle.check_approver(approver, req)
             if req.status != PENDING:
                 raise Conflict(render.status_line(req))
         except BrokerError as e:
@@ -135,8 +135,8 @@ class Listeners:
         user = _user(body)
         rid = view.get("private_metadata") or ""
         try:
-            approver = await self.desk.approver(user)
-            await self.desk.broker.lifecycle.deny(check_request_id(rid), approver, channel=CHANNEL,
+            approver = await self.parts.approver(user)
+            await self.parts.ctx.lifecycle.deny(check_request_id(rid), approver, channel=CHANNEL,
                                                   reason=reason.strip(), platform_user=user)
         except BrokerError as e:
             await self._tell_after_modal(rid, user, error_text(e))
@@ -145,7 +145,7 @@ class Listeners:
     # ------------------------------------------------------------------ helpers
     async def _clicked_request(self, body: dict, pointer: str | None) -> Request:
         """The request a button points at, re-read now, and only if this message is its message."""
-        req = await self.desk.broker.lifecycle.get(check_request_id(pointer or ""))
+        req = await self.parts.ctx.lifecycle.get(check_request_id(pointer or ""))
         container = body.get("container") or {}
         channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
         ts = container.get("message_ts") or (body.get("message") or {}).get("ts")
@@ -159,26 +159,26 @@ class Listeners:
     async def _open(self, body: dict, view: dict) -> None:
         """Open a modal while the click's trigger_id is still valid (3 s); say so if Slack refused."""
         try:
-            await self.desk.api.call("views_open", trigger_id=body.get("trigger_id"), view=view)
+            await self.parts.api.call("views_open", trigger_id=body.get("trigger_id"), view=view)
         except Exception:  # noqa: BLE001 - an expired trigger, Slack down: the clicker may try again
             log.warning("views.open failed for a click by %s", _user(body), exc_info=True)
             await self._ephemeral(body, ":warning: Slack did not open the dialog in time; please click again.")
 
     async def _ephemeral(self, body: dict, text: str) -> None:
         channel = (body.get("container") or {}).get("channel_id") or (body.get("channel") or {}).get("id")
-        await self.desk.answer(channel, _user(body), text)
+        await self.parts.answer(channel, _user(body), text)
 
     async def _tell_after_modal(self, rid: str, user: str, text: str) -> None:
         """After a modal closed there is no channel in the payload: answer where the request's
         message is (ephemeral), or in a DM."""
         channel = None
         try:
-            req = await self.desk.broker.lifecycle.get(check_request_id(rid))
+            req = await self.parts.ctx.lifecycle.get(check_request_id(rid))
             refs = [m for m in req.messages if m.get("transport") == NAME]
             channel = refs[0]["destination"] if refs else None
         except BrokerError:
             pass
-        await self.desk.answer(channel, user, text)
+        await self.parts.answer(channel, user, text)
 
 
 def _action(body: dict) -> dict:

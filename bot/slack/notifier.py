@@ -20,14 +20,16 @@ import logging
 
 from broker.directory import GROUP_BOUND_PREFIX
 from broker.model import PENDING, Request
-from broker.notify import Kind, MessageRef, Notice
+from broker.notify import DeskContext, MessageRef, Notice
 
 from bot import render
+from bot.kit import alerts
 from bot.kit.once import say_once
 
 from .api import SlackApi
 from .bgviews import event_line, security_blocks, security_text
 from .blocks import fallback_text, proposal_blocks
+from .settings import SlackSettings
 from .text import TEXT_LIMIT, channel_link, clip, escape, mention, mrkdwn, usergroup_mention
 
 log = logging.getLogger("jitgate.slack")
@@ -47,26 +49,27 @@ class SlackNotifier:
 
     name = NAME
 
-    def __init__(self, api: SlackApi, settings) -> None:
+    def __init__(self, api: SlackApi, settings, slack: SlackSettings) -> None:
         self.api = api
-        self.settings = settings
-        self._broker = None
+        self.settings = settings  # the core's
+        self.slack = slack  # the desk's own (channels)
+        self._ctx: DeskContext | None = None
 
-    def bind(self, broker) -> None:
-        """Attach the running broker (directory for mentions, Redis for sent-markers)."""
-        self._broker = broker
+    def bind(self, ctx: DeskContext) -> None:
+        """Attach the desk's context (directory for mentions, Redis for sent-markers)."""
+        self._ctx = ctx
 
     @property
-    def broker(self):
-        if self._broker is None:
+    def ctx(self) -> DeskContext:
+        if self._ctx is None:
             raise RuntimeError("the Slack desk has not been started")
-        return self._broker
+        return self._ctx
 
     # ------------------------------------------------------------------ the port
     async def post_proposal(self, notice: Notice) -> list[MessageRef]:
         """Post the proposal to the policy's channel (or SLACK_APPROVALS_CHANNEL)."""
         request = notice.request
-        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        channel = request.decision.get("channel") or self.slack.approvals_channel
         resp = await self.api.call(
             "chat_postMessage", channel=channel, text=fallback_text(request),
             blocks=proposal_blocks(request, max_duration_s=self.settings.max_duration_s),
@@ -78,7 +81,7 @@ class SlackNotifier:
         """Re-render the original message, say what happened in its thread, tell the owner."""
         request, event = notice.request, notice.kind
         if request.break_glass:
-            await self._bg_update(request, event)
+            await alerts.changed(self, request, event, event_line(request, event))
         for ref in notice.refs:
             await self._rerender(request, ref)
             for key, text in self._thread_lines(request, event):
@@ -113,7 +116,7 @@ class SlackNotifier:
         break-glass grant gets one alert with a review button, kept true in place."""
         request, text = notice.request, notice.text
         if request.break_glass:
-            await self._bg_alert(notice)
+            await alerts.alert(self, notice)
             return
         p = request.proposal
         body = (f":rotating_light: *jitgate security:* {mrkdwn(text, 1500)}\n"
@@ -126,7 +129,7 @@ class SlackNotifier:
         """An informational message (no buttons) where this request's approvals are asked,
         mentioning the group whose approval was bypassed."""
         request, who = notice.request, notice.audience
-        channel = request.decision.get("channel") or self.settings.slack_approvals_channel
+        channel = request.decision.get("channel") or self.slack.approvals_channel
         people = self._mentions((who.bypassed_group,), who.bypassed) if who.bypassed_group else []
         body = _with_people(f":mega: {mrkdwn(notice.announcement, 2000)}", people)
 
@@ -138,9 +141,9 @@ class SlackNotifier:
             await send()
 
     # ------------------------------------------------------------------ break-glass
-    async def security_ref(self, request_id: str) -> tuple[str, str] | None:
+    async def alert_ref(self, request_id: str) -> tuple[str, str] | None:
         """(channel, ts) of the break-glass alert for this request, if one was posted."""
-        got = await self.broker.redis.hmget(self._marks(request_id), "bg:channel", "bg:ts")
+        got = await self.ctx.redis.hmget(self._marks(request_id), "bg:channel", "bg:ts")
         if not got[0] or not got[1]:
             return None
         return got[0].decode(), got[1].decode()
@@ -148,59 +151,41 @@ class SlackNotifier:
     async def security_note(self, request_id: str, text: str) -> None:
         """A reply in the thread of the request's break-glass alert (best effort: a courtesy)."""
         try:
-            ref = await self.security_ref(request_id)
+            ref = await self.alert_ref(request_id)
             if ref is not None:
                 await self.api.call("chat_postMessage", channel=ref[0], thread_ts=ref[1], text=text,
                                     unfurl_links=False, unfurl_media=False)
         except Exception:  # noqa: BLE001 - the change itself is done and audited
             log.warning("could not add a note under the break-glass alert of %s", request_id)
 
-    async def _bg_alert(self, notice: Notice) -> None:
-        request, text, suspended = notice.request, notice.text, notice.suspended
-        ref = await self.security_ref(request.id)
-        if ref is None:
-            resp = await self.api.call("chat_postMessage", channel=self._security_channel(),
-                                       text=security_text(request), blocks=security_blocks(request, suspended=suspended),
-                                       unfurl_links=False, unfurl_media=False)
-            ref = (resp["channel"], resp["ts"])
-            key = self._marks(request.id)
-            await self.broker.redis.hset(key, mapping={"bg:channel": ref[0], "bg:ts": ref[1]})
-            await self.broker.redis.expire(key, MARK_TTL_S)
-        else:
-            await self._bg_rerender(request, ref, suspended)
-        if request.reviewed_by:
-            return  # the edit above is the news
-        who = notice.audience
-        people = self._mentions((who.security_group,) if who.security_group else (), who.security)
-        if suspended:
-            await self._once(request, "bg:suspended", lambda: self._bg_reply(
-                ref, _with_people(f":no_entry: {mrkdwn(text, 1500)}", people), broadcast=True))
-        elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
-            await self._bg_reply(ref, _with_people(f":bell: {mrkdwn(text, 1500)}", people))
+    # bot.kit.alerts' AlertDesk: the alert's place, rendering and thread (the kit decides when)
+    async def alert_post(self, request: Request, suspended: bool) -> tuple[str, str]:
+        resp = await self.api.call("chat_postMessage", channel=self._security_channel(), text=security_text(request),
+                                   blocks=security_blocks(request, suspended=suspended),
+                                   unfurl_links=False, unfurl_media=False)
+        key = self._marks(request.id)
+        await self.ctx.redis.hset(key, mapping={"bg:channel": resp["channel"], "bg:ts": resp["ts"]})
+        await self.ctx.redis.expire(key, MARK_TTL_S)
+        return resp["channel"], resp["ts"]
 
-    async def _bg_update(self, request: Request, event: str) -> None:
-        """A change of a break-glass grant (collected, revoked, ended): edit the alert, say it in its thread."""
-        ref = await self.security_ref(request.id)
-        if ref is None:
-            return  # the alert is not out yet; it will show the state when it is
-        await self._bg_rerender(request, ref, await self._suspended_for(request))
-        line = event_line(request, event)
-        if line:
-            await self._once(request, f"bg:event:{event}", lambda: self._bg_reply(ref, line))
-
-    async def _bg_rerender(self, request: Request, ref: tuple[str, str], suspended: bool) -> None:
+    async def alert_edit(self, request: Request, ref: tuple[str, str], suspended: bool | None) -> None:
+        if suspended is None:  # whether this very grant suspended its engineer: the core's rule
+            suspended = await self.ctx.breakglass.suspended_by(request)
         await self.api.call("chat_update", channel=ref[0], ts=ref[1], text=security_text(request),
                             blocks=security_blocks(request, suspended=suspended))
 
-    async def _bg_reply(self, ref: tuple[str, str], text: str, *, broadcast: bool = False) -> None:
-        await self._reply(MessageRef(NAME, ref[0], ref[1]), text, broadcast=broadcast)
+    async def alert_say(self, ref: tuple[str, str], text: str, audience, tone: alerts.Tone) -> None:
+        if tone is not alerts.Tone.EVENT:
+            people = self._mentions((audience.security_group,) if audience.security_group else (), audience.security)
+            icon = ":no_entry:" if tone is alerts.Tone.SUSPENDED else ":bell:"
+            text = _with_people(f"{icon} {mrkdwn(text, 1500)}", people)
+        await self._reply(MessageRef(NAME, ref[0], ref[1]), text, broadcast=tone is alerts.Tone.SUSPENDED)
 
-    async def _suspended_for(self, request: Request) -> bool:
-        """Whether the engineer's right is suspended because of this very grant (the core's rule)."""
-        return await self.broker.breakglass.suspended_by(request)
+    async def alert_once(self, request: Request, marker: str, send) -> None:
+        await self._once(request, "bg:" + marker, send)
 
     def _security_channel(self) -> str:
-        return self.settings.slack_security_channel or self.settings.slack_approvals_channel
+        return self.slack.security_channel or self.slack.approvals_channel
 
     # ------------------------------------------------------------------ pieces
     async def _rerender(self, request: Request, ref: MessageRef) -> None:
@@ -244,7 +229,7 @@ class SlackNotifier:
         """The owner's Slack user id: from their approvers entry, or from an owner named ``slack:U…``."""
         if not owner:
             return None
-        entry = self.broker.directory.approver(owner)
+        entry = self.ctx.directory.approver(owner)
         if entry is not None:
             return entry.slack
         return owner.removeprefix(GROUP_BOUND_PREFIX) if owner.startswith(GROUP_BOUND_PREFIX) else None
@@ -252,7 +237,7 @@ class SlackNotifier:
     def _mentions(self, groups, people) -> list[str]:
         """``<!subteam^S…>`` of the Slack user groups bound to ``groups``, then ``<@U…>`` of
         ``people`` (the audience the core resolved), at most :data:`MAX_MENTIONS`."""
-        directory = self.broker.directory
+        directory = self.ctx.directory
         teams: list[str] = []
         for group in groups:
             for ug in directory.slack_usergroups_for(group):
@@ -274,7 +259,7 @@ class SlackNotifier:
 
     async def _once(self, request: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already sent for this request; remember it after."""
-        await say_once(self.broker.redis, self._marks(request.id), send, field=marker, ttl_s=MARK_TTL_S)
+        await say_once(self.ctx.redis, self._marks(request.id), send, field=marker, ttl_s=MARK_TTL_S)
 
 
 def _with_people(text: str, people: list[str]) -> str:

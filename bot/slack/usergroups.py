@@ -18,20 +18,13 @@ from slack_sdk.errors import SlackApiError
 
 from broker.directory import SlackGroupBinding
 
+from bot.approvers import UserGroupUnavailable
+
 from .api import SlackApi
 
 log = logging.getLogger("jitgate.slack")
 
 TTL_S = 60.0
-
-
-class UserGroupUnavailable(Exception):
-    """Slack did not say who is in a user group (``usergroup`` and Slack's ``why``)."""
-
-    def __init__(self, usergroup: str, why: str) -> None:
-        super().__init__(f"{usergroup}: {why}")
-        self.usergroup = usergroup
-        self.why = why
 
 
 class UserGroups:

@@ -32,7 +32,9 @@ from botframework.connector.auth import (
 from msal import ConfidentialClientApplication
 from msrest.pipeline import AsyncHTTPPolicy
 
-from broker.config import Secret, Settings
+from broker.config import Secret
+
+from .settings import TeamsSettings
 
 log = logging.getLogger("jitgate.teams")
 
@@ -44,16 +46,16 @@ METADATA_REFRESH_S = 30 * 60  # botbuilder refreshes inline (blocking) when keys
 class BotConfig:
     """The configuration object botbuilder reads (attribute names are botbuilder's)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.APP_ID = settings.microsoft_app_id
-        self.APP_PASSWORD = settings.microsoft_app_password.reveal()
-        self.APP_TYPE = settings.microsoft_app_type
-        self.APP_TENANTID = settings.microsoft_app_tenant_id
+    def __init__(self, teams: TeamsSettings) -> None:
+        self.APP_ID = teams.app_id
+        self.APP_PASSWORD = teams.app_password.reveal()
+        self.APP_TYPE = teams.app_type
+        self.APP_TENANTID = teams.tenant_id
         self.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL = (
-            settings.teams_openid_metadata_url or AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
+            teams.openid_metadata_url or AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL)
         self.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER = (
-            settings.teams_token_issuer or AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER)
-        self.TO_CHANNEL_FROM_BOT_LOGIN_URL = login_authority(settings)
+            teams.token_issuer or AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER)
+        self.TO_CHANNEL_FROM_BOT_LOGIN_URL = login_authority(teams)
         self.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE = BOT_FRAMEWORK_SCOPE
         self.OAUTH_URL = AuthenticationConstants.OAUTH_URL
         self.VALIDATE_AUTHORITY = True
@@ -62,19 +64,19 @@ class BotConfig:
         return f"BotConfig(APP_ID={self.APP_ID!r}, APP_TYPE={self.APP_TYPE!r})"
 
 
-def login_authority(settings: Settings) -> str:
+def login_authority(teams: TeamsSettings) -> str:
     """Where outbound tokens come from: ``TEAMS_LOGIN_URL``, else Microsoft's login authority
     for the tenant (single-tenant bots) or ``botframework.com`` (multi-tenant bots)."""
-    if settings.teams_login_url:
-        return settings.teams_login_url.rstrip("/")
-    if settings.microsoft_app_type.lower() == "singletenant":
-        return f"{DEFAULT_LOGIN_HOST}/{settings.microsoft_app_tenant_id}"
+    if teams.login_url:
+        return teams.login_url.rstrip("/")
+    if teams.app_type.lower() == "singletenant":
+        return f"{DEFAULT_LOGIN_HOST}/{teams.tenant_id}"
     return f"{DEFAULT_LOGIN_HOST}/botframework.com"
 
 
-def build_authentication(settings: Settings, factory: ServiceClientCredentialsFactory) -> ConfigurationBotFrameworkAuthentication:
+def build_authentication(teams: TeamsSettings, factory: ServiceClientCredentialsFactory) -> ConfigurationBotFrameworkAuthentication:
     """botbuilder's authentication for this bot, with jitgate's outbound credentials."""
-    return ConfigurationBotFrameworkAuthentication(BotConfig(settings), credentials_factory=factory)
+    return ConfigurationBotFrameworkAuthentication(BotConfig(teams), credentials_factory=factory)
 
 
 class MsalCredentialsFactory(ServiceClientCredentialsFactory):

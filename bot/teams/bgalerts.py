@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from broker.model import Request
-from broker.notify import Kind, Notice
+from broker.notify import Notice
 
 from bot import render
+from bot.kit import alerts
 from bot.kit.once import say_once
 
 from . import bgcards, cards
+from .outbound import card_activity
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.teams")
 
@@ -49,15 +51,15 @@ class AlertRef:
 class SecurityAlerts:
     """The security conversation's side of break-glass."""
 
-    def __init__(self, desk: "TeamsDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: "Parts") -> None:
+        self.parts = parts
 
     def _key(self, request_id: str) -> str:
-        return f"{self.desk.settings.redis_prefix}teams:bg:{{req:{request_id}}}"
+        return f"{self.parts.settings.redis_prefix}teams:bg:{{req:{request_id}}}"
 
     async def ref(self, request_id: str) -> AlertRef | None:
         """The alert of this grant, if one was posted."""
-        got = await self.desk.broker.redis.hmget(self._key(request_id), "conversation", "activity", "service_url")
+        got = await self.parts.ctx.redis.hmget(self._key(request_id), "conversation", "activity", "service_url")
         if not all(got):
             return None
         return AlertRef(*(v.decode() for v in got))
@@ -68,43 +70,39 @@ class SecurityAlerts:
         overdue, suspended = await self._review_state(req)
         return bgcards.security_card(req, overdue=overdue, suspended=suspended, notice=notice)
 
-    # ------------------------------------------------------------------ from the core
+    # ------------------------------------------------------------------ bot.kit.alerts' AlertDesk
     async def alert(self, notice: Notice) -> None:
         """``alert_security`` for a break-glass grant (see the module docstring)."""
-        req, text = notice.request, notice.text
-        ref = await self.ref(req.id)
-        if ref is None:
-            ref = await self._post(req)
-        else:
-            await self._edit(req, ref)
-        if req.reviewed_by:
-            return  # the edit is the news
-        mentions = await self.desk.mentions(list(notice.audience.security))
-        if notice.suspended:
-            await self._reply_once(req, ref, "suspended", text, mentions)
-        elif notice.kind in (Kind.BG_REVIEW_REMINDER, Kind.BG_REINSTATED):
-            await self._reply(ref, text, mentions)
+        await alerts.alert(self, notice)
 
     async def on_update(self, req: Request, event: str) -> None:
         """A change of the grant (collected, revoked, ended): edit the alert, say it in its thread once."""
-        ref = await self.ref(req.id)
-        if ref is None:
-            return  # the alert is not out yet; it will show the state when it is
+        await alerts.changed(self, req, event, render.bg_event_sentence(req, event))
+
+    alert_ref = ref
+
+    async def alert_post(self, req: Request, suspended: bool) -> AlertRef:
+        return await self._post(req)  # the card asks the core itself (it shows "overdue" too)
+
+    async def alert_edit(self, req: Request, ref: AlertRef, suspended: bool | None) -> None:
         await self._edit(req, ref)
-        line = render.bg_event_sentence(req, event)
-        if line:
-            await self._reply_once(req, ref, f"event:{event}", line, [])
+
+    async def alert_say(self, ref: AlertRef, text: str, audience, tone: alerts.Tone) -> None:
+        await self._reply(ref, text, await self.parts.mentions(list(audience.security)) if audience else [])
+
+    async def alert_once(self, req: Request, marker: str, send) -> None:
+        await self.once(req, marker, send)
 
     async def once(self, req: Request, marker: str, send) -> None:
         """Call ``send()`` unless ``marker`` says it was already done for this grant."""
-        await say_once(self.desk.broker.redis, self._key(req.id), send, field="mark:" + marker, ttl_s=MARK_TTL_S)
+        await say_once(self.parts.ctx.redis, self._key(req.id), send, field="mark:" + marker, ttl_s=MARK_TTL_S)
 
     async def note(self, request_id: str, text: str) -> None:
         """A line in the alert's thread, and the alert re-rendered (best effort: a courtesy;
         the change itself is done and audited)."""
         try:
             ref = await self.ref(request_id)
-            req = await self.desk.broker.store.load(request_id)
+            req = await self.parts.ctx.store.load(request_id)
             if ref is None or req is None:
                 return
             await self._edit(req, ref)
@@ -115,47 +113,40 @@ class SecurityAlerts:
 
     # ------------------------------------------------------------------ pieces
     async def _post(self, req: Request) -> AlertRef:
-        desk = self.desk
-        where = desk.settings.teams_security_conversation
-        dest = await desk.conversations.resolve(where) if where else None
+        parts = self.parts
+        where = parts.teams.security_conversation
+        dest = await parts.conversations.resolve(where) if where else None
         if dest is None:
-            dest = await desk.destination(req)
+            dest = await parts.destination(req)
             log.warning("Teams: break-glass alert for %s goes to the approvals conversation: %s", req.id,
                         f"no conversation known for TEAMS_SECURITY_CONVERSATION={where!r}" if where
                         else "TEAMS_SECURITY_CONVERSATION is unset")
         if dest is None:
             raise RuntimeError("no Teams conversation is known for break-glass alerts yet")  # the outbox retries
-        from .notifier import card_activity  # noqa: PLC0415 - the notifier builds this class
 
-        activity_id = await desk.outbound.post(dest.service_url, dest.id,
+        activity_id = await parts.outbound.post(dest.service_url, dest.id,
                                                card_activity(await self.card(req), bgcards.security_summary(req)))
         key = self._key(req.id)
-        await desk.broker.redis.hset(key, mapping={"conversation": dest.id, "activity": activity_id,
+        await parts.ctx.redis.hset(key, mapping={"conversation": dest.id, "activity": activity_id,
                                                    "service_url": dest.service_url})
-        await desk.broker.redis.expire(key, MARK_TTL_S)
+        await parts.ctx.redis.expire(key, MARK_TTL_S)
         return AlertRef(dest.id, activity_id, dest.service_url)
 
     async def _edit(self, req: Request, ref: AlertRef) -> None:
-        from .notifier import card_activity  # noqa: PLC0415
 
         card = await self.card(req)
-        await self.desk.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
+        await self.parts.outbound.update(ref.service_url, ref.conversation, ref.activity_id,
                                         card_activity(card, bgcards.security_summary(req)))
 
     async def _reply(self, ref: AlertRef, text: str, mentions: list[tuple[str, str]]) -> None:
-        from .notifier import card_activity  # noqa: PLC0415
 
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
-        await self.desk.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
+        await self.parts.outbound.reply(ref.service_url, ref.conversation, ref.activity_id,
                                        card_activity(note, cards.plain(text, 200)))
-
-    async def _reply_once(self, req: Request, ref: AlertRef, marker: str, text: str,
-                          mentions: list[tuple[str, str]]) -> None:
-        await self.once(req, marker, lambda: self._reply(ref, text, mentions))
 
     async def _review_state(self, req: Request) -> tuple[bool, bool]:
         """(overdue, the engineer's break-glass right suspended by this grant now: the core's answer)."""
         if req.reviewed_by or req.review_due is None:
             return False, False
-        overdue = self.desk.broker.lifecycle.clock.now() >= req.review_due
-        return overdue, await self.desk.broker.breakglass.suspended_by(req)
+        overdue = self.parts.ctx.lifecycle.clock.now() >= req.review_due
+        return overdue, await self.parts.ctx.breakglass.suspended_by(req)

@@ -36,15 +36,15 @@ from bot.kit import commands as kit
 from bot.kit.confirmations import Confirmations, recheck
 from broker.directory import Approver
 from broker.errors import BrokerError, Conflict, Forbidden, InvalidRequest, NotApprover, NotFound
-from broker.model import Request, check_request_id
+from broker.model import check_request_id
 
 from . import bgcards, cards
 from .conversations import ConversationRef, NoPersonalChat, base_conversation_id
-from .notifier import card_activity
+from .outbound import card_activity
 from .replies import Answer, Turn
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.teams")
 
@@ -54,32 +54,32 @@ REINSTATE_USAGE = f"breakglass-reinstate {bgkit.REINSTATE_ARGS}"
 
 
 # ---------------------------------------------------------------------- commands
-async def run_breakglass(desk: "TeamsDesk", engineer: Approver, args: BreakGlassArgs, user: str, turn: Turn) -> Answer:
+async def run_breakglass(parts: "Parts", engineer: Approver, args: BreakGlassArgs, user: str, turn: Turn) -> Answer:
     """Check everything now, then answer with the confirmation card (nothing granted yet)."""
-    c = await bgkit.breakglass(desk.broker.breakglass, desk.confirmations, engineer, args, user=user,
+    c = await bgkit.breakglass(parts.ctx.breakglass, parts.confirmations, engineer, args, user=user,
                                tenant=turn.tenant_id, where=turn.conversation_id)
 
     async def posted(activity_id: str | None) -> None:
         if activity_id:
-            await desk.confirmations.attach(c.nonce, activity_id)
+            await parts.confirmations.attach(c.nonce, activity_id)
 
     return Answer(text=f"Confirm break-glass: {c.preview.action} on {c.preview.target}",
                   card=bgcards.confirm_card(c.preview, engineer.id, c.nonce, review_s=c.review_s), posted=posted)
 
 
-async def run_reinstate(desk: "TeamsDesk", by: Approver, who: str, user: str) -> Answer:
+async def run_reinstate(parts: "Parts", by: Approver, who: str, user: str) -> Answer:
     """Security restores a suspended engineer's break-glass right (audited by the core)."""
-    done = await bgkit.reinstate(desk.broker.breakglass, by, bgkit.engineer_id(who), channel=CHANNEL)
+    done = await bgkit.reinstate(parts.ctx.breakglass, by, bgkit.engineer_id(who), channel=CHANNEL)
     if done.request_id:
-        await desk.notifier.bg.note(done.request_id, f"{by.id} reinstated {done.engineer}'s break-glass right.")
+        await parts.alerts.note(done.request_id, f"{by.id} reinstated {done.engineer}'s break-glass right.")
     return Answer(f"{done.engineer}'s break-glass right is reinstated.")
 
 
-async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: str) -> Answer:
+async def run_reviews(parts: "Parts", approver: Approver, _args: None, user: str) -> Answer:
     """Open break-glass reviews: all of them for the security group, one's own for others."""
-    reply = await kit.reviews(desk.broker.breakglass, kit.Caller(approver, user, CHANNEL),
-                              desk.settings.security_group)
-    text, lines = bgcards.reviews_answer(list(reply.requests), now=desk.broker.lifecycle.clock.now(),
+    reply = await kit.reviews(parts.ctx.breakglass, kit.Caller(approver, user, CHANNEL),
+                              parts.settings.security_group)
+    text, lines = bgcards.reviews_answer(list(reply.requests), now=parts.ctx.lifecycle.clock.now(),
                                          everyone=reply.everyone, limit=kit.REVIEWS_LIMIT)
     return Answer(text, lines)
 
@@ -88,8 +88,8 @@ async def run_reviews(desk: "TeamsDesk", approver: Approver, _args: None, user: 
 class BreakGlassActions:
     """``bg_confirm`` / ``bg_cancel`` on confirmation cards, ``bg_review`` on security alerts."""
 
-    def __init__(self, desk: "TeamsDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: "Parts") -> None:
+        self.parts = parts
 
     async def handle(self, a: Activity, verb: str, data: dict, tenant: str | None) -> dict:
         """Answer one invoke (an ``adaptiveCard/action`` response body)."""
@@ -102,8 +102,8 @@ class BreakGlassActions:
 
     # ------------------------------------------------------------------ confirm / cancel
     async def confirm(self, a: Activity, verb: str, data: dict, aad: str, tenant: str | None) -> dict:
-        desk = self.desk
-        verdict, record = await desk.confirmations.take(data.get(bgcards.CONFIRMATION), aad, tenant)
+        parts = self.parts
+        verdict, record = await parts.confirmations.take(data.get(bgcards.CONFIRMATION), aad, tenant)
         if verdict == "missing":
             return cards.error_response(409, "Conflict", "this confirmation was already used, cancelled or has expired; "
                                                          "nothing was granted. Run the breakglass command again.")
@@ -117,7 +117,7 @@ class BreakGlassActions:
             log.warning("Teams: a break-glass confirmation by %s does not match the card it was issued for; refused", aad)
             return cards.error_response(403, "Forbidden", "this confirmation does not match the card jitgate showed you; "
                                                           "nothing was granted")
-        engineer = desk.binder.teams(aad, tenant)
+        engineer = parts.binder.teams(aad, tenant)
         if not Confirmations.same_engineer(record, engineer.id if engineer else None):
             return cards.error_response(403, "Forbidden", "your Teams account is not bound to the approver who typed "
                                                           "this command; nothing was granted")
@@ -126,7 +126,7 @@ class BreakGlassActions:
                                                            good=False))
             return cards.card_response(bgcards.closed_confirm_card("Cancelled; nothing was granted.", good=False))
         args = BreakGlassArgs.from_json(record["params"])
-        bg = desk.broker.breakglass
+        bg = parts.ctx.breakglass
         try:
             await recheck(bg, engineer, args, record, shown_as="card", again="Run the breakglass command again.")
             chat = await self._personal_chat(a, aad, tenant) if args.subject == ME else None
@@ -144,7 +144,7 @@ class BreakGlassActions:
             token_activity = card_activity(bgcards.token_card(req, granted.note, granted.token.access_token),
                                             "Your break-glass token")
             if not await self._hand_over(chat, token_activity):
-                await self._undeliverable(req)
+                await bgkit.revoke_undelivered(self.parts.ctx.lifecycle, req, channel=CHANNEL)
                 text = f"Break-glass {req.id} revoked: your token could not be delivered to your personal chat."
                 self._edit_card(a, bgcards.closed_confirm_card(text, good=False))
                 return cards.card_response(bgcards.closed_confirm_card(text, good=False, lines=[
@@ -162,7 +162,7 @@ class BreakGlassActions:
         if not user_id or not tenant:
             raise NoPersonalChat()
         try:
-            return await self.desk.personal_chat(aad, service_url=a.service_url, user_id=user_id, tenant_id=tenant,
+            return await self.parts.personal_chat(aad, service_url=a.service_url, user_id=user_id, tenant_id=tenant,
                                                  bot_id=a.recipient.id if a.recipient else None)
         except Exception as e:  # noqa: BLE001 - not installed for them, Teams away: nothing granted yet
             log.warning("Teams: could not open a personal chat for a break-glass token (%s)", e.__class__.__name__)
@@ -171,20 +171,12 @@ class BreakGlassActions:
     async def _hand_over(self, chat: ConversationRef, activity: Activity) -> bool:
         """One message with the token into the 1:1 chat; True only when Teams confirmed it."""
         try:
-            await self.desk.outbound.post_once(chat.service_url, chat.id, activity)
+            await self.parts.outbound.post_once(chat.service_url, chat.id, activity)
             return True
         except Exception as e:  # noqa: BLE001 - never the activity or the token in the log
             log.warning("Teams: a break-glass token could not be delivered (%s); the grant is revoked",
                         e.__class__.__name__)
             return False
-
-    async def _undeliverable(self, req: Request) -> None:
-        """Nobody surely holds the token: end the grant rather than leave a live credential unaccounted for."""
-        try:
-            await self.desk.broker.lifecycle.revoke(req.id, by="jitgate", channel=CHANNEL,
-                                                    reason="the token could not be delivered to the engineer")
-        except BrokerError:
-            log.warning("Teams: could not revoke undeliverable break-glass grant %s", req.id)
 
     def _edit_card(self, a: Activity, card: dict) -> None:
         """The confirmation card for everyone in the conversation: what happened, no buttons
@@ -195,26 +187,26 @@ class BreakGlassActions:
 
         async def edit() -> None:
             try:
-                await self.desk.outbound.update(service_url, conv_id, activity_id, card_activity(card, None))
+                await self.parts.outbound.update(service_url, conv_id, activity_id, card_activity(card, None))
             except Exception as e:  # noqa: BLE001 - cosmetic: the grant and the audit are done
                 log.warning("Teams: could not close a break-glass confirmation card (%s)", e.__class__.__name__)
 
-        self.desk.spawn(edit())
+        self.parts.spawn(edit())
 
     # ------------------------------------------------------------------ review
     async def review(self, a: Activity, data: dict, aad: str, tenant: str | None) -> dict:
         """Acknowledge review, from the security alert of that very request (security group only)."""
-        desk = self.desk
+        parts = self.parts
         try:
             rid = check_request_id(data.get("request_id") if isinstance(data.get("request_id"), str) else "")
         except InvalidRequest:
             return cards.error_response(400, "BadRequest", "this card does not name a valid request")
-        ref = await desk.notifier.bg.ref(rid)
+        ref = await parts.alerts.ref(rid)
         conv = base_conversation_id(a.conversation.id if a.conversation else "")
         if ref is None or ref.conversation != conv or ref.activity_id != a.reply_to_id:
             log.warning("Teams: review action for %s from a message that is not its security alert", rid)
             return cards.error_response(403, "Forbidden", "this card does not belong to that request")
-        reviewer = desk.binder.teams(aad, tenant)
+        reviewer = parts.binder.teams(aad, tenant)
         if reviewer is None:
             return cards.error_response(403, "Forbidden", "your Teams account is not bound to a jitgate approver "
                                                           f"(Entra object id {aad}); nothing was changed")
@@ -223,12 +215,12 @@ class BreakGlassActions:
         if not comment:
             return cards.error_response(400, "BadRequest", "a comment is required to acknowledge a review")
         try:
-            req = await desk.broker.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
+            req = await parts.ctx.breakglass.acknowledge(rid, reviewer, comment=comment, channel=CHANNEL)
         except BrokerError as e:
             return _error(e)
         mine = req.reviewed_by == reviewer.id and req.review_comment == comment
         notice = "You acknowledged this review." if mine else f"Nothing changed: already reviewed by {req.reviewed_by}."
-        return cards.card_response(await desk.notifier.bg.card(req, notice=notice))
+        return cards.card_response(await parts.alerts.card(req, notice=notice))
 
 
 def _error(e: BrokerError) -> dict:

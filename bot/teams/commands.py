@@ -29,7 +29,7 @@ from .breakglass import (BREAKGLASS_USAGE, REINSTATE_USAGE, run_breakglass,
 from .replies import Answer, Turn, error_answer, unbound_answer
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .parts import Parts
 
 CHANNEL = "teams"
 _MENTION = re.compile(r"<at[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
@@ -43,7 +43,7 @@ def command_text(raw: str | None) -> str:
     return " ".join(text.split())
 
 
-def _list(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+def _list(parts: "Parts", reply: kit.Reply) -> Answer:
     if not reply.requests:
         return Answer("Nothing is waiting for you.")
     lines = []
@@ -54,23 +54,23 @@ def _list(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
     return Answer(f"Waiting for you ({len(reply.requests)}{'+' if reply.more else ''}):", tuple(lines))
 
 
-def _status(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
-    return Answer(card=cards.proposal_card(reply.requests[0], max_duration_s=desk.settings.max_duration_s,
+def _status(parts: "Parts", reply: kit.Reply) -> Answer:
+    return Answer(card=cards.proposal_card(reply.requests[0], max_duration_s=parts.settings.max_duration_s,
                                            actions=False, refresh=False))
 
 
-def _revoke(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+def _revoke(parts: "Parts", reply: kit.Reply) -> Answer:
     r = reply.requests[0]
     return Answer(f"Revoked {r.id}: {r.close_reason or ''}")
 
 
-def _posture(desk: "TeamsDesk", reply: kit.Reply) -> Answer:
+def _posture(parts: "Parts", reply: kit.Reply) -> Answer:
     if not reply.changed:
         return Answer(f"Risk posture is {reply.posture}.")
     return Answer(f"Risk posture is now {reply.posture}; every new policy decision sees it.")
 
 
-_FORMAT: dict[str, Callable[["TeamsDesk", kit.Reply], Answer]] = {"list": _list, "status": _status,
+_FORMAT: dict[str, Callable[["Parts", kit.Reply], Answer]] = {"list": _list, "status": _status,
                                                                   "revoke": _revoke, "posture": _posture}
 
 
@@ -79,8 +79,8 @@ def _bind(spec: kit.Spec) -> Callable[..., Awaitable[Answer]]:
     handler, fmt = spec.handler, _FORMAT[spec.name]
     assert handler is not None
 
-    async def run(desk: "TeamsDesk", approver: Approver, args: Any, user: str) -> Answer:
-        return fmt(desk, await handler(desk.broker.lifecycle, kit.Caller(approver, user, CHANNEL), args))
+    async def run(parts: "Parts", approver: Approver, args: Any, user: str) -> Answer:
+        return fmt(parts, await handler(parts.ctx.lifecycle, kit.Caller(approver, user, CHANNEL), args))
     return run
 
 
@@ -104,7 +104,7 @@ def help_answer(aad_object_id: str | None, conversation_id: str | None) -> Answe
     return Answer("jitgate approvals in Teams. Commands:", tuple(lines))
 
 
-async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, aad_object_id: str | None,
+async def run_command(parts: "Parts", text: str, approver: Approver | None, aad_object_id: str | None,
                       conversation_id: str | None, turn: Turn | None = None) -> Answer:
     """Parse and run one command; every outcome is an answer, never an exception."""
     parsed = kit.parse(COMMANDS, command_text(text))
@@ -122,7 +122,7 @@ async def run_command(desk: "TeamsDesk", text: str, approver: Approver | None, a
         if cmd.interactive:
             if turn is None:
                 return Answer(f"{cmd.name} works only when typed to the bot in Teams.")
-            return await cmd.run(desk, approver, args, aad_object_id or "", turn)
-        return await cmd.run(desk, approver, args, aad_object_id or "")
+            return await cmd.run(parts, approver, args, aad_object_id or "", turn)
+        return await cmd.run(parts, approver, args, aad_object_id or "")
     except BrokerError as e:
         return error_answer(e)

@@ -24,11 +24,13 @@ from bot import render
 from . import bgcards, cards
 from .commands import run_command
 from .conversations import ConversationRef, base_conversation_id
-from .notifier import NAME, card_activity
+from .notifier import NAME
+from .outbound import card_activity
 from .replies import Turn
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .breakglass import BreakGlassActions
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.teams")
 
@@ -57,13 +59,14 @@ def tenant_of(activity: Activity) -> str | None:
 class TurnHandler:
     """The bot's turn logic (``on_turn`` is the adapter's callback)."""
 
-    def __init__(self, desk: "TeamsDesk") -> None:
-        self.desk = desk
+    def __init__(self, parts: "Parts", bg_actions: "BreakGlassActions") -> None:
+        self.parts = parts
+        self.bg_actions = bg_actions
 
     async def on_turn(self, turn: TurnContext) -> None:
         a = turn.activity
         tenant = tenant_of(a)
-        ours = tenant is not None and tenant == self.desk.settings.microsoft_app_tenant_id
+        ours = tenant is not None and tenant == self.parts.teams.tenant_id
         new = await self._remember(a, tenant) if ours else False
         if a.type == ActivityTypes.invoke:
             if a.name == CARD_ACTION:
@@ -73,7 +76,7 @@ class TurnHandler:
             return  # other invokes: botbuilder answers 501
         if not ours:
             log.info("Teams: ignored a %s activity from tenant %r (serving %r only)", a.type, tenant,
-                     self.desk.settings.microsoft_app_tenant_id)
+                     self.parts.teams.tenant_id)
             return
         if a.type == ActivityTypes.message:
             await self.command(a, tenant)
@@ -90,14 +93,14 @@ class TurnHandler:
         verb = action.get("verb")
         data = action.get("data") if isinstance(action.get("data"), dict) else {}
         if verb in bgcards.VERBS:
-            return await self.desk.bg_actions.handle(a, verb, data, tenant_of(a))
+            return await self.bg_actions.handle(a, verb, data, tenant_of(a))
         if verb not in cards.VERBS:
             return cards.error_response(400, "BadRequest", "jitgate does not know this action")
         try:
             rid = check_request_id(data.get("request_id") if isinstance(data.get("request_id"), str) else "")
         except InvalidRequest:
             return cards.error_response(400, "BadRequest", "this card does not name a valid request")
-        life = self.desk.broker.lifecycle
+        life = self.parts.ctx.lifecycle
         try:
             req = await life.get(rid)
         except NotFound:
@@ -107,9 +110,9 @@ class TurnHandler:
                         base_conversation_id(a.conversation.id if a.conversation else ""), a.reply_to_id)
             return cards.error_response(403, "Forbidden", "this card does not belong to that request")
         aad = a.from_property.aad_object_id if a.from_property else None
-        approver = self.desk.binder.teams(aad, tenant_of(a))
+        approver = self.parts.binder.teams(aad, tenant_of(a))
         if verb == cards.REFRESH:
-            return cards.card_response(await self.desk.card(req, viewer=approver, viewer_known=True))
+            return cards.card_response(await self.parts.card(req, viewer=approver, viewer_known=True))
         if approver is None:
             return cards.error_response(403, "Forbidden", "your Teams account is not bound to a jitgate approver "
                                                           f"(Entra object id {aad or 'unknown'}); nothing was changed")
@@ -137,7 +140,7 @@ class TurnHandler:
         except BrokerError as e:
             log.warning("Teams: %s on %s failed: %s", verb, rid, e.detail)
             return cards.error_response(e.status if 400 <= e.status < 600 else 500, e.code, e.detail)
-        return cards.card_response(await self.desk.card(after, viewer=approver, viewer_known=True,
+        return cards.card_response(await self.parts.card(after, viewer=approver, viewer_known=True,
                                                         notice=notice or _done(after, approver, verb)))
 
     def _card_belongs(self, req: Request, a: Activity) -> bool:
@@ -150,13 +153,13 @@ class TurnHandler:
     # ------------------------------------------------------------------ commands
     async def command(self, a: Activity, tenant: str) -> None:
         aad = a.from_property.aad_object_id if a.from_property else None
-        approver = self.desk.binder.teams(aad, tenant)
+        approver = self.parts.binder.teams(aad, tenant)
         conv = base_conversation_id(a.conversation.id)
         turn = Turn(aad_object_id=aad, tenant_id=tenant, user_id=a.from_property.id if a.from_property else None,
                     conversation_id=conv, conversation_type=a.conversation.conversation_type,
                     service_url=a.service_url, bot_id=a.recipient.id if a.recipient else None)
-        answer = await run_command(self.desk, a.text or "", approver, aad, conv, turn=turn)
-        activity_id = await self.desk.outbound.reply(a.service_url, a.conversation.id, a.id,
+        answer = await run_command(self.parts, a.text or "", approver, aad, conv, turn=turn)
+        activity_id = await self.parts.outbound.reply(a.service_url, a.conversation.id, a.id,
                                                      card_activity(answer.to_card(), answer.text[:200] or None))
         if answer.posted is not None:
             await answer.posted(activity_id)
@@ -172,14 +175,14 @@ class TurnHandler:
             return
         for m in a.members_added or []:
             if m.id != bot_id:
-                await self.desk.conversations.remember_user(getattr(m, "aad_object_id", None), m.id)
+                await self.parts.conversations.remember_user(getattr(m, "aad_object_id", None), m.id)
         if event in ("channelCreated", "channelRenamed", "channelRestored") and channel.get("id"):
-            await self.desk.conversations.save(ConversationRef(
+            await self.parts.conversations.save(ConversationRef(
                 id=channel["id"], service_url=a.service_url, tenant_id=tenant, kind="channel", name=channel.get("name"),
                 team_id=team.get("id"), team_name=team.get("name"), bot_id=bot_id))
-            self.desk.flush_soon()
+            self.parts.flush_soon()
         elif event == "channelDeleted" and channel.get("id"):
-            await self.desk.conversations.forget(channel["id"])
+            await self.parts.conversations.forget(channel["id"])
         if any(m.id == bot_id for m in (a.members_added or [])):
             await self._installed(a, tenant, new)
 
@@ -197,33 +200,33 @@ class TurnHandler:
         team = _sub(data, "team")
         conv_id = base_conversation_id(a.conversation.id)
         if team.get("id"):
-            self.desk.spawn(self._learn_channels(a.service_url, team, tenant, a.recipient.id if a.recipient else None))
+            self.parts.spawn(self._learn_channels(a.service_url, team, tenant, a.recipient.id if a.recipient else None))
         if new:
             text = (f"jitgate is installed here. This conversation's id is {conv_id}; set TEAMS_APPROVALS_CONVERSATION "
                     "to it (or to a #channel name) to get approval requests here. Type 'help' for the commands.")
             try:
-                await self.desk.outbound.post(a.service_url, conv_id, card_activity(cards.notice_card(text), text[:200]))
+                await self.parts.outbound.post(a.service_url, conv_id, card_activity(cards.notice_card(text), text[:200]))
             except Exception:  # noqa: BLE001 - a greeting is not worth failing the install
                 log.warning("Teams: could not greet conversation %s", conv_id, exc_info=True)
-        self.desk.flush_soon()
+        self.parts.flush_soon()
 
     async def _learn_channels(self, service_url: str, team: dict, tenant: str, bot_id: str | None) -> None:
         try:
-            channels = await self.desk.outbound.team_channels(service_url, team["id"])
+            channels = await self.parts.outbound.team_channels(service_url, team["id"])
         except Exception:  # noqa: BLE001 - names still arrive with channel events and messages
             log.warning("Teams: could not list the channels of team %s", team.get("name") or team["id"], exc_info=True)
             return
         for cid, name in channels[:500]:
-            await self.desk.conversations.save(ConversationRef(
+            await self.parts.conversations.save(ConversationRef(
                 id=cid, service_url=service_url, tenant_id=tenant, kind="channel",
                 name=name or ("General" if cid == team["id"] else None), team_id=team["id"], team_name=team.get("name"),
                 bot_id=bot_id))
-        self.desk.flush_soon()
+        self.parts.flush_soon()
 
     async def _forget(self, a: Activity, team_id: str | None) -> None:
         if team_id:
-            await self.desk.conversations.forget_team(team_id)
-        await self.desk.conversations.forget(a.conversation.id)
+            await self.parts.conversations.forget_team(team_id)
+        await self.parts.conversations.forget(a.conversation.id)
 
     async def _remember(self, a: Activity, tenant: str) -> bool:
         """Every verified activity refreshes its conversation's reference (and who is who).
@@ -243,13 +246,13 @@ class TurnHandler:
             name = channel.get("name") if channel.get("id") in (None, conv_id) else None
             if not name and team.get("id") == conv_id:
                 name = "General"
-        new = await self.desk.conversations.save(ConversationRef(
+        new = await self.parts.conversations.save(ConversationRef(
             id=conv_id, service_url=a.service_url, tenant_id=tenant, kind=kind, name=name,
             team_id=team.get("id"), team_name=team.get("name"), bot_id=a.recipient.id if a.recipient else None))
         if a.from_property:
-            await self.desk.conversations.remember_user(a.from_property.aad_object_id, a.from_property.id)
+            await self.parts.conversations.remember_user(a.from_property.aad_object_id, a.from_property.id)
             if kind == "personal":
-                await self.desk.conversations.remember_personal(a.from_property.aad_object_id, conv_id)
+                await self.parts.conversations.remember_personal(a.from_property.aad_object_id, conv_id)
         return new
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from botbuilder.schema import Activity, ActivityTypes, Attachment
 from msrest.exceptions import HttpOperationError
 
 from broker.model import PENDING, TERMINAL, Request
@@ -29,9 +28,10 @@ from bot.kit.once import say_once
 from . import cards
 from .bgalerts import SecurityAlerts
 from .conversations import REPLY_MARK_TTL_S, NoPersonalChat
+from .outbound import card_activity
 
 if TYPE_CHECKING:
-    from .desk import TeamsDesk
+    from .parts import Parts
 
 log = logging.getLogger("jitgate.teams")
 
@@ -40,12 +40,6 @@ MAX_MENTIONS = 20
 # What the Bot Connector answers when this person cannot be messaged at all (the app is
 # installed neither for them nor in any of their teams): retrying cannot help.
 UNREACHABLE = frozenset({403, 404})
-
-
-def card_activity(card: dict, summary: str | None = None) -> Activity:
-    """A message carrying one Adaptive Card (``summary`` is the notification preview)."""
-    return Activity(type=ActivityTypes.message, summary=summary, text=None,
-                    attachments=[Attachment(content_type=cards.CONTENT_TYPE, content=card)])
 
 
 def summary(req: Request) -> str:
@@ -59,30 +53,30 @@ class TeamsNotifier:
 
     name = NAME
 
-    def __init__(self, desk: "TeamsDesk") -> None:
-        self.desk = desk
-        self.bg = SecurityAlerts(desk)
+    def __init__(self, parts: "Parts") -> None:
+        self.parts = parts
+        self.bg = SecurityAlerts(parts)
 
     # ------------------------------------------------------------------ the port
     async def post_proposal(self, notice: Notice) -> list[MessageRef]:
         request = notice.request
-        conv = self.desk.conversations
-        dest = await self.desk.destination(request)
+        conv = self.parts.conversations
+        dest = await self.parts.destination(request)
         if dest is None:
             await conv.hold(request.id)
             log.warning("Teams: no conversation to post request %s to yet (%s); it waits and is posted once the "
-                        "bot is installed there", request.id, self.desk.where_wanted(request))
+                        "bot is installed there", request.id, self.parts.where_wanted(request))
             return []
         if not await conv.lock("post:" + request.id):
             raise RuntimeError(f"request {request.id} is being posted by another worker")
         try:
-            now = await self.desk.broker.lifecycle.get(request.id)
+            now = await self.parts.ctx.lifecycle.get(request.id)
             if any(m.get("transport") == NAME for m in now.messages):
                 await conv.release(request.id)
                 return []  # posted meanwhile (a held proposal flushed by another replica)
-            card = await self.desk.card(now)
+            card = await self.parts.card(now)
             try:
-                activity_id = await self.desk.outbound.post(dest.service_url, dest.id, card_activity(card, summary(now)))
+                activity_id = await self.parts.outbound.post(dest.service_url, dest.id, card_activity(card, summary(now)))
             except Exception:
                 await conv.hold(request.id)  # not lost: retried by the outbox, then by the desk's flush
                 raise
@@ -97,9 +91,9 @@ class TeamsNotifier:
         if request.break_glass:
             await self.bg.on_update(request, event)  # its home is the security alert
         if refs:
-            card = await self.desk.card(request)
+            card = await self.parts.card(request)
             for ref in refs:
-                await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref,
+                await self.parts.outbound.update(_service_url(ref), ref.destination, ref.ref,
                                                 card_activity(card, summary(request)))
             # Thread replies, each once: every approval so far, then the event's own sentence. The
             # approval that completes the count is told by the "approved" reply instead (as on Slack).
@@ -109,7 +103,7 @@ class TeamsNotifier:
             if sentence:
                 await self._reply_once(request, refs, event, sentence)
         elif request.status in TERMINAL:
-            await self.desk.conversations.release(request.id)  # never posted and now moot
+            await self.parts.conversations.release(request.id)  # never posted and now moot
         if render.owner_hears(request, event):
             await self._tell_owner(request, refs, event)
 
@@ -121,15 +115,15 @@ class TeamsNotifier:
             return
         if escalated_to:
             # The backup group may decide now: its members join the card's refresh list.
-            card = await self.desk.card(request)
+            card = await self.parts.card(request)
             for ref in refs:
-                await self.desk.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
+                await self.parts.outbound.update(_service_url(ref), ref.destination, ref.ref, card_activity(card, summary(request)))
             text = render.escalation_sentence(request, escalated_to)
         else:
             text = render.reminder_sentence(request)
-        mentions = await self.desk.mentions(list(notice.audience.deciders))
+        mentions = await self.parts.mentions(list(notice.audience.deciders))
         for ref in refs:
-            await self.desk.outbound.reply(_service_url(ref), ref.destination, ref.ref,
+            await self.parts.outbound.reply(_service_url(ref), ref.destination, ref.ref,
                                            card_activity(cards.notice_card(text, mentions=mentions[:MAX_MENTIONS]), text[:200]))
 
     async def alert_security(self, notice: Notice) -> None:
@@ -137,8 +131,8 @@ class TeamsNotifier:
         if request.break_glass:
             await self.bg.alert(notice)  # one card per grant, kept true, with the review action
             return
-        where = self.desk.settings.teams_security_conversation
-        dest = await self.desk.conversations.resolve(where) if where else None
+        where = self.parts.teams.security_conversation
+        dest = await self.parts.conversations.resolve(where) if where else None
         if dest is None:
             log.warning("Teams: security alert for %s not posted: %s", request.id,
                         "TEAMS_SECURITY_CONVERSATION is unset" if not where else f"no conversation known for {where!r}")
@@ -146,21 +140,21 @@ class TeamsNotifier:
         note = cards.notice_card(text, heading="jitgate security alert",
                                  lines=[f"Request {request.id}: {request.agent or request.engineer or '?'} · "
                                         f"{request.proposal.action} on {request.proposal.target}"])
-        await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+        await self.parts.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
 
     async def announce(self, notice: Notice) -> None:
         """The announcement where approvals are asked, mentioning the group whose approval was bypassed."""
         request, text = notice.request, notice.announcement
-        dest = await self.desk.destination(request)
+        dest = await self.parts.destination(request)
         if dest is None:
             log.warning("Teams: announcement for %s not posted: no conversation known (%s)", request.id,
-                        self.desk.where_wanted(request))
+                        self.parts.where_wanted(request))
             return
-        mentions = await self.desk.mentions(list(notice.audience.bypassed))
+        mentions = await self.parts.mentions(list(notice.audience.bypassed))
         note = cards.notice_card(text, mentions=mentions[:MAX_MENTIONS])
 
         async def send() -> None:
-            await self.desk.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
+            await self.parts.outbound.post(dest.service_url, dest.id, card_activity(note, cards.plain(text, 200)))
         if request.break_glass:
             await self.bg.once(request, "announce", send)  # one per grant, however often delivered
         else:
@@ -170,12 +164,12 @@ class TeamsNotifier:
     async def _once(self, mark: str, send) -> None:
         """Call ``send()`` unless ``mark`` says it was done already; remember it after (a
         retried delivery says nothing twice)."""
-        conv = self.desk.conversations
+        conv = self.parts.conversations
         await say_once(conv.redis, conv.reply_mark(mark), send, ttl_s=REPLY_MARK_TTL_S)
 
     async def _reply_once(self, request: Request, refs: list[MessageRef], key: str, text: str) -> None:
         for ref in refs:
-            await self._once(f"{request.id}:{ref.ref}:{key}", lambda ref=ref: self.desk.outbound.reply(
+            await self._once(f"{request.id}:{ref.ref}:{key}", lambda ref=ref: self.parts.outbound.reply(
                 _service_url(ref), ref.destination, ref.ref, card_activity(cards.notice_card(text), cards.plain(text, 200))))
 
     async def _tell_owner(self, request: Request, refs: list[MessageRef], event: str) -> None:
@@ -183,18 +177,18 @@ class TeamsNotifier:
         A passing failure goes up, so the outbox retries the delivery (the card edit repeats,
         the replies and this message do not); an owner Teams will not let the bot reach is
         logged and skipped."""
-        owner = self.desk.broker.directory.approver(request.owner) if request.owner else None
+        owner = self.parts.ctx.directory.approver(request.owner) if request.owner else None
         if owner is None or not owner.teams:
             return
         text = render.owner_sentence(request, event)
 
         async def send() -> None:
-            where = await self.desk.conversations.get(refs[0].destination) if refs else None
+            where = await self.parts.conversations.get(refs[0].destination) if refs else None
             lines = [f"Request {request.id}" + (f"; its card is in {where.label()}" if where else "")]
             service_url = next((r.extra.get("service_url") for r in refs if (r.extra or {}).get("service_url")), None)
             try:
-                chat = await self.desk.personal_chat(owner.teams, service_url=service_url)
-                await self.desk.outbound.post(chat.service_url, chat.id, card_activity(
+                chat = await self.parts.personal_chat(owner.teams, service_url=service_url)
+                await self.parts.outbound.post(chat.service_url, chat.id, card_activity(
                     cards.notice_card(text, lines=lines), cards.plain(text, 200)))
             except NoPersonalChat as e:
                 log.warning("Teams: the owner %s of %s was not told it %s: %s", owner.id, request.id, event, e)

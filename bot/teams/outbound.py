@@ -16,16 +16,24 @@ import email.utils
 import logging
 import time
 
-from botbuilder.schema import Activity, ChannelAccount, ConversationParameters
+from botbuilder.schema import Activity, ActivityTypes, Attachment, ChannelAccount, ConversationParameters
 from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
 from botframework.connector.teams import TeamsConnectorClient
 from msrest.exceptions import HttpOperationError
 
+from . import cards
+
 log = logging.getLogger("jitgate.teams")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 CALL_TIMEOUT_S = 15
+
+
+def card_activity(card: dict, summary: str | None = None) -> Activity:
+    """A message carrying one Adaptive Card (``summary`` is the notification preview)."""
+    return Activity(type=ActivityTypes.message, summary=summary, text=None,
+                    attachments=[Attachment(content_type=cards.CONTENT_TYPE, content=card)])
 
 
 class Throttled(Exception):

@@ -11,6 +11,8 @@ import pytest
 
 from broker.config import Settings, environment, read_env_file
 from broker.errors import ConfigError
+from bot.slack.settings import SlackSettings
+from bot.teams.settings import TeamsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KEK = base64.urlsafe_b64encode(os.urandom(32)).decode()
@@ -58,10 +60,10 @@ def test_readme_slack_snippet_reads_as_written(tmp_path):
         values = read_env_file(_private_env(tmp_path, block))
         assert values == _as_written(block)
         assert "SLACK_APP_TOKEN" not in values and "#SLACK_APP_TOKEN" not in values
-        settings = Settings.from_env({**BASE, **values})
-        assert settings.slack_approvals_channel == values["SLACK_APPROVALS_CHANNEL"]
-        assert settings.slack_security_channel == values.get("SLACK_SECURITY_CHANNEL", "")
-        assert " " not in settings.slack_approvals_channel  # e.g. C0123ABCD, not the comment after it
+        slack = SlackSettings.from_env(Settings.from_env({**BASE, **values}).env)  # the desk reads its own
+        assert slack.approvals_channel == values["SLACK_APPROVALS_CHANNEL"]
+        assert slack.security_channel == values.get("SLACK_SECURITY_CHANNEL", "")
+        assert " " not in slack.approvals_channel  # e.g. C0123ABCD, not the comment after it
 
 
 def test_readme_teams_snippet_reads_as_written(tmp_path):
@@ -70,10 +72,10 @@ def test_readme_teams_snippet_reads_as_written(tmp_path):
     for block in _fenced_env_snippets("MICROSOFT_APP_ID="):
         values = read_env_file(_private_env(tmp_path, block))
         assert values == _as_written(block)
-        settings = Settings.from_env({**BASE, **values})
-        assert settings.microsoft_app_type == values.get("MICROSOFT_APP_TYPE", "MultiTenant")
-        assert settings.teams_approvals_conversation == values["TEAMS_APPROVALS_CONVERSATION"]
-        assert " " not in settings.teams_approvals_conversation  # e.g. #jit-approvals, kept, without its comment
+        teams = TeamsSettings.from_env(Settings.from_env({**BASE, **values}).env)  # the desk reads its own
+        assert teams.app_type == values.get("MICROSOFT_APP_TYPE", "MultiTenant")
+        assert teams.approvals_conversation == values["TEAMS_APPROVALS_CONVERSATION"]
+        assert " " not in teams.approvals_conversation  # e.g. #jit-approvals, kept, without its comment
 
 
 def test_dotenv_export_quotes_and_comments(tmp_path):

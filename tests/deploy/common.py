@@ -14,6 +14,8 @@ from tests.support.process import BrokerProcess
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CONFIG_PY = ROOT / "broker" / "config.py"
+# Each desk reads its own settings from the same environment (issue 15).
+DESK_SETTINGS_PY = (ROOT / "bot" / "slack" / "settings.py", ROOT / "bot" / "teams" / "settings.py")
 
 # Settings that hold secrets: they must come from the env file / Secret, never be written
 # into a manifest, the compose file or the image.
@@ -28,10 +30,12 @@ def _is_env(node: ast.AST) -> bool:
 
 
 def settings_read_by_config() -> set[str]:
-    """The environment variable names ``broker/config.py`` reads: the first string argument of
-    ``env.get(...)``, ``env[...]`` and of helpers called as ``helper(env, "NAME", ...)``."""
+    """The environment variable names ``broker/config.py`` and the desks' settings modules read:
+    the first string argument of ``env.get(...)``, ``env[...]`` and of helpers called as
+    ``helper(env, "NAME", ...)``."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(CONFIG_PY.read_text())):
+    nodes = [n for path in (CONFIG_PY, *DESK_SETTINGS_PY) for n in ast.walk(ast.parse(path.read_text()))]
+    for node in nodes:
         candidate = None
         if isinstance(node, ast.Call):
             func = node.func
@@ -48,7 +52,8 @@ def settings_read_by_config() -> set[str]:
     # then compare against nothing and pass for the wrong reason.
     assert {"JITGATE_ISSUER", "JITGATE_KEY_ENCRYPTION_KEY", "REDIS_URL", "SLACK_BOT_TOKEN",
             "MICROSOFT_APP_ID", "JITGATE_CONSOLE"} <= names and len(names) >= 40, (
-        f"could not read the setting names from {CONFIG_PY} (found {sorted(names)}): update this reader")
+        f"could not read the setting names from {CONFIG_PY} and {DESK_SETTINGS_PY} (found {sorted(names)}): "
+        "update this reader")
     return names
 
 

@@ -3,6 +3,8 @@ in-process HTTP client, and a manual clock."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,29 @@ def write_agents(path: Path) -> dict[str, object]:
     return keys
 
 
+# The desks' own settings (bot/slack/settings.py, bot/teams/settings.py), by the names tests
+# give them: they reach a desk as its factory reads them, from the broker's environment.
+DESK_ENV = {
+    "slack_bot_token": "SLACK_BOT_TOKEN", "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "slack_app_token": "SLACK_APP_TOKEN", "slack_approvals_channel": "SLACK_APPROVALS_CHANNEL",
+    "slack_security_channel": "SLACK_SECURITY_CHANNEL", "slack_api_url": "SLACK_API_URL",
+    "microsoft_app_id": "MICROSOFT_APP_ID", "microsoft_app_password": "MICROSOFT_APP_PASSWORD",
+    "microsoft_app_tenant_id": "MICROSOFT_APP_TENANT_ID", "microsoft_app_type": "MICROSOFT_APP_TYPE",
+    "teams_approvals_conversation": "TEAMS_APPROVALS_CONVERSATION",
+    "teams_security_conversation": "TEAMS_SECURITY_CONVERSATION",
+    "teams_openid_metadata_url": "TEAMS_OPENID_METADATA_URL", "teams_token_issuer": "TEAMS_TOKEN_ISSUER",
+    "teams_login_url": "TEAMS_LOGIN_URL",
+}
+
+
+def with_desk_env(settings: Settings, **desk) -> Settings:
+    """``settings`` with these desk settings (by their :data:`DESK_ENV` names) in its environment."""
+    env = dict(settings.env)
+    for name, value in desk.items():
+        env[DESK_ENV[name]] = value.reveal() if hasattr(value, "reveal") else value
+    return dataclasses.replace(settings, env=env)
+
+
 def make_settings(tmp: Path, redis_url: str, prefix: str, **overrides) -> Settings:
     values = dict(
         issuer=ISSUER,
@@ -61,8 +86,9 @@ def make_settings(tmp: Path, redis_url: str, prefix: str, **overrides) -> Settin
         targets_file=FIXTURES / "targets.yaml",
         sweep_interval_s=0.05,
     )
+    desk = {k: overrides.pop(k) for k in list(overrides) if k in DESK_ENV}
     values.update(overrides)
-    return Settings(**values)
+    return with_desk_env(Settings(**values), **desk)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from bot.console import ConsoleDesk
+from broker.notify import DeskContext
 from starlette.applications import Starlette
 from tests.support.harness import ISSUER
 from tests.support.process import jitgate_env, run_cli
@@ -89,7 +90,7 @@ async def test_cookie_is_not_secure_on_a_plain_http_issuer(console):
     """On http://127.0.0.1 (the laptop set-up) the cookie cannot be Secure, so it is scoped to /console."""
     settings = dataclasses.replace(console.h.settings, issuer="http://127.0.0.1:8080")
     desk = ConsoleDesk(settings)
-    desk.views.bind(console.h.broker)
+    desk.views.bind(DeskContext.of(console.h.broker))
     app = Starlette(routes=desk.routes())
     link = await desk.views.sessions.issue_link("bob", now=console.h.clock.now(), issued_by="test")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080") as http:
@@ -136,6 +137,7 @@ async def test_session_ends_when_the_approver_leaves_the_approvers_file(console,
     approvers = tmp_path / "approvers.yaml"
     approvers.write_text(console.h.settings.approvers_file.read_text())
     console.h.broker.directory = type(console.h.broker.directory).load(approvers, console.h.settings.targets_file)
+    console.desk.views.bind(DeskContext.of(console.h.broker))  # desks see the directory they are started with
     b = await console.signed_in("erin")
     assert (await b.page()).status_code == 200
     approvers.write_text(approvers.read_text().replace("  - id: erin\n    groups: [sre]\n", ""))

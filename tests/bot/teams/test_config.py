@@ -3,8 +3,6 @@ no Teams settings means no desk. And the outbound credentials never say "auth di
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from broker.app import load_desks
@@ -14,10 +12,13 @@ from bot.teams import desk_from_settings
 from bot.teams.auth import BotConfig, MsalCredentialsFactory, login_authority
 from tests.support.fake_botframework import APP_ID, TENANT
 
+from bot.teams.settings import TeamsSettings
+from tests.support.harness import with_desk_env
+
 from .conftest import teams_settings
 
 BASE = Settings(issuer="https://jitgate.test", key_encryption_key=b"k" * 32)
-ON = dataclasses.replace(BASE, microsoft_app_id=APP_ID, microsoft_app_password=Secret("pw"), microsoft_app_tenant_id=TENANT)
+ON = with_desk_env(BASE, microsoft_app_id=APP_ID, microsoft_app_password=Secret("pw"), microsoft_app_tenant_id=TENANT)
 
 
 def test_no_teams_settings_no_desk():
@@ -35,20 +36,20 @@ def test_empty_app_id_with_teams_settings_refuses_to_start(override, names):
     """PITFALLS: botbuilder disables authentication when the app id is empty; Teams settings with an
     empty MICROSOFT_APP_ID refuse start-up instead, naming the setting."""
     with pytest.raises(ConfigError) as e:
-        desk_from_settings(dataclasses.replace(BASE, **override))
+        desk_from_settings(with_desk_env(BASE, **override))
     assert "MICROSOFT_APP_ID" in e.value.detail and names in e.value.detail
 
 
 def test_app_id_without_password_refuses_to_start():
     """Teams enabled without a password/credential refuses to start."""
     with pytest.raises(ConfigError, match="MICROSOFT_APP_PASSWORD"):
-        desk_from_settings(dataclasses.replace(ON, microsoft_app_password=Secret("")))
+        desk_from_settings(with_desk_env(ON, microsoft_app_password=Secret("")))
 
 
 def test_tenant_is_required():
     """Approvers are bound only within the configured tenant, so it must be configured."""
     with pytest.raises(ConfigError, match="MICROSOFT_APP_TENANT_ID"):
-        desk_from_settings(dataclasses.replace(ON, microsoft_app_tenant_id=""))
+        desk_from_settings(with_desk_env(ON, microsoft_app_tenant_id=""))
 
 
 @pytest.mark.parametrize("override, setting", [
@@ -61,7 +62,7 @@ def test_tenant_is_required():
 def test_wrong_teams_settings_name_the_setting(override, setting):
     """A wrong setting refuses start-up with a message naming it."""
     with pytest.raises(ConfigError, match=setting):
-        desk_from_settings(dataclasses.replace(ON, **override))
+        desk_from_settings(with_desk_env(ON, **override))
 
 
 def test_the_broker_loads_the_teams_desk_through_its_entry_point(tmp_path, redis_url, prefix, fake_bf, fake_login):
@@ -70,7 +71,7 @@ def test_the_broker_loads_the_teams_desk_through_its_entry_point(tmp_path, redis
     desks = [d for d in load_desks(s) if d.name == "teams"]
     assert len(desks) == 1
     with pytest.raises(ConfigError, match="MICROSOFT_APP_PASSWORD"):
-        load_desks(dataclasses.replace(s, microsoft_app_password=Secret("")))
+        load_desks(with_desk_env(s, microsoft_app_password=Secret("")))
 
 
 async def test_outbound_credentials_never_disable_authentication():
@@ -90,16 +91,17 @@ async def test_outbound_credentials_never_disable_authentication():
 def test_botbuilder_configuration_comes_from_the_settings():
     """PITFALLS: TEAMS_OPENID_METADATA_URL / TEAMS_TOKEN_ISSUER become botbuilder's
     TO_BOT_FROM_CHANNEL_* attributes; MICROSOFT_APP_* its APP_*; defaults are Microsoft's cloud."""
-    c = BotConfig(ON)
+    c = BotConfig(TeamsSettings.from_env(ON.env))
     assert (c.APP_ID, c.APP_PASSWORD, c.APP_TENANTID, c.APP_TYPE) == (APP_ID, "pw", TENANT, "MultiTenant")
     assert c.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL == "https://login.botframework.com/v1/.well-known/openidconfiguration"
     assert c.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER == "https://api.botframework.com"
     assert "pw" not in repr(c)
-    custom = dataclasses.replace(ON, teams_openid_metadata_url="http://127.0.0.1:9/m", teams_token_issuer="https://iss")
+    custom = TeamsSettings.from_env(with_desk_env(ON, teams_openid_metadata_url="http://127.0.0.1:9/m",
+                                                  teams_token_issuer="https://iss").env)
     assert BotConfig(custom).TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL == "http://127.0.0.1:9/m"
     assert BotConfig(custom).TO_BOT_FROM_CHANNEL_TOKEN_ISSUER == "https://iss"
-    assert login_authority(ON) == "https://login.microsoftonline.com/botframework.com"
-    assert login_authority(dataclasses.replace(ON, microsoft_app_type="SingleTenant")) == \
+    assert login_authority(TeamsSettings.from_env(ON.env)) == "https://login.microsoftonline.com/botframework.com"
+    assert login_authority(TeamsSettings.from_env(with_desk_env(ON, microsoft_app_type="SingleTenant").env)) == \
         f"https://login.microsoftonline.com/{TENANT}"
-    assert login_authority(dataclasses.replace(ON, teams_login_url="https://login.microsoftonline.us/t/")) == \
-        "https://login.microsoftonline.us/t"
+    assert login_authority(TeamsSettings.from_env(with_desk_env(
+        ON, teams_login_url="https://login.microsoftonline.us/t/").env)) == "https://login.microsoftonline.us/t"
