@@ -36,6 +36,9 @@ def json_response(body, status: int = 200, headers: dict | None = None) -> Respo
 
 def problem_response(err: BrokerError, instance: str | None = None) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="jitgate"'} if err.status == 401 else None
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(int(retry_after))}
     return Response(orjson.dumps(err.to_problem(instance)), status_code=err.status, media_type=PROBLEM, headers=headers)
 
 
