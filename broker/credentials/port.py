@@ -59,6 +59,9 @@ class Issued:
     expires_at: int
     secret: dict = field(repr=False)
     env: dict = field(default_factory=dict, repr=False)
+    # Where the plugin finds the credential again when its handle alone is not enough (an
+    # OpenBao token accessor); not a secret. Recorded beside the handle.
+    ref: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -68,8 +71,11 @@ class Issued:
 
     def record(self) -> dict:
         """What the request record and the audit log say was issued (no secret)."""
-        return {"plugin": self.plugin, "handle": self.handle, "fingerprint": self.fingerprint,
-                "expires_at": self.expires_at}
+        out = {"plugin": self.plugin, "handle": self.handle, "fingerprint": self.fingerprint,
+               "expires_at": self.expires_at}
+        if self.ref:
+            out["ref"] = self.ref
+        return out
 
     def to_agent(self) -> dict:
         """The ``credential`` member of the token response."""
@@ -92,8 +98,9 @@ class CredentialPlugin(Protocol):
     async def issue(self, handle: str, grant: Grant) -> Issued:
         """Create the credential ``handle`` for ``grant``; raise :class:`IssueFailed`."""
 
-    async def revoke(self, handle: str) -> bool:
-        """Remove ``handle`` and end its sessions; False if it did not exist. Raise :class:`RevokeFailed`."""
+    async def revoke(self, handle: str, ref: str | None = None) -> bool:
+        """Remove ``handle`` (``ref``: :attr:`Issued.ref` when it was recorded) and end its
+        sessions; False if it did not exist. Raise :class:`RevokeFailed`."""
 
     async def list_issued(self) -> list[str]:
         """The handles with this plugin's prefix that exist in the target now (bounded)."""

@@ -167,7 +167,7 @@ class PostgresPlugin:
                "PGPASSWORD": password, "DATABASE_URL": dsn}
         return Issued(self.name, handle, grant.expires_at, secret, env)
 
-    async def revoke(self, handle: str) -> bool:
+    async def revoke(self, handle: str, ref: str | None = None) -> bool:
         role = quote_ident(handle)
         try:
             conn = await self._connect()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -119,6 +120,10 @@ class Credentials:
                 f"{target} cannot issue a credential now ({e}); no token was issued and the grant can still be "
                 f"collected until its deadline: retry in {retry} s", retry_after=retry) from e
         self._count("credentials_issued", plugin=plugin.name)
+        if issued.ref:
+            await self.store.redis.hset(self.issued_key, handle, orjson.dumps({
+                "request_id": request_id, "target": target, "plugin": plugin.name, "ref": issued.ref,
+                "grace_ms": int((now + ISSUE_GRACE_S) * 1000)}))
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
         if pause > 0:
             log.warning("%s: pausing %s s between issue and record", PAUSE_ENV, pause)
@@ -129,8 +134,10 @@ class Credentials:
         """Revoke a credential whose collection did not go through (best effort: settle()
         revokes it otherwise)."""
         try:
-            await self._revoke_one(issued.handle, {"request_id": request_id, "target": "", "plugin": issued.plugin},
-                                   why="collection did not complete")
+            raw = await self.store.redis.hget(self.issued_key, issued.handle)
+            rec = orjson.loads(raw) if raw else {"request_id": request_id, "target": "", "plugin": issued.plugin,
+                                                 "ref": issued.ref}
+            await self._revoke_one(issued.handle, rec, why="collection did not complete")
         except Exception:  # noqa: BLE001 - the record stays; settle() retries
             log.exception("could not revoke credential %s at once", issued.handle)
 
@@ -182,7 +189,7 @@ class Credentials:
             log.error("credential %s: no plugin for target %r any more; it stays recorded", handle, rec.get("target"))
             return False
         try:
-            existed = await plugin.revoke(handle)
+            existed = await plugin.revoke(handle, rec.get("ref"))
         except RevokeFailed as e:
             await self._failed(handle, rid, plugin.name, str(e), now)
             return False
@@ -249,9 +256,10 @@ class Credentials:
 
     async def _request_of(self, handle: str, prefix: str) -> str | None:
         """The request a handle names (``<prefix><request id>_<hex>``), if it still exists."""
-        rid = handle[len(prefix):].rpartition("_")[0]
-        if not rid or not rid.isalnum():
+        m = re.fullmatch(r"([A-Za-z0-9]+)[-_][0-9a-f]{6}", handle[len(prefix):])
+        if m is None:
             return None
+        rid = m.group(1)
         return rid if await self.store.redis.exists(self.store.req_key(rid)) else None
 
     async def _alert(self, finding: dict) -> None:
