@@ -136,6 +136,9 @@ class PostgresPlugin:
         statements = [
             f"CREATE ROLE {role} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
             f"CONNECTION LIMIT {self.connection_limit} VALID UNTIL '{until}' PASSWORD '{scram_verifier(password)}'",
+            # The admin role is a member of each role it makes: that is what lets a non-superuser
+            # end its sessions (pg_terminate_backend) and REASSIGN/DROP OWNED it at revocation.
+            f"GRANT {role} TO CURRENT_USER",
             f"GRANT CONNECT ON DATABASE {quote_ident(self.database)} TO {role}",
         ]
         for schema in privs["select_schemas"]:

@@ -304,3 +304,58 @@ async def test_the_role_carries_the_grants_end_and_a_connection_limit(db):
         assert pw.startswith("SCRAM-SHA-256$")
     finally:
         await plugin.revoke(handle)
+
+
+async def test_the_documented_least_privilege_admin_role_is_enough(db):
+    """Issue 17, item 7: jitgate's admin role needs no superuser: with exactly the privileges
+    docs/credentials.md lists it issues read and migrate credentials and revokes them
+    (sessions ended, what the role made reassigned, the role dropped)."""
+    admin, group = f"g{db.prefix}admin", f"g{db.prefix}migrator"
+    conn = await db.connect()
+    try:
+        version = await conn.fetchval("SHOW server_version_num")
+        await conn.execute(f'CREATE ROLE "{group}" NOLOGIN')
+        await conn.execute(f'GRANT USAGE, CREATE ON SCHEMA app TO "{group}"')
+        # docs/credentials.md, "Least privilege for jitgate's admin role (PostgreSQL)".
+        await conn.execute(f'CREATE ROLE "{admin}" LOGIN CREATEROLE')
+        if int(version) >= 160000:
+            await conn.execute(f'ALTER ROLE "{admin}" SET createrole_self_grant = \'set, inherit\'')
+        await conn.execute(f'GRANT CONNECT ON DATABASE "{db.name}" TO "{admin}" WITH GRANT OPTION')
+        await conn.execute(f'GRANT USAGE ON SCHEMA public TO "{admin}" WITH GRANT OPTION')
+        await conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{admin}" WITH GRANT OPTION')
+        await conn.execute(f'GRANT "{group}" TO "{admin}" WITH ADMIN OPTION')
+        if int(version) >= 160000:
+            await conn.execute(f'REVOKE INHERIT OPTION, SET OPTION FOR "{group}" FROM "{admin}"')
+    finally:
+        await conn.close()
+    admin_url = db.url.replace("postgres@", f"{admin}@", 1)
+    plugin = PostgresPlugin(TARGET, {"plugin": "postgresql", "admin_url_env": SECRET_ENV, "role_prefix": db.prefix,
+                                     "actions": {"read": {"select_schemas": ["public"]},
+                                                 "migrate": {"member_of": [group]}}}, {SECRET_ENV: admin_url})
+    import time
+
+    end = int(time.time()) + 300
+    read = Grant("ReqR", "deploy-bot", "read", TARGET, end)
+    migrate = Grant("ReqM", "deploy-bot", "migrate", TARGET, end)
+    hr, hm = plugin.handle_for(read), plugin.handle_for(migrate)
+    r, m = await plugin.issue(hr, read), await plugin.issue(hm, migrate)
+    reader = await asyncpg.connect(r.secret["dsn"])
+    migrator = await asyncpg.connect(m.secret["dsn"])
+    try:
+        assert await reader.fetchval("SELECT count(*) FROM public.orders") == 2
+        await migrator.execute("CREATE TABLE app.made (x int)")
+        assert sorted(await plugin.list_issued()) == sorted([hr, hm])
+        assert await plugin.revoke(hr) and await plugin.revoke(hm)
+        for c in (reader, migrator):
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await c.fetchval("SELECT 1")
+    finally:
+        reader.terminate()
+        migrator.terminate()
+    assert await db.roles() == []
+    conn = await db.connect()
+    try:
+        assert await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'made'") == admin
+        await conn.execute("DROP TABLE app.made")
+    finally:
+        await conn.close()
