@@ -13,6 +13,7 @@ targets.yaml::
       plugin: openbao
       addr: https://bao.internal:8200
       token_env: JITGATE_CREDENTIAL_BAO       # jitgate's own token (docs/credentials.md: its policy)
+      token_role: jitgate                     # orphan token role allowing the mapped policies
       actions:
         read: {policies: [orders-read]}
 """
@@ -27,7 +28,7 @@ import time
 from ..errors import ConfigError
 from .port import Grant, IssueFailed, Issued, RevokeFailed
 
-_KEYS = frozenset({"plugin", "addr", "token_env", "actions", "timeout_s", "handle_prefix", "namespace"})
+_KEYS = frozenset({"plugin", "addr", "token_env", "token_role", "actions", "timeout_s", "handle_prefix", "namespace"})
 _POLICY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{1,20}-$")
 LIST_LIMIT = 10_000
@@ -55,6 +56,10 @@ class OpenBaoPlugin:
             raise ConfigError(f"{where}: {env_name} is not set (jitgate's token on {addr})")
         self.addr, self._token = addr.rstrip("/"), token
         self.namespace = config.get("namespace")
+        # A token role (orphan, allowed_policies): what lets jitgate's own token be unprivileged.
+        self.token_role = config.get("token_role")
+        if self.token_role is not None and not (isinstance(self.token_role, str) and _POLICY.match(self.token_role)):
+            raise ConfigError(f"{where}: token_role must be the name of a token role")
         self.timeout_s = float(config.get("timeout_s", 5))
         self.prefix = str(config.get("handle_prefix", "jitgate-"))
         if not _PREFIX.match(self.prefix):
@@ -83,11 +88,16 @@ class OpenBaoPlugin:
 
     def _issue(self, handle: str, grant: Grant) -> Issued:
         ttl = max(1, grant.expires_at - int(time.time()))
-        out = self._client().auth.token.create_orphan(
-            policies=list(self.actions[grant.action]), no_default_policy="default" not in self.actions[grant.action], renewable=False,
-            ttl=f"{ttl}s", explicit_max_ttl=f"{ttl}s", display_name=handle, num_uses=0,
-            meta={"jitgate": "1", "jitgate_handle": handle, "jitgate_request": grant.request_id,
-                  "jitgate_agent": grant.agent})
+        policies = list(self.actions[grant.action])
+        params = dict(policies=policies, no_default_policy="default" not in policies, renewable=False,
+                      ttl=f"{ttl}s", explicit_max_ttl=f"{ttl}s", display_name=handle, num_uses=0,
+                      meta={"jitgate": "1", "jitgate_handle": handle, "jitgate_request": grant.request_id,
+                            "jitgate_agent": grant.agent})
+        tokens = self._client().auth.token
+        if self.token_role:
+            out = tokens.create(role_name=self.token_role, **params)  # the role makes it an orphan
+        else:
+            out = tokens.create_orphan(**params)
         auth = out["auth"]
         secret = {"token": auth["client_token"], "addr": self.addr, "policies": list(self.actions[grant.action])}
         env = {"BAO_ADDR": self.addr, "BAO_TOKEN": auth["client_token"], "VAULT_ADDR": self.addr,

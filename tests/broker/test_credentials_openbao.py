@@ -115,3 +115,44 @@ async def test_the_reconciler_revokes_tokens_it_made_with_no_grant_behind_them(b
     other = hvac.Client(url=bao.addr, token=ROOT_TOKEN).auth.token.create(policies=["orders-read"], ttl="60s")
     assert await h.broker.credentials.reconcile() == []
     assert reads(bao, other["auth"]["client_token"], "orders")
+
+
+# docs/credentials.md, "Least privilege for jitgate's OpenBao token".
+JITGATE_POLICY = """
+path "auth/token/create/jitgate" { capabilities = ["update"] }
+path "auth/token/accessors" { capabilities = ["list", "sudo"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+"""
+
+
+async def test_a_least_privilege_token_and_a_token_role_are_enough(tmp_path, redis_url, prefix, redis, bao):
+    """Issue 17, items 3 and 7: jitgate's own token needs only the policy docs/credentials.md
+    lists, with an orphan token role allowing the mapped policies; it issues, lists and revokes."""
+    r = root(bao)
+    r.sys.create_or_update_policy("jitgate-broker", JITGATE_POLICY)
+    r.auth.token.create_or_update_role("jitgate", allowed_policies=["orders-read"], orphan=True, renewable=False,
+                                       token_explicit_max_ttl=3600)
+    own = r.auth.token.create(policies=["jitgate-broker"], no_default_policy=True, ttl="1h")["auth"]["client_token"]
+    handle_prefix = "jl" + prefix.split(":")[1][:8] + "-"
+    doc = yaml.safe_load((FIXTURES / "targets.yaml").read_text())
+    doc["targets"].append({"id": TARGET, "env": "staging", "credential": {
+        "plugin": "openbao", "addr": bao.addr, "token_env": SECRET_ENV, "token_role": "jitgate",
+        "handle_prefix": handle_prefix, "actions": {"read": {"policies": ["orders-read"]}}}})
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
+    settings = make_settings(tmp_path, redis_url, prefix, targets_file=tmp_path / "targets.yaml",
+                             credential_secrets={SECRET_ENV: own}, credential_settle_s=3600.0)
+    h = Harness(settings, write_agents(settings.agents_file), ManualClock())
+    await h.start()
+    try:
+        rid, cred = await read_grant(h)
+        assert reads(bao, cred["token"], "orders")
+        info = r.auth.token.lookup(cred["token"])["data"]
+        assert info["orphan"] and info["policies"] == ["orders-read"]
+        plugin = h.broker.credentials.bindings[TARGET].plugin
+        assert await plugin.list_issued() == [info["display_name"].removeprefix("token-")]
+        await h.complete(rid)
+        assert await h.broker.credentials.settle() == 1
+        assert not alive(bao, cred["token"])
+    finally:
+        await h.stop()
