@@ -16,7 +16,7 @@ from .api import exception_handlers, make_routes
 from .breakglass import BreakGlass, BreakGlassLimits
 from .clock import Clock, SystemClock
 from .config import Settings
-from .credentials import Credentials, load_plugins
+from .credentials import Credentials, PluginContext, load_plugins
 from .directory import Directory
 from .errors import ConfigError
 from .identity import AssertionVerifier, Registry, SpiffeBundle
@@ -188,8 +188,9 @@ async def build(
         max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
         max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
-    credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets), clock=clock,
-                              metrics=metrics)
+    credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
+                                                  PluginContext(settings.key_encryption_key, settings.data_dir)),
+                              clock=clock, metrics=metrics)
     lifecycle.credentials = scheduler.credentials = credentials
     scheduler.credential_settle_s = settings.credential_settle_s
     scheduler.credential_reconcile_s = settings.credential_reconcile_s

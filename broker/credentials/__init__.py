@@ -2,7 +2,7 @@
 (``service.py``) and the plugins shipped with jitgate (``postgresql.py``)."""
 
 from .port import CredentialPlugin, CredentialUnavailable, Grant, IssueFailed, Issued, RevokeFailed
-from .service import Binding, Credentials, load_plugins
+from .service import Binding, Credentials, PluginContext, load_plugins
 
-__all__ = ["Binding", "CredentialPlugin", "CredentialUnavailable", "Credentials", "Grant", "IssueFailed", "Issued",
+__all__ = ["Binding", "CredentialPlugin", "CredentialUnavailable", "Credentials", "Grant", "IssueFailed", "Issued", "PluginContext",
            "RevokeFailed", "load_plugins"]

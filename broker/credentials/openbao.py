@@ -154,6 +154,6 @@ class OpenBaoPlugin:
         return None
 
 
-def plugin_from_config(target_id: str, config: dict, secrets_: dict) -> OpenBaoPlugin:
+def plugin_from_config(target_id: str, config: dict, secrets_: dict, context=None) -> OpenBaoPlugin:
     """The ``jitgate.credentials`` entry point ``openbao`` (also for HashiCorp Vault)."""
     return OpenBaoPlugin(target_id, config, secrets_)

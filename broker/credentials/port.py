@@ -1,7 +1,7 @@
 """The credential port: what a plugin implements to mint real credentials in a target system.
 
 A plugin is found through the ``jitgate.credentials`` entry point group (like the desks): each
-entry point is a factory ``(target_id, config, secrets) -> CredentialPlugin`` that raises
+entry point is a factory ``(target_id, config, secrets, context) -> CredentialPlugin`` that raises
 :class:`~broker.errors.ConfigError` when ``config`` (the target's ``credential:`` mapping in
 ``targets.yaml``) is wrong. The core imports no plugin.
 

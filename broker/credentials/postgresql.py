@@ -207,6 +207,6 @@ class PostgresPlugin:
         return None
 
 
-def plugin_from_config(target_id: str, config: dict, secrets_: dict) -> PostgresPlugin:
+def plugin_from_config(target_id: str, config: dict, secrets_: dict, context=None) -> PostgresPlugin:
     """The ``jitgate.credentials`` entry point ``postgresql``."""
     return PostgresPlugin(target_id, config, secrets_)

@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -53,9 +54,19 @@ class Binding:
     plugin: CredentialPlugin
 
 
-def load_plugins(targets, secrets: dict[str, str]) -> dict[str, Binding]:
+@dataclass(frozen=True)
+class PluginContext:
+    """What a plugin may need of the broker beyond its secrets: the key-encryption key (the SSH
+    plugin encrypts its CA key with it) and the data folder."""
+
+    kek: bytes | None = None
+    data_dir: Path = Path(".jitgate")
+
+
+def load_plugins(targets, secrets: dict[str, str], context: PluginContext | None = None) -> dict[str, Binding]:
     """A plugin for each target whose ``credential:`` names one, through the
-    ``jitgate.credentials`` entry points; an unknown plugin or a wrong config raises."""
+    ``jitgate.credentials`` entry points (factories ``(target_id, config, secrets, context)``);
+    an unknown plugin or a wrong config raises."""
     factories = {ep.name: ep for ep in entry_points(group="jitgate.credentials")}
     out: dict[str, Binding] = {}
     for target in targets:
@@ -66,7 +77,8 @@ def load_plugins(targets, secrets: dict[str, str]) -> dict[str, Binding]:
         if name not in factories:
             raise ConfigError(f"target {target.id}: credential plugin {name!r} is not installed "
                               f"(known: {', '.join(sorted(factories)) or 'none'})")
-        out[target.id] = Binding(target.id, factories[name].load()(target.id, dict(config), secrets))
+        out[target.id] = Binding(target.id, factories[name].load()(target.id, dict(config), secrets,
+                                                                  context or PluginContext()))
     return out
 
 
