@@ -128,8 +128,11 @@ class Credentials:
             retry = 5
             await self.store.append([event("credential.unavailable", iso(now), request_id, {"by": "broker"},
                                            target=target, plugin=plugin.name, reason=str(e)[:500])])
+            # The agent is told what to do, not the target's inner workings (hosts, SQL errors):
+            # those are in the audit entry and the log.
+            log.warning("credential for %s on %s not issued: %s", request_id, target, e)
             raise CredentialUnavailable(
-                f"{target} cannot issue a credential now ({e}); no token was issued and the grant can still be "
+                f"{target} cannot issue a credential now; no token was issued and the grant can still be "
                 f"collected until its deadline: retry in {retry} s", retry_after=retry) from e
         self._count("credentials_issued", plugin=plugin.name)
         if issued.ref:
