@@ -54,8 +54,7 @@ async def measure(redis_url: str, n: int, log) -> dict:
     from broker.identity import Registry, add_agent, generate_key  # noqa: PLC0415
     from broker.model import Proposal  # noqa: PLC0415
 
-    sys.path.insert(0, str(ROOT))
-    from tests.support.openbao import ROOT_TOKEN, OpenBaoServer  # noqa: PLC0415
+    from support.openbao import ROOT_TOKEN, OpenBaoServer  # noqa: PLC0415
 
     pg_server, pg_dir = _pg_url()
     dbname = f"jgbench_{os.getpid()}"
