@@ -286,6 +286,10 @@ def markdown(r: dict, d: dict, plot_path: str | None) -> str:
         out += _table(["innermost jitgate function on the stack", "%"], [[f"`{f}`", v] for f, v in prof["by_function"][:10]])
         out += [""]
         out += _table(["running at the top of the stack", "%"], [[f, v] for f, v in prof["by_library"][:8]])
+    if r.get("credentials"):
+        from .credentials import markdown as credentials_markdown  # noqa: PLC0415
+
+        out += credentials_markdown(r["credentials"])
     out += ["", *findings(r, d)]
     if plot_path:
         out += ["", f"![latency against throughput]({plot_path})"]

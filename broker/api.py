@@ -38,8 +38,9 @@ def json_response(body, status: int = 200, headers: dict | None = None) -> Respo
 
 def problem_response(err: BrokerError, instance: str | None = None) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="jitgate"'} if err.status == 401 else None
-    if err.status == 503:  # every 503 is retryable: say when (clients back off at least this long)
-        headers = {"Retry-After": str(getattr(err, "retry_after_s", None) or RETRY_AFTER_S)}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None or err.status == 503:  # every 503 is retryable: say when
+        headers = {**(headers or {}), "Retry-After": str(int(retry_after if retry_after is not None else RETRY_AFTER_S))}
     return Response(orjson.dumps(err.to_problem(instance)), status_code=err.status, media_type=PROBLEM, headers=headers)
 
 

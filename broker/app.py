@@ -16,6 +16,7 @@ from .api import exception_handlers, make_routes
 from .breakglass import BreakGlass, BreakGlassLimits
 from .clock import Clock, SystemClock
 from .config import Settings
+from .credentials import Credentials, PluginContext, load_plugins
 from .directory import Directory
 from .errors import ConfigError
 from .identity import AssertionVerifier, Registry, SpiffeBundle
@@ -55,6 +56,7 @@ class Broker:
     outbox: Outbox
     breakglass: BreakGlass
     desks: list = field(default_factory=list)
+    credentials: Credentials | None = None
     _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
@@ -188,12 +190,18 @@ async def build(
         max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
         max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
+    credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
+                                                  PluginContext(settings.key_encryption_key, settings.data_dir)),
+                              clock=clock, metrics=metrics)
+    lifecycle.credentials = scheduler.credentials = credentials
+    scheduler.credential_settle_s = settings.credential_settle_s
+    scheduler.credential_reconcile_s = settings.credential_reconcile_s
 
     lifecycle.notices = notices = Notices(lifecycle, breakglass)
     outbox = Outbox(redis, store.outbox, scheduler.holder, notices.deliver, on_give_up=lifecycle.notification_failed,
                     yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
-                    wakeups, scheduler, metrics, outbox, breakglass, list(desks))
+                    wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
     scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
     if start_background:
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
@@ -214,6 +222,8 @@ async def shutdown(broker: Broker) -> None:
         await asyncio.wait(set(broker._closing), timeout=10)
     await broker.outbox.stop()
     await broker.wakeups.stop()
+    if broker.credentials is not None:
+        await broker.credentials.close()
     for desk in broker.desks:
         try:
             await desk.stop()

@@ -213,6 +213,11 @@ class Settings:
     # /metrics: a scraper's bearer token, or served to anyone only when made public on purpose.
     metrics_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
     metrics_public: bool = False
+    # Secrets of the credential plugins (JITGATE_CREDENTIAL_*, named by targets.yaml), and how
+    # often recorded credentials are settled (revoked when their grant is over) and reconciled.
+    credential_secrets: dict = field(default_factory=dict, repr=False)
+    credential_settle_s: float = 0.5
+    credential_reconcile_s: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -268,6 +273,10 @@ class Settings:
             console=_tristate(env, "JITGATE_CONSOLE"),
             **_metrics(env),
             env=env,
+            credential_secrets={k: v for k, v in env.items() if k.startswith("JITGATE_CREDENTIAL_")
+                                and k not in ("JITGATE_CREDENTIAL_SETTLE_S", "JITGATE_CREDENTIAL_RECONCILE_S")},
+            credential_settle_s=max(0.05, _float(env, "JITGATE_CREDENTIAL_SETTLE_S", 0.5)),
+            credential_reconcile_s=max(1.0, _float(env, "JITGATE_CREDENTIAL_RECONCILE_S", 300.0)),
         )
 
 

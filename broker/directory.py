@@ -37,7 +37,7 @@ _SLACK_BINDING_KEYS = frozenset({"id", "groups", "slack_usergroups"})
 # Reserved, so no entry in the file can take (or be mistaken for) such a person's id.
 GROUP_BOUND_PREFIX = "slack:"
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,30}$")
-_TARGET_KEYS = frozenset({"id", "env", "attributes"})
+_TARGET_KEYS = frozenset({"id", "env", "attributes", "credential"})
 # ``name`` is set by the policy gate from the target id; an attribute may not shadow it.
 _RESERVED_TARGET_ATTRS = frozenset({"name"})
 
@@ -134,6 +134,8 @@ class Target:
     env: str | None = None
     # A dict cannot be hashed; the id (plus env) identifies a target anyway.
     attributes: dict = field(default_factory=dict, hash=False)
+    # The credential plugin and its action→privileges mapping (broker/credentials), or None.
+    credential: dict | None = field(default=None, hash=False, compare=False)
 
 
 def _read_list(path: Path, key: str) -> list:
@@ -284,7 +286,10 @@ def _parse_target(entry: object, where: str) -> Target:
         if key in _RESERVED_TARGET_ATTRS:
             raise ConfigError(f"{where}: attribute {key!r} is reserved (it is set from the target id)")
         attributes[key] = _attr_value(value, key, where)
-    return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes)
+    credential = entry.get("credential")
+    if credential is not None and (not isinstance(credential, dict) or not isinstance(credential.get("plugin"), str)):
+        raise ConfigError(f"{where}: credential must be a mapping naming its plugin (e.g. plugin: postgresql)")
+    return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes, credential=credential)
 
 
 @dataclass(frozen=True)

@@ -53,14 +53,18 @@ class IssuedToken:
     token_type: str
     expires_in: int
     authorization_details: list
+    credential: dict | None = None  # the target system's credential (broker/credentials), sent once
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "access_token": self.access_token,
             "token_type": self.token_type,
             "expires_in": self.expires_in,
             "authorization_details": self.authorization_details,
         }
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
 
 
 def _explain(req: Request) -> str:
@@ -109,6 +113,8 @@ class Lifecycle:
         self._posture: tuple[float, str] = (0.0, "normal")
         # The fan-out to the desks; the composition root replaces it with one that knows break-glass.
         self.notices = Notices(self)
+        # Real credentials in the target systems (broker/credentials); the composition root sets it.
+        self.credentials: Any = None
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
@@ -551,15 +557,25 @@ class Lifecycle:
             proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
         )
         token = self.keyring.sign(claims)  # signed before the state changes; discarded if the change fails
+        # The target system's own credential, when the target has a plugin: issued (and its
+        # handle recorded) before the state changes; revoked by the credentials' settle job
+        # whenever the grant ends, whichever way it ends. A target that is down: 503, no token.
+        issued = None
+        if self.credentials:
+            issued = await self.credentials.issue(req.id, agent.id, p.action, p.target, exp)
+        cred = {"credential": issued.record()} if issued else {}
         at = iso(now)
         out = await self.store.transition(
             request_id, [APPROVED], ACTIVE,
-            {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid},
+            {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid,
+             **{k: _json(v) for k, v in cred.items()}},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
-                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt)],
+                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred)],
             _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + Kind.COLLECTED, want_request=False,
             late=self._late(req, APPROVED, now, {"action": "collect", "agent": agent.id}),
         )
+        if not out.ok and issued is not None:
+            await self.credentials.discard(issued, request_id)
         if out.result == "late":
             raise DeadlinePassed(f"the deadline to collect the token passed at {iso(req.deadline)}; "
                                  "the grant has expired and no token was issued")
@@ -568,7 +584,8 @@ class Lifecycle:
         if not out.ok:
             raise Conflict(_explain(out.request or await self.get(request_id)))
         self._count("transitions", to=ACTIVE)
-        return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"])
+        return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"],
+                           issued.to_agent() if issued else None)
 
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""

@@ -19,6 +19,19 @@ class Metrics:
         self.break_glass = Counter("jitgate_break_glass", "Break-glass grants", ["subject"], registry=self.registry)
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
+        self.credentials_issued = Counter("jitgate_credentials_issued", "Credentials issued in target systems",
+                                          ["plugin"], registry=self.registry)
+        self.credentials_revoked = Counter("jitgate_credentials_revoked", "Credentials revoked in target systems",
+                                           ["plugin"], registry=self.registry)
+        self.credential_failures = Counter("jitgate_credential_failures",
+                                           "Failed credential operations (each revocation retry counts)",
+                                           ["op", "plugin"], registry=self.registry)
+        self.credential_orphans = Counter("jitgate_credential_orphans",
+                                          "Credentials the reconciler found with no active grant", ["plugin"],
+                                          registry=self.registry)
+        self.revocations_pending = Gauge("jitgate_credential_revocations_pending",
+                                         "Credentials whose revocation failed and is being retried",
+                                         registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}

@@ -309,6 +309,9 @@ class Request:
     # when its earliest link expires: the grant never outlives it.
     delegation_chain: list[dict] = field(default_factory=list)
     delegation_exp: float | None = None
+    # What credential was issued in the target system at collection (plugin, handle,
+    # fingerprint, expires_at; never the secret): broker/credentials.
+    credential: dict | None = None
 
     @classmethod
     def from_redis(cls, h: dict[bytes, bytes]) -> "Request":
@@ -354,6 +357,7 @@ class Request:
             version=int(g.get("version", "0")),
             delegation_chain=j("delegation_chain", []),
             delegation_exp=f("delegation_exp"),
+            credential=j("credential", None),
         )
 
     @property
@@ -385,6 +389,8 @@ class Request:
             d["delegation_chain"] = self.delegation_chain
         if self.grant_exp is not None:
             d["grant"] = {"jti": self.grant_jti, "expires_at": iso(self.grant_exp), "collected_at": iso(self.collected_at)}
+            if self.credential:
+                d["grant"]["credential"] = self.credential
         if self.break_glass:
             d["break_glass_detail"] = {
                 "engineer": self.engineer, "incident": self.incident, "review_due": iso(self.review_due),

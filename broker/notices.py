@@ -82,6 +82,19 @@ def security_text(kind: Kind, req: Request, *, reinstated_by: str | None = None)
     raise ValueError(f"{kind} is not a break-glass event")
 
 
+def credential_text(kind: Kind, req: Request) -> str:
+    """The core's sentence for a credential event, as the security channel reads it."""
+    what = f"{req.proposal.action} on {req.proposal.target}"
+    handle = (req.credential or {}).get("handle", "?")
+    if kind is Kind.CRED_REVOCATION_PENDING:
+        return (f"Credential revocation pending: {handle} ({what}, request {req.id}) could not be revoked in the "
+                "target system; jitgate keeps retrying with back-off.")
+    if kind is Kind.CRED_ORPHAN:
+        return (f"Reconciler revoked a credential with no active grant behind it in {req.proposal.target} "
+                f"(request {req.id}); see the audit log (credential.orphan_revoked).")
+    raise ValueError(f"{kind} is not a credential event")
+
+
 def bypass_text(req: Request) -> str:
     """The approvers' channel's sentence when a break-glass grant bypassed their approval."""
     return (f"Approval bypassed: {req.engineer or '?'} used break-glass for {_subject(req)} "
@@ -144,7 +157,9 @@ class Notices:
             raise PartialDelivery(set(failures), next(iter(failures.values())))
 
     async def _tell(self, n: Notifier, notice: Notice) -> None:
-        if notice.kind.break_glass:
+        if notice.kind.credential:
+            await n.alert_security(notice)
+        elif notice.kind.break_glass:
             await n.alert_security(notice)
             if notice.kind is Kind.BG_GRANTED:
                 await n.announce(notice)
@@ -156,6 +171,10 @@ class Notices:
     async def _notice(self, kind: Kind, req: Request) -> Notice:
         """The notice of ``kind`` on ``req`` without this desk's refs: audience and sentences."""
         life = self.life
+        if kind.credential:
+            security = tuple(a for a in life.directory.members(life.settings.security_group))
+            return Notice(kind, req, Audience(security=security, security_group=life.settings.security_group),
+                          text=credential_text(kind, req))
         if not kind.break_glass:
             return Notice(kind, req, audience(kind, req, life.directory, security_group=life.settings.security_group,
                                               owner_of=life._owner_of))

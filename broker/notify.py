@@ -58,6 +58,13 @@ class Kind(StrEnum):
     BG_SUSPENDED = "bg.suspended"
     BG_REVIEWED = "bg.reviewed"
     BG_REINSTATED = "bg.reinstated"
+    CRED_REVOCATION_PENDING = "cred.revocation_pending"  # a credential's revocation failed; retried
+    CRED_ORPHAN = "cred.orphan"  # the reconciler revoked a credential with no active grant
+
+    @property
+    def credential(self) -> bool:
+        """A credential event: told to the security channel, like break-glass."""
+        return self.value.startswith("cred.")
 
     @property
     def break_glass(self) -> bool:

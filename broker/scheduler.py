@@ -98,6 +98,11 @@ class Scheduler:
         # Re-reads edited agents/approvers/targets/policies (Broker.maybe_reload); set by the
         # composition root. The only reload path; every replica runs it: each holds its own copy of the files.
         self.reload = None
+        # Real credentials (broker/credentials.Credentials), set by the composition root: their
+        # settle job revokes those whose grant ended; the reconciler removes what nobody recorded.
+        self.credentials = None
+        self.credential_settle_s = 0.5
+        self.credential_reconcile_s = 300.0
 
     async def start(self) -> None:
         """Run one catch-up sweep now, then the periodic jobs."""
@@ -111,6 +116,11 @@ class Scheduler:
                          max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.add_job(self._remind_job, "interval", seconds=max(self.sweep_interval_s, 1.0), id="remind",
                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        if self.credentials:
+            self.aps.add_job(self._settle_job, "interval", seconds=self.credential_settle_s, id="credentials",
+                             max_instances=1, coalesce=True, misfire_grace_time=None)
+            self.aps.add_job(self._reconcile_job, "interval", seconds=self.credential_reconcile_s, id="reconcile",
+                             max_instances=1, coalesce=True, misfire_grace_time=None)
         self.aps.start()
 
     async def stop(self) -> None:
@@ -176,6 +186,24 @@ class Scheduler:
                         await self.breakglass.sweep_reviews()
                 except Exception:  # noqa: BLE001
                     log.exception("reminders failed")
+
+    async def _settle_job(self) -> None:
+        with self._tracked():
+            if await self.has_lease():
+                try:
+                    await self.credentials.settle()
+                    if self.lifecycle.metrics is not None:
+                        self.lifecycle.metrics.revocations_pending.set(await self.credentials.pending())
+                except Exception:  # noqa: BLE001 - the next run tries again; nothing is forgotten
+                    log.exception("settling credentials failed")
+
+    async def _reconcile_job(self) -> None:
+        with self._tracked():
+            if await self.has_lease():
+                try:
+                    await self.credentials.reconcile()
+                except Exception:  # noqa: BLE001
+                    log.exception("reconciling credentials failed")
 
     async def _rotate_job(self) -> None:
         with self._tracked():

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -238,6 +239,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def export_lines(env: dict[str, str]) -> str:
+    """``export NAME='value'`` lines a POSIX shell evaluates (``eval "$(jitgate agent token ID --export)"``)."""
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def write_credential(path: str, credential: dict) -> None:
+    """Write the credential as JSON to a new file only its owner can read (0600; an existing
+    file is refused rather than overwritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(credential, f)
+        f.write("\n")
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     if (args.svid or args.workload_api) and not (args.dpop_key or args.no_dpop):
         # The process's own DPoP key dies with it: the printed token could never be used.
@@ -250,9 +265,20 @@ def cmd_token(args: argparse.Namespace) -> int:
             esc = await _Progress().wait(client, args.id, args.wait, current=esc)
         outcome(esc)  # denied, expired, ... exit with their codes
         token = await client.collect(args.id)
+        if args.credential_file:
+            if token.credential is None:
+                _err("jitgate agent: this grant carries no credential (its target has no credential plugin)")
+                return EXIT_ERROR
+            write_credential(args.credential_file, token.credential)
+            _err(f"credential written to {args.credential_file} (mode 0600); it stops working when the grant ends")
         if args.json:
-            print(json.dumps({"access_token": token.access_token, "token_type": token.token_type,
-                              "expires_in": token.expires_in, "authorization_details": token.authorization_details}))
+            body = {"access_token": token.access_token, "token_type": token.token_type,
+                    "expires_in": token.expires_in, "authorization_details": token.authorization_details}
+            if token.credential is not None:
+                body["credential"] = token.credential
+            print(json.dumps(body))
+        elif args.export:
+            print(export_lines({"JITGATE_ACCESS_TOKEN": token.access_token, **token.credential_env}))
         else:
             print(token.access_token)
         if token.dpop_bound:
@@ -373,7 +399,13 @@ def add_commands(agent: argparse.ArgumentParser) -> None:
     _connection_options(s)
     s.add_argument("id")
     s.add_argument("--wait", type=float, nargs="?", const=600.0, metavar="SECONDS", help="wait for approval first")
-    s.add_argument("--json", action="store_true", help="print the whole token response")
+    out = s.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the whole token response (with the credential)")
+    out.add_argument("--export", action="store_true",
+                     help="print shell export lines: JITGATE_ACCESS_TOKEN and the target credential's variables "
+                          "(e.g. PGUSER, PGPASSWORD, DATABASE_URL); use with eval")
+    s.add_argument("--credential-file", metavar="PATH",
+                   help="write the target system's credential as JSON to PATH (a new file, mode 0600)")
     s.set_defaults(fn=cmd_token)
 
     s = sub.add_parser("proof", help="print a DPoP proof for one call to a resource server")

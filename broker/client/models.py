@@ -131,9 +131,14 @@ class Grant:
 class Token:
     """A collected access token. ``headers(method, url)`` gives what to send to the
     resource server: ``Authorization: DPoP <token>`` plus a fresh ``DPoP`` proof with
-    ``ath`` for a DPoP-bound token, or ``Authorization: Bearer <token>``."""
+    ``ath`` for a DPoP-bound token, or ``Authorization: Bearer <token>``.
 
-    __slots__ = ("access_token", "token_type", "expires_in", "expires_at", "authorization_details", "request_id", "_dpop_key")
+    ``credential`` is the target system's own credential when the target has a credential
+    plugin (e.g. ``{"type": "postgresql", "username", "password", "dsn", "env": {...}}``),
+    else None: the broker sends it once, with the token, and revokes it when the grant ends."""
+
+    __slots__ = ("access_token", "token_type", "expires_in", "expires_at", "authorization_details", "request_id",
+                 "credential", "_dpop_key")
 
     def __init__(self, body: dict, request_id: str, dpop_key: Any = None, now: float | None = None) -> None:
         self.access_token: str = body["access_token"]
@@ -141,6 +146,8 @@ class Token:
         self.expires_in: int = int(body.get("expires_in", 0))
         self.expires_at: float = (time.time() if now is None else now) + self.expires_in
         self.authorization_details: list = body.get("authorization_details") or []
+        credential = body.get("credential")
+        self.credential: dict[str, Any] | None = credential if isinstance(credential, dict) else None
         self.request_id = request_id
         self._dpop_key = dpop_key if self.token_type == "DPoP" else None
 
@@ -161,8 +168,16 @@ class Token:
         """An ``httpx.Auth`` for this token: ``httpx.get(url, auth=token.auth())`` (sync or async)."""
         return DpopAuth(self)
 
-    def __repr__(self) -> str:  # never the token itself: reprs end up in logs
-        return f"Token(request_id={self.request_id!r}, token_type={self.token_type!r}, expires_in={self.expires_in})"
+    @property
+    def credential_env(self) -> dict[str, str]:
+        """The credential as environment variables (``PGUSER``, ``PGPASSWORD``, ...), or {}."""
+        env = (self.credential or {}).get("env") or {}
+        return {str(k): str(v) for k, v in env.items()}
+
+    def __repr__(self) -> str:  # never the token (or the credential) itself: reprs end up in logs
+        cred = f", credential={self.credential.get('type')!r}" if self.credential else ""
+        return (f"Token(request_id={self.request_id!r}, token_type={self.token_type!r}, "
+                f"expires_in={self.expires_in}{cred})")
 
 
 class DpopAuth(httpx.Auth):

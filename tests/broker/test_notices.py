@@ -18,8 +18,9 @@ DIRECTORY = Directory([
     Approver("carol", frozenset({"security"})), Approver("sam", frozenset({"security", "on-call"})),
 ])
 
-ORDINARY = [k for k in Kind if not k.break_glass]
+ORDINARY = [k for k in Kind if not k.break_glass and not k.credential]
 BREAK_GLASS = [k for k in Kind if k.break_glass]
+CREDENTIAL = [k for k in Kind if k.credential]
 
 
 def request(*, escalated: bool = False, approvals=(), status: str = PENDING, **kw) -> Request:
@@ -40,7 +41,7 @@ def test_the_wire_strings_are_the_ones_queued_before():
     assert sorted(k.value for k in Kind) == sorted([
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
-        "bg.reinstated"])
+        "bg.reinstated", "cred.revocation_pending", "cred.orphan"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 
@@ -130,6 +131,12 @@ async def test_each_kind_reaches_its_port_method_with_the_core_audience(harness)
         assert [r.transport for r in notice.refs] == ["recorder"]
         assert ids(notice.audience.deciders) == ids(harness.life.deciders(notice.request, groups=list(
             notice.audience.decider_groups)))
+    for kind in CREDENTIAL:  # issue 17, item 6: credential events go to the security channel, with the core's text
+        rec.calls.clear()
+        await notices.deliver(kind.value, rid, {"recorder"})
+        ((method, notice),) = rec.calls
+        assert method == "alert_security" and notice.kind is kind and notice.text
+        assert notice.audience.security_group == "security"
     g = await harness.broker.breakglass.grant(harness.approver("alice"), subject="ops-bot", action="rollback",
                                               target="prod/payments-api", duration_s=600, reason="pods down",
                                               channel="cli")
