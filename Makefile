@@ -27,9 +27,11 @@ run: $(VENV)/.run .env
 	$(BIN)/jitgate serve --first-run
 
 ## test: install the test dependencies, find a Chrome or Chromium for the browser tests (installing
-##       Debian's chromium only where apt-get may run: see .ci/install-browser), and run the whole suite
+##       Debian's chromium only where apt-get may run: see .ci/install-browser; openssh-server likewise for
+##       the SSH certificate test: .ci/install-sshd), and run the whole suite
 test: $(VENV)/.test
 	./.ci/install-browser
+	./.ci/install-sshd
 	$(BIN)/python -m pytest -q
 
 clean:
