@@ -218,6 +218,10 @@ class Settings:
     credential_secrets: dict = field(default_factory=dict, repr=False)
     credential_settle_s: float = 0.5
     credential_reconcile_s: float = 300.0
+    # Proposals that would reach people, per agent and per target and minute (token buckets
+    # in Redis shared by the replicas; 0: no limit). Over it: 429 with Retry-After, nobody asked.
+    agent_proposals_per_min: int = 10
+    target_proposals_per_min: int = 30
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -277,6 +281,8 @@ class Settings:
                                 and k not in ("JITGATE_CREDENTIAL_SETTLE_S", "JITGATE_CREDENTIAL_RECONCILE_S")},
             credential_settle_s=max(0.05, _float(env, "JITGATE_CREDENTIAL_SETTLE_S", 0.5)),
             credential_reconcile_s=max(1.0, _float(env, "JITGATE_CREDENTIAL_RECONCILE_S", 300.0)),
+            agent_proposals_per_min=_int(env, "JITGATE_AGENT_PROPOSALS_PER_MIN", 10, 0, 100000),
+            target_proposals_per_min=_int(env, "JITGATE_TARGET_PROPOSALS_PER_MIN", 30, 0, 100000),
         )
 
 

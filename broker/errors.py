@@ -89,5 +89,16 @@ class AuditError(BrokerError):
     code, status, title = "audit-unavailable", 503, "Audit log unavailable"
 
 
+class RateLimited(BrokerError):
+    """Too many proposals asking people, from one agent or for one target: nothing was stored
+    and nobody was asked; the agent may try again after ``retry_after`` seconds."""
+
+    code, status, title = "rate-limited", 429, "Too many proposals"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
 class Unavailable(BrokerError):
     code, status, title = "unavailable", 503, "Service unavailable"

@@ -24,7 +24,7 @@ from typing import Any
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
-from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound
+from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, RateLimited
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
@@ -222,6 +222,26 @@ class Lifecycle:
         return out
 
     # ------------------------------------------------------------------ submit
+    async def _take_proposal_token(self, agent: Agent, proposal: Proposal, now: float) -> None:
+        """A proposal that would reach people takes a token from its agent's and its target's
+        buckets, or is refused with 429 before anything is stored or anyone asked (issue 19,
+        item 4: an agent retrying in a loop must not flood the approvers)."""
+        s = self.settings
+        if not (s.agent_proposals_per_min or s.target_proposals_per_min):
+            return
+        wait_ms, which = await self.store.take_proposal_token(
+            agent.id, proposal.target, _ms(now), s.agent_proposals_per_min, s.target_proposals_per_min)
+        if wait_ms:
+            self._count("rate_limited", scope=which)
+            retry = max(1, -(-wait_ms // 1000))
+            if which == "agent":
+                detail = (f"agent {agent.id} has sent more than {s.agent_proposals_per_min} proposals needing "
+                          f"approval in a minute; nobody was asked. Retry in {retry} s")
+            else:
+                detail = (f"{proposal.target} has had more than {s.target_proposals_per_min} proposals needing "
+                          f"approval in a minute; nobody was asked. Retry in {retry} s")
+            raise RateLimited(detail, retry_after=retry, scope=which)
+
     async def submit(self, agent: Agent, proposal: Proposal, idempotency_key: str | None = None) -> tuple[Request, bool]:
         """Record a proposal and the policy decision on it. Returns (request, created)."""
         sha = proposal.sha256()
@@ -260,6 +280,8 @@ class Lifecycle:
             # The installation's backup group, where the policy names none; recorded in the
             # decision (and so in the audit log) like one the policy named.
             decision = dataclasses.replace(decision, backup_group=backup)
+        if decision.outcome == "require_approval":
+            await self._take_proposal_token(agent, proposal, now)
 
         rid = new_id()
         at = iso(now)

@@ -32,6 +32,9 @@ class Metrics:
         self.revocations_pending = Gauge("jitgate_credential_revocations_pending",
                                          "Credentials whose revocation failed and is being retried",
                                          registry=self.registry)
+        self.rate_limited = Counter("jitgate_proposals_rate_limited",
+                                    "Proposals refused with 429 before anyone was asked", ["scope"],
+                                    registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}

@@ -141,6 +141,7 @@ class Store:
         self._expire_batch = LuaScript.of(_script("expire_batch.lua"))
         self._statuses = LuaScript.of(_STATUSES_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
+        self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -315,6 +316,16 @@ class Store:
         args = [str(now_ms), events_arg(events), self.channel, "" if retention_ms is None else str(retention_ms),
                 orjson.dumps([list(t) for t in items]), closed_at]
         return await self._run(self._expire_batch, keys, args)
+
+    async def take_proposal_token(self, agent_id: str, target: str, now_ms: int, agent_rate: int,
+                                  target_rate: int) -> tuple[int, str]:
+        """Take a token from the agent's and the target's buckets (issue 19, item 4): ``(0, '')``
+        when taken, else ``(ms until one is there, 'agent' | 'target')`` and nothing taken."""
+        digest = hashlib.sha256(target.encode()).hexdigest()[:32]  # any target: a bounded key
+        wait, which = await self._read(self._ratelimit, [f"{self.prefix}rate:agent:{agent_id}",
+                                                         f"{self.prefix}rate:target:{digest}"],
+                                       [now_ms, agent_rate, target_rate])
+        return int(wait), which.decode() if isinstance(which, bytes) else str(which)
 
     async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)

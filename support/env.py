@@ -23,6 +23,10 @@ def jitgate_env(tmp: Path, prefix: str, kek: str, redis_url: str | None, **extra
         JITGATE_APPROVERS_FILE=str(ROOT / "tests/fixtures/approvers.yaml"),
         JITGATE_TARGETS_FILE=str(ROOT / "tests/fixtures/targets.yaml"),
         JITGATE_SWEEP_INTERVAL_S="0.1",
+        # Load from a handful of agents on one target: the proposal rate limits (issue 19) have
+        # their own tests (tests/broker/test_rate_limits.py) and would only turn load into 429s.
+        JITGATE_AGENT_PROPOSALS_PER_MIN="0",
+        JITGATE_TARGET_PROPOSALS_PER_MIN="0",
     )
     if redis_url:
         env["REDIS_URL"] = redis_url

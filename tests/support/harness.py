@@ -85,6 +85,10 @@ def make_settings(tmp: Path, redis_url: str, prefix: str, **overrides) -> Settin
         approvers_file=FIXTURES / "approvers.yaml",
         targets_file=FIXTURES / "targets.yaml",
         sweep_interval_s=0.05,
+        # Off unless a test turns them on (tests/broker/test_rate_limits.py): many tests open
+        # dozens of requests for one target within a minute of the manual clock.
+        agent_proposals_per_min=0,
+        target_proposals_per_min=0,
     )
     desk = {k: overrides.pop(k) for k in list(overrides) if k in DESK_ENV}
     values.update(overrides)
