@@ -12,6 +12,7 @@ import time
 
 from typing import Callable
 
+from broker.rules import fmt_duration  # its home: the core (agents read durations in reasons too)
 from broker import rules
 from broker.rules import chain_owners
 from broker.model import ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, Request
@@ -26,23 +27,6 @@ OUTCOME_EVENTS = frozenset({"approved", "denied", "expired", "revoked"})
 def plural(n: int, word: str) -> str:
     """``1 approval``, ``2 approvals``."""
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def fmt_duration(seconds: int | float | None) -> str:
-    """A duration as people say it: ``45 s``, ``10 min``, ``1 h 30 min``, ``2 d``."""
-    if seconds is None:
-        return "unknown"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        m, rest = divmod(s, 60)
-        return f"{m} min" + (f" {rest} s" if rest else "")
-    if s < 86400:
-        h, rest = divmod(s, 3600)
-        return f"{h} h" + (f" {rest // 60} min" if rest // 60 else "")
-    d, rest = divmod(s, 86400)
-    return f"{d} d" + (f" {rest // 3600} h" if rest // 3600 else "")
 
 
 def fmt_time(ts: float | None) -> str:

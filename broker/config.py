@@ -222,6 +222,11 @@ class Settings:
     # in Redis shared by the replicas; 0: no limit). Over it: 429 with Retry-After, nobody asked.
     agent_proposals_per_min: int = 10
     target_proposals_per_min: int = 30
+    # Denial memory (issue 19, item 2): after a person denies, the same action on the same
+    # target is denied at once for this long (0: off), for the same agent and the agents of its
+    # delegation chain ("agent"), or for every agent of the same owner ("owner").
+    denial_cooldown_s: int = 1800
+    denial_memory_scope: str = "agent"
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -283,7 +288,16 @@ class Settings:
             credential_reconcile_s=max(1.0, _float(env, "JITGATE_CREDENTIAL_RECONCILE_S", 300.0)),
             agent_proposals_per_min=_int(env, "JITGATE_AGENT_PROPOSALS_PER_MIN", 10, 0, 100000),
             target_proposals_per_min=_int(env, "JITGATE_TARGET_PROPOSALS_PER_MIN", 30, 0, 100000),
+            denial_cooldown_s=_int(env, "JITGATE_DENIAL_COOLDOWN_S", 1800, 0, 30 * 86400),
+            denial_memory_scope=_choice(env, "JITGATE_DENIAL_MEMORY_SCOPE", ("agent", "owner"), "agent"),
         )
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def load_settings(env_file: str | os.PathLike | None = None) -> Settings:

@@ -17,6 +17,7 @@ import getpass
 import orjson
 import logging
 import time
+from datetime import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ log = logging.getLogger("jitgate.lifecycle")
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_REASON = 500
+# Who denied a proposal that repeated one a person had just denied (issue 19, item 2).
+DENIAL_MEMORY = "denial-memory"
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,36 @@ class Lifecycle:
         return out
 
     # ------------------------------------------------------------------ submit
+    async def _earlier_denial(self, agent: Agent, proposal: Proposal, chain: list[DelegationLink],
+                              now: float) -> dict | None:
+        """A person's denial of the same action on the same target within the cool-down, for this
+        agent or an agent of its delegation chain (or, with scope ``owner``, any agent of its
+        owner): ``{"request", "by", "reason", "at", ...}``, else None (issue 19, item 2)."""
+        s = self.settings
+        if not s.denial_cooldown_s:
+            return None
+        owner = agent.owner if s.denial_memory_scope == "owner" else None
+        keys = self.store.denial_keys(proposal.action, proposal.target, [agent.id, *(x.delegator for x in chain)], owner)
+        for rid in await self.store.denials_since(keys, _ms(now - s.denial_cooldown_s)):
+            status, raw = await self.store.request_fields(rid, "status", "denial")
+            if status != DENIED or not raw:
+                continue  # remembered just before a denial that did not happen, or gone
+            denial = orjson.loads(raw)
+            if denial.get("by") in ("policy", DENIAL_MEMORY):
+                continue  # only people's denials are remembered
+            return {"request": rid, "by": denial.get("by"), "reason": denial.get("reason"), "at": denial.get("at")}
+        return None
+
+    def _memory_reason(self, earlier: dict, proposal: Proposal, now: float) -> str:
+        try:
+            at = datetime.fromisoformat(str(earlier["at"]).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            at = now
+        ago = rules.fmt_duration(max(1, int(now - at)))
+        until = iso(at + self.settings.denial_cooldown_s)
+        return (f"{earlier['by']} denied {proposal.action} on {proposal.target} {ago} ago (request {earlier['request']}): "
+                f"{earlier['reason']}. The same proposal is denied at once until {until}; nobody was asked again")
+
     async def _take_proposal_token(self, agent: Agent, proposal: Proposal, now: float) -> None:
         """A proposal that would reach people takes a token from its agent's and its target's
         buckets, or is refused with 429 before anything is stored or anyone asked (issue 19,
@@ -280,8 +313,16 @@ class Lifecycle:
             # The installation's backup group, where the policy names none; recorded in the
             # decision (and so in the audit log) like one the policy named.
             decision = dataclasses.replace(decision, backup_group=backup)
+        # A person's recent denial of the same decides before anyone is asked again; the policy's
+        # own decision stays on record (the request shows both).
+        earlier, memory_reason = None, ""
         if decision.outcome == "require_approval":
-            await self._take_proposal_token(agent, proposal, now)
+            earlier = await self._earlier_denial(agent, proposal, chain, now)
+            if earlier is not None:
+                memory_reason = self._memory_reason(earlier, proposal, now)
+                self._count("denied_by_memory")
+            else:
+                await self._take_proposal_token(agent, proposal, now)
 
         rid = new_id()
         at = iso(now)
@@ -309,7 +350,12 @@ class Lifecycle:
         if chain_exp is not None:
             fields.update(delegation_chain=_json(received["delegation_chain"]), delegation_exp=str(chain_exp))
         deadline: int | None
-        if decision.outcome == "deny":
+        if earlier is not None:
+            status, deadline = DENIED, None
+            denial = {"by": DENIAL_MEMORY, "reason": memory_reason, "earlier": earlier, "at": at}
+            fields.update(denial=_json(denial), closed_at=repr(now), closed_by=DENIAL_MEMORY)
+            events.append(event("request.denied", at, rid, {DENIAL_MEMORY: earlier["request"]}, reason=memory_reason))
+        elif decision.outcome == "deny":
             status, deadline = DENIED, None
             denial = {"by": "policy", "reason": decision.reason, "policies": list(decision.policies), "at": at}
             fields.update(denial=_json(denial), closed_at=repr(now), closed_by="policy")
@@ -512,6 +558,10 @@ class Lifecycle:
         if platform_user:
             denial["platform_user"] = platform_user
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        if self.settings.denial_cooldown_s and req.status == PENDING:
+            agents = [req.agent, *(str(link.get("delegator", "")) for link in req.delegation_chain)]
+            keys = self.store.denial_keys(req.proposal.action, req.proposal.target, [a for a in agents if a], req.owner)
+            await self.store.remember_denial(keys, request_id, _ms(now), self.settings.denial_cooldown_s * 1000)
         out = await self.store.transition(
             request_id, [PENDING], DENIED,
             {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},

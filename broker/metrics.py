@@ -35,6 +35,9 @@ class Metrics:
         self.rate_limited = Counter("jitgate_proposals_rate_limited",
                                     "Proposals refused with 429 before anyone was asked", ["scope"],
                                     registry=self.registry)
+        self.denied_by_memory = Counter("jitgate_proposals_denied_by_memory",
+                                        "Proposals denied at once because a person had just denied the same",
+                                        registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}

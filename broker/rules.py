@@ -28,6 +28,23 @@ POSTURES = ("normal", "elevated", "incident")
 """The risk postures every policy decision sees, from the most relaxed to the strictest."""
 
 
+def fmt_duration(seconds: int | float | None) -> str:
+    """A duration as people say it: ``45 s``, ``10 min``, ``1 h 30 min``, ``2 d``."""
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        m, rest = divmod(s, 60)
+        return f"{m} min" + (f" {rest} s" if rest else "")
+    if s < 86400:
+        h, rest = divmod(s, 3600)
+        return f"{h} h" + (f" {rest // 60} min" if rest // 60 else "")
+    d, rest = divmod(s, 86400)
+    return f"{d} d" + (f" {rest // 3600} h" if rest // 3600 else "")
+
+
 def posture_or_strictest(value: str | None) -> str:
     """A stored posture as policy sees it: unset is ``normal``, anything unknown the strictest."""
     if not value:

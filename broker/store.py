@@ -96,6 +96,30 @@ return out
 """
 
 
+# Denial memory (issue 19, item 2): one sorted set per (agent or owner, action and target) of
+# the requests a person is denying, scored by when. Written just before the denial's own
+# compare-and-set, so a crash can never lose the memory of a denial that happened; a member
+# whose request did not end up denied by a person is ignored when read.
+_REMEMBER_DENIAL_LUA = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+  redis.call('PEXPIRE', key, ARGV[3])
+end
+return 1
+"""
+
+_DENIALS_SINCE_LUA = """
+local out, seen = {}, {}
+for _, key in ipairs(KEYS) do
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+    if not seen[rid] then seen[rid] = true; out[#out + 1] = rid end
+  end
+end
+return out
+"""
+
+
 # A long poll marks the request watched (until Redis time + wait + 1 s for the answer's way
 # back, never shortening another waiter's mark) and reads it in the same step, so the change
 # scripts publish every change after this read (audit.lua ``wake``). Not a state change: no
@@ -142,6 +166,8 @@ class Store:
         self._statuses = LuaScript.of(_STATUSES_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
         self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
+        self._remember_denial = LuaScript.of(_REMEMBER_DENIAL_LUA)
+        self._denials_since = LuaScript.of(_DENIALS_SINCE_LUA)
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -326,6 +352,21 @@ class Store:
                                                          f"{self.prefix}rate:target:{digest}"],
                                        [now_ms, agent_rate, target_rate])
         return int(wait), which.decode() if isinstance(which, bytes) else str(which)
+
+    def denial_keys(self, action: str, target: str, agents: Iterable[str], owner: str | None = None) -> list[str]:
+        """The denial-memory keys of this action on this target, for these agents (and owner)."""
+        digest = hashlib.sha256(f"{action}\0{target}".encode()).hexdigest()[:32]
+        keys = [f"{self.prefix}denials:agent:{a}:{digest}" for a in dict.fromkeys(agents)]
+        if owner:
+            keys.append(f"{self.prefix}denials:owner:{owner}:{digest}")
+        return keys
+
+    async def remember_denial(self, keys: list[str], request_id: str, now_ms: int, keep_ms: int) -> None:
+        await self._read(self._remember_denial, keys, [request_id, now_ms, max(1, keep_ms)])
+
+    async def denials_since(self, keys: list[str], since_ms: int) -> list[str]:
+        """The request ids remembered under ``keys`` since ``since_ms``."""
+        return [r.decode() if isinstance(r, bytes) else r for r in await self._read(self._denials_since, keys, [since_ms])]
 
     async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)

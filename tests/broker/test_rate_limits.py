@@ -83,9 +83,12 @@ async def test_a_target_limit_holds_across_agents_and_replicas(tmp_path, redis_u
     """Requirement (issue 19, item 4): the per-target bucket is shared by every agent and by
     every replica (it lives in Redis, not in a process)."""
     clock = ManualClock()
-    a = await _harness(tmp_path, redis_url, prefix, clock=clock, agent_proposals_per_min=0, target_proposals_per_min=2)
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("targets:\n  - {id: prod/payments-api, env: prod}\n  - {id: prod/checkout-api, env: prod}\n")
+    a = await _harness(tmp_path, redis_url, prefix, clock=clock, agent_proposals_per_min=0, target_proposals_per_min=2,
+                       targets_file=targets)
     b = await _harness(tmp_path, redis_url, prefix, clock=clock, keys=a.keys, agent_proposals_per_min=0,
-                       key_encryption_key=a.settings.key_encryption_key,
+                       key_encryption_key=a.settings.key_encryption_key, targets_file=targets,
                        target_proposals_per_min=2)
     try:
         assert (await a.propose("deploy-bot")).status_code == 201
@@ -95,7 +98,8 @@ async def test_a_target_limit_holds_across_agents_and_replicas(tmp_path, redis_u
         assert "prod/payments-api" in r.json()["detail"]
         assert int(r.headers["Retry-After"]) == 30
         # Another target has its own bucket.
-        assert (await a.propose("deploy-bot", target="prod/orders-db")).status_code == 201
+        r = await a.propose("deploy-bot", action="restart", target="prod/checkout-api")
+        assert r.status_code == 201 and r.json()["status"] == "pending", r.text
     finally:
         await a.stop()
         await b.stop()

@@ -16,7 +16,8 @@ from tests.support.process import run_cli
 
 
 async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_path, prefix, redis_url, redis):
-    """make run: the printed link signs alice in; the demo is denied, then approved and completes; Ctrl-C withdraws it."""
+    """make run: the printed link signs alice in; the demo is approved and completes; Ctrl-C withdraws it; a denied
+    demo asked again is denied at once by denial memory."""
     run = FirstRun(tmp_path, prefix, redis_url)
     try:
         link = run.start()
@@ -27,13 +28,6 @@ async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_pat
             assert r.status_code == 303
             assert "HttpOnly" in r.headers["set-cookie"] and "Secure" not in r.headers["set-cookie"]
             assert "signed in as <strong>alice</strong>" in (await http.get(run.url + "/console")).text
-
-        denied = run.demo("--work", "1")
-        rid = denied.request_id()
-        out = run_cli(run.env, "requests", "deny", rid, "--as", "bob", "--reason", "use the runbook")
-        assert out.returncode == 0, out.stderr
-        assert denied.finish() == 1
-        assert "not granted: denied by bob: use the runbook" in denied.output()
 
         demo = run.demo("--work", "1")
         rid = demo.request_id()
@@ -57,6 +51,19 @@ async def test_serve_prints_link_and_demo_command_and_the_demo_completes(tmp_pat
         assert f"interrupted: request {rid} withdrawn" in interrupted.output()
         shown = run_cli(run.env, "requests", "show", rid)
         assert json.loads(shown.stdout)["status"] == "cancelled"
+
+        denied = run.demo("--work", "1")
+        rid = denied.request_id()
+        out = run_cli(run.env, "requests", "deny", rid, "--as", "bob", "--reason", "use the runbook")
+        assert out.returncode == 0, out.stderr
+        assert denied.finish() == 1
+        assert "not granted: denied by bob: use the runbook" in denied.output()
+        # Asked again at once: denial memory answers, citing bob, and nobody is asked (issue 19).
+        again = run.demo("--work", "1")
+        assert again.finish() == 1
+        text = again.output()
+        assert "policy said require_approval" in text
+        assert "bob denied restart on prod/payments-api" in text and rid in text and "use the runbook" in text
 
         verify = run_cli(run.env, "audit", "verify")
         assert verify.returncode == 0 and "OK" in verify.stdout
