@@ -32,7 +32,8 @@ from .model import (
 )
 from .notices import Notices
 from .notify import Kind, Notifier
-from . import oauth, rules
+from . import killswitch, oauth, rules
+from .killswitch import Selector
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .audit import event, event_frame
@@ -171,6 +172,8 @@ class Lifecycle:
         """Set the risk posture every policy decision sees (security group only)."""
         if level not in self.POSTURES:
             raise InvalidRequest(f"posture must be one of {', '.join(self.POSTURES)}")
+        if rules.why_suspended(approver) is not None:
+            raise NotApprover(rules.why_suspended(approver) or "")
         if self.settings.security_group not in approver.groups:
             raise NotApprover(f"only members of '{self.settings.security_group}' may change the posture")
         previous = await self.posture()
@@ -625,6 +628,115 @@ class Lifecycle:
             raise NotApprover(why)
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
+
+    # ------------------------------------------------------------------ kill switch
+    async def kill_switch_preview(self, selector: Selector, approver: Approver) -> tuple[int, int]:
+        """(pending requests, grants) the kill switch would end now, for a confirmation;
+        :class:`NotApprover` unless ``approver`` may pull it."""
+        self._check_kill_switch(approver)
+        pending = grants = 0
+        async for _, row in self._matching(selector):
+            if row["status"] == PENDING:
+                pending += 1
+            else:
+                grants += 1
+        return pending, grants
+
+    async def kill_switch(self, selector: Selector, approver: Approver, *, reason: str, channel: str,
+                          platform_user: str | None = None, batch: int = killswitch.BATCH) -> killswitch.KillResult:
+        """The kill switch (security group only): every matching pending request is denied and
+        every approved or active grant revoked, in batches of ``batch`` requests per script
+        call. Each request gets the state change, outbox entry and wake-up a single deny or
+        revoke gives it (so the desks, long polls and signal receivers see each one), each
+        batch one audit entry (``killswitch.batch``) naming its requests, and the pull one
+        more (``killswitch.engaged``) naming every request it ended; the security channel is
+        told once (``Kind.KILL_SWITCH``). A request that moves while the switch runs is read
+        again; one that closes on its own is left as it closed."""
+        self._check_kill_switch(approver)
+        reason = (reason or "").strip()
+        if not reason:
+            raise InvalidRequest("a reason is required for the kill switch")
+        if len(reason) > MAX_REASON:
+            raise InvalidRequest(f"the reason is longer than {MAX_REASON} characters")
+        now = self._now()
+        at = iso(now)
+        result = killswitch.KillResult(new_id(), selector)
+        actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        ids = [rid async for rid, _ in self._matching(selector)]
+        for start in range(0, len(ids), max(1, batch)):
+            await self._kill_batch(ids[start:start + max(1, batch)], selector, result, actor, reason, now)
+        ended = [*result.revoked, *result.denied]
+        summary = event("killswitch.engaged", at, None, actor, kill_switch=result.id, selector=selector.to_dict(),
+                        reason=reason, revoked=result.revoked, denied=result.denied)
+        text = f"{result.summary()} by {approver.id} via {channel}: {reason}"
+        if ended:
+            # The security channel is told once, on one of the requests ended (a break-glass one
+            # only when nothing else was ended: its alert has its own message).
+            plain = [rid for rid in ended if rid not in result.break_glass]
+            anchor = (plain or ended)[0]
+            await self.store.append([summary], anchor, {"kill_switch_summary": text}, notify=Kind.KILL_SWITCH)
+        else:
+            await self.store.append([summary])
+        self._count("kill_switch", result.count)
+        log.warning("%s", text)
+        return result
+
+    def _check_kill_switch(self, approver: Approver) -> None:
+        why = rules.why_not_kill_switch(approver, self.settings.security_group)
+        if why is not None:
+            raise NotApprover(why)
+
+    async def _matching(self, selector: Selector):
+        """(id, row) of every open request ``selector`` matches, as stored now."""
+        async for ids in self.store.live_ids():
+            for rid, row in zip(ids, await self.store.open_rows(ids)):
+                if row is not None and selector.matches(row, self._owner_of):
+                    yield rid, row
+
+    async def _kill_batch(self, ids: list[str], selector: Selector, result: "killswitch.KillResult", actor: dict,
+                          reason: str, now: float) -> None:
+        at = iso(now)
+        by = str(actor["approver"])
+        close = f"kill switch {result.id}: {reason}"[:MAX_REASON]
+        todo = ids
+        for attempt in range(6):  # bounded: a request may move between the read and the write
+            rows = await self.store.open_rows(todo)
+            items = []
+            for rid, row in zip(todo, rows):
+                if row is None or not selector.matches(row, self._owner_of):
+                    continue  # closed (or changed hands) meanwhile: nothing to end
+                if row["status"] == PENDING:
+                    denial = _json({"by": by, "reason": reason, "channel": actor["channel"], "at": at,
+                                    "kill_switch": result.id})
+                    items.append((rid, PENDING, DENIED, str(Kind.DENIED), denial, row["break_glass"] == "1"))
+                else:
+                    items.append((rid, row["status"], REVOKED, str(Kind.REVOKED), "", row["break_glass"] == "1"))
+            if not items:
+                return
+            ev = event("killswitch.batch", at, None, actor, kill_switch=result.id, selector=selector.to_dict(),
+                       reason=reason, requests=[
+                           {"request_id": rid, "previous": prev, "status": new, **_mark(bg)}
+                           for rid, prev, new, _, _, bg in items])
+            out = await self.store.revoke_batch([i[:5] for i in items], [ev], closed_at=repr(now), closed_by=by,
+                                                close_reason=close, kill_switch=result.id,
+                                                retention_ms=self.retention_ms)
+            if out.ok:
+                for rid, _, new, _, _, bg in items:
+                    (result.denied if new == DENIED else result.revoked).append(rid)
+                    if bg:
+                        result.break_glass.add(rid)
+                self._count("transitions", sum(1 for i in items if i[2] == DENIED), to=DENIED)
+                self._count("transitions", sum(1 for i in items if i[2] == REVOKED), to=REVOKED)
+                return
+            if out.result != "retry":
+                raise Conflict(f"the kill switch could not end a batch ({out.result})")
+            todo = [i[0] for i in items]
+            if attempt >= 2 and len(todo) > 1:
+                # Busy requests: one per script call, so one that keeps moving holds back no other.
+                for rid in todo:
+                    await self._kill_batch([rid], selector, result, actor, reason, now)
+                return
+        raise Conflict("the kill switch could not end a request that kept changing; pull it again")
 
     async def close_unregistered(self, registered: Callable[[str], bool]) -> int:
         """End what agents no longer in the registry still hold: approved and active grants are
