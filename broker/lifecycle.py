@@ -662,9 +662,12 @@ class Lifecycle:
         at = iso(now)
         result = killswitch.KillResult(new_id(), selector)
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
-        ids = [rid async for rid, _ in self._matching(selector)]
-        for start in range(0, len(ids), max(1, batch)):
-            await self._kill_batch(ids[start:start + max(1, batch)], selector, result, actor, reason, now)
+        found = [(rid, row) async for rid, row in self._matching(selector)]
+        step = max(1, batch)
+        for start in range(0, len(found), step):
+            chunk = found[start:start + step]
+            await self._kill_batch([rid for rid, _ in chunk], selector, result, actor, reason, now,
+                                   rows=[row for _, row in chunk])
         ended = [*result.revoked, *result.denied]
         summary = event("killswitch.engaged", at, None, actor, kill_switch=result.id, selector=selector.to_dict(),
                         reason=reason, revoked=result.revoked, denied=result.denied)
@@ -694,13 +697,16 @@ class Lifecycle:
                     yield rid, row
 
     async def _kill_batch(self, ids: list[str], selector: Selector, result: "killswitch.KillResult", actor: dict,
-                          reason: str, now: float) -> None:
+                          reason: str, now: float, rows: list | None = None) -> None:
+        """End ``ids`` in one script call (``rows``: as just read; the script refuses the batch
+        if any status moved since, and then they are read again)."""
         at = iso(now)
         by = str(actor["approver"])
         close = f"kill switch {result.id}: {reason}"[:MAX_REASON]
         todo = ids
         for attempt in range(6):  # bounded: a request may move between the read and the write
-            rows = await self.store.open_rows(todo)
+            if rows is None or attempt > 0:
+                rows = await self.store.open_rows(todo)
             items = []
             for rid, row in zip(todo, rows):
                 if row is None or not selector.matches(row, self._owner_of):

@@ -203,3 +203,32 @@ def test_suspended_must_be_a_boolean(tmp_path):
     targets.write_text("targets: []\n")
     with pytest.raises(ConfigError, match="suspended"):
         Directory.load(path, targets)
+
+
+async def test_a_request_that_moves_while_the_switch_runs_is_read_again_and_left_as_it_closed(harness):
+    """Issue 16.5, no partial or wrong state change: a grant the agent completes between the kill switch's read and
+    its write makes the script refuse the whole batch (nothing written); the batch is read again, the completed
+    grant is left completed, the others are revoked, and the batch entry names only those."""
+    h = harness
+    rids = [(await _active(h))[0] for _ in range(3)]
+    store = h.broker.store
+    real = store.revoke_batch
+    calls = []
+
+    async def racing(items, events, **kw):
+        calls.append([i[0] for i in items])
+        if len(calls) == 1:
+            assert (await h.complete(rids[1], "reader-bot")).status_code == 200  # the agent finishes meanwhile
+        return await real(items, events, **kw)
+
+    store.revoke_batch = racing
+    try:
+        result = await h.life.kill_switch(Selector.of("agent", "reader-bot"), h.approver("carol"), reason="race",
+                                          channel="cli")
+    finally:
+        store.revoke_batch = real
+    assert len(calls) == 2 and sorted(calls[0]) == sorted(rids)
+    assert sorted(result.revoked) == sorted([rids[0], rids[2]])
+    assert [(await h.life.get(r)).status for r in rids] == ["revoked", "completed", "revoked"]
+    (batch,) = [e for e in await _events(h) if e["type"] == "killswitch.batch"]
+    assert sorted(r["request_id"] for r in batch["data"]["requests"]) == sorted([rids[0], rids[2]])
