@@ -6,7 +6,7 @@
 -- KEYS: deadlines, audit stream, audit head, outbox, then one request hash per item
 -- ARGV: events json (the batch event), channel, retention ms ('' none),
 --       items json [[id, status read, new status, outbox kind, denial json or ''], ...],
---       closed_at, closed_by, close_reason, kill switch id
+--       closed_at, closed_by, close_reason, kill switch id ('' none: agents no longer registered)
 -- The caller read each status first and built the event from it: if any request moved
 -- since, nothing is written and {'retry', index} says which one.
 local items = cjson.decode(ARGV[4])
@@ -18,7 +18,8 @@ local ids = {}
 for i, item in ipairs(items) do
   local key = KEYS[4 + i]
   redis.call('HSET', key, 'status', item[3], 'closed_at', ARGV[5], 'closed_by', ARGV[6],
-             'close_reason', ARGV[7], 'deadline_ms', '', 'kill_switch', ARGV[8])
+             'close_reason', ARGV[7], 'deadline_ms', '')
+  if ARGV[8] ~= '' then redis.call('HSET', key, 'kill_switch', ARGV[8]) end
   if item[5] ~= '' then redis.call('HSET', key, 'denial', item[5]) end
   redis.call('HINCRBY', key, 'version', 1)
   if ARGV[3] ~= '' then redis.call('PEXPIRE', key, ARGV[3]) end
