@@ -180,12 +180,12 @@ def cmd_agents_list(args) -> int:
     if args.json:
         _print_json({
             "agents": [{"id": a.id, "owner": a.owner, "team": a.team, "kid": a.kid or None,
-                        "can_delegate": a.can_delegate} for a in reg.agents],
+                        "can_delegate": a.can_delegate, "disabled": a.disabled} for a in (*reg.agents, *reg.disabled)],
             "resource_servers": [{"id": r.id, "kid": r.kid} for r in reg.resource_servers],
         })
         return 0
-    for a in reg.agents:
-        print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
+    for a in (*reg.agents, *reg.disabled):
+        print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}" + ("\tDISABLED" if a.disabled else ""))
     for r in reg.resource_servers:
         print(f"{r.id}\tresource-server\tkid={r.kid}\taudiences={','.join(r.audiences or (r.id,))}")
     return 0

@@ -75,6 +75,10 @@ def test_cli_agents_disable_and_enable_edit_the_agents_file_in_place(cli_env, tm
     doc = yaml.safe_load(text)
     assert [a.get("disabled") for a in doc["agents"] if a["id"] == "reader-bot"] == [True]
     assert all("disabled" not in a for a in doc["agents"] if a["id"] != "reader-bot")
+    listed = json.loads(run_cli(cli_env, "agents", "list", "--json").stdout)["agents"]
+    assert {a["id"]: a["disabled"] for a in listed}["reader-bot"] is True
+    assert "DISABLED" in [line for line in run_cli(cli_env, "agents", "list").stdout.splitlines()
+                          if line.startswith("reader-bot")][0]
     again = run_cli(cli_env, "agents", "disable", "reader-bot", "--file", str(path))
     assert again.returncode == 0 and "already disabled" in again.stdout
     assert run_cli(cli_env, "agents", "enable", "reader-bot", "--file", str(path)).returncode == 0
