@@ -232,3 +232,22 @@ async def test_a_request_that_moves_while_the_switch_runs_is_read_again_and_left
     assert [(await h.life.get(r)).status for r in rids] == ["revoked", "completed", "revoked"]
     (batch,) = [e for e in await _events(h) if e["type"] == "killswitch.batch"]
     assert sorted(r["request_id"] for r in batch["data"]["requests"]) == sorted([rids[0], rids[2]])
+
+
+async def test_kill_switch_by_owner_ends_a_break_glass_grant_of_that_engineer(harness):
+    """Issue 16.5 `--owner PERSON`: a break-glass grant the person holds for themselves is revoked too (its
+    token inactive at introspection), marked break-glass in the batch entry; the security notice is still said."""
+    h = harness
+    g = await h.broker.breakglass.grant(h.approver("alice"), subject="me", action="rollback",
+                                        target="prod/payments-api", duration_s=600, reason="outage", channel="cli")
+    assert (await h.introspect(g.token.access_token)).json()["active"] is True
+    result = await h.life.kill_switch(Selector.of("owner", "alice"), h.approver("carol"), reason="alice's laptop stolen",
+                                      channel="cli")
+    assert result.revoked == [g.request.id] and result.break_glass == {g.request.id}
+    assert (await h.introspect(g.token.access_token)).json() == {"active": False}
+    (batch,) = [e for e in await _events(h) if e["type"] == "killswitch.batch"]
+    assert batch["data"]["requests"][0]["break_glass"] is True
+    deadline = time.monotonic() + 10
+    while not [s for s in h.notifier.sent if s[0] == "security" and "kill switch" in s[2]]:
+        assert time.monotonic() < deadline, "the security channel was not told of the kill switch"
+        await asyncio.sleep(0.05)

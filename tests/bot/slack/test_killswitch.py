@@ -78,3 +78,26 @@ async def test_suspended_approver_cannot_approve_in_slack(tmp_path, redis_url, p
         texts = await s.ephemerals("U0BOB")
         assert any("suspended" in t for t in texts), texts
         assert (await s.life.get(rid)).approvals == []
+
+
+async def test_slack_kill_switch_on_a_break_glass_grant_is_said_in_its_alert(slack):
+    """Issue 16.5 "and the desks told": when the kill switch ends only a break-glass grant, its security alert is
+    kept true and the kill switch's message is said once (in its thread), not lost."""
+    g = await slack.h.broker.breakglass.grant(slack.h.approver("alice"), subject="me", action="rollback",
+                                              target="prod/payments-api", duration_s=600, reason="outage",
+                                              channel="cli")
+    await slack.settle()
+    await slack.jit("U0CAROL", "revoke owner alice laptop stolen")
+    code = _code((await slack.answer("U0CAROL"))["text"])
+    await slack.jit("U0CAROL", f"revoke confirm {code}")
+    assert "1 grant(s) revoked" in (await slack.answer("U0CAROL", 2))["text"]
+    await slack.status(g.request.id, "revoked")
+    await slack.settle()
+
+    def summaries():
+        return [c for c in slack.fake.of("chat.postMessage") if "grant(s) revoked" in c.args.get("text", "")]
+    await slack.fake.wait_for(summaries, what="the kill switch said in the security channel")
+    await slack.settle()
+    (said,) = summaries()
+    assert said.args["channel"] == "C0SECURITY" and said.args.get("thread_ts")  # in the grant's alert thread
+    assert "laptop stolen" in said.args["text"] and "carol" in said.args["text"]
