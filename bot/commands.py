@@ -46,6 +46,51 @@ def id_and_reason(rest: str) -> tuple[str, str]:
     return parts[0], (parts[1] if len(parts) > 1 else "")
 
 
+@dataclass(frozen=True)
+class KillArgs:
+    """``revoke agent|owner|target <name> <reason>`` or ``revoke all <reason>``: the kill switch."""
+
+    scope: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConfirmArgs:
+    """``revoke confirm <code>``: go on with the kill switch this code was shown for."""
+
+    code: str
+
+
+KILL_SCOPES = ("agent", "owner", "target")
+
+
+def revoke_args(rest: str) -> "tuple[str, str] | KillArgs | ConfirmArgs":
+    """``<id> [reason]`` (one grant), the kill switch's ``agent|owner|target <name> <reason>`` or
+    ``all <reason>`` (a reason is required; ``--agent`` and the like are accepted too), or
+    ``confirm <code>``."""
+    parts = rest.strip().split(maxsplit=1)
+    if not parts:
+        raise Usage()
+    word = re.sub(rf"^{_DASH}", "", parts[0]).lower()
+    tail = parts[1] if len(parts) > 1 else ""
+    if word == "confirm":
+        code = tail.split()
+        if len(code) != 1:
+            raise Usage()
+        return ConfirmArgs(code[0])
+    if word == "all":
+        if not tail.strip():
+            raise Usage()
+        return KillArgs("all", "", tail.strip())
+    if word in KILL_SCOPES:
+        named = tail.split(maxsplit=1)
+        if len(named) != 2 or not named[1].strip():
+            raise Usage()
+        return KillArgs(word, named[0], named[1].strip())
+    return id_and_reason(rest)
+
+
 def posture_level(rest: str) -> str | None:
     """None (show the posture) or one of POSTURES."""
     parts = rest.split()

@@ -160,6 +160,9 @@ class BreakGlass:
 
     async def _check_engineer(self, engineer: Approver) -> None:
         oncall = self.life.settings.oncall_group
+        suspended = rules.why_suspended(engineer)
+        if suspended is not None:
+            raise NotApprover(suspended)
         if oncall not in engineer.groups:
             raise NotApprover(f"only members of '{oncall}' may break glass")
         s = await self.suspension(engineer.id)
@@ -324,6 +327,8 @@ class BreakGlass:
     async def acknowledge(self, request_id: str, reviewer: Approver, *, comment: str, channel: str) -> Request:
         """The security group's post-incident review (first acknowledgement wins)."""
         sec = self.life.settings.security_group
+        if rules.why_suspended(reviewer) is not None:
+            raise NotApprover(rules.why_suspended(reviewer) or "")
         if sec not in reviewer.groups:
             raise NotApprover(f"only members of '{sec}' may acknowledge a break-glass review")
         req = await self.life.get(request_id)
@@ -397,6 +402,8 @@ class BreakGlass:
     async def reinstate(self, engineer_id: str, by: Approver, *, channel: str) -> None:
         """Security restores a suspended engineer's break-glass right."""
         sec = self.life.settings.security_group
+        if rules.why_suspended(by) is not None:
+            raise NotApprover(rules.why_suspended(by) or "")
         if sec not in by.groups:
             raise NotApprover(f"only members of '{sec}' may reinstate break-glass rights")
         s = await self.suspension(engineer_id)

@@ -180,14 +180,34 @@ def cmd_agents_list(args) -> int:
     if args.json:
         _print_json({
             "agents": [{"id": a.id, "owner": a.owner, "team": a.team, "kid": a.kid or None,
-                        "can_delegate": a.can_delegate} for a in reg.agents],
+                        "can_delegate": a.can_delegate, "disabled": a.disabled} for a in (*reg.agents, *reg.disabled)],
             "resource_servers": [{"id": r.id, "kid": r.kid} for r in reg.resource_servers],
         })
         return 0
-    for a in reg.agents:
-        print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}")
+    for a in (*reg.agents, *reg.disabled):
+        print(f"{a.id}\towner={a.owner or '-'}\tteam={a.team or '-'}\tkid={a.kid}" + ("\tDISABLED" if a.disabled else ""))
     for r in reg.resource_servers:
         print(f"{r.id}\tresource-server\tkid={r.kid}\taudiences={','.join(r.audiences or (r.id,))}")
+    return 0
+
+
+def cmd_agents_disable(args) -> int:
+    """Mark an agent disabled (or enabled again) in the agents file, the source of truth: every
+    broker picks the change up on its next reload (about 2 s), refuses the agent at once and
+    ends what it holds."""
+    from .identity import set_disabled  # noqa: PLC0415
+
+    path = Path(args.file or environment().get("JITGATE_AGENTS_FILE", "agents.yaml"))
+    disable = args.sub == "disable"
+    changed = set_disabled(path, args.id, disable)
+    state = "disabled" if disable else "enabled"
+    if not changed:
+        print(f"agent {args.id} is already {state} in {path}")
+    elif disable:
+        print(f"agent {args.id} disabled in {path}: the brokers refuse it and revoke its grants on their next "
+              "reload (within about 2 s)")
+    else:
+        print(f"agent {args.id} enabled again in {path}")
     return 0
 
 
@@ -255,6 +275,43 @@ def cmd_requests_revoke(args) -> int:
         life = broker.lifecycle
         req = await life.revoke(args.id, by=f"cli:{args.as_ or life.os_user()}", reason=args.reason, channel="cli")
         _print_request(req)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_kill_switch(args) -> int:
+    """The kill switch: deny every matching pending request and revoke every matching grant."""
+    from .killswitch import Selector  # noqa: PLC0415
+
+    scope, value = next((name, getattr(args, name)) for name in ("agent", "owner", "target")
+                        if getattr(args, name) is not None) if not args.all else ("all", None)
+    selector = Selector.of(scope, value)
+    reason = (args.reason or "").strip()
+    if not reason:
+        print("jitgate: --reason must say why (it reaches the agents and the audit log)", file=sys.stderr)
+        return 2
+
+    async def run(broker):
+        life = broker.lifecycle
+        approver = life.operator_approver(args.as_)
+        pending, grants = await life.kill_switch_preview(selector, approver)
+        if not args.yes:
+            print(f"The kill switch ({selector.describe()}) will revoke {grants} grant(s) and deny "
+                  f"{pending} pending request(s) now, with the reason: {reason}")
+            try:
+                answer = input("Type 'revoke' to go on: ")
+            except EOFError:
+                answer = ""
+            if answer.strip() != "revoke":
+                print("nothing was changed", file=sys.stderr)
+                return 1
+        result = await life.kill_switch(selector, approver, reason=reason, channel="cli",
+                                        platform_user=f"os:{life.os_user()}")
+        if args.json:
+            _print_json(result.to_dict())
+        else:
+            print(result.summary())
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -540,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", action="store_true",
                    help='print JSON ({"agents": [...], "resource_servers": [...]}) instead of lines')
     s.set_defaults(fn=cmd_agents_list)
+    for name, text in (("disable", "refuse an agent and end what it holds (edits the agents file)"),
+                       ("enable", "let a disabled agent in again (edits the agents file)")):
+        s = agents.add_parser(name, help=text)
+        s.add_argument("id")
+        s.add_argument("--file", help="agents file (default JITGATE_AGENTS_FILE)")
+        s.set_defaults(fn=cmd_agents_disable)
 
     reqs = sub.add_parser("requests", help="inspect and decide requests").add_subparsers(dest="sub", required=True)
     s = reqs.add_parser("list")
@@ -563,6 +626,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--as", dest="as_")
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_requests_revoke)
+
+    s = sub.add_parser("revoke", help="the kill switch: deny every matching pending request and revoke every "
+                                      "matching grant at once (security group)")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--agent", metavar="ID", help="everything this agent holds or asks for")
+    which.add_argument("--owner", metavar="PERSON", help="everything of the agents this person owns (and their "
+                                                         "break-glass grants)")
+    which.add_argument("--target", metavar="T", help="everything on this target")
+    which.add_argument("--all", action="store_true", help="everything open")
+    s.add_argument("--reason", required=True, help="why (reaches the agents, the desks and the audit log)")
+    s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID", help="a member of the security group")
+    s.add_argument("--yes", action="store_true", help="no confirmation prompt")
+    s.add_argument("--json", action="store_true", help="print what was ended as JSON")
+    s.set_defaults(fn=cmd_kill_switch)
 
     s = sub.add_parser("posture", help=f"show or set the risk posture ({', '.join(POSTURES)})")
     s.add_argument("level", nargs="?", choices=list(POSTURES))

@@ -30,7 +30,7 @@ _CEDAR_LONG_MAX = 2**63 - 1
 # that make two different ids look identical in a chat message; Zl/Zp: line/paragraph separators.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
-_APPROVER_KEYS = frozenset({"id", "groups", "slack", "teams", "email"})
+_APPROVER_KEYS = frozenset({"id", "groups", "slack", "teams", "email", "suspended"})
 # An entry with ``slack_usergroups`` binds the members of Slack user groups, not one person.
 _SLACK_BINDING_KEYS = frozenset({"id", "groups", "slack_usergroups"})
 # The approver id of someone bound only through a Slack user group: ``slack:U0123ABCD``.
@@ -96,6 +96,9 @@ class Approver:
     slack: str | None = None
     teams: str | None = None
     email: str | None = None
+    # ``suspended: true`` in the approvers file: the person is known (and named in the audit
+    # log) but may not decide, revoke or pull the kill switch until the line is removed.
+    suspended: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,15 @@ def _parse_approver(entry: object, where: str) -> Approver:
         slack=_optional_id(entry, "slack", where),
         teams=_optional_id(entry, "teams", where),
         email=email,
+        suspended=_suspended(entry, where),
     )
+
+
+def _suspended(entry: dict, where: str) -> bool:
+    value = entry.get("suspended", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: suspended must be true or false")  # never a string read as false
+    return value
 
 
 def _parse_slack_binding(entry: dict, where: str) -> SlackGroupBinding:

@@ -67,6 +67,12 @@ class DeadlinePassed(Conflict):
     code, title = "deadline-passed", "The deadline has passed"
 
 
+class AgentDisabled(Forbidden):
+    """The agent is marked ``disabled: true`` in the agents file: every call is refused."""
+
+    code, title = "agent-disabled", "Agent disabled"
+
+
 class NotApprover(Forbidden):
     code, title = "not-an-approver", "Not allowed to decide this request"
 

@@ -33,7 +33,8 @@ from .model import (
 )
 from .notices import Notices
 from .notify import Kind, Notifier
-from . import oauth, rules
+from . import killswitch, oauth, rules
+from .killswitch import Selector
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .audit import event, event_frame
@@ -174,6 +175,8 @@ class Lifecycle:
         """Set the risk posture every policy decision sees (security group only)."""
         if level not in self.POSTURES:
             raise InvalidRequest(f"posture must be one of {', '.join(self.POSTURES)}")
+        if rules.why_suspended(approver) is not None:
+            raise NotApprover(rules.why_suspended(approver) or "")
         if self.settings.security_group not in approver.groups:
             raise NotApprover(f"only members of '{self.settings.security_group}' may change the posture")
         previous = await self.posture()
@@ -698,37 +701,168 @@ class Lifecycle:
         reason = (reason or "").strip() or "revoked by an approver"
         return await self.revoke(request_id, by=approver.id, reason=reason, channel=channel)
 
-    async def close_unregistered(self, registered: Callable[[str], bool]) -> int:
-        """End what agents no longer in the registry still hold: approved and active grants are
-        revoked, pending requests withdrawn, each with its audit entry (actor ``registry``).
-        Called when a reload of the agents file removes (or denies) agents, and at start-up,
-        so a removal noticed by a process that then stopped is not lost. Every change is a
-        compare-and-set, so replicas doing it at once are harmless. Returns how many changed."""
-        changed = 0
-        async for ids in self.store.live_ids():
-            for rid, (agent, status) in zip(ids, await self.store.agents_of(ids)):
-                if not agent or registered(agent) or status not in (PENDING, APPROVED, ACTIVE):
-                    continue
-                reason = f"agent {agent} is no longer registered (removed from the agents file, or denied)"
-                try:
-                    if status == PENDING:
-                        await self._withdraw_for_registry(rid, agent, reason)
-                    else:
-                        await self.revoke(rid, by="registry", reason=reason, channel="registry")
-                    changed += 1
-                except (Conflict, NotFound):
-                    continue  # closed meanwhile: nothing left to end
-        return changed
+    # ------------------------------------------------------------------ kill switch
+    async def kill_switch_preview(self, selector: Selector, approver: Approver) -> tuple[int, int]:
+        """(pending requests, grants) the kill switch would end now, for a confirmation;
+        :class:`NotApprover` unless ``approver`` may pull it."""
+        self._check_kill_switch(approver)
+        pending = grants = 0
+        async for _, row in self._matching(selector):
+            if row["status"] == PENDING:
+                pending += 1
+            else:
+                grants += 1
+        return pending, grants
 
-    async def _withdraw_for_registry(self, request_id: str, agent: str, reason: str) -> None:
+    async def kill_switch(self, selector: Selector, approver: Approver, *, reason: str, channel: str,
+                          platform_user: str | None = None, batch: int = killswitch.BATCH) -> killswitch.KillResult:
+        """The kill switch (security group only): every matching pending request is denied and
+        every approved or active grant revoked, in batches of ``batch`` requests per script
+        call. Each request gets the state change, outbox entry and wake-up a single deny or
+        revoke gives it (so the desks, long polls and signal receivers see each one), each
+        batch one audit entry (``killswitch.batch``) naming its requests, and the pull one
+        more (``killswitch.engaged``) naming every request it ended; the security channel is
+        told once (``Kind.KILL_SWITCH``). A request that moves while the switch runs is read
+        again; one that closes on its own is left as it closed."""
+        self._check_kill_switch(approver)
+        reason = (reason or "").strip()
+        if not reason:
+            raise InvalidRequest("a reason is required for the kill switch")
+        if len(reason) > MAX_REASON:
+            raise InvalidRequest(f"the reason is longer than {MAX_REASON} characters")
         now = self._now()
-        out = await self.store.transition(
-            request_id, [PENDING], CANCELLED,
-            {"closed_at": repr(now), "closed_by": "registry", "close_reason": reason},
-            [event("request.cancelled", iso(now), request_id, {"by": "registry"}, agent=agent, reason=reason)],
-            _ms(now), deadline="-", retention_ms=self.retention_ms, notify=Kind.CANCELLED,
-        )
-        await self._finish(out, request_id)
+        at = iso(now)
+        result = killswitch.KillResult(new_id(), selector)
+        actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        found = [(rid, row) async for rid, row in self._matching(selector)]
+        step = max(1, batch)
+        for start in range(0, len(found), step):
+            chunk = found[start:start + step]
+            await self._kill_batch([rid for rid, _ in chunk], selector, result, actor, reason, now,
+                                   rows=[row for _, row in chunk])
+        ended = [*result.revoked, *result.denied]
+        summary = event("killswitch.engaged", at, None, actor, kill_switch=result.id, selector=selector.to_dict(),
+                        reason=reason, revoked=result.revoked, denied=result.denied)
+        text = f"{result.summary()} by {approver.id} via {channel}: {reason}"
+        if ended:
+            # The security channel is told once, on one of the requests ended (a break-glass one
+            # only when nothing else was ended: its alert has its own message).
+            plain = [rid for rid in ended if rid not in result.break_glass]
+            anchor = (plain or ended)[0]
+            await self.store.append([summary], anchor, {"kill_switch_summary": text}, notify=Kind.KILL_SWITCH)
+        else:
+            await self.store.append([summary])
+        self._count("kill_switch", result.count)
+        log.warning("%s", text)
+        return result
+
+    def _check_kill_switch(self, approver: Approver) -> None:
+        why = rules.why_not_kill_switch(approver, self.settings.security_group)
+        if why is not None:
+            raise NotApprover(why)
+
+    async def _matching(self, selector: Selector):
+        """(id, row) of every open request ``selector`` matches, as stored now."""
+        async for rid, row in self._open_rows():
+            if selector.matches(row, self._owner_of):
+                yield rid, row
+
+    async def _kill_batch(self, ids: list[str], selector: Selector, result: "killswitch.KillResult", actor: dict,
+                          reason: str, now: float, rows: list | None = None) -> None:
+        at = iso(now)
+        by = str(actor["approver"])
+        denial = {"by": by, "reason": reason, "channel": actor["channel"], "at": at, "kill_switch": result.id}
+        plan = _Ending(match=lambda row: selector.matches(row, self._owner_of), by=by, actor=actor,
+                       event_type="killswitch.batch",
+                       event_data={"kill_switch": result.id, "selector": selector.to_dict(), "reason": reason},
+                       close_reason=f"kill switch {result.id}: {reason}"[:MAX_REASON], pending_to=DENIED,
+                       denial=_json(denial), mark=result.id)
+        await self._end_batch(ids, plan, result, now, rows)
+
+    async def _end_batch(self, ids: list[str], plan: "_Ending", result: "killswitch.KillResult", now: float,
+                         rows: list | None = None) -> None:
+        """End the open requests among ``ids`` that ``plan.match`` in one script call
+        (``revoke_batch.lua``: one audit entry for the batch, each request its own state change,
+        outbox entry and wake-up). ``rows``: as just read; the script refuses the batch if any
+        status moved since, and then they are read again (bounded; busy ones one by one)."""
+        at = iso(now)
+        todo = ids
+        for attempt in range(6):  # bounded: a request may move between the read and the write
+            if rows is None or attempt > 0:
+                rows = await self.store.open_rows(todo)
+            items = []
+            for rid, row in zip(todo, rows):
+                if row is None or not plan.match(row):
+                    continue  # closed (or changed hands) meanwhile: nothing to end
+                bg = row["break_glass"] == "1"
+                if row["status"] == PENDING:
+                    kind = Kind.DENIED if plan.pending_to == DENIED else Kind.CANCELLED
+                    denial = plan.denial if plan.pending_to == DENIED else ""
+                    items.append((rid, PENDING, plan.pending_to, str(kind), denial, bg, row["agent"]))
+                else:
+                    items.append((rid, row["status"], REVOKED, str(Kind.REVOKED), "", bg, row["agent"]))
+            if not items:
+                return
+            ev = event(plan.event_type, at, None, plan.actor, **plan.event_data, requests=[
+                {"request_id": rid, "previous": prev, "status": new, "agent": agent or None, **_mark(bg)}
+                for rid, prev, new, _, _, bg, agent in items])
+            out = await self.store.revoke_batch([i[:5] for i in items], [ev], closed_at=repr(now), closed_by=plan.by,
+                                                close_reason=plan.close_reason, kill_switch=plan.mark,
+                                                retention_ms=self.retention_ms)
+            if out.ok:
+                for rid, _, new, _, _, bg, _ in items:
+                    (result.revoked if new == REVOKED else result.denied).append(rid)
+                    if bg:
+                        result.break_glass.add(rid)
+                for status in (plan.pending_to, REVOKED):
+                    self._count("transitions", sum(1 for i in items if i[2] == status), to=status)
+                return
+            if out.result != "retry":
+                raise Conflict(f"could not end a batch of requests ({out.result})")
+            todo = [i[0] for i in items]
+            if attempt >= 2 and len(todo) > 1:
+                # Busy requests: one per script call, so one that keeps moving holds back no other.
+                for rid in todo:
+                    await self._end_batch([rid], plan, result, now)
+                return
+        raise Conflict("a request kept changing while it was being ended; try again")
+
+    async def close_unregistered(self, registered: Callable[[str], bool]) -> int:
+        """End what agents no longer in the registry (removed, denied or disabled) still hold:
+        approved and active grants are revoked, pending requests withdrawn, in batches like the
+        kill switch's (one ``registry.closed`` audit entry per batch naming each request, actor
+        ``registry``; each request its own state change and outbox entry). Called when a reload
+        of the agents file takes agents away, and at start-up, so a removal noticed by a process
+        that then stopped is not lost. Every change is a compare-and-set, so replicas doing it at
+        once are harmless. Returns how many changed."""
+        now = self._now()
+        result = killswitch.KillResult(new_id(), Selector("all"))
+
+        def gone(row) -> bool:
+            return bool(row["agent"]) and row["status"] in killswitch.OPEN and not registered(row["agent"])
+
+        plan = _Ending(match=gone, by="registry", actor={"by": "registry", "channel": "registry"},
+                       event_type="registry.closed",
+                       event_data={"reason": "agent no longer registered (removed from the agents file, disabled, "
+                                             "or denied)"},
+                       close_reason="", pending_to=CANCELLED, denial="", mark="")
+        found = [(rid, row) async for rid, row in self._open_rows()]
+        found = [(rid, row) for rid, row in found if gone(row)]
+        for start in range(0, len(found), killswitch.BATCH):
+            chunk = found[start:start + killswitch.BATCH]
+            agents = sorted({row["agent"] for _, row in chunk})
+            plan = dataclasses.replace(plan, close_reason=(
+                f"agent {', '.join(agents)} is no longer registered (removed from the agents file, disabled, "
+                "or denied)")[:MAX_REASON])
+            await self._end_batch([rid for rid, _ in chunk], plan, result, now, rows=[row for _, row in chunk])
+        return result.count
+
+    async def _open_rows(self):
+        """(id, row) of every request that still has a deadline, as stored now."""
+        async for ids in self.store.live_ids():
+            for rid, row in zip(ids, await self.store.open_rows(ids)):
+                if row is not None:
+                    yield rid, row
 
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
@@ -823,6 +957,23 @@ class Lifecycle:
             return getpass.getuser()
         except Exception:  # noqa: BLE001
             return "unknown"
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a batch of open requests is ended (the kill switch, or agents no longer registered):
+    which rows, the actor and ``closed_by``, the batch's audit event, what a pending request
+    becomes (denied, with ``denial``, or cancelled) and the request's ``kill_switch`` mark."""
+
+    match: Callable[[dict], bool]
+    by: str
+    actor: dict
+    event_type: str
+    event_data: dict
+    close_reason: str
+    pending_to: str
+    denial: str
+    mark: str
 
 
 def _json(value: Any) -> str:

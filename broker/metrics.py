@@ -17,6 +17,8 @@ class Metrics:
         self.transitions = Counter("jitgate_transitions", "State transitions", ["to"], registry=self.registry)
         self.approvals = Counter("jitgate_approvals", "Approvals counted", ["channel"], registry=self.registry)
         self.break_glass = Counter("jitgate_break_glass", "Break-glass grants", ["subject"], registry=self.registry)
+        self.kill_switch = Counter("jitgate_kill_switch", "Requests and grants ended by the kill switch",
+                                   registry=self.registry)
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
         self.credentials_issued = Counter("jitgate_credentials_issued", "Credentials issued in target systems",

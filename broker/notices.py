@@ -157,7 +157,7 @@ class Notices:
             raise PartialDelivery(set(failures), next(iter(failures.values())))
 
     async def _tell(self, n: Notifier, notice: Notice) -> None:
-        if notice.kind.credential:
+        if notice.kind.credential or notice.kind is Kind.KILL_SWITCH:
             await n.alert_security(notice)
         elif notice.kind.break_glass:
             await n.alert_security(notice)
@@ -171,10 +171,15 @@ class Notices:
     async def _notice(self, kind: Kind, req: Request) -> Notice:
         """The notice of ``kind`` on ``req`` without this desk's refs: audience and sentences."""
         life = self.life
-        if kind.credential:
+        if kind.credential or kind is Kind.KILL_SWITCH:
             security = tuple(a for a in life.directory.members(life.settings.security_group))
+            if kind is Kind.KILL_SWITCH:
+                (summary,) = await self.store.request_fields(req.id, "kill_switch_summary")
+                text = summary or "the kill switch ended this request; see the audit log (killswitch.engaged)"
+            else:
+                text = credential_text(kind, req)
             return Notice(kind, req, Audience(security=security, security_group=life.settings.security_group),
-                          text=credential_text(kind, req))
+                          text=text)
         if not kind.break_glass:
             return Notice(kind, req, audience(kind, req, life.directory, security_group=life.settings.security_group,
                                               owner_of=life._owner_of))

@@ -60,6 +60,7 @@ class Kind(StrEnum):
     BG_REINSTATED = "bg.reinstated"
     CRED_REVOCATION_PENDING = "cred.revocation_pending"  # a credential's revocation failed; retried
     CRED_ORPHAN = "cred.orphan"  # the reconciler revoked a credential with no active grant
+    KILL_SWITCH = "killswitch"   # the kill switch ended many requests: told once to the security channel
 
     @property
     def credential(self) -> bool:

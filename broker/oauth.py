@@ -72,6 +72,9 @@ async def introspect(life: Lifecycle, token: str, *, server: ResourceServer | No
     rid = (claims.get("approval") or {}).get("request_id")
     if not isinstance(rid, str):
         return inactive
+    sub = claims.get("sub")
+    if life.registry is not None and isinstance(sub, str) and life.registry.disabled_agent(sub) is not None:
+        return inactive  # disabled in the agents file: inactive at once, before the reload revokes its grant
     try:
         state = await life.store.grant_state(rid)  # three fields, not the whole request
     except BrokerError:

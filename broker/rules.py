@@ -10,6 +10,8 @@ to offer, so a desk can never offer what the core would refuse, or hide what it 
   (the group, the backup group once escalated, never an owner of an agent along the chain of
   intent, each person once under any alias);
 - who may end a grant early: :func:`why_not_revoker`;
+- who may pull the kill switch: :func:`why_not_kill_switch`; a suspended person does nothing:
+  :func:`why_suspended`;
 - the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
 - risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
 - why a request expired: :func:`expiry_reason`, :func:`expiry_event`;
@@ -139,6 +141,9 @@ def why_not_decider(approver: Approver, req: Request, owner_of: OwnerOf | None =
     its delegation chain), under any of their aliases (:func:`broker.directory.aliases`).
     Whether they already approved is :func:`already_approved`.
     """
+    suspended = why_suspended(approver)
+    if suspended is not None:
+        return suspended
     group = req.decision.get("approver_group")
     if req.decision.get("outcome") != "require_approval":
         return "this request does not need human approval"
@@ -188,6 +193,9 @@ def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None]
 def why_not_revoker(approver: Approver, req: Request, security_group: str) -> str | None:
     """Why ``approver`` may not end ``req``'s grant early (None: they may): its deciding groups,
     the security group, the agent's owner, or (break-glass) the engineer who broke the glass."""
+    suspended = why_suspended(approver)
+    if suspended is not None:
+        return suspended
     named = {req.decision.get("approver_group"), security_group}
     if req.escalated:
         named.add(req.decision.get("backup_group"))
@@ -195,6 +203,24 @@ def why_not_revoker(approver: Approver, req: Request, security_group: str) -> st
     engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
     if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
         return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"
+    return None
+
+
+def why_suspended(approver: Approver) -> str | None:
+    """Why a person marked ``suspended: true`` in the approvers file may do nothing (None: not suspended)."""
+    if approver.suspended:
+        return f"{approver.id} is suspended in the approvers file and may not approve, deny or revoke"
+    return None
+
+
+def why_not_kill_switch(approver: Approver, security_group: str) -> str | None:
+    """Why ``approver`` may not pull the kill switch (None: they may): only the security
+    group, and nobody suspended."""
+    suspended = why_suspended(approver)
+    if suspended is not None:
+        return suspended
+    if security_group not in approver.groups:
+        return f"only members of '{security_group}' may use the kill switch"
     return None
 
 

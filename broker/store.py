@@ -163,6 +163,7 @@ class Store:
         self._approve = LuaScript.of(_script("approve.lua"))
         self._append = LuaScript.of(_script("append.lua"))
         self._expire_batch = LuaScript.of(_script("expire_batch.lua"))
+        self._revoke_batch = LuaScript.of(_script("revoke_batch.lua"))
         self._statuses = LuaScript.of(_STATUSES_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
         self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
@@ -367,6 +368,39 @@ class Store:
     async def denials_since(self, keys: list[str], since_ms: int) -> list[str]:
         """The request ids remembered under ``keys`` since ``since_ms``."""
         return [r.decode() if isinstance(r, bytes) else r for r in await self._read(self._denials_since, keys, [since_ms])]
+
+    async def revoke_batch(self, items: list[tuple[str, str, str, str, str]], events: list[bytes], *, closed_at: str,
+                           closed_by: str, close_reason: str, kill_switch: str, retention_ms: int | None) -> Outcome:
+        """End ``items`` (id, status read just before, new status, outbox kind, denial JSON or
+        '') in one step with the batch's audit ``events``; each request gets the state change,
+        outbox entry and wake-up its own transition would give. ``retry`` (``extra`` = 1-based
+        index) when one of them moved since it was read: then nothing was written."""
+        keys = [self.deadlines, self.audit_stream, self.audit_head, self.outbox, *(self.req_key(i[0]) for i in items)]
+        args = [events_arg(events), self.channel, "" if retention_ms is None else str(retention_ms),
+                orjson.dumps([list(t) for t in items]), closed_at, closed_by, close_reason, kill_switch]
+        return await self._run(self._revoke_batch, keys, args)
+
+    async def open_rows(self, request_ids: list[str]) -> list[dict[str, str] | None]:
+        """What the kill switch matches on, for each request, one round trip: ``status``,
+        ``agent``, ``owner``, ``engineer``, ``break_glass`` and ``target`` (the proposal's);
+        None for a request that is gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hmget(self.req_key(rid), "status", "agent", "owner", "engineer", "break_glass", "proposal")
+            rows = await pipe.execute()
+        out: list[dict[str, str] | None] = []
+        for row in rows:
+            if row[0] is None:
+                out.append(None)
+                continue
+            status, agent, owner, engineer, bg, proposal = (v.decode() if v else "" for v in row)
+            try:
+                target = str(orjson.loads(proposal).get("target") or "") if proposal else ""
+            except (orjson.JSONDecodeError, AttributeError):
+                target = ""
+            out.append({"status": status, "agent": agent, "owner": owner, "engineer": engineer,
+                        "break_glass": bg, "target": target})
+        return out
 
     async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)

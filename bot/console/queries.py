@@ -80,6 +80,15 @@ class AuditEvent:
             rs = d.get("requests") or []
             text = f"{len(rs)} expired by the scheduler: " + ", ".join(
                 str(r.get("request_id")) for r in rs[:5] if isinstance(r, dict)) + (", …" if len(rs) > 5 else "")
+        elif t == "killswitch.batch":
+            rs = d.get("requests") or []
+            text = f"kill switch: {len(rs)} ended: {d.get('reason', '')}"
+        elif t == "registry.closed":
+            rs = d.get("requests") or []
+            text = f"{len(rs)} ended: {d.get('reason', '')}"
+        elif t == "killswitch.engaged":
+            text = (f"kill switch pulled: {len(d.get('revoked') or [])} revoked, {len(d.get('denied') or [])} "
+                    f"denied: {d.get('reason', '')}")
         elif t == "request.cancelled":
             text = "withdrawn by the agent"
         elif t == "breakglass.granted":
@@ -99,6 +108,14 @@ class AuditEvent:
     def per_request(self) -> list["AuditEvent"]:
         """This event as each request sees it: the sweep's ``requests.expired`` names many
         requests in one entry, and becomes one ``grant.expired``/``request.expired`` each."""
+        if self.type in ("killswitch.batch", "registry.closed"):
+            pending_to = "request.denied" if self.type == "killswitch.batch" else "request.cancelled"
+            why = f"kill switch: {self.data.get('reason', '')}" if self.type == "killswitch.batch" else \
+                str(self.data.get("reason", ""))
+            return [AuditEvent(self.seq, "grant.revoked" if r.get("status") == "revoked" else pending_to, self.at,
+                               r["request_id"], self.actor, {"reason": why})
+                    for r in self.data.get("requests") or []
+                    if isinstance(r, dict) and isinstance(r.get("request_id"), str)]
         if self.type != "requests.expired":
             return [self]
         out = []

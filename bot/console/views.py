@@ -24,6 +24,7 @@ from broker.bodies import read_form
 from broker.errors import (
     AuditError, BrokerError, InvalidRequest, NotApprover, NotFound, PayloadTooLarge, Unavailable,
 )
+from broker.killswitch import Selector
 from broker.notify import DeskContext
 from broker.model import ACTIVE, APPROVED, PENDING, check_request_id, iso
 
@@ -121,6 +122,9 @@ class ConsoleViews:
             Route("/console/requests/{id}/deny", w(self.deny), methods=["POST"]),
             Route("/console/requests/{id}/revoke", w(self.revoke), methods=["POST"]),
             Route("/console/requests/{id}/acknowledge", w(self.acknowledge), methods=["POST"]),
+            Route("/console/killswitch", w(self.kill_page), methods=["GET"]),
+            Route("/console/killswitch", w(self.kill_preview), methods=["POST"]),
+            Route("/console/killswitch/confirm", w(self.kill_confirm), methods=["POST"]),
             Route("/console/static/{name}", self.static, methods=["GET"]),
         ]
 
@@ -393,6 +397,55 @@ class ConsoleViews:
             return f"Review acknowledged: break-glass by {req.engineer} ({req.proposal.action} on {req.proposal.target})."
 
         return await self._decide(request, act)
+
+    # ------------------------------------------------------------------ kill switch
+    async def kill_page(self, request: HttpRequest) -> Response:
+        """The kill switch's form (the security group; others are told why not)."""
+        found = await self._session(request)
+        if found is None:
+            return self._signin()
+        session, approver = found
+        return await self._render_kill(session, approver)
+
+    async def _render_kill(self, session: Session, approver, *, error: str | None = None, status: int = 200,
+                           **more) -> Response:
+        ctx = await self._common(session, approver)
+        why = rules.why_not_kill_switch(approver, self.ctx.settings.security_group)
+        ctx.update({"error": error, "allowed": why is None, "why": why, "preview": None, **more})
+        return self._html("killswitch.html", status, **ctx)
+
+    async def kill_preview(self, request: HttpRequest) -> Response:
+        """Step one: what the kill switch would end now; nothing changes."""
+        try:
+            session, approver, form = await self._guard(request)
+        except Refused as r:
+            return self._refusal(r)
+        scope, value, reason = (form.get(k, "").strip() for k in ("scope", "value", "reason"))
+        try:
+            selector = Selector.of(scope, value or None)
+            if not reason:
+                raise InvalidRequest("a reason is required for the kill switch")
+            pending, grants = await self.ctx.lifecycle.kill_switch_preview(selector, approver)
+        except BrokerError as e:
+            return await self._render_kill(session, approver, error=f"Not done: {e.detail}", status=e.status)
+        return await self._render_kill(session, approver, preview={"pending": pending, "grants": grants},
+                                       selector_text=selector.describe(), scope=selector.scope, value=selector.value,
+                                       reason=reason)
+
+    async def kill_confirm(self, request: HttpRequest) -> Response:
+        """Step two, the confirmation: pull the switch (the core checks again who may)."""
+        try:
+            session, approver, form = await self._guard(request)
+        except Refused as r:
+            return self._refusal(r)
+        try:
+            selector = Selector.of(form.get("scope", ""), form.get("value") or None)
+            result = await self.ctx.lifecycle.kill_switch(selector, approver, reason=form.get("reason", ""),
+                                                          channel=CHANNEL, platform_user=f"console:{session.ref}")
+        except BrokerError as e:
+            return await self._render_kill(session, approver, error=f"Not done: {e.detail}", status=e.status)
+        await self.sessions.flash(session, {"kind": "ok", "text": result.summary()})
+        return RedirectResponse("/console", status_code=303, headers=SECURITY_HEADERS)
 
     async def _decide(self, request: HttpRequest, act) -> Response:
         try:

@@ -53,6 +53,10 @@ async def alert(desk: AlertDesk, notice: Notice) -> None:
         ref = await desk.alert_post(req, notice.suspended)
     else:
         await desk.alert_edit(req, ref, notice.suspended)
+    if notice.kind is Kind.KILL_SWITCH:  # the kill switch's one message fell on this grant: say it once
+        await desk.alert_once(req, "killswitch", lambda: desk.alert_say(ref, notice.text, notice.audience,
+                                                                         Tone.REMINDER))
+        return
     if req.reviewed_by:
         return
     if notice.suspended:

@@ -20,7 +20,8 @@ from broker.lifecycle import Lifecycle
 from broker.model import Request, check_request_id
 from broker.rules import POSTURES
 
-from bot.commands import Usage, id_and_reason, no_args, posture_level, request_id
+from bot.commands import ConfirmArgs, KillArgs, Usage, no_args, posture_level, request_id, revoke_args
+from bot.kit import killswitch
 
 LIST_LIMIT = 20
 REVIEWS_LIMIT = 20
@@ -74,6 +75,7 @@ class Reply:
     changed: bool = False
     everyone: bool = False  # reviews: the caller sees everyone's, not only their own
     error: ErrorKind | None = None
+    code: str | None = None  # the kill switch: the one-time code ``revoke confirm`` takes
 
 
 async def list_pending(life: Lifecycle, caller: Caller, _args: None) -> Reply:
@@ -87,8 +89,15 @@ async def status(life: Lifecycle, caller: Caller, rid: str) -> Reply:
     return Reply(requests=(await life.get(check_request_id(rid)),))
 
 
-async def revoke(life: Lifecycle, caller: Caller, args: tuple[str, str]) -> Reply:
-    """End a grant now; the lifecycle decides whether the caller may."""
+async def revoke(life: Lifecycle, caller: Caller, args: "tuple[str, str] | KillArgs | ConfirmArgs") -> Reply:
+    """End a grant now; the lifecycle decides whether the caller may. The kill switch
+    (``agent|owner|target <name> <reason>``, ``all <reason>``) first answers what would end with
+    a one-time code (``lines``, ``code``); ``confirm <code>`` pulls it (``lines``: the summary)."""
+    if isinstance(args, KillArgs):
+        said, code = await killswitch.ask(life, caller.approver, caller.user, caller.channel, args)
+        return Reply(lines=(said,), code=code)
+    if isinstance(args, ConfirmArgs):
+        return Reply(lines=(await killswitch.confirm(life, caller.approver, caller.user, caller.channel, args),))
     rid, reason = args
     r = await life.revoke_as(check_request_id(rid), caller.approver, reason=reason, channel=caller.channel,
                              platform_user=caller.user)
@@ -133,9 +142,10 @@ class Spec:
 
 LIST = Spec("list", "", "requests waiting for your approval", no_args, list_pending)
 STATUS = Spec("status", "<id>", "where a request stands", request_id, status)
-REVOKE = Spec("revoke", "<id> [reason]",
-              "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too)",
-              id_and_reason, revoke)
+REVOKE = Spec("revoke", "<id> [reason] | agent|owner|target <name> <reason> | all <reason> | confirm <code>",
+              "end a grant now (its approvers, its owner, security; a break-glass grant: its engineer too); "
+              "security: the kill switch, ends all of an agent, owner or target, or everything, once confirmed",
+              revoke_args, revoke)
 POSTURE = Spec("posture", f"[{'|'.join(POSTURES)}]", "show or set the risk posture (security group)",
                posture_level, posture)
 REVIEWS_SUMMARY = "open break-glass reviews (security group: all; others: their own)"

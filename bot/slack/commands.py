@@ -59,6 +59,11 @@ def _status(reply: kit.Reply) -> str:
 
 
 def _revoke(reply: kit.Reply) -> str:
+    if reply.code:
+        return (f":rotating_light: {mrkdwn(reply.lines[0], 1500)}\nTo go on, within 10 minutes: "
+                f"`{PREFIX}revoke confirm {escape(reply.code)}`")
+    if reply.lines:
+        return f":no_entry: {mrkdwn(reply.lines[0], 1500)}"
     r = reply.requests[0]
     return f":no_entry: Revoked `{escape(r.id)}`: {mrkdwn(r.close_reason or '', 600)}"
 

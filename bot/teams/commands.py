@@ -60,6 +60,10 @@ def _status(parts: "Parts", reply: kit.Reply) -> Answer:
 
 
 def _revoke(parts: "Parts", reply: kit.Reply) -> Answer:
+    if reply.code:
+        return Answer(reply.lines[0], (f"To go on, within 10 minutes: revoke confirm {reply.code}",))
+    if reply.lines:
+        return Answer(reply.lines[0])
     r = reply.requests[0]
     return Answer(f"Revoked {r.id}: {r.close_reason or ''}")
 

@@ -50,6 +50,7 @@ from .registry import (
     ResourceServer,
     add_agent,
     add_resource_server,
+    set_disabled,
     spiffe_id_problem,
     trust_domain_of,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "UnusableKey",
     "add_agent",
     "add_resource_server",
+    "set_disabled",
     "check_header",
     "generate_key",
     "jwk_thumbprint",

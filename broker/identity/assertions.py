@@ -19,7 +19,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from ..clock import SystemClock
-from ..errors import ConfigError, Unauthenticated, Unavailable
+from ..errors import AgentDisabled, ConfigError, Unauthenticated, Unavailable
 from ..jose import (
     HeaderNotAllowed,
     JoseError,
@@ -116,7 +116,15 @@ class AssertionVerifier:
                 keyed = self._registry.agent(iss) if isinstance(iss, str) and iss == svid.get("sub") else None
                 if keyed is None or keyed.public_jwk is None:
                     return self._spiffe.verify(token, self._registry, self._audience, self._clock.now())
-        return await self._verify(authorization, self._registry.agent)
+        agent, claims = await self._verify(authorization, self._agent_or_disabled)
+        if agent.disabled:
+            raise AgentDisabled(f"agent {agent.id} is disabled in the agents file; its grants were revoked")
+        return agent, claims
+
+    def _agent_or_disabled(self, agent_id: str) -> Agent | None:
+        # A disabled agent still proves who it is (its signature is checked as usual), so the
+        # refusal it gets names the reason instead of looking like an unknown id.
+        return self._registry.agent(agent_id) or self._registry.disabled_agent(agent_id)
 
     async def verify_dpop(self, proof: str | None, *, method: str, url: str) -> str:
         """The RFC 7638 thumbprint (``jkt``) of the key that signed a valid DPoP proof for

@@ -29,7 +29,7 @@ from ..jose import KINDS as _KINDS, PrivateKeyMaterial, jwk_thumbprint, parse_pu
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
 _ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : / @ -"
 
-_AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate"})
+_AGENT_KEYS = frozenset({"id", "owner", "team", "public_key", "can_delegate", "disabled"})
 _SERVER_KEYS = frozenset({"id", "public_key", "audiences"})
 # A resource server's ``audiences``: the token audiences (target names) it may introspect
 # and revoke, or this alone for a central gateway that fronts every target.
@@ -64,6 +64,9 @@ class Agent:
     kid: str
     can_delegate: bool = False
     _key: Any = field(default=None, compare=False, repr=False, hash=False)
+    # ``disabled: true`` in the agents file: its assertions are refused (403 agent-disabled)
+    # and what it holds is ended on the reload, as for a removed agent; the entry stays.
+    disabled: bool = False
 
     def __post_init__(self) -> None:
         if self._key is None and self.public_jwk is not None:
@@ -153,11 +156,15 @@ def _agent_from_entry(entry: Any) -> Agent:
     can_delegate = entry.get("can_delegate", False)
     if not isinstance(can_delegate, bool):
         raise ValueError("'can_delegate' must be true or false")
+    disabled = entry.get("disabled", False)
+    if not isinstance(disabled, bool):
+        raise ValueError("'disabled' must be true or false")  # a string read as false would fail open
     if "public_key" not in entry:
         spiffe_problem = spiffe_id_problem(ident)
         if spiffe_problem:
             raise ValueError(f"'id' {spiffe_problem}")
-        return Agent(id=ident, owner=owner, team=team, public_jwk=None, kid="", can_delegate=can_delegate)
+        return Agent(id=ident, owner=owner, team=team, public_jwk=None, kid="", can_delegate=can_delegate,
+                     disabled=disabled)
     key, kid = _entry_key(entry)
     return Agent(
         id=ident,
@@ -167,6 +174,7 @@ def _agent_from_entry(entry: Any) -> Agent:
         kid=kid,
         can_delegate=can_delegate,
         _key=key,
+        disabled=disabled,
     )
 
 
@@ -278,12 +286,14 @@ def _parse_file(path: Path) -> tuple[tuple[Agent, ...], tuple[ResourceServer, ..
 
 
 class _Snapshot:
-    __slots__ = ("agents", "resource_servers", "agent_by_id", "server_by_id", "denied")
+    __slots__ = ("agents", "resource_servers", "agent_by_id", "server_by_id", "denied", "disabled_by_id")
 
     def __init__(self, agents: tuple[Agent, ...], servers: tuple[ResourceServer, ...],
                  denied: frozenset[str] = frozenset()) -> None:
         # A denied id is not an agent at all: not to authenticate, delegate, be granted or owned.
-        self.agents = tuple(a for a in agents if a.id not in denied)
+        # A disabled one neither, but it is kept apart so its assertions get a clear 403.
+        self.agents = tuple(a for a in agents if a.id not in denied and not a.disabled)
+        self.disabled_by_id = {a.id: a for a in agents if a.disabled and a.id not in denied}
         self.resource_servers = servers
         self.agent_by_id = {a.id: a for a in self.agents}
         self.server_by_id = {s.id: s for s in servers}
@@ -354,6 +364,15 @@ class Registry:
     def agent(self, id: str) -> Agent | None:
         """The agent with this id, or None."""
         return self._snapshot.agent_by_id.get(id)
+
+    def disabled_agent(self, id: str) -> Agent | None:
+        """The agent with this id if the agents file marks it ``disabled: true``, or None."""
+        return self._snapshot.disabled_by_id.get(id)
+
+    @property
+    def disabled(self) -> tuple[Agent, ...]:
+        """The agents marked ``disabled: true`` (not among :attr:`agents`)."""
+        return tuple(self._snapshot.disabled_by_id.values())
 
     def resource_server(self, id: str) -> ResourceServer | None:
         """The resource server with this id, or None."""
@@ -468,6 +487,61 @@ def add_agent(path: Path, *, id: str, owner: str | None, team: str | None, publi
     _parse_document(text, str(path))  # the whole new file must still load (e.g. key reuse)
     _atomic_write(path, text)
     return agent
+
+
+def set_disabled(path: Path, agent_id: str, disabled: bool) -> bool:
+    """Mark agent ``agent_id`` ``disabled: true`` (or ``false``) in the agents file, the source
+    of truth the brokers reload (within about 2 s: its disabled agent is refused at once and
+    what it holds is ended). The entry's line is edited in place when that parses to exactly
+    the intended document (comments and layout survive), else the file is re-dumped; the file
+    is replaced atomically. Returns whether anything changed; ConfigError for an unknown id or
+    a broken file."""
+    path = Path(path)
+    existing = _read(path)
+    data, agents, _servers = _parse_document(existing, str(path))
+    if not any(a.id == agent_id for a in agents):
+        raise ConfigError(f"{path}: no agent {agent_id!r}")
+    expected = copy.deepcopy(data)
+    for entry in expected.get("agents") or []:
+        if isinstance(entry, dict) and entry.get("id") == agent_id:
+            if bool(entry.get("disabled", False)) == disabled:
+                return False
+            entry["disabled"] = disabled
+    text = _disabled_text(existing, agent_id, disabled, expected)
+    _parse_document(text, str(path))
+    _atomic_write(path, text)
+    return True
+
+
+def _disabled_text(existing: str, agent_id: str, disabled: bool, expected: dict) -> str:
+    """The agents file's text with the entry's ``disabled`` set (see :func:`set_disabled`)."""
+    word = "true" if disabled else "false"
+    candidates = []
+    root = compose_yaml(existing)
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value != "agents" or not isinstance(value, yaml.SequenceNode):
+                continue
+            for item in value.value:
+                if not isinstance(item, yaml.MappingNode) or item.flow_style:
+                    continue
+                pairs = {k.value: (k, v) for k, v in item.value if isinstance(k, yaml.ScalarNode)}
+                if pairs.get("id", (None, None))[1] is None or pairs["id"][1].value != agent_id:
+                    continue
+                if "disabled" in pairs:
+                    v = pairs["disabled"][1]
+                    candidates.append(existing[: v.start_mark.index] + word + existing[v.end_mark.index:])
+                else:
+                    k, v = pairs["id"]
+                    candidates.append(existing[: v.end_mark.index] + "\n" + " " * k.start_mark.column
+                                      + f"disabled: {word}" + existing[v.end_mark.index:])
+    for text in candidates:
+        try:
+            if load_yaml(text, "candidate") == expected:
+                return text
+        except ConfigError:
+            continue
+    return _dump(expected)
 
 
 def add_resource_server(path: Path, *, id: str, public_jwk: dict, audiences: Iterable[str] | None = None) -> ResourceServer:  # noqa: F811 - the JWK, not the helper

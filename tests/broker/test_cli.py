@@ -240,7 +240,7 @@ async def test_listings_print_json_with_json(cli_env):
     agents = json.loads(run_cli(cli_env, "agents", "list", "--json").stdout)
     by_id = {a["id"]: a for a in agents["agents"]}
     assert by_id["deploy-bot"]["owner"] == "alice" and by_id["deploy-bot"]["kid"]
-    assert {"id", "owner", "team", "kid", "can_delegate"} == set(by_id["deploy-bot"])
+    assert {"id", "owner", "team", "kid", "can_delegate", "disabled"} == set(by_id["deploy-bot"])
     assert isinstance(agents["resource_servers"], list)
 
     assert json.loads(run_cli(cli_env, "breakglass", "reviews", "--json").stdout) == []

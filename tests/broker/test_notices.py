@@ -18,7 +18,7 @@ DIRECTORY = Directory([
     Approver("carol", frozenset({"security"})), Approver("sam", frozenset({"security", "on-call"})),
 ])
 
-ORDINARY = [k for k in Kind if not k.break_glass and not k.credential]
+ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and k is not Kind.KILL_SWITCH]
 BREAK_GLASS = [k for k in Kind if k.break_glass]
 CREDENTIAL = [k for k in Kind if k.credential]
 
@@ -41,7 +41,7 @@ def test_the_wire_strings_are_the_ones_queued_before():
     assert sorted(k.value for k in Kind) == sorted([
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
-        "bg.reinstated", "cred.revocation_pending", "cred.orphan"])
+        "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 
@@ -137,6 +137,11 @@ async def test_each_kind_reaches_its_port_method_with_the_core_audience(harness)
         ((method, notice),) = rec.calls
         assert method == "alert_security" and notice.kind is kind and notice.text
         assert notice.audience.security_group == "security"
+    rec.calls.clear()  # issue 16, item 5: the kill switch's one message goes to the security channel too
+    await notices.deliver(Kind.KILL_SWITCH.value, rid, {"recorder"})
+    ((method, notice),) = rec.calls
+    assert method == "alert_security" and notice.kind is Kind.KILL_SWITCH and "kill switch" in notice.text
+    assert notice.audience.security_group == "security"
     g = await harness.broker.breakglass.grant(harness.approver("alice"), subject="ops-bot", action="rollback",
                                               target="prod/payments-api", duration_s=600, reason="pods down",
                                               channel="cli")

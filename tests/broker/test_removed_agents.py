@@ -29,7 +29,9 @@ async def test_grants_of_agents_removed_while_stopped_end_at_start_up(harness):
     assert (await harness.life.get(kept)).status == "pending"
     s = harness.broker.store
     events = [orjson.loads(f[b"event"]) for _, f in await s.redis.xrange(s.audit_stream)]
-    closing = {e["request_id"]: e["type"] for e in events if (e.get("actor") or {}).get("by") == "registry"}
-    assert closing == {active: "grant.revoked", pending: "request.cancelled"}
+    (batch,) = [e for e in events if (e.get("actor") or {}).get("by") == "registry"]
+    assert batch["type"] == "registry.closed"  # one entry for the batch, naming each request
+    closing = {r["request_id"]: (r["previous"], r["status"]) for r in batch["data"]["requests"]}
+    assert closing == {active: ("active", "revoked"), pending: ("pending", "cancelled")}
     r = await harness.client.get(f"/v1/escalations/{kept}", headers=harness.auth("deploy-bot"))
     assert r.status_code == 200

@@ -216,8 +216,10 @@ async def test_a_removed_or_denied_spiffe_agent_stops_and_loses_its_grants(live,
     assert await live.broker.lifecycle.introspect(token.access_token) == {"active": False}
     store = live.broker.store
     events = [orjson.loads(f[b"event"]) for _, f in await store.redis.xrange(store.audit_stream)]
-    revoked = [e for e in events if e["type"] == "grant.revoked" and e.get("request_id") == grant.request_id]
-    assert len(revoked) == 1 and revoked[0]["actor"]["by"] == "registry"
+    revoked = [r for e in events if e["type"] == "registry.closed" for r in e["data"]["requests"]
+               if r["request_id"] == grant.request_id]
+    assert len(revoked) == 1 and revoked[0]["status"] == "revoked"
+    assert [e["actor"]["by"] for e in events if e["type"] == "registry.closed"] == ["registry"]
 
     again = svid_client(live, lambda aud: svid(live.svid_key))
     with pytest.raises(AuthenticationFailed) as refused:
