@@ -218,6 +218,14 @@ class Settings:
     credential_secrets: dict = field(default_factory=dict, repr=False)
     credential_settle_s: float = 0.5
     credential_reconcile_s: float = 300.0
+    # OpenID Shared Signals (broker/ssf, docs/ssf.md): push only to https receivers unless
+    # allowed (development, tests on loopback); streams per resource server; the longest poll
+    # wait; one push's timeout; SETs held per stream before the oldest are dropped.
+    ssf_push_allow_http: bool = False
+    ssf_max_streams: int = 5
+    ssf_poll_max_wait_s: int = 30
+    ssf_push_timeout_s: float = 5.0
+    ssf_max_queued: int = 10000
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -277,6 +285,11 @@ class Settings:
                                 and k not in ("JITGATE_CREDENTIAL_SETTLE_S", "JITGATE_CREDENTIAL_RECONCILE_S")},
             credential_settle_s=max(0.05, _float(env, "JITGATE_CREDENTIAL_SETTLE_S", 0.5)),
             credential_reconcile_s=max(1.0, _float(env, "JITGATE_CREDENTIAL_RECONCILE_S", 300.0)),
+            ssf_push_allow_http=_bool(env, "JITGATE_SSF_PUSH_ALLOW_HTTP", False),
+            ssf_max_streams=_int(env, "JITGATE_SSF_MAX_STREAMS", 5, 1, 100),
+            ssf_poll_max_wait_s=_int(env, "JITGATE_SSF_POLL_MAX_WAIT_S", 30, 0, 300),
+            ssf_push_timeout_s=min(60.0, max(0.5, _float(env, "JITGATE_SSF_PUSH_TIMEOUT_S", 5.0))),
+            ssf_max_queued=_int(env, "JITGATE_SSF_MAX_QUEUED", 10000, 100, 1_000_000),
         )
 
 

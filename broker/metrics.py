@@ -32,6 +32,11 @@ class Metrics:
         self.revocations_pending = Gauge("jitgate_credential_revocations_pending",
                                          "Credentials whose revocation failed and is being retried",
                                          registry=self.registry)
+        self.ssf_sets = Counter("jitgate_ssf_sets", "Security Event Tokens queued for SSF streams", ["event"],
+                                registry=self.registry)
+        self.ssf_deliveries = Counter("jitgate_ssf_deliveries", "SET deliveries by result (pushed, polled, "
+                                      "refused by the receiver, failed and retried, dropped by the queue cap)",
+                                      ["result"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}
