@@ -82,8 +82,11 @@ class Broker:
     async def drain(self) -> None:
         """The first step of a graceful stop (SIGTERM), before the open connections finish:
         waiting long polls answer a retryable 503 at once, and the scheduler lease is handed
-        over (released), so another replica takes the jobs now, not when the lease runs out."""
+        over (released), so another replica takes the jobs now, not when the lease runs out.
+        Waiting SSF polls answer at once (what they hold stays queued for the next poll)."""
         self.wakeups.drain()
+        if self.ssf is not None:
+            self.ssf.draining = True
         await self.scheduler.stop()
 
     def close_unregistered(self) -> asyncio.Task | None:

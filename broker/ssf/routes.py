@@ -106,7 +106,7 @@ def make_routes(broker: "Broker") -> list[Route]:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
                 raise InvalidRequest(f"the body is not valid JSON: {e.msg} at position {e.pos}") from None
-        return _json(await broker.ssf.poll(rec, body))
+        return _json(await broker.ssf.poll(rec, body, request.is_disconnected))
 
     return [
         Route("/.well-known/ssf-configuration", configuration, methods=["GET"]),

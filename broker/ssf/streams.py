@@ -130,6 +130,9 @@ class Streams:
         raw = await self.redis.get(self._key(sid))
         return orjson.loads(raw) if raw else None
 
+    async def exists(self, sid: str) -> bool:
+        return bool(await self.redis.exists(self._key(sid)))
+
     async def own(self, receiver: str, sid: Any) -> dict:
         """The receiver's stream ``sid``; 404 for another's or an unknown one (same answer)."""
         rec = await self.load(check_stream_id(sid))

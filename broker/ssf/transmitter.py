@@ -76,6 +76,7 @@ class Transmitter:
         self._push_wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        self.draining = False  # a graceful stop: waiting polls answer now
         self._http: httpx.AsyncClient | None = None
         self._release = redis.register_script(_RELEASE)
         self._outage = Outage(log, "reading the SSF queue (Redis)")
@@ -207,11 +208,12 @@ class Transmitter:
         self.wake()
 
     # ------------------------------------------------------------------ poll (RFC 8936)
-    async def poll(self, rec: dict, body: Any) -> dict:
+    async def poll(self, rec: dict, body: Any, disconnected=None) -> dict:
         """RFC 8936 section 2.4: acknowledge what ``ack`` (and ``setErrs``) name, then return up
         to ``maxEvents`` unacknowledged SETs; with ``returnImmediately`` false (the default) wait
         for one, at most JITGATE_SSF_POLL_MAX_WAIT_S. A SET stays queued until acknowledged, so
-        one lost with a response comes again. A paused stream answers no SETs (it holds them)."""
+        one lost with a response comes again. A paused stream answers no SETs (it holds them).
+        ``disconnected`` (an async callable) ends the wait early when the receiver went away."""
         if not isinstance(body, dict):
             raise InvalidRequest("the poll request must be a JSON object")
         if rec["delivery"]["method"] != DELIVERY_POLL:
@@ -241,7 +243,7 @@ class Transmitter:
         if not sets and not immediately:
             loop = asyncio.get_running_loop()
             end = loop.time() + self.settings.ssf_poll_max_wait_s
-            while not sets and not self._stopping:
+            while not sets and not self._stopping and not self.draining:
                 left = end - loop.time()
                 if left <= 0:
                     break
@@ -250,6 +252,9 @@ class Transmitter:
                 except asyncio.TimeoutError:
                     pass
                 sets = await self.streams.pending(sid, max_events)
+                if not sets and ((disconnected is not None and await disconnected())
+                                 or not await self.streams.exists(sid)):
+                    break  # the receiver went away, or deleted the stream
         out: dict[str, Any] = {"sets": dict(sets)}
         if sets and await self.streams.queued(sid) > len(sets):
             out["moreAvailable"] = True
