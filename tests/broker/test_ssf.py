@@ -441,3 +441,43 @@ async def test_a_set_the_receiver_refuses_with_400_is_not_retried(ssf):
         assert len(rcv.got) == 2 and rcv.got[0][1] != rcv.got[1][1]
     finally:
         rcv.close()
+
+
+# --- at least once, by one replica ----------------------------------------------------------------
+
+
+def _queued(h) -> float:
+    return h.broker.metrics.ssf_sets.labels(event="session-revoked")._value.get()
+
+
+async def test_two_brokers_turn_each_ended_grant_into_one_set(ssf):
+    """One consumer group: with two broker processes on one Redis, each ended grant is fanned out
+    by exactly one of them (the SETs are counted where they were made)."""
+    other = Harness(ssf.settings, ssf.keys, ssf.clock)
+    await other.start()
+    try:
+        sid = (await _create(ssf)).json()["stream_id"]
+        for i in range(6):
+            rid, _, _ = await _active(ssf)
+            await (ssf if i % 2 else other).life.revoke(rid, by="alice", reason="r", channel="cli")
+        assert len(await _poll_until(ssf, sid, 6)) == 6
+        await asyncio.sleep(0.3)
+        assert _queued(ssf) + _queued(other) == 6
+    finally:
+        await other.stop()
+
+
+async def test_a_revocation_made_while_no_broker_serves_is_sent_when_one_starts(ssf):
+    """At least once across restarts: a grant revoked from the operator CLI's broker (no
+    background work) waits in <outbox>:ssf, and the next serving broker delivers its SET."""
+    sid = (await _create(ssf)).json()["stream_id"]
+    rid, _, jti = await _active(ssf)
+    await ssf.stop()
+    await ssf.start(background=False)  # as `jitgate revoke` runs: nothing consumes the queue
+    await ssf.life.revoke(rid, by="alice", reason="from the CLI", channel="cli")
+    await asyncio.sleep(0.3)
+    assert (await _poll(ssf, sid))["sets"] == {}
+    await ssf.stop()
+    await ssf.start()
+    sets = await _poll_until(ssf, sid)
+    assert [_decode_set(t, await _keys(ssf))["sub_id"]["jti"] for t in sets.values()] == [jti]
