@@ -45,7 +45,8 @@ local function redis_now_ms()
 end
 
 -- A grant ended early: the request holds a token (grant_jti) that is not past its exp, and
--- its status is no longer active (revoked, completed, or any other end a script writes). The
+-- its status is no longer active (revoked, completed, or any other end a script writes but
+-- 'expired': a grant expires at its end, which the token's exp already says). The
 -- broker's SSF transmitter (broker/ssf) tells subscribed resource servers, at least once,
 -- from the stream '<outbox>:ssf'. Called by outbox() for every change of a request, so a
 -- script that ends grants (one or a batch) gets it by queueing its notices through outbox()
@@ -54,7 +55,7 @@ end
 local function grant_ended(outbox_key, req, id)
   local g = redis.call('HMGET', req, 'status', 'grant_jti', 'grant_exp', 'ssf_at', 'closed_by', 'close_reason')
   local st = g[1]
-  if not st or st == 'active' or st == 'approved' or st == 'pending' then return end
+  if not st or st == 'active' or st == 'approved' or st == 'pending' or st == 'expired' then return end
   if not g[2] or g[2] == '' or (g[4] and g[4] ~= '') then return end
   local exp = tonumber(g[3])
   local now = redis_now_ms()

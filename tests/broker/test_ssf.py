@@ -273,6 +273,21 @@ async def test_completion_is_signalled_and_each_grant_only_once(ssf):
     assert (await _poll(ssf, sid))["sets"] == {}
 
 
+async def test_grants_without_a_live_token_or_ending_at_their_end_signal_nothing(ssf):
+    """Only a live token ended early is news: revoking an approved grant whose token was never
+    collected, and a grant expiring at its end (its token's exp says so), queue no SET."""
+    sid = (await _create(ssf)).json()["stream_id"]
+    prod = (await ssf.propose("deploy-bot", action="restart", target="prod/payments-api", duration_s=120)).json()["id"]
+    await ssf.approve(prod, "bob")
+    await ssf.life.revoke(prod, by="alice", reason="never collected", channel="cli")
+    rid, _, _ = await _active(ssf)
+    ssf.clock.advance(301)
+    assert (await ssf.life.expire(rid)).ok  # one by one, through the transition script
+    await asyncio.sleep(0.3)
+    assert (await _poll(ssf, sid))["sets"] == {}
+    assert _queued(ssf) == 0
+
+
 async def test_a_receiver_learns_only_about_tokens_meant_for_its_audiences(ssf):
     """RFC 7662 section 4's rule, kept for signals: a stream carries only tokens whose aud is one
     of its receiver's audiences (orders-api is registered for prod only; the token is staging's)."""
