@@ -14,9 +14,11 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from broker.clock import ManualClock
-from broker.errors import Conflict
+from broker.config import Settings
+from broker.errors import ConfigError, Conflict
 from broker.identity import add_resource_server, generate_key, load_private_key
 from broker.ssf import CAEP_SESSION_REVOKED, DELIVERY_POLL, DELIVERY_PUSH, SSF_VERIFICATION
+from tests.broker.test_settings import BASE
 from tests.support.harness import ISSUER, Harness, make_settings, write_agents
 
 RS = "payments-api"
@@ -496,3 +498,26 @@ async def test_a_revocation_made_while_no_broker_serves_is_sent_when_one_starts(
     await ssf.start()
     sets = await _poll_until(ssf, sid)
     assert [_decode_set(t, await _keys(ssf))["sub_id"]["jti"] for t in sets.values()] == [jti]
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value, field, expected", [
+    ("JITGATE_SSF_PUSH_ALLOW_HTTP", "on", "ssf_push_allow_http", True),
+    ("JITGATE_SSF_MAX_STREAMS", "7", "ssf_max_streams", 7),
+    ("JITGATE_SSF_POLL_MAX_WAIT_S", "0", "ssf_poll_max_wait_s", 0),
+    ("JITGATE_SSF_MAX_QUEUED", "500", "ssf_max_queued", 500),
+])
+def test_ssf_settings_are_read(name, value, field, expected):
+    """The SSF settings reach Settings from the environment."""
+    assert getattr(Settings.from_env({**BASE, name: value}), field) == expected
+    assert Settings.from_env(BASE).ssf_push_allow_http is False  # https only unless allowed
+
+
+@pytest.mark.parametrize("name, value", [("JITGATE_SSF_PUSH_ALLOW_HTTP", "maybe"), ("JITGATE_SSF_MAX_STREAMS", "0"),
+                                         ("JITGATE_SSF_POLL_MAX_WAIT_S", "301"), ("JITGATE_SSF_MAX_QUEUED", "many")])
+def test_a_bad_ssf_setting_refuses_to_start(name, value):
+    """Fail closed: a word that is not on/off, or a number out of range, refuses start-up naming it."""
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**BASE, name: value})
