@@ -116,6 +116,12 @@ def derive(r: dict) -> dict:
         ("under 4 KiB of Redis per pending request with three evidence items",
          f"{r['memory']['pending']['total_bytes']:,} B", r["memory"]["pending"]["total_bytes"] < 4096),
     ]
+    if "ssf" in r:
+        sf = r["ssf"]
+        targets.append(("revocation -> subscribed verifier refuses, p99 under 1 s (SSF)",
+                        f"{sf['lag']['p99_ms'] / 1000:.2f} s at {sf['revocations_per_s']:g} revocations/s "
+                        f"({sf['lag_after_answer']['p99_ms'] / 1000:.2f} s from the revocation's answer)",
+                        sf["met"]))
     d["targets"] = [{"target": t, "result": v, "met": bool(ok)} for t, v, ok in targets]
     others = [row["cpu_cores"].get("other", 0.0) for row in r["autogrant"] + r["introspection"]]
     others += [r["limits"].get("other_cpu_cores", 0.0), rv.get("other_cpu_cores_avg", 0.0)]
@@ -228,6 +234,17 @@ def markdown(r: dict, d: dict, plot_path: str | None) -> str:
             f"with all {rv['grants']:,} grants active and none due. Limit of one revocation: one EVALSHA "
             f"({d['revocation_limit_us']:.0f} µs) → **{d['revocation_ratio']:.2f} of the limit** per revocation "
             f"(CPU-time ratio). Seeding: {rv['seed_path']}, {rv['seed_seconds']} s.", ""]
+    if "ssf" in r:
+        sf = r["ssf"]
+        out += [f"**7. Revocation → subscribed verifier (Shared Signals)** — {sf['tokens']:,} tokens revoked through "
+                f"`POST /v1/revoke` at {sf['revocations_per_s']:g}/s while a `TokenVerifier` follows an RFC 8936 poll "
+                "stream (docs/ssf.md)", ""]
+        out += _table(["lag p50", "lag p99", "lag max", "p99 from the revocation's answer", "revocation call p99",
+                       "not signalled", "broker CPU (avg)"],
+                      [[f"{sf['lag']['p50_ms']:.0f} ms", f"{sf['lag']['p99_ms']:.0f} ms", f"{sf['lag']['max_ms']:.0f} ms",
+                        f"{sf['lag_after_answer']['p99_ms']:.0f} ms", f"{sf['revoke_call']['p99_ms']:.0f} ms",
+                        sf["not_signalled_within_bound"], f"{sf['broker_cpu_cores_avg']} cores"]])
+        out += [""]
     mem = r["memory"]
     out += ["**5. Memory** (Redis `INFO memory` delta over "
             f"{mem['requests']:,} requests, and `MEMORY USAGE` per key)", ""]

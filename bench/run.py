@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from . import autogrant, credentials, introspect, killswitch, memory, revocation, wakeup
+from . import autogrant, credentials, introspect, killswitch, memory, revocation, ssf, wakeup
 from .limits import INFLIGHT
 from .load import Client, HarnessError, closed_loop, summary
 from .procs import (ROOT, BusyMeter, CpuMeter, Processes, bench_redis_binary, cpu_plan, hello_server, pin, redis_version,
@@ -52,6 +52,8 @@ class Sizes:
     revoke_bound_s: float
     credential_n: int = 50
     killswitch_n: int = 10_000
+    ssf_n: int = 500  # figure 8: tokens revoked while a verifier follows the SSF stream
+    ssf_rate: float = 50.0  # revocations per second
 
 
 FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64), level_s=8, warmup_s=1,
@@ -60,7 +62,7 @@ FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64),
 SMOKE = Sizes(limits_n=50, hello_s=0.7, levels=(1, 4), both_levels=(4,), level_s=0.7, warmup_s=0.2,
               profile_s=1, tokens=10, introspect_levels=(1, 4), offline_s=0.3, wake_n=10, wake_gap_s=0.005,
               memory_n=50, revoke_n=500, revoke_window_s=2, revoke_bound_s=30, credential_n=5,
-              killswitch_n=600)
+              killswitch_n=600, ssf_n=50, ssf_rate=50.0)
 
 
 _T0 = time.monotonic()
@@ -190,6 +192,11 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
         log(f"7. kill switch ({sizes.killswitch_n} active grants: --all vs one by one)")
         await stack.flush()
         results["killswitch"] = await killswitch.measure(stack, sizes.killswitch_n, log)
+    if want("ssf"):
+        log(f"8. revocation -> subscribed verifier (SSF), {sizes.ssf_n} tokens at {sizes.ssf_rate:g} revocations/s")
+        await stack.flush()
+        async with stack.brokers(1) as (b,):
+            results["ssf"] = await ssf.measure(stack, b, sizes.ssf_n, sizes.ssf_rate, log)
     if want("credentials"):
         log(f"6. real credentials ({sizes.credential_n} grants per plugin, against PostgreSQL and OpenBao)")
         await stack.flush()
@@ -339,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-slack", action="store_true", help="approve through the operator path even if Slack is there")
     p.add_argument("--only", type=lambda v: set(v.split(",")), metavar="FIGURES",
                    help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation, credentials, "
-                        "killswitch) "
+                        "killswitch, ssf) "
                         "and print the results; writes no report")
+    p.add_argument("--ssf-n", type=int, help="tokens for the SSF figure (default: 2000; smoke: 50)")
     p.add_argument("--revoke-n", type=int, help="grants for the revocation figure (default: 100000; smoke: 500)")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="measure nothing: rewrite the report, plot and docs from a results file of an earlier run")
@@ -357,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.revoke_n:
         sizes = dataclasses.replace(sizes, revoke_n=args.revoke_n)
+    if args.ssf_n:
+        sizes = dataclasses.replace(sizes, ssf_n=args.ssf_n)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="jitgate-bench-")) if args.smoke else ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")

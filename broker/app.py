@@ -30,6 +30,8 @@ from .redischeck import refuse_eviction
 from .redisconn import connect
 from .redisline import RedisLine
 from .scheduler import Scheduler
+from .ssf import Streams, Transmitter
+from .ssf.routes import make_routes as ssf_routes
 from .store import Store
 from .tokens import KeyRing, key_retention_s
 from .wakeups import Wakeups
@@ -57,6 +59,7 @@ class Broker:
     breakglass: BreakGlass
     desks: list = field(default_factory=list)
     credentials: Credentials | None = None
+    ssf: Transmitter | None = None  # the Shared Signals transmitter (broker/ssf)
     _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
@@ -79,8 +82,11 @@ class Broker:
     async def drain(self) -> None:
         """The first step of a graceful stop (SIGTERM), before the open connections finish:
         waiting long polls answer a retryable 503 at once, and the scheduler lease is handed
-        over (released), so another replica takes the jobs now, not when the lease runs out."""
+        over (released), so another replica takes the jobs now, not when the lease runs out.
+        Waiting SSF polls answer at once (what they hold stays queued for the next poll)."""
         self.wakeups.drain()
+        if self.ssf is not None:
+            self.ssf.draining = True
         await self.scheduler.stop()
 
     def close_unregistered(self) -> asyncio.Task | None:
@@ -203,6 +209,9 @@ async def build(
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
     scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
+    broker.ssf = Transmitter(redis=redis, streams=Streams(redis, settings.redis_prefix, settings), keyring=keyring,
+                             registry=registry, settings=settings, clock=clock, source=store.outbox + ":ssf",
+                             consumer=scheduler.holder, metrics=metrics)
     if start_background:
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()
@@ -211,6 +220,7 @@ async def build(
         await wakeups.start()
         await scheduler.start()
         await outbox.start()
+        await broker.ssf.start()
     return broker
 
 
@@ -221,6 +231,8 @@ async def shutdown(broker: Broker) -> None:
     if broker._closing:
         await asyncio.wait(set(broker._closing), timeout=10)
     await broker.outbox.stop()
+    if broker.ssf is not None:
+        await broker.ssf.stop()
     await broker.wakeups.stop()
     if broker.credentials is not None:
         await broker.credentials.close()
@@ -277,6 +289,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwar
 
 def _mount(app: Starlette, broker: Broker) -> None:
     app.router.routes.extend(make_routes(broker))
+    app.router.routes.extend(ssf_routes(broker))
     for desk in broker.desks:
         app.router.routes.extend(desk.routes())
     app.state.broker = broker

@@ -227,6 +227,14 @@ class Settings:
     # delegation chain ("agent"), or for every agent of the same owner ("owner").
     denial_cooldown_s: int = 1800
     denial_memory_scope: str = "agent"
+    # OpenID Shared Signals (broker/ssf, docs/ssf.md): push only to https receivers unless
+    # allowed (development, tests on loopback); streams per resource server; the longest poll
+    # wait; one push's timeout; SETs held per stream before the oldest are dropped.
+    ssf_push_allow_http: bool = False
+    ssf_max_streams: int = 5
+    ssf_poll_max_wait_s: int = 30
+    ssf_push_timeout_s: float = 5.0
+    ssf_max_queued: int = 10000
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -290,6 +298,11 @@ class Settings:
             target_proposals_per_min=_int(env, "JITGATE_TARGET_PROPOSALS_PER_MIN", 30, 0, 100000),
             denial_cooldown_s=_int(env, "JITGATE_DENIAL_COOLDOWN_S", 1800, 0, 30 * 86400),
             denial_memory_scope=_choice(env, "JITGATE_DENIAL_MEMORY_SCOPE", ("agent", "owner"), "agent"),
+            ssf_push_allow_http=_bool(env, "JITGATE_SSF_PUSH_ALLOW_HTTP", False),
+            ssf_max_streams=_int(env, "JITGATE_SSF_MAX_STREAMS", 5, 1, 100),
+            ssf_poll_max_wait_s=_int(env, "JITGATE_SSF_POLL_MAX_WAIT_S", 30, 0, 300),
+            ssf_push_timeout_s=min(60.0, max(0.5, _float(env, "JITGATE_SSF_PUSH_TIMEOUT_S", 5.0))),
+            ssf_max_queued=_int(env, "JITGATE_SSF_MAX_QUEUED", 10000, 100, 1_000_000),
         )
 
 

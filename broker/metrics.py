@@ -40,6 +40,11 @@ class Metrics:
         self.denied_by_memory = Counter("jitgate_proposals_denied_by_memory",
                                         "Proposals denied at once because a person had just denied the same",
                                         registry=self.registry)
+        self.ssf_sets = Counter("jitgate_ssf_sets", "Security Event Tokens queued for SSF streams", ["event"],
+                                registry=self.registry)
+        self.ssf_deliveries = Counter("jitgate_ssf_deliveries", "SET deliveries by result (pushed, polled, "
+                                      "refused by the receiver, failed and retried, dropped by the queue cap)",
+                                      ["result"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}

@@ -25,6 +25,44 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _ESC = {"description": "the escalation", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Escalation"}}}}
 
 
+def _rs(op: dict) -> dict:
+    return {**op, "security": [{"resourceServerAssertion": []}]}
+
+
+def _ssf_paths() -> dict:
+    """OpenID Shared Signals 1.0 (docs/ssf.md): stream management and RFC 8936 polling, for
+    registered resource servers."""
+    obj = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+    json_ok = {"content": {"application/json": {"schema": {}}}}
+    sid_q = {"name": "stream_id", "in": "query", "schema": {"type": "string"}}
+    return {
+        "/.well-known/ssf-configuration": {"get": _op("SSF 1.0 transmitter configuration metadata",
+                                                      {"200": {"description": "metadata", **json_ok}}, auth=False)},
+        "/ssf/stream": {
+            "post": _rs(_op("Create a stream (no delivery: poll)", {"201": {"description": "the stream", **json_ok}},
+                            body=obj)),
+            "get": _rs(_op("Read a stream, or list the caller's streams", {"200": {"description": "stream(s)", **json_ok}},
+                           params=[sid_q])),
+            "patch": _rs(_op("Update a stream", {"200": {"description": "the stream", **json_ok}}, body=obj)),
+            "put": _rs(_op("Replace a stream", {"200": {"description": "the stream", **json_ok}}, body=obj)),
+            "delete": _rs(_op("Delete a stream", {"204": {"description": "deleted"}}, params=[{**sid_q, "required": True}])),
+        },
+        "/ssf/status": {
+            "get": _rs(_op("A stream's status", {"200": {"description": "status", **json_ok}},
+                           params=[{**sid_q, "required": True}])),
+            "post": _rs(_op("Set a stream's status", {"200": {"description": "status", **json_ok}}, body=obj)),
+        },
+        "/ssf/subjects:add": {"post": _rs(_op("Add a subject (accepted; subjects do not filter)",
+                                              {"200": {"description": "added"}}, body=obj))},
+        "/ssf/subjects:remove": {"post": _rs(_op("Remove a subject", {"204": {"description": "removed"}}, body=obj))},
+        "/ssf/verify": {"post": _rs(_op("Ask for a verification event", {"204": {"description": "queued"}}, body=obj))},
+        "/ssf/poll/{stream_id}": {"post": _rs(_op(
+            "RFC 8936 poll: acknowledge, then receive SETs", {"200": {"description": "sets", **json_ok}},
+            body={"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
+            params=[{"name": "stream_id", "in": "path", "required": True, "schema": {"type": "string"}}]))},
+    }
+
+
 @lru_cache(maxsize=4)
 def openapi_document(issuer: str) -> dict:
     """The document, with the issuer as server URL."""
@@ -133,6 +171,7 @@ def openapi_document(issuer: str) -> dict:
                                     "security": [{"resourceServerAssertion": []}, {"agentAssertion": []}]}},
             "/.well-known/jwks.json": {"get": _op("Public token signing keys", {"200": {"description": "JWK set"}}, auth=False)},
             "/.well-known/oauth-authorization-server": {"get": _op("RFC 8414 metadata", {"200": {"description": "metadata"}}, auth=False)},
+            **_ssf_paths(),
             "/healthz": {"get": _op("Liveness", {"200": {"description": "alive"}}, auth=False)},
             "/readyz": {"get": _op("Readiness: each component ok or not ready (Redis must be reachable); details are "
                                    "logged, never shown", {"200": {"description": "ready"}}, auth=False)},

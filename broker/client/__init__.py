@@ -35,13 +35,14 @@ from .errors import (
     TransportError,
 )
 from .models import DpopAuth, Escalation, Evidence, Grant, Token
+from .signals import RevokedTokens, SetRefused, Subscription
 from .sync import SyncClient
 from .verify import ANY_AUDIENCE, Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
 
 __all__ = [
     "ANY_AUDIENCE", "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
     "DpopAuth", "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken",
-    "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "Svid", "SyncClient", "TimedOut",
+    "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "RevokedTokens", "SetRefused", "Subscription", "Svid", "SyncClient", "TimedOut",
     "Token", "TokenVerifier", "TransportError", "check_binding", "generate_key", "load_key", "make_delegation", "outcome",
     "parse_authorization", "public_jwk", "requires_approval", "verify",
 ]

@@ -32,6 +32,7 @@ from ..jose import (
 )
 from .credentials import load_key
 from .errors import InvalidToken, TransportError, api_error
+from .signals import SECEVENT_TYPE, RevokedTokens, SetRefused, Subscription, revoked_jti, verify_set
 
 
 class _AnyAudience:
@@ -273,6 +274,10 @@ class TokenVerifier:
     refused with ``require_dpop``, and also - without being told - when the broker's
     metadata says it requires DPoP (``dpop_bound_access_tokens_required``, read with the
     JWKS and at least every five minutes).
+
+    With :meth:`subscribe` (a poll stream) or :meth:`receive_push` (a push endpoint) it also
+    hears the broker's Shared Signals and refuses a token whose grant was revoked or completed,
+    before its ``exp`` (docs/ssf.md).
     """
 
     def __init__(self, broker_url: str, *, audience: "str | _AnyAudience", issuer: str | None = None,
@@ -288,6 +293,9 @@ class TokenVerifier:
         self._refresh_s = refresh_s
         self._timeout = timeout_s
         self._lock = threading.Lock()
+        self.revoked = RevokedTokens()
+        self.subscription: Subscription | None = None
+        self._max_staleness_s: float | None = None
 
     def _fetch(self) -> None:
         try:
@@ -317,12 +325,63 @@ class TokenVerifier:
 
     def verify(self, token: str, *, dpop_proof: str | None = None, method: str | None = None,
                url: str | None = None, scheme: str | None = None, nonce: str | Collection[str] | None = None) -> dict:
-        """The token's claims after :func:`verify`; fetches the JWKS when needed."""
+        """The token's claims after :func:`verify`; fetches the JWKS when needed. A token the
+        broker signalled as revoked is refused; so is every token while a subscription made
+        with ``max_staleness_s`` has not heard from the broker for that long (fail closed)."""
+        sub = self.subscription
+        if sub is not None and self._max_staleness_s is not None and not sub.healthy(self._max_staleness_s):
+            raise InvalidToken(f"no word from the broker's revocation stream for over {self._max_staleness_s:g} s "
+                               f"({sub.last_error or 'no poll answered yet'}); refusing until it answers")
         jwks = self._jwks_for(token)
-        return verify(token, jwks, dpop_proof=dpop_proof, method=method, url=url,
-                      issuer=self.issuer, audience=self.audience, scheme=scheme,
-                      require_dpop=self.require_dpop or self.broker_requires_dpop,
-                      replay_cache=self.replay_cache, nonce=nonce)
+        claims = verify(token, jwks, dpop_proof=dpop_proof, method=method, url=url,
+                        issuer=self.issuer, audience=self.audience, scheme=scheme,
+                        require_dpop=self.require_dpop or self.broker_requires_dpop,
+                        replay_cache=self.replay_cache, nonce=nonce)
+        if claims["jti"] in self.revoked:
+            raise InvalidToken("the token was revoked (the broker's Shared Signals said so before its exp)")
+        return claims
+
+    # --- Shared Signals (SSF 1.0, CAEP 1.0): docs/ssf.md ---------------------------------------
+
+    def subscribe(self, server_id: str, private_key: Any, *, stream_id: str | None = None,
+                  max_staleness_s: float | None = None) -> Subscription:
+        """Open a poll stream at the broker as resource server ``server_id`` (registered with the
+        public half of ``private_key``, as for introspection) and follow it in a daemon thread.
+        ``stream_id`` reuses a stream made before. With ``max_staleness_s``, :meth:`verify`
+        refuses every token while no poll has succeeded for that long."""
+        if self.subscription is not None:
+            raise RuntimeError("this verifier already follows a stream; close() it first")
+        self.subscription = Subscription(self, server_id, private_key, stream_id=stream_id).open()
+        self._max_staleness_s = max_staleness_s
+        return self.subscription
+
+    def handle_set(self, token: str, server_id: str, subscription: Subscription | None = None) -> dict:
+        """Verify one SET meant for ``server_id`` and act on it: a ``session-revoked`` token's
+        ``jti`` is refused from now on. Returns the SET's claims; raises :class:`SetRefused`."""
+        claims = verify_set(token, self._jwks_for(token), issuer=self.issuer, audience=server_id)
+        jti = revoked_jti(claims, self.issuer)
+        if jti is not None:
+            self.revoked.add(jti)
+        state = (claims["events"].get("https://schemas.openid.net/secevent/ssf/event-type/verification") or {})
+        if subscription is not None and isinstance(state, dict) and isinstance(state.get("state"), str):
+            subscription.verification_states.append(state["state"])
+        return claims
+
+    def receive_push(self, server_id: str, body: bytes, content_type: str | None) -> tuple[int, dict | None]:
+        """The answer of a push endpoint (RFC 8935 section 2) for one pushed request: ``(202,
+        None)`` once the SET is verified and acted on, or ``(400, {"err", "description"})``.
+        Check the ``Authorization`` header you gave the broker as ``authorization_header``
+        before calling this."""
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        if ctype != SECEVENT_TYPE:
+            return 400, {"err": "invalid_request", "description": f"the Content-Type must be {SECEVENT_TYPE}"}
+        try:
+            self.handle_set(body.decode("ascii").strip(), server_id)
+        except UnicodeDecodeError:
+            return 400, {"err": "invalid_request", "description": "the SET is not a compact JWS"}
+        except SetRefused as exc:
+            return 400, {"err": exc.error, "description": exc.reason}
+        return 202, None
 
     def verify_request(self, authorization: str | None, dpop: str | None, method: str, url: str, *,
                        nonce: str | Collection[str] | None = None) -> dict:

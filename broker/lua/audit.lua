@@ -39,11 +39,41 @@ local function set_deadline(zset, id, req, op)
   end
 end
 
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A grant ended early: the request holds a token (grant_jti) that is not past its exp, and
+-- its status is no longer active (revoked, completed, or any other end a script writes but
+-- 'expired': a grant expires at its end, which the token's exp already says). The
+-- broker's SSF transmitter (broker/ssf) tells subscribed resource servers, at least once,
+-- from the stream '<outbox>:ssf'. Called by outbox() for every change of a request, so a
+-- script that ends grants (one or a batch) gets it by queueing its notices through outbox()
+-- with the request key, or by calling this itself after writing the status; 'ssf_at' makes
+-- a second call for the same grant a no-op. A grant that reached its exp needs no signal.
+local function grant_ended(outbox_key, req, id)
+  local g = redis.call('HMGET', req, 'status', 'grant_jti', 'grant_exp', 'ssf_at', 'closed_by', 'close_reason')
+  local st = g[1]
+  if not st or st == 'active' or st == 'approved' or st == 'pending' or st == 'expired' then return end
+  if not g[2] or g[2] == '' or (g[4] and g[4] ~= '') then return end
+  local exp = tonumber(g[3])
+  local now = redis_now_ms()
+  if exp == nil or exp * 1000 <= now then return end
+  redis.call('HSET', req, 'ssf_at', tostring(now))
+  local aud = ''
+  local ok, p = pcall(cjson.decode, redis.call('HGET', req, 'proposal') or '')
+  if ok and type(p) == 'table' and type(p['target']) == 'string' then aud = p['target'] end
+  redis.call('XADD', outbox_key .. ':ssf', 'MAXLEN', '~', 100000, '*', 'id', id, 'jti', g[2], 'exp', g[3],
+             'aud', aud, 'status', st, 'by', g[5] or '', 'reason', g[6] or '', 'at', tostring(now))
+end
+
 -- The notification outbox: desks are told about the change by whichever broker
 -- consumes the entry (at least once, even if this process dies right now).
 -- A kind starting with '?' is queued only if people were shown the request (a desk posted
 -- it, or it is break-glass): a grant policy gave at once has no message to keep in step.
 local function outbox(stream, id, kind, req)
+  if req then grant_ended(stream, req, id) end
   if kind:sub(1, 1) == '?' then
     if req and redis.call('HEXISTS', req, 'messages') == 0 and redis.call('HGET', req, 'break_glass') ~= '1' then
       return
@@ -60,10 +90,6 @@ end
 -- is published and a change before it is seen by the read. A change nobody waits for (an
 -- auto-grant, a sweep of unattended grants) would otherwise cost every broker process a
 -- pub/sub message to read and drop.
-local function redis_now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 local function watched(req, now)
   local w = tonumber(redis.call('HGET', req, 'watch_until'))

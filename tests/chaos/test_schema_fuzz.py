@@ -24,7 +24,8 @@ from tests.support.process import BrokerProcess, jitgate_env
 
 EXAMPLES = int(os.environ.get("JITGATE_FUZZ_EXAMPLES", "100"))  # per operation
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, status_code_conformance]
-RESOURCE_SERVER_PATHS = ("/v1/introspect", "/v1/revoke")
+RESOURCE_SERVER_PATHS = ("/v1/introspect", "/v1/revoke", "/ssf/stream", "/ssf/status", "/ssf/subjects:add",
+                         "/ssf/subjects:remove", "/ssf/verify", "/ssf/poll/{stream_id}")
 
 
 @pytest.fixture(scope="module")
