@@ -246,6 +246,27 @@ async def test_a_revoked_token_becomes_a_signed_session_revoked_set(ssf):
     assert isinstance(event["event_timestamp"], int)
 
 
+async def test_the_kill_switch_signals_every_grant_it_revokes(ssf):
+    """Issue 16, items 5 and 6: grants ended in the kill switch's batches reach the resource
+    servers like single revocations: one session-revoked SET per token, none for a pending request."""
+    from broker.killswitch import Selector
+
+    sid = (await _create(ssf)).json()["stream_id"]
+    jtis = {(await _active(ssf))[2] for _ in range(3)}
+    pending = (await ssf.propose("reader-bot", action="restart", target="prod/payments-api")).json()
+    assert pending["status"] == "pending"
+    result = await ssf.life.kill_switch(Selector.of("agent", "reader-bot"), ssf.approver("carol"),
+                                        reason="compromised", channel="cli", batch=2)
+    assert result is not None
+    sets = await _poll_until(ssf, sid, n=3)
+    keys = await _keys(ssf)
+    claims = [_decode_set(t, keys) for t in sets.values()]
+    assert {c["sub_id"]["jti"] for c in claims} == jtis
+    assert all(c["events"][CAEP_SESSION_REVOKED]["reason_admin"]["en"].endswith(": compromised") for c in claims)
+    await asyncio.sleep(0.3)
+    assert len((await _poll(ssf, sid))["sets"]) == 3  # nothing for the pending request
+
+
 async def test_an_acknowledged_set_is_not_sent_again_an_unacknowledged_one_is(ssf):
     """RFC 8936 section 2.4: SETs stay available until acknowledged ("ack"), then are gone."""
     sid = (await _create(ssf)).json()["stream_id"]
