@@ -126,7 +126,28 @@ def event_sentence(req: Request, event: str) -> str | None:
         return f"{req.agent} reported the task done; the grant has ended."
     if event == "revoked":
         return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}. The token no longer works."
+    if event == "asked_again":
+        return asked_again_line(req)
     return None
+
+
+def event_key(req: Request, event: str) -> str:
+    """The say-once marker of ``event``'s thread reply: once per request, except a repeat of the
+    proposal, which is said once per repeat."""
+    return f"{event}:{req.asked_again}" if event == "asked_again" else event
+
+
+def asked_again_line(req: Request) -> str | None:
+    """What the agent said when it proposed the same task again (dedupe, issue 19), or None."""
+    if not req.asked_again:
+        return None
+    line = f"{req.agent} proposed the same again ({plural(req.asked_again, 'time')} so far; nobody is asked twice)"
+    said = req.repeats[-1] if req.repeats else {}
+    if said.get("justification"):
+        line += f". New justification: {said['justification']}"
+    if said.get("evidence") is not None:
+        line += f". Evidence now: {plural(len(said['evidence']), 'item')}"
+    return line
 
 
 def approval_sentence(req: Request, index: int) -> str:

@@ -227,6 +227,9 @@ class Settings:
     # delegation chain ("agent"), or for every agent of the same owner ("owner").
     denial_cooldown_s: int = 1800
     denial_memory_scope: str = "agent"
+    # Dedupe (issue 19, item 1): the same task proposed again while the agent's request for it
+    # is pending joins that request instead of asking people twice.
+    dedupe: bool = True
     # OpenID Shared Signals (broker/ssf, docs/ssf.md): push only to https receivers unless
     # allowed (development, tests on loopback); streams per resource server; the longest poll
     # wait; one push's timeout; SETs held per stream before the oldest are dropped.
@@ -298,6 +301,7 @@ class Settings:
             target_proposals_per_min=_int(env, "JITGATE_TARGET_PROPOSALS_PER_MIN", 30, 0, 100000),
             denial_cooldown_s=_int(env, "JITGATE_DENIAL_COOLDOWN_S", 1800, 0, 30 * 86400),
             denial_memory_scope=_choice(env, "JITGATE_DENIAL_MEMORY_SCOPE", ("agent", "owner"), "agent"),
+            dedupe=_bool(env, "JITGATE_DEDUPE", True),
             ssf_push_allow_http=_bool(env, "JITGATE_SSF_PUSH_ALLOW_HTTP", False),
             ssf_max_streams=_int(env, "JITGATE_SSF_MAX_STREAMS", 5, 1, 100),
             ssf_poll_max_wait_s=_int(env, "JITGATE_SSF_POLL_MAX_WAIT_S", 30, 0, 300),

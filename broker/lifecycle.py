@@ -45,6 +45,8 @@ log = logging.getLogger("jitgate.lifecycle")
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_REASON = 500
+# How many repeats of a pending request that said something new are kept on it.
+MAX_REPEATS_KEPT = 5
 # Who denied a proposal that repeated one a person had just denied (issue 19, item 2).
 DENIAL_MEMORY = "denial-memory"
 
@@ -258,6 +260,39 @@ class Lifecycle:
         return (f"{earlier['by']} denied {proposal.action} on {proposal.target} {ago} ago (request {earlier['request']}): "
                 f"{earlier['reason']}. The same proposal is denied at once until {until}; nobody was asked again")
 
+    async def _join_pending(self, agent: Agent, proposal: Proposal, now: float) -> Request | None:
+        """The agent's pending request for the same task (issue 19, item 1), with this repeat
+        recorded on it, or None. Nobody is asked again; when the agent says something new
+        (justification or evidence), the desks show it on the request's message."""
+        if not self.settings.dedupe:
+            return None
+        rid = await self.store.pending_task(self.store.task_key(agent.id, proposal.task_sha256()))
+        if not rid:
+            return None
+        req = await self.store.load(rid)
+        if req is None or req.status != PENDING or req.agent != agent.id:
+            return None
+        said = req.repeats[-1] if req.repeats else {}
+        last_justification = said.get("justification", req.proposal.justification)
+        last_evidence = said.get("evidence", [e.to_dict() for e in req.proposal.evidence])
+        evidence = [e.to_dict() for e in proposal.evidence]
+        repeat: dict[str, Any] = {"at": iso(now)}
+        if proposal.justification != last_justification:
+            repeat["justification"] = proposal.justification
+        if evidence != last_evidence:
+            repeat["evidence"] = evidence
+        new = len(repeat) > 1
+        fields: dict[str, Any] = {"asked_again": str(req.asked_again + 1)}
+        if new:
+            fields["repeats"] = _json((req.repeats + [repeat])[-MAX_REPEATS_KEPT:])
+        ev = event("proposal.repeated", iso(now), rid, {"agent": agent.id, "owner": agent.owner},
+                   proposal=proposal.to_dict(), proposal_sha256=proposal.sha256(), asked_again=req.asked_again + 1)
+        out = await self.store.append([ev], rid, fields, notify=Kind.ASKED_AGAIN if new else "")
+        if not out.ok:
+            return None
+        self._count("deduplicated")
+        return await self.get(rid)
+
     async def _take_proposal_token(self, agent: Agent, proposal: Proposal, now: float) -> None:
         """A proposal that would reach people takes a token from its agent's and its target's
         buckets, or is refused with 429 before anything is stored or anyone asked (issue 19,
@@ -325,6 +360,9 @@ class Lifecycle:
                 memory_reason = self._memory_reason(earlier, proposal, now)
                 self._count("denied_by_memory")
             else:
+                joined = await self._join_pending(agent, proposal, now)
+                if joined is not None:
+                    return joined, False
                 await self._take_proposal_token(agent, proposal, now)
 
         rid = new_id()
@@ -387,6 +425,11 @@ class Lifecycle:
         if not out.ok:
             raise Conflict("could not create the request; retry")
         self._count("decisions", outcome=decision.outcome)
+        if status == PENDING and self.settings.dedupe:
+            # Later proposals of the same task join this request (a crash before this line
+            # only means a repeat is asked of people once more).
+            await self.store.remember_task(self.store.task_key(agent.id, proposal.task_sha256()), rid,
+                                           self.settings.request_ttl_s * 1000)
         return out.request or await self.get(rid), True
 
     def _verified_chain(self, agent: Agent, proposal: Proposal, now: float) -> list[DelegationLink]:

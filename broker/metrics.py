@@ -37,6 +37,9 @@ class Metrics:
         self.rate_limited = Counter("jitgate_proposals_rate_limited",
                                     "Proposals refused with 429 before anyone was asked", ["scope"],
                                     registry=self.registry)
+        self.deduplicated = Counter("jitgate_proposals_deduplicated",
+                                    "Proposals that joined the agent's pending request for the same task",
+                                    registry=self.registry)
         self.denied_by_memory = Counter("jitgate_proposals_denied_by_memory",
                                         "Proposals denied at once because a person had just denied the same",
                                         registry=self.registry)

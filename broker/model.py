@@ -248,10 +248,22 @@ class Proposal:
         }
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
+    def task_sha256(self) -> str:
+        """SHA-256 of the task alone: what is done, where, with which tool, dataset and arguments,
+        and for whom (the delegation), without the agent's words about it (justification,
+        evidence, confidence, ticket) or the duration. Two proposals with the same task are one
+        request to people (issue 19, item 1: dedupe)."""
+        task = {k: v for k, v in self.to_dict().items() if k not in _NOT_THE_TASK}
+        return hashlib.sha256(orjson.dumps(task, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
     @property
     def confidence_pct(self) -> int:
         """Confidence as an integer percentage for Cedar (no floats there); unknown counts as 0."""
         return 0 if self.confidence is None else int(math.floor(self.confidence * 100 + 1e-9))
+
+
+# Proposal fields that say why or how long, not what: left out of Proposal.task_sha256.
+_NOT_THE_TASK = frozenset({"justification", "evidence", "confidence", "ticket", "duration_s"})
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,10 @@ class Request:
     # What credential was issued in the target system at collection (plugin, handle,
     # fingerprint, expires_at; never the secret): broker/credentials.
     credential: dict | None = None
+    # The same task proposed again while pending (issue 19, item 1): how often, and the last
+    # few repeats that said something new (when, and the new justification and/or evidence).
+    asked_again: int = 0
+    repeats: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_redis(cls, h: dict[bytes, bytes]) -> "Request":
@@ -358,6 +374,8 @@ class Request:
             delegation_chain=j("delegation_chain", []),
             delegation_exp=f("delegation_exp"),
             credential=j("credential", None),
+            asked_again=int(g.get("asked_again") or 0),
+            repeats=j("repeats", []),
         )
 
     @property
@@ -383,6 +401,8 @@ class Request:
             "break_glass": self.break_glass,
             "escalated": self.escalated,
         }
+        if self.asked_again:
+            d["asked_again"] = self.asked_again
         if self.approved_duration_s is not None:
             d["approved_duration_s"] = self.approved_duration_s
         if self.delegation_chain:

@@ -44,6 +44,7 @@ class Kind(StrEnum):
     PROPOSED = "proposed"        # a request waits for people: post it
     CHANGED = "changed"          # changed while it was being posted (never queued)
     APPROVAL = "approval"        # one approval counted, more needed
+    ASKED_AGAIN = "asked_again"  # the agent proposed the same task again, saying something new
     APPROVED = "approved"
     DENIED = "denied"
     CANCELLED = "cancelled"

@@ -402,6 +402,17 @@ class Store:
                         "break_glass": bg, "target": target})
         return out
 
+    def task_key(self, agent_id: str, task_sha256: str) -> str:
+        return f"{self.prefix}task:{agent_id}:{task_sha256[:32]}"
+
+    async def pending_task(self, key: str) -> str | None:
+        """The request that last asked people for this agent's task, if any (it may be over)."""
+        v = await self._read("GET", key)
+        return v.decode() if isinstance(v, bytes) else v
+
+    async def remember_task(self, key: str, request_id: str, ttl_ms: int) -> None:
+        await self._read("SET", key, request_id, "PX", max(1, ttl_ms))
+
     async def statuses(self, request_ids: list[str]) -> list[tuple[str | None, int | None, bool]]:
         """(status, deadline ms, break-glass) of each request, one round trip; (None, None, False)
         for a request that no longer exists."""

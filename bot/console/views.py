@@ -85,6 +85,7 @@ def _environment() -> jinja2.Environment:
     env.filters["ts"] = _ts
     env.filters["dur"] = _dur
     env.filters["delegation_links"] = render.delegation_links
+    env.filters["asked_again"] = render.asked_again_line
     env.filters["excluded_line"] = render.excluded_line
     return env
 

@@ -87,6 +87,9 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
         blocks.append(_section(":no_entry: " + mrkdwn(excluded, TEXT_LIMIT - 20)))
 
     blocks.append(_section("*Justification*\n" + mrkdwn(p.justification, TEXT_LIMIT - 20)))
+    again = render.asked_again_line(req)
+    if again:
+        blocks.append(_section(":repeat: " + mrkdwn(again, TEXT_LIMIT - 20)))
 
     blocks += _evidence_summary(req)
 

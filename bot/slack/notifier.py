@@ -40,7 +40,7 @@ MARK_TTL_S = 31 * 86400
 
 EVENT_ICON = {
     "approved": ":white_check_mark:", "denied": ":x:", "expired": ":alarm_clock:", "cancelled": ":leftwards_arrow_with_hook:",
-    "collected": ":key:", "completed": ":checkered_flag:", "revoked": ":no_entry:",
+    "collected": ":key:", "completed": ":checkered_flag:", "revoked": ":no_entry:", "asked_again": ":repeat:",
 }
 
 
@@ -205,7 +205,8 @@ class SlackNotifier:
                               f":ballot_box_with_check: {mrkdwn(render.approval_sentence(request, i), 1000)}"))
         sentence = render.event_sentence(request, event)
         if sentence:
-            lines.append((f"event:{event}", f"{EVENT_ICON.get(event, '')} {mrkdwn(sentence, 2500)}".strip()))
+            lines.append((f"event:{render.event_key(request, event)}",
+                          f"{EVENT_ICON.get(event, '')} {mrkdwn(sentence, 2500)}".strip()))
         return lines
 
     async def _reply(self, ref: MessageRef, text: str, *, broadcast: bool = False) -> None:

@@ -114,6 +114,9 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
         body.append(_deadline(req))
     body.append(rich(run("Justification", weight="Bolder"), spacing="Medium"))
     body.append(rich(run(p.justification, CAP_JUSTIFICATION)))
+    again = render.asked_again_line(req)
+    if again:
+        body.append(rich(run(again, CAP_JUSTIFICATION, color="Attention")))
     body += _evidence(req)
     body.append(rich(run("Policy: ", weight="Bolder"), run(render.verdict(req), 600), spacing="Medium"))
     body.append(rich(run("\n".join(render.timeline(req)), 2000, size="Small", isSubtle=True)))

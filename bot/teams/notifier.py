@@ -101,7 +101,7 @@ class TeamsNotifier:
                 await self._reply_once(request, refs, f"approval:{i}", render.approval_sentence(request, i))
             sentence = render.event_sentence(request, event)
             if sentence:
-                await self._reply_once(request, refs, event, sentence)
+                await self._reply_once(request, refs, render.event_key(request, event), sentence)
         elif request.status in TERMINAL:
             await self.parts.conversations.release(request.id)  # never posted and now moot
         if render.owner_hears(request, event):

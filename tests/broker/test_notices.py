@@ -41,7 +41,7 @@ def test_the_wire_strings_are_the_ones_queued_before():
     assert sorted(k.value for k in Kind) == sorted([
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
-        "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch"])
+        "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch", "asked_again"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 

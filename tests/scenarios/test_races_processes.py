@@ -107,7 +107,9 @@ async def test_racing_slack_approvals_across_two_processes_keep_every_cap(replic
     expected: dict[str, tuple[dict, int]] = {}
 
     async def one_pair(i: int) -> None:
-        r = await http.post(a.url + "/v1/escalations", json=PROPOSAL, headers=_auth(keys))
+        # A task of its own per pair (another dataset): the same task again would join the
+        # pending request (dedupe, issue 19) instead of making a new one.
+        r = await http.post(a.url + "/v1/escalations", json={**PROPOSAL, "dataset": f"pair-{i}"}, headers=_auth(keys))
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
 
