@@ -31,7 +31,7 @@ from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
 from .watched import fingerprint as files_fingerprint
 from .model import INTERNAL_ACTIONS
-from .rules import POSTURES
+from .rules import POSTURES, quorum_words
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
 AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
 # Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
 # a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
-ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "max_duration", "channel", "backup_group", "description"})
+ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "approvals_from", "max_duration", "channel", "backup_group",
+                         "description"})
+# ``@approvals_from("sre:1,security:1")``: a mixed quorum, each group's count met by distinct people.
+_QUORUM_ITEM = re.compile(r"([^:,\s]+):([0-9]{1,2})")
 _REASON_ERRORS_MAX = 300
 _EVALUATION_FAILED = "policy evaluation failed"
 
@@ -86,6 +89,10 @@ class Decision:
     channel: str | None
     backup_group: str | None
     reason: str
+    # A mixed quorum (``@approvals_from``): (group, count) in the order policy named them. Its
+    # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
+    # for the plain form (``approvals_required`` from ``approver_group``).
+    approvals_from: tuple[tuple[str, int], ...] | None = None
 
     @property
     def allowed(self) -> bool:
@@ -108,6 +115,7 @@ class Decision:
             "channel": self.channel,
             "backup_group": self.backup_group,
             "reason": self.reason,
+            **({"approvals_from": dict(self.approvals_from)} if self.approvals_from else {}),
         }
 
     @classmethod
@@ -119,8 +127,16 @@ class Decision:
             approvals = d["approvals_required"]
             fields = {k: d.get(k) for k in ("approver_group", "channel", "backup_group")}
             max_duration = d.get("max_duration_s")
+            quorum = d.get("approvals_from")  # absent in records made before mixed quorums
         except (KeyError, TypeError) as exc:
             raise PolicyError(f"malformed decision: missing {exc}") from None
+        pairs = None
+        if quorum is not None:
+            if (not isinstance(quorum, Mapping) or not quorum
+                    or any(id_problem(g) or type(n) is not int or not 1 <= n <= MAX_APPROVALS for g, n in quorum.items())
+                    or sum(quorum.values()) != approvals or next(iter(quorum)) != fields["approver_group"]):
+                raise PolicyError("malformed decision: approvals_from")
+            pairs = tuple(quorum.items())
         ok = (
             outcome in OUTCOMES
             and isinstance(reason, str)
@@ -134,7 +150,7 @@ class Decision:
         if not ok:
             raise PolicyError("malformed decision")
         return cls(outcome, tuple(policies), approvals, fields["approver_group"], max_duration,
-                   fields["channel"], fields["backup_group"], reason)
+                   fields["channel"], fields["backup_group"], reason, pairs)
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ class _Policy:
     approver_group: str | None
     channel: str | None
     backup_group: str | None
+    quorum: tuple[tuple[str, int], ...] | None = None  # @approvals_from, in the order written
 
 
 @dataclass(frozen=True)
@@ -326,6 +343,31 @@ def _annotation_name(policy_label: str, key: str, raw: object) -> str:
     return raw  # type: ignore[return-value]
 
 
+def _annotation_quorum(policy_label: str, raw: object) -> tuple[tuple[str, int], ...]:
+    """``"sre:1,security:1"``: groups (each once) with a count of 1 or more, at most
+    :data:`MAX_APPROVALS` in all. Strict, as the other annotations: no spaces, no empty items."""
+    usage = f'{policy_label}: @approvals_from must look like "sre:1,security:1" (group:count, comma-separated)'
+    if not isinstance(raw, str) or not raw:
+        raise PolicyError(f"{usage}, got {raw!r}")
+    out: list[tuple[str, int]] = []
+    for item in raw.split(","):
+        match = _QUORUM_ITEM.fullmatch(item)
+        if match is None:
+            raise PolicyError(f"{usage}, got {raw!r}")
+        group, count = match.group(1), int(match.group(2))
+        problem = id_problem(group)
+        if problem:
+            raise PolicyError(f"{policy_label}: @approvals_from group {problem}")
+        if not 1 <= count <= MAX_APPROVALS:
+            raise PolicyError(f"{policy_label}: @approvals_from count for {group!r} must be from 1 to {MAX_APPROVALS}")
+        if any(g == group for g, _ in out):
+            raise PolicyError(f"{policy_label}: @approvals_from names {group!r} twice")
+        out.append((group, count))
+    if sum(n for _, n in out) > MAX_APPROVALS:
+        raise PolicyError(f"{policy_label}: @approvals_from asks for more than {MAX_APPROVALS} approvals in all")
+    return tuple(out)
+
+
 def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Policy:
     """Check one policy's annotations and turn them into obligations."""
     annotations: dict = est.get("annotations") or {}
@@ -352,9 +394,19 @@ def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Pol
         key: _annotation_name(label, key, annotations[key]) if key in annotations else None
         for key in ("approver_group", "channel", "backup_group")
     }
+    quorum = None
+    if "approvals_from" in annotations:
+        # It says both how many and from whom: with @approvals or @approver_group as well,
+        # one of the two would silently lose.
+        both = sorted("@" + k for k in ("approvals", "approver_group") if k in annotations)
+        if both:
+            raise PolicyError(f"{label}: @approvals_from already sets the count and the groups; remove {', '.join(both)}")
+        quorum = _annotation_quorum(label, annotations["approvals_from"])
+        approvals = sum(n for _, n in quorum)
+        names["approver_group"] = quorum[0][0]
     return _Policy(
         cedar_id=cedar_id, name=name, effect=est["effect"], file=file, position=position,
-        approvals=approvals, max_duration=max_duration, **names,
+        approvals=approvals, max_duration=max_duration, quorum=quorum, **names,
     )
 
 
@@ -703,6 +755,7 @@ class PolicyGate:
                     "determining": p.cedar_id in determining,
                     "error": errors.get(p.cedar_id),
                     "approvals": p.approvals, "approver_group": p.approver_group,
+                    "approvals_from": dict(p.quorum) if p.quorum else None,
                     "max_duration_s": p.max_duration,
                 }
                 for p in rules.policies.values()
@@ -802,27 +855,60 @@ def _obligations(permits: list[_Policy]) -> Decision:
 
     Approvals: the highest. Duration: the shortest that is set. Group, channel and
     backup group: from the permit asking for the most approvals (ties: lowest id).
+    When any of them asks for a mixed quorum (``@approvals_from``), the quorums combine
+    instead: every group any of them names, each with the highest count asked of it (a
+    plain permit counts as ``approver_group:approvals``); a permit that asks for approvals
+    from no group leaves nobody able to approve, as it would alone.
     """
     names = [p.name for p in permits]
     approvals = max(p.approvals for p in permits)
     durations = [p.max_duration for p in permits if p.max_duration is not None]
     lead = min(permits, key=lambda p: (-p.approvals, p.name))
     decided = _decided_by(names)
+    group = lead.approver_group
+    quorum = _combined_quorum(permits, lead) if approvals and any(p.quorum for p in permits) else None
+    if quorum is not None:
+        approvals = sum(n for _, n in quorum)
+        group = quorum[0][0] if quorum else None
+        if approvals > MAX_APPROVALS:
+            return Decision.deny(f"the combined quorum asks for more than {MAX_APPROVALS} approvals; decided by {decided}",
+                                 names)
+        if not quorum:
+            quorum, approvals = None, max(p.approvals for p in permits)
     if approvals == 0:
         outcome, reason = "auto_grant", f"pre-approved, no approval needed; decided by {decided}"
-    elif lead.approver_group is None:
+    elif group is None:
         outcome = "require_approval"
         reason = f"needs {_plural(approvals, 'approval')} but no approver group set by policy; decided by {decided}"
+    elif quorum is not None and len(quorum) > 1:
+        outcome = "require_approval"
+        reason = f"needs {quorum_words(quorum)}; decided by {decided}"
     else:
         outcome = "require_approval"
-        reason = f"needs {_plural(approvals, 'approval')} from {lead.approver_group}; decided by {decided}"
+        reason = f"needs {_plural(approvals, 'approval')} from {group}; decided by {decided}"
     return Decision(
         outcome=outcome,
         policies=tuple(names),
         approvals_required=approvals,
-        approver_group=lead.approver_group,
+        approver_group=group,
         max_duration_s=min(durations) if durations else None,
         channel=lead.channel,
         backup_group=lead.backup_group,
         reason=reason,
+        approvals_from=quorum,
     )
+
+
+def _combined_quorum(permits: list[_Policy], lead: _Policy) -> tuple[tuple[str, int], ...]:
+    """Every group the permits name with the highest count asked of it, the lead permit's
+    groups first; empty when a permit asks for approvals from no group (nobody may approve)."""
+    counts: dict[str, int] = {}
+    for p in sorted(permits, key=lambda p: (p is not lead, -p.approvals, p.name)):
+        if p.approvals == 0:
+            continue
+        asked = p.quorum or (((p.approver_group, p.approvals),) if p.approver_group else None)
+        if asked is None:
+            return ()
+        for g, n in asked:
+            counts[g] = max(counts.get(g, 0), n)
+    return tuple(counts.items())

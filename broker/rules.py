@@ -8,7 +8,8 @@ to offer, so a desk can never offer what the core would refuse, or hide what it 
 
 - who may decide a request: :func:`why_not_decider`, :func:`may_still_decide`, :func:`deciders`
   (the group, the backup group once escalated, never an owner of an agent along the chain of
-  intent, each person once under any alias);
+  intent, each person once under any alias); for a mixed quorum, which group an approval
+  counts for and what is still missing: :func:`quorum_slots`, :func:`quorum_missing`;
 - who may end a grant early: :func:`why_not_revoker`;
 - the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
 - risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
@@ -103,10 +104,64 @@ def excluded_owners(req: Request, owner_of: OwnerOf | None = None) -> dict[str, 
     return chain_owners(req, extra)
 
 
+def quorum(req: Request) -> list[tuple[str, int]] | None:
+    """A mixed quorum's groups and counts in the policy's order (``decision.approvals_from``),
+    or None for a request that needs its approvals from one group."""
+    raw = req.decision.get("approvals_from")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    return [(str(g), int(n)) for g, n in raw.items()]
+
+
+def quorum_words(quorum: Iterable[tuple[str, int]]) -> str:
+    """``1 approval from sre and 2 from security``: a quorum (or what is missing of one) in words."""
+    parts = [f"{n} approval{'' if n == 1 else 's'} from {g}" if i == 0 else f"{n} from {g}"
+             for i, (g, n) in enumerate(quorum)]
+    if not parts:
+        return "nothing"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def quorum_missing(req: Request) -> list[tuple[str, int]]:
+    """For a mixed quorum, each group still short of approvals and by how many, in the
+    policy's order (each recorded approval counts for the one group the broker recorded
+    with it); empty when the quorum is met or the request has none."""
+    q = quorum(req)
+    if q is None:
+        return []
+    counted: dict[str, int] = {}
+    for a in req.approvals:
+        counted[a.get("group") or ""] = counted.get(a.get("group") or "", 0) + 1
+    return [(g, n - counted.get(g, 0)) for g, n in q if n > counted.get(g, 0)]
+
+
+def quorum_slots(approver: Approver, req: Request) -> list[str]:
+    """The groups of a mixed quorum that ``approver``'s approval may count for now, in the
+    policy's order: the groups they belong to that still lack approvals, and, once the request
+    is escalated, a backup-group member stands in for the first group (the policy's
+    ``approver_group``) while it lacks any. One approval counts for one group only (the first
+    of these); whether they may decide at all is :func:`why_not_decider`."""
+    missing = [g for g, _ in quorum_missing(req)]
+    slots = [g for g in missing if g in approver.groups]
+    lead, backup = req.decision.get("approver_group"), req.decision.get("backup_group")
+    if req.escalated and backup and backup in approver.groups and lead in missing and lead not in slots:
+        slots.append(lead)
+    return slots
+
+
+def why_not_counted(approver: Approver, req: Request) -> str | None:
+    """Why ``approver``'s approval of mixed-quorum ``req`` would count for no group (None: it
+    would count, or ``req`` has no mixed quorum): every group of theirs already has its approvals."""
+    if quorum(req) is None or quorum_slots(approver, req):
+        return None
+    return (f"{approver.id}'s groups already gave the approvals this request needs from them; "
+            f"still missing: {quorum_words(quorum_missing(req))}")
+
+
 def deciding_groups(req: Request) -> set[str]:
-    """The groups whose members may decide ``req`` now: the policy's group, and the backup
-    group once the request was escalated to it."""
-    groups = {req.decision.get("approver_group")}
+    """The groups whose members may decide ``req`` now: the policy's group (every group of a
+    mixed quorum), and the backup group once the request was escalated to it."""
+    groups = {req.decision.get("approver_group"), *(g for g, _ in quorum(req) or [])}
     if req.escalated:
         groups.add(req.decision.get("backup_group"))
     groups.discard(None)
@@ -146,9 +201,11 @@ def already_approved(approver: Approver, req: Request) -> bool:
 
 
 def may_still_decide(approver: Approver, req: Request, owner_of: OwnerOf | None = None) -> bool:
-    """Whether ``approver`` may decide pending ``req`` and is not counted yet."""
+    """Whether ``approver`` may decide pending ``req`` and is not counted yet (for a mixed
+    quorum: and one of their groups still lacks approvals, :func:`quorum_slots`)."""
     return (req.status == PENDING and not already_approved(approver, req)
-            and why_not_decider(approver, req, owner_of) is None)
+            and why_not_decider(approver, req, owner_of) is None
+            and why_not_counted(approver, req) is None)
 
 
 def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None] | None = None,
@@ -157,7 +214,8 @@ def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None]
     the directory's order, each once; ``groups`` narrows the search (e.g. to the backup group
     just escalated to). Empty once the request is no longer pending."""
     if groups is None:
-        groups = [req.decision.get("approver_group"), req.decision.get("backup_group") if req.escalated else None]
+        groups = [req.decision.get("approver_group"), *(g for g, _ in quorum(req) or []),
+                  req.decision.get("backup_group") if req.escalated else None]
     seen: dict[str, Approver] = {}
     for group in groups:
         if not group:
