@@ -28,12 +28,12 @@ from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFo
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
-    Proposal, Request, iso,
+    NotAllowedForTarget, Proposal, Request, iso,
 )
 from .notices import Notices
 from .notify import Kind, Notifier
 from . import oauth, rules
-from .policy import Decision, PolicyGate
+from .policy import Decision, PolicyGate, proposal_context
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
@@ -236,6 +236,9 @@ class Lifecycle:
 
         now = self._now()
         chain = self._verified_chain(agent, proposal, now)  # a broken chain is a 400, nothing stored
+        why = rules.why_not_for_target(proposal, self.directory.target(proposal.target))
+        if why is not None:
+            raise NotAllowedForTarget(why)  # a 400, nothing stored
         context = {
             "confidence": proposal.confidence_pct,
             "duration_s": proposal.duration_s,
@@ -244,6 +247,7 @@ class Lifecycle:
             "delegation_depth": len(chain),
             "hour_utc": time.gmtime(now).tm_hour,
             "break_glass": False,
+            **proposal_context(proposal),
         }
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
@@ -581,7 +585,8 @@ class Lifecycle:
         actors = [agent.id, *(link["delegator"] for link in reversed(req.delegation_chain))] if req.delegation_chain else None
         claims = build_access_token_claims(
             issuer=self.settings.issuer, agent_id=agent.id, audience=p.target, issued_at=iat, expires_at=exp,
-            jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, request_id=req.id,
+            jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, arguments=p.arguments,
+            request_id=req.id,
             approvers=req.approvers, policies=list(req.decision.get("policies", [])),
             proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
         )

@@ -10,7 +10,8 @@ The vocabulary (namespace ``Jitgate``) is fixed by docs/policies.md:
 principal ``Agent`` (attrs ``owner``, ``team``; parent ``Team``) or, for break-glass
 for oneself, ``Approver`` (parents ``Group``); action ``Action::"<action>"``; resource
 ``Target`` (attr ``name`` plus the targets file's attributes; parent ``Env``) — or
-``Agent`` for ``delegate``; a context with exactly the keys in :data:`CONTEXT_KEYS`.
+``Agent`` for ``delegate``; a context with exactly the keys in :data:`CONTEXT_KEYS`, plus
+what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`proposal_context`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
 from .watched import fingerprint as files_fingerprint
-from .model import INTERNAL_ACTIONS
+from .model import INTERNAL_ACTIONS, check_arguments, number_value
 from .rules import POSTURES, quorum_words
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "hour_utc": (int, 0, 23),
     "break_glass": (bool, None, None),
 }
+# What the proposal says the agent will do, as Cedar sees it (:func:`proposal_context`):
+# ``tool`` and ``dataset`` ("" when not given) and ``arguments`` (a record, {} when not given).
+# A caller may leave them out of a context (break-glass, delegation links name no tool):
+# they then read as not given.
+PROPOSAL_CONTEXT_KEYS: tuple[str, ...] = ("tool", "dataset", "arguments")
+_PROPOSAL_DEFAULTS: Mapping[str, Any] = {"tool": "", "dataset": "", "arguments": {}}
 # Actions whose resource is another agent rather than a target (the schema says the same):
 # the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
 AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
@@ -196,6 +203,10 @@ class _Rules:
     schema_file: str | None
     actions: frozenset[str] | None  # declared in the schema; None without a schema
     fingerprint: tuple
+    # Per declared action, the PROPOSAL_CONTEXT_KEYS its context type declares (a schema
+    # written before they existed declares none; they are then left out, as before). Without
+    # a schema, or for an action not listed, every key is passed.
+    proposal_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def name(self, cedar_id: str) -> str:
         policy = self.policies.get(cedar_id)
@@ -486,6 +497,7 @@ def _load_rules(policy_dir: Path) -> _Rules:
         policies[cedar_id] = by_name[policy.name] = policy
 
     schema = schema_file = actions = None
+    proposal_keys: dict[str, frozenset[str]] = {}
     if len(schema_files) > 1:
         raise PolicyError(f"{policy_dir}: more than one schema file ({', '.join(p.name for p in schema_files)})")
     if schema_files:
@@ -501,11 +513,43 @@ def _load_rules(policy_dir: Path) -> _Rules:
             more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
             raise PolicyError(f"policies do not validate against {schema_file}: " + "; ".join(problems) + more)
         actions = _declared_actions(schema)
+        proposal_keys = _declared_proposal_keys(schema, actions)
 
     probe = {"staticPolicies": {k: {**v, "effect": "permit"} for k, v in statics.items()},
              "templates": {}, "templateLinks": []}
     probe_set = cedarpy.PolicySet.from_json_str(json.dumps(probe))
-    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint)
+    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys)
+
+
+_NOT_DECLARED = "should not exist according to the schema"
+
+
+def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Which :data:`PROPOSAL_CONTEXT_KEYS` each action's context type declares.
+
+    cedarpy cannot list a type's attributes, so each key is tried on a request with an
+    otherwise neutral context: a key the type lacks is refused as one that "should not exist".
+    An action whose probe fails for another reason keeps every key (the real request then
+    fails the same way and is denied)."""
+    base = {"confidence": 0, "duration_s": 1, "posture": POSTURES[0], "evidence_count": 0, "delegation_depth": 0,
+            "hour_utc": 0, "break_glass": False}
+    empty = cedarpy.PolicySet.from_str("")
+    entities = cedarpy.Entities.from_json_str("[]", schema)
+    out: dict[str, frozenset[str]] = {}
+    for action in actions:
+        resource = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
+        declared = set()
+        for key in PROPOSAL_CONTEXT_KEYS:
+            request = {"principal": _uid(AGENT, "probe"), "action": _uid(ACTION, action),
+                       "resource": _uid(resource, "probe"), "context": {**base, key: _PROPOSAL_DEFAULTS[key]}}
+            try:
+                errors = " ".join(cedarpy.is_authorized(request, empty, entities, schema=schema).diagnostics.errors)
+            except Exception:  # noqa: BLE001 - a probe that cannot run keeps the key
+                errors = ""
+            if _NOT_DECLARED not in errors:
+                declared.add(key)
+        out[action] = frozenset(declared)
+    return out
 
 
 # --------------------------------------------------------------------------- entities
@@ -598,7 +642,7 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
     if not isinstance(context, Mapping):
         raise PolicyError("policy context must be a mapping")
     missing = [k for k in CONTEXT_KEYS if k not in context]
-    extra = [k for k in context if k not in CONTEXT_KEYS]
+    extra = [k for k in context if k not in CONTEXT_KEYS and k not in PROPOSAL_CONTEXT_KEYS]
     if missing or extra:
         raise PolicyError(f"policy context: missing {missing}, unexpected {sorted(map(str, extra))}")
     out: dict = {}
@@ -611,7 +655,50 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
         out[key] = value
     if out["posture"] not in POSTURES:
         raise PolicyError(f"policy context: posture must be one of {list(POSTURES)}, got {out['posture']!r}")
+    for key in PROPOSAL_CONTEXT_KEYS:  # already in Cedar's form (proposal_context)
+        value = context.get(key, _PROPOSAL_DEFAULTS[key])
+        if type(value) is not type(_PROPOSAL_DEFAULTS[key]):
+            raise PolicyError(f"policy context: {key} must be {type(_PROPOSAL_DEFAULTS[key]).__name__}")
+        out[key] = value
     return out
+
+
+def proposal_context(proposal: Any) -> dict:
+    """The context keys :data:`PROPOSAL_CONTEXT_KEYS` for ``proposal`` (a :class:`broker.model.Proposal`):
+    ``tool`` and ``dataset`` as given ("" when absent) and ``arguments`` as a Cedar record
+    (:func:`cedar_arguments`; {} when absent). The one place a proposal becomes these keys:
+    whoever decides a proposal again rebuilds them here."""
+    return {
+        "tool": proposal.tool or "",
+        "dataset": proposal.dataset or "",
+        "arguments": cedar_arguments(proposal.arguments or {}),
+    }
+
+
+def cedar_arguments(arguments: Mapping[str, Any]) -> dict:
+    """Map a proposal's ``arguments`` (a JSON object, checked by :func:`broker.model.check_arguments`)
+    to Cedar's JSON value form: objects become records, lists sets (order and duplicates are
+    lost: compare with ``contains``), strings, booleans and integers (64-bit) stay, a number
+    with a whole value becomes an integer and another a ``decimal`` (``{"__extn": …}``, four
+    decimal places at most). Raises :class:`InvalidRequest` for anything else, so nothing an
+    agent sends reaches Cedar as an entity reference or extension value it did not mean."""
+    return _cedar_value(check_arguments(dict(arguments)), "arguments")
+
+
+def _cedar_value(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _cedar_value(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cedar_value(v, f"{where}[]") for v in value]
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        number = number_value(value)
+        if isinstance(number, str):
+            return {"__extn": {"fn": "decimal", "arg": number}}
+        if number is not None:
+            return number
+    raise InvalidRequest(f"'{where}' has no policy value")
 
 
 def _check_name(what: str, value: object) -> str:
@@ -768,6 +855,11 @@ class PolicyGate:
     def _evaluate(self, state: _State, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                   approver_principal: str | None) -> _Evaluation:
         ctx = normalize_context(context)
+        declared = state.rules.proposal_keys.get(action)
+        if declared is not None:
+            for key in PROPOSAL_CONTEXT_KEYS:
+                if key not in declared:
+                    del ctx[key]  # a schema from before these keys: policy cannot name them anyway
         _check_name("agent id", agent_id)
         _check_name("action", action)
         _check_name("target", target)

@@ -13,6 +13,7 @@ to offer, so a desk can never offer what the core would refuse, or hide what it 
 - who may end a grant early: :func:`why_not_revoker`;
 - the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
 - risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
+- which tools and datasets a target allows: :func:`why_not_for_target`;
 - why a request expired: :func:`expiry_reason`, :func:`expiry_event`;
 - whether a break-glass grant suspended its engineer: :func:`suspended_by`.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from .directory import Approver, Directory, aliases
+from .directory import Approver, Directory, Target, aliases
 from .model import ACTIVE, APPROVED, PENDING, Proposal, Request
 
 # ---------------------------------------------------------------------- postures
@@ -34,6 +35,26 @@ def posture_or_strictest(value: str | None) -> str:
     if not value:
         return POSTURES[0]
     return value if value in POSTURES else POSTURES[-1]
+
+
+# ---------------------------------------------------------------------- what a target allows
+def why_not_for_target(proposal: Proposal, target: Target | None) -> str | None:
+    """Why ``proposal`` may not name its ``tool`` or ``dataset`` on ``target`` (None: it may).
+
+    A target whose entry in the targets file lists ``tools`` (``datasets``) allows exactly
+    those, and a proposal on it must name one; without the key, any (or none); an unknown
+    target is left to policy."""
+    if target is None:
+        return None
+    for what, allowed, given in (("tool", target.tools, proposal.tool), ("dataset", target.datasets, proposal.dataset)):
+        if allowed is None:
+            continue
+        listed = ", ".join(repr(a) for a in allowed) or "none"
+        if given is None:
+            return f"target {target.id!r} needs a '{what}', one of: {listed}"
+        if given not in allowed:
+            return f"{what} {given!r} is not allowed on target {target.id!r}; allowed: {listed}"
+    return None
 
 
 # ---------------------------------------------------------------------- expiry
