@@ -8,6 +8,7 @@ inert. Names (agent, approver, group, policy ids) come from operator files.
 
 from __future__ import annotations
 
+import json
 import time
 
 from typing import Callable
@@ -85,6 +86,15 @@ def quorum_lines(req: Request) -> list[str]:
         who = [a["approver"] for a in req.approvals if a.get("group") == group]
         out.append(f"{group}: {len(who)} of {need}" + (f" ({', '.join(who)})" if who else ""))
     return out
+
+
+def arguments_text(req: Request) -> str | None:
+    """The proposal's ``arguments`` as the agent sent them (compact JSON, its key order), or None.
+    Agent-written: the platform escapes it like any other agent text."""
+    args = req.proposal.arguments
+    if args is None:
+        return None
+    return json.dumps(args, ensure_ascii=False, separators=(", ", ": "))
 
 
 def verdict(req: Request) -> str:

@@ -39,8 +39,8 @@ MAX_DELEGATION_LINKS = 8
 MAX_DELEGATION_CHARS = 4096
 # ``arguments``: what the agent will pass to its tool, a JSON object shown to approvers, hashed,
 # put in the token and given to Cedar (policy.proposal_context). Bounded so that every desk can
-# show it whole and Cedar's work stays small: its compact JSON, and how deep it nests.
-MAX_ARGUMENTS_BYTES = 4096
+# show it whole (Slack: 3000 characters a text) and Cedar's work stays small: its compact JSON, and how deep it nests.
+MAX_ARGUMENTS_BYTES = 2048
 MAX_ARGUMENTS_DEPTH = 4
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _DECIMAL_MAX = decimal.Decimal("922337203685477.5807")  # Cedar's decimal: a 64-bit integer of 1/10000

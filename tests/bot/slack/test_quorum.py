@@ -44,3 +44,27 @@ async def test_slack_shows_what_each_group_still_owes(tmp_path, redis_url, prefi
         await slack.settle()
         assert any("bob approved for sre (1 of 2)" in t for t in slack.fake.thread(*ref))
         assert "carol approved for security (2 of 2)" in slack.message_text(ref)  # the timeline
+
+
+async def test_slack_shows_the_tool_and_arguments_being_approved(tmp_path, redis_url, prefix, redis, fake_slack):
+    """Issue 16, item 4: a large refund through the shipped payments policy shows its tool and arguments
+    (escaped agent text), needs sre and security, and the token carries exactly those arguments."""
+    import jwt
+
+    repo = FIXTURES.parent.parent
+    args = {"amount": 2500, "currency": "<@U0BOB> EUR & co"}  # agent text: shown inert
+    async with running(tmp_path, redis_url, prefix, fake_slack, policy_dir=repo / "policies",
+                       approvers_file=APPROVERS) as slack:
+        rid = await slack.propose(action="refund", tool="payments-cli", arguments=args, duration_s=120)
+        ref = await slack.message_ref(rid)
+        text = slack.message_text(ref)
+        assert "payments-cli" in text and "*Arguments*" in text
+        assert '"amount": 2500' in text and "&lt;@U0BOB&gt; EUR &amp; co" in text  # inert, not a mention
+        assert "Waiting for 1 approval from sre and 1 from security" in text
+        await slack.click("U0CAROL", APPROVE, rid)
+        await slack.fake.wait_for(lambda: "security: 1 of 1 (carol)" in slack.message_text(ref), what="carol counted")
+        await slack.click("U0BOB", APPROVE, rid)
+        await slack.status(rid, "approved")
+        tok = await slack.h.collect(rid)
+        claims = jwt.decode(tok.json()["access_token"], options={"verify_signature": False})
+        assert claims["authorization_details"][0]["arguments"] == args
