@@ -250,10 +250,7 @@ def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None]
 def why_not_revoker(approver: Approver, req: Request, security_group: str) -> str | None:
     """Why ``approver`` may not end ``req``'s grant early (None: they may): its deciding groups,
     the security group, the agent's owner, or (break-glass) the engineer who broke the glass."""
-    named = {req.decision.get("approver_group"), security_group}
-    if req.escalated:
-        named.add(req.decision.get("backup_group"))
-    allowed: set[str] = {g for g in named if g is not None}
+    allowed: set[str] = deciding_groups(req) | {security_group}  # every group of a mixed quorum too
     engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
     if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
         return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"

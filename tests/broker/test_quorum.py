@@ -19,6 +19,9 @@ from tests.support.harness import FIXTURES, Harness, make_settings, write_agents
 QUORUM_POLICY = """
 @id("prod-scale-quorum") @approvals_from("sre:1,security:1") @max_duration("600")
 permit(principal, action == Jitgate::Action::"scale", resource in Jitgate::Env::"prod");
+
+@id("prod-read-quorum") @approvals_from("sre:1,dba:1")
+permit(principal, action == Jitgate::Action::"read", resource in Jitgate::Env::"prod");
 """
 
 APPROVERS = """
@@ -29,6 +32,7 @@ approvers:
   - {id: erin, groups: [sre]}
   - {id: grace, groups: [sre, security]}
   - {id: hank, groups: [security]}
+  - {id: ivan, groups: [dba]}
 """
 
 
@@ -111,6 +115,16 @@ async def test_two_from_one_group_at_once_count_once(qh):
     req = await qh.life.get(rid)
     assert req.status == "pending" and len(req.approvals) == 1 and req.approvals[0]["group"] == "sre"
     assert (await qh.approve(rid, "carol")).status == "approved"
+
+
+async def test_every_group_of_the_quorum_may_end_the_grant_early(qh):
+    """A member of any group the quorum named may revoke the grant, as the approver group's members may."""
+    r = await qh.propose(action="read", duration_s=300)
+    rid = r.json()["id"]
+    await qh.approve(rid, "bob")
+    assert (await qh.approve(rid, "ivan")).status == "approved"
+    after = await qh.life.revoke_as(rid, qh.approver("ivan"), reason="done early", channel="cli")
+    assert after.status == "revoked" and after.closed_by == "ivan"
 
 
 # ------------------------------------------------------------------ the annotation
