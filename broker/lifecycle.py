@@ -469,7 +469,7 @@ class Lifecycle:
             why = rules.why_not_counted(approver, req)
             if why is not None:
                 raise NotApprover(why)
-            group = rules.quorum_slots(approver, req)[0]
+            group = rules.quorum_slots(approver, req, self.directory, self._owner_of)[0]
         max_s = self._grant_duration(req.proposal, req.decision, req.approvals)
         if duration_s is not None:
             if isinstance(duration_s, bool) or not isinstance(duration_s, int) or not 1 <= duration_s <= max_s:

@@ -156,17 +156,27 @@ def quorum_missing(req: Request) -> list[tuple[str, int]]:
     return [(g, n - counted.get(g, 0)) for g, n in q if n > counted.get(g, 0)]
 
 
-def quorum_slots(approver: Approver, req: Request) -> list[str]:
-    """The groups of a mixed quorum that ``approver``'s approval may count for now, in the
-    policy's order: the groups they belong to that still lack approvals, and, once the request
-    is escalated, a backup-group member stands in for the first group (the policy's
-    ``approver_group``) while it lacks any. One approval counts for one group only (the first
-    of these); whether they may decide at all is :func:`why_not_decider`."""
+def quorum_slots(approver: Approver, req: Request, directory: Directory | None = None,
+                 owner_of: OwnerOf | None = None) -> list[str]:
+    """The groups of a mixed quorum that ``approver``'s approval may count for now, best first:
+    the groups they belong to that still lack approvals, and, once the request is escalated, a
+    backup-group member stands in for the first group (the policy's ``approver_group``) while
+    it lacks any. One approval counts for one group only (the first of these). With the
+    ``directory``, the group fewest other people could still fill comes first (ties: the
+    policy's order), so someone in two groups takes the place that is hardest to fill;
+    without it, the policy's order. Whether they may decide at all is :func:`why_not_decider`."""
     missing = [g for g, _ in quorum_missing(req)]
     slots = [g for g in missing if g in approver.groups]
     lead, backup = req.decision.get("approver_group"), req.decision.get("backup_group")
     if req.escalated and backup and backup in approver.groups and lead in missing and lead not in slots:
         slots.append(lead)
+    if directory is not None and len(slots) > 1:
+        def others(group: str) -> int:
+            pool = [group] + ([backup] if req.escalated and backup and group == lead else [])
+            people = {a.id: a for g in pool for a in directory.members(g)}
+            return sum(1 for a in people.values() if not aliases(a) & aliases(approver) and req.status == PENDING
+                       and not already_approved(a, req) and why_not_decider(a, req, owner_of) is None)
+        slots.sort(key=lambda g: (others(g), missing.index(g)))
     return slots
 
 

@@ -127,6 +127,24 @@ async def test_every_group_of_the_quorum_may_end_the_grant_early(qh):
     assert after.status == "revoked" and after.closed_by == "ivan"
 
 
+async def test_someone_in_two_groups_takes_the_place_fewest_others_could_fill(tmp_path, redis_url, prefix, redis):
+    """Judy is in sre and dba, and nobody else is in dba: her approval counts for dba (the
+    policy lists sre first), so an SRE can complete the quorum instead of nobody."""
+    policies, approvers = quorum_dirs(tmp_path)
+    approvers.write_text("approvers:\n  - {id: bob, groups: [sre]}\n  - {id: erin, groups: [sre]}\n"
+                         "  - {id: judy, groups: [sre, dba]}\n")
+    settings = make_settings(tmp_path, redis_url, prefix, policy_dir=policies, approvers_file=approvers)
+    h = Harness(settings, write_agents(settings.agents_file), ManualClock())
+    await h.start()
+    try:
+        rid = (await h.propose(action="read", duration_s=300)).json()["id"]
+        after = await h.approve(rid, "judy")
+        assert [a["group"] for a in after.approvals] == ["dba"]
+        assert (await h.approve(rid, "bob")).status == "approved"
+    finally:
+        await h.stop()
+
+
 # ------------------------------------------------------------------ the annotation
 
 
