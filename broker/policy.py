@@ -112,7 +112,8 @@ class Decision:
         return cls("deny", tuple(policies), 0, None, None, None, None, reason)
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict with exactly the keys of the external contract."""
+        """A JSON-ready dict with exactly the keys of the external contract (``approvals_from``
+        only for a mixed quorum, so other decisions read exactly as before it existed)."""
         return {
             "outcome": self.outcome,
             "policies": list(self.policies),
