@@ -8,6 +8,7 @@ inert. Names (agent, approver, group, policy ids) come from operator files.
 
 from __future__ import annotations
 
+import json
 import time
 
 from typing import Callable
@@ -50,6 +51,36 @@ def approvals_missing(req: Request) -> int:
     return max(0, approvals_required(req) - len(req.approvals))
 
 
+def missing_words(req: Request) -> str:
+    """What a pending request still needs, per group for a mixed quorum: ``1 more approval``,
+    ``1 approval from security and 2 from sre`` (the core's count, :func:`broker.rules.quorum_missing`)."""
+    if rules.quorum(req) is not None:
+        return rules.quorum_words(rules.quorum_missing(req))
+    return plural(approvals_missing(req), "more approval")
+
+
+def quorum_lines(req: Request) -> list[str]:
+    """For a mixed quorum, one line per group: ``security: 1 of 1 (carol)``, ``sre: 0 of 1``;
+    empty for a request that needs its approvals from one group."""
+    q = rules.quorum(req)
+    if q is None:
+        return []
+    out = []
+    for group, need in q:
+        who = [a["approver"] for a in req.approvals if a.get("group") == group]
+        out.append(f"{group}: {len(who)} of {need}" + (f" ({', '.join(who)})" if who else ""))
+    return out
+
+
+def arguments_text(req: Request) -> str | None:
+    """The proposal's ``arguments`` as the agent sent them (compact JSON, its key order), or None.
+    Agent-written: the platform escapes it like any other agent text."""
+    args = req.proposal.arguments
+    if args is None:
+        return None
+    return json.dumps(args, ensure_ascii=False, separators=(", ", ": "))
+
+
 def verdict(req: Request) -> str:
     """The policy's verdict in words: ``needs 2 approvals from sre; decided by policy prod-deploy``."""
     d = req.decision
@@ -78,7 +109,9 @@ def status_line(req: Request) -> str:
         need = approvals_missing(req)
         have = len(req.approvals)
         line = f"Waiting for {plural(need, 'more approval')}"
-        if have:
+        if rules.quorum(req) is not None:
+            line = f"Waiting for {missing_words(req)} ({'; '.join(quorum_lines(req))})"
+        elif have:
             line += f" ({have} of {approvals_required(req)} so far: {', '.join(req.approvers)})"
         if req.escalated and req.decision.get("backup_group"):
             line += f"; escalated to {req.decision['backup_group']}"
@@ -153,7 +186,8 @@ def asked_again_line(req: Request) -> str | None:
 def approval_sentence(req: Request, index: int) -> str:
     """``bob approved (1 of 2)`` for the approval at ``index``, with a shorter duration if chosen."""
     a = req.approvals[index]
-    line = f"{a['approver']} approved ({index + 1} of {approvals_required(req)})"
+    counted = f" for {a['group']}" if a.get("group") else ""
+    line = f"{a['approver']} approved{counted} ({index + 1} of {approvals_required(req)})"
     if a.get("duration_s"):
         line += f" for at most {fmt_duration(a['duration_s'])}"
     return line
@@ -188,8 +222,10 @@ def owner_hears(req: Request, event: str) -> bool:
 def reminder_sentence(req: Request) -> str:
     """A nudge for a request still pending."""
     group = req.decision.get("approver_group") or "approvers"
+    needs = missing_words(req) if rules.quorum(req) is not None else \
+        f"{plural(approvals_missing(req), 'more approval')} from {group}"
     return (f"Reminder: {req.agent}'s request to {req.proposal.action} on {req.proposal.target} still needs "
-            f"{plural(approvals_missing(req), 'more approval')} from {group}; it expires at {fmt_time(req.deadline)}.")
+            f"{needs}; it expires at {fmt_time(req.deadline)}.")
 
 
 def escalation_sentence(req: Request, backup_group: str) -> str:

@@ -506,7 +506,7 @@ def cmd_policy_check(args) -> int:
     from .directory import Directory  # noqa: PLC0415
     from .identity import Registry  # noqa: PLC0415
     from .model import Proposal  # noqa: PLC0415
-    from .policy import PolicyGate  # noqa: PLC0415
+    from .policy import PolicyGate, proposal_context  # noqa: PLC0415
 
     env = environment()
     body = json.loads(Path(args.file).read_text())
@@ -522,7 +522,7 @@ def cmd_policy_check(args) -> int:
     context = {
         "confidence": proposal.confidence_pct, "duration_s": proposal.duration_s, "posture": posture,
         "evidence_count": len(proposal.evidence), "delegation_depth": len(proposal.delegation),
-        "hour_utc": time.gmtime().tm_hour, "break_glass": False,
+        "hour_utc": time.gmtime().tm_hour, "break_glass": False, **proposal_context(proposal),
     }
     result = gate.explain(agent_id=agent_id, action=proposal.action, target=proposal.target, context=context)
     print(json.dumps(result, indent=2, default=str))

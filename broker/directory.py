@@ -37,7 +37,9 @@ _SLACK_BINDING_KEYS = frozenset({"id", "groups", "slack_usergroups"})
 # Reserved, so no entry in the file can take (or be mistaken for) such a person's id.
 GROUP_BOUND_PREFIX = "slack:"
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,30}$")
-_TARGET_KEYS = frozenset({"id", "env", "attributes", "credential"})
+_TARGET_KEYS = frozenset({"id", "env", "attributes", "credential", "tools", "datasets"})
+# ``tools:`` / ``datasets:``: what a proposal on the target may name (absent: anything).
+MAX_TARGET_NAMES = 100
 # ``name`` is set by the policy gate from the target id; an attribute may not shadow it.
 _RESERVED_TARGET_ATTRS = frozenset({"name"})
 
@@ -139,6 +141,9 @@ class Target:
     attributes: dict = field(default_factory=dict, hash=False)
     # The credential plugin and its action→privileges mapping (broker/credentials), or None.
     credential: dict | None = field(default=None, hash=False, compare=False)
+    # The tools and datasets a proposal on this target may name; None: any (the key is absent).
+    tools: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
 
 
 def _read_list(path: Path, key: str) -> list:
@@ -300,7 +305,22 @@ def _parse_target(entry: object, where: str) -> Target:
     credential = entry.get("credential")
     if credential is not None and (not isinstance(credential, dict) or not isinstance(credential.get("plugin"), str)):
         raise ConfigError(f"{where}: credential must be a mapping naming its plugin (e.g. plugin: postgresql)")
-    return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes, credential=credential)
+    return Target(id=target_id, env=_optional_id(entry, "env", where), attributes=attributes, credential=credential,
+                  tools=_names(entry, "tools", where), datasets=_names(entry, "datasets", where))
+
+
+def _names(entry: dict, key: str, where: str) -> tuple[str, ...] | None:
+    """A target's ``tools`` or ``datasets``: a list of distinct names (ids), or None when absent.
+    An empty list allows none: a proposal on the target may not name one."""
+    if key not in entry:
+        return None
+    raw = entry[key]
+    if not isinstance(raw, list) or len(raw) > MAX_TARGET_NAMES:
+        raise ConfigError(f"{where}: {key} must be a list of at most {MAX_TARGET_NAMES} names")
+    names = tuple(_check_id(item, f"{key} entry", where) for item in raw)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: {key} names one entry twice")
+    return names
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,13 @@ from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFo
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
-    Proposal, Request, iso,
+    NotAllowedForTarget, Proposal, Request, iso,
 )
 from .notices import Notices
 from .notify import Kind, Notifier
 from . import killswitch, oauth, rules
 from .killswitch import Selector
-from .policy import Decision, PolicyGate
+from .policy import Decision, PolicyGate, proposal_context
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
@@ -327,6 +327,9 @@ class Lifecycle:
 
         now = self._now()
         chain = self._verified_chain(agent, proposal, now)  # a broken chain is a 400, nothing stored
+        why = rules.why_not_for_target(proposal, self.directory.target(proposal.target))
+        if why is not None:
+            raise NotAllowedForTarget(why)  # a 400, nothing stored
         context = {
             "confidence": proposal.confidence_pct,
             "duration_s": proposal.duration_s,
@@ -335,6 +338,7 @@ class Lifecycle:
             "delegation_depth": len(chain),
             "hour_utc": time.gmtime(now).tm_hour,
             "break_glass": False,
+            **proposal_context(proposal),
         }
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
@@ -472,6 +476,7 @@ class Lifecycle:
             policies=tuple(policies), approvals_required=approvals, approver_group=lead.approver_group,
             max_duration_s=min(durations) if durations else None, channel=lead.channel,
             backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
+            approvals_from=lead.approvals_from,
         )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
@@ -539,13 +544,46 @@ class Lifecycle:
         platform_user: str | None = None,
         duration_s: int | None = None,
     ) -> Request:
-        """Count ``approver``'s approval; the last one needed approves the request."""
+        """Count ``approver``'s approval; the last one needed approves the request.
+
+        For a mixed quorum the approval counts for one group its approver may fill now
+        (:func:`broker.rules.quorum_slots`); the script refuses it if that group filled up
+        meanwhile, and it is tried again (bounded) with what is stored then."""
+        for _ in range(3):
+            req, out = await self._approve_once(request_id, approver, channel=channel, platform_user=platform_user,
+                                                duration_s=duration_s)
+            if out is None:
+                return req
+            if out.result != "filled":
+                break
+        if out.result == "late":
+            raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; "
+                                 "the request has expired and can no longer be approved")
+        after = out.request or await self.get(request_id)
+        if out.result in ("ok", "noop"):
+            if out.ok:
+                self._count("approvals", channel=channel)
+            return after
+        if out.result == "stale":
+            raise Conflict("the proposal changed since it was shown; reload it")
+        if out.result == "filled":
+            raise Conflict("the quorum changed while this approval was recorded; reload the request")
+        raise Conflict(_explain(after))
+
+    async def _approve_once(self, request_id: str, approver: Approver, *, channel: str, platform_user: str | None,
+                            duration_s: int | None) -> tuple[Request, Outcome | None]:
         req = await self.get(request_id)
         self.check_approver(approver, req)
         if rules.already_approved(approver, req):
-            return req  # the same person's approval again (under any alias): a no-op
+            return req, None  # the same person's approval again (under any alias): a no-op
         if req.status != PENDING:
             raise Conflict(_explain(req))
+        group = None
+        if rules.quorum(req) is not None:
+            why = rules.why_not_counted(approver, req)
+            if why is not None:
+                raise NotApprover(why)
+            group = rules.quorum_slots(approver, req, self.directory, self._owner_of)[0]
         max_s = self._grant_duration(req.proposal, req.decision, req.approvals)
         if duration_s is not None:
             if isinstance(duration_s, bool) or not isinstance(duration_s, int) or not 1 <= duration_s <= max_s:
@@ -553,12 +591,15 @@ class Lifecycle:
         now = self._now()
         at = iso(now)
         approval = {"approver": approver.id, "channel": channel, "at": at, "proposal_sha256": req.proposal_sha256}
+        if group is not None:
+            approval["group"] = group
         if platform_user:
             approval["platform_user"] = platform_user
         if duration_s is not None:
             approval["duration_s"] = duration_s
         required = int(req.decision.get("approvals_required", 1))
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
+        counted = {"group": group} if group is not None else {}
         # The count, the approvers and the granted duration depend on the other approvals:
         # the script decides them from the approvals stored, not from what was read here
         # (it picks this approval's entry for the count it makes, and writes the approval's).
@@ -570,24 +611,16 @@ class Lifecycle:
             cap_s=self._grant_duration(req.proposal, req.decision, []),
             collect_deadline_ms=self._collect_deadline_ms(req, now),
             recorded=[event("approval.recorded", at, request_id, actor, count=count, required=required,
-                            proposal_sha256=req.proposal_sha256, duration_s=duration_s)
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s, **counted)
                       for count in range(1, required + 1)],
             approved=event_frame("request.approved", at, request_id, actor),
             late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
             notify_partial=Kind.APPROVAL,
             notify_complete=Kind.APPROVED,
+            group=group,
+            group_required=dict(rules.quorum(req) or []).get(group or "", 0),
         )
-        if out.result == "late":
-            raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; "
-                                 "the request has expired and can no longer be approved")
-        after = out.request or await self.get(request_id)
-        if out.result in ("ok", "noop"):
-            if out.ok:
-                self._count("approvals", channel=channel)
-            return after
-        if out.result == "stale":
-            raise Conflict("the proposal changed since it was shown; reload it")
-        raise Conflict(_explain(after))
+        return req, out
 
     async def deny(self, request_id: str, approver: Approver, *, channel: str, reason: str, platform_user: str | None = None) -> Request:
         """End a pending request with a reason that reaches the agent."""
@@ -670,7 +703,8 @@ class Lifecycle:
         actors = [agent.id, *(link["delegator"] for link in reversed(req.delegation_chain))] if req.delegation_chain else None
         claims = build_access_token_claims(
             issuer=self.settings.issuer, agent_id=agent.id, audience=p.target, issued_at=iat, expires_at=exp,
-            jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, request_id=req.id,
+            jti=jti, action=p.action, target=p.target, tool=p.tool, dataset=p.dataset, arguments=p.arguments,
+            request_id=req.id,
             approvers=req.approvers, policies=list(req.decision.get("policies", [])),
             proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
         )

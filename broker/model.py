@@ -6,6 +6,7 @@ token to exactly what people saw.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import math
 import re
@@ -36,6 +37,13 @@ MAX_DURATION_S = 7 * 86400
 # caps bound the work a chain can cause before any signature is checked.
 MAX_DELEGATION_LINKS = 8
 MAX_DELEGATION_CHARS = 4096
+# ``arguments``: what the agent will pass to its tool, a JSON object shown to approvers, hashed,
+# put in the token and given to Cedar (policy.proposal_context). Bounded so that every desk can
+# show it whole (Slack: 3000 characters a text) and Cedar's work stays small: its compact JSON, and how deep it nests.
+MAX_ARGUMENTS_BYTES = 2048
+MAX_ARGUMENTS_DEPTH = 4
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_DECIMAL_MAX = decimal.Decimal("922337203685477.5807")  # Cedar's decimal: a 64-bit integer of 1/10000
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -48,7 +56,8 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u
 _ID_RE = re.compile(r"^[A-Za-z0-9]{8,64}$")
 
 PROPOSAL_FIELDS = frozenset(
-    {"action", "target", "justification", "evidence", "duration_s", "tool", "dataset", "confidence", "ticket", "delegation"}
+    {"action", "target", "justification", "evidence", "duration_s", "tool", "dataset", "arguments", "confidence", "ticket",
+     "delegation"}
 )
 EVIDENCE_FIELDS = frozenset({"kind", "title", "url", "excerpt"})
 
@@ -133,6 +142,88 @@ class ReservedAction(InvalidRequest):
     code, title = "reserved-action", "Reserved action"
 
 
+class NotAllowedForTarget(InvalidRequest):
+    """The proposal names a tool or dataset its target's entry in the targets file does not list."""
+
+    code, title = "not-allowed-for-target", "Tool or dataset not allowed for this target"
+
+
+class ArgumentsTooLarge(InvalidRequest):
+    """``arguments`` is larger or nests deeper than the broker accepts."""
+
+    code, title = "arguments-too-large", "Arguments too large"
+
+
+class InvalidArguments(InvalidRequest):
+    """``arguments`` holds something that has no faithful policy value (see :func:`check_arguments`)."""
+
+    code, title = "invalid-arguments", "Invalid arguments"
+
+
+def number_value(value: float) -> int | str | None:
+    """A JSON number that is not an integer, as policy compares it: a whole value (``500.0``)
+    as an integer, another (``499.99``) as the text of a Cedar ``decimal`` (four decimal
+    places at most, within its range), or None when neither is exact."""
+    if not math.isfinite(value):
+        return None
+    d = decimal.Decimal(repr(value))
+    if d == d.to_integral_value():
+        n = int(d)
+        return n if _LONG_MIN <= n <= _LONG_MAX else None
+    if d.as_tuple().exponent < -4 or abs(d) > _DECIMAL_MAX:  # type: ignore[operator]
+        return None
+    return format(d, "f")
+
+
+def check_arguments(value: Any) -> dict:
+    """Validate a proposal's ``arguments``: a JSON object of at most :data:`MAX_ARGUMENTS_BYTES`
+    (compact JSON) nesting at most :data:`MAX_ARGUMENTS_DEPTH` objects or lists deep, whose
+    values are strings, integers in Cedar's 64-bit range, finite numbers, booleans, lists and
+    objects. Refused (each a 400 naming the path): ``null`` (Cedar has no null: leave the key
+    out), keys beginning with ``__`` (Cedar's JSON reads ``__entity``/``__extn`` as entity
+    references and extension values, which would let an agent forge them), and strings with
+    control characters other than tab and newline."""
+    if not isinstance(value, dict):
+        raise InvalidArguments("'arguments' must be a JSON object")
+    _check_argument(value, "arguments", 1)  # first: it stops at the depth limit, so nothing below recurses deeper
+    size = len(orjson.dumps(value))
+    if size > MAX_ARGUMENTS_BYTES:
+        raise ArgumentsTooLarge(f"'arguments' is {size} bytes as compact JSON; at most {MAX_ARGUMENTS_BYTES} are accepted")
+    return value
+
+
+def _check_argument(value: Any, where: str, depth: int) -> None:
+    if isinstance(value, (dict, list)) and depth > MAX_ARGUMENTS_DEPTH:
+        raise ArgumentsTooLarge(f"'{where}' nests deeper than {MAX_ARGUMENTS_DEPTH} levels of objects and lists")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.startswith("__"):
+                raise InvalidArguments(f"'{where}' has key {key!r}: keys beginning with '__' are reserved by Cedar")
+            if not key or _CONTROL_RE.search(key):
+                raise InvalidArguments(f"'{where}' has an empty key or one with control characters")
+            _check_argument(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_argument(item, f"{where}[{i}]", depth + 1)
+    elif value is None:
+        raise InvalidArguments(f"'{where}' is null; policies have no null, leave the key out instead")
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not _LONG_MIN <= value <= _LONG_MAX:
+            raise InvalidArguments(f"'{where}' is outside the 64-bit integer range policies compare")
+    elif isinstance(value, float):
+        if number_value(value) is None:
+            raise InvalidArguments(f"'{where}' is a number policies cannot compare: a whole number in the 64-bit "
+                                   "range, or at most 4 decimal places below 922337203685477 (send amounts as "
+                                   "integers of the smallest unit, or as strings, to be safe)")
+    elif isinstance(value, str):
+        if _CONTROL_RE.search(value.replace("\n", " ").replace("\t", " ")):
+            raise InvalidArguments(f"'{where}' contains control characters")
+    else:  # pragma: no cover - JSON has nothing else
+        raise InvalidArguments(f"'{where}' has an unsupported type")
+
+
 @dataclass(frozen=True)
 class Proposal:
     """What an agent asks for, exactly as submitted (immutable)."""
@@ -147,6 +238,7 @@ class Proposal:
     confidence: float | None = None
     ticket: str | None = None
     delegation: tuple = ()
+    arguments: dict | None = field(default=None, hash=False)
 
     @classmethod
     def parse(cls, body: Any) -> "Proposal":
@@ -182,6 +274,9 @@ class Proposal:
             if not 0 <= confidence <= 1:
                 raise InvalidRequest("'confidence' must be between 0 and 1")
             confidence = float(confidence)
+        arguments = body.get("arguments")
+        if arguments is not None:
+            arguments = check_arguments(arguments)
         delegation = body.get("delegation", [])
         if not isinstance(delegation, list):
             raise InvalidRequest("'delegation' must be a list of signed delegation links (compact JWS), root first")
@@ -202,6 +297,7 @@ class Proposal:
             confidence=confidence,
             ticket=_text(body, "ticket", MAX_NAME, required=False),
             delegation=tuple(delegation),
+            arguments=arguments,
         )
 
     def to_dict(self) -> dict:
@@ -212,7 +308,7 @@ class Proposal:
             "duration_s": self.duration_s,
             "evidence": [e.to_dict() for e in self.evidence],
         }
-        for name in ("tool", "dataset", "confidence", "ticket"):
+        for name in ("tool", "dataset", "arguments", "confidence", "ticket"):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
@@ -232,6 +328,7 @@ class Proposal:
             confidence=d.get("confidence"),
             ticket=d.get("ticket"),
             delegation=tuple(d.get("delegation", [])),
+            arguments=d.get("arguments"),
         )
 
     def sha256(self) -> str:
@@ -246,6 +343,8 @@ class Proposal:
             "evidence": [e.to_dict() for e in self.evidence],
             "delegation": list(self.delegation),
         }
+        if self.arguments is not None:  # absent before arguments existed: older proposals hash the same
+            canonical["arguments"] = self.arguments
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def task_sha256(self) -> str:

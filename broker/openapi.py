@@ -88,8 +88,17 @@ def openapi_document(issuer: str) -> dict:
             "justification": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_JUSTIFICATION},
             "evidence": {"type": "array", "maxItems": model.MAX_EVIDENCE_ITEMS, "items": evidence},
             "duration_s": {"type": "integer", "minimum": 1, "maximum": model.MAX_DURATION_S},
-            "tool": {"type": "string", "maxLength": model.MAX_NAME},
-            "dataset": {"type": "string", "maxLength": model.MAX_NAME},
+            "tool": {"type": "string", "maxLength": model.MAX_NAME, "description":
+                     "the tool the agent will use; one of the target's `tools` when the targets file lists them "
+                     "(else 400 not-allowed-for-target); policy reads it as context.tool"},
+            "dataset": {"type": "string", "maxLength": model.MAX_NAME, "description":
+                        "the dataset it will touch; one of the target's `datasets` when listed; context.dataset"},
+            "arguments": {"type": "object", "description":
+                          f"what the agent will pass to its tool: a JSON object of at most {model.MAX_ARGUMENTS_BYTES} "
+                          f"bytes (compact JSON) nesting at most {model.MAX_ARGUMENTS_DEPTH} deep (else 400 "
+                          "arguments-too-large); no null, no keys starting with '__', whole numbers within 64 bits, "
+                          "other numbers with at most 4 decimal places (else 400 invalid-arguments). Policy reads it "
+                          "as the record context.arguments; it is in the proposal hash and the token"},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "ticket": {"type": "string", "maxLength": model.MAX_NAME},
             "delegation": {"type": "array", "maxItems": model.MAX_DELEGATION_LINKS, "description":
@@ -118,10 +127,14 @@ def openapi_document(issuer: str) -> dict:
                     "channel": {"type": ["string", "null"]},
                     "backup_group": {"type": ["string", "null"]},
                     "reason": {"type": "string"},
+                    "approvals_from": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
+                                       "description": "a mixed quorum (@approvals_from): group → approvals needed from "
+                                                      "it, in the policy's order; absent when one group decides"},
                 },
             },
             "approvals": {"type": "array", "items": {"type": "object", "properties": {
-                "approver": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}}},
+                "approver": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                "group": {"type": "string", "description": "the group of a mixed quorum this approval counts for"}}}},
             "denial": {"type": ["object", "null"], "properties": {"by": {"type": "string"}, "reason": {"type": "string"}}},
             "expires_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},

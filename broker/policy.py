@@ -10,7 +10,8 @@ The vocabulary (namespace ``Jitgate``) is fixed by docs/policies.md:
 principal ``Agent`` (attrs ``owner``, ``team``; parent ``Team``) or, for break-glass
 for oneself, ``Approver`` (parents ``Group``); action ``Action::"<action>"``; resource
 ``Target`` (attr ``name`` plus the targets file's attributes; parent ``Env``) — or
-``Agent`` for ``delegate``; a context with exactly the keys in :data:`CONTEXT_KEYS`.
+``Agent`` for ``delegate``; a context with exactly the keys in :data:`CONTEXT_KEYS`, plus
+what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`proposal_context`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
 from .watched import fingerprint as files_fingerprint
-from .model import INTERNAL_ACTIONS
-from .rules import POSTURES
+from .model import INTERNAL_ACTIONS, check_arguments, number_value
+from .rules import POSTURES, quorum_words
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,21 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "hour_utc": (int, 0, 23),
     "break_glass": (bool, None, None),
 }
+# What the proposal says the agent will do, as Cedar sees it (:func:`proposal_context`):
+# ``tool`` and ``dataset`` ("" when not given) and ``arguments`` (a record, {} when not given).
+# A caller may leave them out of a context (break-glass, delegation links name no tool):
+# they then read as not given.
+PROPOSAL_CONTEXT_KEYS: tuple[str, ...] = ("tool", "dataset", "arguments")
+_PROPOSAL_DEFAULTS: Mapping[str, Any] = {"tool": "", "dataset": "", "arguments": {}}
 # Actions whose resource is another agent rather than a target (the schema says the same):
 # the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
 AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
 # Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
 # a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
-ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "max_duration", "channel", "backup_group", "description"})
+ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "approvals_from", "max_duration", "channel", "backup_group",
+                         "description"})
+# ``@approvals_from("sre:1,security:1")``: a mixed quorum, each group's count met by distinct people.
+_QUORUM_ITEM = re.compile(r"([^:,\s]+):([0-9]{1,2})")
 _REASON_ERRORS_MAX = 300
 _EVALUATION_FAILED = "policy evaluation failed"
 
@@ -86,6 +96,10 @@ class Decision:
     channel: str | None
     backup_group: str | None
     reason: str
+    # A mixed quorum (``@approvals_from``): (group, count) in the order policy named them. Its
+    # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
+    # for the plain form (``approvals_required`` from ``approver_group``).
+    approvals_from: tuple[tuple[str, int], ...] | None = None
 
     @property
     def allowed(self) -> bool:
@@ -98,7 +112,8 @@ class Decision:
         return cls("deny", tuple(policies), 0, None, None, None, None, reason)
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict with exactly the keys of the external contract."""
+        """A JSON-ready dict with exactly the keys of the external contract (``approvals_from``
+        only for a mixed quorum, so other decisions read exactly as before it existed)."""
         return {
             "outcome": self.outcome,
             "policies": list(self.policies),
@@ -108,6 +123,7 @@ class Decision:
             "channel": self.channel,
             "backup_group": self.backup_group,
             "reason": self.reason,
+            **({"approvals_from": dict(self.approvals_from)} if self.approvals_from else {}),
         }
 
     @classmethod
@@ -119,8 +135,16 @@ class Decision:
             approvals = d["approvals_required"]
             fields = {k: d.get(k) for k in ("approver_group", "channel", "backup_group")}
             max_duration = d.get("max_duration_s")
+            quorum = d.get("approvals_from")  # absent in records made before mixed quorums
         except (KeyError, TypeError) as exc:
             raise PolicyError(f"malformed decision: missing {exc}") from None
+        pairs = None
+        if quorum is not None:
+            if (not isinstance(quorum, Mapping) or not quorum
+                    or any(id_problem(g) or type(n) is not int or not 1 <= n <= MAX_APPROVALS for g, n in quorum.items())
+                    or sum(quorum.values()) != approvals or next(iter(quorum)) != fields["approver_group"]):
+                raise PolicyError("malformed decision: approvals_from")
+            pairs = tuple(quorum.items())
         ok = (
             outcome in OUTCOMES
             and isinstance(reason, str)
@@ -134,7 +158,7 @@ class Decision:
         if not ok:
             raise PolicyError("malformed decision")
         return cls(outcome, tuple(policies), approvals, fields["approver_group"], max_duration,
-                   fields["channel"], fields["backup_group"], reason)
+                   fields["channel"], fields["backup_group"], reason, pairs)
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,7 @@ class _Policy:
     approver_group: str | None
     channel: str | None
     backup_group: str | None
+    quorum: tuple[tuple[str, int], ...] | None = None  # @approvals_from, in the order written
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,10 @@ class _Rules:
     schema_file: str | None
     actions: frozenset[str] | None  # declared in the schema; None without a schema
     fingerprint: tuple
+    # Per declared action, the PROPOSAL_CONTEXT_KEYS its context type declares (a schema
+    # written before they existed declares none; they are then left out, as before). Without
+    # a schema, or for an action not listed, every key is passed.
+    proposal_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def name(self, cedar_id: str) -> str:
         policy = self.policies.get(cedar_id)
@@ -326,6 +355,31 @@ def _annotation_name(policy_label: str, key: str, raw: object) -> str:
     return raw  # type: ignore[return-value]
 
 
+def _annotation_quorum(policy_label: str, raw: object) -> tuple[tuple[str, int], ...]:
+    """``"sre:1,security:1"``: groups (each once) with a count of 1 or more, at most
+    :data:`MAX_APPROVALS` in all. Strict, as the other annotations: no spaces, no empty items."""
+    usage = f'{policy_label}: @approvals_from must look like "sre:1,security:1" (group:count, comma-separated)'
+    if not isinstance(raw, str) or not raw:
+        raise PolicyError(f"{usage}, got {raw!r}")
+    out: list[tuple[str, int]] = []
+    for item in raw.split(","):
+        match = _QUORUM_ITEM.fullmatch(item)
+        if match is None:
+            raise PolicyError(f"{usage}, got {raw!r}")
+        group, count = match.group(1), int(match.group(2))
+        problem = id_problem(group)
+        if problem:
+            raise PolicyError(f"{policy_label}: @approvals_from group {problem}")
+        if not 1 <= count <= MAX_APPROVALS:
+            raise PolicyError(f"{policy_label}: @approvals_from count for {group!r} must be from 1 to {MAX_APPROVALS}")
+        if any(g == group for g, _ in out):
+            raise PolicyError(f"{policy_label}: @approvals_from names {group!r} twice")
+        out.append((group, count))
+    if sum(n for _, n in out) > MAX_APPROVALS:
+        raise PolicyError(f"{policy_label}: @approvals_from asks for more than {MAX_APPROVALS} approvals in all")
+    return tuple(out)
+
+
 def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Policy:
     """Check one policy's annotations and turn them into obligations."""
     annotations: dict = est.get("annotations") or {}
@@ -352,9 +406,19 @@ def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Pol
         key: _annotation_name(label, key, annotations[key]) if key in annotations else None
         for key in ("approver_group", "channel", "backup_group")
     }
+    quorum = None
+    if "approvals_from" in annotations:
+        # It says both how many and from whom: with @approvals or @approver_group as well,
+        # one of the two would silently lose.
+        both = sorted("@" + k for k in ("approvals", "approver_group") if k in annotations)
+        if both:
+            raise PolicyError(f"{label}: @approvals_from already sets the count and the groups; remove {', '.join(both)}")
+        quorum = _annotation_quorum(label, annotations["approvals_from"])
+        approvals = sum(n for _, n in quorum)
+        names["approver_group"] = quorum[0][0]
     return _Policy(
         cedar_id=cedar_id, name=name, effect=est["effect"], file=file, position=position,
-        approvals=approvals, max_duration=max_duration, **names,
+        approvals=approvals, max_duration=max_duration, quorum=quorum, **names,
     )
 
 
@@ -434,6 +498,7 @@ def _load_rules(policy_dir: Path) -> _Rules:
         policies[cedar_id] = by_name[policy.name] = policy
 
     schema = schema_file = actions = None
+    proposal_keys: dict[str, frozenset[str]] = {}
     if len(schema_files) > 1:
         raise PolicyError(f"{policy_dir}: more than one schema file ({', '.join(p.name for p in schema_files)})")
     if schema_files:
@@ -449,11 +514,43 @@ def _load_rules(policy_dir: Path) -> _Rules:
             more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
             raise PolicyError(f"policies do not validate against {schema_file}: " + "; ".join(problems) + more)
         actions = _declared_actions(schema)
+        proposal_keys = _declared_proposal_keys(schema, actions)
 
     probe = {"staticPolicies": {k: {**v, "effect": "permit"} for k, v in statics.items()},
              "templates": {}, "templateLinks": []}
     probe_set = cedarpy.PolicySet.from_json_str(json.dumps(probe))
-    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint)
+    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys)
+
+
+_NOT_DECLARED = "should not exist according to the schema"
+
+
+def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Which :data:`PROPOSAL_CONTEXT_KEYS` each action's context type declares.
+
+    cedarpy cannot list a type's attributes, so each key is tried on a request with an
+    otherwise neutral context: a key the type lacks is refused as one that "should not exist".
+    An action whose probe fails for another reason keeps every key (the real request then
+    fails the same way and is denied)."""
+    base = {"confidence": 0, "duration_s": 1, "posture": POSTURES[0], "evidence_count": 0, "delegation_depth": 0,
+            "hour_utc": 0, "break_glass": False}
+    empty = cedarpy.PolicySet.from_str("")
+    entities = cedarpy.Entities.from_json_str("[]", schema)
+    out: dict[str, frozenset[str]] = {}
+    for action in actions:
+        resource = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
+        declared = set()
+        for key in PROPOSAL_CONTEXT_KEYS:
+            request = {"principal": _uid(AGENT, "probe"), "action": _uid(ACTION, action),
+                       "resource": _uid(resource, "probe"), "context": {**base, key: _PROPOSAL_DEFAULTS[key]}}
+            try:
+                errors = " ".join(cedarpy.is_authorized(request, empty, entities, schema=schema).diagnostics.errors)
+            except Exception:  # noqa: BLE001 - a probe that cannot run keeps the key
+                errors = ""
+            if _NOT_DECLARED not in errors:
+                declared.add(key)
+        out[action] = frozenset(declared)
+    return out
 
 
 # --------------------------------------------------------------------------- entities
@@ -546,7 +643,7 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
     if not isinstance(context, Mapping):
         raise PolicyError("policy context must be a mapping")
     missing = [k for k in CONTEXT_KEYS if k not in context]
-    extra = [k for k in context if k not in CONTEXT_KEYS]
+    extra = [k for k in context if k not in CONTEXT_KEYS and k not in PROPOSAL_CONTEXT_KEYS]
     if missing or extra:
         raise PolicyError(f"policy context: missing {missing}, unexpected {sorted(map(str, extra))}")
     out: dict = {}
@@ -559,7 +656,50 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
         out[key] = value
     if out["posture"] not in POSTURES:
         raise PolicyError(f"policy context: posture must be one of {list(POSTURES)}, got {out['posture']!r}")
+    for key in PROPOSAL_CONTEXT_KEYS:  # already in Cedar's form (proposal_context)
+        value = context.get(key, _PROPOSAL_DEFAULTS[key])
+        if type(value) is not type(_PROPOSAL_DEFAULTS[key]):
+            raise PolicyError(f"policy context: {key} must be {type(_PROPOSAL_DEFAULTS[key]).__name__}")
+        out[key] = value
     return out
+
+
+def proposal_context(proposal: Any) -> dict:
+    """The context keys :data:`PROPOSAL_CONTEXT_KEYS` for ``proposal`` (a :class:`broker.model.Proposal`):
+    ``tool`` and ``dataset`` as given ("" when absent) and ``arguments`` as a Cedar record
+    (:func:`cedar_arguments`; {} when absent). The one place a proposal becomes these keys:
+    whoever decides a proposal again rebuilds them here."""
+    return {
+        "tool": proposal.tool or "",
+        "dataset": proposal.dataset or "",
+        "arguments": cedar_arguments(proposal.arguments or {}),
+    }
+
+
+def cedar_arguments(arguments: Mapping[str, Any]) -> dict:
+    """Map a proposal's ``arguments`` (a JSON object, checked by :func:`broker.model.check_arguments`)
+    to Cedar's JSON value form: objects become records, lists sets (order and duplicates are
+    lost: compare with ``contains``), strings, booleans and integers (64-bit) stay, a number
+    with a whole value becomes an integer and another a ``decimal`` (``{"__extn": …}``, four
+    decimal places at most). Raises :class:`InvalidRequest` for anything else, so nothing an
+    agent sends reaches Cedar as an entity reference or extension value it did not mean."""
+    return _cedar_value(check_arguments(dict(arguments)), "arguments")
+
+
+def _cedar_value(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _cedar_value(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cedar_value(v, f"{where}[]") for v in value]
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        number = number_value(value)
+        if isinstance(number, str):
+            return {"__extn": {"fn": "decimal", "arg": number}}
+        if number is not None:
+            return number
+    raise InvalidRequest(f"'{where}' has no policy value")
 
 
 def _check_name(what: str, value: object) -> str:
@@ -703,6 +843,7 @@ class PolicyGate:
                     "determining": p.cedar_id in determining,
                     "error": errors.get(p.cedar_id),
                     "approvals": p.approvals, "approver_group": p.approver_group,
+                    "approvals_from": dict(p.quorum) if p.quorum else None,
                     "max_duration_s": p.max_duration,
                 }
                 for p in rules.policies.values()
@@ -715,6 +856,11 @@ class PolicyGate:
     def _evaluate(self, state: _State, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                   approver_principal: str | None) -> _Evaluation:
         ctx = normalize_context(context)
+        declared = state.rules.proposal_keys.get(action)
+        if declared is not None:
+            for key in PROPOSAL_CONTEXT_KEYS:
+                if key not in declared:
+                    del ctx[key]  # a schema from before these keys: policy cannot name them anyway
         _check_name("agent id", agent_id)
         _check_name("action", action)
         _check_name("target", target)
@@ -802,27 +948,60 @@ def _obligations(permits: list[_Policy]) -> Decision:
 
     Approvals: the highest. Duration: the shortest that is set. Group, channel and
     backup group: from the permit asking for the most approvals (ties: lowest id).
+    When any of them asks for a mixed quorum (``@approvals_from``), the quorums combine
+    instead: every group any of them names, each with the highest count asked of it (a
+    plain permit counts as ``approver_group:approvals``); a permit that asks for approvals
+    from no group leaves nobody able to approve, as it would alone.
     """
     names = [p.name for p in permits]
     approvals = max(p.approvals for p in permits)
     durations = [p.max_duration for p in permits if p.max_duration is not None]
     lead = min(permits, key=lambda p: (-p.approvals, p.name))
     decided = _decided_by(names)
+    group = lead.approver_group
+    quorum = _combined_quorum(permits, lead) if approvals and any(p.quorum for p in permits) else None
+    if quorum is not None:
+        approvals = sum(n for _, n in quorum)
+        group = quorum[0][0] if quorum else None
+        if approvals > MAX_APPROVALS:
+            return Decision.deny(f"the combined quorum asks for more than {MAX_APPROVALS} approvals; decided by {decided}",
+                                 names)
+        if not quorum:
+            quorum, approvals = None, max(p.approvals for p in permits)
     if approvals == 0:
         outcome, reason = "auto_grant", f"pre-approved, no approval needed; decided by {decided}"
-    elif lead.approver_group is None:
+    elif group is None:
         outcome = "require_approval"
         reason = f"needs {_plural(approvals, 'approval')} but no approver group set by policy; decided by {decided}"
+    elif quorum is not None and len(quorum) > 1:
+        outcome = "require_approval"
+        reason = f"needs {quorum_words(quorum)}; decided by {decided}"
     else:
         outcome = "require_approval"
-        reason = f"needs {_plural(approvals, 'approval')} from {lead.approver_group}; decided by {decided}"
+        reason = f"needs {_plural(approvals, 'approval')} from {group}; decided by {decided}"
     return Decision(
         outcome=outcome,
         policies=tuple(names),
         approvals_required=approvals,
-        approver_group=lead.approver_group,
+        approver_group=group,
         max_duration_s=min(durations) if durations else None,
         channel=lead.channel,
         backup_group=lead.backup_group,
         reason=reason,
+        approvals_from=quorum,
     )
+
+
+def _combined_quorum(permits: list[_Policy], lead: _Policy) -> tuple[tuple[str, int], ...]:
+    """Every group the permits name with the highest count asked of it, the lead permit's
+    groups first; empty when a permit asks for approvals from no group (nobody may approve)."""
+    counts: dict[str, int] = {}
+    for p in sorted(permits, key=lambda p: (p is not lead, -p.approvals, p.name)):
+        if p.approvals == 0:
+            continue
+        asked = p.quorum or (((p.approver_group, p.approvals),) if p.approver_group else None)
+        if asked is None:
+            return ()
+        for g, n in asked:
+            counts[g] = max(counts.get(g, 0), n)
+    return tuple(counts.items())

@@ -20,7 +20,11 @@ A test file (``DIR/tests/*.yaml`` by default) holds the agents its cases name an
           max_duration_s: 900
           policies: [prod-deploy]    # the policies that decided (any order)
 
-Only the expectations a case states are checked: ``outcome``, ``approvals``, ``group``,
+A case's context may also hold ``tool``, ``dataset`` and ``arguments`` (JSON as a proposal sends
+it; mapped to Cedar as the broker maps it, :func:`broker.policy.proposal_context`).
+
+Only the expectations a case states are checked: ``outcome``, ``approvals``, ``approvals_from``
+(a mixed quorum, e.g. ``{sre: 1, security: 1}``), ``group``,
 ``backup_group``, ``channel``, ``max_duration_s``, ``policies``, ``reason_contains``.
 Exit status: 0 all passed, 1 a case failed (or, with ``--require-coverage``, a policy never
 decided any case), 2 a test file or the policy set is broken.
@@ -34,7 +38,7 @@ from typing import Any
 
 from .directory import Directory
 from .errors import BrokerError
-from .policy import CONTEXT_KEYS, Decision, PolicyGate, PrincipalInfo
+from .policy import CONTEXT_KEYS, Decision, PolicyGate, PrincipalInfo, cedar_arguments
 from .watched import load_yaml
 
 # Neutral values for the context keys a case leaves out; keys added later default by type.
@@ -46,6 +50,7 @@ CONTEXT_DEFAULTS: dict[str, Any] = {
 EXPECTATIONS = {
     "outcome": lambda d: d.outcome,
     "approvals": lambda d: d.approvals_required,
+    "approvals_from": lambda d: dict(d.approvals_from) if d.approvals_from else None,
     "group": lambda d: d.approver_group,
     "backup_group": lambda d: d.backup_group,
     "channel": lambda d: d.channel,
@@ -159,6 +164,11 @@ def _context(given: object, where: str) -> dict:
     for key, (type_, low, _high) in CONTEXT_KEYS.items():
         out[key] = CONTEXT_DEFAULTS.get(key, low if type_ is int and low is not None else type_())
     out.update(given)
+    if "arguments" in out:
+        try:
+            out["arguments"] = cedar_arguments(out["arguments"])
+        except BrokerError as e:
+            raise SuiteError(f"{where}: context.arguments: {e.detail}") from None
     return out
 
 

@@ -8,12 +8,14 @@ to offer, so a desk can never offer what the core would refuse, or hide what it 
 
 - who may decide a request: :func:`why_not_decider`, :func:`may_still_decide`, :func:`deciders`
   (the group, the backup group once escalated, never an owner of an agent along the chain of
-  intent, each person once under any alias);
+  intent, each person once under any alias); for a mixed quorum, which group an approval
+  counts for and what is still missing: :func:`quorum_slots`, :func:`quorum_missing`;
 - who may end a grant early: :func:`why_not_revoker`;
 - who may pull the kill switch: :func:`why_not_kill_switch`; a suspended person does nothing:
   :func:`why_suspended`;
 - the grant duration cap: :func:`grant_cap`, :func:`approvable_max`;
 - risk postures: :data:`POSTURES`, :func:`posture_or_strictest`;
+- which tools and datasets a target allows: :func:`why_not_for_target`;
 - why a request expired: :func:`expiry_reason`, :func:`expiry_event`;
 - whether a break-glass grant suspended its engineer: :func:`suspended_by`.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from .directory import Approver, Directory, aliases
+from .directory import Approver, Directory, Target, aliases
 from .model import ACTIVE, APPROVED, PENDING, Proposal, Request
 
 # ---------------------------------------------------------------------- postures
@@ -52,6 +54,26 @@ def posture_or_strictest(value: str | None) -> str:
     if not value:
         return POSTURES[0]
     return value if value in POSTURES else POSTURES[-1]
+
+
+# ---------------------------------------------------------------------- what a target allows
+def why_not_for_target(proposal: Proposal, target: Target | None) -> str | None:
+    """Why ``proposal`` may not name its ``tool`` or ``dataset`` on ``target`` (None: it may).
+
+    A target whose entry in the targets file lists ``tools`` (``datasets``) allows exactly
+    those, and a proposal on it must name one; without the key, any (or none); an unknown
+    target is left to policy."""
+    if target is None:
+        return None
+    for what, allowed, given in (("tool", target.tools, proposal.tool), ("dataset", target.datasets, proposal.dataset)):
+        if allowed is None:
+            continue
+        listed = ", ".join(repr(a) for a in allowed) or "none"
+        if given is None:
+            return f"target {target.id!r} needs a '{what}', one of: {listed}"
+        if given not in allowed:
+            return f"{what} {given!r} is not allowed on target {target.id!r}; allowed: {listed}"
+    return None
 
 
 # ---------------------------------------------------------------------- expiry
@@ -122,10 +144,74 @@ def excluded_owners(req: Request, owner_of: OwnerOf | None = None) -> dict[str, 
     return chain_owners(req, extra)
 
 
+def quorum(req: Request) -> list[tuple[str, int]] | None:
+    """A mixed quorum's groups and counts in the policy's order (``decision.approvals_from``),
+    or None for a request that needs its approvals from one group."""
+    raw = req.decision.get("approvals_from")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    return [(str(g), int(n)) for g, n in raw.items()]
+
+
+def quorum_words(quorum: Iterable[tuple[str, int]]) -> str:
+    """``1 approval from sre and 2 from security``: a quorum (or what is missing of one) in words."""
+    parts = [f"{n} approval{'' if n == 1 else 's'} from {g}" if i == 0 else f"{n} from {g}"
+             for i, (g, n) in enumerate(quorum)]
+    if not parts:
+        return "nothing"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def quorum_missing(req: Request) -> list[tuple[str, int]]:
+    """For a mixed quorum, each group still short of approvals and by how many, in the
+    policy's order (each recorded approval counts for the one group the broker recorded
+    with it); empty when the quorum is met or the request has none."""
+    q = quorum(req)
+    if q is None:
+        return []
+    counted: dict[str, int] = {}
+    for a in req.approvals:
+        counted[a.get("group") or ""] = counted.get(a.get("group") or "", 0) + 1
+    return [(g, n - counted.get(g, 0)) for g, n in q if n > counted.get(g, 0)]
+
+
+def quorum_slots(approver: Approver, req: Request, directory: Directory | None = None,
+                 owner_of: OwnerOf | None = None) -> list[str]:
+    """The groups of a mixed quorum that ``approver``'s approval may count for now, best first:
+    the groups they belong to that still lack approvals, and, once the request is escalated, a
+    backup-group member stands in for the first group (the policy's ``approver_group``) while
+    it lacks any. One approval counts for one group only (the first of these). With the
+    ``directory``, the group fewest other people could still fill comes first (ties: the
+    policy's order), so someone in two groups takes the place that is hardest to fill;
+    without it, the policy's order. Whether they may decide at all is :func:`why_not_decider`."""
+    missing = [g for g, _ in quorum_missing(req)]
+    slots = [g for g in missing if g in approver.groups]
+    lead, backup = req.decision.get("approver_group"), req.decision.get("backup_group")
+    if req.escalated and backup and backup in approver.groups and lead in missing and lead not in slots:
+        slots.append(lead)
+    if directory is not None and len(slots) > 1:
+        def others(group: str) -> int:
+            pool = [group] + ([backup] if req.escalated and backup and group == lead else [])
+            people = {a.id: a for g in pool for a in directory.members(g)}
+            return sum(1 for a in people.values() if not aliases(a) & aliases(approver) and req.status == PENDING
+                       and not already_approved(a, req) and why_not_decider(a, req, owner_of) is None)
+        slots.sort(key=lambda g: (others(g), missing.index(g)))
+    return slots
+
+
+def why_not_counted(approver: Approver, req: Request) -> str | None:
+    """Why ``approver``'s approval of mixed-quorum ``req`` would count for no group (None: it
+    would count, or ``req`` has no mixed quorum): every group of theirs already has its approvals."""
+    if quorum(req) is None or quorum_slots(approver, req):
+        return None
+    return (f"{approver.id}'s groups already gave the approvals this request needs from them; "
+            f"still missing: {quorum_words(quorum_missing(req))}")
+
+
 def deciding_groups(req: Request) -> set[str]:
-    """The groups whose members may decide ``req`` now: the policy's group, and the backup
-    group once the request was escalated to it."""
-    groups = {req.decision.get("approver_group")}
+    """The groups whose members may decide ``req`` now: the policy's group (every group of a
+    mixed quorum), and the backup group once the request was escalated to it."""
+    groups = {req.decision.get("approver_group"), *(g for g, _ in quorum(req) or [])}
     if req.escalated:
         groups.add(req.decision.get("backup_group"))
     groups.discard(None)
@@ -168,9 +254,11 @@ def already_approved(approver: Approver, req: Request) -> bool:
 
 
 def may_still_decide(approver: Approver, req: Request, owner_of: OwnerOf | None = None) -> bool:
-    """Whether ``approver`` may decide pending ``req`` and is not counted yet."""
+    """Whether ``approver`` may decide pending ``req`` and is not counted yet (for a mixed
+    quorum: and one of their groups still lacks approvals, :func:`quorum_slots`)."""
     return (req.status == PENDING and not already_approved(approver, req)
-            and why_not_decider(approver, req, owner_of) is None)
+            and why_not_decider(approver, req, owner_of) is None
+            and why_not_counted(approver, req) is None)
 
 
 def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None] | None = None,
@@ -179,7 +267,8 @@ def deciders(req: Request, directory: Directory, *, groups: Iterable[str | None]
     the directory's order, each once; ``groups`` narrows the search (e.g. to the backup group
     just escalated to). Empty once the request is no longer pending."""
     if groups is None:
-        groups = [req.decision.get("approver_group"), req.decision.get("backup_group") if req.escalated else None]
+        groups = [req.decision.get("approver_group"), *(g for g, _ in quorum(req) or []),
+                  req.decision.get("backup_group") if req.escalated else None]
     seen: dict[str, Approver] = {}
     for group in groups:
         if not group:
@@ -196,10 +285,7 @@ def why_not_revoker(approver: Approver, req: Request, security_group: str) -> st
     suspended = why_suspended(approver)
     if suspended is not None:
         return suspended
-    named = {req.decision.get("approver_group"), security_group}
-    if req.escalated:
-        named.add(req.decision.get("backup_group"))
-    allowed: set[str] = {g for g in named if g is not None}
+    allowed: set[str] = deciding_groups(req) | {security_group}  # every group of a mixed quorum too
     engineer = req.break_glass and req.engineer is not None and approver.id == req.engineer
     if not (allowed & approver.groups) and approver.id != req.owner and not engineer:
         return f"only members of '{' or '.join(sorted(allowed))}' or the agent's owner may revoke this grant"

@@ -295,8 +295,14 @@ class Store:
         late: Late,
         notify_partial: str = "",
         notify_complete: str = "",
+        group: str | None = None,
+        group_required: int = 0,
     ) -> Outcome:
         """Count one approval; the ``required``-th approves the request. ``extra`` = count.
+
+        With ``group`` (a mixed quorum) the approval counts for that group, and is refused
+        (``filled``, nothing written) when the approvals stored already hold ``group_required``
+        for it.
 
         What depends on the other approvals is decided by the script from the approvals
         stored: the count (``recorded`` holds this approval's ``approval.recorded`` event for
@@ -322,6 +328,8 @@ class Store:
             *late.args(),
             notify_partial,
             notify_complete,
+            group or "",
+            str(group_required),
         ]
         return await self._run(self._approve, keys, args)
 

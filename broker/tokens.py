@@ -405,6 +405,7 @@ def build_access_token_claims(
     actor_chain: list[str] | None = None,
     jkt: str | None = None,
     scope: str | None = None,
+    arguments: dict | None = None,
 ) -> dict:
     """Claims of an RFC 9068 access token for one approved escalation.
 
@@ -425,6 +426,8 @@ def build_access_token_claims(
         detail["tool"] = tool
     if dataset is not None:
         detail["dataset"] = dataset
+    if arguments is not None:  # exactly as proposed and approved (the proposal hash covers them)
+        detail["arguments"] = arguments
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": agent_id,

@@ -48,6 +48,9 @@ async def main(url: str, key: str, wait: float) -> int:
                               "limit clears it (runbook step 3)",
                 duration=300,
                 confidence=0.85,
+                # What it will actually run: policies/payments.cedar allows only a rollout restart.
+                tool="kubectl",
+                arguments={"subcommand": "rollout restart", "namespace": "payments"},
                 evidence=[
                     Evidence.log("pod events, last 10 minutes", LOG_EXCERPT),
                     Evidence.link("runbook", "payments-api: restart after OOM",

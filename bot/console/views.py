@@ -316,6 +316,9 @@ class ConsoleViews:
             self.ctx.lifecycle.check_approver(approver, req)
         except NotApprover as e:
             return {"req": req, "can_decide": False, "why": e.detail}
+        uncounted = rules.why_not_counted(approver, req)  # a mixed quorum whose groups of theirs are full
+        if uncounted is not None and req.status == PENDING:
+            return {"req": req, "can_decide": False, "why": uncounted}
         return {"req": req, "can_decide": True, "why": None}
 
     async def detail(self, request: HttpRequest) -> Response:
@@ -365,7 +368,8 @@ class ConsoleViews:
                                      duration_s=duration)
             if req.status == PENDING:
                 need = int(req.decision.get("approvals_required", 1))
-                return f"Your approval is recorded ({len(req.approvals)} of {need}); it waits for more."
+                return (f"Your approval is recorded ({len(req.approvals)} of {need}); "
+                        f"it waits for {render.missing_words(req)}.")
             if req.status == APPROVED and approver.id in req.approvers:
                 how = f" for {_dur(req.approved_duration_s)}" if req.approved_duration_s else ""
                 return f"Approved{how}: {req.proposal.action} on {req.proposal.target}. The agent can collect its token now."

@@ -77,6 +77,9 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     fields.append(_field("Deadline" if req.status == PENDING else "Was due",
                          date(req.deadline, render.fmt_time(req.deadline))))
     blocks.append({"type": "section", "fields": fields[:10]})
+    arguments = render.arguments_text(req)
+    if arguments is not None:  # what the agent will pass to its tool: what the approver approves
+        blocks.append(_section("*Arguments*\n" + code_block(arguments, TEXT_LIMIT - 20)))
 
     links = render.delegation_links(req)
     if links:

@@ -93,8 +93,7 @@ class Listeners:
             await self._ephemeral(body, error_text(e))
             return
         if after.status == PENDING:
-            text = (f":ballot_box_with_check: Your approval is recorded; "
-                    f"{render.plural(render.approvals_missing(after), 'more approval')} needed.")
+            text = f":ballot_box_with_check: Your approval is recorded; {render.missing_words(after)} needed."
         else:
             text = f":white_check_mark: Approved for {render.fmt_duration(after.approved_duration_s)}."
         await self._ephemeral(body, text)

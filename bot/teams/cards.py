@@ -37,6 +37,7 @@ MAX_REFRESH_USERS = 60      # Teams refreshes automatically for at most 60 users
 MAX_CARD_BYTES = 24_000     # Teams refuses messages over ~28 KB; stay well below
 CAP_NAME, CAP_JUSTIFICATION, CAP_TITLE, CAP_URL, CAP_EXCERPT, CAP_NOTICE = 200, 1500, 200, 500, 400, 1200
 CAP_DELEGATION = 1500      # a few links of who let whom do what
+CAP_ARGUMENTS = 2200       # the proposal's arguments (at most 2048 bytes of compact JSON)
 REASON_MAX = 500            # the lifecycle's cap on a denial reason
 
 STATUS_STYLE = {
@@ -99,6 +100,9 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
     for label, value in (("Tool", p.tool), ("Dataset", p.dataset), ("Ticket", p.ticket)):
         if value:
             facts.append(field(label, value))
+    arguments = render.arguments_text(req)
+    if arguments is not None:
+        facts.append(field("Arguments", arguments, CAP_ARGUMENTS))
     links = render.delegation_links(req)
     if links:
         chain = "\n".join(f"{i}. {link}" for i, link in enumerate(links, 1))

@@ -262,5 +262,6 @@ def _done(after: Request, approver: Approver, verb: str) -> str:
         return "You denied this request."
     if approver.id in after.approvers:
         i = after.approvers.index(approver.id)
-        return f"You approved ({i + 1} of {render.approvals_required(after)})."
+        counted = after.approvals[i].get("group")
+        return f"You approved{f' for {counted}' if counted else ''} ({i + 1} of {render.approvals_required(after)})."
     return "Done."

@@ -157,4 +157,7 @@ def _why_not(life, viewer: Approver | None, req: Request) -> str | None:
         life.check_approver(viewer, req)
     except NotApprover as e:
         return f"You cannot decide this request: {e.detail}"
+    uncounted = rules.why_not_counted(viewer, req)  # a mixed quorum whose groups of theirs are full
+    if uncounted is not None:
+        return f"You cannot approve this request: {uncounted}"
     return None

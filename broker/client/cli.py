@@ -165,6 +165,20 @@ def _evidence(args: argparse.Namespace) -> list[dict]:
     return items
 
 
+def _arguments(raw: str | None) -> dict | None:
+    """``--arguments``: a JSON object, or ``@FILE`` holding one."""
+    if raw is None:
+        return None
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise JitgateError(f"--arguments must be a JSON object (or @FILE holding one): {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise JitgateError("--arguments must be a JSON object (or @FILE holding one)")
+    return value
+
+
 def _links(values: list[str] | None) -> list[str]:
     """Delegation links given as JWTs or as files holding one link per line (root first)."""
     links: list[str] = []
@@ -210,7 +224,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         esc = await client.propose(
             action=args.action, target=args.target, justification=args.justification, evidence=_evidence(args),
             duration=args.duration, confidence=args.confidence, tool=args.tool, dataset=args.dataset,
-            ticket=args.ticket, delegation=_links(args.delegation), idempotency_key=args.idempotency_key)
+            ticket=args.ticket, delegation=_links(args.delegation), idempotency_key=args.idempotency_key,
+            arguments=_arguments(args.arguments))
         print(esc.id, flush=True)
         if args.wait is None:
             if esc.status in ("denied", "expired", "cancelled", "revoked"):
@@ -380,8 +395,10 @@ def add_commands(agent: argparse.ArgumentParser) -> None:
                    help="evidence excerpt ('-' reads stdin); repeatable")
     s.add_argument("--confidence", type=float)
     s.add_argument("--ticket")
-    s.add_argument("--tool")
-    s.add_argument("--dataset")
+    s.add_argument("--tool", help="the tool the agent will use (checked against the target's tools)")
+    s.add_argument("--dataset", help="the dataset it will touch (checked against the target's datasets)")
+    s.add_argument("--arguments", metavar="JSON|@FILE",
+                   help='what it will pass to the tool, a JSON object, e.g. \'{"amount": 120}\' (policy reads it)')
     s.add_argument("--delegation", action="append", metavar="LINK|FILE",
                    help="a delegation link, or a file of links one per line (root first); repeatable")
     s.add_argument("--idempotency-key", help="reuse to make a retried command find the same request")

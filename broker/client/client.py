@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -197,15 +197,22 @@ class Client:
         ticket: str | None = None,
         delegation: Iterable[str] = (),
         idempotency_key: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Escalation:
         """Submit a proposal and return the escalation (pending, approved at once, or
         denied by policy). Retries reuse one Idempotency-Key (``idempotency_key`` or a
-        fresh random one): at most one request is ever created for this call."""
+        fresh random one): at most one request is ever created for this call.
+
+        ``tool``, ``dataset`` and ``arguments`` (a JSON object of at most 2048 bytes,
+        nesting at most 4 deep) say what the agent will actually do: policy decides on
+        them, approvers see them and the token carries them."""
         body: dict[str, Any] = {"action": action, "target": target, "justification": justification,
                                 "duration_s": int(duration), "evidence": evidence_list(evidence)}
         for name, value in (("confidence", confidence), ("tool", tool), ("dataset", dataset), ("ticket", ticket)):
             if value is not None:
                 body[name] = value
+        if arguments is not None:
+            body["arguments"] = dict(arguments)
         chain = list(delegation)
         if chain:
             body["delegation"] = chain
@@ -264,6 +271,7 @@ class Client:
         idempotency_key: str | None = None,
         on_update: Callable[[Escalation], Any] | None = None,
         cancel_on_timeout: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Grant:
         """Propose and wait up to ``wait`` seconds for the decision.
 
@@ -274,7 +282,7 @@ class Client:
         """
         esc = await self.propose(action=action, target=target, justification=justification, evidence=evidence,
                                  duration=duration, confidence=confidence, tool=tool, dataset=dataset, ticket=ticket,
-                                 delegation=delegation, idempotency_key=idempotency_key)
+                                 delegation=delegation, idempotency_key=idempotency_key, arguments=arguments)
         try:
             esc = await self.wait(esc.id, timeout=wait, on_update=on_update, current=esc)
         except TimedOut:

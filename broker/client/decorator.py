@@ -16,7 +16,7 @@ from .client import Client
 from .errors import Denied, NotGranted, TimedOut
 from .sync import SyncClient
 
-_ARGUMENTS = ("target", "justification", "evidence", "duration", "confidence", "tool", "dataset", "ticket",
+_ARGUMENTS = ("target", "justification", "evidence", "duration", "confidence", "tool", "dataset", "arguments", "ticket",
               "delegation", "idempotency_key")
 
 

@@ -10,7 +10,8 @@
 --       10 approval.recorded events for count 1, 2, ... required (events json: the script
 --       picks the one for the count it makes), 11/12 request.approved event before/after its
 --       data, 13 events if the deadline has passed, 14 fields then, 15 retention ms then
---       ('' none), 16 notification kind if partial, 17 if complete
+--       ('' none), 16 notification kind if partial, 17 if complete, 18 the group of a mixed
+--       quorum this approval counts for ('' none), 19 how many that group needs
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 local raw = redis.call('HGET', KEYS[1], 'approvals')
@@ -27,6 +28,15 @@ local now = tonumber(ARGV[4])
 if past_deadline(KEYS[1], now) then
   expire_late(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[7], ARGV[13], ARGV[14], ARGV[15])
   return {'late', 'expired', tostring(#approvals), redis.call('HGETALL', KEYS[1])}
+end
+-- A mixed quorum: the approval counts for one group, and only while that group lacks approvals
+-- (the caller chose it from what it read; another approver may have filled it since).
+if ARGV[18] ~= '' then
+  local have = 0
+  for _, a in ipairs(approvals) do
+    if a['group'] == ARGV[18] then have = have + 1 end
+  end
+  if have >= tonumber(ARGV[19]) then return {'filled', cur, tostring(#approvals), redis.call('HGETALL', KEYS[1])} end
 end
 local mine = cjson.decode(ARGV[3])
 approvals[#approvals + 1] = mine

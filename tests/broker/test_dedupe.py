@@ -83,3 +83,12 @@ async def test_dedupe_off_asks_people_again(tmp_path, redis_url, prefix, redis):
         assert (await h.propose()).json()["id"] != (await h.propose()).json()["id"]
     finally:
         await h.stop()
+
+
+async def test_other_arguments_are_another_task(harness):
+    """Issue 16 item 4 meets issue 19 item 1: the arguments are part of the task."""
+    h = harness
+    refund = {"action": "deploy", "arguments": {"replicas": 3}}
+    rid = (await h.propose(**refund)).json()["id"]
+    assert (await h.propose(**refund)).json()["id"] == rid
+    assert (await h.propose(action="deploy", arguments={"replicas": 4})).json()["id"] != rid

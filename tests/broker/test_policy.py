@@ -689,7 +689,7 @@ def test_example_policies_load_and_validate():
     examples = Directory.load(REPO / "examples" / "approvers.yaml", REPO / "examples" / "targets.yaml")
     gate = PolicyGate.load(REPO / "policies", examples, [PrincipalInfo("deploy-bot", "alice", "platform")])
     assert gate.schema_actions == frozenset(
-        {"read", "deploy", "restart", "db.export", "delegate", "scale", "rollback"})
+        {"read", "deploy", "restart", "db.export", "delegate", "scale", "rollback", "refund"})
     assert {"prod-deploy", "prod-restart", "no-export-in-incident", "staging-read"} <= set(gate.policy_ids)
 
     deploy = decide(gate)

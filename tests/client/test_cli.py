@@ -262,3 +262,25 @@ def test_jitgate_agent_version():
     from importlib.metadata import version
 
     assert _help("broker.client.cli", "--version").strip() == f"jitgate-agent {version('jitgate')}"
+
+
+async def test_request_sends_tool_and_arguments_and_the_token_carries_them(live, tmp_path):
+    """Issue 16, item 4: --tool and --arguments reach the proposal (and its hash) and the token."""
+    args = '{"namespace": "payments", "replicas": 3}'
+    code, out, err = await agent(live, tmp_path, "request", *READ, "--tool", "kubectl", "--arguments", args, "--wait", "10")
+    rid = out.strip()
+    assert code == 0, err
+    req = await live.broker.lifecycle.get(rid)
+    assert req.proposal.tool == "kubectl" and req.proposal.arguments == {"namespace": "payments", "replicas": 3}
+    code, token, err = await agent(live, tmp_path, "token", rid)
+    detail = jwt.decode(token.strip(), options={"verify_signature": False})["authorization_details"][0]
+    assert code == 0 and detail["tool"] == "kubectl" and detail["arguments"] == {"namespace": "payments", "replicas": 3}
+
+
+async def test_request_refuses_arguments_that_are_not_a_json_object(live, tmp_path):
+    """--arguments that is not a JSON object is refused before anything is sent; too deep is the broker's 400."""
+    code, _, err = await agent(live, tmp_path, "request", *READ, "--arguments", "[1, 2]")
+    assert code != 0 and "--arguments must be a JSON object" in err
+    code, _, err = await agent(live, tmp_path, "request", *READ, "--arguments", '{"a": {"b": {"c": {"d": {"e": 1}}}}}')
+    assert code != 0 and "nests deeper than 4" in err
+    assert await live.request_ids() == []

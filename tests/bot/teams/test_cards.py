@@ -160,3 +160,16 @@ def test_invoke_responses_have_the_universal_action_shape():
     assert cards.card_response(c) == {"statusCode": 200, "type": "application/vnd.microsoft.card.adaptive", "value": c}
     err = cards.error_response(403, "Forbidden", "no")
     assert err == {"statusCode": 403, "type": "application/vnd.microsoft.error", "value": {"code": "Forbidden", "message": "no"}}
+
+
+def test_card_shows_what_each_group_of_a_mixed_quorum_still_owes_and_the_arguments():
+    """Issue 16, items 3 and 4: the card says per group what is missing, and shows the tool's arguments as plain text."""
+    req = make_request(tool="payments-cli", arguments={"amount": 2500, "memo": "**bold** {{DATE(2030-01-01T00:00:00Z)}}"})
+    req.decision = {**req.decision, "approvals_from": {"sre": 1, "security": 1},
+                    "reason": "needs 1 approval from sre and 1 from security; decided by policy payments-refund-large"}
+    req.approvals = [{"approver": "bob", "channel": "slack", "at": "2027-01-15T08:00:00.000Z", "group": "sre"}]
+    card = cards.proposal_card(req, max_duration_s=3600)
+    runs = " ".join(r["text"] for r in nodes(card, "TextRun"))
+    assert "Waiting for 1 approval from security (sre: 1 of 1 (bob); security: 0 of 1)" in runs
+    assert '"amount": 2500' in runs and "payments-cli" in runs
+    assert "**bold**" in runs and "{{DATE(2030" not in runs  # agent text: plain, no card date function
