@@ -244,7 +244,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode(), validate=True)
+    """Strict base64: only the canonical encoding of the bytes it decodes to (no unused bits set)."""
+    data = base64.b64decode(text.encode(), validate=True)
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data
 
 
 def raw_public(key: ed25519.Ed25519PublicKey) -> bytes:
