@@ -309,12 +309,18 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'offset', ARGV[6]) end
 return 1
 """
 
-# KEYS: tree, head. Everything a replica needs to judge audit health, at one Redis instant.
+# KEYS: tree, head, stream. Everything a replica needs to judge audit health, at one Redis
+# instant: the oldest unsealed entry's id (its age is the unsealed tail's), and the sink state.
 _HEALTH_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HMGET', KEYS[1], 'size', 'offset', 'pass_ms', 'unsunk_since', 'error', 'alerted')
-return {now, redis.call('HGET', KEYS[2], 'seq') or '0', v[1] or '', v[2] or '0', v[3] or '', v[4] or '', v[5] or '', v[6] or ''}
+local v = redis.call('HMGET', KEYS[1], 'last_id', 'unsunk_since', 'error')
+local from = '-'
+if v[1] and v[1] ~= '' then from = '(' .. v[1] end
+local first = redis.call('XRANGE', KEYS[3], from, '+', 'COUNT', 1)
+local oldest = ''
+if #first == 1 then oldest = first[1][1] end
+return {now, redis.call('HGET', KEYS[2], 'seq') or '0', oldest, v[2] or '', v[3] or ''}
 """
 
 
@@ -433,18 +439,15 @@ class AuditLog:
     # ------------------------------------------------------------------ health
     async def read_health(self) -> Health:
         """Read and judge audit health now (every replica; one script call)."""
-        now, head, size, offset, pass_ms, unsunk, error, _alerted = (_s(x) for x in await self._health(
-            keys=[self.tree, self.head], args=[]))
-        now_i, head_i = int(now), int(head)
-        sealed = int(size) + int(offset) if size else 0
-        unsealed = max(0, head_i - sealed)
-        lag = now_i - int(pass_ms) if unsealed and pass_ms else 0
-        if unsealed and not pass_ms:
-            lag = self.max_lag_ms + 1 if head_i else 0
+        now, _head, oldest, unsunk, error = (_s(x) for x in await self._health(
+            keys=[self.tree, self.head, self.stream], args=[]))
+        now_i = int(now)
+        lag = now_i - int(oldest.split("-")[0]) if oldest else 0
+        unsealed = 1 if oldest else 0
         if error:
             return Health(False, f"the audit log cannot be sealed: {error}", lag, unsealed)
         if lag > self.max_lag_ms:
-            return Health(False, f"audit sealing lags {lag / 1000:.1f} s behind ({unsealed} entries unsealed)", lag, unsealed)
+            return Health(False, f"audit sealing lags {lag / 1000:.1f} s behind (the oldest unsealed entry)", lag, unsealed)
         if unsunk and now_i - int(unsunk) > self.sink_grace_ms:
             return Health(False, f"no checkpoint sink has accepted a checkpoint for {(now_i - int(unsunk)) / 1000:.0f} s",
                           lag, unsealed)
@@ -650,38 +653,50 @@ async def verify(redis, stream: str, head_key: str, key: AuditKey | None = None,
         leaves.append(e.leaf)
         ids.append(e.stream_id)
         want, count = want + 1, count + 1
-    if frontier.size < cp.size:
-        return broken(f"the signed checkpoint covers {cp.size} entries but only {frontier.size} remain "
-                      "(entries removed from the end)", "end", count)
     tree = Tree(leaves, st.base)
+    available = st.base.size + len(leaves)
 
     def seqs(lo: int, hi: int) -> str:
         """Name entries lo..hi (tree indexes, inclusive) by seq and stream id."""
         a, b = lo + st.offset + 1, hi + st.offset + 1
-        first = ids[lo - st.base.size] if lo >= st.base.size else "trimmed"
+        first = ids[lo - st.base.size] if st.base.size <= lo < available else "trimmed"
         return f"seq {a}" + (f" (entry {first})" if a == b else f" to {b} (from entry {first})")
 
-    # Recorded checkpoints first, oldest first: the first that does not fit, after one that
-    # does, brackets the changed entries between them.
+    # Recorded checkpoints, oldest first: the first whose root the log no longer gives, after one
+    # it does, brackets the changed entries between them.
     good = st.base.size
-    proven = older = 0
-    for line, old in sorted(recorded, key=lambda x: x[1].size):
+    older = 0
+    ordered = sorted(recorded, key=lambda x: x[1].size)
+    for line, old in ordered:
         if old.size > cp.size:
             return broken(f"recorded checkpoint on line {line} (size {old.size}) is newer than the log's latest "
-                          f"({cp.size}): the log was rolled back or its latest checkpoint replaced", "checkpoint")
+                          f"({cp.size}): the log was rolled back or its latest checkpoint replaced", "checkpoint", count)
         if old.size < st.base.size:
-            older += 1  # below the trim: its leaves are gone; the trim checked them (needs the export)
+            older += 1  # below the trim: its leaves are gone (the trim checked them against an export)
             continue
-        proof = tree.consistency(old.size, cp.size)
-        if tree.root(old.size) != old.root or not verify_consistency(old.size, cp.size, old.root, cp.root, proof):
+        if old.size > available:
+            break
+        if tree.root(old.size) != old.root:
             return broken(f"{seqs(good, old.size - 1)} changed after the checkpoint of size {old.size} (line {line}, "
                           f"signed {old.time}) was published: an entry there was modified, removed, inserted or "
                           "reordered", seqs(good, old.size - 1), count)
-        good, proven = old.size, proven + 1
+        good = old.size
+    if frontier.size < cp.size:
+        return broken(f"the signed checkpoint covers {cp.size} entries but only {frontier.size} remain "
+                      "(entries removed from the end)", "end", count)
     if frontier.root() != cp.root:
         return broken(f"{seqs(good, cp.size - 1)} do not match the latest signed checkpoint (size {cp.size}, "
                       f"signed {cp.time}): an entry was modified, removed, inserted or reordered",
                       seqs(good, cp.size - 1), count)
+    # The formal statement: RFC 9162 consistency proofs from each recorded checkpoint to the latest.
+    proven = 0
+    for line, old in ordered:
+        if old.size < st.base.size:
+            continue
+        if not verify_consistency(old.size, cp.size, old.root, cp.root, tree.consistency(old.size, cp.size)):
+            return broken(f"no consistency proof from the checkpoint of size {old.size} (line {line}) to the latest",
+                          f"checkpoint line {line}", count)
+        proven += 1
     unsealed = max(0, head_seq - (cp.size + st.offset))
     age = max(0, int(time.time() * 1000) - tail_first_ms) if tail_first_ms and unsealed else 0
     return VerifyResult(True, count, cp.root.hex(), trimmed=trimmed, sealed=cp.size, unsealed=unsealed,

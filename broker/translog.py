@@ -268,7 +268,7 @@ def verifier_key(name: str, public: bytes) -> str:
 def parse_verifier_key(vkey: str) -> tuple[str, bytes]:
     """(name, raw Ed25519 public key) of a verifier key; raises :class:`NoteError`."""
     try:
-        name, kid_hex, blob_b64 = vkey.strip().rsplit("+", 2)
+        name, kid_hex, blob_b64 = vkey.strip().split("+", 2)  # a name holds no "+"; base64 may
         blob = _unb64(blob_b64)
         kid = bytes.fromhex(kid_hex)
     except ValueError:
