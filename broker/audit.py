@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import AuditError, Conflict, ConfigError, InvalidRequest
-from .translog import (Checkpoint, Frontier, NoteError, Tree, leaf_hash, now_rfc3339, raw_public, verifier_key,
+from .translog import (EMPTY_ROOT, Checkpoint, Frontier, NoteError, Tree, leaf_hash, now_rfc3339, raw_public, verifier_key,
                        verify_consistency, verify_inclusion)
 
 log = logging.getLogger("jitgate.audit")
@@ -374,13 +374,14 @@ class AuditLog:
         if not st.exists:
             st, offset_arg = await self._start(st)
         rows = await self.redis.xrange(self.stream, min="(" + st.last_id if st.last_id else "-", max="+", count=batch)
+        head_seq = await length(self.redis, self.head)  # read after the entries: every script bumped it first
         frontier = st.frontier.copy()
         now_ms = int(time.time() * 1000)
         lat = []
         for sid, fields in rows:
             e = Entry.from_stream(sid, fields)
             want = st.offset + frontier.size + 1
-            if e.seq != want:
+            if e.seq != want or e.seq > head_seq:
                 problem = (f"entry {e.stream_id} has seq {e.seq} where {want} was expected: an entry was removed, "
                            "inserted or reordered before it was sealed")
                 await self.redis.hset(self.tree, "error", problem)
@@ -612,22 +613,21 @@ async def verify(redis, stream: str, head_key: str, key: AuditKey | None = None,
     def broken(problem: str, where: str, count: int = 0) -> VerifyResult:
         return VerifyResult(False, count, "", problem, where, trimmed)
 
-    if not st.exists:
-        if head_seq:
-            return broken("nothing was ever sealed (no sealer ran, or its state was removed)", "tree")
-        return VerifyResult(True, 0, Frontier().root().hex())
     if key is None:
         return broken("no audit key: checkpoints cannot be checked", "key")
     if not st.checkpoint:
-        return broken("no signed checkpoint", "checkpoint")
-    name = st.checkpoint.split("\n", 1)[0]
-    try:
-        cp = Checkpoint.open(st.checkpoint, name, key.public)
-        if key.origin and cp.origin != key.origin:
-            raise NoteError(f"origin {cp.origin!r} is not this log's {key.origin!r}")
-    except NoteError as e:
-        return broken(f"the latest checkpoint in Redis is not signed by the audit key ({e}): replaced or forged",
-                      "checkpoint")
+        # Nothing sealed yet (no sealer ran): everything is the unsealed tail, and a recorded
+        # checkpoint (if any) shows the log was rolled back.
+        cp = Checkpoint(key.origin, 0, EMPTY_ROOT, "")
+    else:
+        name = st.checkpoint.split("\n", 1)[0]
+        try:
+            cp = Checkpoint.open(st.checkpoint, name, key.public)
+            if key.origin and cp.origin != key.origin:
+                raise NoteError(f"origin {cp.origin!r} is not this log's {key.origin!r}")
+        except NoteError as e:
+            return broken(f"the latest checkpoint in Redis is not signed by the audit key ({e}): replaced or forged",
+                          "checkpoint")
     recorded: list[tuple[int, Checkpoint]] = []
     for line, note in checkpoints or []:
         try:
@@ -653,6 +653,9 @@ async def verify(redis, stream: str, head_key: str, key: AuditKey | None = None,
         leaves.append(e.leaf)
         ids.append(e.stream_id)
         want, count = want + 1, count + 1
+    if want - 1 > head_seq:
+        return broken(f"the stream holds seq {want - 1} but the scripts sequenced only {head_seq}: entries were "
+                      "appended outside the transition scripts", ids[-1] if ids else "end", count)
     tree = Tree(leaves, st.base)
     available = st.base.size + len(leaves)
 
@@ -708,11 +711,11 @@ async def extend(redis, stream: str, head_key: str, good: VerifyResult, most: in
     changed unnoticed cheaply: None (then a full :func:`verify` decides) whenever the trim or
     more than ``most`` entries changed. Never reports a break."""
     st = await TreeState.read(redis, tree_key(stream))
-    if st.offset + st.base.size != good.trimmed or st.size - good.sealed > most or st.size < good.sealed:
+    if st.offset + st.base.size != good.trimmed or st.size != good.sealed:
         return None
-    if st.size == good.sealed:
-        return good
-    return None
+    if await length(redis, head_key) != good.seq:
+        return None  # appended since: a full check (the sealed part is re-proven with the new entries)
+    return good
 
 
 # ---------------------------------------------------------------------- proofs for one grant

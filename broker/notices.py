@@ -135,7 +135,7 @@ class Notices:
             log.warning("notification of unknown kind %r for %s dropped", kind, request_id)
             return
         if k.audit:
-            await self._audit_alert(k)
+            await self._audit_alert(k, only)
             return
         req = await self.store.load(request_id)
         if req is None:
@@ -159,7 +159,7 @@ class Notices:
         if failures:
             raise PartialDelivery(set(failures), next(iter(failures.values())))
 
-    async def _audit_alert(self, kind: Kind) -> None:
+    async def _audit_alert(self, kind: Kind, only: set[str] | None) -> None:
         """Tell security that audit cannot record (new grants refused) or records again. The
         notice's request stands for the audit log itself (id ``audit``), so every desk renders
         it like any other security alert."""
@@ -175,6 +175,8 @@ class Notices:
         notice = Notice(kind, req, Audience(security=security, security_group=life.settings.security_group), text=text)
         failures: dict[str, BaseException] = {}
         for n in self.notifiers:
+            if only is not None and n.name not in only:
+                continue
             try:
                 await n.alert_security(notice)
             except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others

@@ -447,3 +447,12 @@ async def test_the_background_sealer_seals_on_its_own(harness):
         await asyncio.sleep(0.05)
     result = await _verify(harness)
     assert result.ok and result.sealed >= appended
+
+
+async def test_failed_audit_append_fails_submission_with_503(quiet):
+    """Fail closed: a proposal whose audit record cannot be written is refused (503) and not stored."""
+    s = quiet.broker.store
+    await s.redis.set(s.audit_stream, "not a stream")
+    r = await quiet.propose()
+    assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+    assert await s.scan_requests() == []
