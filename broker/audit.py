@@ -713,8 +713,10 @@ async def extend(redis, stream: str, head_key: str, good: VerifyResult, most: in
     st = await TreeState.read(redis, tree_key(stream))
     if st.offset + st.base.size != good.trimmed or st.size != good.sealed:
         return None
-    if await length(redis, head_key) != good.seq:
-        return None  # appended since: a full check (the sealed part is re-proven with the new entries)
+    head = await length(redis, head_key)
+    last = await newest(redis, stream, 1)
+    if head != good.seq or (last and last[0].seq != head):
+        return None  # appended since (or beside the scripts): a full check decides
     return good
 
 

@@ -456,3 +456,67 @@ async def test_failed_audit_append_fails_submission_with_503(quiet):
     r = await quiet.propose()
     assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
     assert await s.scan_requests() == []
+
+
+def test_audit_settings_need_a_sink_outside_redis_and_bounded_intervals():
+    """Issue 18.2/18.4: start-up is refused without any checkpoint sink outside Redis, with a
+    witness that is not an http(s) URL, or a seal interval that cannot checkpoint every 250 ms;
+    the defaults fail closed with a file sink in the data folder."""
+    from pathlib import Path
+
+    from broker.config import Settings
+    from broker.errors import ConfigError
+
+    base = {"JITGATE_ISSUER": "https://jitgate.test", "JITGATE_KEY_ENCRYPTION_KEY": "ZmJ4cnVxc2t5b2x6Z2J3YWx1bWZ6eGthdGJ2Y3Fscmg="}
+    s = Settings.from_env(base)
+    assert s.audit_fail_closed and s.audit_checkpoint_path == Path(".jitgate/audit/checkpoints.jsonl")
+    with pytest.raises(ConfigError, match="no audit checkpoint sink"):
+        Settings.from_env({**base, "JITGATE_AUDIT_CHECKPOINT_FILE": "off"})
+    assert Settings.from_env({**base, "JITGATE_AUDIT_CHECKPOINT_FILE": "off",
+                              "JITGATE_AUDIT_WITNESS_URLS": "https://w.example/a, http://w2/b"}).audit_witness_urls == (
+        "https://w.example/a", "http://w2/b")
+    with pytest.raises(ConfigError, match="JITGATE_AUDIT_WITNESS_URLS"):
+        Settings.from_env({**base, "JITGATE_AUDIT_WITNESS_URLS": "ftp://w"})
+    with pytest.raises(ConfigError, match="JITGATE_AUDIT_SEAL_INTERVAL_S"):
+        Settings.from_env({**base, "JITGATE_AUDIT_SEAL_INTERVAL_S": "1"})
+    with pytest.raises(ConfigError, match="JITGATE_AUDIT_FAIL_CLOSED"):
+        Settings.from_env({**base, "JITGATE_AUDIT_FAIL_CLOSED": "maybe"})
+
+
+async def test_a_witness_receives_every_checkpoint_at_least_once(quiet):
+    """Issue 18.2: an HTTP witness that fails at first still gets the checkpoints (POST, retried)."""
+    from aiohttp import web
+
+    from broker.auditsinks import Sinks, WitnessSink
+
+    got: list[str] = []
+    fails = {"n": 2}
+
+    async def witness(request):
+        if fails["n"]:
+            fails["n"] -= 1
+            return web.Response(status=503)
+        got.append(await request.text())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/w", witness)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    log = _log(quiet)
+    log.sinks = Sinks([WitnessSink(f"http://127.0.0.1:{port}/w", on_accept=log.sink_accepted)])
+    try:
+        await quiet.propose()
+        await _seal(quiet)
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        assert got and Checkpoint.open(got[0], log.key.origin, log.key.public).size >= 1
+        assert not await quiet.broker.store.redis.hget(quiet.broker.store.audit_tree, "unsunk_since")
+    finally:
+        await log.sinks.close()
+        await runner.cleanup()
