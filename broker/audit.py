@@ -464,6 +464,9 @@ class AuditLog:
             return self.health
         changed = h.ok != self.health.ok
         self.health = h
+        if self.metrics is not None:
+            self.metrics.audit_unsealed_age.set(h.lag_ms / 1000)
+            self.metrics.audit_ok.set(1 if h.ok else 0)
         if changed or not h.ok:
             await self._maybe_alert(h)
         return h
