@@ -606,11 +606,21 @@ async def verify(redis, stream: str, head_key: str, key: AuditKey | None = None,
     """Recompute the tree from the retained entries and prove it against the latest signed
     checkpoint, and against every recorded one in ``checkpoints`` (RFC 9162 consistency
     proofs); report the first thing that does not fit, naming the entries. ``key`` is the audit
-    key (verified with the key-encryption key by the caller); None reads the stored public key."""
+    key (verified with the key-encryption key by the caller); None reads the stored public key.
+    A trim racing the check is re-checked once from the new cut."""
+    first = await _verify(redis, stream, head_key, key, checkpoints)
+    if not first.ok:
+        st = await TreeState.read(redis, tree_key(stream))
+        if st.offset + st.base.size != first.trimmed:
+            return await _verify(redis, stream, head_key, key, checkpoints)
+    return first
+
+
+async def _verify(redis, stream: str, head_key: str, key: AuditKey | None,
+                  checkpoints: list[tuple[int, str]] | None) -> VerifyResult:
     st = await TreeState.read(redis, tree_key(stream))
     if key is None:
         key = await AuditKey.public_only(redis, f"{stream}:key", "")
-    head_seq = await length(redis, head_key)
     trimmed = st.offset + st.base.size
 
     def broken(problem: str, where: str, count: int = 0) -> VerifyResult:
@@ -656,6 +666,7 @@ async def verify(redis, stream: str, head_key: str, key: AuditKey | None = None,
         leaves.append(e.leaf)
         ids.append(e.stream_id)
         want, count = want + 1, count + 1
+    head_seq = await length(redis, head_key)  # read after the entries: every script bumped it before its XADDs became visible
     if want - 1 > head_seq:
         return broken(f"the stream holds seq {want - 1} but the scripts sequenced only {head_seq}: entries were "
                       "appended outside the transition scripts", ids[-1] if ids else "end", count)
