@@ -38,7 +38,7 @@ import os
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterable, Iterator, TextIO
 
@@ -564,6 +564,9 @@ class VerifyResult:
     checkpoints: int = 0  # recorded checkpoints proven consistent
     older: int = 0  # recorded checkpoints older than the retained log (proven at trim time)
     base: str = GENESIS
+    # Where :func:`extend` goes on from: the frontier at ``sealed`` and the last sealed entry's id.
+    frontier: str = field(default="", repr=False, compare=False)
+    sealed_id: str = field(default="", repr=False, compare=False)
 
     @property
     def seq(self) -> int:
@@ -716,22 +719,56 @@ async def _verify(redis, stream: str, head_key: str, key: AuditKey | None,
         proven += 1
     unsealed = max(0, head_seq - (cp.size + st.offset))
     age = max(0, int(time.time() * 1000) - tail_first_ms) if tail_first_ms and unsealed else 0
+    at = cp.size - 1 - st.base.size
+    sealed_id = ids[at] if at >= 0 else (st.base_id if cp.size else "")
     return VerifyResult(True, count, cp.root.hex(), trimmed=trimmed, sealed=cp.size, unsealed=unsealed,
-                        tail_age_ms=age, checkpoints=proven, older=older)
+                        tail_age_ms=age, checkpoints=proven, older=older, frontier=frontier.encode(),
+                        sealed_id=sealed_id)
 
 
-async def extend(redis, stream: str, head_key: str, good: VerifyResult, most: int = 5000) -> VerifyResult | None:
-    """``good`` with the sealed state as it is now, when nothing before ``good``'s end can have
-    changed unnoticed cheaply: None (then a full :func:`verify` decides) whenever the trim or
-    more than ``most`` entries changed. Never reports a break."""
+async def extend(redis, stream: str, head_key: str, good: VerifyResult, most: int = 5000,
+                 key: AuditKey | None = None) -> VerifyResult | None:
+    """``good`` (an ``ok`` result of :func:`verify`) carried forward cheaply: the entries sealed
+    since are hashed onto its frontier and checked against the new signed checkpoint, and the
+    tail is re-counted. None (then a full :func:`verify` decides and names what is wrong) when
+    anything does not simply continue it: a trim, more than ``most`` new entries, an entry
+    beside the scripts, a root that does not match. Never reports a break; it does not re-read
+    old entries (the full check, every so often, does)."""
     st = await TreeState.read(redis, tree_key(stream))
-    if st.offset + st.base.size != good.trimmed or st.size != good.sealed:
+    if not good.ok or st.offset + st.base.size != good.trimmed or not good.frontier:
         return None
     head = await length(redis, head_key)
     last = await newest(redis, stream, 1)
-    if head != good.seq or (last and last[0].seq != head):
-        return None  # appended since (or beside the scripts): a full check decides
-    return good
+    if (last and last[0].seq != head) or head - good.seq > most or head < good.seq:
+        return None
+    if not st.checkpoint:
+        return None if good.sealed else replace(good, entries=head - good.trimmed, unsealed=head - good.trimmed)
+    if key is None:
+        key = await AuditKey.public_only(redis, f"{stream}:key", "")
+    if key is None:
+        return None
+    try:
+        cp = Checkpoint.open(st.checkpoint, st.checkpoint.split("\n", 1)[0], key.public)
+    except NoteError:
+        return None
+    if cp.size < good.sealed:
+        return None
+    frontier = Frontier.decode(good.frontier)
+    sealed_id = good.sealed_id
+    if cp.size > good.sealed:
+        rows = await redis.xrange(stream, min="(" + good.sealed_id if good.sealed_id else "-", max="+",
+                                  count=cp.size - good.sealed)
+        for sid, fields in rows:
+            e = Entry.from_stream(sid, fields)
+            if e.seq != st.offset + frontier.size + 1:
+                return None
+            frontier.append(e.leaf)
+            sealed_id = e.stream_id
+        if frontier.size != cp.size or frontier.root() != cp.root:
+            return None
+    retained = head - good.trimmed
+    return replace(good, entries=retained, head=cp.root.hex(), sealed=cp.size,
+                   unsealed=max(0, head - (cp.size + st.offset)), frontier=frontier.encode(), sealed_id=sealed_id)
 
 
 # ---------------------------------------------------------------------- proofs for one grant

@@ -537,3 +537,22 @@ async def test_entries_appended_during_a_verify_do_not_break_it(harness):
     await task
     results.append(await _verify(harness, _recorded(harness)))
     assert results and all(r.ok for r in results), [str(r) for r in results if not r.ok]
+
+
+async def test_extending_a_verified_log_hashes_only_the_new_entries_and_refuses_a_forged_one(quiet):
+    """The console's cheap check: a good result carried forward over newly sealed entries equals a
+    full verify; a new entry that does not match the signed checkpoint is not carried forward."""
+    await _flow(quiet)
+    s = quiet.broker.store
+    good = await _verify(quiet)
+    await _flow(quiet)
+    newer = await audit.extend(s.redis, s.audit_stream, s.audit_head, good)
+    full = await _verify(quiet)
+    assert newer is not None and (newer.entries, newer.head, newer.sealed) == (full.entries, full.head, full.sealed)
+    await _flow(quiet)
+    rows = await s.redis.xrange(s.audit_stream)
+    sid, f = rows[-1]
+    rows[-1] = (sid, {**f, b"event": f[b"event"].replace(b'"at"', b'"at" ')})
+    await _rewrite(s, rows)
+    assert await audit.extend(s.redis, s.audit_stream, s.audit_head, newer) is None
+    assert not (await _verify(quiet)).ok
