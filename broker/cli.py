@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     s = audit.add_parser("export", help="the retained audit log as JSON Lines")
     s.add_argument("--out", default="-")
     s.set_defaults(fn=cmd_audit_export)
-    s = audit.add_parser("trim", help="remove the oldest entries, only those an export file holds")
+    s = audit.add_parser("trim", help="remove the oldest entries, only those a signed checkpoint covers and an export file holds")
     s.add_argument("--before", required=True, metavar="SEQ|TIME",
                    help="remove entries with a lower seq, or appended before this ISO 8601 time (UTC if no zone)")
     s.add_argument("--exported", required=True, metavar="FILE",
