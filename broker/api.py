@@ -155,6 +155,10 @@ def make_routes(broker: "Broker") -> list[Route]:
     async def metadata(request: HttpRequest) -> Response:
         return json_response(oauth.metadata(s))
 
+    async def audit_key(request: HttpRequest) -> Response:
+        # The audit public key (docs/audit.md): what `jitgate audit check-proof --key` needs.
+        return json_response(broker.lifecycle.audit.key.document(), headers={"Cache-Control": "public, max-age=300"})
+
     async def healthz(request: HttpRequest) -> Response:
         return json_response({"status": "ok"})
 
@@ -223,6 +227,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         Route("/v1/revoke", revoke, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
+        Route("/.well-known/jitgate-audit-key", audit_key, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

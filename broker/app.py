@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from .api import exception_handlers, make_routes
+from .audit import AuditKey, AuditLog
+from .auditsinks import Sinks
 from .breakglass import BreakGlass, BreakGlassLimits
 from .clock import Clock, SystemClock
 from .config import Settings
@@ -34,6 +36,7 @@ from .ssf import Streams, Transmitter
 from .ssf.routes import make_routes as ssf_routes
 from .store import Store
 from .tokens import KeyRing, key_retention_s
+from .translog import origin_of
 from .wakeups import Wakeups
 from .watched import follow
 
@@ -196,6 +199,14 @@ async def build(
         max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
         max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
     scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
+    audit_key = await AuditKey.ensure(redis, store.audit_key, settings.key_encryption_key, origin_of(settings.issuer))
+    auditlog = AuditLog(store, audit_key, max_lag_s=settings.audit_max_lag_s, sink_grace_s=settings.audit_sink_grace_s,
+                        checkpoint_idle_s=settings.audit_checkpoint_idle_s, fail_closed=settings.audit_fail_closed,
+                        metrics=metrics)
+    if start_background:
+        auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
+    lifecycle.audit = scheduler.audit = auditlog
+    scheduler.seal_interval_s = settings.audit_seal_interval_s
     credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
                                                   PluginContext(settings.key_encryption_key, settings.data_dir)),
                               clock=clock, metrics=metrics)
@@ -219,6 +230,7 @@ async def build(
             await desk.start(DeskContext.of(broker))
         await wakeups.start()
         await scheduler.start()
+        auditlog.start()
         await outbox.start()
         await broker.ssf.start()
     return broker
@@ -228,6 +240,8 @@ async def shutdown(broker: Broker) -> None:
     """Stop background work, then the desks, then close Redis. Undelivered notifications
     stay in the outbox for the next broker."""
     await broker.scheduler.stop()
+    if broker.lifecycle.audit is not None:
+        await broker.lifecycle.audit.stop()
     if broker._closing:
         await asyncio.wait(set(broker._closing), timeout=10)
     await broker.outbox.stop()

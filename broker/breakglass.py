@@ -235,6 +235,8 @@ class BreakGlass:
         when the broker requires DPoP."""
         if dpop_jkt is not None and subject != ME:
             raise InvalidRequest("a DPoP key binds only a token for yourself; an agent proves its own key")
+        if self.life.audit is not None:
+            self.life.audit.check_grants()  # an emergency grant nobody can audit is refused too
         pv = await self.preview(engineer, subject=subject, action=action, target=target, duration_s=duration_s,
                                 reason=reason, incident=incident, dpop_jkt=dpop_jkt)
         now = self._now()

@@ -419,7 +419,7 @@ def _open(path: str, mode: str = "r"):
 
 
 def cmd_audit_verify(args) -> int:
-    from .audit import verify, verify_export  # noqa: PLC0415
+    from .audit import read_checkpoints, verify, verify_export  # noqa: PLC0415
 
     if args.file:
         # An export on its own, offline: no settings, no Redis.
@@ -432,27 +432,99 @@ def cmd_audit_verify(args) -> int:
             print(f"export BROKEN: {e.detail}")
             return 1
         return 0
+    recorded = None
+    if args.checkpoints:
+        with _open(args.checkpoints) as f:
+            recorded = read_checkpoints(f)
 
     async def run(broker):
-        result = await verify(broker.redis, broker.store.audit_stream, broker.store.audit_head)
+        s = broker.store
+        result = await verify(broker.redis, s.audit_stream, s.audit_head, broker.lifecycle.audit.key, recorded)
         print(result)
         return 0 if result.ok else 1
 
     return asyncio.run(_with_broker(run))
 
 
+def cmd_audit_prove(args) -> int:
+    """Write the evidence bundle of one grant (its entries, their inclusion proofs, the checkpoint)."""
+    from .audit import bundle_bytes, prove  # noqa: PLC0415
+
+    async def run(broker):
+        bundle = await prove(broker.redis, broker.store.audit_stream, request_id=args.request, jti=args.jti)
+        raw = bundle_bytes(bundle)
+        if args.out and args.out != "-":
+            with open(args.out, "wb") as f:
+                f.write(raw)
+            print(f"wrote {len(bundle['entries'])} entries of request {bundle['request']} with their inclusion proofs "
+                  f"to {args.out}; check it with `jitgate audit check-proof {args.out} --key "
+                  f"'{broker.lifecycle.audit.key.verifier_key}'`", file=sys.stderr)
+        else:
+            sys.stdout.write(raw.decode())
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_check_proof(args) -> int:
+    """Verify a bundle offline: only the audit public key, no settings, no Redis."""
+    from .audit import check_bundle  # noqa: PLC0415
+
+    vkey = args.key
+    if args.key_file:
+        with _open(args.key_file) as f:
+            text = f.read().strip()
+        try:
+            vkey = json.loads(text)["verifier_key"] if text.startswith("{") else text
+        except (ValueError, KeyError, TypeError):
+            raise BrokerError(f"{args.key_file} holds no audit verifier key") from None
+    if not vkey:
+        raise BrokerError("give the audit key: --key 'origin+keyid+base64' or --key-file "
+                          "(the document at /.well-known/jitgate-audit-key)")
+    with _open(args.bundle, "rb") as f:
+        raw = f.read()
+    result = check_bundle(raw, vkey)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def cmd_audit_key(args) -> int:
+    """Print the audit verifier key (what auditors pin; also at /.well-known/jitgate-audit-key)."""
+    async def run(broker):
+        print(broker.lifecycle.audit.key.verifier_key)
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_seal(args) -> int:
+    """Seal what is unsealed now and sign a checkpoint (what the serving broker does on its own)."""
+    from .auditsinks import Sinks  # noqa: PLC0415
+
+    async def run(broker):
+        audit = broker.lifecycle.audit
+        audit.sinks = Sinks.from_settings(broker.settings)
+        total = 0
+        while True:
+            n = await audit.seal(force_checkpoint=total == 0)
+            total += n
+            if n == 0:
+                break
+        print(f"sealed {total} entries; checkpoint signed")
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
 def cmd_audit_export(args) -> int:
-    from .audit import anchor, export  # noqa: PLC0415
+    from .audit import export  # noqa: PLC0415
 
     async def run(broker):
         s = broker.store
         if args.out and args.out != "-":
             with open(args.out, "w") as f:
                 n = await export(broker.redis, s.audit_stream, f, s.audit_head)
-            base = await anchor(broker.redis, s.audit_head)
-            after = f" (seq {base.seq + 1} on; {base.seq} older entries were trimmed, the first line's prev is " \
-                    f"their last hash {base.hash})" if base.seq else ""
-            print(f"exported {n} entries to {args.out}{after}", file=sys.stderr)
+            print(f"exported {n} entries to {args.out}", file=sys.stderr)
         else:
             await export(broker.redis, s.audit_stream, sys.stdout, s.audit_head)
         return 0
@@ -478,7 +550,7 @@ def cmd_audit_trim(args) -> int:
     async def run(broker):
         s, life = broker.store, broker.lifecycle
         with _open(args.exported, "rb") as f:
-            plan = await plan_trim(broker.redis, s.audit_stream, s.audit_head, before, lines(f))
+            plan = await plan_trim(broker.redis, s.audit_stream, s.audit_head, before, lines(f), broker.lifecycle.audit.key)
             for raw in f:  # the rest of the file, past the entries to remove
                 digest.update(raw)
         print(f"will remove {plan}", file=sys.stderr)
@@ -490,8 +562,8 @@ def cmd_audit_trim(args) -> int:
         await trim(broker.redis, s.audit_stream, s.audit_head, plan, at=iso(life.clock.now()),
                    actor={"operator": f"os:{life.os_user()}", "channel": "cli"},
                    before=args.before, export_sha256=digest.hexdigest())
-        print(f"trimmed {plan.count} entries (seq {plan.first_seq} to {plan.last_seq}); the retained chain starts "
-              f"after hash {plan.last_hash}")
+        print(f"trimmed {plan.count} entries (seq {plan.first_seq} to {plan.last_seq}); the tree's compact state "
+              f"after them is kept (root {plan.last_hash} of {plan.frontier.size} leaves)")
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -673,14 +745,32 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--as", dest="as_", required=True, metavar="APPROVER_ID")
     s.set_defaults(fn=cmd_breakglass)
 
-    audit = sub.add_parser("audit", help="verify, export or trim the audit log").add_subparsers(dest="sub", required=True)
-    s = audit.add_parser("verify", help="recompute the hash chain (from the trim anchor, if any)")
+    audit = sub.add_parser("audit", help="verify, prove, export or trim the audit log").add_subparsers(dest="sub",
+                                                                                                       required=True)
+    s = audit.add_parser("verify", help="recompute the Merkle tree and prove it against the signed checkpoints")
     s.add_argument("--file", help="verify this export file instead, offline")
+    s.add_argument("--checkpoints", metavar="FILE",
+                   help="also prove the log extends every checkpoint this file sink recorded (consistency proofs)")
     s.set_defaults(fn=cmd_audit_verify)
+    s = audit.add_parser("prove", help="write the evidence bundle of one grant (entries, inclusion proofs, checkpoint)")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--request", metavar="ID")
+    who.add_argument("--jti", metavar="JTI", help="the grant's token id")
+    s.add_argument("--out", default="-")
+    s.set_defaults(fn=cmd_audit_prove)
+    s = audit.add_parser("check-proof", help="verify a proof bundle offline with the audit public key")
+    s.add_argument("bundle")
+    s.add_argument("--key", help="the audit verifier key (origin+keyid+base64), see `jitgate audit key`")
+    s.add_argument("--key-file", help="a file holding it, or the JSON of /.well-known/jitgate-audit-key")
+    s.set_defaults(fn=cmd_audit_check_proof)
+    s = audit.add_parser("key", help="print the audit verifier key auditors pin")
+    s.set_defaults(fn=cmd_audit_key)
+    s = audit.add_parser("seal", help="seal the unsealed tail now and sign a checkpoint")
+    s.set_defaults(fn=cmd_audit_seal)
     s = audit.add_parser("export", help="the retained audit log as JSON Lines")
     s.add_argument("--out", default="-")
     s.set_defaults(fn=cmd_audit_export)
-    s = audit.add_parser("trim", help="remove the oldest entries, only those an export file holds")
+    s = audit.add_parser("trim", help="remove the oldest entries, only those a signed checkpoint covers and an export file holds")
     s.add_argument("--before", required=True, metavar="SEQ|TIME",
                    help="remove entries with a lower seq, or appended before this ISO 8601 time (UTC if no zone)")
     s.add_argument("--exported", required=True, metavar="FILE",

@@ -132,6 +132,32 @@ MIN_METRICS_TOKEN_CHARS = 16
 MIN_KEK_DISTINCT_BYTES = 8
 
 
+def _audit(env: dict) -> dict:
+    """The audit log's checkpoint sinks and fail-closed bounds (docs/audit.md). At least one sink
+    outside Redis: the file sink is on by default (JITGATE_AUDIT_CHECKPOINT_FILE=off turns it off)."""
+    raw_file = env.get("JITGATE_AUDIT_CHECKPOINT_FILE")
+    file_on = (raw_file or "").strip().lower() not in FALSE_WORDS
+    cp_file = Path(raw_file.strip()) if file_on and (raw_file or "").strip() else None
+    witnesses = tuple(u.strip() for u in (env.get("JITGATE_AUDIT_WITNESS_URLS") or "").split(",") if u.strip())
+    for url in witnesses:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"JITGATE_AUDIT_WITNESS_URLS holds {url!r}, not an http(s) URL")
+    syslog = (env.get("JITGATE_AUDIT_SYSLOG") or "").strip() or None
+    if not file_on and not witnesses and not syslog:
+        raise ConfigError("no audit checkpoint sink: set JITGATE_AUDIT_CHECKPOINT_FILE, JITGATE_AUDIT_WITNESS_URLS "
+                          "or JITGATE_AUDIT_SYSLOG (signed checkpoints must leave Redis)")
+    seal = _float(env, "JITGATE_AUDIT_SEAL_INTERVAL_S", 0.05)
+    if not 0.01 <= seal <= 0.25:
+        raise ConfigError(f"JITGATE_AUDIT_SEAL_INTERVAL_S must be between 0.01 and 0.25 (a checkpoint at least "
+                          f"every 250 ms), got {seal}")
+    return {"audit_file_sink": file_on, "audit_checkpoint_file": cp_file, "audit_witness_urls": witnesses, "audit_syslog": syslog,
+            "audit_seal_interval_s": seal,
+            "audit_checkpoint_idle_s": max(1.0, _float(env, "JITGATE_AUDIT_CHECKPOINT_IDLE_S", 60.0)),
+            "audit_max_lag_s": max(0.25, _float(env, "JITGATE_AUDIT_MAX_LAG_S", 5.0)),
+            "audit_sink_grace_s": max(1.0, _float(env, "JITGATE_AUDIT_SINK_GRACE_S", 60.0)),
+            "audit_fail_closed": _bool(env, "JITGATE_AUDIT_FAIL_CLOSED", True)}
+
+
 def _metrics(env: dict) -> dict:
     """JITGATE_METRICS_TOKEN (a bearer token /metrics requires) or JITGATE_METRICS_PUBLIC=1
     (no authentication, on purpose); neither: /metrics is refused. Not both."""
@@ -238,6 +264,24 @@ class Settings:
     ssf_poll_max_wait_s: int = 30
     ssf_push_timeout_s: float = 5.0
     ssf_max_queued: int = 10000
+    # The audit log's checkpoint sinks outside Redis and its fail-closed bounds (docs/audit.md).
+    audit_file_sink: bool = True
+    audit_checkpoint_file: Path | None = None  # None: <data dir>/audit/checkpoints.jsonl
+
+    @property
+    def audit_checkpoint_path(self) -> Path | None:
+        """Where the file sink appends checkpoints (None: the file sink is off)."""
+        if not self.audit_file_sink:
+            return None
+        return self.audit_checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
+
+    audit_witness_urls: tuple[str, ...] = ()
+    audit_syslog: str | None = None
+    audit_seal_interval_s: float = 0.05
+    audit_checkpoint_idle_s: float = 60.0
+    audit_max_lag_s: float = 5.0
+    audit_sink_grace_s: float = 60.0
+    audit_fail_closed: bool = True
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -307,6 +351,7 @@ class Settings:
             ssf_poll_max_wait_s=_int(env, "JITGATE_SSF_POLL_MAX_WAIT_S", 30, 0, 300),
             ssf_push_timeout_s=min(60.0, max(0.5, _float(env, "JITGATE_SSF_PUSH_TIMEOUT_S", 5.0))),
             ssf_max_queued=_int(env, "JITGATE_SSF_MAX_QUEUED", 10000, 100, 1_000_000),
+            **_audit(env),
         )
 
 

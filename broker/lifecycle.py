@@ -121,6 +121,9 @@ class Lifecycle:
         self.notices = Notices(self)
         # Real credentials in the target systems (broker/credentials); the composition root sets it.
         self.credentials: Any = None
+        # The audit log's fail-closed gate (broker/audit.AuditLog), set by the composition root:
+        # new grants are refused while audit cannot record them.
+        self.audit: Any = None
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
@@ -325,6 +328,8 @@ class Lifecycle:
             if existing:
                 return await self._idempotent(existing, agent, sha), False
 
+        if self.audit is not None:
+            self.audit.check_grants()  # 503 while sealing lags or no checkpoint sink works
         now = self._now()
         chain = self._verified_chain(agent, proposal, now)  # a broken chain is a 400, nothing stored
         why = rules.why_not_for_target(proposal, self.directory.target(proposal.target))

@@ -48,6 +48,10 @@ class Metrics:
         self.ssf_deliveries = Counter("jitgate_ssf_deliveries", "SET deliveries by result (pushed, polled, "
                                       "refused by the receiver, failed and retried, dropped by the queue cap)",
                                       ["result"], registry=self.registry)
+        self.audit_unsealed_age = Gauge("jitgate_audit_unsealed_age_seconds",
+                                        "Age of the oldest audit entry not sealed yet (0: none)", registry=self.registry)
+        self.audit_ok = Gauge("jitgate_audit_ok", "1 while audit records (sealing keeps up, a sink works); 0: new grants refused",
+                              registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}

@@ -20,7 +20,7 @@ import orjson
 
 from . import rules
 from .directory import Approver, Directory
-from .model import Request, iso
+from .model import Proposal, Request, iso
 from .notify import Audience, Kind, MessageRef, Notice, Notifier, PartialDelivery
 from .audit import event
 
@@ -134,6 +134,9 @@ class Notices:
         if k is None:
             log.warning("notification of unknown kind %r for %s dropped", kind, request_id)
             return
+        if k.audit:
+            await self._audit_alert(k, only)
+            return
         req = await self.store.load(request_id)
         if req is None:
             return
@@ -152,6 +155,32 @@ class Notices:
                 await self._tell(n, notice)
             except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
                 log.exception("%s could not deliver %s for %s", n.name, kind, request_id)
+                failures[n.name] = e
+        if failures:
+            raise PartialDelivery(set(failures), next(iter(failures.values())))
+
+    async def _audit_alert(self, kind: Kind, only: set[str] | None) -> None:
+        """Tell security that audit cannot record (new grants refused) or records again. The
+        notice's request stands for the audit log itself (id ``audit``), so every desk renders
+        it like any other security alert."""
+        life = self.life
+        health = life.audit.health if life.audit is not None else None
+        reason = health.reason if health is not None and health.reason else ""
+        text = (f"audit log failing, new grants are refused: {reason}" if kind is Kind.AUDIT_FAILING
+                else "audit log recording again: new grants are accepted")
+        req = Request(id="audit", agent="jitgate", status="failing" if kind is Kind.AUDIT_FAILING else "ok",
+                      proposal=Proposal(action="audit.seal", target="audit log", justification=text, duration_s=1),
+                      proposal_sha256="", decision={}, created_at=life._now())
+        security = tuple(life.directory.members(life.settings.security_group))
+        notice = Notice(kind, req, Audience(security=security, security_group=life.settings.security_group), text=text)
+        failures: dict[str, BaseException] = {}
+        for n in self.notifiers:
+            if only is not None and n.name not in only:
+                continue
+            try:
+                await n.alert_security(notice)
+            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
+                log.exception("%s could not deliver %s", n.name, kind)
                 failures[n.name] = e
         if failures:
             raise PartialDelivery(set(failures), next(iter(failures.values())))

@@ -62,6 +62,13 @@ class Kind(StrEnum):
     CRED_REVOCATION_PENDING = "cred.revocation_pending"  # a credential's revocation failed; retried
     CRED_ORPHAN = "cred.orphan"  # the reconciler revoked a credential with no active grant
     KILL_SWITCH = "killswitch"   # the kill switch ended many requests: told once to the security channel
+    AUDIT_FAILING = "audit.failing"  # audit cannot record (sealing lags, no sink): new grants refused
+    AUDIT_RECOVERED = "audit.recovered"  # audit records again: new grants accepted
+
+    @property
+    def audit(self) -> bool:
+        """An audit-log event (no request behind it): told to the security channel."""
+        return self.value.startswith("audit.")
 
     @property
     def credential(self) -> bool:

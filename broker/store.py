@@ -3,7 +3,7 @@ appends to the audit log (``Lifecycle``, ``BreakGlass`` and ``audit.record`` dec
 call it; ``audit.trim``, which removes old entries, runs its own script on the same prelude).
 
 Every change to a request is one script call: a compare-and-set on the request's status that
-appends its audit events (hash-chained) *before* writing the new state, so a failed
+appends its audit events (sequenced; sealed into the Merkle tree later) *before* writing the new state, so a failed
 append leaves the request untouched. Keys of one request share the hash tag
 ``{req:<id>}``. Beside the requests it keeps the schedules (deadlines, reminders, break-glass
 reviews), the posture and break-glass suspensions, with plain commands its callers make after
@@ -34,8 +34,8 @@ def _lua(name: str) -> str:
 
 
 def with_prelude(body: str) -> str:
-    """A script body with the shared prelude (SHA-256, audit append, outbox) prepended."""
-    return _lua("sha256.lua") + "\n" + _lua("audit.lua") + "\n" + body
+    """A script body with the shared prelude (audit append, outbox, wake-ups) prepended."""
+    return _lua("audit.lua") + "\n" + body
 
 
 def _script(name: str) -> str:
@@ -79,7 +79,8 @@ class Late:
 
 
 def events_arg(events: Iterable[bytes]) -> bytes:
-    return orjson.dumps([[e.decode(), hashlib.sha256(e).hexdigest()] for e in events])
+    """The audit events as the scripts take them: a JSON list of the events' canonical JSON."""
+    return orjson.dumps([e.decode() for e in events])
 
 
 # (status, deadline_ms, break_glass) of each request key, flat; '' where missing. One command
@@ -153,6 +154,8 @@ class Store:
         self.deadlines = f"{prefix}deadlines"
         self.audit_stream = f"{prefix}audit"
         self.audit_head = f"{prefix}audit:head"
+        self.audit_tree = f"{prefix}audit:tree"  # the sealer's compact state (broker/audit.py)
+        self.audit_key = f"{prefix}audit:key"  # the checkpoint signing key, encrypted
         self.channel = f"{prefix}events"
         self.outbox = f"{prefix}outbox"
         self.reminders = f"{prefix}reminders"

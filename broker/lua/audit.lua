@@ -1,21 +1,15 @@
--- Hash-chained audit append, shared by every script (prepended after sha256.lua).
--- entry_hash = SHA256(prev_hash || SHA256(event JSON) || seq as u64 big-endian).
+-- Audit append, shared by every script: the raw events are sequenced ('seq') in the same atomic
+-- step as the state change they record, and nothing else. No hash is computed here: the sealer
+-- (broker/audit.py) integrates the entries into the Merkle tree outside the script.
 -- The XADDs run before any state write, so a failed append leaves the state untouched.
-local GENESIS = string.rep('0', 64)
-
 local function audit_append(stream, head, events)
   if #events == 0 then return end
-  local h = redis.call('HMGET', head, 'seq', 'hash')
-  local seq = tonumber(h[1]) or 0
-  local prev = h[2] or GENESIS
+  local seq = tonumber(redis.call('HGET', head, 'seq')) or 0
   for _, ev in ipairs(events) do
     seq = seq + 1
-    local hash = sha256_hex(hex_to_bin(prev) .. hex_to_bin(ev[2]) .. u64_be(seq))
-    -- No 'prev' field: it is the previous entry's hash, so storing it again costs memory only.
-    redis.call('XADD', stream, '*', 'seq', seq, 'hash', hash, 'event', ev[1])
-    prev = hash
+    redis.call('XADD', stream, '*', 'seq', seq, 'event', ev)
   end
-  redis.call('HSET', head, 'seq', seq, 'hash', prev)
+  redis.call('HSET', head, 'seq', seq)
 end
 
 local function hset_json(key, fields_json)
@@ -115,8 +109,7 @@ end
 -- before and after the data object (keys sorted, so "data" sits between "at" and
 -- "request_id"), and the script joins them; the result is what event() would have written.
 local function audit_event(head, data, tail)
-  local json = head .. data .. tail
-  return {json, sha256_hex(json)}
+  return head .. data .. tail
 end
 
 -- A late decision or collection: the request's deadline has passed, so instead of the change

@@ -18,7 +18,8 @@ DIRECTORY = Directory([
     Approver("carol", frozenset({"security"})), Approver("sam", frozenset({"security", "on-call"})),
 ])
 
-ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and k is not Kind.KILL_SWITCH]
+ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and not k.audit and k is not Kind.KILL_SWITCH]
+AUDIT = [k for k in Kind if k.audit]
 BREAK_GLASS = [k for k in Kind if k.break_glass]
 CREDENTIAL = [k for k in Kind if k.credential]
 
@@ -41,7 +42,8 @@ def test_the_wire_strings_are_the_ones_queued_before():
     assert sorted(k.value for k in Kind) == sorted([
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
-        "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch", "asked_again"])
+        "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch", "asked_again", "audit.failing",
+        "audit.recovered"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 
@@ -142,6 +144,12 @@ async def test_each_kind_reaches_its_port_method_with_the_core_audience(harness)
     ((method, notice),) = rec.calls
     assert method == "alert_security" and notice.kind is Kind.KILL_SWITCH and "kill switch" in notice.text
     assert notice.audience.security_group == "security"
+    for kind in AUDIT:  # issue 18, item 4: audit cannot record / records again, to the security channel
+        rec.calls.clear()
+        await notices.deliver(kind.value, "audit", {"recorder"})
+        ((method, notice),) = rec.calls
+        assert method == "alert_security" and notice.kind is kind and "audit log" in notice.text
+        assert notice.request.id == "audit" and notice.audience.security_group == "security"
     g = await harness.broker.breakglass.grant(harness.approver("alice"), subject="ops-bot", action="rollback",
                                               target="prod/payments-api", duration_s=600, reason="pods down",
                                               channel="cli")

@@ -24,7 +24,7 @@ async def test_deny_with_reason_reaches_agent_audit_message_and_owner(slack):
     assert body["denial"]["by"] == "bob" and body["denial"]["reason"] == "change freeze until Monday"
     await slack.settle()
     store = slack.h.broker.store
-    events = [e.to_json()["event"] async for e in entries(store.redis, store.audit_stream)]
+    events = [e.body() async for e in entries(store.redis, store.audit_stream)]
     denied = [e for e in events if e["type"] == "request.denied" and e.get("request_id") == rid]
     assert denied and denied[0]["data"]["reason"] == "change freeze until Monday"
     assert denied[0]["actor"]["channel"] == "slack" and denied[0]["actor"]["platform_user"] == "U0BOB"
