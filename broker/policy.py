@@ -26,6 +26,7 @@ from typing import Any
 
 import cedarpy
 
+from .context import STAGES
 from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
@@ -56,7 +57,23 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "delegation_depth": (int, 0, _LONG_MAX),
     "hour_utc": (int, 0, 23),
     "break_glass": (bool, None, None),
+    # Approval state and use (issue 16, item 2; built by broker/context.py build_context).
+    # A list is a Cedar Set<String>. -1 means "not yet" for the seconds-since keys.
+    "stage": (str, None, None),
+    "approval_count": (int, 0, _LONG_MAX),
+    "approval_groups": (list, None, None),
+    "approval_people": (list, None, None),
+    "approval_desks": (list, None, None),
+    "approval_first_at": (int, 0, _LONG_MAX),
+    "approval_last_at": (int, 0, _LONG_MAX),
+    "seconds_since_first_approval": (int, -1, _LONG_MAX),
+    "seconds_since_last_approval": (int, -1, _LONG_MAX),
+    "seconds_since_approved": (int, -1, _LONG_MAX),
+    "agent_grants_active": (int, 0, _LONG_MAX),
+    "agent_grants_active_env": (int, 0, _LONG_MAX),
+    "agent_grants_last_hour": (int, 0, _LONG_MAX),
 }
+_MAX_SET = 100  # members of a set in the context (approvers, their groups, desks)
 # Actions whose resource is another agent rather than a target (the schema says the same):
 # the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
 AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
@@ -554,11 +571,15 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
         value = context[key]
         if type(value) is not type_:  # exact: True is not a confidence, 0.7 is not 70
             raise PolicyError(f"policy context: {key} must be {type_.__name__}, got {type(value).__name__}")
+        if type_ is list and (len(value) > _MAX_SET or not all(isinstance(v, str) for v in value)):
+            raise PolicyError(f"policy context: {key} must be a list of at most {_MAX_SET} strings")
         if low is not None and not low <= value <= high:
             raise PolicyError(f"policy context: {key} must be between {low} and {high}, got {value}")
         out[key] = value
     if out["posture"] not in POSTURES:
         raise PolicyError(f"policy context: posture must be one of {list(POSTURES)}, got {out['posture']!r}")
+    if out["stage"] not in STAGES:
+        raise PolicyError(f"policy context: stage must be one of {list(STAGES)}, got {out['stage']!r}")
     return out
 
 

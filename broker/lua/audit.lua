@@ -93,6 +93,29 @@ local function audit_event(head, data, tail)
   return {json, sha256_hex(json)}
 end
 
+-- Per-agent grant indexes (issue 16, item 2): the set of the agent's active grants, the
+-- same per environment (the request's 'env', recorded at submit), and the grants it
+-- collected by time (trimmed to the last hour here). Maintained by every script that moves
+-- a request into or out of 'active', so policy context counts them with SCARD/ZCOUNT, not
+-- a scan. The key prefix is the request key's, without '{req:<id>}'.
+local function index_grant(req, id, to, now_ms)
+  local agent = redis.call('HGET', req, 'agent')
+  if not agent then return end
+  local p = string.sub(req, 1, #req - #id - 6) .. 'agent:' .. agent .. ':'
+  local env = redis.call('HGET', req, 'env')
+  if to == 'active' then
+    redis.call('SADD', p .. 'active', id)
+    if env and env ~= '' then redis.call('SADD', p .. 'active:' .. env, id) end
+    local at = now_ms or redis_now_ms()
+    redis.call('ZADD', p .. 'collected', at, id)
+    redis.call('ZREMRANGEBYSCORE', p .. 'collected', '-inf', at - 3600000)
+    redis.call('PEXPIRE', p .. 'collected', 3600000)
+  else
+    redis.call('SREM', p .. 'active', id)
+    if env and env ~= '' then redis.call('SREM', p .. 'active:' .. env, id) end
+  end
+end
+
 -- A late decision or collection: the request's deadline has passed, so instead of the change
 -- asked for, it expires now with the caller's expiry events and fields, exactly as the
 -- sweep would (audit entry, deadline cleared, retention, desk notice, wake-up).
@@ -112,3 +135,4 @@ local function past_deadline(req, now_ms)
   local due = tonumber(redis.call('HGET', req, 'deadline_ms'))
   return due ~= nil and due <= now_ms
 end
+
