@@ -16,6 +16,8 @@ class Metrics:
         self.decisions = Counter("jitgate_decisions", "Policy decisions on proposals", ["outcome"], registry=self.registry)
         self.transitions = Counter("jitgate_transitions", "State transitions", ["to"], registry=self.registry)
         self.approvals = Counter("jitgate_approvals", "Approvals counted", ["channel"], registry=self.registry)
+        self.redecided = Counter("jitgate_redecided", "Requests the policies refused when deciding again "
+                                 "(denied or revoked), by the step that asked", ["stage"], registry=self.registry)
         self.break_glass = Counter("jitgate_break_glass", "Break-glass grants", ["subject"], registry=self.registry)
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)

@@ -130,7 +130,7 @@ async def close_one(life: Lifecycle, req: Request, decision: Decision, stage: st
                                       retention_ms=life.retention_ms, notify=kind, want_request=False)
     if out.ok:
         life._count("transitions", to=to)
-        life._count("redecided", outcome=to, stage=stage)
+        life._count("redecided", stage=stage)
     return out.ok
 
 
