@@ -216,11 +216,9 @@ class Lifecycle:
     async def _decide_at(self, req: Request, stage: str, extra_approval: dict | None = None) -> tuple[Decision, int]:
         """The policies' decision on ``req`` at ``stage`` with the posture and use as they are
         now (uncached), and the evaluation epoch it was made at."""
-        stored, epoch = await self.store.decision_inputs()
         now = self._now()
-        [use] = await redecide.use_of(self, [req], now)
-        ctx = redecide.context_for(self, req, stage, posture=rules.posture_or_strictest(stored), now=now, use=use,
-                                   extra_approval=extra_approval)
+        posture, epoch, use = await redecide.state_for(self, req, now)
+        ctx = redecide.context_for(self, req, stage, posture=posture, now=now, use=use, extra_approval=extra_approval)
         return redecide.decide_again(self, req, ctx), epoch
 
     # ------------------------------------------------------------------ reminders

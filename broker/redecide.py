@@ -99,6 +99,13 @@ def refusal(decision: Decision, stage: str) -> str:
     return f"the policies no longer permit this ({stage}): {decision.reason}"[:500]
 
 
+async def state_for(life: Lifecycle, req: Request, now: float) -> tuple[str, int, GrantUse]:
+    """(posture, evaluation epoch, the agent's grant use) for deciding ``req`` again now:
+    one round trip, uncached (a posture set on another replica counts at once)."""
+    stored, epoch, counts = await life.store.decision_state(req.agent, life.env_of(req), int(now * 1000))
+    return rules.posture_or_strictest(stored), epoch, use_for(req, counts, now)
+
+
 async def use_of(life: Lifecycle, reqs: list[Request], now: float) -> list[GrantUse]:
     """Each request's agent grant use (one pipelined round trip for the distinct agents)."""
     pairs = sorted({(r.agent, life.env_of(r)) for r in reqs})
@@ -143,10 +150,8 @@ async def recheck_grant(life: Lifecycle, request_id: str) -> bool:
         return False
     if req.break_glass:
         return True
-    stored, epoch = await life.store.decision_inputs()
-    posture = rules.posture_or_strictest(stored)
     now = life._now()
-    [use] = await use_of(life, [req], now)
+    posture, epoch, use = await state_for(life, req, now)
     decision = decide_again(life, req, context_for(life, req, "recheck", posture=posture, now=now, use=use))
     if decision.outcome == "deny":
         await close_one(life, req, decision, "recheck")

@@ -469,6 +469,17 @@ class Store:
         posture, epoch = await self._read("MGET", self.posture_key, self.epoch_key)
         return (posture.decode() if posture else None), int(epoch or 0)
 
+    async def decision_state(self, agent_id: str, env: str, now_ms: int) -> tuple[str | None, int, tuple[int, int, int]]:
+        """(posture as stored, evaluation epoch, :meth:`grant_use` of the agent in ``env``) in
+        one round trip: what deciding one request again needs from Redis."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget(self.posture_key, self.epoch_key)
+            pipe.scard(self.agent_key(agent_id, "active"))
+            pipe.scard(self.agent_key(agent_id, f"active:{env or '-'}"))
+            pipe.zcount(self.agent_key(agent_id, "collected"), now_ms - 3600_000, "+inf")
+            (posture, epoch), active, active_env, last_hour = await pipe.execute()
+        return (posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour))
+
     async def grant_check(self, request_id: str) -> tuple[str, str | None, float | None, int, bool, int] | None:
         """(status, grant jti, grant exp, epoch last decided, break-glass, current epoch) of a
         request in one call, or None: what introspection needs."""
