@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from . import autogrant, credentials, introspect, memory, revocation, wakeup
+from . import autogrant, credentials, introspect, memory, reeval, revocation, wakeup
 from .limits import INFLIGHT
 from .load import Client, HarnessError, closed_loop, summary
 from .procs import (ROOT, BusyMeter, CpuMeter, Processes, bench_redis_binary, cpu_plan, hello_server, pin, redis_version,
@@ -51,6 +51,9 @@ class Sizes:
     revoke_window_s: int
     revoke_bound_s: float
     credential_n: int = 50
+    reeval_n: int = 10_000
+    reeval_trials: int = 200
+    reeval_sample: int = 200
 
 
 FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64), level_s=8, warmup_s=1,
@@ -58,7 +61,8 @@ FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64),
              memory_n=2000, revoke_n=100_000, revoke_window_s=10, revoke_bound_s=120)
 SMOKE = Sizes(limits_n=50, hello_s=0.7, levels=(1, 4), both_levels=(4,), level_s=0.7, warmup_s=0.2,
               profile_s=1, tokens=10, introspect_levels=(1, 4), offline_s=0.3, wake_n=10, wake_gap_s=0.005,
-              memory_n=50, revoke_n=500, revoke_window_s=2, revoke_bound_s=30, credential_n=5)
+              memory_n=50, revoke_n=500, revoke_window_s=2, revoke_bound_s=30, credential_n=5,
+              reeval_n=300, reeval_trials=10, reeval_sample=20)
 
 
 _T0 = time.monotonic()
@@ -184,6 +188,12 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
             results["revocation"] = await revocation.measure(
                 stack, b, sizes.revoke_n, sizes.revoke_window_s, sizes.revoke_bound_s,
                 out_dir / f"{stamp}-profile-sweep.folded", log, plan["load"], idle_s=3 if sizes is FULL else 1)
+    if want("reevaluation"):
+        log(f"7. deciding again after a posture change ({sizes.reeval_n} active grants)")
+        await stack.flush()
+        async with stack.brokers(1) as (b,):
+            results["reevaluation"] = await reeval.measure(stack, b, sizes.reeval_n, sizes.reeval_trials,
+                                                           sizes.reeval_sample, log)
     if want("credentials"):
         log(f"6. real credentials ({sizes.credential_n} grants per plugin, against PostgreSQL and OpenBao)")
         await stack.flush()
@@ -332,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the tables in bench/README.md and docs/")
     p.add_argument("--no-slack", action="store_true", help="approve through the operator path even if Slack is there")
     p.add_argument("--only", type=lambda v: set(v.split(",")), metavar="FIGURES",
-                   help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation, credentials) "
+                   help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation, reevaluation, credentials) "
                         "and print the results; writes no report")
     p.add_argument("--revoke-n", type=int, help="grants for the revocation figure (default: 100000; smoke: 500)")
     p.add_argument("--render", type=Path, metavar="JSON",
