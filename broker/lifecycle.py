@@ -581,9 +581,12 @@ class Lifecycle:
             raise Conflict(_explain(req))
         # Decide again with the context as it is now (issue 16, item 1); a refusal denies the
         # grant before anything is minted. The epoch it was decided at is stamped on the grant.
-        decision, epoch = await self._decide_at(req, "collect")
-        if decision.outcome == "deny":
-            await self._refuse(req, decision, "collect")
+        # Break-glass grants are never decided again (broker/redecide.py says why).
+        epoch = 0
+        if not req.break_glass:
+            decision, epoch = await self._decide_at(req, "collect")
+            if decision.outcome == "deny":
+                await self._refuse(req, decision, "collect")
         now = self._now()
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)

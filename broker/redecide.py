@@ -167,7 +167,8 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
     still permitted are stamped with the epoch. Returns counts."""
     stored, epoch = await life.store.decision_inputs()
     posture = rules.posture_or_strictest(stored)
-    checked = closed = 0
+    checked: set[str] = set()
+    closed = 0
     async for ids in life.store.live_ids(batch):
         reqs = [r for r in await life.store.load_many(ids) if r is not None and r.status in OPEN and not r.break_glass]
         for _ in range(5):  # bounded: a request may move between the read and the write
@@ -183,7 +184,7 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                     refused.append((req, d))
                 elif req.status == ACTIVE:
                     kept.append(req.id)
-            checked += len(reqs)
+            checked.update(r.id for r in reqs)
             if kept:
                 await life.store.stamp(kept, epoch)
             if not refused:
@@ -208,6 +209,5 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
             # One moved: re-read the refused ones and decide them again.
             again = await life.store.load_many([r.id for r, _ in refused])
             reqs = [r for r in again if r is not None and r.status in OPEN and not r.break_glass]
-            checked -= len(reqs)
-    return {"checked": checked, "closed": closed, "epoch": epoch}
+    return {"checked": len(checked), "closed": closed, "epoch": epoch}
 
