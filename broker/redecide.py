@@ -195,8 +195,7 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                 to, fields, _ev, kind = _closing(req, d, "recheck", at, now)
                 items.append((req.id, req.status, to, fields, kind.value))
                 listed.append({"request_id": req.id, "type": "grant.revoked" if to == REVOKED else "request.denied",
-                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies),
-                               **({"break_glass": True} if req.break_glass else {})})
+                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies)})
             ev = event("requests.redecided", at, None, {"by": "policy"}, trigger=trigger, posture=posture, epoch=epoch,
                        requests=listed)
             out = await life.store.close_batch(items, [ev], int(now * 1000), life.retention_ms)
