@@ -247,3 +247,38 @@ forbid(principal, action, resource) when { context.stage == "collect" && context
     fresh = await _approved_restart(h)
     h.clock.advance(30)
     assert (await h.collect(fresh)).status_code == 200
+
+
+async def test_a_batch_with_a_request_that_moved_writes_nothing(quiet):
+    """Fail closed (issue 16, item 1): the batch closes only what is still as it was read; if
+    one request moved meanwhile, nothing is written (no audit entry, no state change) and
+    the caller is told which, to read it again."""
+    h = quiet
+    a, _ = await _active_token(h)
+    b = await _approved_restart(h, "ops-bot")
+    s = h.broker.store
+    before = await s.redis.xlen(s.audit_stream)
+    from broker.audit import event
+
+    ev = event("requests.redecided", "2026-12-04T00:00:00.000Z", None, {"by": "policy"}, requests=[])
+    out = await s.close_batch([(a, "active", "revoked", {"close_reason": "x"}, "revoked"),
+                               (b, "pending", "denied", {"close_reason": "x"}, "denied")],  # b is approved
+                              [ev], int(h.clock.now() * 1000), None)
+    assert (out.result, out.status) == ("retry", "2")
+    assert await s.redis.xlen(s.audit_stream) == before
+    assert (await h.life.get(a)).status == "active" and (await h.life.get(b)).status == "approved"
+    assert await s.redis.sismember(s.agent_key("deploy-bot", "active"), a)
+
+
+async def test_a_grant_that_expires_leaves_the_agent_index(quiet):
+    """Issue 16, item 2: the sweep's batch expiry keeps the per-agent index true, so an
+    expired grant no longer counts as held."""
+    h = quiet
+    rid, _ = await _active_token(h)
+    s = h.broker.store
+    assert await s.redis.scard(s.agent_key("deploy-bot", "active:prod")) == 1
+    h.clock.advance(301)
+    assert await h.life.expire_due([rid]) == 1
+    assert (await h.life.get(rid)).status == "expired"
+    assert await s.redis.scard(s.agent_key("deploy-bot", "active")) == 0
+    assert await s.redis.scard(s.agent_key("deploy-bot", "active:prod")) == 0
