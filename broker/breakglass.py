@@ -57,7 +57,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {'conflict', 'id'} end
 audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[3]))
 hset_json(KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'version', 1)
-if ARGV[5] == 'active' then index_grant(KEYS[1], ARGV[1], 'active', tonumber(ARGV[7])) end
+index_grant(KEYS[1], ARGV[1])
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[4])
 outbox(KEYS[5], ARGV[1], ARGV[6])
 redis.call('ZADD', KEYS[6], ARGV[11], ARGV[1])

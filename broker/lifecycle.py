@@ -278,7 +278,7 @@ class Lifecycle:
         chain = self._verified_chain(agent, proposal, now)  # a broken chain is a 400, nothing stored
         target = self.directory.target(proposal.target)
         env = (target.env or "") if target is not None else ""
-        [(active, active_env, last_hour)] = await self.store.grant_use([(agent.id, env)], _ms(now))
+        _, _, (active, active_env, last_hour) = await self.store.decision_state(agent.id, env, _ms(now))
         context = build_context(
             confidence=proposal.confidence_pct, duration_s=proposal.duration_s, posture=await self.posture(),
             evidence_count=len(proposal.evidence), delegation_depth=len(chain), now=now, stage="submit",

@@ -109,6 +109,13 @@ v[6] = redis.call('GET', KEYS[2])
 return v
 """
 
+# What deciding one request needs (issue 16): the posture, the evaluation epoch and the
+# agent's grant counts (active, active in the target's environment, collected since ARGV[1]).
+_DECISION_STATE_LUA = """
+return {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
+        redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+"""
+
 # Record that an active grant was decided again at an epoch (only while it is active: a
 # closed request's hash may already be gone, and must not come back as a stub).
 _STAMP_LUA = """
@@ -165,6 +172,7 @@ class Store:
         self._statuses = LuaScript.of(_STATUSES_LUA)
         self._close_batch = LuaScript.of(_script("close_batch.lua"))
         self._grant_check = LuaScript.of(_GRANT_CHECK_LUA)
+        self._decision_state = LuaScript.of(_DECISION_STATE_LUA)
         self._stamp = LuaScript.of(_STAMP_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
 
@@ -471,13 +479,10 @@ class Store:
 
     async def decision_state(self, agent_id: str, env: str, now_ms: int) -> tuple[str | None, int, tuple[int, int, int]]:
         """(posture as stored, evaluation epoch, :meth:`grant_use` of the agent in ``env``) in
-        one round trip: what deciding one request again needs from Redis."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget(self.posture_key, self.epoch_key)
-            pipe.scard(self.agent_key(agent_id, "active"))
-            pipe.scard(self.agent_key(agent_id, f"active:{env or '-'}"))
-            pipe.zcount(self.agent_key(agent_id, "collected"), now_ms - 3600_000, "+inf")
-            (posture, epoch), active, active_env, last_hour = await pipe.execute()
+        one script call on the hot-path connection: what deciding one request needs from Redis."""
+        keys = [self.posture_key, self.epoch_key, self.agent_key(agent_id, "active"),
+                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected")]
+        posture, epoch, active, active_env, last_hour = await self._read(self._decision_state, keys, [now_ms - 3600_000])
         return (posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour))
 
     async def grant_check(self, request_id: str) -> tuple[str, str | None, float | None, int, bool, int] | None:

@@ -3,7 +3,7 @@
 -- denied, active grants revoked, all in one step with the batch's audit entry (the chain
 -- hash is paid once per batch, as the sweep's). Each closed request gets the outbox entry a
 -- single denial or revocation queues (its desks' messages are updated one by one), its
--- wake-up, and leaves the agent's grant index.
+-- wake-up, and (through outbox()) leaves the agent's grant index.
 -- KEYS: deadlines, audit stream, audit head, outbox, then one request hash per item
 -- ARGV: 1 now ms, 2 events json, 3 channel, 4 retention ms ('' none),
 --       5 items json [[id, expected status, new status, fields json, notification kind], ...]
@@ -13,13 +13,11 @@ for i, item in ipairs(items) do
   if redis.call('HGET', KEYS[4 + i], 'status') ~= item[2] then return {'retry', tostring(i)} end
 end
 audit_append(KEYS[2], KEYS[3], cjson.decode(ARGV[2]))
-local now = tonumber(ARGV[1])
 for i, item in ipairs(items) do
   local key = KEYS[4 + i]
   hset_json(key, item[4])
   redis.call('HSET', key, 'status', item[3])
   redis.call('HINCRBY', key, 'version', 1)
-  if item[2] == 'active' then index_grant(key, item[1], item[3], now) end
   set_deadline(KEYS[1], item[1], key, '-')
   if ARGV[4] ~= '' then redis.call('PEXPIRE', key, ARGV[4]) end
   outbox(KEYS[4], item[1], item[5], key)

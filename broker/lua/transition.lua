@@ -30,7 +30,6 @@ audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[5]))
 hset_json(KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[1], 'status', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
-if ARGV[3] == 'active' or cur == 'active' then index_grant(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[8])) end
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[6])
 if ARGV[10] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[10]) end
 outbox(KEYS[5], ARGV[1], ARGV[11], KEYS[1])
