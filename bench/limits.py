@@ -35,14 +35,16 @@ from broker.audit import event
 from broker.store import Store
 from broker.tokens import KeyRing, build_access_token_claims
 
+from broker.context import build_context
+
 from .agents import KEY_KIND
 from .procs import FIXTURES, ISSUER, run_async
 
 INFLIGHT = 16
 BATCHES = 5
 
-CONTEXT = {"confidence": 90, "duration_s": 300, "posture": "normal", "evidence_count": 3, "delegation_depth": 0,
-           "hour_utc": 12, "break_glass": False}
+CONTEXT = build_context(confidence=90, duration_s=300, posture="normal", evidence_count=3, delegation_depth=0,
+                        now=12 * 3600)
 
 
 class Meter:

@@ -23,9 +23,10 @@ from .procs import ROOT, BusyMeter, CpuMeter, _preexec
 from .profile import Profile, summarize
 from .stack import PREFIX
 
-async def seed(stack, n: int, log, workers: int = 2) -> tuple[list[str], float]:
+async def seed(stack, n: int, log, workers: int = 2, tokens: list[str] | None = None) -> tuple[list[str], float]:
     """``n`` active grants through the lifecycle (bench/seed.py), in ``workers`` processes
-    on every core (seeding is set-up, not measured); their ids and the seconds it took."""
+    on every core (seeding is set-up, not measured); their ids and the seconds it took
+    (their tokens appended to ``tokens`` when given, in the order of the ids)."""
     started = time.monotonic()
     r = stack.client()
     procs, files = [], []
@@ -34,8 +35,9 @@ async def seed(stack, n: int, log, workers: int = 2) -> tuple[list[str], float]:
             share = n // workers + (1 if i < n % workers else 0)
             out = stack.work / f"seed-{i}.txt"
             files.append(out)
+            extra = [str(stack.work / f"seed-{i}.tokens")] if tokens is not None else []
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.seed", str(share), ",".join(stack.agents.ids), str(out),
+                sys.executable, "-m", "bench.seed", str(share), ",".join(stack.agents.ids), str(out), *extra,
                 env=stack.env(), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 preexec_fn=_preexec(stack.plan["all"])))
         waiting = [asyncio.ensure_future(p.wait()) for p in procs]
@@ -53,6 +55,8 @@ async def seed(stack, n: int, log, workers: int = 2) -> tuple[list[str], float]:
                 await p.wait()
         await r.aclose()
     ids = [line for f in files for line in f.read_text().split()]
+    if tokens is not None:
+        tokens.extend(line for i in range(len(files)) for line in (stack.work / f"seed-{i}.tokens").read_text().split())
     return ids, time.monotonic() - started
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from . import autogrant, credentials, introspect, killswitch, memory, revocation, ssf, wakeup
+from . import autogrant, credentials, introspect, killswitch, memory, reeval, revocation, ssf, wakeup
 from .limits import INFLIGHT
 from .load import Client, HarnessError, closed_loop, summary
 from .procs import (ROOT, BusyMeter, CpuMeter, Processes, bench_redis_binary, cpu_plan, hello_server, pin, redis_version,
@@ -54,6 +54,9 @@ class Sizes:
     killswitch_n: int = 10_000
     ssf_n: int = 500  # figure 8: tokens revoked while a verifier follows the SSF stream
     ssf_rate: float = 50.0  # revocations per second
+    reeval_n: int = 10_000
+    reeval_trials: int = 200
+    reeval_sample: int = 200
 
 
 FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64), level_s=8, warmup_s=1,
@@ -62,7 +65,7 @@ FULL = Sizes(limits_n=2000, hello_s=4, levels=(1, 16, 64), both_levels=(16, 64),
 SMOKE = Sizes(limits_n=50, hello_s=0.7, levels=(1, 4), both_levels=(4,), level_s=0.7, warmup_s=0.2,
               profile_s=1, tokens=10, introspect_levels=(1, 4), offline_s=0.3, wake_n=10, wake_gap_s=0.005,
               memory_n=50, revoke_n=500, revoke_window_s=2, revoke_bound_s=30, credential_n=5,
-              killswitch_n=600, ssf_n=50, ssf_rate=50.0)
+              killswitch_n=600, ssf_n=50, ssf_rate=50.0, reeval_n=300, reeval_trials=10, reeval_sample=20)
 
 
 _T0 = time.monotonic()
@@ -197,6 +200,12 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
         await stack.flush()
         async with stack.brokers(1) as (b,):
             results["ssf"] = await ssf.measure(stack, b, sizes.ssf_n, sizes.ssf_rate, log)
+    if want("reevaluation"):
+        log(f"9. deciding again after a posture change ({sizes.reeval_n} active grants)")
+        await stack.flush()
+        async with stack.brokers(1) as (b,):
+            results["reevaluation"] = await reeval.measure(stack, b, sizes.reeval_n, sizes.reeval_trials,
+                                                           sizes.reeval_sample, log)
     if want("credentials"):
         log(f"6. real credentials ({sizes.credential_n} grants per plugin, against PostgreSQL and OpenBao)")
         await stack.flush()
@@ -346,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-slack", action="store_true", help="approve through the operator path even if Slack is there")
     p.add_argument("--only", type=lambda v: set(v.split(",")), metavar="FIGURES",
                    help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation, credentials, "
-                        "killswitch, ssf) "
+                        "killswitch, ssf, reevaluation) "
                         "and print the results; writes no report")
     p.add_argument("--ssf-n", type=int, help="tokens for the SSF figure (default: 2000; smoke: 50)")
     p.add_argument("--revoke-n", type=int, help="grants for the revocation figure (default: 100000; smoke: 500)")

@@ -4,7 +4,7 @@
 granted at once by policy and collected — ``Lifecycle.submit`` then ``Lifecycle.collect``,
 the code the HTTP handlers call, minus HTTP and the assertion check — by the agents
 ``AGENTS`` (comma-separated) in turn, 64 at a time; the request ids go to ``OUT``, one a
-line. Notifications wait in the outbox for the serving broker, as with the operator CLI.
+line (and with a fourth argument ``TOKENS``, their tokens to that file, in the same order). Notifications wait in the outbox for the serving broker, as with the operator CLI.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PROPOSAL = {
 }
 
 
-async def seed(n: int, agent_ids: list[str]) -> list[str]:
+async def seed(n: int, agent_ids: list[str], tokens: list[str] | None = None) -> list[str]:
     settings = Settings.from_env()
     client = aioredis.from_url(settings.redis_url)
     broker = await build(settings, redis=client, notifiers=[], desks=[], start_background=False)
@@ -47,8 +47,10 @@ async def seed(n: int, agent_ids: list[str]) -> list[str]:
             req, _ = await life.submit(agent, proposal)
             if req.status != "approved":
                 raise RuntimeError(f"expected an auto-grant, got {req.status}")
-            await life.collect(req.id, agent)
+            issued = await life.collect(req.id, agent)
             ids.append(req.id)
+            if tokens is not None:
+                tokens.append(issued.access_token)
 
     try:
         await asyncio.gather(*(worker() for _ in range(64)))
@@ -59,7 +61,10 @@ async def seed(n: int, agent_ids: list[str]) -> list[str]:
 
 def main() -> None:
     n, agents, out = int(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
-    out.write_text("\n".join(run_async(seed(n, agents))) + "\n")
+    tokens: list[str] | None = [] if len(sys.argv) > 4 else None
+    out.write_text("\n".join(run_async(seed(n, agents, tokens))) + "\n")
+    if tokens is not None:
+        Path(sys.argv[4]).write_text("\n".join(tokens) + "\n")
 
 
 if __name__ == "__main__":

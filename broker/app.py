@@ -78,9 +78,15 @@ class Broker:
                 log.warning("agents removed or denied in %s: %s; ending their grants", self.registry.path,
                             ", ".join(sorted(self.registry.last_removed)))
                 self.close_unregistered()
+        changed = []
         if follow("approvers or targets file", self.directory.reload_if_changed):
             self.gate.set_directory(self.directory)
-        follow("policy folder", self.gate.reload_if_changed)
+            changed.append("approvers or targets file reloaded")
+        if follow("policy folder", self.gate.reload_if_changed):
+            changed.append("policy folder reloaded")
+        if changed:
+            # What policies decide from changed: decide every open request again (issue 16, item 1).
+            self._background(self._policies_changed("; ".join(changed)))
 
     async def drain(self) -> None:
         """The first step of a graceful stop (SIGTERM), before the open connections finish:
@@ -103,6 +109,25 @@ class Broker:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return task
+
+    def _background(self, coro) -> asyncio.Task | None:
+        """Run ``coro`` in the background, kept until done (awaited at shutdown); None
+        outside an event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return None
+        task = loop.create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return task
+
+    async def _policies_changed(self, trigger: str) -> None:
+        try:
+            await self.lifecycle.policies_changed(trigger)
+        except Exception:  # noqa: BLE001 - introspection still decides again (the epoch moved first)
+            log.exception("could not decide the open requests again after: %s", trigger)
 
     async def _close_unregistered(self) -> None:
         try:

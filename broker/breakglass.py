@@ -12,7 +12,6 @@ reinstates it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from .notify import Kind
 from .model import ACTIVE, APPROVED, Proposal, Request, iso
 from .redisline import LuaScript
 from .audit import event
+from .context import build_context
 from .store import events_arg, with_prelude
 from .tokens import build_access_token_claims
 
@@ -57,6 +57,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {'conflict', 'id'} end
 audit_append(KEYS[3], KEYS[4], cjson.decode(ARGV[3]))
 hset_json(KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'version', 1)
+index_grant(KEYS[1], ARGV[1])
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[4])
 outbox(KEYS[5], ARGV[1], ARGV[6])
 redis.call('ZADD', KEYS[6], ARGV[11], ARGV[1])
@@ -193,15 +194,11 @@ class BreakGlass:
         if subject != ME and self.registry.agent(subject) is None:
             raise InvalidRequest(f"no agent '{subject}' is registered (use 'me' for yourself)")
         proposal = self._proposal(engineer, subject, action, target, duration_s, reason, incident)
-        context = {
-            "confidence": 100,  # a person confirmed the intent
-            "duration_s": proposal.duration_s,
-            "posture": await self.life.posture(),
-            "evidence_count": len(proposal.evidence),
-            "delegation_depth": 0,
-            "hour_utc": time.gmtime(self._now()).tm_hour,
-            "break_glass": True,
-        }
+        context = build_context(
+            confidence=100,  # a person confirmed the intent
+            duration_s=proposal.duration_s, posture=await self.life.posture(),
+            evidence_count=len(proposal.evidence), delegation_depth=0, now=self._now(), break_glass=True,
+        )
         decision = self.life.gate.decide(
             agent_id=subject if subject != ME else engineer.id, action=action, target=target, context=context,
             approver_principal=engineer.id if subject == ME else None,
@@ -314,9 +311,9 @@ class BreakGlass:
         if subject == ME:
             return None
         try:
-            d = self.life.gate.decide(agent_id=subject, action=action, target=target, context={
-                "confidence": 100, "duration_s": duration_s, "posture": "normal", "evidence_count": 1,
-                "delegation_depth": 0, "hour_utc": time.gmtime(self._now()).tm_hour, "break_glass": False})
+            d = self.life.gate.decide(agent_id=subject, action=action, target=target, context=build_context(
+                confidence=100, duration_s=duration_s, posture="normal", evidence_count=1, delegation_depth=0,
+                now=self._now()))
         except Exception:  # noqa: BLE001 - only used to address a notice
             return None
         return d.approver_group

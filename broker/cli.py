@@ -575,10 +575,11 @@ def cmd_policy_check(args) -> int:
     import time  # noqa: PLC0415
 
     from .app import principals  # noqa: PLC0415
+    from .context import build_context  # noqa: PLC0415
     from .directory import Directory  # noqa: PLC0415
     from .identity import Registry  # noqa: PLC0415
     from .model import Proposal  # noqa: PLC0415
-    from .policy import PolicyGate, proposal_context  # noqa: PLC0415
+    from .policy import PolicyGate  # noqa: PLC0415
 
     env = environment()
     body = json.loads(Path(args.file).read_text())
@@ -591,11 +592,11 @@ def cmd_policy_check(args) -> int:
     registry = Registry.load(Path(env.get("JITGATE_AGENTS_FILE", "agents.yaml")))
     directory = Directory.load(Path(env.get("JITGATE_APPROVERS_FILE", "approvers.yaml")), Path(env.get("JITGATE_TARGETS_FILE", "targets.yaml")))
     gate = PolicyGate.load(Path(args.policy_dir or env.get("JITGATE_POLICY_DIR", "policies")), directory, principals(registry))
-    context = {
-        "confidence": proposal.confidence_pct, "duration_s": proposal.duration_s, "posture": posture,
-        "evidence_count": len(proposal.evidence), "delegation_depth": len(proposal.delegation),
-        "hour_utc": time.gmtime().tm_hour, "break_glass": False, **proposal_context(proposal),
-    }
+    context = build_context(
+        confidence=proposal.confidence_pct, duration_s=proposal.duration_s, posture=posture,
+        evidence_count=len(proposal.evidence), delegation_depth=len(proposal.delegation), now=time.time(),
+        proposal=proposal,
+    )
     result = gate.explain(agent_id=agent_id, action=proposal.action, target=proposal.target, context=context)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result.get("decision", {}).get("outcome") != "deny" else 3

@@ -108,3 +108,10 @@ class RateLimited(BrokerError):
 
 class Unavailable(BrokerError):
     code, status, title = "unavailable", 503, "Service unavailable"
+
+
+class PolicyDenied(Forbidden):
+    """The policies, deciding again at this step, no longer permit the request: it was
+    denied (or its grant revoked) there and then. ``policies`` names the policies that decided."""
+
+    code, title = "policy-denied", "Denied by policy"

@@ -25,7 +25,8 @@ from typing import Any
 from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
-from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, RateLimited
+from .context import build_context
+from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, PolicyDenied, RateLimited
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
@@ -33,9 +34,9 @@ from .model import (
 )
 from .notices import Notices
 from .notify import Kind, Notifier
-from . import killswitch, oauth, rules
+from . import killswitch, oauth, redecide, rules
 from .killswitch import Selector
-from .policy import Decision, PolicyGate, proposal_context
+from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
@@ -188,9 +189,48 @@ class Lifecycle:
         ev = event("posture.changed", iso(self._now()), None, {"approver": approver.id, "channel": channel},
                    posture=level, previous=previous)
         await self.store.append([ev])  # audited first: no audit, no change
-        await self.store.set_posture(level)
+        await self.store.set_posture(level)  # and the evaluation epoch: introspection decides again
         self._posture = (0.0, level)
+        await self.reevaluate_open(trigger=f"posture {previous} -> {level}")
         return level
+
+    # ------------------------------------------------------------------ deciding again
+    async def reevaluate_open(self, *, trigger: str) -> dict:
+        """Decide every pending, approved and active request again (:func:`broker.redecide.reevaluate_open`)."""
+        result = await redecide.reevaluate_open(self, trigger=trigger)
+        if result["closed"]:
+            log.warning("%s: %d of %d open requests no longer permitted; denied or revoked",
+                        trigger, result["closed"], result["checked"])
+        return result
+
+    async def policies_changed(self, trigger: str = "policies reloaded") -> dict:
+        """The loaded policies (or the entities they read) changed: advance the evaluation
+        epoch, so introspection decides again, and decide every open request again."""
+        await self.store.bump_epoch()
+        return await self.reevaluate_open(trigger=trigger)
+
+    def groups_of(self, approver_id: str) -> tuple[str, ...]:
+        """The groups the approvers file gives ``approver_id`` now (none when unknown)."""
+        a = self.directory.approver(approver_id)
+        return tuple(a.groups) if a is not None else ()
+
+    def env_of(self, req: Request) -> str:
+        """The environment of ``req``'s target in the targets file now ('' when none)."""
+        t = self.directory.target(req.proposal.target)
+        return (t.env or "") if t is not None else ""
+
+    async def _refuse(self, req: Request, decision: Decision, stage: str) -> None:
+        """Close ``req`` because the policies, deciding again at ``stage``, refuse it, and say so."""
+        await redecide.close_one(self, req, decision, stage)
+        raise PolicyDenied(redecide.refusal(decision, stage), policies=list(decision.policies), stage=stage)
+
+    async def _decide_at(self, req: Request, stage: str, extra_approval: dict | None = None) -> tuple[Decision, int]:
+        """The policies' decision on ``req`` at ``stage`` with the posture and use as they are
+        now (uncached), and the evaluation epoch it was made at."""
+        now = self._now()
+        posture, epoch, use = await redecide.state_for(self, req, now)
+        ctx = redecide.context_for(self, req, stage, posture=posture, now=now, use=use, extra_approval=extra_approval)
+        return redecide.decide_again(self, req, ctx), epoch
 
     # ------------------------------------------------------------------ reminders
     async def remind_due(self, limit: int = 100) -> int:
@@ -335,16 +375,14 @@ class Lifecycle:
         why = rules.why_not_for_target(proposal, self.directory.target(proposal.target))
         if why is not None:
             raise NotAllowedForTarget(why)  # a 400, nothing stored
-        context = {
-            "confidence": proposal.confidence_pct,
-            "duration_s": proposal.duration_s,
-            "posture": await self.posture(),
-            "evidence_count": len(proposal.evidence),
-            "delegation_depth": len(chain),
-            "hour_utc": time.gmtime(now).tm_hour,
-            "break_glass": False,
-            **proposal_context(proposal),
-        }
+        target = self.directory.target(proposal.target)
+        env = (target.env or "") if target is not None else ""
+        _, _, (active, active_env, last_hour) = await self.store.decision_state(agent.id, env, _ms(now))
+        context = build_context(
+            confidence=proposal.confidence_pct, duration_s=proposal.duration_s, posture=await self.posture(),
+            evidence_count=len(proposal.evidence), delegation_depth=len(chain), now=now, stage="submit",
+            use=redecide.GrantUse(active, active_env, last_hour), proposal=proposal,
+        )
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
             if chain and decision.outcome != "deny":
@@ -395,6 +433,7 @@ class Lifecycle:
             "approvals": "[]",
             "created_at": repr(now),
             "break_glass": "0",
+            "env": env,  # the grant indexes count by environment (audit.lua index_grant)
         }
         chain_exp = min((link.expires_at for link in chain), default=None)
         if chain_exp is not None:
@@ -602,6 +641,11 @@ class Lifecycle:
             approval["platform_user"] = platform_user
         if duration_s is not None:
             approval["duration_s"] = duration_s
+        # Decide again with this approval counted (issue 16, item 1): the approval recorded,
+        # and (the last one needed) the grant approved. A refusal denies the request.
+        decision, _epoch = await self._decide_at(req, "approval", extra_approval=approval)
+        if decision.outcome == "deny":
+            await self._refuse(req, decision, "approval")
         required = int(req.decision.get("approvals_required", 1))
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
         counted = {"group": group} if group is not None else {}
@@ -690,6 +734,14 @@ class Lifecycle:
             if req.status == PENDING:
                 raise Conflict("the request is still waiting for approval")
             raise Conflict(_explain(req))
+        # Decide again with the context as it is now (issue 16, item 1); a refusal denies the
+        # grant before anything is minted. The epoch it was decided at is stamped on the grant.
+        # Break-glass grants are never decided again (broker/redecide.py says why).
+        epoch = 0
+        if not req.break_glass:
+            decision, epoch = await self._decide_at(req, "collect")
+            if decision.outcome == "deny":
+                await self._refuse(req, decision, "collect")
         now = self._now()
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
@@ -725,6 +777,7 @@ class Lifecycle:
         out = await self.store.transition(
             request_id, [APPROVED], ACTIVE,
             {"grant_jti": jti, "grant_exp": str(exp), "collected_at": repr(now), "grant_kid": self.keyring.current_kid,
+             "eval_epoch": str(epoch),
              **{k: _json(v) for k, v in cred.items()}},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
                    audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred)],

@@ -16,6 +16,8 @@ class Metrics:
         self.decisions = Counter("jitgate_decisions", "Policy decisions on proposals", ["outcome"], registry=self.registry)
         self.transitions = Counter("jitgate_transitions", "State transitions", ["to"], registry=self.registry)
         self.approvals = Counter("jitgate_approvals", "Approvals counted", ["channel"], registry=self.registry)
+        self.redecided = Counter("jitgate_redecided", "Requests the policies refused when deciding again "
+                                 "(denied or revoked), by the step that asked", ["stage"], registry=self.registry)
         self.break_glass = Counter("jitgate_break_glass", "Break-glass grants", ["subject"], registry=self.registry)
         self.kill_switch = Counter("jitgate_kill_switch", "Requests and grants ended by the kill switch",
                                    registry=self.registry)

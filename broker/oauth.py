@@ -16,6 +16,7 @@ from .config import Settings
 from .errors import BrokerError, Conflict, Forbidden, InvalidRequest
 from .identity import ResourceServer
 from .model import ACTIVE
+from . import redecide
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -54,7 +55,8 @@ async def introspect(life: Lifecycle, token: str, *, server: ResourceServer | No
     additional information about an inactive token, including why the token is inactive".
 
     Active means: signed by one of the broker's keys, for this issuer, unexpired, and its
-    grant still ``active`` in Redis with this token's ``jti``. With ``server`` (the
+    grant still ``active`` in Redis with this token's ``jti`` - and, when the posture or the
+    policies changed since the grant was last decided, still permitted by them now. With ``server`` (the
     resource server asking), a token not meant for one of its audiences is answered as
     inactive too (section 4): a server learns only about the tokens it could be presented
     with.
@@ -76,7 +78,7 @@ async def introspect(life: Lifecycle, token: str, *, server: ResourceServer | No
     if life.registry is not None and isinstance(sub, str) and life.registry.disabled_agent(sub) is not None:
         return inactive  # disabled in the agents file: inactive at once, before the reload revokes its grant
     try:
-        state = await life.store.grant_state(rid)  # three fields, not the whole request
+        state = await life.store.grant_check(rid)  # a few fields and the epoch, not the whole request
     except BrokerError:
         raise
     except Exception:  # noqa: BLE001 - a malformed id or field behind a validly signed token: inactive
@@ -84,8 +86,12 @@ async def introspect(life: Lifecycle, token: str, *, server: ResourceServer | No
     now = life.clock.now()
     if state is None:
         return inactive
-    status, jti, exp = state
+    status, jti, exp, stamped, break_glass, epoch = state
     if status != ACTIVE or jti != claims.get("jti") or exp is None or now >= exp:
+        return inactive
+    # The posture or the policies changed since this grant was last decided (issue 16,
+    # item 1): decide it again now; a refused grant is revoked and its token inactive.
+    if stamped != epoch and not break_glass and not await redecide.recheck_grant(life, rid):
         return inactive
     out = {"active": True, "token_type": "Bearer" if "cnf" not in claims else "DPoP"}
     for k in _INTROSPECTED:

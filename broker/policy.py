@@ -27,6 +27,7 @@ from typing import Any
 
 import cedarpy
 
+from .context import STAGES
 from .directory import Directory, id_problem
 from .errors import ConfigError, InvalidRequest, PolicyError
 from .filemodes import check_not_writable
@@ -57,6 +58,21 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "delegation_depth": (int, 0, _LONG_MAX),
     "hour_utc": (int, 0, 23),
     "break_glass": (bool, None, None),
+    # Approval state and use (issue 16, item 2; built by broker/context.py build_context).
+    # A list is a Cedar Set<String>. -1 means "not yet" for the seconds-since keys.
+    "stage": (str, None, None),
+    "approval_count": (int, 0, _LONG_MAX),
+    "approval_groups": (list, None, None),
+    "approval_people": (list, None, None),
+    "approval_desks": (list, None, None),
+    "approval_first_at": (int, 0, _LONG_MAX),
+    "approval_last_at": (int, 0, _LONG_MAX),
+    "seconds_since_first_approval": (int, -1, _LONG_MAX),
+    "seconds_since_last_approval": (int, -1, _LONG_MAX),
+    "seconds_since_approved": (int, -1, _LONG_MAX),
+    "agent_grants_active": (int, 0, _LONG_MAX),
+    "agent_grants_active_env": (int, 0, _LONG_MAX),
+    "agent_grants_last_hour": (int, 0, _LONG_MAX),
 }
 # What the proposal says the agent will do, as Cedar sees it (:func:`proposal_context`):
 # ``tool`` and ``dataset`` ("" when not given) and ``arguments`` (a record, {} when not given).
@@ -64,6 +80,13 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
 # they then read as not given.
 PROPOSAL_CONTEXT_KEYS: tuple[str, ...] = ("tool", "dataset", "arguments")
 _PROPOSAL_DEFAULTS: Mapping[str, Any] = {"tool": "", "dataset": "", "arguments": {}}
+# The context keys of the first release: every schema declares them. Keys added since (the
+# approval state and use of issue 16 item 2, the proposal's tool, dataset and arguments) are
+# left out of the context for an action whose schema does not declare them, so a policy folder
+# with a schema written before them keeps deciding (its policies cannot name them anyway).
+_FIRST_CONTEXT_KEYS = ("confidence", "duration_s", "posture", "evidence_count", "delegation_depth", "hour_utc",
+                       "break_glass")
+_MAX_SET = 100  # members of a set in the context (approvers, their groups, desks)
 # Actions whose resource is another agent rather than a target (the schema says the same):
 # the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
 AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
@@ -523,33 +546,54 @@ def _load_rules(policy_dir: Path) -> _Rules:
 
 
 _NOT_DECLARED = "should not exist according to the schema"
+_REFUSED_KEY = re.compile(r"attribute `([^`]+)` should not exist according to the schema")
+
+
+def _later_keys() -> tuple[str, ...]:
+    """The context keys added after the first release (see ``_FIRST_CONTEXT_KEYS``)."""
+    return tuple(k for k in CONTEXT_KEYS if k not in _FIRST_CONTEXT_KEYS) + PROPOSAL_CONTEXT_KEYS
+
+
+def _probe_value(key: str) -> Any:
+    if key in _PROPOSAL_DEFAULTS:
+        return _PROPOSAL_DEFAULTS[key]
+    type_, low, _high = CONTEXT_KEYS[key]
+    if type_ is str:
+        return STAGES[0] if key == "stage" else ""
+    if type_ is list:
+        return []
+    return max(low or 0, 0) if type_ is int else type_()
 
 
 def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, frozenset[str]]:
-    """Which :data:`PROPOSAL_CONTEXT_KEYS` each action's context type declares.
+    """Which context keys added since the first release (:func:`_later_keys`: the approval
+    state and use, :data:`PROPOSAL_CONTEXT_KEYS`) each action's context type declares.
 
-    cedarpy cannot list a type's attributes, so each key is tried on a request with an
-    otherwise neutral context: a key the type lacks is refused as one that "should not exist".
-    An action whose probe fails for another reason keeps every key (the real request then
-    fails the same way and is denied)."""
+    cedarpy cannot list a type's attributes, so a request with every key is tried and each key
+    the type refuses as one that "should not exist" is dropped, until the request fits. A probe
+    that fails for another reason keeps the keys left (the real request then fails the same
+    way and is denied)."""
     base = {"confidence": 0, "duration_s": 1, "posture": POSTURES[0], "evidence_count": 0, "delegation_depth": 0,
             "hour_utc": 0, "break_glass": False}
+    later = _later_keys()
     empty = cedarpy.PolicySet.from_str("")
     entities = cedarpy.Entities.from_json_str("[]", schema)
     out: dict[str, frozenset[str]] = {}
     for action in actions:
         resource = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
-        declared = set()
-        for key in PROPOSAL_CONTEXT_KEYS:
+        context = {**base, **{key: _probe_value(key) for key in later}}
+        for _ in range(len(later)):
             request = {"principal": _uid(AGENT, "probe"), "action": _uid(ACTION, action),
-                       "resource": _uid(resource, "probe"), "context": {**base, key: _PROPOSAL_DEFAULTS[key]}}
+                       "resource": _uid(resource, "probe"), "context": context}
             try:
                 errors = " ".join(cedarpy.is_authorized(request, empty, entities, schema=schema).diagnostics.errors)
-            except Exception:  # noqa: BLE001 - a probe that cannot run keeps the key
-                errors = ""
-            if _NOT_DECLARED not in errors:
-                declared.add(key)
-        out[action] = frozenset(declared)
+            except Exception:  # noqa: BLE001 - a probe that cannot run keeps the keys
+                break
+            refused = _REFUSED_KEY.search(errors)
+            if refused is None or refused.group(1) not in later or refused.group(1) not in context:
+                break
+            del context[refused.group(1)]
+        out[action] = frozenset(k for k in later if k in context)
     return out
 
 
@@ -651,6 +695,8 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
         value = context[key]
         if type(value) is not type_:  # exact: True is not a confidence, 0.7 is not 70
             raise PolicyError(f"policy context: {key} must be {type_.__name__}, got {type(value).__name__}")
+        if type_ is list and (len(value) > _MAX_SET or not all(isinstance(v, str) for v in value)):
+            raise PolicyError(f"policy context: {key} must be a list of at most {_MAX_SET} strings")
         if low is not None and not low <= value <= high:
             raise PolicyError(f"policy context: {key} must be between {low} and {high}, got {value}")
         out[key] = value
@@ -661,6 +707,8 @@ def normalize_context(context: Mapping[str, Any]) -> dict:
         if type(value) is not type(_PROPOSAL_DEFAULTS[key]):
             raise PolicyError(f"policy context: {key} must be {type(_PROPOSAL_DEFAULTS[key]).__name__}")
         out[key] = value
+    if out["stage"] not in STAGES:
+        raise PolicyError(f"policy context: stage must be one of {list(STAGES)}, got {out['stage']!r}")
     return out
 
 
@@ -858,9 +906,9 @@ class PolicyGate:
         ctx = normalize_context(context)
         declared = state.rules.proposal_keys.get(action)
         if declared is not None:
-            for key in PROPOSAL_CONTEXT_KEYS:
+            for key in _later_keys():
                 if key not in declared:
-                    del ctx[key]  # a schema from before these keys: policy cannot name them anyway
+                    ctx.pop(key, None)  # a schema from before these keys: policy cannot name them anyway
         _check_name("agent id", agent_id)
         _check_name("action", action)
         _check_name("target", target)

@@ -44,7 +44,7 @@ from .watched import load_yaml
 # Neutral values for the context keys a case leaves out; keys added later default by type.
 CONTEXT_DEFAULTS: dict[str, Any] = {
     "confidence": 90, "duration_s": 300, "posture": "normal", "evidence_count": 1, "delegation_depth": 0,
-    "hour_utc": 12, "break_glass": False,
+    "hour_utc": 12, "break_glass": False, "stage": "submit",
 }
 # expectation key -> what it is compared with
 EXPECTATIONS = {

@@ -125,6 +125,35 @@ return out
 # back, never shortening another waiter's mark) and reads it in the same step, so the change
 # scripts publish every change after this read (audit.lua ``wake``). Not a state change: no
 # version, no audit. Nothing is written for a missing request.
+# What introspection needs about a grant, and the evaluation epoch (issue 16, item 1): the
+# grant's status, jti, exp, the epoch it was last decided at and its break-glass mark, then
+# the current epoch, which every posture change and every policy reload advances. One call.
+_GRANT_CHECK_LUA = """
+local v = redis.call('HMGET', KEYS[1], 'status', 'grant_jti', 'grant_exp', 'eval_epoch', 'break_glass')
+v[6] = redis.call('GET', KEYS[2])
+return v
+"""
+
+# What deciding one request needs (issue 16): the posture, the evaluation epoch and the
+# agent's grant counts (active, active in the target's environment, collected since ARGV[1]).
+_DECISION_STATE_LUA = """
+return {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
+        redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+"""
+
+# Record that an active grant was decided again at an epoch (only while it is active: a
+# closed request's hash may already be gone, and must not come back as a stub).
+_STAMP_LUA = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'status') == 'active' then
+    redis.call('HSET', key, 'eval_epoch', ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
 _WATCH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local t = redis.call('TIME')
@@ -161,6 +190,7 @@ class Store:
         self.reminders = f"{prefix}reminders"
         self.posture_key = f"{prefix}posture"
         self.bg_suspended = f"{prefix}bg:suspended"
+        self.epoch_key = f"{prefix}eval:epoch"
         self._submit = LuaScript.of(_script("submit.lua"))
         self._transition = LuaScript.of(_script("transition.lua"))
         self._approve = LuaScript.of(_script("approve.lua"))
@@ -168,6 +198,10 @@ class Store:
         self._expire_batch = LuaScript.of(_script("expire_batch.lua"))
         self._revoke_batch = LuaScript.of(_script("revoke_batch.lua"))
         self._statuses = LuaScript.of(_STATUSES_LUA)
+        self._close_batch = LuaScript.of(_script("close_batch.lua"))
+        self._grant_check = LuaScript.of(_GRANT_CHECK_LUA)
+        self._decision_state = LuaScript.of(_DECISION_STATE_LUA)
+        self._stamp = LuaScript.of(_STAMP_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
         self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
         self._remember_denial = LuaScript.of(_REMEMBER_DENIAL_LUA)
@@ -529,9 +563,87 @@ class Store:
         raw = await self.redis.get(self.posture_key)
         return raw.decode() if raw else None
 
-    async def set_posture(self, level: str) -> None:
-        """Store the risk posture ``level`` (checked by the caller) for every replica."""
-        await self.redis.set(self.posture_key, level)
+    async def set_posture(self, level: str) -> int:
+        """Store the risk posture ``level`` (checked by the caller) for every replica, and
+        advance the evaluation epoch in the same step; returns the new epoch."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.posture_key, level)
+            pipe.incr(self.epoch_key)
+            _, epoch = await pipe.execute()
+        return int(epoch)
+
+    # ------------------------------------------------------------------ deciding again
+    # Issue 16, item 1: the evaluation epoch, the per-agent grant indexes (kept by the
+    # scripts, audit.lua ``index_grant``) and the batch that closes what policy no longer permits.
+
+    async def bump_epoch(self) -> int:
+        """Advance the evaluation epoch (the loaded policies changed); returns the new one."""
+        return int(await self.redis.incr(self.epoch_key))
+
+    async def decision_inputs(self) -> tuple[str | None, int]:
+        """(posture as stored, evaluation epoch), read together and uncached."""
+        posture, epoch = await self._read("MGET", self.posture_key, self.epoch_key)
+        return (posture.decode() if posture else None), int(epoch or 0)
+
+    async def decision_state(self, agent_id: str, env: str, now_ms: int) -> tuple[str | None, int, tuple[int, int, int]]:
+        """(posture as stored, evaluation epoch, :meth:`grant_use` of the agent in ``env``) in
+        one script call on the hot-path connection: what deciding one request needs from Redis."""
+        keys = [self.posture_key, self.epoch_key, self.agent_key(agent_id, "active"),
+                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected")]
+        posture, epoch, active, active_env, last_hour = await self._read(self._decision_state, keys, [now_ms - 3600_000])
+        return (posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour))
+
+    async def grant_check(self, request_id: str) -> tuple[str, str | None, float | None, int, bool, int] | None:
+        """(status, grant jti, grant exp, epoch last decided, break-glass, current epoch) of a
+        request in one call, or None: what introspection needs."""
+        v = await self._read(self._grant_check, [self.req_key(request_id), self.epoch_key], [])
+        if not v or v[0] is None:
+            return None
+        status, jti, exp, stamped, bg = v[0], v[1], v[2], v[3], v[4]
+        cur = v[5] if len(v) > 5 else None
+        return (status.decode(), jti.decode() if jti else None, float(exp) if exp else None,
+                int(stamped or 0), bg == b"1", int(cur or 0))
+
+    async def stamp(self, request_ids: list[str], epoch: int) -> int:
+        """Record that these grants were decided at ``epoch`` (only those still active)."""
+        if not request_ids:
+            return 0
+        return int(await self._read(self._stamp, [self.req_key(r) for r in request_ids], [str(epoch)]))
+
+    def agent_key(self, agent_id: str, name: str) -> str:
+        """A per-agent grant index (``active``, ``active:<env>``, ``collected``)."""
+        return f"{self.prefix}agent:{agent_id}:{name}"
+
+    async def grant_use(self, pairs: list[tuple[str, str]], now_ms: int) -> list[tuple[int, int, int]]:
+        """For each (agent, env): (active grants, active grants in env, collected in the last
+        hour), from the indexes; one round trip for all of them."""
+        if not pairs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for agent, env in pairs:
+                pipe.scard(self.agent_key(agent, "active"))
+                pipe.scard(self.agent_key(agent, f"active:{env or '-'}"))  # '-' is never an env
+                pipe.zcount(self.agent_key(agent, "collected"), now_ms - 3600_000, "+inf")
+            flat = await pipe.execute()
+        return [(int(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    async def load_many(self, request_ids: list[str]) -> list[Request | None]:
+        """Each request as stored now (None where gone), one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hgetall(self.req_key(rid))
+            rows = await pipe.execute()
+        return [Request.from_redis(h) if h and b"id" in h else None for h in rows]
+
+    async def close_batch(self, items: list[tuple[str, str, str, dict, str]], events: list[bytes], now_ms: int,
+                          retention_ms: int | None) -> Outcome:
+        """Close ``items`` (id, status read before, new status, fields, notification kind) in
+        one step with the batch's audit ``events``. ``retry`` (``extra`` = 1-based index) when
+        one of them moved: then nothing was written."""
+        keys = [self.deadlines, self.audit_stream, self.audit_head, self.outbox, *(self.req_key(i[0]) for i in items)]
+        args = [str(now_ms), events_arg(events), self.channel, "" if retention_ms is None else str(retention_ms),
+                orjson.dumps([[rid, st, to, orjson.dumps(f).decode(), kind] for rid, st, to, f, kind in items])]
+        return await self._run(self._close_batch, keys, args)
 
     async def suspension(self, engineer_id: str) -> dict | None:
         """The record of why ``engineer_id``'s break-glass right is suspended, or None."""

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from broker import audit
+from broker.context import build_context
 from broker.model import Proposal
-from broker.policy import proposal_context
 from broker.model import iso
 
 DEMO_AGENT = "demo-agent"
@@ -45,12 +45,11 @@ DEMO_PROPOSAL = {
 
 
 def _context(proposal: dict) -> dict:
-    return {
-        "confidence": int(proposal.get("confidence", 0) * 100), "duration_s": proposal["duration_s"],
-        "posture": "normal", "evidence_count": len(proposal.get("evidence", [])), "delegation_depth": 0,
-        "hour_utc": time.gmtime().tm_hour, "break_glass": False,
-        **proposal_context(Proposal.parse(proposal)),  # its tool, as the broker will show it to policy
-    }
+    return build_context(
+        confidence=int(proposal.get("confidence", 0) * 100), duration_s=proposal["duration_s"], posture="normal",
+        evidence_count=len(proposal.get("evidence", [])), delegation_depth=0, now=time.time(),
+        proposal=Proposal.parse(proposal),  # its tool, as the broker will show it to policy
+    )
 
 
 def demo_approver(ctx):

@@ -15,7 +15,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from broker.breakglass import BreakGlass
 from broker.directory import Approver
-from broker.errors import BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound
+from broker.errors import (BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover, NotFound,
+                           PolicyDenied)
 from broker.lifecycle import Lifecycle
 from broker.model import Request, check_request_id
 from broker.rules import POSTURES
@@ -31,6 +32,7 @@ class ErrorKind(enum.Enum):
     """How a desk should say a broker error: the class decides, never the text."""
 
     FORBIDDEN = "forbidden"
+    POLICY_DENIED = "policy_denied"  # the policies, deciding again, refused: the request was denied
     TOO_LATE = "too_late"
     UNCHANGED = "unchanged"
     NOT_FOUND = "not_found"
@@ -39,7 +41,10 @@ class ErrorKind(enum.Enum):
 
 
 def error_kind(e: BrokerError) -> ErrorKind:
-    """The kind of a broker error (a DeadlinePassed is a Conflict, but the request did change)."""
+    """The kind of a broker error (a DeadlinePassed is a Conflict, but the request did change;
+    a PolicyDenied is a Forbidden, but the request was denied by it)."""
+    if isinstance(e, PolicyDenied):
+        return ErrorKind.POLICY_DENIED
     if isinstance(e, (NotApprover, Forbidden)):
         return ErrorKind.FORBIDDEN
     if isinstance(e, DeadlinePassed):

@@ -41,6 +41,7 @@ def error_text(e: BrokerError) -> str:
 
 _ERROR_TEXT = {
     ErrorKind.FORBIDDEN: ":no_entry: You may not do that: {detail}",
+    ErrorKind.POLICY_DENIED: ":no_entry_sign: Denied by policy: {detail}",
     ErrorKind.TOO_LATE: ":hourglass: Too late: {detail}",
     ErrorKind.UNCHANGED: ":information_source: Nothing changed: {detail}",
     ErrorKind.NOT_FOUND: ":mag: {detail}",

@@ -50,6 +50,7 @@ def error_answer(e: BrokerError) -> Answer:
 
 _ERROR_TEXT = {
     ErrorKind.FORBIDDEN: "You may not do that: {detail}",
+    ErrorKind.POLICY_DENIED: "Denied by policy: {detail}",
     ErrorKind.TOO_LATE: "Too late: {detail}",
     ErrorKind.UNCHANGED: "Nothing changed: {detail}",
     ErrorKind.NOT_FOUND: "{detail}",

@@ -295,13 +295,20 @@ class Client:
         """Collect the token of an approved request (once). With DPoP on, the token is
         bound to this agent's key and ``token.headers()`` adds the proofs. Raises
         :class:`Expired` when the collection came after the broker's deadline (the request
-        expired then and there)."""
+        expired then and there), and :class:`Denied` (``by`` = ``policy``, the policy ids)
+        when the policies, deciding again at collection, no longer permit it."""
         request_id = grant.request_id if isinstance(grant, Grant) else grant
         try:
             body = await self._send("POST", f"/v1/escalations/{request_id}/token", dpop=True, safe=False)
         except Conflict as exc:
             if exc.code == "deadline-passed":
                 raise Expired(exc.detail, request_id=request_id, status="expired", escalation=None) from exc
+            raise
+        except ApiError as exc:
+            if exc.code == "policy-denied":  # the policies, deciding again at collection, refused it
+                problem = exc.body if isinstance(exc.body, dict) else {}
+                policies = [p for p in problem.get("policies") or () if isinstance(p, str)]
+                raise Denied(exc.detail, policies, by="policy", request_id=request_id) from exc
             raise
         return Token(body, request_id, self._dpop_key)
 

@@ -62,12 +62,43 @@ local function grant_ended(outbox_key, req, id)
              'aud', aud, 'status', st, 'by', g[5] or '', 'reason', g[6] or '', 'at', tostring(now))
 end
 
+-- Per-agent grant indexes (issue 16, item 2): the set of the agent's active grants, the
+-- same per environment (the request's 'env', recorded at submit), and the grants it
+-- collected by time (trimmed to the last hour). Kept true from the request's status as a
+-- script left it: outbox() calls this for every change it is given the request key of (as
+-- it tells Shared Signals), so every script that changes a request and queues its notice
+-- keeps the index with no code of its own; the scripts that queue no per-request notice
+-- (the sweep's batch expiry, break-glass creation) call it themselves. Idempotent: policy
+-- context counts with SCARD/ZCOUNT, never a scan. The key prefix is the request key's,
+-- without '{req:<id>}'.
+local function index_grant(req, id)
+  local g = redis.call('HMGET', req, 'agent', 'env', 'status')
+  local agent, env, st = g[1], g[2], g[3]
+  if not agent or not st then return end
+  local p = string.sub(req, 1, #req - #id - 6) .. 'agent:' .. agent .. ':'
+  if st == 'active' then
+    redis.call('SADD', p .. 'active', id)
+    if env and env ~= '' then redis.call('SADD', p .. 'active:' .. env, id) end
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', p .. 'collected', 'NX', now, id)
+    redis.call('ZREMRANGEBYSCORE', p .. 'collected', '-inf', now - 3600000)
+    redis.call('PEXPIRE', p .. 'collected', 3600000)
+  else
+    redis.call('SREM', p .. 'active', id)
+    if env and env ~= '' then redis.call('SREM', p .. 'active:' .. env, id) end
+  end
+end
+
 -- The notification outbox: desks are told about the change by whichever broker
 -- consumes the entry (at least once, even if this process dies right now).
 -- A kind starting with '?' is queued only if people were shown the request (a desk posted
 -- it, or it is break-glass): a grant policy gave at once has no message to keep in step.
 local function outbox(stream, id, kind, req)
-  if req then grant_ended(stream, req, id) end
+  if req then
+    grant_ended(stream, req, id)
+    index_grant(req, id)
+  end
   if kind:sub(1, 1) == '?' then
     if req and redis.call('HEXISTS', req, 'messages') == 0 and redis.call('HGET', req, 'break_glass') ~= '1' then
       return
@@ -131,3 +162,4 @@ local function past_deadline(req, now_ms)
   local due = tonumber(redis.call('HGET', req, 'deadline_ms'))
   return due ~= nil and due <= now_ms
 end
+

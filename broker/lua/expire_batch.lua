@@ -21,6 +21,7 @@ for i, item in ipairs(items) do
   redis.call('HSET', key, 'status', 'expired', 'closed_at', ARGV[6], 'closed_by', 'scheduler',
              'close_reason', item[3], 'deadline_ms', '')
   redis.call('HINCRBY', key, 'version', 1)
+  if item[2] == 'active' then index_grant(key, item[1]) end
   if ARGV[4] ~= '' then redis.call('PEXPIRE', key, ARGV[4]) end
   ids[#ids + 1] = item[1]
   if watched(key, clock) then lines[#lines + 1] = item[1] .. ' expired' end

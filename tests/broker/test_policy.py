@@ -12,6 +12,7 @@ import pytest
 from broker import policy as policy_module
 from broker.directory import Approver, Directory, Target
 from broker.errors import InvalidRequest, PolicyError
+from broker.context import build_context
 from broker.policy import Decision, PolicyGate, PrincipalInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +27,11 @@ namespace Jitgate {
   entity Target in [Env] = { name: String, sensitivity?: String };
   type Proposal = {
     confidence: Long, duration_s: Long, posture: String, evidence_count: Long,
-    delegation_depth: Long, hour_utc: Long, break_glass: Bool,
+    delegation_depth: Long, hour_utc: Long, break_glass: Bool, stage: String,
+    approval_count: Long, approval_groups: Set<String>, approval_people: Set<String>,
+    approval_desks: Set<String>, approval_first_at: Long, approval_last_at: Long,
+    seconds_since_first_approval: Long, seconds_since_last_approval: Long, seconds_since_approved: Long,
+    agent_grants_active: Long, agent_grants_active_env: Long, agent_grants_last_hour: Long,
   };
   action "changes";
   action "read" appliesTo { principal: [Agent, Approver], resource: [Target], context: Proposal };
@@ -56,10 +61,8 @@ def directory() -> Directory:
 
 
 def ctx(**overrides) -> dict:
-    base = {
-        "confidence": 80, "duration_s": 600, "posture": "normal", "evidence_count": 1,
-        "delegation_depth": 0, "hour_utc": 12, "break_glass": False,
-    }
+    base = build_context(confidence=80, duration_s=600, posture="normal", evidence_count=1, delegation_depth=0,
+                         now=12 * 3600)
     base.update(overrides)
     return base
 
@@ -373,8 +376,14 @@ def test_json_schema_is_accepted(tmp_path):
             "principalTypes": ["Agent"], "resourceTypes": ["Target"],
             "context": {"type": "Record", "attributes": {
                 **{k: {"type": "Long"} for k in ("confidence", "duration_s", "evidence_count",
-                                                  "delegation_depth", "hour_utc")},
-                "posture": string, "break_glass": {"type": "Boolean"}}}}}},
+                                                  "delegation_depth", "hour_utc", "approval_count",
+                                                  "approval_first_at", "approval_last_at",
+                                                  "seconds_since_first_approval", "seconds_since_last_approval",
+                                                  "seconds_since_approved", "agent_grants_active",
+                                                  "agent_grants_active_env", "agent_grants_last_hour")},
+                **{k: {"type": "Set", "element": string} for k in ("approval_groups", "approval_people",
+                                                                   "approval_desks")},
+                "posture": string, "stage": string, "break_glass": {"type": "Boolean"}}}}}},
     }})
     gate = make_gate(tmp_path, {"s.cedarschema.json": json_schema, "p.cedar":
                                 '@id("r") @approvals("0") permit(principal, action == Jitgate::Action::"read", resource);'})

@@ -4,6 +4,10 @@ to Cedar (context.tool, context.dataset, context.arguments), hashed, and put in 
 
 from __future__ import annotations
 
+import time
+
+from broker.context import build_context
+
 import hashlib
 
 import jwt
@@ -169,8 +173,8 @@ def test_decimal_arguments_compare_in_cedar(tmp_path):
     (d / "a.cedar").write_text('@id("cents") @approvals("0") permit(principal, action, resource) '
                                'when { context.arguments.amount.lessThan(decimal("500.0")) };')
     gate = PolicyGate.load(d, Directory(), [])
-    base = {"confidence": 90, "duration_s": 60, "posture": "normal", "evidence_count": 1, "delegation_depth": 0,
-            "hour_utc": 12, "break_glass": False}
+    base = build_context(confidence=90, duration_s=60, posture="normal", evidence_count=1, delegation_depth=0,
+                         now=time.time())
 
     def decide(amount):
         p = Proposal.parse({"action": "refund", "target": "t", "justification": "j", "duration_s": 60,
@@ -181,7 +185,8 @@ def test_decimal_arguments_compare_in_cedar(tmp_path):
 
 
 def test_a_schema_from_before_these_keys_still_decides(tmp_path):
-    """A custom schema whose context type lacks tool/dataset/arguments keeps working (they are left out)."""
+    """A custom schema whose context type lacks tool/dataset/arguments, and the approval state and
+    use of issue 16 item 2, keeps working (they are left out)."""
     d = tmp_path / "p"
     d.mkdir()
     (d / "s.cedarschema").write_text("""namespace Jitgate { entity Team; entity Agent in [Team] = {owner: String, team: String};
@@ -192,6 +197,6 @@ def test_a_schema_from_before_these_keys_still_decides(tmp_path):
     (d / "a.cedar").write_text('@id("ok") @approvals("0") permit(principal, action, resource);')
     gate = PolicyGate.load(d, Directory(), [])
     p = Proposal.parse({"action": "deploy", "target": "t", "justification": "j", "duration_s": 60, "tool": "kubectl"})
-    ctx = {"confidence": 90, "duration_s": 60, "posture": "normal", "evidence_count": 1, "delegation_depth": 0,
-           "hour_utc": 12, "break_glass": False, **proposal_context(p)}
+    ctx = build_context(confidence=90, duration_s=60, posture="normal", evidence_count=1, delegation_depth=0,
+                        now=time.time(), proposal=p)
     assert gate.decide(agent_id="a", action="deploy", target="t", context=ctx).outcome == "auto_grant"

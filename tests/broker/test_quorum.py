@@ -4,6 +4,10 @@ once, never the agent's owner."""
 
 from __future__ import annotations
 
+import time
+
+from broker.context import build_context
+
 import asyncio
 import shutil
 from pathlib import Path
@@ -171,8 +175,8 @@ def test_approvals_from_does_not_mix_with_approvals_or_approver_group(tmp_path, 
 
 
 def _decide(gate: PolicyGate) -> Decision:
-    ctx = {"confidence": 90, "duration_s": 60, "posture": "normal", "evidence_count": 1, "delegation_depth": 0,
-           "hour_utc": 12, "break_glass": False}
+    ctx = build_context(confidence=90, duration_s=60, posture="normal", evidence_count=1, delegation_depth=0,
+                        now=time.time())
     return gate.decide(agent_id="a", action="x", target="t", context=ctx)
 
 

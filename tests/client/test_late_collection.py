@@ -45,3 +45,19 @@ async def test_other_conflicts_stay_conflicts():
     with pytest.raises(Conflict):
         await client.collect("r1")
     await client.aclose()
+
+
+async def test_a_collection_the_policies_refuse_raises_denied_naming_them():
+    """Issue 16, item 1: the broker's 403 policy-denied at collection (the policies, deciding
+    again, no longer permit the grant) is a Denied outcome by policy, with the policy ids."""
+    from broker.client import Denied
+
+    problem = {"type": "https://jitgate.dev/problems/policy-denied", "title": "Denied by policy", "status": 403,
+               "detail": "the policies no longer permit this (collect): denied by policy incident-freeze",
+               "policies": ["incident-freeze"], "stage": "collect"}
+    client = _client(_broker_answering(403, problem))
+    with pytest.raises(Denied) as caught:
+        await client.collect("r1")
+    assert caught.value.policy_ids == ["incident-freeze"] and caught.value.by == "policy"
+    assert caught.value.request_id == "r1" and "incident-freeze" in caught.value.reason
+    await client.aclose()

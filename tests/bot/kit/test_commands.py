@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import (BrokerError, Conflict, DeadlinePassed, Forbidden, InvalidRequest, NotApprover,
-                           NotFound)
+                           NotFound, PolicyDenied)
 
 from bot.kit import commands as kit
 
@@ -79,6 +79,7 @@ def test_errors_are_classified_by_class_with_the_deadline_before_the_conflict():
     assert kit.error_kind(NotApprover("x")) is kit.ErrorKind.FORBIDDEN
     assert kit.error_kind(Forbidden("x")) is kit.ErrorKind.FORBIDDEN
     assert kit.error_kind(DeadlinePassed("x")) is kit.ErrorKind.TOO_LATE
+    assert kit.error_kind(PolicyDenied("x")) is kit.ErrorKind.POLICY_DENIED  # a Forbidden, but the request was denied
     assert kit.error_kind(Conflict("x")) is kit.ErrorKind.UNCHANGED
     assert kit.error_kind(NotFound("x")) is kit.ErrorKind.NOT_FOUND
     assert kit.error_kind(InvalidRequest("x")) is kit.ErrorKind.INVALID

@@ -92,3 +92,23 @@ async def test_posture_is_for_the_security_group(slack):
     assert "*incident*" in (await slack.answer("U0BOB", 2))["text"]
     r = await slack.h.propose()
     assert r.json()["status"] == "denied" and "incident-freeze" in r.json()["decision"]["policies"]
+
+
+async def test_posture_incident_from_slack_ends_what_policy_no_longer_permits_and_updates_the_messages(slack):
+    """Issue 16, item 1: security sets the posture to incident with /jit; the policies decide
+    every open request again, so a pending request and an approved one are denied by policy
+    (incident-freeze) and their Slack messages say so, through the outbox like any denial."""
+    pending = await slack.propose()
+    approved = await slack.propose()
+    refs = {rid: await slack.message_ref(rid) for rid in (pending, approved)}
+    await slack.click("U0BOB", APPROVE, approved)
+    await slack.click("U0ERIN", APPROVE, approved)
+    await slack.status(approved, "approved")
+    await _jit(slack, "U0CAROL", "posture incident")
+    assert "now *incident*" in (await slack.answer("U0CAROL"))["text"]
+    for rid in (pending, approved):
+        req = await slack.status(rid, "denied")
+        assert req.denial["by"] == "policy" and req.denial["policies"] == ["incident-freeze"]
+        await slack.fake.wait_for(lambda rid=rid: "Denied by policy" in slack.message_text(refs[rid])
+                                  and "incident-freeze" in slack.message_text(refs[rid]),
+                                  what="message shows the denial by policy")
