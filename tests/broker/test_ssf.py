@@ -267,6 +267,28 @@ async def test_the_kill_switch_signals_every_grant_it_revokes(ssf):
     assert len((await _poll(ssf, sid))["sets"]) == 3  # nothing for the pending request
 
 
+async def test_the_incident_scenario_reaches_subscribed_resource_servers_within_a_second(ssf):
+    """Issue 16 "done when": after the posture turns to incident (the fixture policies forbid
+    changes in it), an already active token is revoked by the policies deciding again, and the
+    resource servers following the Shared Signals stream learn it within a second, told it was
+    the policy (initiating_entity "policy") and why."""
+    sid = (await _create(ssf)).json()["stream_id"]
+    rid = (await ssf.propose("ops-bot", action="restart", target="prod/payments-api", duration_s=300)).json()["id"]
+    await ssf.approve(rid, "erin")
+    token = (await ssf.collect(rid, "ops-bot")).json()["access_token"]
+    jti = jose_jwt.decode(token, await _keys(ssf)).claims["jti"]
+    assert (await ssf.introspect(token)).json()["active"] is True
+    started = asyncio.get_running_loop().time()
+    await ssf.life.set_posture("incident", ssf.approver("carol"), channel="cli")
+    sets = await _poll_until(ssf, sid, timeout=1.0)
+    assert asyncio.get_running_loop().time() - started < 1.0 and len(sets) == 1
+    claims = _decode_set(next(iter(sets.values())), await _keys(ssf))
+    event = claims["events"][CAEP_SESSION_REVOKED]
+    assert claims["sub_id"]["jti"] == jti and event["initiating_entity"] == "policy"
+    assert "incident-freeze" in event["reason_admin"]["en"]
+    assert (await ssf.introspect(token)).json() == {"active": False}
+
+
 async def test_an_acknowledged_set_is_not_sent_again_an_unacknowledged_one_is(ssf):
     """RFC 8936 section 2.4: SETs stay available until acknowledged ("ack"), then are gone."""
     sid = (await _create(ssf)).json()["stream_id"]
