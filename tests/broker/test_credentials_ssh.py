@@ -122,6 +122,42 @@ async def test_a_grant_on_an_ssh_target_gets_a_certificate_revoked_at_completion
         await h.stop()
 
 
+async def test_a_certificate_issued_before_a_crash_goes_into_the_krl(tmp_path, redis_url, prefix, redis):
+    """Issue 17, item 5 "after a crash between issuing and recording", for SSH: nothing lists the
+    certificates in a target system, so the record is written before the certificate exists;
+    one whose collection was never recorded (the broker died in between) is put into the KRL by
+    the settle job once the collection's grace has passed, and the grant stays collectable."""
+    from broker.credentials.service import ISSUE_GRACE_S
+
+    doc = yaml.safe_load((FIXTURES / "targets.yaml").read_text())
+    doc["targets"].append({"id": TARGET, "env": "staging", "credential": config(tmp_path, actions={
+        "read": {"principals": [USER]}})})
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
+    settings = make_settings(tmp_path, redis_url, prefix, targets_file=tmp_path / "targets.yaml",
+                             credential_settle_s=3600.0)
+    h = Harness(settings, write_agents(settings.agents_file), ManualClock())
+    await h.start()
+    try:
+        rid = (await h.propose(action="read", target=TARGET, duration_s=300)).json()["id"]
+        # The collection's first half, as a broker killed right after it would leave it: the
+        # certificate was issued and handed to nobody, the collection never recorded.
+        issued = await h.broker.credentials.issue(rid, "deploy-bot", "read", TARGET, int(h.clock.now()) + 300)
+        cert = tmp_path / "orphan-cert.pub"
+        cert.write_text(issued.secret["certificate"] + "\n")
+        assert await h.broker.credentials.settle() == 0  # within the grace: perhaps being collected
+        assert not (tmp_path / "jitgate.krl").exists() or not revoked(tmp_path / "jitgate.krl", cert)
+        h.clock.advance(ISSUE_GRACE_S + 1)
+        assert await h.broker.credentials.settle() == 1
+        assert revoked(tmp_path / "jitgate.krl", cert)
+        assert (await h.status(rid)).json()["status"] == "approved"  # still collectable
+        again = (await h.collect(rid)).json()["credential"]
+        fresh = tmp_path / "fresh-cert.pub"
+        fresh.write_text(again["certificate"] + "\n")
+        assert not revoked(tmp_path / "jitgate.krl", fresh)
+    finally:
+        await h.stop()
+
+
 @pytest.fixture
 def sshd(tmp_path):
     if not Path(SSHD).exists():
