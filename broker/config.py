@@ -248,6 +248,8 @@ class Settings:
     # in Redis shared by the replicas; 0: no limit). Over it: 429 with Retry-After, nobody asked.
     agent_proposals_per_min: int = 10
     target_proposals_per_min: int = 30
+    # At most this many requests of one agent wait for people at once (0: no limit).
+    max_open_per_agent: int = 10
     # Denial memory (issue 19, item 2): after a person denies, the same action on the same
     # target is denied at once for this long (0: off), for the same agent and the agents of its
     # delegation chain ("agent"), or for every agent of the same owner ("owner").
@@ -343,6 +345,7 @@ class Settings:
             credential_reconcile_s=max(1.0, _float(env, "JITGATE_CREDENTIAL_RECONCILE_S", 300.0)),
             agent_proposals_per_min=_int(env, "JITGATE_AGENT_PROPOSALS_PER_MIN", 10, 0, 100000),
             target_proposals_per_min=_int(env, "JITGATE_TARGET_PROPOSALS_PER_MIN", 30, 0, 100000),
+            max_open_per_agent=_int(env, "JITGATE_MAX_OPEN_PER_AGENT", 10, 0, 100000),
             denial_cooldown_s=_int(env, "JITGATE_DENIAL_COOLDOWN_S", 1800, 0, 30 * 86400),
             denial_memory_scope=_choice(env, "JITGATE_DENIAL_MEMORY_SCOPE", ("agent", "owner"), "agent"),
             dedupe=_bool(env, "JITGATE_DEDUPE", True),

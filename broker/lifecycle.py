@@ -46,6 +46,8 @@ log = logging.getLogger("jitgate.lifecycle")
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_REASON = 500
+# Retry-After for a proposal refused because the agent has too many requests waiting already.
+OPEN_RETRY_S = 60
 # How many repeats of a pending request that said something new are kept on it.
 MAX_REPEATS_KEPT = 5
 # Who denied a proposal that repeated one a person had just denied (issue 19, item 2).
@@ -341,6 +343,11 @@ class Lifecycle:
         buckets, or is refused with 429 before anything is stored or anyone asked (issue 19,
         item 4: an agent retrying in a loop must not flood the approvers)."""
         s = self.settings
+        if s.max_open_per_agent and await self.store.open_requests(agent.id) >= s.max_open_per_agent:
+            self._count("rate_limited", scope="open")
+            raise RateLimited(f"agent {agent.id} already has {s.max_open_per_agent} requests waiting for people; "
+                              "nobody was asked. Withdraw one, wait for a decision, or retry later",
+                              retry_after=OPEN_RETRY_S, scope="open")
         if not (s.agent_proposals_per_min or s.target_proposals_per_min):
             return
         wait_ms, which = await self.store.take_proposal_token(

@@ -610,6 +610,18 @@ class Store:
             return 0
         return int(await self._read(self._stamp, [self.req_key(r) for r in request_ids], [str(epoch)]))
 
+    async def open_requests(self, agent_id: str) -> int:
+        """How many of the agent's requests wait for people now (the index the scripts keep,
+        with members that are no longer pending dropped)."""
+        key = self.agent_key(agent_id, "pending")
+        members = [m.decode() if isinstance(m, bytes) else m for m in await self._read("SMEMBERS", key)]
+        if not members:
+            return 0
+        stale = [rid for rid, (status, _, _) in zip(members, await self.statuses(members)) if status != "pending"]
+        if stale:
+            await self._read("SREM", key, *stale)
+        return len(members) - len(stale)
+
     def agent_key(self, agent_id: str, name: str) -> str:
         """A per-agent grant index (``active``, ``active:<env>``, ``collected``)."""
         return f"{self.prefix}agent:{agent_id}:{name}"

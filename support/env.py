@@ -27,6 +27,7 @@ def jitgate_env(tmp: Path, prefix: str, kek: str, redis_url: str | None, **extra
         # their own tests (tests/broker/test_rate_limits.py) and would only turn load into 429s.
         JITGATE_AGENT_PROPOSALS_PER_MIN="0",
         JITGATE_TARGET_PROPOSALS_PER_MIN="0",
+        JITGATE_MAX_OPEN_PER_AGENT="0",
     )
     if redis_url:
         env["REDIS_URL"] = redis_url

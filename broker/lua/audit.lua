@@ -76,6 +76,10 @@ local function index_grant(req, id)
   local agent, env, st = g[1], g[2], g[3]
   if not agent or not st then return end
   local p = string.sub(req, 1, #req - #id - 6) .. 'agent:' .. agent .. ':'
+  -- The agent's requests waiting for people (issue 19, item 4: at most so many at once). A
+  -- script that moves a request on without its key here leaves a stale member, which the
+  -- reader drops (Store.open_requests).
+  if st == 'pending' then redis.call('SADD', p .. 'pending', id) else redis.call('SREM', p .. 'pending', id) end
   if st == 'active' then
     redis.call('SADD', p .. 'active', id)
     if env and env ~= '' then redis.call('SADD', p .. 'active:' .. env, id) end

@@ -15,6 +15,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[7], 'version', 1)
 set_deadline(KEYS[2], ARGV[1], KEYS[1], ARGV[4])
 if ARGV[6] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[5]) end
 if ARGV[8] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
-outbox(KEYS[6], ARGV[1], ARGV[9])
+outbox(KEYS[6], ARGV[1], ARGV[9], KEYS[1])
 if ARGV[10] ~= '' then redis.call('ZADD', KEYS[7], ARGV[10], ARGV[1]) end
 return {'ok', ARGV[1], '', redis.call('HGETALL', KEYS[1])}

@@ -120,3 +120,26 @@ def test_a_bad_limit_refuses_start_up(value):
     base = {"JITGATE_ISSUER": "https://j.example", "JITGATE_KEY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()}
     with pytest.raises(ConfigError, match="JITGATE_AGENT_PROPOSALS_PER_MIN"):
         Settings.from_env({**base, "JITGATE_AGENT_PROPOSALS_PER_MIN": value})
+
+
+async def test_no_more_than_so_many_requests_of_one_agent_wait_for_people(tmp_path, redis_url, prefix, redis):
+    """Requirement (issue 19, item 4): no approver channel ever shows more than a configured
+    number of open requests from one agent; a decided, withdrawn or approved one frees a place."""
+    h = await _harness(tmp_path, redis_url, prefix, max_open_per_agent=2, agent_proposals_per_min=0,
+                       target_proposals_per_min=0)
+    try:
+        first = (await h.propose()).json()["id"]
+        second = (await h.propose(action="restart", duration_s=300)).json()["id"]
+        r = await h.propose(action="rollback")
+        assert r.status_code == 429 and r.json()["scope"] == "open" and int(r.headers["Retry-After"]) > 0
+        assert "already has 2 requests waiting" in r.json()["detail"]
+        assert (await h.propose("ops-bot", action="rollback")).status_code == 201  # another agent's own count
+        assert (await h.client.delete(f"/v1/escalations/{first}", headers=h.auth("deploy-bot"))).status_code == 200
+        third = await h.propose(action="rollback")
+        assert third.status_code == 201 and third.json()["status"] == "pending"
+        assert (await h.propose(action="restart", dataset="x")).status_code == 429  # full again
+        await h.approve(second, "bob")  # approved: no longer waiting for people
+        r = await h.propose(action="deploy", dataset="orders")
+        assert r.status_code == 201 and r.json()["status"] == "pending", r.text
+    finally:
+        await h.stop()

@@ -89,6 +89,7 @@ def make_settings(tmp: Path, redis_url: str, prefix: str, **overrides) -> Settin
         # dozens of requests for one target within a minute of the manual clock.
         agent_proposals_per_min=0,
         target_proposals_per_min=0,
+        max_open_per_agent=0,
         # Off unless a test turns it on (tests/broker/test_dedupe.py, tests/bot/slack/test_dedupe.py):
         # many tests propose the same task several times to get several requests.
         dedupe=False,
