@@ -417,13 +417,7 @@ def _appended_text(existing: str, data: dict, entry: dict) -> str:
         candidates += [head + _indent(block, n) + tail for n in (0, 2, 4)]
     base = existing if not existing or existing.endswith("\n") else existing + "\n"
     candidates += [base + "agents:\n" + _indent(block, n) for n in (2, 0)]
-    for text in candidates:
-        try:
-            if load_yaml(text, "candidate") == expected:
-                return text
-        except ConfigError:
-            continue
-    return _dump(expected)
+    return _first_faithful(candidates, expected)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -535,13 +529,7 @@ def _disabled_text(existing: str, agent_id: str, disabled: bool, expected: dict)
                     k, v = pairs["id"]
                     candidates.append(existing[: v.end_mark.index] + "\n" + " " * k.start_mark.column
                                       + f"disabled: {word}" + existing[v.end_mark.index:])
-    for text in candidates:
-        try:
-            if load_yaml(text, "candidate") == expected:
-                return text
-        except ConfigError:
-            continue
-    return _dump(expected)
+    return _first_faithful(candidates, expected)
 
 
 def add_resource_server(path: Path, *, id: str, public_jwk: dict, audiences: Iterable[str] | None = None) -> ResourceServer:  # noqa: F811 - the JWK, not the helper
@@ -593,3 +581,15 @@ def spiffe_id_problem(value: Any) -> str | None:
 def trust_domain_of(spiffe_id: str) -> str:
     """The trust domain of a well-formed SPIFFE id."""
     return spiffe_id[len(SPIFFE_SCHEME):].split("/", 1)[0]
+
+
+def _first_faithful(candidates: list[str], expected: object) -> str:
+    """The first edited text that reads back as ``expected`` (keeping the file's comments and
+    layout), else ``expected`` dumped anew."""
+    for text in candidates:
+        try:
+            if load_yaml(text, "candidate") == expected:
+                return text
+        except ConfigError:
+            continue
+    return _dump(expected)

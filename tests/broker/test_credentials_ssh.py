@@ -98,8 +98,9 @@ async def test_early_revocation_goes_into_the_krl(tmp_path):
     assert await plugin.revoke("jitgate-gone-000000", '{"serial": 1, "valid_before": 1}') is False
 
 
-async def test_a_grant_on_an_ssh_target_gets_a_certificate_revoked_at_completion(tmp_path, redis_url, prefix, redis):
-    """Issue 17, items 1 and 4: collection returns the key and certificate; completion puts it in the KRL."""
+async def _ssh_harness(tmp_path, redis_url, prefix) -> Harness:
+    """A broker whose targets file adds an SSH target (read: a certificate for this user); the
+    settle job runs only when a test calls it."""
     doc = yaml.safe_load((FIXTURES / "targets.yaml").read_text())
     doc["targets"].append({"id": TARGET, "env": "staging", "credential": config(tmp_path, actions={
         "read": {"principals": [USER]}})})
@@ -107,7 +108,12 @@ async def test_a_grant_on_an_ssh_target_gets_a_certificate_revoked_at_completion
     settings = make_settings(tmp_path, redis_url, prefix, targets_file=tmp_path / "targets.yaml",
                              credential_settle_s=3600.0)
     h = Harness(settings, write_agents(settings.agents_file), ManualClock())
-    await h.start()
+    return await h.start()
+
+
+async def test_a_grant_on_an_ssh_target_gets_a_certificate_revoked_at_completion(tmp_path, redis_url, prefix, redis):
+    """Issue 17, items 1 and 4: collection returns the key and certificate; completion puts it in the KRL."""
+    h = await _ssh_harness(tmp_path, redis_url, prefix)
     try:
         rid = (await h.propose(action="read", target=TARGET, duration_s=300)).json()["id"]
         cred = (await h.collect(rid)).json()["credential"]
@@ -129,14 +135,7 @@ async def test_a_certificate_issued_before_a_crash_goes_into_the_krl(tmp_path, r
     the settle job once the collection's grace has passed, and the grant stays collectable."""
     from broker.credentials.service import ISSUE_GRACE_S
 
-    doc = yaml.safe_load((FIXTURES / "targets.yaml").read_text())
-    doc["targets"].append({"id": TARGET, "env": "staging", "credential": config(tmp_path, actions={
-        "read": {"principals": [USER]}})})
-    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
-    settings = make_settings(tmp_path, redis_url, prefix, targets_file=tmp_path / "targets.yaml",
-                             credential_settle_s=3600.0)
-    h = Harness(settings, write_agents(settings.agents_file), ManualClock())
-    await h.start()
+    h = await _ssh_harness(tmp_path, redis_url, prefix)
     try:
         rid = (await h.propose(action="read", target=TARGET, duration_s=300)).json()["id"]
         # The collection's first half, as a broker killed right after it would leave it: the
