@@ -569,31 +569,43 @@ def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, f
     """Which context keys added since the first release (:func:`_later_keys`: the approval
     state and use, :data:`PROPOSAL_CONTEXT_KEYS`) each action's context type declares.
 
-    cedarpy cannot list a type's attributes, so a request with every key is tried and each key
-    the type refuses as one that "should not exist" is dropped, until the request fits. A probe
-    that fails for another reason keeps the keys left (the real request then fails the same
-    way and is denied)."""
+    cedarpy cannot list a type's attributes, so requests are tried against the schema with an
+    empty policy set. Recent cedarpy names a key the type refuses ("should not exist"): it is
+    dropped and the request tried again until it fits. Older releases only say that the request
+    does not fit: then the generations of keys are tried, largest first (the approval state and
+    use, all or none; each subset of the proposal keys), and the first that fits is taken. When
+    nothing fits every key is kept (the real request then fails the same way and is denied)."""
     base = {"confidence": 0, "duration_s": 1, "posture": POSTURES[0], "evidence_count": 0, "delegation_depth": 0,
             "hour_utc": 0, "break_glass": False}
     later = _later_keys()
     empty = cedarpy.PolicySet.from_str("")
     entities = cedarpy.Entities.from_json_str("[]", schema)
+
+    def errors_of(action: str, keys: Iterable[str]) -> str | None:
+        resource = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
+        request = {"principal": _uid(AGENT, "probe"), "action": _uid(ACTION, action), "resource": _uid(resource, "probe"),
+                   "context": {**base, **{key: _probe_value(key) for key in keys}}}
+        try:
+            return " ".join(cedarpy.is_authorized(request, empty, entities, schema=schema).diagnostics.errors)
+        except Exception:  # noqa: BLE001 - a probe that cannot run decides nothing
+            return None
+
+    state_keys = [k for k in later if k not in PROPOSAL_CONTEXT_KEYS]
+    proposal_subsets = sorted((tuple(k for i, k in enumerate(PROPOSAL_CONTEXT_KEYS) if mask >> i & 1)
+                               for mask in range(2 ** len(PROPOSAL_CONTEXT_KEYS))), key=len, reverse=True)
     out: dict[str, frozenset[str]] = {}
     for action in actions:
-        resource = AGENT if action in AGENT_RESOURCE_ACTIONS else TARGET
-        context = {**base, **{key: _probe_value(key) for key in later}}
+        keys = list(later)
         for _ in range(len(later)):
-            request = {"principal": _uid(AGENT, "probe"), "action": _uid(ACTION, action),
-                       "resource": _uid(resource, "probe"), "context": context}
-            try:
-                errors = " ".join(cedarpy.is_authorized(request, empty, entities, schema=schema).diagnostics.errors)
-            except Exception:  # noqa: BLE001 - a probe that cannot run keeps the keys
+            errors = errors_of(action, keys)
+            refused = _REFUSED_KEY.search(errors or "")
+            if errors is None or refused is None or refused.group(1) not in keys:
                 break
-            refused = _REFUSED_KEY.search(errors)
-            if refused is None or refused.group(1) not in later or refused.group(1) not in context:
-                break
-            del context[refused.group(1)]
-        out[action] = frozenset(k for k in later if k in context)
+            keys.remove(refused.group(1))
+        if errors_of(action, keys) != "":
+            fitting = (list(state) + list(subset) for state in (state_keys, []) for subset in proposal_subsets)
+            keys = next((k for k in fitting if errors_of(action, k) == ""), list(later))
+        out[action] = frozenset(keys)
     return out
 
 
