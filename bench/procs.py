@@ -150,8 +150,10 @@ def broker_env(workdir: Path, redis_url: str, prefix: str, key: str, **extra: st
     """
     from support.env import jitgate_env  # noqa: PLC0415
 
+    # Dedupe off: the wake-up and revocation figures open many identical requests per agent on
+    # purpose (the same restart, to be approved one by one), which dedupe would merge into one.
     env = jitgate_env(workdir, prefix, key, redis_url, JITGATE_ISSUER=ISSUER, PYTHONUNBUFFERED="1",
-                      **{"JITGATE_METRICS_PUBLIC": "1", **extra})
+                      **{"JITGATE_METRICS_PUBLIC": "1", "JITGATE_DEDUPE": "false", **extra})
     env.pop("JITGATE_SWEEP_INTERVAL_S", None)
     return env
 
