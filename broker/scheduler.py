@@ -154,7 +154,8 @@ class Scheduler:
         if running:
             await asyncio.wait(running, timeout=10)
         try:
-            await self._release(keys=[self.lease_key], args=[self.holder])
+            if await self._release(keys=[self.lease_key], args=[self.holder]):
+                log.info("scheduler lease handed over (%s)", self.holder)
         except Exception:  # noqa: BLE001 - best effort; the lease times out anyway
             pass
 
