@@ -428,7 +428,8 @@ class Lifecycle:
         events = [
             event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
                   **received),
-            event("policy.decision", at, rid, None, **decision.to_dict(), context=context),
+            event("policy.decision", at, rid, None, **decision.to_dict(), context=context,
+                  **({"shadow": dict(decision.shadow)} if decision.shadow else {})),
         ]
         fields: dict[str, Any] = {
             "id": rid,

@@ -16,11 +16,12 @@ what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ class Decision:
     # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
     # for the plain form (``approvals_required`` from ``approver_group``).
     approvals_from: tuple[tuple[str, int], ...] | None = None
+    # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
+    # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
+    shadow: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def allowed(self) -> bool:
@@ -801,6 +805,10 @@ class PolicyGate:
         self._agents = tuple(agents)
         self._directory = directory
         self._state = _build_state(rules, self._agents, directory)
+        self._shadow: _Rules | None = None  # the shadow set (issue 23 item 2), never enforcing
+        self._shadow_seen: tuple | None = None
+        self.shadow_error: str | None = None
+        self.on_shadow: Callable[[Decision], None] | None = None  # told each disagreement (metrics)
 
     @classmethod
     def load(cls, policy_dir: Path, directory: Directory, agents: Iterable[PrincipalInfo]) -> "PolicyGate":
@@ -809,7 +817,9 @@ class PolicyGate:
         Raises :class:`PolicyError` naming the file (and line, for a parse error) when
         anything is wrong, including an empty folder: the broker must not start then.
         """
-        return cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate = cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate.reload_shadow_if_changed()
+        return gate
 
     # -- keeping the inputs current
 
@@ -850,6 +860,59 @@ class PolicyGate:
         """The actions the schema declares, or None when the folder has no schema."""
         return self._state.rules.actions
 
+    # -- the shadow set (issue 23 item 2)
+
+    def reload_shadow_if_changed(self) -> bool:
+        """(Re)load the shadow policies (``shadow/`` in the policy folder) when they or the
+        enforcing set changed. Never raises: a broken shadow set is logged, kept in
+        :attr:`shadow_error` and not evaluated; the enforcing set is never affected. True when
+        the shadow set in use changed."""
+        rules = self._state.rules
+        shadow_dir = rules.directory / SHADOW_DIR
+        seen = (rules.fingerprint, _dir_fingerprint(shadow_dir))
+        if seen == self._shadow_seen:
+            return False
+        self._shadow_seen = seen
+        try:
+            shadow = _load_shadow(shadow_dir, rules)
+        except PolicyError as exc:
+            log.error("shadow policies not loaded (the enforcing set is unaffected): %s", exc.detail)
+            self._shadow, self.shadow_error = None, exc.detail
+            return True
+        except Exception as exc:  # noqa: BLE001 - a shadow set never stops the broker
+            log.exception("shadow policies not loaded (the enforcing set is unaffected)")
+            self._shadow, self.shadow_error = None, f"{exc.__class__.__name__}: {exc}"
+            return True
+        if shadow is not None:
+            log.info("shadow policies loaded from %s: %s", shadow_dir, ", ".join(p.name for p in shadow.policies.values()))
+        self._shadow, self.shadow_error = shadow, None
+        return True
+
+    @property
+    def shadow_ids(self) -> tuple[str, ...]:
+        """The ids of the loaded shadow policies (empty without a shadow set)."""
+        shadow = self._shadow
+        return tuple(p.name for p in shadow.policies.values()) if shadow is not None else ()
+
+    def _beside(self, state: _State, shadow: _Rules, decision: Decision, agent_id: str, action: str, target: str,
+                context: Mapping[str, Any], approver_principal: str | None) -> Decision:
+        """``decision`` carrying what the shadow set decides where it differs; never changes the
+        decision itself and never raises."""
+        try:
+            shadow_state = dataclasses.replace(state, rules=dataclasses.replace(
+                shadow, schema=state.rules.schema, schema_file=state.rules.schema_file, actions=state.rules.actions,
+                proposal_keys=state.rules.proposal_keys))
+            other = self._evaluate(shadow_state, agent_id, action, target, context, approver_principal).decision
+            summary = shadow_summary(decision, other)
+            if summary is None:
+                return decision
+            decision = dataclasses.replace(decision, shadow=summary)
+            if self.on_shadow is not None:
+                self.on_shadow(decision)
+        except Exception:  # noqa: BLE001 - the shadow set never decides anything
+            log.exception("shadow evaluation failed for %s on %s", action, target)
+        return decision
+
     # -- deciding
 
     def decide(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
@@ -861,7 +924,12 @@ class PolicyGate:
         unexpected there is a deny. Raises :class:`PolicyError` for a malformed
         ``context`` and :class:`InvalidRequest` for malformed ids.
         """
-        return self._evaluate(self._state, agent_id, action, target, context, approver_principal).decision
+        state = self._state
+        decision = self._evaluate(state, agent_id, action, target, context, approver_principal).decision
+        shadow = self._shadow
+        if shadow is not None:
+            decision = self._beside(state, shadow, decision, agent_id, action, target, context, approver_principal)
+        return decision
 
     def explain(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                 approver_principal: str | None = None) -> dict:
@@ -1065,3 +1133,49 @@ def _combined_quorum(permits: list[_Policy], lead: _Policy) -> tuple[tuple[str, 
         for g, n in asked:
             counts[g] = max(counts.get(g, 0), n)
     return tuple(counts.items())
+
+
+# --------------------------------------------------------------------------- shadow policies (issue 23 item 2)
+
+SHADOW_DIR = "shadow"
+# What a disagreement is about: the outcome and the obligations people live with.
+COMPARED = ("outcome", "approvals_required", "approver_group", "max_duration_s")
+DEFAULT_DENY = "(default deny)"  # the "policy" of a decision no policy made
+
+
+def differences(enforcing: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The :data:`COMPARED` keys on which two decisions (``to_dict`` form) differ."""
+    return [k for k in COMPARED if enforcing.get(k) != other.get(k)]
+
+
+def shadow_summary(enforcing: Decision, shadow: Decision) -> dict | None:
+    """What the audit entry records of a shadow decision that differs from the enforcing one:
+    the shadow outcome, its obligations, the shadow policies that decided it and what differs;
+    None when they agree."""
+    mine, theirs = enforcing.to_dict(), shadow.to_dict()
+    differ = differences(mine, theirs)
+    if not differ:
+        return None
+    return {"outcome": shadow.outcome, "policies": list(shadow.policies),
+            "approvals_required": shadow.approvals_required, "approver_group": shadow.approver_group,
+            "max_duration_s": shadow.max_duration_s, "reason": _shorten(shadow.reason), "differs": differ}
+
+
+def _load_shadow(shadow_dir: Path, enforcing: _Rules) -> _Rules | None:
+    """The shadow set: the ``*.cedar`` files of ``shadow_dir``, checked as the enforcing set
+    is, and validated against the enforcing set's schema (the entities are shared); None when
+    there is no such folder or it holds no policy."""
+    if not shadow_dir.is_dir() or not any(shadow_dir.glob(_POLICY_GLOB)):
+        return None
+    shadow = _load_rules(shadow_dir)
+    if enforcing.schema is not None:
+        combined = "".join(_read_text(p) + "\n" for p in _policy_files(shadow_dir)[0])
+        result = cedarpy.validate_policies(combined, enforcing.schema)
+        if not result.validation_passed:
+            problems = []
+            for error in result.errors[:5]:
+                policy = shadow.policies.get(error.policy_id)
+                where = f"{policy.file}: policy {policy.name!r}" if policy else shadow_dir.name
+                problems.append(f"{where}: {_VALIDATION_PREFIX.sub('', error.error)}")
+            raise PolicyError(f"shadow policies do not validate against {enforcing.schema_file}: " + "; ".join(problems))
+    return shadow

@@ -117,13 +117,16 @@ def _closing(req: Request, decision: Decision, stage: str, at: str, now: float) 
     """(new status, fields, per-request audit event, notification kind) for closing ``req``."""
     reason = refusal(decision, stage)
     policies = list(decision.policies)
+    shadow = {"shadow": dict(decision.shadow)} if decision.shadow else {}  # issue 23 item 2
     if req.status == ACTIVE:
         fields = {"closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies)
+        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies,
+                   **shadow)
         return REVOKED, fields, ev, Kind.REVOKED
     denial = {"by": "policy", "reason": reason, "policies": policies, "at": at, "stage": stage}
     fields = {"denial": orjson.dumps(denial).decode(), "closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status)
+    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status,
+               **shadow)
     return DENIED, fields, ev, Kind.DENIED
 
 
@@ -195,7 +198,8 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                 to, fields, _ev, kind = _closing(req, d, "recheck", at, now)
                 items.append((req.id, req.status, to, fields, kind.value))
                 listed.append({"request_id": req.id, "type": "grant.revoked" if to == REVOKED else "request.denied",
-                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies)})
+                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies),
+                               **({"shadow": dict(d.shadow)} if d.shadow else {})})
             ev = event("requests.redecided", at, None, {"by": "policy"}, trigger=trigger, posture=posture, epoch=epoch,
                        requests=listed)
             out = await life.store.close_batch(items, [ev], int(now * 1000), life.retention_ms)
