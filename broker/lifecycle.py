@@ -232,7 +232,10 @@ class Lifecycle:
         now = self._now()
         posture, epoch, use = await redecide.state_for(self, req, now)
         ctx = redecide.context_for(self, req, stage, posture=posture, now=now, use=use, extra_approval=extra_approval)
-        return redecide.decide_again(self, req, ctx), epoch
+        decision = redecide.decide_again(self, req, ctx)
+        if decision.shadow and decision.outcome != "deny" and decision.shadow.get("outcome") == "deny":
+            await redecide.record_shadow(self, req, decision, stage, now)
+        return decision, epoch
 
     # ------------------------------------------------------------------ reminders
     async def remind_due(self, limit: int = 100) -> int:

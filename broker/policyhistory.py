@@ -5,8 +5,9 @@ and ``policy.decision`` (the decision, the policies that decided it, the full Ce
 ``context`` it was decided from, and ``shadow`` when the shadow set disagreed). From them:
 
 - :func:`shadow_report`: the requests where the shadow policies would have decided
-  otherwise (at submit, and at the re-decisions that closed a request: ``request.denied`` /
-  ``grant.revoked`` carry ``shadow`` too);
+  otherwise: at submit; at a re-decision that closed a request (``request.denied`` /
+  ``grant.revoked``, and each request of a ``requests.redecided`` batch, carry ``shadow``
+  too); at a re-decision the shadow set would have refused (``policy.shadow``);
 - :func:`replay`: every recorded proposal decided again by a candidate policy set, and what
   would change;
 - :func:`coverage`: how often each policy decided, and which never did.
@@ -129,25 +130,42 @@ async def shadow_report(redis, stream: str, since_ms: int) -> dict:
             total += 1
             if len(asked) > MAX_ROWS:
                 asked.pop(next(iter(asked)))
-        shadow = data.get("shadow") if isinstance(data, dict) else None
-        if not isinstance(shadow, dict):
+        if not isinstance(data, dict):
             continue
-        rid = str(body.get("request_id", ""))
-        origin = asked.get(rid)
-        if p is not None:
-            stage, enforcing = "submit", p.decision or {}
-        else:
-            stage, enforcing = str(data.get("stage") or "recheck"), {"outcome": "deny", "policies": []}
-        for policy in shadow.get("policies") or [DEFAULT_DENY]:
-            per_policy[str(policy)] += 1
-        if len(rows) < MAX_ROWS:
-            rows.append({"at": body.get("at"), "request_id": rid, "stage": stage,
-                         "agent": origin.agent if origin else None, "action": origin.action if origin else None,
-                         "target": origin.target if origin else None,
-                         "decision": {k: enforcing.get(k) for k in (*COMPARED, "policies")},
-                         "shadow": shadow})
+        if body.get("type") == "requests.redecided":  # the walk after a change: one entry per batch
+            for item in data.get("requests") or []:
+                if isinstance(item, dict) and isinstance(item.get("shadow"), dict):
+                    row = {"at": body.get("at"), "request_id": item.get("request_id"),
+                           "data": {"stage": "recheck", "shadow": item["shadow"]}}
+                    _shadow_row(row, None, asked, rows, per_policy)
+            continue
+        if isinstance(data.get("shadow"), dict):
+            _shadow_row({"at": body.get("at"), "request_id": body.get("request_id"), "data": data}, p, asked, rows,
+                        per_policy)
     return {"since_ms": since_ms, "decisions": total, "disagreements": len(rows), "by_policy": dict(per_policy),
             "requests": rows}
+
+
+def _shadow_row(body: dict, p: Proposed | None, asked: dict[str, Proposed], rows: list[dict],
+                per_policy: Counter[str]) -> None:
+    """Add one disagreement (``body``: ``at``, ``request_id``, ``data`` with ``shadow``) to the report."""
+    data = body["data"]
+    shadow = data["shadow"]
+    rid = str(body.get("request_id", ""))
+    origin = asked.get(rid)
+    if p is not None:
+        stage, enforcing = "submit", p.decision or {}
+    else:  # a re-decision: policy.shadow (it permitted) or the entry that closed the request
+        stage = str(data.get("stage") or "recheck")
+        enforcing = data["decision"] if isinstance(data.get("decision"), dict) else {"outcome": "deny", "policies": []}
+    for policy in shadow.get("policies") or [DEFAULT_DENY]:
+        per_policy[str(policy)] += 1
+    if len(rows) < MAX_ROWS:
+        rows.append({"at": body.get("at"), "request_id": rid, "stage": stage,
+                     "agent": origin.agent if origin else None, "action": origin.action if origin else None,
+                     "target": origin.target if origin else None,
+                     "decision": {k: enforcing.get(k) for k in (*COMPARED, "policies")},
+                     "shadow": shadow})
 
 
 def render_shadow(report: dict) -> str:

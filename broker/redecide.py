@@ -94,6 +94,19 @@ def decide_again(life: Lifecycle, req: Request, context: dict) -> Decision:
     return d
 
 
+async def record_shadow(life: Lifecycle, req: Request, decision: Decision, stage: str, now: float) -> None:
+    """Record that the shadow policies would have refused ``req`` at ``stage`` where the
+    enforcing ones permit it (issue 23 item 2): a ``policy.shadow`` entry that changes nothing.
+    (A refusal the shadow set would not have made is in the closing entry's ``shadow``.) Best
+    effort: a failure to record is logged, never turned into a different outcome."""
+    try:
+        await life.store.append([event("policy.shadow", iso(now), req.id, None, stage=stage,
+                                       decision={"outcome": decision.outcome, "policies": list(decision.policies)},
+                                       shadow=dict(decision.shadow or {}))])
+    except Exception:  # noqa: BLE001 - the shadow set never changes what happens to a request
+        log.exception("could not record the shadow decision on %s", req.id)
+
+
 def refusal(decision: Decision, stage: str) -> str:
     """The reason the agent reads when a step's decision refuses what was allowed before."""
     return f"the policies no longer permit this ({stage}): {decision.reason}"[:500]

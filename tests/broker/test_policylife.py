@@ -284,3 +284,34 @@ async def test_policy_commands_from_the_cli(tmp_path, redis_url, prefix, redis):
     assert reviewed.returncode == 0 and "recorded by carol" in reviewed.stdout
     bad = run_cli(env, "policy", "coverage", "--since", "soon")
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+async def test_shadow_disagreements_at_redecisions_are_recorded_without_changing_them(tmp_path, redis_url, prefix, redis):
+    """Issue 23 item 2, the re-decisions (issue 16): at an approval the shadow set would refuse,
+    a ``policy.shadow`` entry records it and the approval counts; when the walk after a posture
+    change refuses the request (incident freeze) and the shadow set would not, the walk's entry
+    carries ``shadow``; both are in the report with their stage."""
+    shadow = """
+@id("shadow-restart") @approvals("1") @approver_group("sre") @max_duration("300")
+permit(principal, action == Jitgate::Action::"restart", resource in Jitgate::Env::"prod")
+when { context.stage != "approval" };
+"""
+    h = await _harness(tmp_path, redis_url, prefix, _policies(tmp_path, shadow))
+    try:
+        rid = (await h.propose("ops-bot", action="restart", duration_s=300)).json()["id"]
+        await h.approve(rid, "erin")
+        assert (await h.life.get(rid)).status == "approved"  # the shadow refusal changed nothing
+        await h.life.set_posture("incident", h.approver("carol"), channel="cli")  # the walk denies it
+        assert (await h.life.get(rid)).status == "denied"
+        audit = await _audit(h)
+        by_type = {e["type"]: e for e in audit if e.get("request_id") == rid}
+        assert "shadow" not in by_type["policy.decision"]["data"]  # agreed at submit
+        assert by_type["policy.shadow"]["data"]["stage"] == "approval"
+        assert by_type["policy.shadow"]["data"]["shadow"]["outcome"] == "deny"
+        (walk,) = [e for e in audit if e["type"] == "requests.redecided"]
+        assert walk["data"]["requests"][0]["shadow"]["outcome"] == "require_approval"
+        report = await shadow_report(h.broker.redis, h.broker.store.audit_stream, 0)
+        assert [(r["stage"], r["decision"]["outcome"], r["shadow"]["outcome"], r["agent"]) for r in report["requests"]] \
+            == [("approval", "require_approval", "deny", "ops-bot"), ("recheck", "deny", "require_approval", "ops-bot")]
+    finally:
+        await h.stop()
