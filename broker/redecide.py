@@ -100,7 +100,7 @@ async def record_shadow(life: Lifecycle, req: Request, decision: Decision, stage
     (A refusal the shadow set would not have made is in the closing entry's ``shadow``.) Best
     effort: a failure to record is logged, never turned into a different outcome."""
     try:
-        await life.store.append([event("policy.shadow", iso(now), req.id, None, stage=stage,
+        await life.store.append([event("policy.shadow", str(iso(now)), req.id, None, stage=stage,
                                        decision={"outcome": decision.outcome, "policies": list(decision.policies)},
                                        shadow=dict(decision.shadow or {}))])
     except Exception:  # noqa: BLE001 - the shadow set never changes what happens to a request
