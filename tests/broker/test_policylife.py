@@ -315,3 +315,32 @@ when { context.stage != "approval" };
             == [("approval", "require_approval", "deny", "ops-bot"), ("recheck", "deny", "require_approval", "ops-bot")]
     finally:
         await h.stop()
+
+
+def test_shadow_policies_are_validated_against_the_enforcing_schema(tmp_path):
+    """Issue 23 item 2: with a schema, a shadow policy the schema refuses is reported (naming file
+    and policy) and not evaluated; a valid one decides beside the shipped set with its schema."""
+    from broker.context import build_context
+    from broker.directory import Directory
+
+    root = FIXTURES.parent.parent
+    policies = tmp_path / "policies"
+    shutil.copytree(root / "policies", policies)
+    (policies / "shadow").mkdir()
+    (policies / "shadow" / "next.cedar").write_text(
+        '@id("s-bad") permit(principal, action, resource) when { context.nonsense == 1 };')
+    gate = PolicyGate.load(policies, Directory.load(root / "examples" / "approvers.yaml",
+                                                    root / "examples" / "targets.yaml"), [])
+    assert gate.shadow_ids == () and "next.cedar: policy 's-bad'" in (gate.shadow_error or "")
+    context = build_context(confidence=90, duration_s=300, posture="normal", evidence_count=1, delegation_depth=0, now=0)
+    before = gate.decide(agent_id="deploy-bot", action="deploy", target="prod/payments-api", context=context)
+    assert before.shadow is None
+
+    (policies / "shadow" / "next.cedar").write_text(
+        '@id("s-deploy") @approvals("3") @approver_group("sre") @max_duration("900")\n'
+        'permit(principal, action == Jitgate::Action::"deploy", resource);')
+    assert gate.reload_shadow_if_changed() and gate.shadow_ids == ("s-deploy",) and gate.shadow_error is None
+    after = gate.decide(agent_id="deploy-bot", action="deploy", target="prod/payments-api", context=context)
+    assert after == before  # the enforcing decision, unchanged
+    assert after.shadow is not None and after.shadow["policies"] == ["s-deploy"]
+    assert after.shadow["approvals_required"] == 3
