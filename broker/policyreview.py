@@ -50,7 +50,7 @@ async def record_review(life: Lifecycle, operator: str, note: str, *, channel: s
 async def last_review_ms(life: Lifecycle) -> int | None:
     """When the last review was recorded (ms), or None."""
     raw = await life.store.redis.get(_keys(life)[0])
-    return int(raw) if raw else None
+    return int(raw) if raw else None  # bytes or str: int() takes both
 
 
 async def remind_if_due(life: Lifecycle) -> bool:
@@ -70,7 +70,8 @@ async def remind_if_due(life: Lifecycle) -> bool:
     if now_ms - int(last) < days * DAY_S * 1000:
         return False
     day = str(int(now // DAY_S))
-    if (await redis.set(reminded_key, day, get=True) or b"").decode() == day:
+    before = await redis.set(reminded_key, day, get=True)
+    if (before.decode() if isinstance(before, bytes) else before) == day:
         return False
     overdue = (now_ms - int(last)) // (DAY_S * 1000)
     ev = event("policy.review_due", str(iso(now)), None, {"by": "scheduler"}, days_since=overdue, period_days=days)
