@@ -344,3 +344,28 @@ def test_shadow_policies_are_validated_against_the_enforcing_schema(tmp_path):
     assert after == before  # the enforcing decision, unchanged
     assert after.shadow is not None and after.shadow["policies"] == ["s-deploy"]
     assert after.shadow["approvals_required"] == 3
+
+
+async def test_the_scheduler_checks_the_review_at_most_hourly(tmp_path, redis_url, prefix, redis):
+    """Issue 23 item 5: the scheduler's remind job runs the review check (Redis asked at most
+    hourly per process); once the period has passed the reminder is in the outbox."""
+    h = await _harness(tmp_path, redis_url, prefix, _policies(tmp_path), policy_review_days=1)
+    try:
+        scheduler, outbox = h.broker.scheduler, h.broker.store.outbox
+
+        async def kinds() -> list[bytes]:
+            return [f[b"kind"] for _, f in await redis.xrange(outbox)]
+
+        await scheduler._remind_job()  # the first check starts the period
+        assert await redis.get(prefix + "policy:review_since") is not None
+        await redis.delete(prefix + "policy:review_since")
+        h.clock.advance(1800)
+        await scheduler._remind_job()  # within the hour: Redis is not asked (the period would restart)
+        assert await redis.get(prefix + "policy:review_since") is None
+        await redis.set(prefix + "policy:review_since", str(int((h.clock.now() - 2 * DAY_S) * 1000)))
+        assert b"policy.review_due" not in await kinds()
+        h.clock.advance(1860)
+        await scheduler._remind_job()
+        assert b"policy.review_due" in await kinds()
+    finally:
+        await h.stop()
