@@ -532,6 +532,7 @@ class Lifecycle:
             max_duration_s=min(durations) if durations else None, channel=lead.channel,
             backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
             approvals_from=lead.approvals_from,
+            shadow=decision.shadow,  # the shadow set compared on the proposal's own decision (issue 23 item 2)
         )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
