@@ -884,15 +884,19 @@ class PolicyGate:
             self._shadow, self.shadow_error = None, f"{exc.__class__.__name__}: {exc}"
             return True
         if shadow is not None:
-            log.info("shadow policies loaded from %s: %s", shadow_dir, ", ".join(p.name for p in shadow.policies.values()))
+            self._shadow = shadow
+            log.info("shadow policies loaded from %s: %s", shadow_dir, ", ".join(self.shadow_ids))
         self._shadow, self.shadow_error = shadow, None
         return True
 
     @property
     def shadow_ids(self) -> tuple[str, ...]:
-        """The ids of the loaded shadow policies (empty without a shadow set)."""
+        """The ids of the policies in the shadow folder (empty without a shadow set); the shadow
+        set is the enforcing one with these laid over it."""
         shadow = self._shadow
-        return tuple(p.name for p in shadow.policies.values()) if shadow is not None else ()
+        if shadow is None:
+            return ()
+        return tuple(p.name for p in shadow.policies.values() if p.file.startswith(SHADOW_DIR + "/"))
 
     def _beside(self, state: _State, shadow: _Rules, decision: Decision, agent_id: str, action: str, target: str,
                 context: Mapping[str, Any], approver_principal: str | None) -> Decision:
@@ -1162,12 +1166,14 @@ def shadow_summary(enforcing: Decision, shadow: Decision) -> dict | None:
 
 
 def _load_shadow(shadow_dir: Path, enforcing: _Rules) -> _Rules | None:
-    """The shadow set: the ``*.cedar`` files of ``shadow_dir``, checked as the enforcing set
-    is, and validated against the enforcing set's schema (the entities are shared); None when
-    there is no such folder or it holds no policy."""
+    """The shadow set: the enforcing policies with the ``*.cedar`` files of ``shadow_dir``
+    laid over them (a shadow policy replaces the enforcing policy of the same ``@id`` and
+    adds itself otherwise), so a shadow folder holds only what would change. The shadow files
+    are checked as the enforcing ones are and validated against the enforcing set's schema
+    (the entities are shared). None when there is no such folder or it holds no policy."""
     if not shadow_dir.is_dir() or not any(shadow_dir.glob(_POLICY_GLOB)):
         return None
-    shadow = _load_rules(shadow_dir)
+    shadow = _load_rules(shadow_dir)  # parse, annotations, unique ids, file modes: as for the enforcing set
     if enforcing.schema is not None:
         combined = "".join(_read_text(p) + "\n" for p in _policy_files(shadow_dir)[0])
         result = cedarpy.validate_policies(combined, enforcing.schema)
@@ -1178,4 +1184,26 @@ def _load_shadow(shadow_dir: Path, enforcing: _Rules) -> _Rules | None:
                 where = f"{policy.file}: policy {policy.name!r}" if policy else shadow_dir.name
                 problems.append(f"{where}: {_VALIDATION_PREFIX.sub('', error.error)}")
             raise PolicyError(f"shadow policies do not validate against {enforcing.schema_file}: " + "; ".join(problems))
-    return shadow
+    if _dir_fingerprint(enforcing.directory) != enforcing.fingerprint:
+        raise PolicyError("the enforcing policy files changed and are not loaded yet; the shadow set waits for them")
+    replaced = {p.name for p in shadow.policies.values()}
+    layers: list[tuple[str, dict]] = []  # (file, EST of one static policy), enforcing first, in load order
+    for folder, prefix in ((enforcing.directory, ""), (shadow_dir, f"{SHADOW_DIR}/")):
+        for path in _policy_files(folder)[0]:
+            try:
+                statics = json.loads(cedarpy.policies_to_json_str(_read_text(path))).get("staticPolicies", {})
+            except ValueError as exc:
+                raise PolicyError(f"{path}: {exc}") from None
+            for key in sorted(statics, key=lambda k: int(k[len("policy"):]) if k[len("policy"):].isdigit() else -1):
+                est = statics[key]
+                name = (est.get("annotations") or {}).get("id")
+                if prefix or name not in replaced:
+                    layers.append((prefix + path.name, est))
+    ests = {f"policy{i}": est for i, (_, est) in enumerate(layers)}
+    policies = {cid: _policy_from_est(cid, i, ests[cid], layers[i][0]) for i, cid in enumerate(ests)}
+    names = [p.name for p in policies.values()]
+    if len(set(names)) != len(names):
+        raise PolicyError("shadow policies: a policy without @id collides with another's positional id; give them @id")
+    policy_set = cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": ests, "templates": {}, "templateLinks": []}))
+    return _Rules(shadow_dir, policy_set, policy_set, policies, enforcing.schema, enforcing.schema_file, enforcing.actions,
+                  (), enforcing.proposal_keys)
