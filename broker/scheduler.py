@@ -93,6 +93,9 @@ class Scheduler:
         self.aps = AsyncIOScheduler(timezone="UTC")
         self._running: set[asyncio.Task] = set()  # jobs in flight, awaited by stop()
         self.swept = 0
+        # One sweep at a time in this process: a sweep called directly (shutdown, tests, the CLI)
+        # waits for the job's sweep in flight instead of racing it for the same due requests.
+        self._sweep_lock = asyncio.Lock()
         # Clear while a sweep works through a backlog (full batches): the outbox waits meanwhile.
         self.not_revoking = asyncio.Event()
         self.not_revoking.set()
@@ -269,6 +272,10 @@ class Scheduler:
         """Expire everything whose deadline has passed, a batch at a time (one script call
         and one audit entry per batch); returns how many changed. With ``renew`` (the job, which
         holds the lease) the lease is renewed after each full batch, and the sweep stops if lost."""
+        async with self._sweep_lock:
+            return await self._sweep(max_batches, renew=renew)
+
+    async def _sweep(self, max_batches: int, *, renew: bool) -> int:
         changed, held = 0, False
         try:
             for _ in range(max_batches):
