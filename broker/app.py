@@ -232,6 +232,12 @@ async def build(
         auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
     lifecycle.audit = scheduler.audit = auditlog
     scheduler.seal_interval_s = settings.audit_seal_interval_s
+    if start_background and settings.audit_export:
+        from .auditexport import exporters_from_settings  # noqa: PLC0415 - only when an export is configured
+
+        scheduler.exporters = exporters_from_settings(settings, redis, store.audit_stream, origin_of(settings.issuer),
+                                                      metrics)
+        scheduler.export_interval_s = settings.audit_export_interval_s
     credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
                                                   PluginContext(settings.key_encryption_key, settings.data_dir)),
                               clock=clock, metrics=metrics)
