@@ -189,6 +189,10 @@ async def build(
     desks = load_desks(settings) if desks is None else desks
     if not settings.redis_url:
         raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
+    if start_background:
+        from . import tracing  # noqa: PLC0415
+
+        tracing.configure(settings.env)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traces (broker/tracing.py)
     owned = redis is None
     if redis is None:
         redis = connect(settings.redis_url, settings.redis_max_connections)
@@ -288,6 +292,9 @@ async def shutdown(broker: Broker) -> None:
             log.exception("desk %s did not stop cleanly", desk.name)
     await broker.store.line.aclose()
     await broker.redis.aclose()
+    from . import tracing  # noqa: PLC0415
+
+    tracing.shutdown()
 
 
 def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwargs) -> Starlette:

@@ -41,6 +41,7 @@ from .rules import chain_owners  # noqa: F401 - its home is rules; kept importab
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
 from .tokens import KeyRing, build_access_token_claims
+from .tracing import traced
 
 log = logging.getLogger("jitgate.lifecycle")
 
@@ -363,6 +364,9 @@ class Lifecycle:
                           f"approval in a minute; nobody was asked. Retry in {retry} s")
             raise RateLimited(detail, retry_after=retry, scope=which)
 
+    @traced("jitgate.propose", attributes=lambda agent, proposal, *a, **k: {"agent": agent.id, "action": proposal.action,
+                                                                           "target": proposal.target},
+            result_id=lambda r: r[0].id)
     async def submit(self, agent: Agent, proposal: Proposal, idempotency_key: str | None = None) -> tuple[Request, bool]:
         """Record a proposal and the policy decision on it. Returns (request, created)."""
         sha = proposal.sha256()
@@ -586,6 +590,7 @@ class Lifecycle:
         agent = self.registry.agent(agent_id) if self.registry is not None else None
         return agent.owner if agent is not None else None
 
+    @traced("jitgate.approve", attributes=lambda rid, approver, **k: {"approver": approver.id, "channel": k.get("channel")})
     async def approve(
         self,
         request_id: str,
@@ -678,6 +683,7 @@ class Lifecycle:
         )
         return req, out
 
+    @traced("jitgate.deny", attributes=lambda rid, approver, **k: {"approver": approver.id, "channel": k.get("channel")})
     async def deny(self, request_id: str, approver: Approver, *, channel: str, reason: str, platform_user: str | None = None) -> Request:
         """End a pending request with a reason that reaches the agent."""
         reason = (reason or "").strip()
@@ -719,6 +725,7 @@ class Lifecycle:
         raise Conflict(_explain(after))
 
     # ------------------------------------------------------------------ agent
+    @traced("jitgate.cancel", attributes=lambda rid, agent, **k: {"agent": agent.id})
     async def cancel(self, request_id: str, agent: Agent) -> Request:
         """The agent withdraws a pending request."""
         await self.get_for_agent(request_id, agent)
@@ -732,6 +739,7 @@ class Lifecycle:
         )
         return await self._finish(out, request_id)
 
+    @traced("jitgate.collect", attributes=lambda rid, agent, **k: {"agent": agent.id})
     async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> IssuedToken:
         """Mint the task-scoped token, once, for the requesting agent."""
         req = await self.get_for_agent(request_id, agent)
@@ -804,6 +812,7 @@ class Lifecycle:
         return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"],
                            issued.to_agent() if issued else None)
 
+    @traced("jitgate.complete", attributes=lambda rid, agent, *a, **k: {"agent": agent.id})
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""
         known = await self.store.owner_and_mark(request_id)
@@ -819,6 +828,7 @@ class Lifecycle:
         )
         return await self._finish(out, request_id)
 
+    @traced("jitgate.revoke", attributes=lambda rid, **k: {"by": k.get("by"), "channel": k.get("channel")})
     async def revoke(self, request_id: str, *, by: str, reason: str, channel: str = "api") -> Request:
         """End an approved or active grant before its time."""
         req = await self.get(request_id)
@@ -1006,6 +1016,7 @@ class Lifecycle:
                 if row is not None:
                     yield rid, row
 
+    @traced("jitgate.expire")
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
         for _ in range(3):  # bounded: the state may move between the read and the write
