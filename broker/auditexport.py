@@ -384,7 +384,8 @@ class Exporter:
         await self._measure(b.sealed_seq, cur)  # before sending: a destination that fails still shows its lag
         if b.entries:
             await self.dest.send([render(s, self.fmt, self.origin, self.product_version) for s in b.entries])
-            await self._advance(keys=[self.cursor_key], args=[raw.decode() if raw else "", str(b.cursor)])
+            expected = raw.decode() if isinstance(raw, bytes) else (raw or "")
+            await self._advance(keys=[self.cursor_key], args=[expected, str(b.cursor)])
             self.exported += len(b.entries)
             if self.metrics is not None:
                 self.metrics.audit_exported.labels(destination=self.dest.name).inc(len(b.entries))
@@ -398,7 +399,7 @@ class Exporter:
         if self.lag_entries:
             nxt = await self.redis.xrange(self.stream, min="(" + cursor.stream_id, max="+", count=1)
             if nxt:
-                age = max(0.0, time.time() - int(nxt[0][0].split(b"-")[0]) / 1000)
+                age = max(0.0, time.time() - Entry.from_stream(*nxt[0]).ms / 1000)
         self.lag_s = age
         if self.metrics is not None:
             self.metrics.audit_export_lag_entries.labels(destination=self.dest.name).set(self.lag_entries)
