@@ -297,27 +297,42 @@ class SyslogDestination:
     def __init__(self, url: str) -> None:
         p = urlsplit(url)
         self.name = _safe_name(url)
-        if p.hostname:
-            self.address: str | tuple[str, int] = (p.hostname, p.port or 514)
-            family = socket.AF_INET6 if ":" in p.hostname else socket.AF_INET
-        else:
-            self.address, family = p.path, socket.AF_UNIX
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
+        self.host_port = (p.hostname, p.port or 514) if p.hostname else None
+        self.path = p.path
+        self.sock: socket.socket | None = None
+        self.address: Any = None
         self.host = socket.gethostname()[:255] or "-"
+
+    async def _open(self) -> tuple[socket.socket, Any]:
+        """The socket and address, resolved without blocking the loop (again after a failure)."""
+        if self.sock is None or self.address is None:
+            address: Any
+            if self.host_port is None:
+                sock, address = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), self.path
+            else:
+                infos = await asyncio.get_running_loop().getaddrinfo(*self.host_port, type=socket.SOCK_DGRAM)
+                family, _, _, _, address = infos[0]
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self.sock, self.address = sock, address
+        return self.sock, self.address
 
     async def send(self, lines: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        for line in lines:
-            ts = datetime.now().astimezone().isoformat(timespec="milliseconds")
-            msg = f"<38>1 {ts} {self.host} jitgate-audit {os.getpid()} audit - ".encode() + line
-            try:
-                await asyncio.wait_for(loop.sock_sendto(self.sock, msg, self.address), 5)
-            except (OSError, asyncio.TimeoutError) as e:
-                raise ExportFailed(f"syslog {e.__class__.__name__}: {e}") from None
+        try:
+            sock, address = await self._open()
+            for line in lines:
+                ts = datetime.now().astimezone().isoformat(timespec="milliseconds")
+                msg = f"<38>1 {ts} {self.host} jitgate-audit {os.getpid()} audit - ".encode() + line
+                await asyncio.wait_for(loop.sock_sendto(sock, msg, address), 5)
+        except (OSError, asyncio.TimeoutError) as e:
+            await self.close()  # opened and resolved afresh on the retry
+            raise ExportFailed(f"syslog {e.__class__.__name__}: {e}") from None
 
     async def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.address = None
 
 
 def destination(url: str, *, authorization: str = "") -> Destination:
