@@ -223,17 +223,19 @@ def traced(name: str, *, attributes: Callable[..., dict] | None = None, result_i
     inside it are emitted once it returns."""
 
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        # Not itself a coroutine function: while tracing is off it hands back the operation's own
+        # coroutine, so the caller's `await` costs no extra frame.
         @functools.wraps(fn)
-        async def inner(self, *args, **kwargs):
+        def inner(self, *args, **kwargs):
             if _tracer is None:
-                return await fn(self, *args, **kwargs)
+                return fn(self, *args, **kwargs)
             try:
                 extra = attributes(*args, **kwargs) if attributes is not None else {}
             except (TypeError, AttributeError, IndexError):  # called another way: the span goes without them
                 extra = {}
             if result_id is not None:
-                return await _deferred(name, fn, self, args, kwargs, extra, result_id)
-            return await _live(name, fn, self, args, kwargs, extra)
+                return _deferred(name, fn, self, args, kwargs, extra, result_id)
+            return _live(name, fn, self, args, kwargs, extra)
 
         return inner
 
