@@ -30,6 +30,7 @@ import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from urllib.parse import unquote
 
 from .errors import ConfigError
 
@@ -103,12 +104,30 @@ def configure(env: Mapping[str, str]) -> bool:
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
-    # The exporter reads the endpoint, headers and timeout from the same standard variables.
+    # The settings may come from .env, which never reaches os.environ (where the exporter would
+    # look): the endpoint and headers are passed explicitly, as the OTLP spec defines them.
+    traces_endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip()
+    base = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    endpoint = traces_endpoint or (base if protocol == "grpc" else base.rstrip("/") + "/v1/traces")
+    kwargs: dict[str, Any] = {"endpoint": endpoint}
+    headers = _headers(env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS") or "")
+    if headers:
+        kwargs["headers"] = headers
     provider = TracerProvider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "jitgate"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter_class()))
+    provider.add_span_processor(BatchSpanProcessor(exporter_class(**kwargs)))
     _provider = provider
     enable(provider)
     return True
+
+
+def _headers(text: str) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: ``key=value`` pairs, comma-separated, values URL-encoded."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(value.strip())
+    return out
 
 
 # ---------------------------------------------------------------------- spans recorded for later

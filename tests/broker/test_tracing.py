@@ -5,6 +5,7 @@ id; off (no OpenTelemetry at all) unless configured. Checked with the SDK's in-m
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -96,6 +97,35 @@ def test_an_otlp_endpoint_without_the_exporter_refuses_to_start(monkeypatch):
     assert not tracing.enabled()
     assert tracing.configure({}) is False
     assert tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "true"}) is False
+
+
+def test_the_otlp_exporter_gets_the_endpoint_and_headers_from_the_settings(monkeypatch):
+    """Issue 18.7: settings read from .env never reach os.environ, so the OTLP exporter is given
+    the endpoint (with /v1/traces for http/protobuf) and headers the broker's settings hold."""
+    made: list[dict] = []
+
+    class Exporter(InMemorySpanExporter):
+        def __init__(self, **kwargs) -> None:
+            super().__init__()
+            made.append(kwargs)
+
+    fake = types.ModuleType("fake_otlp")
+    fake.OTLPSpanExporter = Exporter
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", fake)
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", fake)
+    try:
+        assert tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+                                  "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=a%3Db, other = c"})
+        assert tracing.enabled()
+    finally:
+        tracing.shutdown()
+    assert not tracing.enabled()
+    try:
+        tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    finally:
+        tracing.shutdown()
+    assert made == [{"endpoint": "http://collector:4318/v1/traces", "headers": {"x-api-key": "a=b", "other": "c"}},
+                    {"endpoint": "http://collector:4317"}]
 
 
 def test_the_trace_id_is_derived_from_the_request_id():
