@@ -364,9 +364,6 @@ class Lifecycle:
                           f"approval in a minute; nobody was asked. Retry in {retry} s")
             raise RateLimited(detail, retry_after=retry, scope=which)
 
-    @traced("jitgate.propose", attributes=lambda agent, proposal, *a, **k: {"agent": agent.id, "action": proposal.action,
-                                                                           "target": proposal.target},
-            result_id=lambda r: r[0].id)
     async def submit(self, agent: Agent, proposal: Proposal, idempotency_key: str | None = None) -> tuple[Request, bool]:
         """Record a proposal and the policy decision on it. Returns (request, created)."""
         sha = proposal.sha256()
@@ -590,7 +587,6 @@ class Lifecycle:
         agent = self.registry.agent(agent_id) if self.registry is not None else None
         return agent.owner if agent is not None else None
 
-    @traced("jitgate.approve", attributes=lambda rid, approver, **k: {"approver": approver.id, "channel": k.get("channel")})
     async def approve(
         self,
         request_id: str,
@@ -683,7 +679,6 @@ class Lifecycle:
         )
         return req, out
 
-    @traced("jitgate.deny", attributes=lambda rid, approver, **k: {"approver": approver.id, "channel": k.get("channel")})
     async def deny(self, request_id: str, approver: Approver, *, channel: str, reason: str, platform_user: str | None = None) -> Request:
         """End a pending request with a reason that reaches the agent."""
         reason = (reason or "").strip()
@@ -725,7 +720,6 @@ class Lifecycle:
         raise Conflict(_explain(after))
 
     # ------------------------------------------------------------------ agent
-    @traced("jitgate.cancel", attributes=lambda rid, agent, **k: {"agent": agent.id})
     async def cancel(self, request_id: str, agent: Agent) -> Request:
         """The agent withdraws a pending request."""
         await self.get_for_agent(request_id, agent)
@@ -739,7 +733,6 @@ class Lifecycle:
         )
         return await self._finish(out, request_id)
 
-    @traced("jitgate.collect", attributes=lambda rid, agent, **k: {"agent": agent.id})
     async def collect(self, request_id: str, agent: Agent, *, jkt: str | None = None) -> IssuedToken:
         """Mint the task-scoped token, once, for the requesting agent."""
         req = await self.get_for_agent(request_id, agent)
@@ -812,7 +805,6 @@ class Lifecycle:
         return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"],
                            issued.to_agent() if issued else None)
 
-    @traced("jitgate.complete", attributes=lambda rid, agent, *a, **k: {"agent": agent.id})
     async def complete(self, request_id: str, agent: Agent) -> Request:
         """The agent reports the task done: the grant ends now."""
         known = await self.store.owner_and_mark(request_id)
@@ -828,7 +820,6 @@ class Lifecycle:
         )
         return await self._finish(out, request_id)
 
-    @traced("jitgate.revoke", attributes=lambda rid, **k: {"by": k.get("by"), "channel": k.get("channel")})
     async def revoke(self, request_id: str, *, by: str, reason: str, channel: str = "api") -> Request:
         """End an approved or active grant before its time."""
         req = await self.get(request_id)
@@ -1016,7 +1007,6 @@ class Lifecycle:
                 if row is not None:
                     yield rid, row
 
-    @traced("jitgate.expire")
     async def expire(self, request_id: str) -> Outcome:
         """Expire whatever deadline has passed (pending, uncollected or active); idempotent."""
         for _ in range(3):  # bounded: the state may move between the read and the write
@@ -1150,3 +1140,16 @@ def _bg(req: Request) -> dict:
 
 def _ms(t: float) -> int:
     return int(t * 1000)
+
+
+# Traces (broker/tracing.py, issue 18.7): each operation is a span of its request's trace,
+# carrying the request id; while tracing is off the wrappers hand back the operation itself.
+Lifecycle.submit = traced("jitgate.propose", attributes=lambda agent, proposal, *a, **k: {  # type: ignore[method-assign]
+    "agent": agent.id, "action": proposal.action, "target": proposal.target}, result_id=lambda r: r[0].id)(Lifecycle.submit)
+for _name, _who in (("approve", "approver"), ("deny", "approver"), ("cancel", "agent"), ("collect", "agent"),
+                    ("complete", "agent")):
+    setattr(Lifecycle, _name, traced(f"jitgate.{_name}", attributes=lambda rid, who, *a, _who=_who, **k: {
+        _who: who.id, "channel": k.get("channel")})(getattr(Lifecycle, _name)))
+Lifecycle.revoke = traced("jitgate.revoke", attributes=lambda rid, **k: {  # type: ignore[method-assign]
+    "by": k.get("by"), "channel": k.get("channel")})(Lifecycle.revoke)
+Lifecycle.expire = traced("jitgate.expire")(Lifecycle.expire)  # type: ignore[method-assign]
