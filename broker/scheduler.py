@@ -115,6 +115,14 @@ class Scheduler:
         self._seal_task: asyncio.Task | None = None
         self._seal_stopping = False
         self._seal_outage = Outage(log, "sealing the audit log")
+        # The audit export sink (broker/auditexport.Exporter, one per destination), set by the
+        # composition root: each forwards sealed entries in its own task while this replica holds
+        # the lease, so a slow collector never holds up sealing or the sweep.
+        self.exporters: list = []
+        self.export_interval_s = 0.5
+        self._export_tasks: list[asyncio.Task] = []
+        self._export_checked = float("-inf")
+        self._export_held = False
 
     async def start(self) -> None:
         """Run one catch-up sweep now, then the periodic jobs."""
@@ -136,6 +144,9 @@ class Scheduler:
         self.aps.start()
         if self.audit is not None:
             self._seal_task = asyncio.get_running_loop().create_task(self._seal_loop())
+        for exporter in self.exporters:
+            self._export_tasks.append(asyncio.get_running_loop().create_task(
+                exporter.run(self._export_lease, self.export_interval_s)))
 
     async def stop(self) -> None:
         """Stop the jobs, let one in flight finish (it holds Redis connections that are about
@@ -153,6 +164,15 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 if await self.has_lease():
                     await self.audit.seal()  # what the last tick missed: sealed before the lease goes
+        for task in self._export_tasks:
+            task.cancel()
+        for task in self._export_tasks:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(task, 5)
+        self._export_tasks = []
+        for exporter in self.exporters:
+            with contextlib.suppress(Exception):
+                await exporter.close()
         running = {t for t in self._running if not t.done() and t is not asyncio.current_task()}
         if running:
             await asyncio.wait(running, timeout=10)
@@ -213,6 +233,16 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - logged once per outage; the health check fails closed
                 self._seal_outage.failed(repr(e))
             await asyncio.sleep(max(0.0, self.seal_interval_s - (loop.time() - started)))
+
+    async def _export_lease(self) -> bool:
+        """Whether this replica may export now: it holds the lease (checked at most every
+        quarter TTL, like the seal loop; an export twice during a hand-over is a duplicate the
+        leaf index names, never a loss)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._export_checked >= self.lease_ttl_ms / 4000:
+            self._export_held, self._export_checked = await self.has_lease(), now
+        return self._export_held
 
     async def _sweep_job(self) -> None:
         with self._tracked():
