@@ -190,6 +190,10 @@ async def build(
     desks = load_desks(settings) if desks is None else desks
     if not settings.redis_url:
         raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
+    if start_background:
+        from . import tracing  # noqa: PLC0415
+
+        tracing.configure(settings.env)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traces (broker/tracing.py)
     owned = redis is None
     if redis is None:
         redis = connect(settings.redis_url, settings.redis_max_connections)
@@ -234,6 +238,12 @@ async def build(
         auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
     lifecycle.audit = scheduler.audit = auditlog
     scheduler.seal_interval_s = settings.audit_seal_interval_s
+    if start_background and settings.audit_export:
+        from .auditexport import exporters_from_settings  # noqa: PLC0415 - only when an export is configured
+
+        scheduler.exporters = exporters_from_settings(settings, redis, store.audit_stream, origin_of(settings.issuer),
+                                                      metrics)
+        scheduler.export_interval_s = settings.audit_export_interval_s
     credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
                                                   PluginContext(settings.key_encryption_key, settings.data_dir)),
                               clock=clock, metrics=metrics)
@@ -284,6 +294,9 @@ async def shutdown(broker: Broker) -> None:
             log.exception("desk %s did not stop cleanly", desk.name)
     await broker.store.line.aclose()
     await broker.redis.aclose()
+    from . import tracing  # noqa: PLC0415
+
+    tracing.shutdown()
 
 
 def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwargs) -> Starlette:

@@ -533,6 +533,52 @@ def cmd_audit_export(args) -> int:
     return asyncio.run(_with_broker(run))
 
 
+def cmd_audit_tail(args) -> int:
+    """Stream sealed entries (at least once, resumable): the lines on stdout, then the cursor
+    after each batch on stderr or in ``--cursor-file`` (written only once the lines are out)."""
+    from .auditexport import Cursor, cursor_for_last, read_sealed, render, write_cursor_file  # noqa: PLC0415
+    from .translog import origin_of  # noqa: PLC0415
+
+    cursor_file = Path(args.cursor_file) if args.cursor_file else None
+    start: Cursor | None = None
+    if args.from_start:
+        start = Cursor()
+    elif args.cursor:
+        start = Cursor.parse(args.cursor)
+    elif cursor_file is not None and cursor_file.exists():
+        with _open(str(cursor_file)) as f:
+            start = Cursor.parse(f.read().strip())
+
+    async def run(broker):
+        redis, stream = broker.redis, broker.store.audit_stream
+        origin = origin_of(broker.settings.issuer)
+        cur = start if start is not None else await cursor_for_last(redis, stream, args.last)
+        out = sys.stdout.buffer
+        while True:
+            b = await read_sealed(redis, stream, cur, args.batch)
+            if b.gap:
+                print(f"jitgate: seq {b.gap[0]} to {b.gap[1]} were trimmed before they were read "
+                      "(the `audit export` file made before the trim holds them)", file=sys.stderr)
+            if b.entries:
+                out.write(b"".join(render(e, args.format, origin) + b"\n" for e in b.entries))
+                out.flush()
+                cur = b.cursor
+                if cursor_file is not None:
+                    write_cursor_file(cursor_file, cur)
+                else:
+                    print(f"cursor: {cur}", file=sys.stderr, flush=True)
+            if len(b.entries) >= args.batch:
+                continue
+            if not args.follow:
+                return 0
+            await asyncio.sleep(args.interval)
+
+    try:
+        return asyncio.run(_with_broker(run))
+    except KeyboardInterrupt:
+        return 130
+
+
 def cmd_audit_trim(args) -> int:
     """Remove the oldest audit entries, only those the export file holds (see broker/audit.py)."""
     import hashlib  # noqa: PLC0415
@@ -842,6 +888,19 @@ def main(argv: list[str] | None = None) -> int:
     s = audit.add_parser("export", help="the retained audit log as JSON Lines")
     s.add_argument("--out", default="-")
     s.set_defaults(fn=cmd_audit_export)
+    s = audit.add_parser("tail", help="stream sealed entries (with their leaf index) as JSON or OCSF, resumable "
+                                      "from a cursor")
+    s.add_argument("--follow", "-f", action="store_true", help="keep streaming entries as they are sealed")
+    s.add_argument("--format", choices=("json", "ocsf"), default="json")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--cursor", help="resume after this cursor (printed after each batch)")
+    where.add_argument("--from-start", action="store_true", help="from the oldest retained entry")
+    s.add_argument("--cursor-file", help="read the cursor from this file (when no --cursor/--from-start) and "
+                                         "write it there after each batch instead of to stderr")
+    s.add_argument("--last", type=int, default=10, help="without a cursor: start this many sealed entries back")
+    s.add_argument("--batch", type=int, default=500, help="entries per batch (a cursor after each)")
+    s.add_argument("--interval", type=float, default=0.5, help="seconds between polls with --follow")
+    s.set_defaults(fn=cmd_audit_tail)
     s = audit.add_parser("trim", help="remove the oldest entries, only those a signed checkpoint covers and an export file holds")
     s.add_argument("--before", required=True, metavar="SEQ|TIME",
                    help="remove entries with a lower seq, or appended before this ISO 8601 time (UTC if no zone)")

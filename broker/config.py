@@ -40,7 +40,8 @@ class Secret:
 
 # Settings whose value is a secret: a .env holding one must be private to its owner.
 SECRET_SETTINGS = ("JITGATE_KEY_ENCRYPTION_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN",
-                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN")
+                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN",
+                   "JITGATE_AUDIT_EXPORT_AUTHORIZATION")
 
 
 def read_env_file(path: str | os.PathLike = ".env") -> dict[str, str]:
@@ -155,7 +156,29 @@ def _audit(env: dict) -> dict:
             "audit_checkpoint_idle_s": max(1.0, _float(env, "JITGATE_AUDIT_CHECKPOINT_IDLE_S", 60.0)),
             "audit_max_lag_s": max(0.25, _float(env, "JITGATE_AUDIT_MAX_LAG_S", 5.0)),
             "audit_sink_grace_s": max(1.0, _float(env, "JITGATE_AUDIT_SINK_GRACE_S", 60.0)),
-            "audit_fail_closed": _bool(env, "JITGATE_AUDIT_FAIL_CLOSED", True)}
+            "audit_fail_closed": _bool(env, "JITGATE_AUDIT_FAIL_CLOSED", True),
+            **_audit_export(env)}
+
+
+def _audit_export(env: dict) -> dict:
+    """Where sealed audit entries are forwarded (docs/audit-export.md): none by default."""
+    urls = tuple(u.strip() for u in (env.get("JITGATE_AUDIT_EXPORT") or "").split(",") if u.strip())
+    for url in urls:
+        p = urlsplit(url)
+        try:
+            ok = bool((p.scheme in ("http", "https") and p.hostname) or (p.scheme == "syslog" and p.hostname and p.port is not None)
+                      or (p.scheme == "syslog" and not p.netloc and p.path.startswith("/")))
+        except ValueError:  # a port that is not a number
+            ok = False
+        if not ok:
+            raise ConfigError(f"JITGATE_AUDIT_EXPORT holds {url!r}: an https:// or http:// collector URL, "
+                              "syslog://host:port (UDP) or syslog:///path/to/socket (a local datagram socket)")
+    return {"audit_export": urls,
+            "audit_export_format": _choice(env, "JITGATE_AUDIT_EXPORT_FORMAT", ("json", "ocsf"), "json"),
+            "audit_export_batch": _int(env, "JITGATE_AUDIT_EXPORT_BATCH", 500, 1, 10000),
+            "audit_export_interval_s": min(60.0, max(0.05, _float(env, "JITGATE_AUDIT_EXPORT_INTERVAL_S", 0.5))),
+            "audit_export_lag_warn_s": max(1.0, _float(env, "JITGATE_AUDIT_EXPORT_LAG_WARN_S", 60.0)),
+            "audit_export_authorization": Secret((env.get("JITGATE_AUDIT_EXPORT_AUTHORIZATION") or "").strip())}
 
 
 def _metrics(env: dict) -> dict:
@@ -285,6 +308,14 @@ class Settings:
     audit_max_lag_s: float = 5.0
     audit_sink_grace_s: float = 60.0
     audit_fail_closed: bool = True
+    # The audit export sink (broker/auditexport.py): destinations, format, batch, poll interval,
+    # the lag that is logged, the collector's Authorization header.
+    audit_export: tuple[str, ...] = ()
+    audit_export_format: str = "json"
+    audit_export_batch: int = 500
+    audit_export_interval_s: float = 0.5
+    audit_export_lag_warn_s: float = 60.0
+    audit_export_authorization: Secret | None = None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":

@@ -41,6 +41,7 @@ from .rules import chain_owners  # noqa: F401 - its home is rules; kept importab
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
 from .tokens import KeyRing, build_access_token_claims
+from .tracing import traced
 
 log = logging.getLogger("jitgate.lifecycle")
 
@@ -1144,3 +1145,16 @@ def _bg(req: Request) -> dict:
 
 def _ms(t: float) -> int:
     return int(t * 1000)
+
+
+# Traces (broker/tracing.py, issue 18.7): each operation is a span of its request's trace,
+# carrying the request id; while tracing is off the wrappers hand back the operation itself.
+Lifecycle.submit = traced("jitgate.propose", attributes=lambda agent, proposal, *a, **k: {  # type: ignore[method-assign]
+    "agent": agent.id, "action": proposal.action, "target": proposal.target}, result_id=lambda r: r[0].id)(Lifecycle.submit)
+for _name, _who in (("approve", "approver"), ("deny", "approver"), ("cancel", "agent"), ("collect", "agent"),
+                    ("complete", "agent")):
+    setattr(Lifecycle, _name, traced(f"jitgate.{_name}", attributes=lambda rid, who, *a, _who=_who, **k: {
+        _who: who.id, "channel": k.get("channel")})(getattr(Lifecycle, _name)))
+Lifecycle.revoke = traced("jitgate.revoke", attributes=lambda rid, **k: {  # type: ignore[method-assign]
+    "by": k.get("by"), "channel": k.get("channel")})(Lifecycle.revoke)
+Lifecycle.expire = traced("jitgate.expire")(Lifecycle.expire)  # type: ignore[method-assign]

@@ -23,6 +23,21 @@ class Metrics:
                                    registry=self.registry)
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
+        # One label value per configured JITGATE_AUDIT_EXPORT destination (a fixed, small set).
+        self.audit_exported = Counter("jitgate_audit_exported", "Sealed audit entries an export destination took",
+                                      ["destination"], registry=self.registry)
+        self.audit_export_failures = Counter("jitgate_audit_export_failures",
+                                             "Export batches a destination did not take (retried with backoff)",
+                                             ["destination"], registry=self.registry)
+        self.audit_export_gaps = Counter("jitgate_audit_export_gaps",
+                                         "Audit entries trimmed before they were exported", ["destination"],
+                                         registry=self.registry)
+        self.audit_export_lag_entries = Gauge("jitgate_audit_export_lag_entries",
+                                              "Sealed audit entries not yet taken by an export destination",
+                                              ["destination"], registry=self.registry)
+        self.audit_export_lag_seconds = Gauge("jitgate_audit_export_lag_seconds",
+                                              "Age of the oldest sealed entry an export destination has not taken",
+                                              ["destination"], registry=self.registry)
         self.credentials_issued = Counter("jitgate_credentials_issued", "Credentials issued in target systems",
                                           ["plugin"], registry=self.registry)
         self.credentials_revoked = Counter("jitgate_credentials_revoked", "Credentials revoked in target systems",

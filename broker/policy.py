@@ -35,6 +35,7 @@ from .filemodes import check_not_writable
 from .watched import fingerprint as files_fingerprint
 from .model import INTERNAL_ACTIONS, check_arguments, number_value
 from .rules import POSTURES, quorum_words
+from .tracing import traced_step
 
 log = logging.getLogger(__name__)
 
@@ -919,6 +920,8 @@ class PolicyGate:
 
     # -- deciding
 
+    @traced_step("jitgate.decision", lambda d: {"outcome": d.outcome, "policies": d.policies,
+                                                "approvals_required": d.approvals_required, "approver_group": d.approver_group})
     def decide(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                approver_principal: str | None = None) -> Decision:
         """Decide one proposal: deny, grant at once, or require approvals (with obligations).
