@@ -84,6 +84,7 @@ class Broker:
             changed.append("approvers or targets file reloaded")
         if follow("policy folder", self.gate.reload_if_changed):
             changed.append("policy folder reloaded")
+        self.gate.reload_shadow_if_changed()  # never raises; never re-decides anything (issue 23 item 2)
         if changed:
             # What policies decide from changed: decide every open request again (issue 16, item 1).
             self._background(self._policies_changed("; ".join(changed)))
@@ -218,6 +219,7 @@ async def build(
     verifier = AssertionVerifier(registry, line, settings.redis_prefix, audience=settings.issuer, clock=clock,
                                  spiffe=SpiffeBundle.from_settings(settings))
     metrics = Metrics()
+    gate.on_shadow = metrics.shadow_disagreement
     all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
     all_notifiers += [d.notifier for d in desks]
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,

@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 
 from .config import environment, load_settings, redis_url_for_tools
@@ -672,6 +673,76 @@ def cmd_policy_test(args) -> int:
     return 0
 
 
+def _since_ms(text: str, now: float) -> int:
+    from .policyhistory import parse_since  # noqa: PLC0415
+
+    return int((now - parse_since(text)) * 1000)
+
+
+def _report(args, value, render) -> int:
+    from .policyhistory import as_json  # noqa: PLC0415
+
+    if args.format == "json":
+        _print_json(as_json(value))
+    else:
+        print(render(value))
+    return 0
+
+
+def cmd_policy_shadow_report(args) -> int:
+    """The requests where the shadow policies would have decided otherwise (issue 23 item 2)."""
+    from .policyhistory import render_shadow, shadow_report  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        report = await shadow_report(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()))
+        return _report(args, report, render_shadow)
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_replay(args) -> int:
+    """Re-decide the period's audited proposals with a candidate policy set (issue 23 item 3)."""
+    from .app import principals  # noqa: PLC0415
+    from .policy import PolicyGate  # noqa: PLC0415
+    from .policyhistory import replay  # noqa: PLC0415
+
+    async def run(broker):
+        candidate = PolicyGate.load(Path(args.candidate), broker.directory, principals(broker.registry))
+        s = broker.store
+        report = await replay(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()), candidate)
+        return _report(args, report, lambda r: r.render())
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_coverage(args) -> int:
+    """Policies that never decided, and the most frequent decisions per policy (issue 23 item 5)."""
+    from .policyhistory import coverage, render_coverage  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        report = await coverage(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()),
+                                broker.gate.policy_ids)
+        return _report(args, report, render_coverage)
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_reviewed(args) -> int:
+    """Record a ``policy.reviewed`` audit entry (issue 23 item 5)."""
+    from .policyreview import record_review  # noqa: PLC0415
+
+    operator = args.as_ or os.environ.get("JITGATE_OPERATOR") or os.environ.get("USER") or "unknown"
+
+    async def run(broker):
+        await record_review(broker.lifecycle, operator, args.note)
+        print(f"policy review recorded by {operator} ({len(broker.gate.policy_ids)} policies in force)")
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
 JSON_HELP = "print JSON (each request as the API returns it) instead of a table"
 
 
@@ -852,6 +923,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="fail unless every policy decides at least one case")
     s.add_argument("-v", "--verbose", action="store_true", help="list the cases that passed too")
     s.set_defaults(fn=cmd_policy_test)
+    formats: dict[str, Any] = {"choices": ["table", "json"], "default": "table", "help": "a readable table (default) or JSON"}
+    s = pol.add_parser("shadow-report", help="the requests where the shadow policies would have decided otherwise")
+    s.add_argument("--since", default="24h", help="the period: 24h, 7d, 30d, 90m (default 24h)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_shadow_report)
+    s = pol.add_parser("replay", help="re-decide the period's audited proposals with a candidate policy set")
+    s.add_argument("--candidate", required=True, metavar="DIR", help="the candidate policy folder")
+    s.add_argument("--since", default="7d", help="the period: 24h, 7d, 30d (default 7d)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_replay)
+    s = pol.add_parser("coverage", help="policies that never decided, and the decisions of each policy")
+    s.add_argument("--since", default="30d", help="the period (default 30d)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_coverage)
+    s = pol.add_parser("reviewed", help="record a policy review in the audit log")
+    s.add_argument("--note", required=True, help="what was reviewed and decided")
+    s.add_argument("--as", dest="as_", metavar="NAME", help="who reviewed (default: JITGATE_OPERATOR, else $USER)")
+    s.set_defaults(fn=cmd_policy_reviewed)
 
     # Commands of optional parts (agent tools, desks) plug in through entry points, so
     # the core names none of them.

@@ -238,6 +238,7 @@ class Settings:
     breakglass_review_s: int = 86400
     breakglass_max_active: int = 2
     breakglass_max_per_day: int = 5
+    policy_review_days: int = 90  # remind security when no policy review is recorded for this long; 0: off
     # Agents: DPoP-bound tokens, delegation chains, SPIFFE JWT-SVIDs (docs/agents.md).
     require_dpop: bool = False
     delegation_max_depth: int = 3
@@ -356,6 +357,7 @@ class Settings:
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
             breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
             breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
+            policy_review_days=_int(env, "JITGATE_POLICY_REVIEW_DAYS", 90, 0, 3650),
             require_dpop=_bool(env, "JITGATE_REQUIRE_DPOP", False),
             delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
             **_spiffe(env),

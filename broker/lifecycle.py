@@ -233,7 +233,10 @@ class Lifecycle:
         now = self._now()
         posture, epoch, use = await redecide.state_for(self, req, now)
         ctx = redecide.context_for(self, req, stage, posture=posture, now=now, use=use, extra_approval=extra_approval)
-        return redecide.decide_again(self, req, ctx), epoch
+        decision = redecide.decide_again(self, req, ctx)
+        if decision.shadow and decision.outcome != "deny" and decision.shadow.get("outcome") == "deny":
+            await redecide.record_shadow(self, req, decision, stage, now)
+        return decision, epoch
 
     # ------------------------------------------------------------------ reminders
     async def remind_due(self, limit: int = 100) -> int:
@@ -429,7 +432,8 @@ class Lifecycle:
         events = [
             event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
                   **received),
-            event("policy.decision", at, rid, None, **decision.to_dict(), context=context),
+            event("policy.decision", at, rid, None, **decision.to_dict(), context=context,
+                  **({"shadow": dict(decision.shadow)} if decision.shadow else {})),
         ]
         fields: dict[str, Any] = {
             "id": rid,
@@ -529,6 +533,7 @@ class Lifecycle:
             max_duration_s=min(durations) if durations else None, channel=lead.channel,
             backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
             approvals_from=lead.approvals_from,
+            shadow=decision.shadow,  # the shadow set compared on the proposal's own decision (issue 23 item 2)
         )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:

@@ -69,6 +69,10 @@ class Metrics:
                                         "Age of the oldest audit entry not sealed yet (0: none)", registry=self.registry)
         self.audit_ok = Gauge("jitgate_audit_ok", "1 while audit records (sealing keeps up, a sink works); 0: new grants refused",
                               registry=self.registry)
+        self.shadow_disagreements = Counter(
+            "jitgate_policy_shadow_disagreements",
+            "Decisions the shadow policies would have made otherwise (outcome or obligations), by the shadow "
+            "policy that decided", ["policy"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}
@@ -80,6 +84,13 @@ class Metrics:
             metric = getattr(self, name)
             child = self._children[key] = metric.labels(**labels) if labels else metric
         child.inc(n)
+
+    def shadow_disagreement(self, decision) -> None:
+        """Count one disagreement of the shadow set (``decision.shadow``) under each shadow
+        policy that decided it (label values: the loaded shadow policies' ids, a bounded set)."""
+        shadow = decision.shadow or {}
+        for policy in shadow.get("policies") or ["(default deny)"]:
+            self.count("shadow_disagreements", policy=str(policy))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

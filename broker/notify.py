@@ -64,6 +64,7 @@ class Kind(StrEnum):
     KILL_SWITCH = "killswitch"   # the kill switch ended many requests: told once to the security channel
     AUDIT_FAILING = "audit.failing"  # audit cannot record (sealing lags, no sink): new grants refused
     AUDIT_RECOVERED = "audit.recovered"  # audit records again: new grants accepted
+    POLICY_REVIEW_DUE = "policy.review_due"  # no policy review recorded for JITGATE_POLICY_REVIEW_DAYS
 
     @property
     def audit(self) -> bool:

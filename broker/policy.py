@@ -16,11 +16,12 @@ what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,9 @@ class Decision:
     # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
     # for the plain form (``approvals_required`` from ``approver_group``).
     approvals_from: tuple[tuple[str, int], ...] | None = None
+    # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
+    # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
+    shadow: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def allowed(self) -> bool:
@@ -802,6 +806,10 @@ class PolicyGate:
         self._agents = tuple(agents)
         self._directory = directory
         self._state = _build_state(rules, self._agents, directory)
+        self._shadow: _Rules | None = None  # the shadow set (issue 23 item 2), never enforcing
+        self._shadow_seen: tuple | None = None
+        self.shadow_error: str | None = None
+        self.on_shadow: Callable[[Decision], None] | None = None  # told each disagreement (metrics)
 
     @classmethod
     def load(cls, policy_dir: Path, directory: Directory, agents: Iterable[PrincipalInfo]) -> "PolicyGate":
@@ -810,7 +818,9 @@ class PolicyGate:
         Raises :class:`PolicyError` naming the file (and line, for a parse error) when
         anything is wrong, including an empty folder: the broker must not start then.
         """
-        return cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate = cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate.reload_shadow_if_changed()
+        return gate
 
     # -- keeping the inputs current
 
@@ -851,6 +861,63 @@ class PolicyGate:
         """The actions the schema declares, or None when the folder has no schema."""
         return self._state.rules.actions
 
+    # -- the shadow set (issue 23 item 2)
+
+    def reload_shadow_if_changed(self) -> bool:
+        """(Re)load the shadow policies (``shadow/`` in the policy folder) when they or the
+        enforcing set changed. Never raises: a broken shadow set is logged, kept in
+        :attr:`shadow_error` and not evaluated; the enforcing set is never affected. True when
+        the shadow set in use changed."""
+        rules = self._state.rules
+        shadow_dir = rules.directory / SHADOW_DIR
+        seen = (rules.fingerprint, _dir_fingerprint(shadow_dir))
+        if seen == self._shadow_seen:
+            return False
+        self._shadow_seen = seen
+        try:
+            shadow = _load_shadow(shadow_dir, rules)
+        except PolicyError as exc:
+            log.error("shadow policies not loaded (the enforcing set is unaffected): %s", exc.detail)
+            self._shadow, self.shadow_error = None, exc.detail
+            return True
+        except Exception as exc:  # noqa: BLE001 - a shadow set never stops the broker
+            log.exception("shadow policies not loaded (the enforcing set is unaffected)")
+            self._shadow, self.shadow_error = None, f"{exc.__class__.__name__}: {exc}"
+            return True
+        if shadow is not None:
+            self._shadow = shadow
+            log.info("shadow policies loaded from %s: %s", shadow_dir, ", ".join(self.shadow_ids))
+        self._shadow, self.shadow_error = shadow, None
+        return True
+
+    @property
+    def shadow_ids(self) -> tuple[str, ...]:
+        """The ids of the policies in the shadow folder (empty without a shadow set); the shadow
+        set is the enforcing one with these laid over it."""
+        shadow = self._shadow
+        if shadow is None:
+            return ()
+        return tuple(p.name for p in shadow.policies.values() if p.file.startswith(SHADOW_DIR + "/"))
+
+    def _beside(self, state: _State, shadow: _Rules, decision: Decision, agent_id: str, action: str, target: str,
+                context: Mapping[str, Any], approver_principal: str | None) -> Decision:
+        """``decision`` carrying what the shadow set decides where it differs; never changes the
+        decision itself and never raises."""
+        try:
+            shadow_state = dataclasses.replace(state, rules=dataclasses.replace(
+                shadow, schema=state.rules.schema, schema_file=state.rules.schema_file, actions=state.rules.actions,
+                proposal_keys=state.rules.proposal_keys))
+            other = self._evaluate(shadow_state, agent_id, action, target, context, approver_principal).decision
+            summary = shadow_summary(decision, other)
+            if summary is None:
+                return decision
+            decision = dataclasses.replace(decision, shadow=summary)
+            if self.on_shadow is not None:
+                self.on_shadow(decision)
+        except Exception:  # noqa: BLE001 - the shadow set never decides anything
+            log.exception("shadow evaluation failed for %s on %s", action, target)
+        return decision
+
     # -- deciding
 
     @traced_step("jitgate.decision", lambda d: {"outcome": d.outcome, "policies": d.policies,
@@ -864,7 +931,12 @@ class PolicyGate:
         unexpected there is a deny. Raises :class:`PolicyError` for a malformed
         ``context`` and :class:`InvalidRequest` for malformed ids.
         """
-        return self._evaluate(self._state, agent_id, action, target, context, approver_principal).decision
+        state = self._state
+        decision = self._evaluate(state, agent_id, action, target, context, approver_principal).decision
+        shadow = self._shadow
+        if shadow is not None:
+            decision = self._beside(state, shadow, decision, agent_id, action, target, context, approver_principal)
+        return decision
 
     def explain(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                 approver_principal: str | None = None) -> dict:
@@ -1068,3 +1140,73 @@ def _combined_quorum(permits: list[_Policy], lead: _Policy) -> tuple[tuple[str, 
         for g, n in asked:
             counts[g] = max(counts.get(g, 0), n)
     return tuple(counts.items())
+
+
+# --------------------------------------------------------------------------- shadow policies (issue 23 item 2)
+
+SHADOW_DIR = "shadow"
+# What a disagreement is about: the outcome and the obligations people live with.
+COMPARED = ("outcome", "approvals_required", "approver_group", "max_duration_s")
+DEFAULT_DENY = "(default deny)"  # the "policy" of a decision no policy made
+
+
+def differences(enforcing: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The :data:`COMPARED` keys on which two decisions (``to_dict`` form) differ."""
+    return [k for k in COMPARED if enforcing.get(k) != other.get(k)]
+
+
+def shadow_summary(enforcing: Decision, shadow: Decision) -> dict | None:
+    """What the audit entry records of a shadow decision that differs from the enforcing one:
+    the shadow outcome, its obligations, the shadow policies that decided it and what differs;
+    None when they agree."""
+    mine, theirs = enforcing.to_dict(), shadow.to_dict()
+    differ = differences(mine, theirs)
+    if not differ:
+        return None
+    return {"outcome": shadow.outcome, "policies": list(shadow.policies),
+            "approvals_required": shadow.approvals_required, "approver_group": shadow.approver_group,
+            "max_duration_s": shadow.max_duration_s, "reason": _shorten(shadow.reason), "differs": differ}
+
+
+def _load_shadow(shadow_dir: Path, enforcing: _Rules) -> _Rules | None:
+    """The shadow set: the enforcing policies with the ``*.cedar`` files of ``shadow_dir``
+    laid over them (a shadow policy replaces the enforcing policy of the same ``@id`` and
+    adds itself otherwise), so a shadow folder holds only what would change. The shadow files
+    are checked as the enforcing ones are and validated against the enforcing set's schema
+    (the entities are shared). None when there is no such folder or it holds no policy."""
+    if not shadow_dir.is_dir() or not any(shadow_dir.glob(_POLICY_GLOB)):
+        return None
+    shadow = _load_rules(shadow_dir)  # parse, annotations, unique ids, file modes: as for the enforcing set
+    if enforcing.schema is not None:
+        combined = "".join(_read_text(p) + "\n" for p in _policy_files(shadow_dir)[0])
+        result = cedarpy.validate_policies(combined, enforcing.schema)
+        if not result.validation_passed:
+            problems = []
+            for error in result.errors[:5]:
+                policy = shadow.policies.get(error.policy_id)
+                where = f"{policy.file}: policy {policy.name!r}" if policy else shadow_dir.name
+                problems.append(f"{where}: {_VALIDATION_PREFIX.sub('', error.error)}")
+            raise PolicyError(f"shadow policies do not validate against {enforcing.schema_file}: " + "; ".join(problems))
+    if _dir_fingerprint(enforcing.directory) != enforcing.fingerprint:
+        raise PolicyError("the enforcing policy files changed and are not loaded yet; the shadow set waits for them")
+    replaced = {p.name for p in shadow.policies.values()}
+    layers: list[tuple[str, dict]] = []  # (file, EST of one static policy), enforcing first, in load order
+    for folder, prefix in ((enforcing.directory, ""), (shadow_dir, f"{SHADOW_DIR}/")):
+        for path in _policy_files(folder)[0]:
+            try:
+                statics = json.loads(cedarpy.policies_to_json_str(_read_text(path))).get("staticPolicies", {})
+            except ValueError as exc:
+                raise PolicyError(f"{path}: {exc}") from None
+            for key in sorted(statics, key=lambda k: int(k[len("policy"):]) if k[len("policy"):].isdigit() else -1):
+                est = statics[key]
+                name = (est.get("annotations") or {}).get("id")
+                if prefix or name not in replaced:
+                    layers.append((prefix + path.name, est))
+    ests = {f"policy{i}": est for i, (_, est) in enumerate(layers)}
+    policies = {cid: _policy_from_est(cid, i, ests[cid], layers[i][0]) for i, cid in enumerate(ests)}
+    names = [p.name for p in policies.values()]
+    if len(set(names)) != len(names):
+        raise PolicyError("shadow policies: a policy without @id collides with another's positional id; give them @id")
+    policy_set = cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": ests, "templates": {}, "templateLinks": []}))
+    return _Rules(shadow_dir, policy_set, policy_set, policies, enforcing.schema, enforcing.schema_file, enforcing.actions,
+                  (), enforcing.proposal_keys)

@@ -94,6 +94,19 @@ def decide_again(life: Lifecycle, req: Request, context: dict) -> Decision:
     return d
 
 
+async def record_shadow(life: Lifecycle, req: Request, decision: Decision, stage: str, now: float) -> None:
+    """Record that the shadow policies would have refused ``req`` at ``stage`` where the
+    enforcing ones permit it (issue 23 item 2): a ``policy.shadow`` entry that changes nothing.
+    (A refusal the shadow set would not have made is in the closing entry's ``shadow``.) Best
+    effort: a failure to record is logged, never turned into a different outcome."""
+    try:
+        await life.store.append([event("policy.shadow", str(iso(now)), req.id, None, stage=stage,
+                                       decision={"outcome": decision.outcome, "policies": list(decision.policies)},
+                                       shadow=dict(decision.shadow or {}))])
+    except Exception:  # noqa: BLE001 - the shadow set never changes what happens to a request
+        log.exception("could not record the shadow decision on %s", req.id)
+
+
 def refusal(decision: Decision, stage: str) -> str:
     """The reason the agent reads when a step's decision refuses what was allowed before."""
     return f"the policies no longer permit this ({stage}): {decision.reason}"[:500]
@@ -117,13 +130,16 @@ def _closing(req: Request, decision: Decision, stage: str, at: str, now: float) 
     """(new status, fields, per-request audit event, notification kind) for closing ``req``."""
     reason = refusal(decision, stage)
     policies = list(decision.policies)
+    shadow = {"shadow": dict(decision.shadow)} if decision.shadow else {}  # issue 23 item 2
     if req.status == ACTIVE:
         fields = {"closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies)
+        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies,
+                   **shadow)
         return REVOKED, fields, ev, Kind.REVOKED
     denial = {"by": "policy", "reason": reason, "policies": policies, "at": at, "stage": stage}
     fields = {"denial": orjson.dumps(denial).decode(), "closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status)
+    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status,
+               **shadow)
     return DENIED, fields, ev, Kind.DENIED
 
 
@@ -195,7 +211,8 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                 to, fields, _ev, kind = _closing(req, d, "recheck", at, now)
                 items.append((req.id, req.status, to, fields, kind.value))
                 listed.append({"request_id": req.id, "type": "grant.revoked" if to == REVOKED else "request.denied",
-                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies)})
+                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies),
+                               **({"shadow": dict(d.shadow)} if d.shadow else {})})
             ev = event("requests.redecided", at, None, {"by": "policy"}, trigger=trigger, posture=posture, epoch=epoch,
                        requests=listed)
             out = await life.store.close_batch(items, [ev], int(now * 1000), life.retention_ms)

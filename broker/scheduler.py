@@ -264,10 +264,25 @@ class Scheduler:
             if await self.has_lease():
                 try:
                     await self.lifecycle.remind_due()
+                    await self._review_check()
                     if self.breakglass is not None:
                         await self.breakglass.sweep_reviews()
                 except Exception:  # noqa: BLE001
                     log.exception("reminders failed")
+
+    async def _review_check(self) -> None:
+        """The policy review reminder (issue 23 item 5): Redis is asked at most hourly per
+        process, the reminder goes at most daily (broker/policyreview.py)."""
+        from .policyreview import CHECK_EVERY_S, remind_if_due  # noqa: PLC0415
+
+        now = self.lifecycle._now()
+        if now < getattr(self, "_review_next", 0.0):
+            return
+        self._review_next = now + CHECK_EVERY_S
+        try:
+            await remind_if_due(self.lifecycle)
+        except Exception:  # noqa: BLE001 - a reminder never stops the other jobs
+            log.exception("policy review check failed")
 
     async def _settle_job(self) -> None:
         with self._tracked():
