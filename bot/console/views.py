@@ -31,6 +31,7 @@ from broker.model import ACTIVE, APPROVED, PENDING, check_request_id, iso
 from . import queries
 from .reviews import available as reviews_available
 from .reviews import breakglass_reviews
+from .refusals import Refused
 from .sessions import Session, Sessions
 from .stepup import StepUpViews
 
@@ -57,15 +58,6 @@ _STATIC = {
     "console.css": "text/css; charset=utf-8",
     "stepup.js": "text/javascript; charset=utf-8",
 }
-
-
-class Refused(Exception):
-    """A console request refused before reaching the lifecycle (session, origin, CSRF)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _ts(epoch: float | None) -> str:
