@@ -207,3 +207,35 @@ async def test_every_approval_from_a_step_up_group_needs_the_key(tmp_path, redis
         assert (await h.life.get(rid)).approvals[0]["step_up"] == "webauthn"
     finally:
         await h.stop()
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def test_webauthn_origin_and_rp_id_default_from_the_issuer():
+    """Issue 19.6: JITGATE_WEBAUTHN_ORIGIN / _RP_ID default from the console's public URL (the issuer)."""
+    from broker.config import Settings
+    from tests.broker.test_settings import BASE
+
+    s = Settings.from_env({**BASE, "JITGATE_ISSUER": "https://jit.example.com:8443/"})
+    assert (s.step_up_origin, s.step_up_rp_id) == ("https://jit.example.com:8443", "jit.example.com")
+    s = Settings.from_env({**BASE, "JITGATE_WEBAUTHN_ORIGIN": "https://console.corp.example.com",
+                           "JITGATE_WEBAUTHN_RP_ID": "corp.example.com"})
+    assert (s.step_up_origin, s.step_up_rp_id) == ("https://console.corp.example.com", "corp.example.com")
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"JITGATE_WEBAUTHN_ORIGIN": "console.example.com"}, "JITGATE_WEBAUTHN_ORIGIN"),
+    ({"JITGATE_WEBAUTHN_ORIGIN": "https://console.example.com/console"}, "JITGATE_WEBAUTHN_ORIGIN"),
+    ({"JITGATE_WEBAUTHN_ORIGIN": "https://console.example.com", "JITGATE_WEBAUTHN_RP_ID": "other.example.org"},
+     "JITGATE_WEBAUTHN_RP_ID"),
+    ({"JITGATE_WEBAUTHN_RP_ID": "ample.com"}, "JITGATE_WEBAUTHN_RP_ID"),
+])
+def test_a_webauthn_setting_browsers_would_refuse_is_refused_at_start(values, problem):
+    """Fail closed at start rather than at the first approval: an RP id that is not the console's
+    host (or a parent domain of it) can never verify."""
+    from broker.config import Settings
+    from tests.broker.test_settings import BASE
+
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({**BASE, "JITGATE_ISSUER": "https://console.example.com", **values})
