@@ -15,6 +15,7 @@ a challenge with a TTL of ``CHALLENGE_TTL_S``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ def b64url(data: bytes) -> str:
 
 def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def user_handle(approver: str) -> bytes:
+    """The WebAuthn user handle of ``approver``: 32 bytes (the spec allows at most 64; ids may be longer)."""
+    return hashlib.sha256(b"jitgate approver\0" + approver.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ class WebAuthn:
             raise InvalidRequest(f"you have {MAX_KEYS} keys registered already; remove one first")
         challenge = await self._new_challenge(REGISTER, session_digest, approver, "-")
         options = webauthn.generate_registration_options(
-            rp_id=self.rp_id, rp_name=RP_NAME, user_name=approver, user_id=approver.encode(), challenge=challenge,
+            rp_id=self.rp_id, rp_name=RP_NAME, user_name=approver, user_id=user_handle(approver), challenge=challenge,
             exclude_credentials=[PublicKeyCredentialDescriptor(id=unb64url(k.id)) for k in existing],
             authenticator_selection=AuthenticatorSelectionCriteria(
                 resident_key=ResidentKeyRequirement.DISCOURAGED, user_verification=UserVerificationRequirement.PREFERRED),
@@ -166,7 +172,8 @@ class WebAuthn:
         with a challenge bound to this session, this approver and ``request_id``."""
         keys = await self.keys(approver)
         if not keys:
-            raise StepUpFailed("you have no security key registered: add one on the Security keys page first")
+            raise StepUpFailed(f"you have no security key registered: sign in with a console link (jitgate console "
+                               f"login {approver}) and add one on the Security keys page")
         challenge = await self._new_challenge(APPROVE, session_digest, approver, request_id)
         options = webauthn.generate_authentication_options(
             rp_id=self.rp_id, challenge=challenge,

@@ -8,15 +8,17 @@ goes through the lifecycle (:meth:`bot.console.views.ConsoleViews.approve`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bot.kit.stepup import PATH, StepUpLinks
 from broker.bodies import read_form
-from broker.errors import BrokerError, NotApprover
+from broker.errors import AuditError, BrokerError, NotApprover, Unavailable
 from broker.model import PENDING, check_request_id
 
 from .refusals import Refused
@@ -25,8 +27,11 @@ from .securitykeys import StepUpFailed, WebAuthn
 # The console's views (bot.console.views.ConsoleViews), whose plumbing these routes use; not
 # imported, so the two modules form no import circle.
 ConsoleViews = Any
+log = logging.getLogger("jitgate.console")
 
 STEP_UP_SESSION = "step-up"
+# A session a chat link opened is for that approval: it lasts this long, not a working day.
+STEP_UP_SESSION_TTL_S = 15 * 60
 _JSON_HEADERS = {"Cache-Control": "no-store"}
 
 
@@ -44,14 +49,15 @@ class StepUpViews:
         self.links = StepUpLinks(ctx.keys)
 
     def routes(self, w) -> list[Route]:
+        j = _json_plainly
         return [
             Route("/console/keys", w(self.keys_page), methods=["GET"]),
-            Route("/console/keys/options", self.register_options, methods=["POST"]),
-            Route("/console/keys/register", self.register, methods=["POST"]),
+            Route("/console/keys/options", j(self.register_options), methods=["POST"]),
+            Route("/console/keys/register", j(self.register), methods=["POST"]),
             Route("/console/keys/remove", w(self.remove), methods=["POST"]),
             Route(PATH, w(self.link_page), methods=["GET"]),
             Route(PATH, w(self.use_link), methods=["POST"]),
-            Route("/console/requests/{id}/step-up", self.assertion_options, methods=["POST"]),
+            Route("/console/requests/{id}/step-up", j(self.assertion_options), methods=["POST"]),
         ]
 
     # ------------------------------------------------------------------ keys
@@ -181,7 +187,8 @@ class StepUpViews:
         response = RedirectResponse(f"/console/requests/{link.request_id}", status_code=303)
         actor = {"approver": link.approver, "channel": "console", "platform_user": link.platform_user}
         if current is None:
-            cookie, session = await self.v.sessions.create(link.approver, now=now, via=STEP_UP_SESSION)
+            cookie, session = await self.v.sessions.create(link.approver, now=now, via=STEP_UP_SESSION,
+                                                           ttl_s=STEP_UP_SESSION_TTL_S)
             self.v._set_cookie(response, cookie)
             await self.v._audit("console.signed_in", actor, session=session.ref, via=STEP_UP_SESSION,
                                 request_id=link.request_id)
@@ -199,6 +206,22 @@ class _JsonRefusal(Exception):
 
     def as_refused(self) -> Refused:
         return Refused(self.status, self.message)
+
+
+def _json_plainly(handler):
+    """Failures outside the ceremony's answers (Redis down, a bug) as JSON the page shows, never a bare 500."""
+
+    async def endpoint(request: HttpRequest) -> Response:
+        try:
+            return await handler(request)
+        except (RedisError, Unavailable, AuditError):
+            log.exception("console: %s %s failed", request.method, request.url.path)
+            return _json_error(503, "the broker cannot reach its database; nothing was changed, try again")
+        except Exception:
+            log.exception("console: %s %s failed", request.method, request.url.path)
+            return _json_error(500, "the console hit an unexpected error; it was logged")
+
+    return endpoint
 
 
 def _json_error(status: int, message: str) -> Response:

@@ -76,7 +76,7 @@ async def test_registration_options_name_the_relying_party(console):
 
 async def test_a_step_up_link_is_only_for_its_person(console):
     """Issue 19.6: a link bound to bob cannot be used by erin's session (and stays usable for bob); an
-    unknown or used token is refused; the session it opens may not manage keys."""
+    unknown or used token is refused; the session it opens may not manage keys and lasts 15 minutes."""
     rid = await _propose(console)
     links = StepUpLinks(KeySpace(console.h.broker.redis, console.h.settings.redis_prefix))
     token = await links.issue("bob", rid, now=console.h.clock.now())
@@ -95,3 +95,6 @@ async def test_a_step_up_link_is_only_for_its_person(console):
     assert "keys-need-signin" in keys.text and "register-key" not in keys.text
     r = await stranger.post("/console/keys/options")
     assert r.status_code == 403
+    console.h.clock.advance(15 * 60 + 1)  # such a session is for that approval, not a working day
+    assert (await stranger.page()).status_code == 401
+    assert (await erin.page()).status_code == 200
