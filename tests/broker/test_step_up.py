@@ -106,6 +106,27 @@ def test_policy_check_prints_the_step_up(tmp_path):
     assert {p["id"]: p["step_up"] for p in result["policies"]}["prod-deploy-key"] == "webauthn"
 
 
+def test_policy_test_cases_can_expect_the_step_up(tmp_path):
+    """Issue 19.6: `jitgate policy test` checks a case's `step_up` like the other obligations."""
+    from broker.policytest import run, test_files
+
+    policy_dir = step_up_policies(tmp_path)
+    (policy_dir / "tests").mkdir()
+    (policy_dir / "tests" / "stepup.yaml").write_text(
+        "agents:\n  deploy-bot: {owner: alice, team: platform}\n"
+        "cases:\n"
+        "  - {name: key, principal: deploy-bot, action: deploy, resource: prod/payments-api,"
+        " expect: {step_up: webauthn}}\n"
+        "  - {name: no key, principal: deploy-bot, action: restart, resource: prod/payments-api,"
+        " expect: {step_up: null}}\n"
+        "  - {name: wrong, principal: deploy-bot, action: restart, resource: prod/payments-api,"
+        " expect: {step_up: webauthn}}\n")
+    directory = Directory.load(FIXTURES / "approvers.yaml", FIXTURES / "targets.yaml")
+    report = run(policy_dir, directory, test_files(policy_dir))
+    assert [r.name for r in report.failed] == ["wrong"]
+    assert "step_up" in report.render(verbose=False)
+
+
 @pytest.fixture
 async def stepup(tmp_path, redis_url, prefix, redis):
     settings = make_settings(tmp_path, redis_url, prefix, policy_dir=step_up_policies(tmp_path))
