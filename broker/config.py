@@ -301,6 +301,24 @@ class Settings:
             return None
         return self.audit_checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
 
+    # Step-up (issue 19, item 6): the WebAuthn relying party the console asks keys for. None:
+    # from JITGATE_ISSUER (the console's public URL): its host name and its origin.
+    webauthn_rp_id: str | None = None
+    webauthn_origin: str | None = None
+
+    @property
+    def step_up_origin(self) -> str:
+        """The console's origin as browsers see it: JITGATE_WEBAUTHN_ORIGIN, else the issuer's."""
+        if self.webauthn_origin:
+            return self.webauthn_origin
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def step_up_rp_id(self) -> str:
+        """The WebAuthn RP id: JITGATE_WEBAUTHN_RP_ID, else the host name of :attr:`step_up_origin`."""
+        return self.webauthn_rp_id or (urlsplit(self.step_up_origin).hostname or "")
+
     audit_witness_urls: tuple[str, ...] = ()
     audit_syslog: str | None = None
     audit_seal_interval_s: float = 0.05
@@ -388,7 +406,25 @@ class Settings:
             ssf_push_timeout_s=min(60.0, max(0.5, _float(env, "JITGATE_SSF_PUSH_TIMEOUT_S", 5.0))),
             ssf_max_queued=_int(env, "JITGATE_SSF_MAX_QUEUED", 10000, 100, 1_000_000),
             **_audit(env),
+            **_webauthn(env),
         )
+
+
+def _webauthn(env: Mapping[str, str]) -> dict:
+    """JITGATE_WEBAUTHN_ORIGIN (scheme://host[:port], no path) and JITGATE_WEBAUTHN_RP_ID (a host
+    name the origin's host is, or ends with after a dot): WebAuthn refuses anything else anyway,
+    so a mismatch is said at start rather than at the first approval."""
+    origin = (env.get("JITGATE_WEBAUTHN_ORIGIN") or "").strip().rstrip("/") or None
+    rp_id = (env.get("JITGATE_WEBAUTHN_RP_ID") or "").strip() or None
+    if origin is not None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(f"JITGATE_WEBAUTHN_ORIGIN must look like https://console.example.com, got {origin!r}")
+    host = urlsplit(origin or env.get("JITGATE_ISSUER", "")).hostname or ""
+    if rp_id is not None and host and host != rp_id and not host.endswith("." + rp_id):
+        raise ConfigError(f"JITGATE_WEBAUTHN_RP_ID {rp_id!r} must be the console's host name {host!r} "
+                          "or a parent domain of it")
+    return {"webauthn_origin": origin, "webauthn_rp_id": rp_id}
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:

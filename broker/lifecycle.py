@@ -26,7 +26,9 @@ from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
 from .context import build_context
-from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, PolicyDenied, RateLimited
+from .errors import (
+    Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, PolicyDenied, RateLimited, StepUpRequired,
+)
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
@@ -574,6 +576,10 @@ class Lifecycle:
         if why is not None:
             raise NotApprover(why)
 
+    def step_up_needed(self, approver: Approver, req: Request) -> str | None:
+        """The proof of presence ``approver``'s approval of ``req`` needs (:func:`broker.rules.step_up_needed`)."""
+        return rules.step_up_needed(approver, req, self.directory)
+
     def may_still_decide(self, approver: Approver, req: Request) -> bool:
         """Whether ``approver`` may decide pending ``req`` and is not counted yet (:func:`broker.rules.may_still_decide`)."""
         return rules.may_still_decide(approver, req, self._owner_of)
@@ -600,15 +606,20 @@ class Lifecycle:
         channel: str,
         platform_user: str | None = None,
         duration_s: int | None = None,
+        step_up: str | None = None,
     ) -> Request:
         """Count ``approver``'s approval; the last one needed approves the request.
+
+        ``step_up`` (``"webauthn"``) says the caller verified the approver's proof of presence;
+        an approval that needs one (:meth:`step_up_needed`) and comes without it raises
+        :class:`StepUpRequired` and records nothing. It is kept in the approval and its audit entry.
 
         For a mixed quorum the approval counts for one group its approver may fill now
         (:func:`broker.rules.quorum_slots`); the script refuses it if that group filled up
         meanwhile, and it is tried again (bounded) with what is stored then."""
         for _ in range(3):
             req, out = await self._approve_once(request_id, approver, channel=channel, platform_user=platform_user,
-                                                duration_s=duration_s)
+                                                duration_s=duration_s, step_up=step_up)
             if out is None:
                 return req
             if out.result != "filled":
@@ -628,13 +639,17 @@ class Lifecycle:
         raise Conflict(_explain(after))
 
     async def _approve_once(self, request_id: str, approver: Approver, *, channel: str, platform_user: str | None,
-                            duration_s: int | None) -> tuple[Request, Outcome | None]:
+                            duration_s: int | None, step_up: str | None = None) -> tuple[Request, Outcome | None]:
         req = await self.get(request_id)
         self.check_approver(approver, req)
         if rules.already_approved(approver, req):
             return req, None  # the same person's approval again (under any alias): a no-op
         if req.status != PENDING:
             raise Conflict(_explain(req))
+        needed = self.step_up_needed(approver, req)
+        if needed is not None and step_up != needed:
+            raise StepUpRequired(f"this approval counts only with a security key ({needed} step-up): approve it in "
+                                 "the console, which asks for your key; nothing was recorded")
         group = None
         if rules.quorum(req) is not None:
             why = rules.why_not_counted(approver, req)
@@ -654,6 +669,8 @@ class Lifecycle:
             approval["platform_user"] = platform_user
         if duration_s is not None:
             approval["duration_s"] = duration_s
+        if step_up is not None:
+            approval["step_up"] = step_up
         # Decide again with this approval counted (issue 16, item 1): the approval recorded,
         # and (the last one needed) the grant approved. A refusal denies the request.
         decision, _epoch = await self._decide_at(req, "approval", extra_approval=approval)
@@ -661,7 +678,9 @@ class Lifecycle:
             await self._refuse(req, decision, "approval")
         required = int(req.decision.get("approvals_required", 1))
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
-        counted = {"group": group} if group is not None else {}
+        counted: dict[str, Any] = {"group": group} if group is not None else {}
+        if step_up is not None:
+            counted["step_up"] = step_up
         # The count, the approvers and the granted duration depend on the other approvals:
         # the script decides them from the approvals stored, not from what was read here
         # (it picks this approval's entry for the count it makes, and writes the approval's).
@@ -777,6 +796,7 @@ class Lifecycle:
             request_id=req.id,
             approvers=req.approvers, policies=list(req.decision.get("policies", [])),
             proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
+            step_up={a["approver"]: a["step_up"] for a in req.approvals if isinstance(a.get("step_up"), str)},
         )
         token = self.keyring.sign(claims)  # signed before the state changes; discarded if the change fails
         # The target system's own credential, when the target has a plugin: issued (and its

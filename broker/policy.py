@@ -95,7 +95,10 @@ AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
 # Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
 # a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
 ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "approvals_from", "max_duration", "channel", "backup_group",
-                         "description"})
+                         "step_up", "description"})
+# ``@step_up("webauthn")``: an approval counts only once its approver proved presence with a
+# security key or platform authenticator (issue 19, item 6). The one kind there is.
+STEP_UP_KINDS = frozenset({"webauthn"})
 # ``@approvals_from("sre:1,security:1")``: a mixed quorum, each group's count met by distinct people.
 _QUORUM_ITEM = re.compile(r"([^:,\s]+):([0-9]{1,2})")
 _REASON_ERRORS_MAX = 300
@@ -128,6 +131,8 @@ class Decision:
     # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
     # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
     shadow: Mapping[str, Any] | None = field(default=None, compare=False)
+    # ``@step_up("webauthn")`` on a permit that decided: every approval needs that proof.
+    step_up: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -152,6 +157,7 @@ class Decision:
             "backup_group": self.backup_group,
             "reason": self.reason,
             **({"approvals_from": dict(self.approvals_from)} if self.approvals_from else {}),
+            **({"step_up": self.step_up} if self.step_up else {}),
         }
 
     @classmethod
@@ -164,6 +170,7 @@ class Decision:
             fields = {k: d.get(k) for k in ("approver_group", "channel", "backup_group")}
             max_duration = d.get("max_duration_s")
             quorum = d.get("approvals_from")  # absent in records made before mixed quorums
+            step_up = d.get("step_up")  # absent unless a policy asked for it
         except (KeyError, TypeError) as exc:
             raise PolicyError(f"malformed decision: missing {exc}") from None
         pairs = None
@@ -182,11 +189,12 @@ class Decision:
             and 0 <= approvals <= MAX_APPROVALS
             and (max_duration is None or (type(max_duration) is int and max_duration > 0))
             and all(v is None or isinstance(v, str) for v in fields.values())
+            and (step_up is None or step_up in STEP_UP_KINDS)
         )
         if not ok:
             raise PolicyError("malformed decision")
         return cls(outcome, tuple(policies), approvals, fields["approver_group"], max_duration,
-                   fields["channel"], fields["backup_group"], reason, pairs)
+                   fields["channel"], fields["backup_group"], reason, pairs, step_up)
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,7 @@ class _Policy:
     channel: str | None
     backup_group: str | None
     quorum: tuple[tuple[str, int], ...] | None = None  # @approvals_from, in the order written
+    step_up: str | None = None  # @step_up("webauthn")
 
 
 @dataclass(frozen=True)
@@ -444,9 +453,19 @@ def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Pol
         quorum = _annotation_quorum(label, annotations["approvals_from"])
         approvals = sum(n for _, n in quorum)
         names["approver_group"] = quorum[0][0]
+    step_up = None
+    if "step_up" in annotations:
+        raw = annotations["step_up"]
+        if raw not in STEP_UP_KINDS:
+            raise PolicyError(f"{label}: @step_up must be one of {sorted(STEP_UP_KINDS)}, got {raw!r}")
+        if est["effect"] != "permit" or approvals == 0:
+            # A proof asked of approvals that never happen would read as a protection it is not.
+            raise PolicyError(f"{label}: @step_up applies to a permit that requires approval "
+                              "(not to a forbid or to @approvals(\"0\"))")
+        step_up = raw
     return _Policy(
         cedar_id=cedar_id, name=name, effect=est["effect"], file=file, position=position,
-        approvals=approvals, max_duration=max_duration, quorum=quorum, **names,
+        approvals=approvals, max_duration=max_duration, quorum=quorum, step_up=step_up, **names,
     )
 
 
@@ -980,6 +999,7 @@ class PolicyGate:
                     "approvals": p.approvals, "approver_group": p.approver_group,
                     "approvals_from": dict(p.quorum) if p.quorum else None,
                     "max_duration_s": p.max_duration,
+                    "step_up": p.step_up,
                 }
                 for p in rules.policies.values()
             ],
@@ -1081,7 +1101,8 @@ class PolicyGate:
 def _obligations(permits: list[_Policy]) -> Decision:
     """Combine the determining permits' annotations, the strictest winning.
 
-    Approvals: the highest. Duration: the shortest that is set. Group, channel and
+    Approvals: the highest. Duration: the shortest that is set. Step-up: asked when any of
+    them asks for it (and approval is needed at all). Group, channel and
     backup group: from the permit asking for the most approvals (ties: lowest id).
     When any of them asks for a mixed quorum (``@approvals_from``), the quorums combine
     instead: every group any of them names, each with the highest count asked of it (a
@@ -1114,6 +1135,9 @@ def _obligations(permits: list[_Policy]) -> Decision:
     else:
         outcome = "require_approval"
         reason = f"needs {_plural(approvals, 'approval')} from {group}; decided by {decided}"
+    step_up = next((p.step_up for p in permits if p.step_up), None) if outcome == "require_approval" else None
+    if step_up:
+        reason = f"{reason}; every approval needs step-up ({step_up})"
     return Decision(
         outcome=outcome,
         policies=tuple(names),
@@ -1124,6 +1148,7 @@ def _obligations(permits: list[_Policy]) -> Decision:
         backup_group=lead.backup_group,
         reason=reason,
         approvals_from=quorum,
+        step_up=step_up,
     )
 
 
