@@ -128,11 +128,11 @@ class Decision:
     # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
     # for the plain form (``approvals_required`` from ``approver_group``).
     approvals_from: tuple[tuple[str, int], ...] | None = None
+    # ``@step_up("webauthn")`` on a permit that decided: every approval needs that proof.
+    step_up: str | None = None
     # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
     # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
     shadow: Mapping[str, Any] | None = field(default=None, compare=False)
-    # ``@step_up("webauthn")`` on a permit that decided: every approval needs that proof.
-    step_up: str | None = None
 
     @property
     def allowed(self) -> bool:
