@@ -535,6 +535,8 @@ class Lifecycle:
             max_duration_s=min(durations) if durations else None, channel=lead.channel,
             backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
             approvals_from=lead.approvals_from,
+            # The strictest wins here too: step-up asked by the proposal's decision or any link's.
+            step_up=next((d.step_up for d in decisions if d.step_up), None) if approvals else None,
             shadow=decision.shadow,  # the shadow set compared on the proposal's own decision (issue 23 item 2)
         )
 

@@ -260,3 +260,28 @@ def test_a_webauthn_setting_browsers_would_refuse_is_refused_at_start(values, pr
 
     with pytest.raises(ConfigError, match=problem):
         Settings.from_env({**BASE, "JITGATE_ISSUER": "https://console.example.com", **values})
+
+
+def test_a_delegated_proposal_keeps_the_step_up_of_any_decision_in_its_chain(tmp_path):
+    """Issue 19.6 (fail closed): a proposal made through a delegation chain combines the decisions
+    of the proposal and of each link, the strictest winning; step-up asked by the proposal's own
+    decision, or by a link's, is never dropped by the combination."""
+    from types import SimpleNamespace
+
+    from broker.identity.delegation import DelegationLink
+    from broker.lifecycle import Lifecycle
+
+    delegate = '''
+@id("delegate-with-key") @approvals("1") @approver_group("sre") @step_up("webauthn")
+permit(principal, action == Jitgate::Action::"delegate", resource);
+'''
+    link = DelegationLink(1, "orchestrator", "deploy-bot", ("deploy",), ("prod/*",), 0, 60, "j1")
+    g = gate(step_up_policies(tmp_path, STEP_UP_POLICY + delegate))
+    own = g.decide(agent_id="deploy-bot", action="deploy", target="prod/payments-api", context=ctx())
+    combined = Lifecycle._delegated_decision(SimpleNamespace(gate=g), own, [link], ctx())
+    assert own.step_up == "webauthn" and combined.step_up == "webauthn" and combined.approvals_required == 1
+    # The link alone asks for it: the proposal's own decision (a plain approval) does not.
+    plain = Decision.from_dict({**own.to_dict(), "step_up": None})
+    assert plain.step_up is None
+    combined = Lifecycle._delegated_decision(SimpleNamespace(gate=g), plain, [link], ctx())
+    assert combined.step_up == "webauthn"
