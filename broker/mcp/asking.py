@@ -16,21 +16,18 @@ what the broker said. The agent's key never leaves this process: it signs the as
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ..client import ApiError, Client, Denied, Escalation, JitgateError, NotGranted, TimedOut, TransportError
+from ..client import ApiError, Client, Denied, Escalation, JitgateError, NotGranted, TransportError
 from .outcome import complete, make_outcome
+from .waiting import wait_with_progress
 
 # The longest one tool call waits for a decision. A client's read timeout is often a few minutes
 # (the SDK's: 300 s); a longer wait is several calls, each answering "pending".
 MAX_WAIT_S = 120.0
-# How often a waiting call reports progress even when nothing changed, so clients whose timeout
-# resets on progress keep the call open.
-HEARTBEAT_S = 10.0
 
 
 def describe(esc: Escalation) -> dict[str, Any]:
@@ -68,34 +65,6 @@ def refusal(exc: JitgateError) -> str:
     return str(exc)
 
 
-async def wait_with_progress(client: Client, esc: Escalation, wait_s: float, ctx: Context | None,
-                             heartbeat_s: float = HEARTBEAT_S) -> Escalation:
-    """Long-poll ``esc`` until it is decided or ``wait_s`` passed (then it is returned as it is,
-    still pending), reporting progress (approvals so far of those required) on every change and
-    at least every ``heartbeat_s`` seconds."""
-    deadline = time.monotonic() + max(0.0, wait_s)
-    while esc.status == "pending":
-        await _progress(ctx, esc)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            esc = await client.wait(esc.id, timeout=min(left, heartbeat_s), current=esc)
-            if esc.status == "pending":  # a new approval: report it, wait on
-                continue
-        except TimedOut:
-            esc = await client.status(esc.id)
-    await _progress(ctx, esc)
-    return esc
-
-
-async def _progress(ctx: Context | None, esc: Escalation) -> None:
-    if ctx is None:
-        return
-    need = esc.approvals_required
-    await ctx.report_progress(len(esc.approvals), float(need) if need else None, esc.summary())
-
-
 def build_server(client: Client) -> MCPServer:
     """The ``jitgate mcp`` server, asking as ``client``'s agent."""
     server: MCPServer = MCPServer(
@@ -129,7 +98,7 @@ def build_server(client: Client) -> MCPServer:
         try:
             esc = await client.status(request_id)
             if wait_s > 0:
-                esc = await wait_with_progress(client, esc, min(float(wait_s), MAX_WAIT_S), ctx)
+                esc = await wait_with_progress(client, esc, min(float(wait_s), MAX_WAIT_S), ctx.report_progress)
         except JitgateError as exc:
             raise ToolError(refusal(exc)) from None
         return describe(esc)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..client.cli import client_from_args, connection_options
 from ..client.errors import JitgateError
+from ..errors import ConfigError
 
 NEEDS_EXTRA = "jitgate {cmd}: needs the mcp extra: pip install 'jitgate[mcp]'"
 
@@ -78,7 +79,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         from .gateway import Gateway  # noqa: PLC0415 - optional: the mcp extra
-        from .gwconfig import ConfigError, load_config  # noqa: PLC0415
+        from .settings import load_config  # noqa: PLC0415
     except ImportError:
         print(NEEDS_EXTRA.format(cmd="gateway"), file=sys.stderr)
         return 1
