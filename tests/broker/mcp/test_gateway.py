@@ -211,3 +211,31 @@ async def test_a_call_nobody_decides_is_withdrawn_and_refused(live, notes_url, c
     (req,) = await live.broker.store.scan_requests()
     assert result.is_error and "no decision within 1 s" in text(result) and req.id in text(result)
     assert req.status == "cancelled" and received(calls) == []
+
+
+async def test_jitgate_gateway_over_stdio(live, calls, tmp_path):
+    """`jitgate gateway --config FILE` as an MCP client starts it (stdio), with a stdio upstream: an
+    allow-listed read passes, a call policy grants at once is forwarded, a forbidden one is refused."""
+    import tempfile
+
+    import yaml
+    from mcp import StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"upstreams": {"notes": {
+        "command": [sys.executable, NOTES], "env": _env(calls), "target": "staging/notes", "allow": ["read_note"]}}}))
+    env = {**_env(calls), "JITGATE_URL": live.url, "JITGATE_AGENT_ID": "mcp-gateway",
+           "JITGATE_AGENT_KEY": str(live.key_files["mcp-gateway"])}
+    params = StdioServerParameters(command=sys.executable, env=env, cwd=str(ROOT),
+                                   args=["-m", "broker.cli", "gateway", "--config", str(config), "--no-dpop"])
+    with tempfile.TemporaryFile(mode="w+") as errlog:
+        async with McpClient(stdio_client(params, errlog=errlog), mode="legacy") as agent:
+            assert "notes__write_note" in {t.name for t in (await agent.list_tools()).tools}
+            assert text(await agent.call_tool("notes__read_note", {"path": "readme"})) == "hello"
+            assert text(await agent.call_tool("notes__append_log", {"line": "x"})) == "ok"
+            refused = await agent.call_tool("notes__write_note", {"path": "secrets/a", "text": "x"})
+            assert refused.is_error and "denied" in text(refused)
+    assert [c["tool"] for c in received(calls)] == ["read_note", "append_log"]
+    (req,) = [r for r in await live.broker.store.scan_requests() if r.proposal.action == "mcp:notes/append_log"]
+    await live.status(req.id, "completed")
