@@ -84,6 +84,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         print(NEEDS_EXTRA.format(cmd="gateway"), file=sys.stderr)
         return 1
     _quiet()
+    # The gateway hands the token on in a header as a bearer token: a token bound to a key
+    # (DPoP) would need a proof per HTTP request the upstream connection makes.
+    args.no_dpop = True
     try:
         config = load_config(args.config)
         client = client_from_args(args)

@@ -53,3 +53,13 @@ def test_the_file_is_named_in_its_errors(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(path) in err.value.detail
+
+
+def test_the_example_file_is_valid():
+    """examples/mcp-gateway.yaml (the README's) loads as it is."""
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "mcp-gateway.yaml")
+    assert config.upstreams["payments"].token_header == "Authorization"
+    assert config.upstreams["payments"].action_for("refund") == "payments.refund"
+    assert "read_file" in config.upstreams["files"].allow
