@@ -108,3 +108,33 @@ async def _auto_grant_and_denial(mcp) -> None:
 
     bad = await mcp.call_tool("complete_grant", {"request_id": read["request_id"], "status": "maybe"})
     assert bad.is_error and "success" in text(bad)
+
+
+async def test_jitgate_mcp_over_streamable_http(live):
+    """`jitgate mcp --transport http`: the same tools over Streamable HTTP on a loopback port."""
+    import subprocess
+    import time
+
+    from broker.embedded_redis import free_port
+
+    port = free_port()
+    p = params(live)
+    proc = subprocess.Popen([p.command, *p.args, "--transport", "http", "--port", str(port)], env=p.env, cwd=p.cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with Client(f"http://127.0.0.1:{port}/mcp") as mcp:
+                    read = result(await mcp.call_tool("request_escalation", {
+                        "action": "read", "target": "staging/payments-api", "justification": "check drift"}))
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        assert read["status"] == "approved"
+        assert (await live.broker.lifecycle.get(read["request_id"])).agent == "reader-bot"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -161,8 +161,9 @@ async def test_a_call_whose_arguments_cedar_forbids_never_reaches_the_upstream(l
         # The same tool with other arguments is only held (so it was the arguments that decided).
         held = asyncio.create_task(agent.call_tool("notes__write_note", {"path": "plan", "text": "x"}))
         rid = await live.pending()
-        held.cancel()
+        held.cancel()  # the agent gives up waiting: nobody should be left deciding it
         await asyncio.gather(held, return_exceptions=True)
+        await live.status(rid, "cancelled")
     assert rid != req.id
     assert received(calls) == []
 
