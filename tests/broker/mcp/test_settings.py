@@ -63,3 +63,18 @@ def test_the_example_file_is_valid():
     assert config.upstreams["payments"].token_header == "Authorization"
     assert config.upstreams["payments"].action_for("refund") == "payments.refund"
     assert "read_file" in config.upstreams["files"].allow
+
+
+def test_an_outcome_is_cut_to_what_the_broker_accepts():
+    """The gateway's outcome quotes an upstream's answer: control characters become spaces, the
+    summary is cut to 500 characters; evidence must be https links (at most 10)."""
+    from broker.mcp.outcome import make_outcome
+
+    out = make_outcome("failure", "boom\x1b[31m" + "x" * 600)
+    assert out["status"] == "failure" and len(out["summary"]) == 500 and "\x1b" not in out["summary"]
+    assert make_outcome("success") == {"status": "success"}
+    assert make_outcome("success", evidence=["https://ci.example.com/1"])["evidence"] == ["https://ci.example.com/1"]
+    for bad in ({"status": "maybe"}, {"status": "success", "evidence": ["http://x"]},
+                {"status": "success", "evidence": ["https://x"] * 11}):
+        with pytest.raises(ValueError):
+            make_outcome(**bad)
