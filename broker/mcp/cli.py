@@ -56,7 +56,8 @@ def _serve(server: Any, args: argparse.Namespace) -> None:
         print(f"jitgate: serving MCP on {args.host}:{args.port} without authentication: anyone who reaches it acts "
               "as this agent; put it behind an authenticating proxy", file=sys.stderr)
     app = server.streamable_http_app(streamable_http_path=args.path, host=args.host)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="none")
+    # A held call may wait minutes for people: shutting down does not wait for it longer than this.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="none", timeout_graceful_shutdown=3)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:

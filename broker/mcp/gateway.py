@@ -29,6 +29,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
@@ -190,7 +191,10 @@ class Gateway:
         try:
             yield {}
         finally:
-            await self.close()
+            # Shut down by cancellation (Streamable HTTP's session manager): close anyway, so the
+            # upstream processes end with us and the reported completions are not cut off.
+            with anyio.CancelScope(shield=True):
+                await self.close()
 
     async def start(self) -> None:
         """Connect to every upstream and read its tools (an upstream that fails is logged and tried

@@ -242,3 +242,46 @@ async def test_jitgate_gateway_over_stdio(live, calls, tmp_path):
     assert [c["tool"] for c in received(calls)] == ["read_note", "append_log"]
     (req,) = [r for r in await live.broker.store.scan_requests() if r.proposal.action == "mcp:notes/append_log"]
     await live.status(req.id, "completed")
+
+
+async def test_jitgate_gateway_over_streamable_http(live, calls, tmp_path):
+    """`jitgate gateway --transport http`: the agent reaches the gateway over Streamable HTTP; an
+    allow-listed call and a granted one are forwarded to a stdio upstream."""
+    import yaml
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"upstreams": {"notes": {
+        "command": [sys.executable, NOTES], "env": _env(calls), "target": "staging/notes", "allow": ["read_note"]}}}))
+    env = {**_env(calls), "JITGATE_URL": live.url, "JITGATE_AGENT_ID": "mcp-gateway",
+           "JITGATE_AGENT_KEY": str(live.key_files["mcp-gateway"])}
+    port = free_port()
+    with open(tmp_path / "gw.log", "w") as log:
+        await _gateway_over_http(live, calls, tmp_path, config, env, port, log)
+
+
+async def _gateway_over_http(live, calls, tmp_path, config, env, port, log) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "broker.cli", "gateway", "--config", str(config),
+                             "--transport", "http", "--port", str(port)], env=env, cwd=str(ROOT),
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with McpClient(f"http://127.0.0.1:{port}/mcp") as agent:
+                    read = await agent.call_tool("notes__read_note", {"path": "readme"})
+                    logged = await agent.call_tool("notes__append_log", {"line": "over http"})
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the gateway did not stop on SIGTERM: " + (tmp_path / "gw.log").read_text()[-2000:])
+    assert text(read) == "hello" and text(logged) == "ok"
+    assert [c["tool"] for c in received(calls)] == ["read_note", "append_log"]
