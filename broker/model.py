@@ -46,7 +46,8 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _DECIMAL_MAX = decimal.Decimal("922337203685477.5807")  # Cedar's decimal: a 64-bit integer of 1/10000
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
-_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+# '/' for the MCP gateway's default actions, ``mcp:<server>/<tool>`` (issue 20).
+_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 # Actions the broker itself asks policy about (``delegate``: may this agent hand work to
 # that one?). A permit for them answers a question the broker asks, not a proposal: an
 # agent proposing one would turn a delegation permit into a token for another agent.
@@ -250,7 +251,7 @@ class Proposal:
             raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
         action = _text(body, "action", MAX_ACTION, required=True)
         if not _ACTION_RE.match(action):
-            raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':' and '-' only")
+            raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':', '/' and '-' only")
         if action in INTERNAL_ACTIONS:
             raise ReservedAction(f"'{action}' is an action the broker uses internally and cannot be requested; "
                                  "to let another agent act, sign a delegation link and send it in 'delegation'")

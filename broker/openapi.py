@@ -82,7 +82,7 @@ def openapi_document(issuer: str) -> dict:
         "additionalProperties": False,
         "required": ["action", "target", "justification", "duration_s"],
         "properties": {
-            "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
+            "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]*$"},
             # Required text must hold a non-blank character: the API refuses "" and "  " (400).
             "target": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_NAME},
             "justification": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_JUSTIFICATION},

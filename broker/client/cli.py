@@ -77,6 +77,15 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
 
 
+# For other agent-side commands that connect the same way (``jitgate mcp``, ``jitgate gateway``).
+connection_options = _connection_options
+
+
+def client_from_args(args: argparse.Namespace) -> Client:
+    """The :class:`Client` the connection options describe (JitgateError when they do not)."""
+    return _client(args)
+
+
 def _run(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
     """Run ``work(client)`` and turn the outcome into an exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per HTTP call drowns the progress
