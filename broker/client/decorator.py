@@ -15,7 +15,7 @@ from typing import Any
 
 from .client import Client
 from .errors import Denied, NotGranted, TimedOut
-from .models import Token
+from .models import Escalation, Token
 from .sync import SyncClient
 
 _ARGUMENTS = ("target", "justification", "evidence", "duration", "confidence", "tool", "dataset", "arguments", "ticket",
@@ -102,7 +102,8 @@ class ToolGate:
     no decision in time) is a :class:`Refusal`; broker or network failures raise.
 
     Arguments as for :func:`requires_approval`; ``name`` is the tool's name in the default
-    justification."""
+    justification; ``on_update`` sees every change of the request while it waits (e.g. to
+    tell the user which request to approve)."""
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class ToolGate:
         duration: int | Callable[..., int] = 300,
         wait: float = 600,
         name: str = "tool",
+        on_update: Callable[[Escalation], Any] | None = None,
         **more: Any,
     ) -> None:
         unknown = set(more) - set(_ARGUMENTS)
@@ -124,6 +126,7 @@ class ToolGate:
         self.action = action
         self.wait = wait
         self.name = name
+        self.on_update = on_update
         self._justification = justification
         self._specs: dict[str, Any] = {"target": target, "evidence": evidence or (), "duration": duration, **more}
         self._resolved: dict[Any, Any] = {}
@@ -136,7 +139,7 @@ class ToolGate:
             p["justification"] = f"tool {self.name}({shown[:500]})"
         else:
             p["justification"] = _value(self._justification, args, kwargs)
-        return {"action": self.action, "wait": self.wait, **p}
+        return {"action": self.action, "wait": self.wait, "on_update": self.on_update, **p}
 
     def client(self, kind: type) -> Any:
         """The client (built from the factory on first use) as ``kind``: Client or SyncClient."""

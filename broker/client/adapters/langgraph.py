@@ -46,7 +46,8 @@ class JitgateToolCalls:
     ``gates`` maps a tool name to its proposal: ``action``, ``target`` and optionally
     ``justification``, ``evidence``, ``duration``, ``wait`` and the other proposal fields,
     each a value or a callable of the call's arguments (keyword arguments). ``arguments``
-    defaults to the call's arguments (without nulls), ``tool`` to the tool's name.
+    defaults to the call's arguments (without nulls), ``tool`` to the tool's name;
+    ``on_update`` (a callable of the request) sees its changes while the call waits.
     ``ungated`` names tools that run without a grant (read-only ones)."""
 
     def __init__(self, client: ClientSpec, gates: Mapping[str, Mapping[str, Any]], *, ungated: Iterable[str] = ()) -> None:

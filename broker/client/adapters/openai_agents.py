@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client import Client
 from ..decorator import Refusal, ToolGate
+from ..models import Escalation
 from ..sync import SyncClient
 from . import call_arguments, current_token, token_set
 
@@ -55,6 +56,7 @@ def jitgate_tool(
     duration: int | Callable[..., int] = 300,
     wait: float = 600,
     arguments: Any = _CALL,
+    on_update: Callable[[Escalation], Any] | None = None,
     **more: Any,
 ) -> Any:
     """Gate a ``FunctionTool`` (made by ``@function_tool``) behind a jitgate grant.
@@ -64,11 +66,13 @@ def jitgate_tool(
     the other proposal fields (``confidence``, ``dataset``, ``ticket``, ``delegation``,
     ``tool``, ``arguments``) are values or callables of the tool call's arguments (keyword
     arguments, as the model sent them). ``arguments`` defaults to the call's arguments
-    (without nulls), ``tool`` to the tool's name. Returns a new ``FunctionTool``; the
+    (without nulls), ``tool`` to the tool's name; ``on_update`` sees the request's changes
+    while the call waits. Returns a new ``FunctionTool``; the
     original is left as it was."""
     if tool is None:
         return lambda t: jitgate_tool(t, client=client, action=action, target=target, justification=justification,
-                                      evidence=evidence, duration=duration, wait=wait, arguments=arguments, **more)
+                                      evidence=evidence, duration=duration, wait=wait, arguments=arguments,
+                                      on_update=on_update, **more)
     from agents import FunctionTool  # noqa: PLC0415 - the SDK is optional: imported when a tool is gated
 
     if not isinstance(tool, FunctionTool):
@@ -77,7 +81,7 @@ def jitgate_tool(
     if arguments is _CALL:
         arguments = _arguments_of_call
     gate = ToolGate(client=client, action=action, target=target, justification=justification, evidence=evidence,
-                    duration=duration, wait=wait, name=tool.name, arguments=arguments, **more)
+                    duration=duration, wait=wait, name=tool.name, arguments=arguments, on_update=on_update, **more)
     invoke = tool.on_invoke_tool
 
     async def gated(ctx: Any, input: str) -> Any:
