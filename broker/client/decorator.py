@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .client import Client
-from .errors import Denied, NotGranted, TimedOut
+from .errors import Denied, InvalidRequest, NotGranted, TimedOut
 from .models import Escalation, Token
 from .sync import SyncClient
 
@@ -30,6 +30,11 @@ class Refusal(dict):
     @classmethod
     def from_error(cls, error: Exception, *, action: str, target: str, wait: float) -> "Refusal":
         request_id: str | None
+        if isinstance(error, InvalidRequest):  # the broker refused the proposal itself (its arguments, its size)
+            message = (f"Not performed: jitgate refused the proposal for {action} on {target}: {error.detail}. "
+                       "Change the arguments, or report this to the user.")
+            return cls(approved=False, status="invalid", reason=error.detail, policies=[], request_id=None,
+                       action=action, target=target, message=message)
         if isinstance(error, TimedOut):
             status, reason, policies = "timed_out", f"no decision within {wait:.0f} s; the request was withdrawn", []
             request_id = error.request_id
@@ -50,7 +55,8 @@ class Refusal(dict):
 
     @property
     def status(self) -> str:
-        """``denied``, ``expired``, ``cancelled``, ``revoked`` or ``timed_out``."""
+        """``denied``, ``expired``, ``cancelled``, ``revoked``, ``timed_out``, or ``invalid``
+        (a proposal the broker refused, only from the framework adapters)."""
         return self["status"]
 
     @property
@@ -103,7 +109,9 @@ class ToolGate:
 
     Arguments as for :func:`requires_approval`; ``name`` is the tool's name in the default
     justification; ``on_update`` sees every change of the request while it waits (e.g. to
-    tell the user which request to approve)."""
+    tell the user which request to approve). With ``refuse_invalid`` a proposal the broker
+    refuses as malformed (400: arguments too large, a key a Cedar schema does not declare) is a
+    Refusal too, for a model that sent those arguments and can change them."""
 
     def __init__(
         self,
@@ -117,6 +125,7 @@ class ToolGate:
         wait: float = 600,
         name: str = "tool",
         on_update: Callable[[Escalation], Any] | None = None,
+        refuse_invalid: bool = False,
         **more: Any,
     ) -> None:
         unknown = set(more) - set(_ARGUMENTS)
@@ -127,6 +136,8 @@ class ToolGate:
         self.wait = wait
         self.name = name
         self.on_update = on_update
+        self._refused: tuple[type[Exception], ...] = (NotGranted, TimedOut, InvalidRequest) if refuse_invalid \
+            else (NotGranted, TimedOut)
         self._justification = justification
         self._specs: dict[str, Any] = {"target": target, "evidence": evidence or (), "duration": duration, **more}
         self._resolved: dict[Any, Any] = {}
@@ -165,7 +176,7 @@ class ToolGate:
         c = self.client(Client)
         try:
             granted = await c.escalate(cancel_on_timeout=True, **p)
-        except (NotGranted, TimedOut) as error:
+        except self._refused as error:
             return self._refusal(error, p)
         try:
             token = await c.collect(granted)
@@ -179,7 +190,7 @@ class ToolGate:
         c = self.client(SyncClient)
         try:
             granted = c.escalate(cancel_on_timeout=True, **p)
-        except (NotGranted, TimedOut) as error:
+        except self._refused as error:
             return self._refusal(error, p)
         try:
             return body(c.collect(granted))

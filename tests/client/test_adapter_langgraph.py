@@ -124,3 +124,13 @@ async def test_a_tool_without_a_gate_does_not_run(live):
     answer = [m for m in state["messages"] if isinstance(m, ToolMessage)][0]
     assert answer.status == "error" and "not a tool jitgate may let run" in answer.content
     assert refusal_of(answer) is None and await live.request_ids() == []
+
+
+async def test_arguments_the_broker_refuses_come_back_as_an_invalid_refusal(live):
+    """A call the broker refuses as malformed (here the target its arguments name is over 200 characters) is an
+    `invalid` refusal in the state, with the broker's words; no request exists."""
+    RAN.clear()
+    state = await start(graph(live, ("read_config", {"service": "payments-api" * 200})))
+    refusal = refusal_of([m for m in state["messages"] if isinstance(m, ToolMessage)][0])
+    assert refusal is not None and refusal.status == "invalid" and refusal.reason == "'target' is longer than 200 characters"
+    assert not RAN and await live.request_ids() == []

@@ -135,3 +135,19 @@ def test_only_function_tools_are_gated_and_the_token_exists_only_inside_a_gated_
         jitgate_tool(lambda: None, client=lambda: None, action="read", target="staging/x")
     with pytest.raises(LookupError):
         current_token()
+
+
+async def test_arguments_the_broker_refuses_are_a_tool_output_the_model_can_act_on(live):
+    """A call whose arguments exceed the broker's bound (2048 bytes) is refused before any request exists; the
+    model reads an `invalid` refusal with the broker's words, and the body never runs."""
+    @function_tool
+    def read_config(service: str, note: str) -> str:
+        """Read a staging service's configuration."""
+        raise AssertionError("must not run")
+
+    gated = jitgate_tool(read_config, client=live.client("reader-bot"), action="read",
+                         target=lambda service, **_: f"staging/{service}")
+    final = await run_agent(gated, OneToolCall("read_config", {"service": "payments-api", "note": "x" * 3000}))
+    seen = json.loads(final.removeprefix("the tool said: "))
+    assert seen["status"] == "invalid" and "at most 2048 are accepted" in seen["reason"] and seen["request_id"] is None
+    assert await live.request_ids() == []

@@ -14,7 +14,8 @@ a gated tool the wrapper turns the call into a proposal (``tool`` = the tool's n
 withdrawn on timeout), runs the tool with the token (:func:`current_token` inside it), and
 reports completion. A no comes back into the graph's state as the call's ``ToolMessage``
 (``status="error"``, the :class:`~broker.client.Refusal` as JSON in ``content`` and as a
-dict in ``artifact``), so the model reads the reason and a conditional edge can route on it.
+dict in ``artifact``), so the model reads the reason and a conditional edge can route on it; so is a proposal
+the broker refuses as malformed (``status`` ``invalid``).
 A tool that is neither gated nor listed in ``ungated`` does not run (fail closed). A broker
 or network failure raises (the node fails; nothing ran).
 
@@ -68,7 +69,7 @@ class JitgateToolCalls:
             spec = {"tool": name, "arguments": _arguments_of_call, **spec}
             if "action" not in spec or "target" not in spec:
                 raise ValueError(f"the gate of {name!r} needs an action and a target")
-            self._gates[name] = ToolGate(client=the_client, name=name, **spec)
+            self._gates[name] = ToolGate(client=the_client, name=name, refuse_invalid=True, **spec)
 
     def _decide(self, request: Any) -> tuple[ToolGate | None, dict, Any]:
         """(gate, arguments, refusal message) for a request: no gate means run it as is."""

@@ -16,8 +16,10 @@ the call into a proposal (``tool`` = the tool's name, ``arguments`` = the call's
 waits for the decision (at most ``wait`` seconds; withdrawn on timeout), runs the body with
 the token, and reports completion. A denial, an expiry or no decision in time is returned to
 the model as the tool's output (the :class:`~broker.client.Refusal` as JSON, whose
-``message`` says what happened); the run goes on. A broker or network failure raises (the
-run stops; nothing ran). Arguments that are not a JSON object never reach the body.
+``message`` says what happened), and the run goes on; so is a proposal the broker refuses as
+malformed (arguments over 2048 bytes, a key a Cedar schema does not declare: ``status``
+``invalid``). A broker or network failure raises (the run stops; nothing ran). Arguments
+that are not a JSON object never reach the body.
 
 Why not the SDK's own ``needs_approval``: it interrupts the run for the application to
 resume later, and it cannot hand the tool a credential. Here the wait happens inside the
@@ -81,7 +83,8 @@ def jitgate_tool(
     if arguments is _CALL:
         arguments = _arguments_of_call
     gate = ToolGate(client=client, action=action, target=target, justification=justification, evidence=evidence,
-                    duration=duration, wait=wait, name=tool.name, arguments=arguments, on_update=on_update, **more)
+                    duration=duration, wait=wait, name=tool.name, arguments=arguments, on_update=on_update,
+                    refuse_invalid=True, **more)
     invoke = tool.on_invoke_tool
 
     async def gated(ctx: Any, input: str) -> Any:
