@@ -110,7 +110,7 @@ class ToolGate:
     Arguments as for :func:`requires_approval`; ``name`` is the tool's name in the default
     justification; ``on_update`` sees every change of the request while it waits (e.g. to
     tell the user which request to approve). With ``refuse_invalid`` a proposal the broker
-    refuses as malformed (400: arguments too large, a key a Cedar schema does not declare) is a
+    refuses as malformed (400: arguments too large or too deep, a target too long) is a
     Refusal too, for a model that sent those arguments and can change them."""
 
     def __init__(

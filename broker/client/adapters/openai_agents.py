@@ -17,7 +17,7 @@ waits for the decision (at most ``wait`` seconds; withdrawn on timeout), runs th
 the token, and reports completion. A denial, an expiry or no decision in time is returned to
 the model as the tool's output (the :class:`~broker.client.Refusal` as JSON, whose
 ``message`` says what happened), and the run goes on; so is a proposal the broker refuses as
-malformed (arguments over 2048 bytes, a key a Cedar schema does not declare: ``status``
+malformed (arguments over 2048 bytes, a target over 200 characters: ``status``
 ``invalid``). A broker or network failure raises (the run stops; nothing ran). Arguments
 that are not a JSON object never reach the body.
 
