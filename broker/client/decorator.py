@@ -110,8 +110,9 @@ class ToolGate:
     Arguments as for :func:`requires_approval`; ``name`` is the tool's name in the default
     justification; ``on_update`` sees every change of the request while it waits (e.g. to
     tell the user which request to approve). With ``refuse_invalid`` a proposal the broker
-    refuses as malformed (400: arguments too large or too deep, a target too long) is a
-    Refusal too, for a model that sent those arguments and can change them."""
+    refuses as malformed (400: arguments too large or too deep, a target too long), and
+    arguments the proposal's callables cannot take, are a Refusal too (status ``invalid``),
+    for a model that sent those arguments and can change them."""
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class ToolGate:
         self.wait = wait
         self.name = name
         self.on_update = on_update
+        self.refuse_invalid = refuse_invalid
         self._refused: tuple[type[Exception], ...] = (NotGranted, TimedOut, InvalidRequest) if refuse_invalid \
             else (NotGranted, TimedOut)
         self._justification = justification
@@ -169,10 +171,25 @@ class ToolGate:
     def _refusal(self, error: Exception, p: dict) -> Refusal:
         return Refusal.from_error(error, action=self.action, target=p["target"], wait=self.wait)
 
+    def _proposal(self, args: tuple, kwargs: dict) -> tuple[dict, Refusal | None]:
+        """The proposal, or (with ``refuse_invalid``) the Refusal of arguments the proposal's
+        callables cannot take (a model that left out or misnamed an argument)."""
+        if not self.refuse_invalid:
+            return self.proposal(args, kwargs), None
+        try:
+            return self.proposal(args, kwargs), None
+        except (TypeError, KeyError, ValueError) as exc:
+            target = self._specs["target"]
+            error = InvalidRequest(400, "arguments-do-not-fit", f"the call's arguments do not fit the proposal ({exc})")
+            return {}, Refusal.from_error(error, action=self.action, wait=self.wait,
+                                          target=target if isinstance(target, str) else "its target")
+
     # Only the decision is turned into a Refusal; whatever the body itself raises propagates.
     async def run(self, args: tuple, kwargs: dict, body: Callable[[Token], Awaitable[Any]]) -> Any:
         """Run ``await body(token)`` under a grant for this call, or return a :class:`Refusal`."""
-        p = self.proposal(args, kwargs)
+        p, refused = self._proposal(args, kwargs)
+        if refused is not None:
+            return refused
         c = self.client(Client)
         try:
             granted = await c.escalate(cancel_on_timeout=True, **p)
@@ -186,7 +203,9 @@ class ToolGate:
 
     def run_sync(self, args: tuple, kwargs: dict, body: Callable[[Token], Any]) -> Any:
         """Run ``body(token)`` under a grant for this call (blocking), or return a :class:`Refusal`."""
-        p = self.proposal(args, kwargs)
+        p, refused = self._proposal(args, kwargs)
+        if refused is not None:
+            return refused
         c = self.client(SyncClient)
         try:
             granted = c.escalate(cancel_on_timeout=True, **p)

@@ -134,3 +134,12 @@ async def test_arguments_the_broker_refuses_come_back_as_an_invalid_refusal(live
     refusal = refusal_of([m for m in state["messages"] if isinstance(m, ToolMessage)][0])
     assert refusal is not None and refusal.status == "invalid" and refusal.reason == "'target' is longer than 200 characters"
     assert not RAN and await live.request_ids() == []
+
+
+async def test_arguments_the_proposal_cannot_take_are_an_invalid_refusal(live):
+    """A call without the argument the gate's target is computed from does not crash the node: the model reads an
+    `invalid` refusal naming the problem, and no request is made."""
+    state = await start(graph(live, ("read_config", {"name": "payments-api"})))
+    refusal = refusal_of([m for m in state["messages"] if isinstance(m, ToolMessage)][0])
+    assert refusal is not None and refusal.status == "invalid" and "do not fit the proposal" in refusal.reason
+    assert await live.request_ids() == []
