@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -76,11 +77,14 @@ def start(app, sync: bool = False):
     return asyncio.create_task(app.ainvoke(state))
 
 
-async def test_an_auto_granted_call_and_an_ungated_call_run_with_the_call_arguments_in_the_proposal(live):
-    """A call the policy grants at once runs with its token (a sync tool in LangChain's thread sees it too); the
-    proposal names the tool and carries the call's arguments; an ungated read-only tool runs without a proposal."""
+@pytest.mark.parametrize("sync", [False, True], ids=["ainvoke", "invoke"])
+async def test_an_auto_granted_call_and_an_ungated_call_run_with_the_call_arguments_in_the_proposal(live, sync):
+    """A call the policy grants at once runs with its token (a sync tool in LangChain's thread sees it too, through
+    ainvoke and through invoke); the proposal names the tool and carries the call's arguments; an ungated read-only
+    tool runs without a proposal."""
     RAN.clear()
-    state = await start(graph(live, ("read_config", {"service": "payments-api"}), ("read_status", {"service": "db"})))
+    app = graph(live, ("read_config", {"service": "payments-api"}), ("read_status", {"service": "db"}))
+    state = await start(app, sync=sync)
     assert state["messages"][-1].content == "config of payments-api | db is up"
     assert len(RAN) == 1 and await live.request_ids() == [RAN[0].request_id]
     req = await live.broker.lifecycle.get(RAN[0].request_id)
