@@ -151,3 +151,21 @@ async def test_arguments_the_broker_refuses_are_a_tool_output_the_model_can_act_
     seen = json.loads(final.removeprefix("the tool said: "))
     assert seen["status"] == "invalid" and "at most 2048 are accepted" in seen["reason"] and seen["request_id"] is None
     assert await live.request_ids() == []
+
+
+async def test_a_tool_that_fails_still_ends_its_grant_and_the_sdk_reports_the_error(live):
+    """The tool's own exception goes to the SDK's failure handling (the model reads the error) and the grant it
+    ran under is completed all the same."""
+    seen = []
+
+    @function_tool
+    def read_config(service: str) -> str:
+        """Read a staging service's configuration."""
+        seen.append(current_token().request_id)
+        raise RuntimeError("config service unreachable")
+
+    gated = jitgate_tool(read_config, client=live.client("reader-bot"), action="read",
+                         target=lambda service: f"staging/{service}")
+    final = await run_agent(gated, OneToolCall("read_config", {"service": "payments-api"}))
+    assert final.startswith("the tool said: An error occurred while running the tool")  # the SDK's own wording
+    assert (await live.broker.lifecycle.get(seen[0])).status == "completed"
