@@ -41,8 +41,12 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-async def _with_broker(fn):
-    """Build a broker without background jobs against the configured Redis; run ``fn``."""
+async def _with_broker(fn, *, decides: bool = False):
+    """Build a broker without background jobs against the configured Redis; run ``fn``.
+
+    ``decides``: the command asks the policies (an approval, a posture change, break-glass), so
+    the policy set it loaded is recorded (``policy.loaded`` by ``cli: …``) unless it is the set
+    last recorded (broker/policyversions.py)."""
     from .app import build, shutdown  # noqa: PLC0415
     from .redisconn import connect  # noqa: PLC0415
 
@@ -56,6 +60,8 @@ async def _with_broker(fn):
         await client.aclose()
         raise
     try:
+        if decides and broker.versions is not None:
+            await broker.versions.operator(f"cli: jitgate {' '.join(sys.argv[1:3])} (os user {broker.lifecycle.os_user()})")
         return await fn(broker)
     finally:
         await shutdown(broker)
@@ -249,7 +255,12 @@ def cmd_requests_list(args) -> int:
 
 def cmd_requests_show(args) -> int:
     async def run(broker):
-        _print_request(await broker.lifecycle.get(args.id), verbose=True)
+        req = await broker.lifecycle.get(args.id)
+        d = req.to_public()
+        if req.grant_jti:
+            # The token's use as introspection aggregated it (issue 18, item 6), while kept.
+            d["token_use"] = await broker.store.token_use(req.id, req.grant_jti)
+        _print_json(d)
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -267,7 +278,7 @@ def cmd_requests_decide(args) -> int:
         _print_request(req)
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def cmd_requests_revoke(args) -> int:
@@ -328,7 +339,7 @@ def cmd_posture(args) -> int:
     if args.level and not args.as_:
         print("setting the posture needs --as APPROVER_ID (a member of the security group)", file=sys.stderr)
         return 2
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def _dpop_key(path: str, subject: str) -> tuple[object, str]:
@@ -405,7 +416,7 @@ def cmd_breakglass(args) -> int:
             print(f"{args.engineer}'s break-glass right reinstated")
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 # ---------------------------------------------------------------------- audit
