@@ -457,6 +457,39 @@ def cmd_audit_verify(args) -> int:
     return asyncio.run(_with_broker(run))
 
 
+def cmd_audit_policies(args) -> int:
+    """The policy versions the audit log holds (``policy.loaded``, ``policy.load_failed``), oldest
+    first, and the set this command loaded; with ``--json`` the entries themselves."""
+    from .audit import entries  # noqa: PLC0415
+    from .policyversions import LOAD_FAILED, LOADED  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        found = []
+        async for entry in entries(broker.redis, s.audit_stream):
+            body = entry.body()
+            if body and body.get("type") in (LOADED, LOAD_FAILED):
+                found.append((entry.seq, body))
+        if args.json:
+            _print_json([{"seq": seq, **body} for seq, body in found])
+            return 0
+        for seq, body in found:
+            d, actor = body.get("data") or {}, body.get("actor") or {}
+            who = f"by {actor.get('by', '?')} on {actor.get('replica', '?')}"
+            files = ", ".join(f"{f.get('name')}={str(f.get('sha256'))[:12]}" for f in d.get("files") or [])
+            if body["type"] == LOADED:
+                was = d.get("previous_policy_set_hash")
+                print(f"#{seq} {body.get('at')}  loaded {d.get('policy_set_hash')}"
+                      f"{f' (was {str(was)[:16]})' if was else ''}  {who}  files: {files}")
+            else:
+                print(f"#{seq} {body.get('at')}  FAILED {d.get('attempted_policy_set_hash')} (kept "
+                      f"{str(d.get('policy_set_hash'))[:16]})  {who}  {d.get('error')}")
+        print(f"policy set loaded by this command: {broker.gate.policy_set_hash}")
+        return 0
+
+    return asyncio.run(_with_broker(run))
+
+
 def cmd_audit_prove(args) -> int:
     """Write the evidence bundle of one grant (its entries, their inclusion proofs, the checkpoint)."""
     from .audit import bundle_bytes, prove  # noqa: PLC0415
@@ -821,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--key", help="the audit verifier key (origin+keyid+base64), see `jitgate audit key`")
     s.add_argument("--key-file", help="a file holding it, or the JSON of /.well-known/jitgate-audit-key")
     s.set_defaults(fn=cmd_audit_check_proof)
+    s = audit.add_parser("policies", help="the policy versions loaded or refused (policy.loaded, policy.load_failed)")
+    s.add_argument("--json", action="store_true", help="print the entries as JSON")
+    s.set_defaults(fn=cmd_audit_policies)
     s = audit.add_parser("key", help="print the audit verifier key auditors pin")
     s.set_defaults(fn=cmd_audit_key)
     s = audit.add_parser("seal", help="seal the unsealed tail now and sign a checkpoint")
