@@ -97,3 +97,18 @@ def test_the_completion_outcome_is_said_once_for_every_desk():
         req=req, when=lambda ts: "at")
     assert "rolled back &lt;!here&gt; &amp; paged" in html and "<!here>" not in html
     assert "https://grafana.example.com/d/1?a=1&amp;b=&lt;2&gt;" in html
+
+
+def test_the_console_trail_names_the_outcome_token_use_and_policy_set():
+    """The console's audit trail says the outcome and token use of grant.completed, who first used
+    the token (token.used), and the policy set a decision was made with (issue 18, items 5, 6)."""
+    from bot.console.queries import AuditEvent  # noqa: PLC0415
+
+    done = AuditEvent(9, "grant.completed", "t", "r1", {"agent": "deploy-bot"},
+                      {"outcome": {"status": "failure", "summary": "rolled back"}, "token_use": {"count": 3}})
+    assert done.summary == "task completed; grant ended; outcome failure: rolled back; token introspected 3 time(s)"
+    used = AuditEvent(8, "token.used", "t", "r1", {"resource_server": "payments-api"}, {"jti": "01JABCDEFGHIJK"})
+    assert used.who == "payments-api" and used.summary == "token first used by payments-api (jti 01JABCDEFG…)"
+    decided = AuditEvent(2, "policy.decision", "t", "r1", {}, {"outcome": "deny", "policies": ["no-export"],
+                                                              "policy_set_hash": "ab" * 32, "reason": "denied"})
+    assert decided.summary == f"policy said deny (no-export) [policy set {'ab' * 6}] — denied"
