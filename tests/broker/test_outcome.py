@@ -190,3 +190,25 @@ def test_the_openapi_document_describes_the_outcome_body():
     assert outcome["properties"]["evidence"]["items"]["maxLength"] == 2048
     esc = doc["components"]["schemas"]["Escalation"]["properties"]
     assert "policy_set_hash" in esc and "outcome" in esc
+
+
+async def test_a_first_use_the_log_cannot_record_is_a_503_and_recorded_at_the_next_use(harness):
+    """Fail closed (issue 18.6): when the token.used entry cannot be written the introspection
+    answers 503 (never an active answer the log does not hold) and the first-use mark is undone,
+    so the next introspection writes the entry."""
+    h = harness
+    rid, token = await _active(h)
+    s = h.broker.store
+    await h.broker.scheduler.stop()
+    rows = await s.redis.xrange(s.audit_stream)
+    await s.redis.rename(s.audit_stream, s.audit_stream + ":kept")
+    await s.redis.set(s.audit_stream, "not a stream")  # every XADD now fails
+    try:
+        r = await h.introspect(token)
+        assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+    finally:
+        await s.redis.delete(s.audit_stream)
+        await s.redis.rename(s.audit_stream + ":kept", s.audit_stream)
+    assert len(await s.redis.xrange(s.audit_stream)) == len(rows)
+    assert (await h.introspect(token)).json()["active"] is True
+    assert [e["request_id"] for e in await _entries(h, "token.used")] == [rid]
