@@ -28,6 +28,7 @@ from .notices import Notices
 from .notify import Desk, DeskContext, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
+from .policyversions import PolicyVersions
 from .redischeck import refuse_eviction
 from .redisconn import connect
 from .redisline import RedisLine
@@ -63,6 +64,7 @@ class Broker:
     desks: list = field(default_factory=list)
     credentials: Credentials | None = None
     ssf: Transmitter | None = None  # the Shared Signals transmitter (broker/ssf)
+    versions: PolicyVersions | None = None  # policy.loaded / policy.load_failed entries
     _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
@@ -82,8 +84,21 @@ class Broker:
         if follow("approvers or targets file", self.directory.reload_if_changed):
             self.gate.set_directory(self.directory)
             changed.append("approvers or targets file reloaded")
-        if follow("policy folder", self.gate.reload_if_changed):
+        previous = self.gate.policy_set_hash
+        try:
+            reloaded = self.gate.reload_if_changed()
+        except Exception as exc:  # noqa: BLE001 - keep serving with the last good version
+            detail = getattr(exc, "detail", None) or str(exc)
+            log.error("reload of the policy folder refused, keeping the previous version: %s", detail)
+            reloaded = False
+            if self.versions is not None:
+                self.versions.failed(detail)
+        if reloaded:
             changed.append("policy folder reloaded")
+            if self.versions is not None:
+                self.versions.reloaded(previous)
+        if self.versions is not None and self.versions.pending:
+            self._background(self.versions.flush())
         self.gate.reload_shadow_if_changed()  # never raises; never re-decides anything (issue 23 item 2)
         if changed:
             # What policies decide from changed: decide every open request again (issue 16, item 1).
@@ -257,10 +272,12 @@ async def build(
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
     scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
+    broker.versions = PolicyVersions(store, gate, replica=scheduler.holder, now=clock.now)
     broker.ssf = Transmitter(redis=redis, streams=Streams(redis, settings.redis_prefix, settings), keyring=keyring,
                              registry=registry, settings=settings, clock=clock, source=store.outbox + ":ssf",
                              consumer=scheduler.holder, metrics=metrics)
     if start_background:
+        await broker.versions.startup()  # refuses to start when the audit log cannot record it
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()
         for desk in desks:

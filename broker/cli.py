@@ -42,8 +42,12 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-async def _with_broker(fn):
-    """Build a broker without background jobs against the configured Redis; run ``fn``."""
+async def _with_broker(fn, *, decides: bool = False):
+    """Build a broker without background jobs against the configured Redis; run ``fn``.
+
+    ``decides``: the command asks the policies (an approval, a posture change, break-glass), so
+    the policy set it loaded is recorded (``policy.loaded`` by ``cli: …``) unless it is the set
+    last recorded (broker/policyversions.py)."""
     from .app import build, shutdown  # noqa: PLC0415
     from .redisconn import connect  # noqa: PLC0415
 
@@ -57,6 +61,8 @@ async def _with_broker(fn):
         await client.aclose()
         raise
     try:
+        if decides and broker.versions is not None:
+            await broker.versions.operator(f"cli: jitgate {' '.join(sys.argv[1:3])} (os user {broker.lifecycle.os_user()})")
         return await fn(broker)
     finally:
         await shutdown(broker)
@@ -250,7 +256,12 @@ def cmd_requests_list(args) -> int:
 
 def cmd_requests_show(args) -> int:
     async def run(broker):
-        _print_request(await broker.lifecycle.get(args.id), verbose=True)
+        req = await broker.lifecycle.get(args.id)
+        d = req.to_public()
+        if req.grant_jti:
+            # The token's use as introspection aggregated it (issue 18, item 6), while kept.
+            d["token_use"] = await broker.store.token_use(req.id, req.grant_jti)
+        _print_json(d)
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -268,7 +279,7 @@ def cmd_requests_decide(args) -> int:
         _print_request(req)
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def cmd_requests_revoke(args) -> int:
@@ -329,7 +340,7 @@ def cmd_posture(args) -> int:
     if args.level and not args.as_:
         print("setting the posture needs --as APPROVER_ID (a member of the security group)", file=sys.stderr)
         return 2
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def _dpop_key(path: str, subject: str) -> tuple[object, str]:
@@ -406,7 +417,7 @@ def cmd_breakglass(args) -> int:
             print(f"{args.engineer}'s break-glass right reinstated")
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 # ---------------------------------------------------------------------- audit
@@ -443,6 +454,39 @@ def cmd_audit_verify(args) -> int:
         result = await verify(broker.redis, s.audit_stream, s.audit_head, broker.lifecycle.audit.key, recorded)
         print(result)
         return 0 if result.ok else 1
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_policies(args) -> int:
+    """The policy versions the audit log holds (``policy.loaded``, ``policy.load_failed``), oldest
+    first, and the set this command loaded; with ``--json`` the entries themselves."""
+    from .audit import entries  # noqa: PLC0415
+    from .policyversions import LOAD_FAILED, LOADED  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        found = []
+        async for entry in entries(broker.redis, s.audit_stream):
+            body = entry.body()
+            if body and body.get("type") in (LOADED, LOAD_FAILED):
+                found.append((entry.seq, body))
+        if args.json:
+            _print_json([{"seq": seq, **body} for seq, body in found])
+            return 0
+        for seq, body in found:
+            d, actor = body.get("data") or {}, body.get("actor") or {}
+            who = f"by {actor.get('by', '?')} on {actor.get('replica', '?')}"
+            files = ", ".join(f"{f.get('name')}={str(f.get('sha256'))[:12]}" for f in d.get("files") or [])
+            if body["type"] == LOADED:
+                was = d.get("previous_policy_set_hash")
+                print(f"#{seq} {body.get('at')}  loaded {d.get('policy_set_hash')}"
+                      f"{f' (was {str(was)[:16]})' if was else ''}  {who}  files: {files}")
+            else:
+                print(f"#{seq} {body.get('at')}  FAILED {d.get('attempted_policy_set_hash')} (kept "
+                      f"{str(d.get('policy_set_hash'))[:16]})  {who}  {d.get('error')}")
+        print(f"policy set loaded by this command: {broker.gate.policy_set_hash}")
+        return 0
 
     return asyncio.run(_with_broker(run))
 
@@ -881,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--key", help="the audit verifier key (origin+keyid+base64), see `jitgate audit key`")
     s.add_argument("--key-file", help="a file holding it, or the JSON of /.well-known/jitgate-audit-key")
     s.set_defaults(fn=cmd_audit_check_proof)
+    s = audit.add_parser("policies", help="the policy versions loaded or refused (policy.loaded, policy.load_failed)")
+    s.add_argument("--json", action="store_true", help="print the entries as JSON")
+    s.set_defaults(fn=cmd_audit_policies)
     s = audit.add_parser("key", help="print the audit verifier key auditors pin")
     s.set_defaults(fn=cmd_audit_key)
     s = audit.add_parser("seal", help="seal the unsealed tail now and sign a checkpoint")

@@ -431,10 +431,12 @@ class Lifecycle:
         # Each link records its delegator's owner as the agents file says now: nobody who owns
         # an agent along the chain may approve (check_approver), and the record says who that is.
         received = {"delegation_chain": [self._with_owner(link) for link in chain]} if chain else {}
+        # The policy set that decided (issue 18, item 5): in the decision's entry and the record.
+        set_hash = decision.policy_set_hash or self.gate.policy_set_hash
         events = [
             event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
                   **received),
-            event("policy.decision", at, rid, None, **decision.to_dict(), context=context,
+            event("policy.decision", at, rid, None, **decision.to_dict(), context=context, policy_set_hash=set_hash,
                   **({"shadow": dict(decision.shadow)} if decision.shadow else {})),
         ]
         fields: dict[str, Any] = {
@@ -444,6 +446,7 @@ class Lifecycle:
             "proposal": _json(proposal.to_dict()),
             "proposal_sha256": sha,
             "decision": _json(decision.to_dict()),
+            "policy_set_hash": set_hash,
             "approvals": "[]",
             "created_at": repr(now),
             "break_glass": "0",
@@ -538,6 +541,7 @@ class Lifecycle:
             # The strictest wins here too: step-up asked by the proposal's decision or any link's.
             step_up=next((d.step_up for d in decisions if d.step_up), None) if approvals else None,
             shadow=decision.shadow,  # the shadow set compared on the proposal's own decision (issue 23 item 2)
+            policy_set_hash=decision.policy_set_hash,
         )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
@@ -694,7 +698,8 @@ class Lifecycle:
             cap_s=self._grant_duration(req.proposal, req.decision, []),
             collect_deadline_ms=self._collect_deadline_ms(req, now),
             recorded=[event("approval.recorded", at, request_id, actor, count=count, required=required,
-                            proposal_sha256=req.proposal_sha256, duration_s=duration_s, **counted)
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s, **counted,
+                            policy_set_hash=decision.policy_set_hash)
                       for count in range(1, required + 1)],
             approved=event_frame("request.approved", at, request_id, actor),
             late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
@@ -772,10 +777,12 @@ class Lifecycle:
         # grant before anything is minted. The epoch it was decided at is stamped on the grant.
         # Break-glass grants are never decided again (broker/redecide.py says why).
         epoch = 0
+        decided: dict[str, Any] = {}
         if not req.break_glass:
             decision, epoch = await self._decide_at(req, "collect")
             if decision.outcome == "deny":
                 await self._refuse(req, decision, "collect")
+            decided["policy_set_hash"] = decision.policy_set_hash
         now = self._now()
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
@@ -815,7 +822,7 @@ class Lifecycle:
              "eval_epoch": str(epoch),
              **{k: _json(v) for k, v in cred.items()}},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
-                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred)],
+                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred, **decided)],
             _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + Kind.COLLECTED, want_request=False,
             late=self._late(req, APPROVED, now, {"action": "collect", "agent": agent.id}),
         )
@@ -832,17 +839,27 @@ class Lifecycle:
         return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"],
                            issued.to_agent() if issued else None)
 
-    async def complete(self, request_id: str, agent: Agent) -> Request:
-        """The agent reports the task done: the grant ends now."""
+    async def complete(self, request_id: str, agent: Agent, outcome: dict | None = None) -> Request:
+        """The agent reports the task done: the grant ends now. ``outcome`` (already checked by
+        :func:`broker.model.parse_outcome`) is recorded on the request and in ``grant.completed``,
+        with the token's use as aggregated so far (issue 18, item 6)."""
         known = await self.store.owner_and_mark(request_id)
         if known is None or known[0] != agent.id:
             raise NotFound(f"no escalation {request_id}")  # the same 404 as get_for_agent
+        jti = known[2]
+        use = await self.store.token_use(request_id, jti) if jti else None
         now = self._now()
         at = iso(now)
+        fields = {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"}
+        data: dict[str, Any] = {}
+        if outcome is not None:
+            fields["outcome"] = _json(outcome)
+            data["outcome"] = outcome
+        if jti:
+            data["token_use"] = use or {"count": 0}
         out = await self.store.transition(
-            request_id, [ACTIVE, APPROVED], COMPLETED,
-            {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
-            [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]))],
+            request_id, [ACTIVE, APPROVED], COMPLETED, fields,
+            [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]), **data)],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + Kind.COMPLETED,
         )
         return await self._finish(out, request_id)

@@ -17,6 +17,7 @@ what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -133,6 +134,9 @@ class Decision:
     # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
     # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
     shadow: Mapping[str, Any] | None = field(default=None, compare=False)
+    # The content hash of the policy set that made this decision (:func:`set_hash`); not in
+    # :meth:`to_dict` (the decision object of the contract), recorded beside it instead.
+    policy_set_hash: str | None = field(default=None, compare=False)
 
     @property
     def allowed(self) -> bool:
@@ -245,6 +249,10 @@ class _Rules:
     # written before they existed declares none; they are then left out, as before). Without
     # a schema, or for an action not listed, every key is passed.
     proposal_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # (file name, sha256 hex of its bytes) for every file read, sorted by name; and their
+    # :func:`set_hash`: the policy set's version.
+    files: tuple[tuple[str, str], ...] = ()
+    set_hash: str = ""
 
     def name(self, cedar_id: str) -> str:
         policy = self.policies.get(cedar_id)
@@ -273,13 +281,44 @@ def _dir_fingerprint(policy_dir: Path) -> tuple:
     return files_fingerprint(policies + schemas)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, hashes: dict[str, str] | None = None) -> str:
+    """The UTF-8 text of ``path``; with ``hashes``, also records the sha256 of the very bytes read."""
     try:
-        return path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise PolicyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if hashes is not None:
+        hashes[path.name] = hashlib.sha256(raw).hexdigest()
+    return text
+
+
+def set_hash(files: Iterable[tuple[str, str]]) -> str:
+    """A policy set's content hash: sha256 over ``"<file name>\\0<sha256 hex of its bytes>\\n"``
+    per file, sorted by name (policies and schema; the annotations are in their bytes). Built
+    from the per-file hashes so an auditor recomputes it from a ``policy.loaded`` entry alone."""
+    h = hashlib.sha256()
+    for name, digest in sorted(files):
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def folder_hash(policy_dir: Path) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(file hashes, set hash) of the files the gate would read from ``policy_dir`` now, without
+    parsing them (what a ``policy.load_failed`` entry names); unreadable files are left out."""
+    if not Path(policy_dir).is_dir():
+        return (), set_hash(())
+    policies, schemas = _policy_files(Path(policy_dir))
+    files = []
+    for path in policies + schemas:
+        try:
+            files.append((path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        except OSError:
+            continue
+    files.sort()
+    return tuple(files), set_hash(files)
 
 
 def _scan(text: str) -> tuple[list[int], list[int]]:
@@ -469,8 +508,8 @@ def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Pol
     )
 
 
-def _load_schema(path: Path) -> Any:
-    text = _read_text(path)
+def _load_schema(path: Path, hashes: dict[str, str] | None = None) -> Any:
+    text = _read_text(path, hashes)
     try:
         if path.name.endswith(".json"):
             return cedarpy.Schema.from_json_str(text)
@@ -504,9 +543,10 @@ def _load_rules(policy_dir: Path) -> _Rules:
         raise PolicyError(exc.detail) from None
 
     texts: list[str] = []
+    hashes: dict[str, str] = {}
     file_of: list[str] = []  # per global policy position, the file it came from
     for path in files:
-        text = _read_text(path)
+        text = _read_text(path, hashes)
         try:
             est = json.loads(cedarpy.policies_to_json_str(text))
         except ValueError as exc:
@@ -550,7 +590,7 @@ def _load_rules(policy_dir: Path) -> _Rules:
         raise PolicyError(f"{policy_dir}: more than one schema file ({', '.join(p.name for p in schema_files)})")
     if schema_files:
         schema_file = schema_files[0].name
-        schema = _load_schema(schema_files[0])
+        schema = _load_schema(schema_files[0], hashes)
         result = cedarpy.validate_policies(combined, schema)
         if not result.validation_passed:
             problems = []
@@ -566,7 +606,9 @@ def _load_rules(policy_dir: Path) -> _Rules:
     probe = {"staticPolicies": {k: {**v, "effect": "permit"} for k, v in statics.items()},
              "templates": {}, "templateLinks": []}
     probe_set = cedarpy.PolicySet.from_json_str(json.dumps(probe))
-    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys)
+    file_hashes = tuple(sorted(hashes.items()))
+    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys,
+                  file_hashes, set_hash(file_hashes))
 
 
 _NOT_DECLARED = "should not exist according to the schema"
@@ -871,6 +913,21 @@ class PolicyGate:
             return True
 
     @property
+    def policy_set_hash(self) -> str:
+        """The content hash of the policy set in force (:func:`set_hash`)."""
+        return self._state.rules.set_hash
+
+    @property
+    def policy_files(self) -> tuple[tuple[str, str], ...]:
+        """(file name, sha256 hex) of every file of the policy set in force, sorted by name."""
+        return self._state.rules.files
+
+    @property
+    def policy_dir(self) -> Path:
+        """The folder the policies are read from."""
+        return self._state.rules.directory
+
+    @property
     def policy_ids(self) -> tuple[str, ...]:
         """The ids of the loaded policies, in load order."""
         return tuple(p.name for p in self._state.rules.policies.values())
@@ -952,6 +1009,7 @@ class PolicyGate:
         """
         state = self._state
         decision = self._evaluate(state, agent_id, action, target, context, approver_principal).decision
+        decision = dataclasses.replace(decision, policy_set_hash=state.rules.set_hash)
         shadow = self._shadow
         if shadow is not None:
             decision = self._beside(state, shadow, decision, agent_id, action, target, context, approver_principal)
@@ -983,6 +1041,7 @@ class PolicyGate:
                 all_errors.append(f"probe evaluation failed: {exc}")
         return {
             "decision": evaluation.decision.to_dict(),
+            "policy_set_hash": rules.set_hash,
             "request": None if evaluation.request is None else {
                 "principal": evaluation.request["principal"],
                 "action": evaluation.request["action"],

@@ -26,6 +26,7 @@ are fixed at submit; deciding again only permits or refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,8 @@ def decide_again(life: Lifecycle, req: Request, context: dict) -> Decision:
     except Exception as e:  # noqa: BLE001 - unknown means deny
         log.exception("policy evaluation failed while deciding %s again", req.id)
         d = Decision.deny(f"policy evaluation failed: {e.__class__.__name__}")
+    if d.policy_set_hash is None:  # a decision made outside the gate (delegation, failure)
+        d = dataclasses.replace(d, policy_set_hash=life.gate.policy_set_hash)
     return d
 
 
@@ -134,12 +137,12 @@ def _closing(req: Request, decision: Decision, stage: str, at: str, now: float) 
     if req.status == ACTIVE:
         fields = {"closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
         ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies,
-                   **shadow)
+                   policy_set_hash=decision.policy_set_hash, **shadow)
         return REVOKED, fields, ev, Kind.REVOKED
     denial = {"by": "policy", "reason": reason, "policies": policies, "at": at, "stage": stage}
     fields = {"denial": orjson.dumps(denial).decode(), "closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
     ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status,
-               **shadow)
+               policy_set_hash=decision.policy_set_hash, **shadow)
     return DENIED, fields, ev, Kind.DENIED
 
 
@@ -212,9 +215,10 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                 items.append((req.id, req.status, to, fields, kind.value))
                 listed.append({"request_id": req.id, "type": "grant.revoked" if to == REVOKED else "request.denied",
                                "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies),
+                               "policy_set_hash": d.policy_set_hash,
                                **({"shadow": dict(d.shadow)} if d.shadow else {})})
             ev = event("requests.redecided", at, None, {"by": "policy"}, trigger=trigger, posture=posture, epoch=epoch,
-                       requests=listed)
+                       requests=listed, policy_set_hash=life.gate.policy_set_hash)
             out = await life.store.close_batch(items, [ev], int(now * 1000), life.retention_ms)
             if out.ok:
                 closed += len(items)

@@ -81,6 +81,8 @@ def _environment() -> jinja2.Environment:
     env.filters["delegation_links"] = render.delegation_links
     env.filters["asked_again"] = render.asked_again_line
     env.filters["excluded_line"] = render.excluded_line
+    env.filters["outcome_line"] = render.outcome_line
+    env.filters["outcome_links"] = render.outcome_links
     return env
 
 

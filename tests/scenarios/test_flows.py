@@ -221,6 +221,8 @@ async def test_audit_chain_records_flow_and_verifies(harness):
     import orjson
 
     kinds = [orjson.loads(f[b"event"])["type"] for _, f in entries]
+    assert kinds[0] == "policy.loaded"  # the serving broker's start-up (issue 18, item 5)
+    kinds = kinds[1:]
     assert kinds[:3] == ["proposal.received", "policy.decision", "notification.posted"] or kinds[:2] == ["proposal.received", "policy.decision"]
     for k in ("approval.recorded", "request.approved", "token.collected", "grant.completed"):
         assert k in kinds
