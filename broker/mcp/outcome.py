@@ -1,17 +1,15 @@
 """Reporting a grant's end with what came of it.
 
 The completion outcome (``{"status": "success"|"failure", "summary", "evidence": [https URLs]}``,
-sent as ``{"outcome": {...}}`` to ``POST /v1/escalations/{id}/complete``) is being added to the
-client in parallel work. Until :meth:`broker.client.Client.complete` takes ``outcome=``, the grant
-is completed without it; once it does, the outcome goes with it - nothing here needs to change.
-The broker's bounds (as that work sets them): a summary of at most 500 characters without control
-characters but newlines and tabs, at most 10 evidence links, each ``https://`` and at most 2048
-characters.
+sent by :meth:`broker.client.Client.complete` as ``{"outcome": {...}}`` to
+``POST /v1/escalations/{id}/complete``). The broker's bounds (``broker.model.parse_outcome``): a
+summary of at most 500 characters without control characters but newlines and tabs, at most 10
+evidence links, each ``https://`` and at most 2048 characters; an upstream's answer quoted in
+the summary is made to fit them here, so the broker never refuses it.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any
 
@@ -44,21 +42,13 @@ def make_outcome(status: str, summary: str = "", evidence: list[str] | tuple[str
     return out
 
 
-def takes_outcome(client: Client) -> bool:
-    """Whether this client's ``complete`` accepts ``outcome=`` (the outcome contract is merged)."""
-    try:
-        return "outcome" in inspect.signature(client.complete).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 async def complete(client: Client, request_id: str, outcome: dict[str, Any] | None) -> Escalation:
-    """Complete the grant, with its outcome when the client can send one. Should the broker refuse
-    the outcome, the grant is completed without it: ending the grant matters more than the record."""
-    if outcome is not None and takes_outcome(client):
+    """Complete the grant with its outcome. Should the broker refuse the outcome (a newer broker
+    with tighter bounds), the grant is completed without it: ending the grant matters more than
+    the record."""
+    if outcome is not None:
         try:
-            # Client.complete(grant, outcome={...}) POSTs {"outcome": {...}} (the outcome contract).
-            return await client.complete(request_id, outcome=outcome)  # type: ignore[call-arg,unused-ignore]
+            return await client.complete(request_id, outcome=outcome)
         except InvalidRequest:
             pass
     return await client.complete(request_id)

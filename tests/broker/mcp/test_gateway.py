@@ -20,7 +20,6 @@ from mcp import Client as McpClient
 from broker.audit import entries
 from broker.embedded_redis import free_port
 from broker.mcp.gateway import Gateway
-from broker.mcp.outcome import takes_outcome
 from broker.mcp.settings import parse_config
 
 HERE = Path(__file__).resolve().parent
@@ -131,9 +130,8 @@ async def test_read_passes_write_is_held_until_two_approve_in_slack_and_carries_
     assert (await live.broker.lifecycle.get(rid)).status == "completed"
     completed = [e for e in await audit_events(live, rid) if e["type"] == "grant.completed"]
     assert len(completed) == 1
-    if takes_outcome(gw.client):  # the outcome contract (merged separately): the result's outcome is recorded
-        assert completed[0]["data"]["outcome"] == {"status": "success",
-                                                   "summary": "notes__write_note: wrote 7 characters to plan"}
+    assert completed[0]["data"]["outcome"] == {"status": "success",
+                                               "summary": "notes__write_note: wrote 7 characters to plan"}
 
 
 async def test_a_denied_call_returns_the_approvers_reason(live, notes_url, calls):
@@ -180,10 +178,9 @@ async def test_an_upstream_that_crashes_mid_call_yields_a_clear_error_and_a_fail
         assert req.id in text(result) and req.proposal.action == "mcp:notes/crash"
         await gw.drain()
         assert (await live.broker.lifecycle.get(req.id)).status == "completed"
-        if takes_outcome(gw.client):
-            (completed,) = [e for e in await audit_events(live, req.id) if e["type"] == "grant.completed"]
-            assert completed["data"]["outcome"]["status"] == "failure"
-            assert "upstream 'flaky' failed during 'crash'" in completed["data"]["outcome"]["summary"]
+        (completed,) = [e for e in await audit_events(live, req.id) if e["type"] == "grant.completed"]
+        assert completed["data"]["outcome"]["status"] == "failure"
+        assert "upstream 'flaky' failed during 'crash'" in completed["data"]["outcome"]["summary"]
 
         again = await asyncio.wait_for(agent.call_tool("flaky__append_log", {"line": "after the crash"}), 30)
         assert not again.is_error and text(again) == "ok"
