@@ -174,19 +174,7 @@ class Notices:
         req = Request(id="audit", agent="jitgate", status="failing" if kind is Kind.AUDIT_FAILING else "ok",
                       proposal=Proposal(action="audit.seal", target="audit log", justification=text, duration_s=1),
                       proposal_sha256="", decision={}, created_at=life._now())
-        security = tuple(life.directory.members(life.settings.security_group))
-        notice = Notice(kind, req, Audience(security=security, security_group=life.settings.security_group), text=text)
-        failures: dict[str, BaseException] = {}
-        for n in self.notifiers:
-            if only is not None and n.name not in only:
-                continue
-            try:
-                await n.alert_security(notice)
-            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
-                log.exception("%s could not deliver %s", n.name, kind)
-                failures[n.name] = e
-        if failures:
-            raise PartialDelivery(set(failures), next(iter(failures.values())))
+        await self._alert_security(kind, req, text, only)
 
     async def _review_alert(self, only: set[str] | None) -> None:
         """Tell security that no policy review was recorded for the configured period (issue 23
@@ -200,9 +188,14 @@ class Notices:
         req = Request(id=f"policy-review-{int(now // DAY_S)}", agent="jitgate", status="due",
                       proposal=Proposal(action="policy.review", target="policy set", justification=text, duration_s=1),
                       proposal_sha256="", decision={}, created_at=now)
+        await self._alert_security(Kind.POLICY_REVIEW_DUE, req, text, only)
+
+    async def _alert_security(self, kind: Kind, req: Request, text: str, only: set[str] | None) -> None:
+        """Send a security alert about something that is not a request (the audit log, the policy
+        set) to every desk in ``only`` (all when None); PartialDelivery names the desks that failed."""
+        life = self.life
         security = tuple(life.directory.members(life.settings.security_group))
-        notice = Notice(Kind.POLICY_REVIEW_DUE, req, Audience(security=security, security_group=life.settings.security_group),
-                        text=text)
+        notice = Notice(kind, req, Audience(security=security, security_group=life.settings.security_group), text=text)
         failures: dict[str, BaseException] = {}
         for n in self.notifiers:
             if only is not None and n.name not in only:
@@ -210,7 +203,7 @@ class Notices:
             try:
                 await n.alert_security(notice)
             except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
-                log.exception("%s could not deliver the policy review reminder", n.name)
+                log.exception("%s could not deliver %s", n.name, kind)
                 failures[n.name] = e
         if failures:
             raise PartialDelivery(set(failures), next(iter(failures.values())))
