@@ -4,7 +4,9 @@ After a denial (by a person, by policy or by denial memory), a proposal of the s
 agent and its delegation chain, or with ``JITGATE_DENIAL_MEMORY_SCOPE=owner`` every agent of
 its owner) within ``JITGATE_ALTERNATE_PATH_WINDOW_S`` is **linked** to it when it asks for
 another action on the denied target, or the denied action on another target of the same
-environment. The link is stored on the request (``linked_to``), recorded in the audit log and
+environment, or the very same again (a retry, which denial memory denies at once while its
+cool-down lasts: an agent hammering a denied action is looking for a way round too). The
+link is stored on the request (``linked_to``), recorded in the audit log and
 shown on every desk. Each linked attempt is counted in a sorted set per scope, trimmed by time;
 the one that reaches ``JITGATE_ALTERNATE_PATH_ALERT_AFTER`` raises one security alert for the
 window and, with ``JITGATE_ALTERNATE_PATH_SUSPEND``, suspends the agent (``lua/linked.lua``,
@@ -89,7 +91,9 @@ async def detect(life: "Lifecycle", agent: "Agent", proposal: Proposal, chain: l
     for row in rows:
         p, denial = row["proposal"], row["denial"]
         action, target = str(p.get("action") or ""), str(p.get("target") or "")
-        if target == proposal.target and action != proposal.action:
+        if target == proposal.target and action == proposal.action:
+            why = "the denied action on the denied target again"
+        elif target == proposal.target:
             why = f"another action ({proposal.action}) on the denied target"
         elif action == proposal.action and target != proposal.target and env and row["env"] == env:
             why = f"the denied action on another target in {env}"

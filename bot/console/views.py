@@ -87,6 +87,8 @@ def _environment() -> jinja2.Environment:
     env.filters["delegation_links"] = render.delegation_links
     env.filters["asked_again"] = render.asked_again_line
     env.filters["excluded_line"] = render.excluded_line
+    env.filters["linked_line"] = render.linked_line
+    env.filters["history_lines"] = render.history_lines
     return env
 
 

@@ -1,5 +1,6 @@
 """Issue 19, item 3: after a denial, another action on the denied target or the denied action on
-another target of the same environment is linked to it (stored, audited, in the API JSON); K
+another target of the same environment (or the very same again) is linked to it (stored,
+audited, in the API JSON); K
 linked attempts in the window raise one security alert and, if configured, suspend the agent
 until a security member reinstates it; Cedar sees ``recent_denials`` and ``linked_attempts``."""
 
@@ -82,6 +83,9 @@ async def test_another_action_on_the_denied_target_is_linked_to_the_denial(tmp_p
         assert events["proposal.linked"]["data"]["linked_to"]["request"] == first
         decision = events["policy.decision"]["data"]["context"]
         assert decision["recent_denials"] == 1 and decision["linked_attempts"] == 1
+        # The very same again is linked too (and denial memory denies it at once).
+        again = (await h.propose(action="restart")).json()
+        assert again["status"] == "denied" and again["linked_to"]["request"] == first
         # The same action on another target of the same environment is linked too.
         other = (await h.propose(action="restart", target="prod/ledger")).json()
         assert other["linked_to"]["request"] == first and "another target in prod" in other["linked_to"]["why"]
