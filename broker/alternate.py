@@ -116,7 +116,7 @@ def alert_text(agent_id: str, count: int, window_s: int, linked: dict, suspended
             f"denials; the latest is related to request {linked.get('request')} ({linked.get('action')} on "
             f"{linked.get('target')}) that {linked.get('by')} denied: {linked.get('reason')}.")
     if suspended:
-        text += f" The agent is SUSPENDED until a security member reinstates it (console, or `jitgate agents reinstate {agent_id}`)."
+        text += " The agent is SUSPENDED until a security member reinstates it (the console's Approvers' load page)."
     return text
 
 
