@@ -405,17 +405,19 @@ def linked_line(req: Request) -> str | None:
 
 
 def history_lines(req: Request) -> list[str]:
-    """The agent's recent history as stored with the proposal (:mod:`broker.history`): the last
-    24 h's requests, grants and denials, grants active and requests waiting, the last denials
-    with who and why, and whether this proposal is linked to a denial. Empty for a request
+    """The agent's recent history as the core stored it when the proposal arrived
+    (:mod:`broker.history`; every desk and re-render shows the same figures): the 24 h's
+    requests, grants and denials, grants active and other requests waiting then, the last
+    denials with who and why, and whether this proposal is linked to a denial. Empty for a request
     without one (break-glass, or recorded before this existed)."""
     from broker.history import History  # noqa: PLC0415 - the core's dataclass
 
     h = History.from_dict(req.history)
     if h is None:
         return []
-    lines = [f"{req.agent}, last 24 h: {plural(h.requests_24h, 'request')}, {h.granted_24h} granted, "
-             f"{h.denied_24h} denied; now {plural(h.active_grants, 'active grant')}, {h.waiting} waiting for people"]
+    lines = [f"{req.agent}, 24 h before this proposal: {plural(h.requests_24h, 'request')}, {h.granted_24h} granted, "
+             f"{h.denied_24h} denied; then {plural(h.active_grants, 'active grant')}, "
+             f"{plural(h.waiting, 'other request')} waiting for people"]
     for d in h.last_denials:
         who = {"policy": "the policies", "denial-memory": "denial memory"}.get(d.by, d.by)
         lines.append(f"denied by {who}: {d.action} on {d.target}: {d.reason or 'no reason given'} ({d.request})")

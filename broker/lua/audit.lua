@@ -84,9 +84,10 @@ local function index_grant(req, id)
   -- once when first seen, once when granted (approved or later), once when denied.
   local now24 = redis_now_ms()
   local function seen(name)
-    redis.call('ZADD', p .. name, 'NX', now24, id)
-    redis.call('ZREMRANGEBYSCORE', p .. name, '-inf', now24 - 86400000)
-    redis.call('PEXPIRE', p .. name, 86400000)
+    if redis.call('ZADD', p .. name, 'NX', now24, id) == 1 then  -- trimmed only when it grows
+      redis.call('ZREMRANGEBYSCORE', p .. name, '-inf', now24 - 86400000)
+      redis.call('PEXPIRE', p .. name, 86400000)
+    end
   end
   seen('seen')
   if st == 'approved' or st == 'active' then seen('granted') elseif st == 'denied' then seen('denied') end

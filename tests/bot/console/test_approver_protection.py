@@ -33,7 +33,7 @@ async def test_the_request_page_shows_the_link_and_the_history(tmp_path, redis_u
         page = (await bob.page(f"/console/requests/{rollback['id']}")).text
         assert "linked-banner" in page and "Related to a request bob denied 2 min before this proposal" in page
         assert "not during the sale" in page
-        assert "Agent history" in page and "1 request, 0 granted, 1 denied" in page
+        assert "Agent history" in page and "24 h before this proposal: 1 request, 0 granted, 1 denied; then 0 active grants, 0 other requests" in page
         assert f"denied by bob: restart on prod/payments-api: not during the sale ({first})" in page
     finally:
         await c.close()

@@ -192,7 +192,7 @@ def test_card_shows_the_link_to_a_denial_and_the_agents_history():
     assert loud and loud[0].get("color") == "Attention"
     assert "3 min before this proposal: freeze until Monday" in loud[0]["text"]
     runs = " ".join(r["text"] for r in nodes(card, "TextRun"))
-    assert "deploy-bot, last 24 h: 4 requests, 1 granted, 2 denied; now 1 active grant, 0 waiting" in runs
+    assert "deploy-bot, 24 h before this proposal: 4 requests, 1 granted, 2 denied; then 1 active grant, 0 other requests waiting" in runs
     assert "denied by bob: restart on prod/payments-api: freeze until Monday (01JDENIED)" in runs
     assert "linked to a recent denial: yes" in runs
     plain = cards.proposal_card(make_request(), max_duration_s=3600)
