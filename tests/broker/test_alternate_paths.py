@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from broker.clock import ManualClock
-from broker.errors import NotApprover
+from broker.errors import NotApprover, PolicyDenied
 from tests.support.harness import FIXTURES, Harness, make_settings, write_agents
 
 TARGETS = """targets:
@@ -157,5 +157,23 @@ async def test_policies_see_the_counts(tmp_path, redis_url, prefix):
         assert (await h.propose(action="rollback")).json()["status"] == "pending"
         second = (await h.propose(action="rollback", justification="again")).json()
         assert second["status"] == "denied" and "no-second-way-round" in second["decision"]["policies"]
+    finally:
+        await h.stop()
+
+
+async def test_a_refusal_when_the_policies_decide_again_counts_as_a_denial(tmp_path, redis_url, prefix):
+    """Requirement (issue 19, item 3): a refusal by policy at a later step (the policies decide
+    again at an approval) is remembered like one at submit, and later proposals link to it."""
+    forbid = ('@id("second-approval-must-be-security")\nforbid(principal, action == Jitgate::Action::"deploy", '
+              'resource) when { context.approval_count >= 2 && !context.approval_groups.contains("security") };\n')
+    h = await _harness(tmp_path, redis_url, prefix, extra_policy=forbid)
+    try:
+        rid = (await h.propose()).json()["id"]
+        await h.approve(rid, "bob")
+        with pytest.raises(PolicyDenied):
+            await h.approve(rid, "erin")
+        assert (await h.life.get(rid)).status == "denied"
+        r = (await h.propose(action="rollback")).json()
+        assert r["linked_to"]["request"] == rid and r["linked_to"]["by"] == "policy"
     finally:
         await h.stop()
