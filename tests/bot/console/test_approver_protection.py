@@ -68,3 +68,35 @@ async def test_the_load_page_and_reinstating_a_suspended_agent(tmp_path, redis_u
     finally:
         await c.close()
         await c.h.stop()
+
+
+async def test_the_refused_agent_scenario_on_the_console(tmp_path, redis_url, prefix):
+    """Requirement (issue 19, "Done when") on the console: denied there, the identical re-ask is
+    denied citing it, the rollback waits linked to the denial, 25 retries add nothing to the
+    approvers' list, and security hears once."""
+    c = await _console(tmp_path, redis_url, prefix, alternate_path_alert_after=3, denial_cooldown_s=1800,
+                       agent_proposals_per_min=10, target_proposals_per_min=30, max_open_per_agent=10)
+    try:
+        bob = await c.signed_in("bob")
+        first = (await c.h.propose(action="restart")).json()["id"]
+        await bob.act(first, "deny", reason="prod restarts wait for the freeze to end")
+        again = (await c.h.propose(action="restart")).json()
+        assert again["status"] == "denied" and first in again["denial"]["reason"]
+        rollback = (await c.h.propose(action="rollback")).json()
+        assert rollback["status"] == "pending" and rollback["linked_to"]["by"] == "bob"
+        for _ in range(25):
+            c.h.clock.advance(0.3)
+            r = await c.h.propose(action="restart")
+            assert r.status_code == 429 or r.json()["status"] == "denied"
+        page = (await bob.page()).text
+        pending = page[page.index('<section id="pending"'):page.index('<section id="grants"')]
+        assert 'Pending requests <span class="count">1</span>' in pending  # nothing new to decide
+        assert f'id="req-{rollback["id"]}"' in pending
+        detail = (await bob.page(f"/console/requests/{rollback['id']}")).text
+        assert "Related to a request bob denied" in detail and "prod restarts wait for the freeze to end" in detail
+        await c.h.broker.outbox.drain()
+        alerts = [t for kind, _, t in c.h.notifier.sent if kind == "security"]
+        assert len(alerts) == 1 and "deploy-bot" in alerts[0]
+    finally:
+        await c.close()
+        await c.h.stop()
