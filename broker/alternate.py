@@ -75,17 +75,25 @@ async def remember(life: "Lifecycle", agents: list[str], owner: str | None, requ
         await life.store.remember_denial(keys, request_id, int(now * 1000), window * 1000)
 
 
-async def detect(life: "Lifecycle", agent: "Agent", proposal: Proposal, chain: list["DelegationLink"], env: str,
-                 now: float) -> Paths:
-    """The recent denials of the proposal's scope, the one it is linked to (a person's first,
-    then the newest) and how many linked attempts the window already holds."""
+def query(life: "Lifecycle", agent: "Agent", chain: list["DelegationLink"], now: float) -> tuple[list[str], int]:
+    """(the recent-denial keys of the proposal's scope, since when in ms): what the submit's one
+    read of Redis (``Store.submit_state``) also reads; no keys when alternate paths are off."""
     s = life.settings
     if not s.alternate_path_window_s:
+        return [], 0
+    keys = life.store.recent_denial_keys([agent.id, *(link.delegator for link in chain)], _scope_owner(life, agent))
+    return keys, int((now - s.alternate_path_window_s) * 1000)
+
+
+async def detect(life: "Lifecycle", agent: "Agent", proposal: Proposal, env: str, ids: list[str],
+                 since: int) -> Paths:
+    """Of the scope's recent denials (``ids``, read with :func:`query`), the one the proposal is
+    linked to (a person's first, then the newest), and how many linked attempts the window
+    already holds. Nothing more is read when there is no recent denial (the common case)."""
+    if not ids or not life.settings.alternate_path_window_s:
         return Paths()
-    since = int((now - s.alternate_path_window_s) * 1000)
     owner = _scope_owner(life, agent)
-    keys = life.store.recent_denial_keys([agent.id, *(link.delegator for link in chain)], owner)
-    ids = (await life.store.denials_since(keys, since))[-MAX_READ:]
+    ids = ids[-MAX_READ:]
     rows = [r for r in await life.store.denied_rows(ids) if r is not None and r["status"] == DENIED]
     candidates = []
     for row in rows:

@@ -415,8 +415,10 @@ class Lifecycle:
             raise NotAllowedForTarget(why)  # a 400, nothing stored
         target = self.directory.target(proposal.target)
         env = (target.env or "") if target is not None else ""
-        _, _, (active, active_env, last_hour) = await self.store.decision_state(agent.id, env, _ms(now))
-        paths = await alternate.detect(self, agent, proposal, chain, env, now)
+        denial_keys, since = alternate.query(self, agent, chain, now)
+        _, _, (active, active_env, last_hour), denied = await self.store.submit_state(agent.id, env, _ms(now),
+                                                                                     denial_keys, since)
+        paths = await alternate.detect(self, agent, proposal, env, denied, since)
         context = build_context(
             confidence=proposal.confidence_pct, duration_s=proposal.duration_s, posture=await self.posture(),
             evidence_count=len(proposal.evidence), delegation_depth=len(chain), now=now, stage="submit",

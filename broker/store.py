@@ -136,9 +136,17 @@ return v
 
 # What deciding one request needs (issue 16): the posture, the evaluation epoch and the
 # agent's grant counts (active, active in the target's environment, collected since ARGV[1]).
+# KEYS[6..]: recent-denial sets (issue 19, item 3): their members since ARGV[2] follow, once each.
 _DECISION_STATE_LUA = """
-return {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
-        redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
+             redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+local seen, n = {}, 5
+for i = 6, #KEYS do
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[2], '+inf')) do
+    if not seen[rid] then seen[rid] = true; n = n + 1; out[n] = rid end
+  end
+end
+return out
 """
 
 # Record that an active grant was decided again at an epoch (only while it is active: a
@@ -704,10 +712,19 @@ class Store:
     async def decision_state(self, agent_id: str, env: str, now_ms: int) -> tuple[str | None, int, tuple[int, int, int]]:
         """(posture as stored, evaluation epoch, :meth:`grant_use` of the agent in ``env``) in
         one script call on the hot-path connection: what deciding one request needs from Redis."""
+        posture, epoch, use, _ = await self.submit_state(agent_id, env, now_ms, [], 0)
+        return posture, epoch, use
+
+    async def submit_state(self, agent_id: str, env: str, now_ms: int, denial_keys: list[str],
+                           since_ms: int) -> tuple[str | None, int, tuple[int, int, int], list[str]]:
+        """:meth:`decision_state` and the request ids remembered under ``denial_keys`` since
+        ``since_ms`` (alternate paths), still one script call."""
         keys = [self.posture_key, self.epoch_key, self.agent_key(agent_id, "active"),
-                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected")]
-        posture, epoch, active, active_env, last_hour = await self._read(self._decision_state, keys, [now_ms - 3600_000])
-        return (posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour))
+                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected"), *denial_keys]
+        posture, epoch, active, active_env, last_hour, *ids = await self._read(
+            self._decision_state, keys, [now_ms - 3600_000, since_ms])
+        return ((posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour)),
+                [i.decode() if isinstance(i, bytes) else str(i) for i in ids])
 
     async def grant_check(self, request_id: str) -> tuple[str, str | None, float | None, int, bool, int] | None:
         """(status, grant jti, grant exp, epoch last decided, break-glass, current epoch) of a
