@@ -58,6 +58,11 @@ async def test_a_refused_agent_retrying_and_seeking_another_path(tmp_path, redis
             r = await slack.h.propose(action="restart")
             codes.append(r.status_code)
             assert r.status_code == 429 or r.json()["status"] == "denied" or r.json()["id"] == rollback["id"]
+        # And the rollback asked again joins the waiting request (dedupe), or is rate limited.
+        for _ in range(5):
+            r = await slack.h.propose(action="rollback")
+            codes.append(r.status_code)
+            assert r.status_code == 429 or r.json()["id"] == rollback["id"]
         await slack.settle()
         assert set(codes) <= {200, 201, 429}
         assert len(_approval_posts(slack)) == posts + 1
@@ -69,4 +74,5 @@ async def test_a_refused_agent_retrying_and_seeking_another_path(tmp_path, redis
 
         # The approvers' load counts what the protections absorbed.
         waiting, absorbed, decided = await slack.h.broker.store.approvers_load()
-        assert absorbed.get("denial_memory", 0) >= 1 and waiting.get("sre") == 1 and decided["sre"][0] == 1
+        assert absorbed.get("denial_memory", 0) >= 1 and absorbed.get("dedupe", 0) + absorbed.get("rate_limit", 0) == 5
+        assert waiting.get("sre") == 1 and decided["sre"][0] == 1
