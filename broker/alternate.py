@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from . import killswitch
 from .audit import event
 from .clock import new_id
 from .errors import AgentDisabled, InvalidRequest
 from .model import DENIED, Proposal, iso
 from .notify import Kind
+from .rules import fmt_duration
 
 if TYPE_CHECKING:
     from .directory import Approver
@@ -118,8 +120,6 @@ async def detect(life: "Lifecycle", agent: "Agent", proposal: Proposal, env: str
 
 def alert_text(agent_id: str, count: int, window_s: int, linked: dict, suspended: bool) -> str:
     """The security channel's sentence for an agent that keeps looking for a way around."""
-    from .rules import fmt_duration  # noqa: PLC0415 - rules imports model only; kept local for clarity
-
     text = (f"ALTERNATE PATHS: agent {agent_id} made {count} attempts within {fmt_duration(window_s)} linked to "
             f"denials; the latest is related to request {linked.get('request')} ({linked.get('action')} on "
             f"{linked.get('target')}) that {linked.get('by')} denied: {linked.get('reason')}.")
@@ -156,8 +156,6 @@ async def record(life: "Lifecycle", agent: "Agent", request_id: str, paths: Path
 async def end_holdings(life: "Lifecycle", agent_id: str, reason: str, now: float) -> None:
     """End the suspended agent's open requests and grants as the kill switch does (its batches,
     audit entries and per-request notices), in the name of ``alternate-paths``."""
-    from . import killswitch  # noqa: PLC0415
-
     selector = killswitch.Selector.of("agent", agent_id)
     result = killswitch.KillResult(new_id(), selector)
     actor = {"approver": "alternate-paths", "channel": "broker", "platform_user": None}
@@ -191,5 +189,5 @@ async def reinstate(life: "Lifecycle", agent_id: str, approver: "Approver", *, c
     linked, alerted = life.store.linked_keys(agent_id, owner)
     await life.store.append([event(REINSTATE_EVENT, iso(life._now()) or "", None,
                                    {"approver": approver.id, "channel": channel}, agent=agent_id, suspension=why)])
-    await life.store.redis.delete(life.store.agent_suspended_key(agent_id), linked, alerted)
+    await life.store.lift_agent_suspension(agent_id, linked, alerted)
     return True

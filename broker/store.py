@@ -487,6 +487,10 @@ class Store:
         raw = await self._read("GET", self.agent_suspended_key(agent_id))
         return orjson.loads(raw) if raw else None
 
+    async def lift_agent_suspension(self, agent_id: str, *counted: str) -> None:
+        """Forget the agent's alternate-path suspension and the attempts ``counted`` so far."""
+        await self._read("DEL", self.agent_suspended_key(agent_id), *counted)
+
     async def suspended_agents(self, limit: int = 200) -> dict[str, dict]:
         """The agents suspended for alternate paths, with why (operator listing; bounded)."""
         out: dict[str, dict] = {}
