@@ -206,6 +206,13 @@ async def run_all(args, sizes: Sizes, plan: dict, ps: Processes, work: Path, out
         async with stack.brokers(1) as (b,):
             results["reevaluation"] = await reeval.measure(stack, b, sizes.reeval_n, sizes.reeval_trials,
                                                            sizes.reeval_sample, log)
+    if want("mcpgateway"):
+        log(f"10. MCP gateway: added latency per forwarded call when policy grants it ({sizes.level_s:g} s per way)")
+        await stack.flush()
+        from . import mcpgateway  # noqa: PLC0415 - needs the mcp extra
+
+        async with stack.brokers(1) as (b,):
+            results["mcpgateway"] = await mcpgateway.measure(stack, b.url, sizes.level_s, log)
     if want("credentials"):
         log(f"6. real credentials ({sizes.credential_n} grants per plugin, against PostgreSQL and OpenBao)")
         await stack.flush()
@@ -355,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-slack", action="store_true", help="approve through the operator path even if Slack is there")
     p.add_argument("--only", type=lambda v: set(v.split(",")), metavar="FIGURES",
                    help="measure only these (comma-separated: autogrant, introspection, wakeup, memory, revocation, credentials, "
-                        "killswitch, ssf, reevaluation) "
+                        "killswitch, ssf, reevaluation, mcpgateway) "
                         "and print the results; writes no report")
     p.add_argument("--ssf-n", type=int, help="tokens for the SSF figure (default: 2000; smoke: 50)")
     p.add_argument("--revoke-n", type=int, help="grants for the revocation figure (default: 100000; smoke: 500)")

@@ -130,7 +130,9 @@ def status_line(req: Request) -> str:
     if s == CANCELLED:
         return "Withdrawn by the agent"
     if s == COMPLETED:
-        return "Completed: the agent reported the task done and the grant has ended"
+        line = "Completed: the agent reported the task done and the grant has ended"
+        outcome = outcome_line(req)
+        return f"{line}. {outcome}" if outcome else line
     if s == REVOKED:
         return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}"
     return s
@@ -156,12 +158,38 @@ def event_sentence(req: Request, event: str) -> str | None:
     if event == "collected":
         return f"{req.agent} collected its token; the grant ends at {fmt_time(req.grant_exp)}."
     if event == "completed":
-        return f"{req.agent} reported the task done; the grant has ended."
+        outcome = outcome_line(req)
+        return f"{req.agent} reported the task done; the grant has ended." + (f" {outcome}" if outcome else "")
     if event == "revoked":
         return f"Revoked by {req.closed_by or 'unknown'}: {req.close_reason or 'no reason given'}. The token no longer works."
     if event == "asked_again":
         return asked_again_line(req)
     return None
+
+
+def outcome_line(req: Request) -> str | None:
+    """What the agent reported when it completed (issue 18, item 6): ``Outcome: failure —
+    <summary> (2 evidence links)``, or None when it reported none. The summary is agent text
+    (at most 500 characters, checked by the core); the links are listed by
+    :func:`outcome_links`."""
+    o = getattr(req, "outcome", None)
+    if not isinstance(o, dict) or o.get("status") not in ("success", "failure"):
+        return None
+    line = f"Outcome reported by the agent: {o['status']}"
+    if o.get("summary"):
+        line += f" — {o['summary']}"
+    links = outcome_links(req)
+    if links:
+        line += f" ({plural(len(links), 'evidence link')})"
+    return line
+
+
+def outcome_links(req: Request) -> list[str]:
+    """The evidence links of the completion outcome, as the agent sent them (https only, at most
+    10, each at most 2048 characters: the core checked). Shown, never hidden behind a label."""
+    o = getattr(req, "outcome", None)
+    links = o.get("evidence") if isinstance(o, dict) else None
+    return [u for u in links if isinstance(u, str)][:10] if isinstance(links, list) else []
 
 
 def event_key(req: Request, event: str) -> str:

@@ -15,11 +15,11 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .bodies import read_form, read_json
+from .bodies import read_body, read_form, read_json
 from .errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated, Unavailable
 from .identity import InvalidDpopProof
 from . import alternate, oauth
-from .model import STATES, TERMINAL, Proposal, check_request_id
+from .model import STATES, TERMINAL, Proposal, check_request_id, parse_outcome
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -126,7 +126,18 @@ def make_routes(broker: "Broker") -> list[Route]:
 
     async def complete(request: HttpRequest) -> Response:
         agent = await agent_of(request)
-        return json_response((await life.complete(rid(request), agent)).to_public())
+        # Optional: {"outcome": {...}} (issue 18, item 6); an empty body completes as before.
+        raw = await read_body(request, limit)
+        body = None
+        if raw.strip():
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise InvalidRequest("send the body as application/json")
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise InvalidRequest(f"the body is not valid JSON: {e.msg} at position {e.pos}") from None
+        return json_response((await life.complete(rid(request), agent, parse_outcome(body))).to_public())
 
     async def withdraw(request: HttpRequest) -> Response:
         agent = await agent_of(request)

@@ -28,6 +28,7 @@ from .notices import Notices
 from .notify import Desk, DeskContext, LoggingNotifier, Notifier
 from .outbox import Outbox
 from .policy import PolicyGate, PrincipalInfo
+from .policyversions import PolicyVersions
 from .redischeck import refuse_eviction
 from .redisconn import connect
 from .redisline import RedisLine
@@ -63,6 +64,7 @@ class Broker:
     desks: list = field(default_factory=list)
     credentials: Credentials | None = None
     ssf: Transmitter | None = None  # the Shared Signals transmitter (broker/ssf)
+    versions: PolicyVersions | None = None  # policy.loaded / policy.load_failed entries
     _closing: set = field(default_factory=set)  # tasks ending removed agents' grants
 
     def maybe_reload(self) -> None:
@@ -82,8 +84,22 @@ class Broker:
         if follow("approvers or targets file", self.directory.reload_if_changed):
             self.gate.set_directory(self.directory)
             changed.append("approvers or targets file reloaded")
-        if follow("policy folder", self.gate.reload_if_changed):
+        previous = self.gate.policy_set_hash
+        try:
+            reloaded = self.gate.reload_if_changed()
+        except Exception as exc:  # noqa: BLE001 - keep serving with the last good version
+            detail = getattr(exc, "detail", None) or str(exc)
+            log.error("reload of the policy folder refused, keeping the previous version: %s", detail)
+            reloaded = False
+            if self.versions is not None:
+                self.versions.failed(detail)
+        if reloaded:
             changed.append("policy folder reloaded")
+            if self.versions is not None:
+                self.versions.reloaded(previous)
+        if self.versions is not None and self.versions.pending:
+            self._background(self.versions.flush())
+        self.gate.reload_shadow_if_changed()  # never raises; never re-decides anything (issue 23 item 2)
         if changed:
             # What policies decide from changed: decide every open request again (issue 16, item 1).
             self._background(self._policies_changed("; ".join(changed)))
@@ -189,6 +205,10 @@ async def build(
     desks = load_desks(settings) if desks is None else desks
     if not settings.redis_url:
         raise ConfigError("no Redis: set REDIS_URL, or run `jitgate serve` which starts an embedded one")
+    if start_background:
+        from . import tracing  # noqa: PLC0415
+
+        tracing.configure(settings.env)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traces (broker/tracing.py)
     owned = redis is None
     if redis is None:
         redis = connect(settings.redis_url, settings.redis_max_connections)
@@ -214,6 +234,7 @@ async def build(
     verifier = AssertionVerifier(registry, line, settings.redis_prefix, audience=settings.issuer, clock=clock,
                                  spiffe=SpiffeBundle.from_settings(settings))
     metrics = Metrics()
+    gate.on_shadow = metrics.shadow_disagreement
     all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
     all_notifiers += [d.notifier for d in desks]
     lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
@@ -232,6 +253,12 @@ async def build(
         auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
     lifecycle.audit = scheduler.audit = auditlog
     scheduler.seal_interval_s = settings.audit_seal_interval_s
+    if start_background and settings.audit_export:
+        from .auditexport import exporters_from_settings  # noqa: PLC0415 - only when an export is configured
+
+        scheduler.exporters = exporters_from_settings(settings, redis, store.audit_stream, origin_of(settings.issuer),
+                                                      metrics)
+        scheduler.export_interval_s = settings.audit_export_interval_s
     credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
                                                   PluginContext(settings.key_encryption_key, settings.data_dir)),
                               clock=clock, metrics=metrics)
@@ -245,10 +272,12 @@ async def build(
     broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
                     wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
     scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
+    broker.versions = PolicyVersions(store, gate, replica=scheduler.holder, now=clock.now)
     broker.ssf = Transmitter(redis=redis, streams=Streams(redis, settings.redis_prefix, settings), keyring=keyring,
                              registry=registry, settings=settings, clock=clock, source=store.outbox + ":ssf",
                              consumer=scheduler.holder, metrics=metrics)
     if start_background:
+        await broker.versions.startup()  # refuses to start when the audit log cannot record it
         # Agents removed from the file while no broker (or not this one) noticed: end their grants.
         await broker._close_unregistered()
         for desk in desks:
@@ -282,6 +311,9 @@ async def shutdown(broker: Broker) -> None:
             log.exception("desk %s did not stop cleanly", desk.name)
     await broker.store.line.aclose()
     await broker.redis.aclose()
+    from . import tracing  # noqa: PLC0415
+
+    tracing.shutdown()
 
 
 def create_app(settings: Settings, *, broker: Broker | None = None, **build_kwargs) -> Starlette:

@@ -181,6 +181,12 @@ class BreakGlass:
         token the broker issues: without ``dpop_jkt`` (the RFC 7638 thumbprint of the
         engineer's key) it is refused with :class:`DpopRequired`, before anything is counted.
         """
+        return (await self._preview(engineer, subject=subject, action=action, target=target, duration_s=duration_s,
+                                    reason=reason, incident=incident, dpop_jkt=dpop_jkt))[0]
+
+    async def _preview(self, engineer: Approver, *, subject: str, action: str, target: str, duration_s: int,
+                       reason: str, incident: str | None, dpop_jkt: str | None) -> tuple[Preview, str | None]:
+        """:meth:`preview`, and the hash of the policy set that decided it."""
         await self._check_engineer(engineer)
         if subject == ME and dpop_jkt is None and self.life.settings.require_dpop:
             raise DpopRequired(DPOP_HINT)
@@ -207,10 +213,12 @@ class BreakGlass:
             await self.store.append([event("breakglass.refused", iso(self._now()), None,
                                            {"approver": engineer.id}, break_glass=True, subject=subject,
                                            action=action, target=target, reason=decision.reason,
-                                           policies=list(decision.policies))])
+                                           policies=list(decision.policies),
+                                           policy_set_hash=decision.policy_set_hash)])
             raise Forbidden(f"policy refuses this even in an emergency: {decision.reason}")
         granted, note = _cap(duration_s, decision.max_duration_s, decision.policies, self.limits.max_duration_s)
-        return Preview(subject, action, target, granted, duration_s, reason, incident, decision.policies, note)
+        return (Preview(subject, action, target, granted, duration_s, reason, incident, decision.policies, note),
+                decision.policy_set_hash)
 
     def _proposal(self, engineer: Approver, subject: str, action: str, target: str, duration_s: int,
                   reason: str, incident: str | None) -> Proposal:
@@ -234,8 +242,8 @@ class BreakGlass:
             raise InvalidRequest("a DPoP key binds only a token for yourself; an agent proves its own key")
         if self.life.audit is not None:
             self.life.audit.check_grants()  # an emergency grant nobody can audit is refused too
-        pv = await self.preview(engineer, subject=subject, action=action, target=target, duration_s=duration_s,
-                                reason=reason, incident=incident, dpop_jkt=dpop_jkt)
+        pv, set_hash = await self._preview(engineer, subject=subject, action=action, target=target,
+                                           duration_s=duration_s, reason=reason, incident=incident, dpop_jkt=dpop_jkt)
         now = self._now()
         rid = new_id()
         for_me = subject == ME
@@ -260,11 +268,12 @@ class BreakGlass:
             "approvals": _json([approval]), "created_at": repr(now), "break_glass": "1",
             "approved_duration_s": str(pv.duration_s), "incident": incident or "",
             "review_due": repr(review_due), "engineer": engineer.id, "bypassed_group": bypassed or "",
+            "policy_set_hash": set_hash or "",
         }
         events = [event("breakglass.granted", at, rid, actor, break_glass=True, subject=subject, action=action,
                         target=target, duration_s=pv.duration_s, requested_s=pv.requested_s, reason=reason,
                         incident=incident, policies=list(pv.policies), proposal_sha256=sha,
-                        review_due=iso(review_due), note=pv.note)]
+                        review_due=iso(review_due), note=pv.note, policy_set_hash=set_hash)]
         token: IssuedToken | None = None
         if for_me:
             iat = int(now)

@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 
 from .config import environment, load_settings, redis_url_for_tools
@@ -41,8 +42,12 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-async def _with_broker(fn):
-    """Build a broker without background jobs against the configured Redis; run ``fn``."""
+async def _with_broker(fn, *, decides: bool = False):
+    """Build a broker without background jobs against the configured Redis; run ``fn``.
+
+    ``decides``: the command asks the policies (an approval, a posture change, break-glass), so
+    the policy set it loaded is recorded (``policy.loaded`` by ``cli: …``) unless it is the set
+    last recorded (broker/policyversions.py)."""
     from .app import build, shutdown  # noqa: PLC0415
     from .redisconn import connect  # noqa: PLC0415
 
@@ -56,6 +61,8 @@ async def _with_broker(fn):
         await client.aclose()
         raise
     try:
+        if decides and broker.versions is not None:
+            await broker.versions.operator(f"cli: jitgate {' '.join(sys.argv[1:3])} (os user {broker.lifecycle.os_user()})")
         return await fn(broker)
     finally:
         await shutdown(broker)
@@ -249,7 +256,12 @@ def cmd_requests_list(args) -> int:
 
 def cmd_requests_show(args) -> int:
     async def run(broker):
-        _print_request(await broker.lifecycle.get(args.id), verbose=True)
+        req = await broker.lifecycle.get(args.id)
+        d = req.to_public()
+        if req.grant_jti:
+            # The token's use as introspection aggregated it (issue 18, item 6), while kept.
+            d["token_use"] = await broker.store.token_use(req.id, req.grant_jti)
+        _print_json(d)
         return 0
 
     return asyncio.run(_with_broker(run))
@@ -267,7 +279,7 @@ def cmd_requests_decide(args) -> int:
         _print_request(req)
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def cmd_requests_revoke(args) -> int:
@@ -328,7 +340,7 @@ def cmd_posture(args) -> int:
     if args.level and not args.as_:
         print("setting the posture needs --as APPROVER_ID (a member of the security group)", file=sys.stderr)
         return 2
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 def _dpop_key(path: str, subject: str) -> tuple[object, str]:
@@ -405,7 +417,7 @@ def cmd_breakglass(args) -> int:
             print(f"{args.engineer}'s break-glass right reinstated")
         return 0
 
-    return asyncio.run(_with_broker(run))
+    return asyncio.run(_with_broker(run, decides=True))
 
 
 # ---------------------------------------------------------------------- audit
@@ -442,6 +454,39 @@ def cmd_audit_verify(args) -> int:
         result = await verify(broker.redis, s.audit_stream, s.audit_head, broker.lifecycle.audit.key, recorded)
         print(result)
         return 0 if result.ok else 1
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_policies(args) -> int:
+    """The policy versions the audit log holds (``policy.loaded``, ``policy.load_failed``), oldest
+    first, and the set this command loaded; with ``--json`` the entries themselves."""
+    from .audit import entries  # noqa: PLC0415
+    from .policyversions import LOAD_FAILED, LOADED  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        found = []
+        async for entry in entries(broker.redis, s.audit_stream):
+            body = entry.body()
+            if body and body.get("type") in (LOADED, LOAD_FAILED):
+                found.append((entry.seq, body))
+        if args.json:
+            _print_json([{"seq": seq, **body} for seq, body in found])
+            return 0
+        for seq, body in found:
+            d, actor = body.get("data") or {}, body.get("actor") or {}
+            who = f"by {actor.get('by', '?')} on {actor.get('replica', '?')}"
+            files = ", ".join(f"{f.get('name')}={str(f.get('sha256'))[:12]}" for f in d.get("files") or [])
+            if body["type"] == LOADED:
+                was = d.get("previous_policy_set_hash")
+                print(f"#{seq} {body.get('at')}  loaded {d.get('policy_set_hash')}"
+                      f"{f' (was {str(was)[:16]})' if was else ''}  {who}  files: {files}")
+            else:
+                print(f"#{seq} {body.get('at')}  FAILED {d.get('attempted_policy_set_hash')} (kept "
+                      f"{str(d.get('policy_set_hash'))[:16]})  {who}  {d.get('error')}")
+        print(f"policy set loaded by this command: {broker.gate.policy_set_hash}")
+        return 0
 
     return asyncio.run(_with_broker(run))
 
@@ -530,6 +575,52 @@ def cmd_audit_export(args) -> int:
         return 0
 
     return asyncio.run(_with_broker(run))
+
+
+def cmd_audit_tail(args) -> int:
+    """Stream sealed entries (at least once, resumable): the lines on stdout, then the cursor
+    after each batch on stderr or in ``--cursor-file`` (written only once the lines are out)."""
+    from .auditexport import Cursor, cursor_for_last, read_sealed, render, write_cursor_file  # noqa: PLC0415
+    from .translog import origin_of  # noqa: PLC0415
+
+    cursor_file = Path(args.cursor_file) if args.cursor_file else None
+    start: Cursor | None = None
+    if args.from_start:
+        start = Cursor()
+    elif args.cursor:
+        start = Cursor.parse(args.cursor)
+    elif cursor_file is not None and cursor_file.exists():
+        with _open(str(cursor_file)) as f:
+            start = Cursor.parse(f.read().strip())
+
+    async def run(broker):
+        redis, stream = broker.redis, broker.store.audit_stream
+        origin = origin_of(broker.settings.issuer)
+        cur = start if start is not None else await cursor_for_last(redis, stream, args.last)
+        out = sys.stdout.buffer
+        while True:
+            b = await read_sealed(redis, stream, cur, args.batch)
+            if b.gap:
+                print(f"jitgate: seq {b.gap[0]} to {b.gap[1]} were trimmed before they were read "
+                      "(the `audit export` file made before the trim holds them)", file=sys.stderr)
+            if b.entries:
+                out.write(b"".join(render(e, args.format, origin) + b"\n" for e in b.entries))
+                out.flush()
+                cur = b.cursor
+                if cursor_file is not None:
+                    write_cursor_file(cursor_file, cur)
+                else:
+                    print(f"cursor: {cur}", file=sys.stderr, flush=True)
+            if len(b.entries) >= args.batch:
+                continue
+            if not args.follow:
+                return 0
+            await asyncio.sleep(args.interval)
+
+    try:
+        return asyncio.run(_with_broker(run))
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_audit_trim(args) -> int:
@@ -624,6 +715,76 @@ def cmd_policy_test(args) -> int:
         print("error: --require-coverage: every policy must decide at least one case", file=sys.stderr)
         return 1
     return 0
+
+
+def _since_ms(text: str, now: float) -> int:
+    from .policyhistory import parse_since  # noqa: PLC0415
+
+    return int((now - parse_since(text)) * 1000)
+
+
+def _report(args, value, render) -> int:
+    from .policyhistory import as_json  # noqa: PLC0415
+
+    if args.format == "json":
+        _print_json(as_json(value))
+    else:
+        print(render(value))
+    return 0
+
+
+def cmd_policy_shadow_report(args) -> int:
+    """The requests where the shadow policies would have decided otherwise (issue 23 item 2)."""
+    from .policyhistory import render_shadow, shadow_report  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        report = await shadow_report(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()))
+        return _report(args, report, render_shadow)
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_replay(args) -> int:
+    """Re-decide the period's audited proposals with a candidate policy set (issue 23 item 3)."""
+    from .app import principals  # noqa: PLC0415
+    from .policy import PolicyGate  # noqa: PLC0415
+    from .policyhistory import replay  # noqa: PLC0415
+
+    async def run(broker):
+        candidate = PolicyGate.load(Path(args.candidate), broker.directory, principals(broker.registry))
+        s = broker.store
+        report = await replay(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()), candidate)
+        return _report(args, report, lambda r: r.render())
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_coverage(args) -> int:
+    """Policies that never decided, and the most frequent decisions per policy (issue 23 item 5)."""
+    from .policyhistory import coverage, render_coverage  # noqa: PLC0415
+
+    async def run(broker):
+        s = broker.store
+        report = await coverage(broker.redis, s.audit_stream, _since_ms(args.since, broker.lifecycle._now()),
+                                broker.gate.policy_ids)
+        return _report(args, report, render_coverage)
+
+    return asyncio.run(_with_broker(run))
+
+
+def cmd_policy_reviewed(args) -> int:
+    """Record a ``policy.reviewed`` audit entry (issue 23 item 5)."""
+    from .policyreview import record_review  # noqa: PLC0415
+
+    operator = args.as_ or os.environ.get("JITGATE_OPERATOR") or os.environ.get("USER") or "unknown"
+
+    async def run(broker):
+        await record_review(broker.lifecycle, operator, args.note)
+        print(f"policy review recorded by {operator} ({len(broker.gate.policy_ids)} policies in force)")
+        return 0
+
+    return asyncio.run(_with_broker(run))
 
 
 JSON_HELP = "print JSON (each request as the API returns it) instead of a table"
@@ -764,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--key", help="the audit verifier key (origin+keyid+base64), see `jitgate audit key`")
     s.add_argument("--key-file", help="a file holding it, or the JSON of /.well-known/jitgate-audit-key")
     s.set_defaults(fn=cmd_audit_check_proof)
+    s = audit.add_parser("policies", help="the policy versions loaded or refused (policy.loaded, policy.load_failed)")
+    s.add_argument("--json", action="store_true", help="print the entries as JSON")
+    s.set_defaults(fn=cmd_audit_policies)
     s = audit.add_parser("key", help="print the audit verifier key auditors pin")
     s.set_defaults(fn=cmd_audit_key)
     s = audit.add_parser("seal", help="seal the unsealed tail now and sign a checkpoint")
@@ -771,6 +935,19 @@ def main(argv: list[str] | None = None) -> int:
     s = audit.add_parser("export", help="the retained audit log as JSON Lines")
     s.add_argument("--out", default="-")
     s.set_defaults(fn=cmd_audit_export)
+    s = audit.add_parser("tail", help="stream sealed entries (with their leaf index) as JSON or OCSF, resumable "
+                                      "from a cursor")
+    s.add_argument("--follow", "-f", action="store_true", help="keep streaming entries as they are sealed")
+    s.add_argument("--format", choices=("json", "ocsf"), default="json")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--cursor", help="resume after this cursor (printed after each batch)")
+    where.add_argument("--from-start", action="store_true", help="from the oldest retained entry")
+    s.add_argument("--cursor-file", help="read the cursor from this file (when no --cursor/--from-start) and "
+                                         "write it there after each batch instead of to stderr")
+    s.add_argument("--last", type=int, default=10, help="without a cursor: start this many sealed entries back")
+    s.add_argument("--batch", type=int, default=500, help="entries per batch (a cursor after each)")
+    s.add_argument("--interval", type=float, default=0.5, help="seconds between polls with --follow")
+    s.set_defaults(fn=cmd_audit_tail)
     s = audit.add_parser("trim", help="remove the oldest entries, only those a signed checkpoint covers and an export file holds")
     s.add_argument("--before", required=True, metavar="SEQ|TIME",
                    help="remove entries with a lower seq, or appended before this ISO 8601 time (UTC if no zone)")
@@ -793,6 +970,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="fail unless every policy decides at least one case")
     s.add_argument("-v", "--verbose", action="store_true", help="list the cases that passed too")
     s.set_defaults(fn=cmd_policy_test)
+    formats: dict[str, Any] = {"choices": ["table", "json"], "default": "table", "help": "a readable table (default) or JSON"}
+    s = pol.add_parser("shadow-report", help="the requests where the shadow policies would have decided otherwise")
+    s.add_argument("--since", default="24h", help="the period: 24h, 7d, 30d, 90m (default 24h)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_shadow_report)
+    s = pol.add_parser("replay", help="re-decide the period's audited proposals with a candidate policy set")
+    s.add_argument("--candidate", required=True, metavar="DIR", help="the candidate policy folder")
+    s.add_argument("--since", default="7d", help="the period: 24h, 7d, 30d (default 7d)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_replay)
+    s = pol.add_parser("coverage", help="policies that never decided, and the decisions of each policy")
+    s.add_argument("--since", default="30d", help="the period (default 30d)")
+    s.add_argument("--format", **formats)
+    s.set_defaults(fn=cmd_policy_coverage)
+    s = pol.add_parser("reviewed", help="record a policy review in the audit log")
+    s.add_argument("--note", required=True, help="what was reviewed and decided")
+    s.add_argument("--as", dest="as_", metavar="NAME", help="who reviewed (default: JITGATE_OPERATOR, else $USER)")
+    s.set_defaults(fn=cmd_policy_reviewed)
 
     # Commands of optional parts (agent tools, desks) plug in through entry points, so
     # the core names none of them.

@@ -40,7 +40,8 @@ class Secret:
 
 # Settings whose value is a secret: a .env holding one must be private to its owner.
 SECRET_SETTINGS = ("JITGATE_KEY_ENCRYPTION_KEY", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN",
-                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN")
+                   "MICROSOFT_APP_PASSWORD", "JITGATE_METRICS_TOKEN",
+                   "JITGATE_AUDIT_EXPORT_AUTHORIZATION")
 
 
 def read_env_file(path: str | os.PathLike = ".env") -> dict[str, str]:
@@ -155,7 +156,29 @@ def _audit(env: dict) -> dict:
             "audit_checkpoint_idle_s": max(1.0, _float(env, "JITGATE_AUDIT_CHECKPOINT_IDLE_S", 60.0)),
             "audit_max_lag_s": max(0.25, _float(env, "JITGATE_AUDIT_MAX_LAG_S", 5.0)),
             "audit_sink_grace_s": max(1.0, _float(env, "JITGATE_AUDIT_SINK_GRACE_S", 60.0)),
-            "audit_fail_closed": _bool(env, "JITGATE_AUDIT_FAIL_CLOSED", True)}
+            "audit_fail_closed": _bool(env, "JITGATE_AUDIT_FAIL_CLOSED", True),
+            **_audit_export(env)}
+
+
+def _audit_export(env: dict) -> dict:
+    """Where sealed audit entries are forwarded (docs/audit-export.md): none by default."""
+    urls = tuple(u.strip() for u in (env.get("JITGATE_AUDIT_EXPORT") or "").split(",") if u.strip())
+    for url in urls:
+        p = urlsplit(url)
+        try:
+            ok = bool((p.scheme in ("http", "https") and p.hostname) or (p.scheme == "syslog" and p.hostname and p.port is not None)
+                      or (p.scheme == "syslog" and not p.netloc and p.path.startswith("/")))
+        except ValueError:  # a port that is not a number
+            ok = False
+        if not ok:
+            raise ConfigError(f"JITGATE_AUDIT_EXPORT holds {url!r}: an https:// or http:// collector URL, "
+                              "syslog://host:port (UDP) or syslog:///path/to/socket (a local datagram socket)")
+    return {"audit_export": urls,
+            "audit_export_format": _choice(env, "JITGATE_AUDIT_EXPORT_FORMAT", ("json", "ocsf"), "json"),
+            "audit_export_batch": _int(env, "JITGATE_AUDIT_EXPORT_BATCH", 500, 1, 10000),
+            "audit_export_interval_s": min(60.0, max(0.05, _float(env, "JITGATE_AUDIT_EXPORT_INTERVAL_S", 0.5))),
+            "audit_export_lag_warn_s": max(1.0, _float(env, "JITGATE_AUDIT_EXPORT_LAG_WARN_S", 60.0)),
+            "audit_export_authorization": Secret((env.get("JITGATE_AUDIT_EXPORT_AUTHORIZATION") or "").strip())}
 
 
 def _metrics(env: dict) -> dict:
@@ -215,6 +238,7 @@ class Settings:
     breakglass_review_s: int = 86400
     breakglass_max_active: int = 2
     breakglass_max_per_day: int = 5
+    policy_review_days: int = 90  # remind security when no policy review is recorded for this long; 0: off
     # Agents: DPoP-bound tokens, delegation chains, SPIFFE JWT-SVIDs (docs/agents.md).
     require_dpop: bool = False
     delegation_max_depth: int = 3
@@ -285,6 +309,24 @@ class Settings:
             return None
         return self.audit_checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
 
+    # Step-up (issue 19, item 6): the WebAuthn relying party the console asks keys for. None:
+    # from JITGATE_ISSUER (the console's public URL): its host name and its origin.
+    webauthn_rp_id: str | None = None
+    webauthn_origin: str | None = None
+
+    @property
+    def step_up_origin(self) -> str:
+        """The console's origin as browsers see it: JITGATE_WEBAUTHN_ORIGIN, else the issuer's."""
+        if self.webauthn_origin:
+            return self.webauthn_origin
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def step_up_rp_id(self) -> str:
+        """The WebAuthn RP id: JITGATE_WEBAUTHN_RP_ID, else the host name of :attr:`step_up_origin`."""
+        return self.webauthn_rp_id or (urlsplit(self.step_up_origin).hostname or "")
+
     audit_witness_urls: tuple[str, ...] = ()
     audit_syslog: str | None = None
     audit_seal_interval_s: float = 0.05
@@ -292,6 +334,14 @@ class Settings:
     audit_max_lag_s: float = 5.0
     audit_sink_grace_s: float = 60.0
     audit_fail_closed: bool = True
+    # The audit export sink (broker/auditexport.py): destinations, format, batch, poll interval,
+    # the lag that is logged, the collector's Authorization header.
+    audit_export: tuple[str, ...] = ()
+    audit_export_format: str = "json"
+    audit_export_batch: int = 500
+    audit_export_interval_s: float = 0.5
+    audit_export_lag_warn_s: float = 60.0
+    audit_export_authorization: Secret | None = None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -333,6 +383,7 @@ class Settings:
             breakglass_review_s=_int(env, "JITGATE_BREAKGLASS_REVIEW_S", 86400, 60, 30 * 86400),
             breakglass_max_active=_int(env, "JITGATE_BREAKGLASS_MAX_ACTIVE", 2, 1, 100),
             breakglass_max_per_day=_int(env, "JITGATE_BREAKGLASS_MAX_PER_DAY", 5, 1, 1000),
+            policy_review_days=_int(env, "JITGATE_POLICY_REVIEW_DAYS", 90, 0, 3650),
             require_dpop=_bool(env, "JITGATE_REQUIRE_DPOP", False),
             delegation_max_depth=_int(env, "JITGATE_DELEGATION_MAX_DEPTH", 3, 1, 8),
             **_spiffe(env),
@@ -366,7 +417,25 @@ class Settings:
             ssf_push_timeout_s=min(60.0, max(0.5, _float(env, "JITGATE_SSF_PUSH_TIMEOUT_S", 5.0))),
             ssf_max_queued=_int(env, "JITGATE_SSF_MAX_QUEUED", 10000, 100, 1_000_000),
             **_audit(env),
+            **_webauthn(env),
         )
+
+
+def _webauthn(env: Mapping[str, str]) -> dict:
+    """JITGATE_WEBAUTHN_ORIGIN (scheme://host[:port], no path) and JITGATE_WEBAUTHN_RP_ID (a host
+    name the origin's host is, or ends with after a dot): WebAuthn refuses anything else anyway,
+    so a mismatch is said at start rather than at the first approval."""
+    origin = (env.get("JITGATE_WEBAUTHN_ORIGIN") or "").strip().rstrip("/") or None
+    rp_id = (env.get("JITGATE_WEBAUTHN_RP_ID") or "").strip() or None
+    if origin is not None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(f"JITGATE_WEBAUTHN_ORIGIN must look like https://console.example.com, got {origin!r}")
+    host = urlsplit(origin or env.get("JITGATE_ISSUER", "")).hostname or ""
+    if rp_id is not None and host and host != rp_id and not host.endswith("." + rp_id):
+        raise ConfigError(f"JITGATE_WEBAUTHN_RP_ID {rp_id!r} must be the console's host name {host!r} "
+                          "or a parent domain of it")
+    return {"webauthn_origin": origin, "webauthn_rp_id": rp_id}
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:

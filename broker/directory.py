@@ -148,25 +148,56 @@ class Target:
 
 def _read_list(path: Path, key: str) -> list:
     """The list under ``key`` in the YAML file at ``path``; a missing file is an empty list."""
+    return _read_lists(path, key)[key]
+
+
+def _read_lists(path: Path, key: str, *optional: str) -> dict[str, list]:
+    """The list under ``key`` and under each ``optional`` key of the YAML file at ``path`` (each
+    an empty list when absent; a missing file is all empty)."""
+    keys = (key, *optional)
+    empty: dict[str, list] = {k: [] for k in keys}
     text = read_trusted(path, f"{key} file", max_bytes=MAX_FILE_BYTES)
     if text is None:
-        return []
+        return empty
     doc = load_yaml(text, str(path))
     if doc is None:
-        return []
+        return empty
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with a '{key}:' list at the top")
-    unknown = set(doc) - {key}
+    unknown = set(doc) - set(keys)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(map(str, unknown))}; expected only '{key}'")
-    entries = doc.get(key)
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise ConfigError(f"{path}: '{key}' must be a list")
-    if len(entries) > MAX_ENTRIES:
-        raise ConfigError(f"{path}: more than {MAX_ENTRIES} entries under '{key}'")
-    return entries
+        expected = " and ".join(f"'{k}'" for k in keys)
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(map(str, unknown))}; expected only {expected}")
+    out = dict(empty)
+    for k in keys:
+        entries = doc.get(k)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise ConfigError(f"{path}: '{k}' must be a list")
+        if len(entries) > MAX_ENTRIES:
+            raise ConfigError(f"{path}: more than {MAX_ENTRIES} entries under '{k}'")
+        out[k] = entries
+    return out
+
+
+_GROUP_KEYS = frozenset({"id", "step_up"})
+# What a group entry may require of every approval its members give (``step_up: webauthn``).
+STEP_UP_KINDS = frozenset({"webauthn"})
+
+
+def _parse_group(entry: object, where: str) -> tuple[str, str | None]:
+    """One ``groups:`` entry of the approvers file: a group's id and the step-up it requires."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a mapping with 'id' (and 'step_up')")
+    unknown = set(entry) - _GROUP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_GROUP_KEYS)}")
+    group = _check_id(entry.get("id"), "id", where)
+    step_up = entry.get("step_up")
+    if step_up is not None and step_up not in STEP_UP_KINDS:
+        raise ConfigError(f"{where}: step_up must be one of {sorted(STEP_UP_KINDS)}, got {step_up!r}")
+    return group, step_up
 
 
 def _where(path: Path | str, index: int, entry: object) -> str:
@@ -335,10 +366,12 @@ class _Snapshot:
     by_teams: Mapping[str, Approver]
     by_email: Mapping[str, Approver]
     slack_bindings: tuple[SlackGroupBinding, ...] = ()
+    # The approvers file's ``groups:``: the groups whose every approval needs step-up, and which.
+    step_up: Mapping[str, str] = field(default_factory=dict)
 
 
 def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_src: str, targets_src: str,
-           slack_bindings: Iterable[SlackGroupBinding] = ()) -> _Snapshot:
+           slack_bindings: Iterable[SlackGroupBinding] = (), step_up: Mapping[str, str] | None = None) -> _Snapshot:
     """Build the lookup tables; two entries claiming the same id or chat identity are an error."""
     approvers, targets, slack_bindings = tuple(approvers), tuple(targets), tuple(slack_bindings)
     by_id: dict[str, Approver] = {}
@@ -372,7 +405,7 @@ def _index(approvers: Iterable[Approver], targets: Iterable[Target], approvers_s
             raise ConfigError(f"{targets_src}: entry {n + 1} (id {target.id!r}): duplicate target id")
         targets_by_id[target.id] = target
     return _Snapshot(approvers, targets, by_id, targets_by_id, bindings["slack"], bindings["teams"], bindings["email"],
-                     slack_bindings)
+                     slack_bindings, dict(step_up or {}))
 
 
 class Directory:
@@ -390,13 +423,15 @@ class Directory:
         approvers_path: Path | None = None,
         targets_path: Path | None = None,
         slack_bindings: Iterable[SlackGroupBinding] = (),
+        step_up: Mapping[str, str] | None = None,
     ) -> None:
-        """Index the given entries; raise :class:`ConfigError` on duplicate ids or chat bindings."""
+        """Index the given entries; raise :class:`ConfigError` on duplicate ids or chat bindings.
+        ``step_up`` maps a group to the step-up every approval from its members needs."""
         self._approvers_path = approvers_path
         self._targets_path = targets_path
         self._lock = threading.Lock()
         self._snap = _index(approvers, targets, str(approvers_path or "approvers"), str(targets_path or "targets"),
-                            slack_bindings)
+                            slack_bindings, step_up)
         self._watched = Watched(lambda: (approvers_path, targets_path))
         if approvers_path is not None and targets_path is not None:
             self._watched.stamp = self._watched.now()
@@ -406,24 +441,36 @@ class Directory:
         """Read both files; a missing file is an empty list, anything malformed raises :class:`ConfigError`."""
         approvers_path, targets_path = Path(approvers_path), Path(targets_path)
         watched = Watched(lambda: (approvers_path, targets_path))
-        approvers, targets, slack_bindings = watched.load(lambda: cls._read(approvers_path, targets_path))
+        approvers, targets, slack_bindings, step_up = watched.load(lambda: cls._read(approvers_path, targets_path))
         directory = cls(approvers, targets, approvers_path=approvers_path, targets_path=targets_path,
-                        slack_bindings=slack_bindings)
+                        slack_bindings=slack_bindings, step_up=step_up)
         directory._watched = watched  # its fingerprint was taken before reading
         return directory
 
     @staticmethod
-    def _read(approvers_path: Path, targets_path: Path) -> tuple[list[Approver], list[Target], list[SlackGroupBinding]]:
+    def _read(approvers_path: Path, targets_path: Path) -> tuple[list[Approver], list[Target], list[SlackGroupBinding],
+                                                                 dict[str, str]]:
+        lists = _read_lists(approvers_path, "approvers", "groups")
         entries = [
             _parse_entry(entry, _where(approvers_path, n, entry))
-            for n, entry in enumerate(_read_list(approvers_path, "approvers"))
+            for n, entry in enumerate(lists["approvers"])
         ]
+        step_up: dict[str, str] = {}
+        seen: set[str] = set()
+        for n, entry in enumerate(lists["groups"]):
+            where = f"{approvers_path}: groups entry {n + 1}"
+            group, kind = _parse_group(entry, where)
+            if group in seen:
+                raise ConfigError(f"{where}: group {group!r} is listed twice")
+            seen.add(group)
+            if kind is not None:
+                step_up[group] = kind
         targets = [
             _parse_target(entry, _where(targets_path, n, entry))
             for n, entry in enumerate(_read_list(targets_path, "targets"))
         ]
         approvers = [e for e in entries if isinstance(e, Approver)]
-        return approvers, targets, [e for e in entries if isinstance(e, SlackGroupBinding)]
+        return approvers, targets, [e for e in entries if isinstance(e, SlackGroupBinding)], step_up
 
     def reload_if_changed(self) -> bool:
         """Re-read the files when their modification time, size or existence changed.
@@ -436,8 +483,9 @@ class Directory:
             return False
         with self._lock:
             def read() -> _Snapshot:
-                approvers, targets, slack_bindings = self._read(self._approvers_path, self._targets_path)
-                return _index(approvers, targets, str(self._approvers_path), str(self._targets_path), slack_bindings)
+                approvers, targets, slack_bindings, step_up = self._read(self._approvers_path, self._targets_path)
+                return _index(approvers, targets, str(self._approvers_path), str(self._targets_path), slack_bindings,
+                              step_up)
 
             snap = self._watched.reload(read)
             if snap is None:
@@ -462,6 +510,10 @@ class Directory:
     def target(self, target_id: str) -> Target | None:
         """The target with this id, or None."""
         return self._snap.targets_by_id.get(target_id)
+
+    def step_up_of(self, group: str) -> str | None:
+        """The step-up (``webauthn``) the approvers file requires of every approval from ``group``, or None."""
+        return self._snap.step_up.get(group)
 
     def members(self, group: str) -> tuple[Approver, ...]:
         """The approvers in ``group``, in file order."""

@@ -77,6 +77,13 @@ class NotApprover(Forbidden):
     code, title = "not-an-approver", "Not allowed to decide this request"
 
 
+class StepUpRequired(Forbidden):
+    """The approval counts only with a proof of presence (``@step_up`` or the approvers file's
+    ``step_up:`` on a group) that this path did not bring: nothing was recorded."""
+
+    code, title = "step-up-required", "Step-up required"
+
+
 class PolicyError(BrokerError):
     """Policies could not be loaded or evaluated (start-up refuses; evaluation denies)."""
 

@@ -26,7 +26,9 @@ from .clock import Clock, SystemClock, new_id
 from .config import Settings
 from .directory import Approver, Directory
 from .context import build_context
-from .errors import Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, PolicyDenied, RateLimited
+from .errors import (
+    Conflict, DeadlinePassed, InvalidRequest, NotApprover, NotFound, PolicyDenied, RateLimited, StepUpRequired,
+)
 from .identity import Agent, DelegationLink, InvalidDelegation, Registry, ResourceServer, verify_delegation_chain
 from .model import (
     ACTIVE, APPROVED, CANCELLED, COMPLETED, DENIED, EXPIRED, PENDING, REVOKED, TERMINAL,
@@ -41,6 +43,7 @@ from .rules import chain_owners  # noqa: F401 - its home is rules; kept importab
 from .audit import event, event_frame
 from .store import Late, Outcome, Store
 from .tokens import KeyRing, build_access_token_claims
+from .tracing import traced
 
 log = logging.getLogger("jitgate.lifecycle")
 
@@ -260,7 +263,10 @@ class Lifecycle:
         now = self._now()
         posture, epoch, use = await redecide.state_for(self, req, now)
         ctx = redecide.context_for(self, req, stage, posture=posture, now=now, use=use, extra_approval=extra_approval)
-        return redecide.decide_again(self, req, ctx), epoch
+        decision = redecide.decide_again(self, req, ctx)
+        if decision.shadow and decision.outcome != "deny" and decision.shadow.get("outcome") == "deny":
+            await redecide.record_shadow(self, req, decision, stage, now)
+        return decision, epoch
 
     # ------------------------------------------------------------------ reminders
     async def remind_due(self, limit: int = 100) -> int:
@@ -461,10 +467,13 @@ class Lifecycle:
         # Each link records its delegator's owner as the agents file says now: nobody who owns
         # an agent along the chain may approve (check_approver), and the record says who that is.
         received = {"delegation_chain": [self._with_owner(link) for link in chain]} if chain else {}
+        # The policy set that decided (issue 18, item 5): in the decision's entry and the record.
+        set_hash = decision.policy_set_hash or self.gate.policy_set_hash
         events = [
             event("proposal.received", at, rid, actor, proposal=proposal.to_dict(), proposal_sha256=sha, idempotency_key=idempotency_key,
                   **received),
-            event("policy.decision", at, rid, None, **decision.to_dict(), context=context),
+            event("policy.decision", at, rid, None, **decision.to_dict(), context=context, policy_set_hash=set_hash,
+                  **({"shadow": dict(decision.shadow)} if decision.shadow else {})),
         ]
         fields: dict[str, Any] = {
             "id": rid,
@@ -473,6 +482,7 @@ class Lifecycle:
             "proposal": _json(proposal.to_dict()),
             "proposal_sha256": sha,
             "decision": _json(decision.to_dict()),
+            "policy_set_hash": set_hash,
             "approvals": "[]",
             "created_at": repr(now),
             "break_glass": "0",
@@ -578,6 +588,10 @@ class Lifecycle:
             max_duration_s=min(durations) if durations else None, channel=lead.channel,
             backup_group=lead.backup_group, reason=f"{lead.reason}; delegated ({links})",
             approvals_from=lead.approvals_from,
+            # The strictest wins here too: step-up asked by the proposal's decision or any link's.
+            step_up=next((d.step_up for d in decisions if d.step_up), None) if approvals else None,
+            shadow=decision.shadow,  # the shadow set compared on the proposal's own decision (issue 23 item 2)
+            policy_set_hash=decision.policy_set_hash,
         )
 
     async def _idempotent(self, request_id: str, agent: Agent, sha: str) -> Request:
@@ -618,6 +632,10 @@ class Lifecycle:
         if why is not None:
             raise NotApprover(why)
 
+    def step_up_needed(self, approver: Approver, req: Request) -> str | None:
+        """The proof of presence ``approver``'s approval of ``req`` needs (:func:`broker.rules.step_up_needed`)."""
+        return rules.step_up_needed(approver, req, self.directory)
+
     def may_still_decide(self, approver: Approver, req: Request) -> bool:
         """Whether ``approver`` may decide pending ``req`` and is not counted yet (:func:`broker.rules.may_still_decide`)."""
         return rules.may_still_decide(approver, req, self._owner_of)
@@ -644,15 +662,20 @@ class Lifecycle:
         channel: str,
         platform_user: str | None = None,
         duration_s: int | None = None,
+        step_up: str | None = None,
     ) -> Request:
         """Count ``approver``'s approval; the last one needed approves the request.
+
+        ``step_up`` (``"webauthn"``) says the caller verified the approver's proof of presence;
+        an approval that needs one (:meth:`step_up_needed`) and comes without it raises
+        :class:`StepUpRequired` and records nothing. It is kept in the approval and its audit entry.
 
         For a mixed quorum the approval counts for one group its approver may fill now
         (:func:`broker.rules.quorum_slots`); the script refuses it if that group filled up
         meanwhile, and it is tried again (bounded) with what is stored then."""
         for _ in range(3):
             req, out = await self._approve_once(request_id, approver, channel=channel, platform_user=platform_user,
-                                                duration_s=duration_s)
+                                                duration_s=duration_s, step_up=step_up)
             if out is None:
                 return req
             if out.result != "filled":
@@ -674,13 +697,17 @@ class Lifecycle:
         raise Conflict(_explain(after))
 
     async def _approve_once(self, request_id: str, approver: Approver, *, channel: str, platform_user: str | None,
-                            duration_s: int | None) -> tuple[Request, Outcome | None]:
+                            duration_s: int | None, step_up: str | None = None) -> tuple[Request, Outcome | None]:
         req = await self.get(request_id)
         self.check_approver(approver, req)
         if rules.already_approved(approver, req):
             return req, None  # the same person's approval again (under any alias): a no-op
         if req.status != PENDING:
             raise Conflict(_explain(req))
+        needed = self.step_up_needed(approver, req)
+        if needed is not None and step_up != needed:
+            raise StepUpRequired(f"this approval counts only with a security key ({needed} step-up): approve it in "
+                                 "the console, which asks for your key; nothing was recorded")
         group = None
         if rules.quorum(req) is not None:
             why = rules.why_not_counted(approver, req)
@@ -700,6 +727,8 @@ class Lifecycle:
             approval["platform_user"] = platform_user
         if duration_s is not None:
             approval["duration_s"] = duration_s
+        if step_up is not None:
+            approval["step_up"] = step_up
         # Decide again with this approval counted (issue 16, item 1): the approval recorded,
         # and (the last one needed) the grant approved. A refusal denies the request.
         decision, _epoch = await self._decide_at(req, "approval", extra_approval=approval)
@@ -707,7 +736,9 @@ class Lifecycle:
             await self._refuse(req, decision, "approval")
         required = int(req.decision.get("approvals_required", 1))
         actor = {"approver": approver.id, "channel": channel, "platform_user": platform_user}
-        counted = {"group": group} if group is not None else {}
+        counted: dict[str, Any] = {"group": group} if group is not None else {}
+        if step_up is not None:
+            counted["step_up"] = step_up
         # The count, the approvers and the granted duration depend on the other approvals:
         # the script decides them from the approvals stored, not from what was read here
         # (it picks this approval's entry for the count it makes, and writes the approval's).
@@ -719,7 +750,8 @@ class Lifecycle:
             cap_s=self._grant_duration(req.proposal, req.decision, []),
             collect_deadline_ms=self._collect_deadline_ms(req, now),
             recorded=[event("approval.recorded", at, request_id, actor, count=count, required=required,
-                            proposal_sha256=req.proposal_sha256, duration_s=duration_s, **counted)
+                            proposal_sha256=req.proposal_sha256, duration_s=duration_s, **counted,
+                            policy_set_hash=decision.policy_set_hash)
                       for count in range(1, required + 1)],
             approved=event_frame("request.approved", at, request_id, actor),
             late=self._late(req, PENDING, now, {"action": "approve", "approver": approver.id, "channel": channel}),
@@ -802,10 +834,12 @@ class Lifecycle:
         # grant before anything is minted. The epoch it was decided at is stamped on the grant.
         # Break-glass grants are never decided again (broker/redecide.py says why).
         epoch = 0
+        decided: dict[str, Any] = {}
         if not req.break_glass:
             decision, epoch = await self._decide_at(req, "collect")
             if decision.outcome == "deny":
                 await self._refuse(req, decision, "collect")
+            decided["policy_set_hash"] = decision.policy_set_hash
         now = self._now()
         iat = int(now)
         duration = req.approved_duration_s or self._grant_duration(req.proposal, req.decision, req.approvals)
@@ -828,6 +862,7 @@ class Lifecycle:
             request_id=req.id,
             approvers=req.approvers, policies=list(req.decision.get("policies", [])),
             proposal_sha256=req.proposal_sha256, break_glass=req.break_glass, jkt=jkt, actor_chain=actors,
+            step_up={a["approver"]: a["step_up"] for a in req.approvals if isinstance(a.get("step_up"), str)},
         )
         token = self.keyring.sign(claims)  # signed before the state changes; discarded if the change fails
         # The target system's own credential, when the target has a plugin: issued (and its
@@ -844,7 +879,7 @@ class Lifecycle:
              "eval_epoch": str(epoch),
              **{k: _json(v) for k, v in cred.items()}},
             [event("token.collected", at, request_id, {"agent": agent.id}, **_bg(req), jti=jti, exp=iso(exp), kid=self.keyring.current_kid,
-                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred)],
+                   audience=p.target, scope=claims.get("scope"), dpop_jkt=jkt, **cred, **decided)],
             _ms(now), deadline=str(exp * 1000), notify=SHOWN_ONLY + Kind.COLLECTED, want_request=False,
             late=self._late(req, APPROVED, now, {"action": "collect", "agent": agent.id}),
         )
@@ -861,17 +896,27 @@ class Lifecycle:
         return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["authorization_details"],
                            issued.to_agent() if issued else None)
 
-    async def complete(self, request_id: str, agent: Agent) -> Request:
-        """The agent reports the task done: the grant ends now."""
+    async def complete(self, request_id: str, agent: Agent, outcome: dict | None = None) -> Request:
+        """The agent reports the task done: the grant ends now. ``outcome`` (already checked by
+        :func:`broker.model.parse_outcome`) is recorded on the request and in ``grant.completed``,
+        with the token's use as aggregated so far (issue 18, item 6)."""
         known = await self.store.owner_and_mark(request_id)
         if known is None or known[0] != agent.id:
             raise NotFound(f"no escalation {request_id}")  # the same 404 as get_for_agent
+        jti = known[2]
+        use = await self.store.token_use(request_id, jti) if jti else None
         now = self._now()
         at = iso(now)
+        fields = {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"}
+        data: dict[str, Any] = {}
+        if outcome is not None:
+            fields["outcome"] = _json(outcome)
+            data["outcome"] = outcome
+        if jti:
+            data["token_use"] = use or {"count": 0}
         out = await self.store.transition(
-            request_id, [ACTIVE, APPROVED], COMPLETED,
-            {"closed_at": repr(now), "closed_by": agent.id, "close_reason": "completed by the agent"},
-            [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]))],
+            request_id, [ACTIVE, APPROVED], COMPLETED, fields,
+            [event("grant.completed", at, request_id, {"agent": agent.id}, **_mark(known[1]), **data)],
             _ms(now), deadline="-", retention_ms=self.retention_ms, notify=SHOWN_ONLY + Kind.COMPLETED,
         )
         return await self._finish(out, request_id)
@@ -1196,3 +1241,16 @@ def _bg(req: Request) -> dict:
 
 def _ms(t: float) -> int:
     return int(t * 1000)
+
+
+# Traces (broker/tracing.py, issue 18.7): each operation is a span of its request's trace,
+# carrying the request id; while tracing is off the wrappers hand back the operation itself.
+Lifecycle.submit = traced("jitgate.propose", attributes=lambda agent, proposal, *a, **k: {  # type: ignore[method-assign]
+    "agent": agent.id, "action": proposal.action, "target": proposal.target}, result_id=lambda r: r[0].id)(Lifecycle.submit)
+for _name, _who in (("approve", "approver"), ("deny", "approver"), ("cancel", "agent"), ("collect", "agent"),
+                    ("complete", "agent")):
+    setattr(Lifecycle, _name, traced(f"jitgate.{_name}", attributes=lambda rid, who, *a, _who=_who, **k: {
+        _who: who.id, "channel": k.get("channel")})(getattr(Lifecycle, _name)))
+Lifecycle.revoke = traced("jitgate.revoke", attributes=lambda rid, **k: {  # type: ignore[method-assign]
+    "by": k.get("by"), "channel": k.get("channel")})(Lifecycle.revoke)
+Lifecycle.expire = traced("jitgate.expire")(Lifecycle.expire)  # type: ignore[method-assign]

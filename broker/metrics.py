@@ -23,6 +23,21 @@ class Metrics:
                                    registry=self.registry)
         self.auth_failures = Counter("jitgate_auth_failures", "Refused agent or resource-server assertions", registry=self.registry)
         self.http_errors = Counter("jitgate_http_errors", "Problem responses", ["code"], registry=self.registry)
+        # One label value per configured JITGATE_AUDIT_EXPORT destination (a fixed, small set).
+        self.audit_exported = Counter("jitgate_audit_exported", "Sealed audit entries an export destination took",
+                                      ["destination"], registry=self.registry)
+        self.audit_export_failures = Counter("jitgate_audit_export_failures",
+                                             "Export batches a destination did not take (retried with backoff)",
+                                             ["destination"], registry=self.registry)
+        self.audit_export_gaps = Counter("jitgate_audit_export_gaps",
+                                         "Audit entries trimmed before they were exported", ["destination"],
+                                         registry=self.registry)
+        self.audit_export_lag_entries = Gauge("jitgate_audit_export_lag_entries",
+                                              "Sealed audit entries not yet taken by an export destination",
+                                              ["destination"], registry=self.registry)
+        self.audit_export_lag_seconds = Gauge("jitgate_audit_export_lag_seconds",
+                                              "Age of the oldest sealed entry an export destination has not taken",
+                                              ["destination"], registry=self.registry)
         self.credentials_issued = Counter("jitgate_credentials_issued", "Credentials issued in target systems",
                                           ["plugin"], registry=self.registry)
         self.credentials_revoked = Counter("jitgate_credentials_revoked", "Credentials revoked in target systems",
@@ -67,6 +82,10 @@ class Metrics:
                                         "Age of the oldest audit entry not sealed yet (0: none)", registry=self.registry)
         self.audit_ok = Gauge("jitgate_audit_ok", "1 while audit records (sealing keeps up, a sink works); 0: new grants refused",
                               registry=self.registry)
+        self.shadow_disagreements = Counter(
+            "jitgate_policy_shadow_disagreements",
+            "Decisions the shadow policies would have made otherwise (outcome or obligations), by the shadow "
+            "policy that decided", ["policy"], registry=self.registry)
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}
@@ -91,6 +110,12 @@ class Metrics:
         for group, n in waiting.items():
             self.open_requests.labels(group=group).set(n)
         self._waiting_groups |= set(waiting)
+    def shadow_disagreement(self, decision) -> None:
+        """Count one disagreement of the shadow set (``decision.shadow``) under each shadow
+        policy that decided it (label values: the loaded shadow policies' ids, a bounded set)."""
+        shadow = decision.shadow or {}
+        for policy in shadow.get("policies") or ["(default deny)"]:
+            self.count("shadow_disagreements", policy=str(policy))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

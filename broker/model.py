@@ -46,7 +46,8 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 _DECIMAL_MAX = decimal.Decimal("922337203685477.5807")  # Cedar's decimal: a 64-bit integer of 1/10000
 _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
-_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+# '/' for the MCP gateway's default actions, ``mcp:<server>/<tool>`` (issue 20).
+_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 # Actions the broker itself asks policy about (``delegate``: may this agent hand work to
 # that one?). A permit for them answers a question the broker asks, not a proposal: an
 # agent proposing one would turn a delegation permit into a token for another agent.
@@ -250,7 +251,7 @@ class Proposal:
             raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
         action = _text(body, "action", MAX_ACTION, required=True)
         if not _ACTION_RE.match(action):
-            raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':' and '-' only")
+            raise InvalidRequest("'action' may hold letters, digits, '.', '_', ':', '/' and '-' only")
         if action in INTERNAL_ACTIONS:
             raise ReservedAction(f"'{action}' is an action the broker uses internally and cannot be requested; "
                                  "to let another agent act, sign a delegation link and send it in 'delegation'")
@@ -432,6 +433,10 @@ class Request:
     linked_to: dict | None = None
     # The agent's recent history when it proposed this (issue 19, item 5: broker/history.py).
     history: dict | None = None
+    # The content hash of the policy set that made the submit decision (issue 18, item 5).
+    policy_set_hash: str | None = None
+    # What the agent reported when it completed the task (issue 18, item 6; :func:`parse_outcome`).
+    outcome: dict | None = None
 
     @classmethod
     def from_redis(cls, h: dict[bytes, bytes]) -> "Request":
@@ -482,6 +487,8 @@ class Request:
             repeats=j("repeats", []),
             linked_to=j("linked_to", None),
             history=j("history", None),
+            policy_set_hash=g.get("policy_set_hash") or None,
+            outcome=j("outcome", None),
         )
 
     @property
@@ -506,7 +513,10 @@ class Request:
             "expires_at": iso(self.deadline) if self.status not in TERMINAL else None,
             "break_glass": self.break_glass,
             "escalated": self.escalated,
+            "policy_set_hash": self.policy_set_hash,
         }
+        if self.outcome is not None:
+            d["outcome"] = self.outcome
         if self.asked_again:
             d["asked_again"] = self.asked_again
         if self.linked_to:
@@ -527,3 +537,66 @@ class Request:
         if self.status in TERMINAL and self.status != DENIED:
             d["closed"] = {"at": iso(self.closed_at), "by": self.closed_by, "reason": self.close_reason}
         return d
+
+
+# --------------------------------------------------------------------------- the resulting action
+OUTCOME_STATUSES = ("success", "failure")
+MAX_OUTCOME_SUMMARY = 500
+MAX_OUTCOME_EVIDENCE = 10
+MAX_OUTCOME_URL = 2048
+_HTTPS_URL = re.compile(r"^https://[^\s]+$")
+
+
+def parse_outcome(body: Any) -> dict | None:
+    """The optional body of ``POST /v1/escalations/{id}/complete`` (issue 18, item 6):
+    ``{"outcome": {"status": "success"|"failure", "summary": "…", "evidence": ["https://…"]}}``.
+
+    Returns the outcome as recorded (``status``; ``summary`` and ``evidence`` when given), or
+    None for no outcome (an empty body, ``{}``, or ``{"outcome": null}``). Anything else, an
+    unknown key included, raises :class:`InvalidRequest`: at most 500 characters of summary (no
+    control characters but newlines and tabs), at most 10 evidence links, each an ``https://``
+    URL of at most 2048 characters."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object: {\"outcome\": {...}}")
+    unknown = sorted(set(body) - {"outcome"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) in the body: {', '.join(unknown)[:200]}")
+    raw = body.get("outcome")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("'outcome' must be an object")
+    unknown = sorted(set(raw) - {"status", "summary", "evidence"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) in 'outcome': {', '.join(unknown)[:200]}")
+    status = raw.get("status")
+    if status not in OUTCOME_STATUSES:
+        raise InvalidRequest("'outcome.status' must be \"success\" or \"failure\"")
+    out: dict[str, Any] = {"status": status}
+    summary = raw.get("summary")
+    if summary is not None:
+        if not isinstance(summary, str):
+            raise InvalidRequest("'outcome.summary' must be a string")
+        summary = summary.strip()
+        if len(summary) > MAX_OUTCOME_SUMMARY:
+            raise InvalidRequest(f"'outcome.summary' is longer than {MAX_OUTCOME_SUMMARY} characters")
+        if _CONTROL_RE.search(summary.replace("\n", " ").replace("\t", " ")):
+            raise InvalidRequest("'outcome.summary' contains control characters")
+        if summary:
+            out["summary"] = summary
+    evidence = raw.get("evidence")
+    if evidence is not None:
+        if not isinstance(evidence, list):
+            raise InvalidRequest("'outcome.evidence' must be a list of https:// links")
+        if len(evidence) > MAX_OUTCOME_EVIDENCE:
+            raise InvalidRequest(f"'outcome.evidence' has more than {MAX_OUTCOME_EVIDENCE} links")
+        for i, url in enumerate(evidence):
+            if not isinstance(url, str) or len(url) > MAX_OUTCOME_URL or not _HTTPS_URL.match(url) \
+                    or _CONTROL_RE.search(url):
+                raise InvalidRequest(f"'outcome.evidence[{i}]' must be an https:// URL of at most "
+                                     f"{MAX_OUTCOME_URL} characters")
+        if evidence:
+            out["evidence"] = list(evidence)
+    return out

@@ -139,6 +139,9 @@ class Notices:
         if k.audit:
             await self._audit_alert(k, only)
             return
+        if k is Kind.POLICY_REVIEW_DUE:
+            await self._review_alert(only)
+            return
         req = await self.store.load(request_id)
         if req is None:
             return
@@ -183,6 +186,33 @@ class Notices:
                 await n.alert_security(notice)
             except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
                 log.exception("%s could not deliver %s", n.name, kind)
+                failures[n.name] = e
+        if failures:
+            raise PartialDelivery(set(failures), next(iter(failures.values())))
+
+    async def _review_alert(self, only: set[str] | None) -> None:
+        """Tell security that no policy review was recorded for the configured period (issue 23
+        item 5). The notice's request stands for the policy set (id ``policy-review-<day>``: each
+        day's reminder is a new alert, not an edit of the last one)."""
+        from .policyreview import DAY_S, reminder_text  # noqa: PLC0415
+
+        life = self.life
+        now = life._now()
+        text = await reminder_text(life)
+        req = Request(id=f"policy-review-{int(now // DAY_S)}", agent="jitgate", status="due",
+                      proposal=Proposal(action="policy.review", target="policy set", justification=text, duration_s=1),
+                      proposal_sha256="", decision={}, created_at=now)
+        security = tuple(life.directory.members(life.settings.security_group))
+        notice = Notice(Kind.POLICY_REVIEW_DUE, req, Audience(security=security, security_group=life.settings.security_group),
+                        text=text)
+        failures: dict[str, BaseException] = {}
+        for n in self.notifiers:
+            if only is not None and n.name not in only:
+                continue
+            try:
+                await n.alert_security(notice)
+            except Exception as e:  # noqa: BLE001 - one desk failing must not silence the others
+                log.exception("%s could not deliver the policy review reminder", n.name)
                 failures[n.name] = e
         if failures:
             raise PartialDelivery(set(failures), next(iter(failures.values())))

@@ -65,6 +65,7 @@ class Kind(StrEnum):
     ALTERNATE_PATHS = "alternate_paths"  # an agent's attempts linked to denials reached the threshold (issue 19)
     AUDIT_FAILING = "audit.failing"  # audit cannot record (sealing lags, no sink): new grants refused
     AUDIT_RECOVERED = "audit.recovered"  # audit records again: new grants accepted
+    POLICY_REVIEW_DUE = "policy.review_due"  # no policy review recorded for JITGATE_POLICY_REVIEW_DAYS
 
     @property
     def audit(self) -> bool:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .errors import BrokerError, Conflict, Forbidden, InvalidRequest
 from .identity import ResourceServer
-from .model import ACTIVE
+from .audit import event
+from .model import ACTIVE, iso
 from . import redecide
 
 if TYPE_CHECKING:
@@ -93,11 +94,35 @@ async def introspect(life: Lifecycle, token: str, *, server: ResourceServer | No
     # item 1): decide it again now; a refused grant is revoked and its token inactive.
     if stamped != epoch and not break_glass and not await redecide.recheck_grant(life, rid):
         return inactive
+    await record_use(life, rid, claims, server, now, exp)
     out = {"active": True, "token_type": "Bearer" if "cnf" not in claims else "DPoP"}
     for k in _INTROSPECTED:
         if k in claims:
             out[k] = claims[k]
     return out
+
+
+async def record_use(life: Lifecycle, rid: str, claims: dict, server: ResourceServer | None, now: float,
+                     exp: float) -> None:
+    """Token use (issue 18, item 6): every active answer is counted in the token's use hash
+    (first use, count, last use, per resource server; one script call, no audit entry), and a
+    resource server's first use of a token writes one ``token.used`` audit entry. When that
+    entry cannot be written the mark is undone and the error raised (503): nothing is answered
+    that the log does not hold."""
+    jti = str(claims.get("jti"))
+    who = server.id if server is not None else "-"
+    keep_ms = int((max(exp - now, 0) + life.settings.retention_s) * 1000)
+    if not await life.store.token_used(rid, jti, who, int(now * 1000), keep_ms):
+        return
+    try:
+        await life.store.append([event("token.used", str(iso(now)), rid, {"resource_server": who}, jti=jti,
+                                       audience=claims.get("aud"))])
+    except BrokerError:
+        try:
+            await life.store.forget_first_use(rid, jti, who)
+        except BrokerError:
+            log.exception("could not undo the first-use mark of %s on %s", who, jti)
+        raise
 
 
 # --- RFC 7009 token revocation -----------------------------------------------------------

@@ -82,7 +82,7 @@ def openapi_document(issuer: str) -> dict:
         "additionalProperties": False,
         "required": ["action", "target", "justification", "duration_s"],
         "properties": {
-            "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
+            "action": {"type": "string", "maxLength": model.MAX_ACTION, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]*$"},
             # Required text must hold a non-blank character: the API refuses "" and "  " (400).
             "target": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_NAME},
             "justification": {"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": model.MAX_JUSTIFICATION},
@@ -106,6 +106,27 @@ def openapi_document(issuer: str) -> dict:
                            "the last one delegates to the requesting agent",
                            "items": {"type": "string", "maxLength": model.MAX_DELEGATION_CHARS}},
         },
+    }
+    outcome = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status"],
+        "description": "the resulting action the agent reports at completion",
+        "properties": {
+            "status": {"enum": list(model.OUTCOME_STATUSES)},
+            "summary": {"type": "string", "maxLength": model.MAX_OUTCOME_SUMMARY,
+                        "description": "what was done; no control characters but newline and tab"},
+            "evidence": {"type": "array", "maxItems": model.MAX_OUTCOME_EVIDENCE, "items": {
+                "type": "string", "format": "uri", "pattern": "^https://\\S+$", "maxLength": model.MAX_OUTCOME_URL}},
+        },
+    }
+    complete_body = {
+        "required": False,
+        "description": "optional: an empty body completes without an outcome; anything malformed is refused "
+                       "(400 problem+json) and nothing changes",
+        "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"outcome": {"oneOf": [{"$ref": "#/components/schemas/Outcome"}, {"type": "null"}]}}}}},
     }
     escalation = {
         "type": "object",
@@ -151,6 +172,11 @@ def openapi_document(issuer: str) -> dict:
                     "targets": {"type": "array", "items": {"type": "string"}},
                     "issued_at": {"type": "integer"}, "expires_at": {"type": "integer"},
                     "reason": {"type": "string"}, "jti": {"type": "string"}}}},
+            "policy_set_hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$", "description":
+                                "sha256 content hash of the policy set that decided the proposal (docs/audit.md, "
+                                "policy versions); null for requests recorded before it existed"},
+            "outcome": {"$ref": "#/components/schemas/Outcome", "description": "what the agent reported when it "
+                        "completed; absent when it reported nothing"},
         },
     }
     form_token = {"content": {
@@ -182,7 +208,9 @@ def openapi_document(issuer: str) -> dict:
                 "name": "DPoP", "in": "header", "schema": {"type": "string"},
                 "description": "RFC 9449 proof (htm POST, htu this URL): the token is then bound to its key "
                                "(cnf.jkt) and token_type is DPoP; required when the broker sets JITGATE_REQUIRE_DPOP"}])},
-            "/v1/escalations/{id}/complete": {"post": _op("Report the task done; the grant ends now", {"200": _ESC}, params=[_ID])},
+            "/v1/escalations/{id}/complete": {"post": _op("Report the task done, optionally with its outcome; the "
+                                                          "grant ends now", {"200": _ESC}, body=complete_body,
+                                                          params=[_ID])},
             "/v1/introspect": {"post": {**_op("RFC 7662 token introspection (resource servers)", {"200": {"description": "introspection response"}}, body=form_token),
                                         "security": [{"resourceServerAssertion": []}]}},
             "/v1/revoke": {"post": {**_op("RFC 7009 token revocation", {"200": {"description": "revoked, or unknown"}}, body=form_token),
@@ -198,7 +226,7 @@ def openapi_document(issuer: str) -> dict:
                                        auth=False), "security": [{"metricsToken": []}, {}]}},
         },
         "components": {
-            "schemas": {"Proposal": proposal, "Evidence": evidence, "Escalation": escalation},
+            "schemas": {"Proposal": proposal, "Evidence": evidence, "Escalation": escalation, "Outcome": outcome},
             "responses": {"Problem": {"description": "RFC 9457 problem", "content": {"application/problem+json": {"schema": {
                 "type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                                  "status": {"type": "integer"}, "detail": {"type": "string"}}}}}}},

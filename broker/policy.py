@@ -16,11 +16,13 @@ what the proposal says the agent will do (:data:`PROPOSAL_CONTEXT_KEYS`, :func:`
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from .filemodes import check_not_writable
 from .watched import fingerprint as files_fingerprint
 from .model import INTERNAL_ACTIONS, check_arguments, number_value
 from .rules import POSTURES, quorum_words
+from .tracing import traced_step
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,10 @@ AGENT_RESOURCE_ACTIONS = INTERNAL_ACTIONS
 # Obligation annotations, plus ``description`` for humans. Anything else is refused at load:
 # a misspelt ``@approval("2")`` would otherwise silently fall back to one approval.
 ANNOTATIONS = frozenset({"id", "approvals", "approver_group", "approvals_from", "max_duration", "channel", "backup_group",
-                         "description"})
+                         "step_up", "description"})
+# ``@step_up("webauthn")``: an approval counts only once its approver proved presence with a
+# security key or platform authenticator (issue 19, item 6). The one kind there is.
+STEP_UP_KINDS = frozenset({"webauthn"})
 # ``@approvals_from("sre:1,security:1")``: a mixed quorum, each group's count met by distinct people.
 _QUORUM_ITEM = re.compile(r"([^:,\s]+):([0-9]{1,2})")
 _REASON_ERRORS_MAX = 300
@@ -129,6 +135,14 @@ class Decision:
     # counts add up to ``approvals_required`` and its first group is ``approver_group``; None
     # for the plain form (``approvals_required`` from ``approver_group``).
     approvals_from: tuple[tuple[str, int], ...] | None = None
+    # ``@step_up("webauthn")`` on a permit that decided: every approval needs that proof.
+    step_up: str | None = None
+    # What the shadow set (``shadow/``, issue 23 item 2) would have decided, when it differs
+    # (:func:`shadow_summary`); never part of :meth:`to_dict` and never compared.
+    shadow: Mapping[str, Any] | None = field(default=None, compare=False)
+    # The content hash of the policy set that made this decision (:func:`set_hash`); not in
+    # :meth:`to_dict` (the decision object of the contract), recorded beside it instead.
+    policy_set_hash: str | None = field(default=None, compare=False)
 
     @property
     def allowed(self) -> bool:
@@ -153,6 +167,7 @@ class Decision:
             "backup_group": self.backup_group,
             "reason": self.reason,
             **({"approvals_from": dict(self.approvals_from)} if self.approvals_from else {}),
+            **({"step_up": self.step_up} if self.step_up else {}),
         }
 
     @classmethod
@@ -165,6 +180,7 @@ class Decision:
             fields = {k: d.get(k) for k in ("approver_group", "channel", "backup_group")}
             max_duration = d.get("max_duration_s")
             quorum = d.get("approvals_from")  # absent in records made before mixed quorums
+            step_up = d.get("step_up")  # absent unless a policy asked for it
         except (KeyError, TypeError) as exc:
             raise PolicyError(f"malformed decision: missing {exc}") from None
         pairs = None
@@ -183,11 +199,12 @@ class Decision:
             and 0 <= approvals <= MAX_APPROVALS
             and (max_duration is None or (type(max_duration) is int and max_duration > 0))
             and all(v is None or isinstance(v, str) for v in fields.values())
+            and (step_up is None or step_up in STEP_UP_KINDS)
         )
         if not ok:
             raise PolicyError("malformed decision")
         return cls(outcome, tuple(policies), approvals, fields["approver_group"], max_duration,
-                   fields["channel"], fields["backup_group"], reason, pairs)
+                   fields["channel"], fields["backup_group"], reason, pairs, step_up)
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,7 @@ class _Policy:
     channel: str | None
     backup_group: str | None
     quorum: tuple[tuple[str, int], ...] | None = None  # @approvals_from, in the order written
+    step_up: str | None = None  # @step_up("webauthn")
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,10 @@ class _Rules:
     # written before they existed declares none; they are then left out, as before). Without
     # a schema, or for an action not listed, every key is passed.
     proposal_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # (file name, sha256 hex of its bytes) for every file read, sorted by name; and their
+    # :func:`set_hash`: the policy set's version.
+    files: tuple[tuple[str, str], ...] = ()
+    set_hash: str = ""
 
     def name(self, cedar_id: str) -> str:
         policy = self.policies.get(cedar_id)
@@ -265,13 +287,44 @@ def _dir_fingerprint(policy_dir: Path) -> tuple:
     return files_fingerprint(policies + schemas)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, hashes: dict[str, str] | None = None) -> str:
+    """The UTF-8 text of ``path``; with ``hashes``, also records the sha256 of the very bytes read."""
     try:
-        return path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise PolicyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if hashes is not None:
+        hashes[path.name] = hashlib.sha256(raw).hexdigest()
+    return text
+
+
+def set_hash(files: Iterable[tuple[str, str]]) -> str:
+    """A policy set's content hash: sha256 over ``"<file name>\\0<sha256 hex of its bytes>\\n"``
+    per file, sorted by name (policies and schema; the annotations are in their bytes). Built
+    from the per-file hashes so an auditor recomputes it from a ``policy.loaded`` entry alone."""
+    h = hashlib.sha256()
+    for name, digest in sorted(files):
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def folder_hash(policy_dir: Path) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(file hashes, set hash) of the files the gate would read from ``policy_dir`` now, without
+    parsing them (what a ``policy.load_failed`` entry names); unreadable files are left out."""
+    if not Path(policy_dir).is_dir():
+        return (), set_hash(())
+    policies, schemas = _policy_files(Path(policy_dir))
+    files = []
+    for path in policies + schemas:
+        try:
+            files.append((path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        except OSError:
+            continue
+    files.sort()
+    return tuple(files), set_hash(files)
 
 
 def _scan(text: str) -> tuple[list[int], list[int]]:
@@ -445,14 +498,24 @@ def _policy_from_est(cedar_id: str, position: int, est: dict, file: str) -> _Pol
         quorum = _annotation_quorum(label, annotations["approvals_from"])
         approvals = sum(n for _, n in quorum)
         names["approver_group"] = quorum[0][0]
+    step_up = None
+    if "step_up" in annotations:
+        raw = annotations["step_up"]
+        if raw not in STEP_UP_KINDS:
+            raise PolicyError(f"{label}: @step_up must be one of {sorted(STEP_UP_KINDS)}, got {raw!r}")
+        if est["effect"] != "permit" or approvals == 0:
+            # A proof asked of approvals that never happen would read as a protection it is not.
+            raise PolicyError(f"{label}: @step_up applies to a permit that requires approval "
+                              "(not to a forbid or to @approvals(\"0\"))")
+        step_up = raw
     return _Policy(
         cedar_id=cedar_id, name=name, effect=est["effect"], file=file, position=position,
-        approvals=approvals, max_duration=max_duration, quorum=quorum, **names,
+        approvals=approvals, max_duration=max_duration, quorum=quorum, step_up=step_up, **names,
     )
 
 
-def _load_schema(path: Path) -> Any:
-    text = _read_text(path)
+def _load_schema(path: Path, hashes: dict[str, str] | None = None) -> Any:
+    text = _read_text(path, hashes)
     try:
         if path.name.endswith(".json"):
             return cedarpy.Schema.from_json_str(text)
@@ -486,9 +549,10 @@ def _load_rules(policy_dir: Path) -> _Rules:
         raise PolicyError(exc.detail) from None
 
     texts: list[str] = []
+    hashes: dict[str, str] = {}
     file_of: list[str] = []  # per global policy position, the file it came from
     for path in files:
-        text = _read_text(path)
+        text = _read_text(path, hashes)
         try:
             est = json.loads(cedarpy.policies_to_json_str(text))
         except ValueError as exc:
@@ -532,7 +596,7 @@ def _load_rules(policy_dir: Path) -> _Rules:
         raise PolicyError(f"{policy_dir}: more than one schema file ({', '.join(p.name for p in schema_files)})")
     if schema_files:
         schema_file = schema_files[0].name
-        schema = _load_schema(schema_files[0])
+        schema = _load_schema(schema_files[0], hashes)
         result = cedarpy.validate_policies(combined, schema)
         if not result.validation_passed:
             problems = []
@@ -548,7 +612,9 @@ def _load_rules(policy_dir: Path) -> _Rules:
     probe = {"staticPolicies": {k: {**v, "effect": "permit"} for k, v in statics.items()},
              "templates": {}, "templateLinks": []}
     probe_set = cedarpy.PolicySet.from_json_str(json.dumps(probe))
-    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys)
+    file_hashes = tuple(sorted(hashes.items()))
+    return _Rules(policy_dir, policy_set, probe_set, policies, schema, schema_file, actions, fingerprint, proposal_keys,
+                  file_hashes, set_hash(file_hashes))
 
 
 _NOT_DECLARED = "should not exist according to the schema"
@@ -809,6 +875,10 @@ class PolicyGate:
         self._agents = tuple(agents)
         self._directory = directory
         self._state = _build_state(rules, self._agents, directory)
+        self._shadow: _Rules | None = None  # the shadow set (issue 23 item 2), never enforcing
+        self._shadow_seen: tuple | None = None
+        self.shadow_error: str | None = None
+        self.on_shadow: Callable[[Decision], None] | None = None  # told each disagreement (metrics)
 
     @classmethod
     def load(cls, policy_dir: Path, directory: Directory, agents: Iterable[PrincipalInfo]) -> "PolicyGate":
@@ -817,7 +887,9 @@ class PolicyGate:
         Raises :class:`PolicyError` naming the file (and line, for a parse error) when
         anything is wrong, including an empty folder: the broker must not start then.
         """
-        return cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate = cls(_load_rules(Path(policy_dir)), directory, agents)
+        gate.reload_shadow_if_changed()
+        return gate
 
     # -- keeping the inputs current
 
@@ -849,6 +921,21 @@ class PolicyGate:
             return True
 
     @property
+    def policy_set_hash(self) -> str:
+        """The content hash of the policy set in force (:func:`set_hash`)."""
+        return self._state.rules.set_hash
+
+    @property
+    def policy_files(self) -> tuple[tuple[str, str], ...]:
+        """(file name, sha256 hex) of every file of the policy set in force, sorted by name."""
+        return self._state.rules.files
+
+    @property
+    def policy_dir(self) -> Path:
+        """The folder the policies are read from."""
+        return self._state.rules.directory
+
+    @property
     def policy_ids(self) -> tuple[str, ...]:
         """The ids of the loaded policies, in load order."""
         return tuple(p.name for p in self._state.rules.policies.values())
@@ -858,8 +945,67 @@ class PolicyGate:
         """The actions the schema declares, or None when the folder has no schema."""
         return self._state.rules.actions
 
+    # -- the shadow set (issue 23 item 2)
+
+    def reload_shadow_if_changed(self) -> bool:
+        """(Re)load the shadow policies (``shadow/`` in the policy folder) when they or the
+        enforcing set changed. Never raises: a broken shadow set is logged, kept in
+        :attr:`shadow_error` and not evaluated; the enforcing set is never affected. True when
+        the shadow set in use changed."""
+        rules = self._state.rules
+        shadow_dir = rules.directory / SHADOW_DIR
+        seen = (rules.fingerprint, _dir_fingerprint(shadow_dir))
+        if seen == self._shadow_seen:
+            return False
+        self._shadow_seen = seen
+        try:
+            shadow = _load_shadow(shadow_dir, rules)
+        except PolicyError as exc:
+            log.error("shadow policies not loaded (the enforcing set is unaffected): %s", exc.detail)
+            self._shadow, self.shadow_error = None, exc.detail
+            return True
+        except Exception as exc:  # noqa: BLE001 - a shadow set never stops the broker
+            log.exception("shadow policies not loaded (the enforcing set is unaffected)")
+            self._shadow, self.shadow_error = None, f"{exc.__class__.__name__}: {exc}"
+            return True
+        if shadow is not None:
+            self._shadow = shadow
+            log.info("shadow policies loaded from %s: %s", shadow_dir, ", ".join(self.shadow_ids))
+        self._shadow, self.shadow_error = shadow, None
+        return True
+
+    @property
+    def shadow_ids(self) -> tuple[str, ...]:
+        """The ids of the policies in the shadow folder (empty without a shadow set); the shadow
+        set is the enforcing one with these laid over it."""
+        shadow = self._shadow
+        if shadow is None:
+            return ()
+        return tuple(p.name for p in shadow.policies.values() if p.file.startswith(SHADOW_DIR + "/"))
+
+    def _beside(self, state: _State, shadow: _Rules, decision: Decision, agent_id: str, action: str, target: str,
+                context: Mapping[str, Any], approver_principal: str | None) -> Decision:
+        """``decision`` carrying what the shadow set decides where it differs; never changes the
+        decision itself and never raises."""
+        try:
+            shadow_state = dataclasses.replace(state, rules=dataclasses.replace(
+                shadow, schema=state.rules.schema, schema_file=state.rules.schema_file, actions=state.rules.actions,
+                proposal_keys=state.rules.proposal_keys))
+            other = self._evaluate(shadow_state, agent_id, action, target, context, approver_principal).decision
+            summary = shadow_summary(decision, other)
+            if summary is None:
+                return decision
+            decision = dataclasses.replace(decision, shadow=summary)
+            if self.on_shadow is not None:
+                self.on_shadow(decision)
+        except Exception:  # noqa: BLE001 - the shadow set never decides anything
+            log.exception("shadow evaluation failed for %s on %s", action, target)
+        return decision
+
     # -- deciding
 
+    @traced_step("jitgate.decision", lambda d: {"outcome": d.outcome, "policies": d.policies,
+                                                "approvals_required": d.approvals_required, "approver_group": d.approver_group})
     def decide(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                approver_principal: str | None = None) -> Decision:
         """Decide one proposal: deny, grant at once, or require approvals (with obligations).
@@ -869,7 +1015,13 @@ class PolicyGate:
         unexpected there is a deny. Raises :class:`PolicyError` for a malformed
         ``context`` and :class:`InvalidRequest` for malformed ids.
         """
-        return self._evaluate(self._state, agent_id, action, target, context, approver_principal).decision
+        state = self._state
+        decision = self._evaluate(state, agent_id, action, target, context, approver_principal).decision
+        decision = dataclasses.replace(decision, policy_set_hash=state.rules.set_hash)
+        shadow = self._shadow
+        if shadow is not None:
+            decision = self._beside(state, shadow, decision, agent_id, action, target, context, approver_principal)
+        return decision
 
     def explain(self, *, agent_id: str, action: str, target: str, context: Mapping[str, Any],
                 approver_principal: str | None = None) -> dict:
@@ -897,6 +1049,7 @@ class PolicyGate:
                 all_errors.append(f"probe evaluation failed: {exc}")
         return {
             "decision": evaluation.decision.to_dict(),
+            "policy_set_hash": rules.set_hash,
             "request": None if evaluation.request is None else {
                 "principal": evaluation.request["principal"],
                 "action": evaluation.request["action"],
@@ -913,6 +1066,7 @@ class PolicyGate:
                     "approvals": p.approvals, "approver_group": p.approver_group,
                     "approvals_from": dict(p.quorum) if p.quorum else None,
                     "max_duration_s": p.max_duration,
+                    "step_up": p.step_up,
                 }
                 for p in rules.policies.values()
             ],
@@ -1014,7 +1168,8 @@ class PolicyGate:
 def _obligations(permits: list[_Policy]) -> Decision:
     """Combine the determining permits' annotations, the strictest winning.
 
-    Approvals: the highest. Duration: the shortest that is set. Group, channel and
+    Approvals: the highest. Duration: the shortest that is set. Step-up: asked when any of
+    them asks for it (and approval is needed at all). Group, channel and
     backup group: from the permit asking for the most approvals (ties: lowest id).
     When any of them asks for a mixed quorum (``@approvals_from``), the quorums combine
     instead: every group any of them names, each with the highest count asked of it (a
@@ -1047,6 +1202,9 @@ def _obligations(permits: list[_Policy]) -> Decision:
     else:
         outcome = "require_approval"
         reason = f"needs {_plural(approvals, 'approval')} from {group}; decided by {decided}"
+    step_up = next((p.step_up for p in permits if p.step_up), None) if outcome == "require_approval" else None
+    if step_up:
+        reason = f"{reason}; every approval needs step-up ({step_up})"
     return Decision(
         outcome=outcome,
         policies=tuple(names),
@@ -1057,6 +1215,7 @@ def _obligations(permits: list[_Policy]) -> Decision:
         backup_group=lead.backup_group,
         reason=reason,
         approvals_from=quorum,
+        step_up=step_up,
     )
 
 
@@ -1073,3 +1232,73 @@ def _combined_quorum(permits: list[_Policy], lead: _Policy) -> tuple[tuple[str, 
         for g, n in asked:
             counts[g] = max(counts.get(g, 0), n)
     return tuple(counts.items())
+
+
+# --------------------------------------------------------------------------- shadow policies (issue 23 item 2)
+
+SHADOW_DIR = "shadow"
+# What a disagreement is about: the outcome and the obligations people live with.
+COMPARED = ("outcome", "approvals_required", "approver_group", "max_duration_s")
+DEFAULT_DENY = "(default deny)"  # the "policy" of a decision no policy made
+
+
+def differences(enforcing: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The :data:`COMPARED` keys on which two decisions (``to_dict`` form) differ."""
+    return [k for k in COMPARED if enforcing.get(k) != other.get(k)]
+
+
+def shadow_summary(enforcing: Decision, shadow: Decision) -> dict | None:
+    """What the audit entry records of a shadow decision that differs from the enforcing one:
+    the shadow outcome, its obligations, the shadow policies that decided it and what differs;
+    None when they agree."""
+    mine, theirs = enforcing.to_dict(), shadow.to_dict()
+    differ = differences(mine, theirs)
+    if not differ:
+        return None
+    return {"outcome": shadow.outcome, "policies": list(shadow.policies),
+            "approvals_required": shadow.approvals_required, "approver_group": shadow.approver_group,
+            "max_duration_s": shadow.max_duration_s, "reason": _shorten(shadow.reason), "differs": differ}
+
+
+def _load_shadow(shadow_dir: Path, enforcing: _Rules) -> _Rules | None:
+    """The shadow set: the enforcing policies with the ``*.cedar`` files of ``shadow_dir``
+    laid over them (a shadow policy replaces the enforcing policy of the same ``@id`` and
+    adds itself otherwise), so a shadow folder holds only what would change. The shadow files
+    are checked as the enforcing ones are and validated against the enforcing set's schema
+    (the entities are shared). None when there is no such folder or it holds no policy."""
+    if not shadow_dir.is_dir() or not any(shadow_dir.glob(_POLICY_GLOB)):
+        return None
+    shadow = _load_rules(shadow_dir)  # parse, annotations, unique ids, file modes: as for the enforcing set
+    if enforcing.schema is not None:
+        combined = "".join(_read_text(p) + "\n" for p in _policy_files(shadow_dir)[0])
+        result = cedarpy.validate_policies(combined, enforcing.schema)
+        if not result.validation_passed:
+            problems = []
+            for error in result.errors[:5]:
+                policy = shadow.policies.get(error.policy_id)
+                where = f"{policy.file}: policy {policy.name!r}" if policy else shadow_dir.name
+                problems.append(f"{where}: {_VALIDATION_PREFIX.sub('', error.error)}")
+            raise PolicyError(f"shadow policies do not validate against {enforcing.schema_file}: " + "; ".join(problems))
+    if _dir_fingerprint(enforcing.directory) != enforcing.fingerprint:
+        raise PolicyError("the enforcing policy files changed and are not loaded yet; the shadow set waits for them")
+    replaced = {p.name for p in shadow.policies.values()}
+    layers: list[tuple[str, dict]] = []  # (file, EST of one static policy), enforcing first, in load order
+    for folder, prefix in ((enforcing.directory, ""), (shadow_dir, f"{SHADOW_DIR}/")):
+        for path in _policy_files(folder)[0]:
+            try:
+                statics = json.loads(cedarpy.policies_to_json_str(_read_text(path))).get("staticPolicies", {})
+            except ValueError as exc:
+                raise PolicyError(f"{path}: {exc}") from None
+            for key in sorted(statics, key=lambda k: int(k[len("policy"):]) if k[len("policy"):].isdigit() else -1):
+                est = statics[key]
+                name = (est.get("annotations") or {}).get("id")
+                if prefix or name not in replaced:
+                    layers.append((prefix + path.name, est))
+    ests = {f"policy{i}": est for i, (_, est) in enumerate(layers)}
+    policies = {cid: _policy_from_est(cid, i, ests[cid], layers[i][0]) for i, cid in enumerate(ests)}
+    names = [p.name for p in policies.values()]
+    if len(set(names)) != len(names):
+        raise PolicyError("shadow policies: a policy without @id collides with another's positional id; give them @id")
+    policy_set = cedarpy.PolicySet.from_json_str(json.dumps({"staticPolicies": ests, "templates": {}, "templateLinks": []}))
+    return _Rules(shadow_dir, policy_set, policy_set, policies, enforcing.schema, enforcing.schema_file, enforcing.actions,
+                  (), enforcing.proposal_keys)

@@ -25,7 +25,8 @@ it; mapped to Cedar as the broker maps it, :func:`broker.policy.proposal_context
 
 Only the expectations a case states are checked: ``outcome``, ``approvals``, ``approvals_from``
 (a mixed quorum, e.g. ``{sre: 1, security: 1}``), ``group``,
-``backup_group``, ``channel``, ``max_duration_s``, ``policies``, ``reason_contains``.
+``backup_group``, ``channel``, ``max_duration_s``, ``step_up`` (``webauthn``, or null for none),
+``policies``, ``reason_contains``.
 Exit status: 0 all passed, 1 a case failed (or, with ``--require-coverage``, a policy never
 decided any case), 2 a test file or the policy set is broken.
 """
@@ -55,6 +56,7 @@ EXPECTATIONS = {
     "backup_group": lambda d: d.backup_group,
     "channel": lambda d: d.channel,
     "max_duration_s": lambda d: d.max_duration_s,
+    "step_up": lambda d: d.step_up,
     "policies": lambda d: sorted(d.policies),
     "reason_contains": lambda d: d.reason,
 }

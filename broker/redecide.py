@@ -26,6 +26,7 @@ are fixed at submit; deciding again only permits or refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -91,7 +92,22 @@ def decide_again(life: Lifecycle, req: Request, context: dict) -> Decision:
     except Exception as e:  # noqa: BLE001 - unknown means deny
         log.exception("policy evaluation failed while deciding %s again", req.id)
         d = Decision.deny(f"policy evaluation failed: {e.__class__.__name__}")
+    if d.policy_set_hash is None:  # a decision made outside the gate (delegation, failure)
+        d = dataclasses.replace(d, policy_set_hash=life.gate.policy_set_hash)
     return d
+
+
+async def record_shadow(life: Lifecycle, req: Request, decision: Decision, stage: str, now: float) -> None:
+    """Record that the shadow policies would have refused ``req`` at ``stage`` where the
+    enforcing ones permit it (issue 23 item 2): a ``policy.shadow`` entry that changes nothing.
+    (A refusal the shadow set would not have made is in the closing entry's ``shadow``.) Best
+    effort: a failure to record is logged, never turned into a different outcome."""
+    try:
+        await life.store.append([event("policy.shadow", str(iso(now)), req.id, None, stage=stage,
+                                       decision={"outcome": decision.outcome, "policies": list(decision.policies)},
+                                       shadow=dict(decision.shadow or {}))])
+    except Exception:  # noqa: BLE001 - the shadow set never changes what happens to a request
+        log.exception("could not record the shadow decision on %s", req.id)
 
 
 def refusal(decision: Decision, stage: str) -> str:
@@ -117,13 +133,16 @@ def _closing(req: Request, decision: Decision, stage: str, at: str, now: float) 
     """(new status, fields, per-request audit event, notification kind) for closing ``req``."""
     reason = refusal(decision, stage)
     policies = list(decision.policies)
+    shadow = {"shadow": dict(decision.shadow)} if decision.shadow else {}  # issue 23 item 2
     if req.status == ACTIVE:
         fields = {"closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies)
+        ev = event("grant.revoked", at, req.id, {"policy": policies}, reason=reason, stage=stage, policies=policies,
+                   policy_set_hash=decision.policy_set_hash, **shadow)
         return REVOKED, fields, ev, Kind.REVOKED
     denial = {"by": "policy", "reason": reason, "policies": policies, "at": at, "stage": stage}
     fields = {"denial": orjson.dumps(denial).decode(), "closed_at": repr(now), "closed_by": "policy", "close_reason": reason}
-    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status)
+    ev = event("request.denied", at, req.id, {"policy": policies}, reason=reason, stage=stage, previous=req.status,
+               policy_set_hash=decision.policy_set_hash, **shadow)
     return DENIED, fields, ev, Kind.DENIED
 
 
@@ -199,9 +218,11 @@ async def reevaluate_open(life: Lifecycle, *, trigger: str, batch: int = BATCH) 
                 to, fields, _ev, kind = _closing(req, d, "recheck", at, now)
                 items.append((req.id, req.status, to, fields, kind.value))
                 listed.append({"request_id": req.id, "type": "grant.revoked" if to == REVOKED else "request.denied",
-                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies)})
+                               "previous": req.status, "reason": fields["close_reason"], "policies": list(d.policies),
+                               "policy_set_hash": d.policy_set_hash,
+                               **({"shadow": dict(d.shadow)} if d.shadow else {})})
             ev = event("requests.redecided", at, None, {"by": "policy"}, trigger=trigger, posture=posture, epoch=epoch,
-                       requests=listed)
+                       requests=listed, policy_set_hash=life.gate.policy_set_hash)
             out = await life.store.close_batch(items, [ev], int(now * 1000), life.retention_ms)
             if out.ok:
                 closed += len(items)

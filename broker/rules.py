@@ -219,6 +219,21 @@ def deciding_groups(req: Request) -> set[str]:
     return groups  # type: ignore[return-value]
 
 
+def step_up_needed(approver: Approver, req: Request, directory: Directory | None) -> str | None:
+    """The proof of presence (``"webauthn"``) ``approver``'s approval of ``req`` needs, or None:
+    the decision's ``@step_up``, or the approvers file's ``step_up:`` on a group of theirs that
+    may decide ``req`` (issue 19, item 6). Only a path that verified it may record the approval."""
+    asked = req.decision.get("step_up")
+    if asked:
+        return str(asked)
+    if directory is not None:
+        for group in sorted(deciding_groups(req) & approver.groups):
+            kind = directory.step_up_of(group)
+            if kind:
+                return kind
+    return None
+
+
 def why_not_decider(approver: Approver, req: Request, owner_of: OwnerOf | None = None) -> str | None:
     """Why ``approver`` may not decide ``req`` (None: they may).
 

@@ -93,6 +93,9 @@ class Scheduler:
         self.aps = AsyncIOScheduler(timezone="UTC")
         self._running: set[asyncio.Task] = set()  # jobs in flight, awaited by stop()
         self.swept = 0
+        # One sweep at a time in this process: a sweep called directly (shutdown, tests, the CLI)
+        # waits for the job's sweep in flight instead of racing it for the same due requests.
+        self._sweep_lock = asyncio.Lock()
         # Clear while a sweep works through a backlog (full batches): the outbox waits meanwhile.
         self.not_revoking = asyncio.Event()
         self.not_revoking.set()
@@ -112,6 +115,14 @@ class Scheduler:
         self._seal_task: asyncio.Task | None = None
         self._seal_stopping = False
         self._seal_outage = Outage(log, "sealing the audit log")
+        # The audit export sink (broker/auditexport.Exporter, one per destination), set by the
+        # composition root: each forwards sealed entries in its own task while this replica holds
+        # the lease, so a slow collector never holds up sealing or the sweep.
+        self.exporters: list = []
+        self.export_interval_s = 0.5
+        self._export_tasks: list[asyncio.Task] = []
+        self._export_checked = float("-inf")
+        self._export_held = False
 
     async def start(self) -> None:
         """Run one catch-up sweep now, then the periodic jobs."""
@@ -133,6 +144,9 @@ class Scheduler:
         self.aps.start()
         if self.audit is not None:
             self._seal_task = asyncio.get_running_loop().create_task(self._seal_loop())
+        for exporter in self.exporters:
+            self._export_tasks.append(asyncio.get_running_loop().create_task(
+                exporter.run(self._export_lease, self.export_interval_s)))
 
     async def stop(self) -> None:
         """Stop the jobs, let one in flight finish (it holds Redis connections that are about
@@ -150,6 +164,15 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 if await self.has_lease():
                     await self.audit.seal()  # what the last tick missed: sealed before the lease goes
+        for task in self._export_tasks:
+            task.cancel()
+        for task in self._export_tasks:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(task, 5)
+        self._export_tasks = []
+        for exporter in self.exporters:
+            with contextlib.suppress(Exception):
+                await exporter.close()
         running = {t for t in self._running if not t.done() and t is not asyncio.current_task()}
         if running:
             await asyncio.wait(running, timeout=10)
@@ -211,6 +234,16 @@ class Scheduler:
                 self._seal_outage.failed(repr(e))
             await asyncio.sleep(max(0.0, self.seal_interval_s - (loop.time() - started)))
 
+    async def _export_lease(self) -> bool:
+        """Whether this replica may export now: it holds the lease (checked at most every
+        quarter TTL, like the seal loop; an export twice during a hand-over is a duplicate the
+        leaf index names, never a loss)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._export_checked >= self.lease_ttl_ms / 4000:
+            self._export_held, self._export_checked = await self.has_lease(), now
+        return self._export_held
+
     async def _sweep_job(self) -> None:
         with self._tracked():
             if await self.has_lease():
@@ -231,10 +264,25 @@ class Scheduler:
             if await self.has_lease():
                 try:
                     await self.lifecycle.remind_due()
+                    await self._review_check()
                     if self.breakglass is not None:
                         await self.breakglass.sweep_reviews()
                 except Exception:  # noqa: BLE001
                     log.exception("reminders failed")
+
+    async def _review_check(self) -> None:
+        """The policy review reminder (issue 23 item 5): Redis is asked at most hourly per
+        process, the reminder goes at most daily (broker/policyreview.py)."""
+        from .policyreview import CHECK_EVERY_S, remind_if_due  # noqa: PLC0415
+
+        now = self.lifecycle._now()
+        if now < getattr(self, "_review_next", 0.0):
+            return
+        self._review_next = now + CHECK_EVERY_S
+        try:
+            await remind_if_due(self.lifecycle)
+        except Exception:  # noqa: BLE001 - a reminder never stops the other jobs
+            log.exception("policy review check failed")
 
     async def _settle_job(self) -> None:
         with self._tracked():
@@ -269,6 +317,10 @@ class Scheduler:
         """Expire everything whose deadline has passed, a batch at a time (one script call
         and one audit entry per batch); returns how many changed. With ``renew`` (the job, which
         holds the lease) the lease is renewed after each full batch, and the sweep stops if lost."""
+        async with self._sweep_lock:
+            return await self._sweep(max_batches, renew=renew)
+
+    async def _sweep(self, max_batches: int, *, renew: bool) -> int:
         changed, held = 0, False
         try:
             for _ in range(max_batches):

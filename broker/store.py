@@ -23,7 +23,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from .errors import AuditError, Unavailable
-from .model import Request
+from .model import Request, iso
 from .redisline import LuaScript, RedisLine
 
 _LUA_DIR = resources.files("broker") / "lua"
@@ -162,6 +162,20 @@ end
 return n
 """
 
+# Token use (issue 18, item 6): one hash per token (jti), aggregated on every introspection that
+# answered active. Returns 1 when this was the token's first use by ARGV[1] (the resource server).
+_TOKEN_USE_LUA = """
+redis.call('HSETNX', KEYS[1], 'first_ms', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'jti', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'count', 1)
+redis.call('HSET', KEYS[1], 'last_ms', ARGV[2], 'last_server', ARGV[1])
+local first = redis.call('HSETNX', KEYS[1], 's:' .. ARGV[1] .. ':first_ms', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[1] .. ':count', 1)
+redis.call('HSET', KEYS[1], 's:' .. ARGV[1] .. ':last_ms', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return first
+"""
+
 _WATCH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local t = redis.call('TIME')
@@ -211,6 +225,7 @@ class Store:
         self._decision_state = LuaScript.of(_DECISION_STATE_LUA)
         self._stamp = LuaScript.of(_STAMP_LUA)
         self._watch = LuaScript.of(_WATCH_LUA)
+        self._token_use = LuaScript.of(_TOKEN_USE_LUA)
         self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
         self._remember_denial = LuaScript.of(_REMEMBER_DENIAL_LUA)
         self._denials_since = LuaScript.of(_DENIALS_SINCE_LUA)
@@ -621,13 +636,13 @@ class Store:
             return None
         return status.decode(), jti.decode() if jti else None, float(exp) if exp else None
 
-    async def owner_and_mark(self, request_id: str) -> tuple[str, bool] | None:
-        """(agent, break_glass) of a request, or None: what an agent's own transition needs to
-        know beforehand, without decoding the whole request."""
-        agent, mark = await self._read("HMGET", self.req_key(request_id), "agent", "break_glass")
+    async def owner_and_mark(self, request_id: str) -> tuple[str, bool, str | None] | None:
+        """(agent, break_glass, grant jti) of a request, or None: what an agent's own transition
+        needs to know beforehand, without decoding the whole request."""
+        agent, mark, jti = await self._read("HMGET", self.req_key(request_id), "agent", "break_glass", "grant_jti")
         if agent is None:
             return None
-        return agent.decode(), mark == b"1"
+        return agent.decode(), mark == b"1", jti.decode() if jti else None
 
     async def watch(self, request_id: str, wait_s: float) -> Request | None:
         """The request as stored now, or None; its changes in the next ``wait_s`` seconds are
@@ -741,6 +756,44 @@ class Store:
         return (status.decode(), jti.decode() if jti else None, float(exp) if exp else None,
                 int(stamped or 0), bg == b"1", int(cur or 0))
 
+    def use_key(self, request_id: str, jti: str) -> str:
+        """The hash aggregating the use of one token (in its request's slot)."""
+        return f"{self.req_key(request_id)}:use:{jti}"
+
+    async def token_used(self, request_id: str, jti: str, server: str, now_ms: int, keep_ms: int) -> bool:
+        """Count one use of token ``jti`` by resource server ``server`` (first use, count, last
+        use, per server too; the hash lives ``keep_ms``). True on this server's first use."""
+        first = await self._read(self._token_use, [self.use_key(request_id, jti)],
+                                 [server, str(now_ms), str(max(int(keep_ms), 1000)), jti])
+        return int(first or 0) == 1
+
+    async def forget_first_use(self, request_id: str, jti: str, server: str) -> None:
+        """Undo the first-use mark of ``server`` (its ``token.used`` entry could not be written),
+        so the next introspection writes it."""
+        await self._read("HDEL", self.use_key(request_id, jti), f"s:{server}:first_ms")
+
+    async def token_use(self, request_id: str, jti: str) -> dict | None:
+        """The aggregated use of token ``jti``: ``{first_use, last_use, count, last_server,
+        servers: {id: {first_use, last_use, count}}}``, or None when it was never introspected."""
+        raw = await self._read("HGETALL", self.use_key(request_id, jti))
+        if not raw:
+            return None
+        if isinstance(raw, list):  # RESP2 flat list
+            raw = dict(zip(raw[::2], raw[1::2]))
+        h = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in raw.items()}
+        servers: dict[str, dict] = {}
+        for k, v in h.items():
+            if k.startswith("s:"):
+                srv, _, what = k[2:].rpartition(":")
+                servers.setdefault(srv, {})[what] = v
+        return {
+            "first_use": _iso_ms(h.get("first_ms")), "last_use": _iso_ms(h.get("last_ms")),
+            "count": int(h.get("count") or 0), "last_server": h.get("last_server"),
+            "servers": {srv: {"first_use": _iso_ms(d.get("first_ms")), "last_use": _iso_ms(d.get("last_ms")),
+                              "count": int(d.get("count") or 0)} for srv, d in sorted(servers.items())},
+        }
+
     async def stamp(self, request_ids: list[str], epoch: int) -> int:
         """Record that these grants were decided at ``epoch`` (only those still active)."""
         if not request_ids:
@@ -820,3 +873,11 @@ class Store:
                 break
         out.sort(key=lambda r: r.created_at, reverse=True)
         return out
+
+
+def _iso_ms(ms: str | None) -> str | None:
+    """An ISO time from milliseconds since the epoch as stored (None when absent or malformed)."""
+    try:
+        return iso(int(ms) / 1000) if ms else None
+    except ValueError:
+        return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -406,8 +407,12 @@ def build_access_token_claims(
     jkt: str | None = None,
     scope: str | None = None,
     arguments: dict | None = None,
+    step_up: Mapping[str, str] | None = None,
 ) -> dict:
     """Claims of an RFC 9068 access token for one approved escalation.
+
+    ``step_up`` maps each approver who proved presence to how (``"webauthn"``); the
+    ``approval`` claim then says ``step_up`` (the kind) and ``step_up_approvers`` (who).
 
     ``authorization_details`` follows RFC 9396 (type ``agent_escalation``); ``actor_chain``
     lists actors current first, prior ones after, and becomes the nested RFC 8693 ``act``
@@ -447,6 +452,10 @@ def build_access_token_claims(
             "break_glass": break_glass,
         },
     }
+    if step_up:
+        kinds = sorted(set(step_up.values()))
+        claims["approval"]["step_up"] = kinds[0] if len(kinds) == 1 else kinds
+        claims["approval"]["step_up_approvers"] = sorted(step_up)
     if actor_chain:
         claims["act"] = _actor(list(actor_chain))
     if jkt is not None:

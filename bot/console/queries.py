@@ -34,7 +34,7 @@ class AuditEvent:
     @property
     def who(self) -> str:
         a = self.actor
-        for key in ("approver", "agent", "operator", "by"):
+        for key in ("approver", "agent", "operator", "by", "resource_server"):
             if a.get(key):
                 value = a[key]
                 return ", ".join(value) if isinstance(value, list) else str(value)
@@ -56,6 +56,8 @@ class AuditEvent:
         elif t == "policy.decision":
             pols = ", ".join(d.get("policies") or []) or "no policy"
             text = f"policy said {d.get('outcome')} ({pols})"
+            if d.get("policy_set_hash"):
+                text += f" [policy set {str(d['policy_set_hash'])[:12]}]"
             if d.get("outcome") == "require_approval":
                 text += f": {d.get('approvals_required')} from {d.get('approver_group')}"
             if d.get("reason"):
@@ -74,6 +76,14 @@ class AuditEvent:
             text = f"grant revoked: {d.get('reason', '')}"
         elif t == "grant.completed":
             text = "task completed; grant ended"
+            outcome = d.get("outcome") if isinstance(d.get("outcome"), dict) else None
+            if outcome:
+                text += f"; outcome {outcome.get('status')}" + (f": {outcome['summary']}" if outcome.get("summary") else "")
+            use = d.get("token_use") if isinstance(d.get("token_use"), dict) else None
+            if use is not None:
+                text += f"; token introspected {use.get('count', 0)} time(s)"
+        elif t == "token.used":
+            text = f"token first used by {self.actor.get('resource_server', '?')} (jti {str(d.get('jti', ''))[:10]}…)"
         elif t in ("request.expired", "grant.expired"):
             text = f"expired: {d.get('reason', '')}"
         elif t == "requests.expired":

@@ -42,6 +42,9 @@ class Session:
     approver: str
     csrf: str
     created_at: float
+    # How the session began: "link" (a sign-in link from `jitgate console login`) or "step-up"
+    # (a step-up link from a chat click, which may approve with a key but not manage keys).
+    via: str = "link"
 
     @property
     def ref(self) -> str:
@@ -93,13 +96,16 @@ class Sessions:
         return _valid(raw, now)
 
     # ------------------------------------------------------------------ sessions
-    async def create(self, approver_id: str, *, now: float) -> tuple[str, Session]:
-        """A new session; returns (cookie value, session)."""
+    async def create(self, approver_id: str, *, now: float, via: str = "link",
+                     ttl_s: int | None = None) -> tuple[str, Session]:
+        """A new session (lasting ``ttl_s``, at most ``session_ttl_s``); returns (cookie value, session)."""
         sid = secrets.token_urlsafe(32)
-        session = Session(_digest(sid), approver_id, secrets.token_urlsafe(32), now)
+        ttl = min(ttl_s or self.session_ttl_s, self.session_ttl_s)
+        session = Session(_digest(sid), approver_id, secrets.token_urlsafe(32), now, via)
         key = self._session_key(session.id_digest)
-        await self.redis.hset(key, mapping={"approver": approver_id, "csrf": session.csrf, "created_at": repr(now)})
-        await self.redis.expire(key, self.session_ttl_s)
+        await self.redis.hset(key, mapping={"approver": approver_id, "csrf": session.csrf, "created_at": repr(now),
+                                            "via": via, "ttl": str(ttl)})
+        await self.redis.expire(key, ttl)
         return sid, session
 
     async def get(self, cookie: str | None, *, now: float) -> Session | None:
@@ -112,9 +118,9 @@ class Sessions:
             return None
         g = {k.decode(): v.decode() for k, v in h.items()}
         created = float(g.get("created_at", "0"))
-        if now - created > self.session_ttl_s:
+        if now - created > min(float(g.get("ttl") or self.session_ttl_s), self.session_ttl_s):
             return None
-        return Session(digest, g["approver"], g["csrf"], created)
+        return Session(digest, g["approver"], g["csrf"], created, g.get("via") or "link")
 
     async def end(self, session: Session) -> None:
         await self.redis.delete(self._session_key(session.id_digest))

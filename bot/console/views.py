@@ -31,7 +31,9 @@ from broker.model import ACTIVE, APPROVED, PENDING, check_request_id, iso
 from . import queries
 from .reviews import available as reviews_available
 from .reviews import breakglass_reviews
+from .refusals import Refused
 from .sessions import Session, Sessions
+from .stepup import StepUpViews
 
 log = logging.getLogger("jitgate.console")
 
@@ -54,16 +56,8 @@ SECURITY_HEADERS = {
 _STATIC = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "stepup.js": "text/javascript; charset=utf-8",
 }
-
-
-class Refused(Exception):
-    """A console request refused before reaching the lifecycle (session, origin, CSRF)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _ts(epoch: float | None) -> str:
@@ -89,6 +83,8 @@ def _environment() -> jinja2.Environment:
     env.filters["excluded_line"] = render.excluded_line
     env.filters["linked_line"] = render.linked_line
     env.filters["history_lines"] = render.history_lines
+    env.filters["outcome_line"] = render.outcome_line
+    env.filters["outcome_links"] = render.outcome_links
     return env
 
 
@@ -105,11 +101,13 @@ class ConsoleViews:
         self.chain = queries.ChainStatus(ttl_s=chain_cache_s)
         self.ctx: DeskContext | None = None
         self.sessions: Sessions | None = None
+        self.stepup = StepUpViews(self)
         self._static = {name: (resources.files("bot.console") / "static" / name).read_bytes() for name in _STATIC}
 
     def bind(self, ctx: DeskContext) -> None:
         self.ctx = ctx
         self.sessions = Sessions(ctx.redis, ctx.settings.redis_prefix)
+        self.stepup.bind(ctx)
 
     def routes(self) -> list[Route]:
         w = self._plainly
@@ -131,6 +129,7 @@ class ConsoleViews:
             Route("/console/load", w(self.load_page), methods=["GET"]),
             Route("/console/load/reinstate", w(self.reinstate_agent), methods=["POST"]),
             Route("/console/static/{name}", self.static, methods=["GET"]),
+            *self.stepup.routes(w),
         ]
 
     def _plainly(self, handler):
@@ -323,7 +322,8 @@ class ConsoleViews:
         uncounted = rules.why_not_counted(approver, req)  # a mixed quorum whose groups of theirs are full
         if uncounted is not None and req.status == PENDING:
             return {"req": req, "can_decide": False, "why": uncounted}
-        return {"req": req, "can_decide": True, "why": None}
+        return {"req": req, "can_decide": True, "why": None,
+                "step_up": self.ctx.lifecycle.step_up_needed(approver, req)}
 
     async def detail(self, request: HttpRequest) -> Response:
         found = await self._session(request)
@@ -368,8 +368,12 @@ class ConsoleViews:
     async def approve(self, request: HttpRequest) -> Response:
         async def act(life, rid, approver, session, form):
             duration = _duration_from_form(form)
+            # With a security key's answer (step-up), it is verified before anything is recorded;
+            # without one, the lifecycle refuses an approval that needs it.
+            assertion = form.get("assertion")
+            step_up = await self.stepup.verify(session, approver, rid, assertion) if assertion else None
             req = await life.approve(rid, approver, channel=CHANNEL, platform_user=f"console:{session.ref}",
-                                     duration_s=duration)
+                                     duration_s=duration, step_up=step_up)
             if req.status == PENDING:
                 need = int(req.decision.get("approvals_required", 1))
                 return (f"Your approval is recorded ({len(req.approvals)} of {need}); "

@@ -103,6 +103,9 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     blocks.append({"type": "divider"})
     icon = STATUS_ICON.get(req.status, "")
     blocks.append(_section(f"{icon} *{escape(req.status.capitalize())}* — {mrkdwn(render.status_line(req), TEXT_LIMIT - 60)}"))
+    links = render.outcome_links(req)
+    if links:  # the completion outcome's evidence, shown as sent (issue 18, item 6)
+        blocks.append(_section("*Outcome evidence*\n" + mrkdwn("\n".join(links), TEXT_LIMIT - 30)))
     blocks.append(_context("\n".join(escape(s) for s in render.timeline(req))))
     if req.status == PENDING:
         blocks.append(_buttons(req, max_duration_s))

@@ -19,6 +19,7 @@ from broker.model import PENDING, Request, check_request_id
 
 from bot import render
 from bot.kit.commands import ErrorKind, error_kind
+from bot.kit.stepup import step_up_instead
 
 from .blocks import APPROVE, APPROVE_FOR, DENY, DENY_VIEW, EVIDENCE, REASON_BLOCK, REASON_INPUT, deny_modal, evidence_modal
 from .notifier import NAME
@@ -88,6 +89,10 @@ class Listeners:
             if rules.already_approved(approver, req):  # one person counts once (any alias); nothing to change
                 await self._ephemeral(body, ":information_source: You already approved this request. "
                                             + mrkdwn(render.status_line(req), 1000) + ".")
+                return
+            step_up = await step_up_instead(self.parts.ctx, req, approver, platform_user=_user(body))
+            if step_up is not None:  # a click is no proof of presence: nothing recorded, a link instead
+                await self._ephemeral(body, ":key: " + mrkdwn(step_up.text, 2500))
                 return
             after = await life.approve(req.id, approver, channel=CHANNEL, platform_user=_user(body), duration_s=duration)
         except BrokerError as e:

@@ -125,6 +125,10 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
     body += _evidence(req)
     body += history_items(req)
     body.append(rich(run("Policy: ", weight="Bolder"), run(render.verdict(req), 600), spacing="Medium"))
+    links = render.outcome_links(req)
+    if links:  # the completion outcome's evidence, shown as sent (issue 18, item 6)
+        body.append(rich(run("Outcome evidence", weight="Bolder"), spacing="Medium"))
+        body.extend(rich(run(url, CAP_URL, color="Accent")) for url in links)
     body.append(rich(run("\n".join(render.timeline(req)), 2000, size="Small", isSubtle=True)))
     body.append(rich(run(f"Request {req.id} · proposal sha256 {req.proposal_sha256[:16]}", 200, size="Small",
                          isSubtle=True)))

@@ -20,6 +20,7 @@ from broker.errors import BrokerError, Conflict, DeadlinePassed, InvalidRequest,
 from broker.model import Request, check_request_id
 
 from bot import render
+from bot.kit.stepup import step_up_instead
 
 from . import bgcards, cards
 from .commands import run_command
@@ -117,6 +118,11 @@ class TurnHandler:
             return cards.error_response(403, "Forbidden", "your Teams account is not bound to a jitgate approver "
                                                           f"(Entra object id {aad or 'unknown'}); nothing was changed")
         notice = None
+        if verb in (cards.APPROVE, cards.APPROVE_FOR):
+            step_up = await step_up_instead(self.parts.ctx, req, approver, platform_user=aad)
+            if step_up is not None:  # a click is no proof of presence: nothing recorded, the link on a reply card
+                return cards.card_response(await self.parts.card(req, viewer=approver, viewer_known=True,
+                                                                notice=step_up.text))
         try:
             if verb == cards.APPROVE:
                 after = await life.approve(rid, approver, channel=CHANNEL, platform_user=aad)

@@ -34,7 +34,7 @@ from .errors import (
     TimedOut,
     TransportError,
 )
-from .models import DpopAuth, Escalation, Evidence, Grant, Token
+from .models import DpopAuth, Escalation, Evidence, Grant, TaskOutcome, Token
 from .signals import RevokedTokens, SetRefused, Subscription
 from .sync import SyncClient
 from .verify import ANY_AUDIENCE, Introspector, ReplayCache, TokenVerifier, check_binding, parse_authorization, verify
@@ -42,7 +42,7 @@ from .verify import ANY_AUDIENCE, Introspector, ReplayCache, TokenVerifier, chec
 __all__ = [
     "ANY_AUDIENCE", "AgentKey", "ApiError", "AuthenticationFailed", "Cancelled", "Client", "Conflict", "DelegationRefused", "Denied",
     "DpopAuth", "Escalation", "Evidence", "Expired", "Grant", "Introspector", "InvalidRequest", "InvalidToken",
-    "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "RevokedTokens", "SetRefused", "Subscription", "Svid", "SyncClient", "TimedOut",
+    "JitgateError", "NotFound", "NotGranted", "Refusal", "ReplayCache", "Revoked", "RevokedTokens", "SetRefused", "Subscription", "Svid", "SyncClient", "TaskOutcome", "TimedOut",
     "Token", "TokenVerifier", "TransportError", "check_binding", "generate_key", "load_key", "make_delegation", "outcome",
     "parse_authorization", "public_jwk", "requires_approval", "verify",
 ]

@@ -25,7 +25,7 @@ from ..jose import generate_key, make_dpop_proof
 from .client import Client, outcome
 from .credentials import AgentKey, Svid, load_key
 from .errors import Denied, Expired, JitgateError, NotGranted, TimedOut
-from .models import Escalation
+from .models import Escalation, TaskOutcome
 
 EXIT_GRANTED, EXIT_ERROR, EXIT_DENIED, EXIT_EXPIRED, EXIT_TIMED_OUT = 0, 1, 2, 3, 4
 _STATUS_EXIT = {"denied": EXIT_DENIED, "cancelled": EXIT_DENIED, "revoked": EXIT_DENIED, "expired": EXIT_EXPIRED}
@@ -75,6 +75,15 @@ def _client(args: argparse.Namespace) -> Client:
         except ConfigError as exc:
             raise JitgateError(f"cannot use the DPoP key: {exc.detail}") from None
     return Client(args.url, credential=credential, audience=args.audience, dpop=not args.no_dpop, dpop_key=dpop_key)
+
+
+# For other agent-side commands that connect the same way (``jitgate mcp``, ``jitgate gateway``).
+connection_options = _connection_options
+
+
+def client_from_args(args: argparse.Namespace) -> Client:
+    """The :class:`Client` the connection options describe (JitgateError when they do not)."""
+    return _client(args)
 
 
 def _run(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]]) -> int:
@@ -317,8 +326,15 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
+    outcome = None
+    if args.outcome is not None:
+        outcome = TaskOutcome(args.outcome, args.summary, tuple(args.evidence or ()))
+    elif args.summary is not None or args.evidence:
+        _err("jitgate agent complete: --summary and --evidence go with --outcome success|failure")
+        return EXIT_ERROR
+
     async def work(client: Client) -> int:
-        esc = await client.complete(args.id)
+        esc = await client.complete(args.id, outcome)
         _err(f"{esc.id}: {esc.status}")
         return EXIT_GRANTED
     return _run(args, work)
@@ -438,6 +454,12 @@ def add_commands(agent: argparse.ArgumentParser) -> None:
         _connection_options(s)
         s.add_argument("id")
         s.set_defaults(fn=fn)
+        if name == "complete":
+            s.add_argument("--outcome", choices=("success", "failure"),
+                           help="the resulting action, recorded with the completion")
+            s.add_argument("--summary", help="what was done (at most 500 characters; with --outcome)")
+            s.add_argument("--evidence", action="append", metavar="URL",
+                           help="an https:// link showing the result (repeatable, at most 10; with --outcome)")
 
     s = sub.add_parser("delegate", help="sign a delegation link to a sub-agent and print the chain to hand over")
     _connection_options(s)

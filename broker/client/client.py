@@ -33,7 +33,7 @@ from .errors import (
     TransportError,
     api_error,
 )
-from .models import Escalation, Evidence, Grant, Token, evidence_list
+from .models import Escalation, Evidence, Grant, TaskOutcome, Token, evidence_list
 
 log = logging.getLogger("jitgate.client")
 
@@ -312,10 +312,15 @@ class Client:
             raise
         return Token(body, request_id, self._dpop_key)
 
-    async def complete(self, grant: Grant | Token | str) -> Escalation:
-        """Report the task done: the grant ends now (its token stops being active)."""
+    async def complete(self, grant: Grant | Token | str, outcome: TaskOutcome | Mapping[str, Any] | None = None) -> Escalation:
+        """Report the task done: the grant ends now (its token stops being active). ``outcome``
+        (a :class:`TaskOutcome`, or the same as a dict: ``status`` success/failure, ``summary``,
+        ``evidence`` links) is the resulting action, recorded with the completion."""
         request_id = grant if isinstance(grant, str) else grant.request_id
-        return Escalation.from_json(await self._send("POST", f"/v1/escalations/{request_id}/complete"))
+        body = None
+        if outcome is not None:
+            body = {"outcome": outcome.to_json() if isinstance(outcome, TaskOutcome) else dict(outcome)}
+        return Escalation.from_json(await self._send("POST", f"/v1/escalations/{request_id}/complete", json=body))
 
     async def cancel(self, request_id: str) -> Escalation:
         """Withdraw a pending request."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .client import Client
-from .errors import Denied, NotGranted, TimedOut
+from .errors import Denied, InvalidRequest, NotGranted, TimedOut
+from .models import Escalation, Token
 from .sync import SyncClient
 
 _ARGUMENTS = ("target", "justification", "evidence", "duration", "confidence", "tool", "dataset", "arguments", "ticket",
@@ -28,6 +30,11 @@ class Refusal(dict):
     @classmethod
     def from_error(cls, error: Exception, *, action: str, target: str, wait: float) -> "Refusal":
         request_id: str | None
+        if isinstance(error, InvalidRequest):  # the broker refused the proposal itself (its arguments, its size)
+            message = (f"Not performed: jitgate refused the proposal for {action} on {target}: {error.detail}. "
+                       "Change the arguments, or report this to the user.")
+            return cls(approved=False, status="invalid", reason=error.detail, policies=[], request_id=None,
+                       action=action, target=target, message=message)
         if isinstance(error, TimedOut):
             status, reason, policies = "timed_out", f"no decision within {wait:.0f} s; the request was withdrawn", []
             request_id = error.request_id
@@ -48,7 +55,8 @@ class Refusal(dict):
 
     @property
     def status(self) -> str:
-        """``denied``, ``expired``, ``cancelled``, ``revoked`` or ``timed_out``."""
+        """``denied``, ``expired``, ``cancelled``, ``revoked``, ``timed_out``, or ``invalid``
+        (a proposal the broker refused, only from the framework adapters)."""
         return self["status"]
 
     @property
@@ -64,6 +72,15 @@ def _value(spec: Any, args: tuple, kwargs: dict) -> Any:
     return spec(*args, **kwargs) if callable(spec) else spec
 
 
+def _resolved_hints(fn: Callable) -> dict[str, Any]:
+    """The function's annotations with string annotations resolved in its own module (the
+    wrapper lives in this one, where a framework reading it could not resolve them)."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - an unresolvable forward reference: keep the annotations as written
+        return dict(getattr(fn, "__annotations__", {}))
+
+
 def _without_token(wrapper: Callable, fn: Callable, token_param: str) -> Callable:
     """The wrapper's signature and annotations are the tool's minus the token parameter,
     so frameworks that build a tool schema from them do not ask the model for a token."""
@@ -74,10 +91,130 @@ def _without_token(wrapper: Callable, fn: Callable, token_param: str) -> Callabl
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     if token_param not in sig.parameters and not takes_any:
         raise TypeError(f"{getattr(fn, '__name__', fn)!r} must accept the keyword argument {token_param!r} (the grant's token)")
-    wrapper.__signature__ = sig.replace(parameters=[p for n, p in sig.parameters.items() if n != token_param])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != token_param}
+    hints = _resolved_hints(fn)
+    params = [p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items() if n != token_param]
+    wrapper.__signature__ = sig.replace(parameters=params,  # type: ignore[attr-defined]
+                                        return_annotation=hints.get("return", sig.return_annotation))
+    wrapper.__annotations__ = {k: v for k, v in hints.items() if k != token_param}
     del wrapper.__wrapped__  # type: ignore[attr-defined]  # inspect would follow it back to the token
     return wrapper
+
+
+class ToolGate:
+    """What ``@requires_approval`` does around one call, for the decorator and the framework
+    adapters (``broker.client.adapters``): build the proposal from the call's arguments,
+    escalate and wait (bounded, withdrawn on timeout), collect the token, run the body with
+    it, report completion when the body returns or raises. A no (denied, expired, withdrawn,
+    no decision in time) is a :class:`Refusal`; broker or network failures raise.
+
+    Arguments as for :func:`requires_approval`; ``name`` is the tool's name in the default
+    justification; ``on_update`` sees every change of the request while it waits (e.g. to
+    tell the user which request to approve). With ``refuse_invalid`` a proposal the broker
+    refuses as malformed (400: arguments too large or too deep, a target too long), and
+    arguments the proposal's callables cannot take, are a Refusal too (status ``invalid``),
+    for a model that sent those arguments and can change them."""
+
+    def __init__(
+        self,
+        *,
+        client: Client | SyncClient | Callable[[], Client | SyncClient],
+        action: str,
+        target: str | Callable[..., str],
+        justification: str | Callable[..., str] | None = None,
+        evidence: Any = None,
+        duration: int | Callable[..., int] = 300,
+        wait: float = 600,
+        name: str = "tool",
+        on_update: Callable[[Escalation], Any] | None = None,
+        refuse_invalid: bool = False,
+        **more: Any,
+    ) -> None:
+        unknown = set(more) - set(_ARGUMENTS)
+        if unknown:
+            raise TypeError(f"unknown proposal field(s): {', '.join(sorted(unknown))}")
+        self._client_spec = client
+        self.action = action
+        self.wait = wait
+        self.name = name
+        self.on_update = on_update
+        self.refuse_invalid = refuse_invalid
+        self._refused: tuple[type[Exception], ...] = (NotGranted, TimedOut, InvalidRequest) if refuse_invalid \
+            else (NotGranted, TimedOut)
+        self._justification = justification
+        self._specs: dict[str, Any] = {"target": target, "evidence": evidence or (), "duration": duration, **more}
+        self._resolved: dict[Any, Any] = {}
+
+    def proposal(self, args: tuple, kwargs: dict) -> dict:
+        """The keyword arguments of :meth:`Client.escalate` for a call with ``args``, ``kwargs``."""
+        p = {k: _value(v, args, kwargs) for k, v in self._specs.items()}
+        if self._justification is None:
+            shown = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            p["justification"] = f"tool {self.name}({shown[:500]})"
+        else:
+            p["justification"] = _value(self._justification, args, kwargs)
+        return {"action": self.action, "wait": self.wait, "on_update": self.on_update, **p}
+
+    def client(self, kind: type) -> Any:
+        """The client (built from the factory on first use) as ``kind``: Client or SyncClient."""
+        if "given" not in self._resolved:
+            spec = self._client_spec
+            self._resolved["given"] = spec() if callable(spec) and not isinstance(spec, (Client, SyncClient)) else spec
+        if kind not in self._resolved:  # one of each kind at most, both on the same connection settings
+            c = self._resolved["given"]
+            if kind is SyncClient and isinstance(c, Client):
+                c = SyncClient(client=c)
+            if kind is Client and isinstance(c, SyncClient):
+                c = c.client
+            self._resolved[kind] = c
+        return self._resolved[kind]
+
+    def _refusal(self, error: Exception, p: dict) -> Refusal:
+        return Refusal.from_error(error, action=self.action, target=p["target"], wait=self.wait)
+
+    def _proposal(self, args: tuple, kwargs: dict) -> tuple[dict, Refusal | None]:
+        """The proposal, or (with ``refuse_invalid``) the Refusal of arguments the proposal's
+        callables cannot take (a model that left out or misnamed an argument)."""
+        if not self.refuse_invalid:
+            return self.proposal(args, kwargs), None
+        try:
+            return self.proposal(args, kwargs), None
+        except (TypeError, KeyError, ValueError) as exc:
+            target = self._specs["target"]
+            error = InvalidRequest(400, "arguments-do-not-fit", f"the call's arguments do not fit the proposal ({exc})")
+            return {}, Refusal.from_error(error, action=self.action, wait=self.wait,
+                                          target=target if isinstance(target, str) else "its target")
+
+    # Only the decision is turned into a Refusal; whatever the body itself raises propagates.
+    async def run(self, args: tuple, kwargs: dict, body: Callable[[Token], Awaitable[Any]]) -> Any:
+        """Run ``await body(token)`` under a grant for this call, or return a :class:`Refusal`."""
+        p, refused = self._proposal(args, kwargs)
+        if refused is not None:
+            return refused
+        c = self.client(Client)
+        try:
+            granted = await c.escalate(cancel_on_timeout=True, **p)
+        except self._refused as error:
+            return self._refusal(error, p)
+        try:
+            token = await c.collect(granted)
+            return await body(token)
+        finally:
+            await c._complete_quietly(granted.request_id)
+
+    def run_sync(self, args: tuple, kwargs: dict, body: Callable[[Token], Any]) -> Any:
+        """Run ``body(token)`` under a grant for this call (blocking), or return a :class:`Refusal`."""
+        p, refused = self._proposal(args, kwargs)
+        if refused is not None:
+            return refused
+        c = self.client(SyncClient)
+        try:
+            granted = c.escalate(cancel_on_timeout=True, **p)
+        except self._refused as error:
+            return self._refusal(error, p)
+        try:
+            return body(c.collect(granted))
+        finally:
+            c._run(c.client._complete_quietly(granted.request_id))
 
 
 def requires_approval(
@@ -95,7 +232,7 @@ def requires_approval(
     """Wrap a tool function (async or sync) so it runs only under an approved grant.
 
     ``target``, ``justification``, ``evidence``, ``duration`` and the other proposal
-    fields (``confidence``, ``tool``, ``dataset``, ``ticket``, ``delegation``,
+    fields (``confidence``, ``tool``, ``dataset``, ``arguments``, ``ticket``, ``delegation``,
     ``idempotency_key``) are values or callables of the tool's own arguments. The token
     is passed as the keyword ``token_param``; completion is reported when the function
     returns or raises. A refusal returns a :class:`Refusal`; broker or network failures
@@ -106,60 +243,18 @@ def requires_approval(
         raise TypeError(f"unknown proposal field(s): {', '.join(sorted(unknown))}")
 
     def decorate(fn: Callable) -> Callable:
-        specs = {"target": target, "evidence": evidence or (), "duration": duration, **more}
-        name = getattr(fn, "__name__", "tool")
+        gate = ToolGate(client=client, action=action, target=target, justification=justification, evidence=evidence,
+                        duration=duration, wait=wait, name=getattr(fn, "__name__", "tool"), **more)
 
-        def proposal(args: tuple, kwargs: dict) -> dict:
-            p = {k: _value(v, args, kwargs) for k, v in specs.items()}
-            if justification is None:
-                shown = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
-                p["justification"] = f"tool {name}({shown[:500]})"
-            else:
-                p["justification"] = _value(justification, args, kwargs)
-            return {"action": action, "wait": wait, **p}
-
-        resolved: dict[str, Any] = {}
-
-        def the_client(kind: type) -> Any:
-            if "client" not in resolved:
-                c = client() if callable(client) and not isinstance(client, (Client, SyncClient)) else client
-                if kind is SyncClient and isinstance(c, Client):
-                    c = SyncClient(client=c)
-                if kind is Client and isinstance(c, SyncClient):
-                    c = c.client
-                resolved["client"] = c
-            return resolved["client"]
-
-        # Only the decision is turned into a Refusal; whatever the tool itself raises propagates.
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                p = proposal(args, kwargs)
-                c = the_client(Client)
-                try:
-                    granted = await c.escalate(cancel_on_timeout=True, **p)
-                except (NotGranted, TimedOut) as error:
-                    return Refusal.from_error(error, action=action, target=p["target"], wait=wait)
-                try:
-                    token = await c.collect(granted)
-                    return await fn(*args, **kwargs, **{token_param: token})
-                finally:
-                    await c._complete_quietly(granted.request_id)
+                return await gate.run(args, kwargs, lambda token: fn(*args, **kwargs, **{token_param: token}))
             return _without_token(run_async, fn, token_param)
 
         @functools.wraps(fn)
         def run_sync(*args: Any, **kwargs: Any) -> Any:
-            p = proposal(args, kwargs)
-            c = the_client(SyncClient)
-            try:
-                granted = c.escalate(cancel_on_timeout=True, **p)
-            except (NotGranted, TimedOut) as error:
-                return Refusal.from_error(error, action=action, target=p["target"], wait=wait)
-            try:
-                token = c.collect(granted)
-                return fn(*args, **kwargs, **{token_param: token})
-            finally:
-                c._run(c.client._complete_quietly(granted.request_id))
+            return gate.run_sync(args, kwargs, lambda token: fn(*args, **kwargs, **{token_param: token}))
         return _without_token(run_sync, fn, token_param)
 
     return decorate

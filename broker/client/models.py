@@ -87,6 +87,16 @@ class Escalation:
         """The verified delegation links, root first (empty without delegation)."""
         return self.raw.get("delegation_chain") or []
 
+    @property
+    def policy_set_hash(self) -> str | None:
+        """The content hash of the policy set that decided the proposal."""
+        return self.raw.get("policy_set_hash")
+
+    @property
+    def outcome(self) -> dict | None:
+        """What the agent reported at completion: ``{status, summary?, evidence?}``, or None."""
+        return self.raw.get("outcome")
+
     def summary(self) -> str:
         """One line for a progress display: status, approvals, what it waits for."""
         if self.status == "pending":
@@ -207,3 +217,23 @@ class DpopAuth(httpx.Auth):
         if retry and fresh:  # once per nonce: a server that refuses its own nonce gets no loop
             request.headers.update(self._token.headers(request.method, url, nonce=nonce))
             yield request
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The resulting action, reported with :meth:`Client.complete`: ``status`` is ``"success"``
+    or ``"failure"``; ``summary`` at most 500 characters; ``evidence`` at most 10 ``https://``
+    links of at most 2048 characters each. The broker checks these bounds (400 otherwise)."""
+
+    status: str
+    summary: str | None = None
+    evidence: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        """The ``outcome`` object of the completion body."""
+        d: dict = {"status": self.status}
+        if self.summary is not None:
+            d["summary"] = self.summary
+        if self.evidence:
+            d["evidence"] = list(self.evidence)
+        return d

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .client import Client
-from .models import Escalation, Grant, Token
+from .models import Escalation, Grant, TaskOutcome, Token
 
 T = TypeVar("T")
 
@@ -92,9 +92,9 @@ class SyncClient:
         """Collect the token of an approved request (once)."""
         return self._run(self.client.collect(grant))
 
-    def complete(self, grant: Grant | Token | str) -> Escalation:
-        """Report the task done: the grant ends now."""
-        return self._run(self.client.complete(grant))
+    def complete(self, grant: Grant | Token | str, outcome: TaskOutcome | Mapping[str, Any] | None = None) -> Escalation:
+        """Report the task done: the grant ends now; ``outcome`` as in :meth:`Client.complete`."""
+        return self._run(self.client.complete(grant, outcome))
 
     def cancel(self, request_id: str) -> Escalation:
         """Withdraw a pending request."""

@@ -67,3 +67,48 @@ def test_the_console_says_durations_in_every_desks_words(seconds):
 
     assert _environment().filters["dur"](seconds) == render.fmt_duration(seconds)
     assert _environment().filters["dur"](None) == "—"
+
+
+def test_the_completion_outcome_is_said_once_for_every_desk():
+    """Issue 18.6: the outcome an agent reported is worded once (bot/render.py) and shown by
+    Slack, Teams and the console, its agent text escaped by each and its links shown as sent."""
+    from bot.console.views import _environment  # noqa: PLC0415
+    from bot.slack.blocks import proposal_blocks  # noqa: PLC0415
+    from bot.teams.cards import proposal_card  # noqa: PLC0415
+
+    links = ["https://grafana.example.com/d/1?a=1&b=<2>", "https://git.example.com/pr/7"]
+    req = _grant(status="completed", break_glass=False, engineer=None, closed_by="ops-bot",
+                 close_reason="completed by the agent", closed_at=1_800_000_100.0,
+                 outcome={"status": "failure", "summary": "rolled back <!here> & paged", "evidence": links})
+    line = render.outcome_line(req)
+    assert line == "Outcome reported by the agent: failure — rolled back <!here> & paged (2 evidence links)"
+    assert render.outcome_links(req) == links
+    assert line in render.status_line(req) and line in render.event_sentence(req, "completed")
+    assert render.outcome_line(_grant(status="completed")) is None and render.outcome_links(_grant()) == []
+
+    slack = str(proposal_blocks(req, max_duration_s=600))
+    assert "rolled back &lt;!here&gt; &amp; paged" in slack and "<!here>" not in slack
+    assert "https://grafana.example.com/d/1?a=1&amp;b=&lt;2&gt;" in slack and "https://git.example.com/pr/7" in slack
+
+    texts = [r["text"] for r in nodes(proposal_card(req, max_duration_s=600), "TextRun")]
+    assert any(line in t for t in texts) and links[0] in texts and links[1] in texts
+
+    html = _environment().from_string('{% import "macros.html" as m %}{{ m.closed(req) }}').render(
+        req=req, when=lambda ts: "at")
+    assert "rolled back &lt;!here&gt; &amp; paged" in html and "<!here>" not in html
+    assert "https://grafana.example.com/d/1?a=1&amp;b=&lt;2&gt;" in html
+
+
+def test_the_console_trail_names_the_outcome_token_use_and_policy_set():
+    """The console's audit trail says the outcome and token use of grant.completed, who first used
+    the token (token.used), and the policy set a decision was made with (issue 18, items 5, 6)."""
+    from bot.console.queries import AuditEvent  # noqa: PLC0415
+
+    done = AuditEvent(9, "grant.completed", "t", "r1", {"agent": "deploy-bot"},
+                      {"outcome": {"status": "failure", "summary": "rolled back"}, "token_use": {"count": 3}})
+    assert done.summary == "task completed; grant ended; outcome failure: rolled back; token introspected 3 time(s)"
+    used = AuditEvent(8, "token.used", "t", "r1", {"resource_server": "payments-api"}, {"jti": "01JABCDEFGHIJK"})
+    assert used.who == "payments-api" and used.summary == "token first used by payments-api (jti 01JABCDEFG…)"
+    decided = AuditEvent(2, "policy.decision", "t", "r1", {}, {"outcome": "deny", "policies": ["no-export"],
+                                                              "policy_set_hash": "ab" * 32, "reason": "denied"})
+    assert decided.summary == f"policy said deny (no-export) [policy set {'ab' * 6}] — denied"

@@ -18,7 +18,8 @@ DIRECTORY = Directory([
     Approver("carol", frozenset({"security"})), Approver("sam", frozenset({"security", "on-call"})),
 ])
 
-ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and not k.audit and k not in (Kind.KILL_SWITCH, Kind.ALTERNATE_PATHS)]
+ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and not k.audit
+            and k not in (Kind.KILL_SWITCH, Kind.POLICY_REVIEW_DUE, Kind.ALTERNATE_PATHS)]
 AUDIT = [k for k in Kind if k.audit]
 BREAK_GLASS = [k for k in Kind if k.break_glass]
 CREDENTIAL = [k for k in Kind if k.credential]
@@ -43,7 +44,7 @@ def test_the_wire_strings_are_the_ones_queued_before():
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
         "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch", "asked_again", "audit.failing",
-        "audit.recovered", "alternate_paths"])
+        "audit.recovered", "policy.review_due", "alternate_paths"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 

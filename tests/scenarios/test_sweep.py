@@ -29,9 +29,7 @@ async def test_sweep_expires_a_batch_with_one_audit_entry(harness):
     poll = asyncio.create_task(harness.status(grants[0], "reader-bot", wait=10))
     await asyncio.sleep(0.1)
     before = len(await _stream(harness))
-    harness.clock.advance(harness.settings.request_ttl_s + 1)
-
-    assert await harness.broker.scheduler.sweep() == 7
+    assert await harness.expire_after(harness.settings.request_ttl_s + 1) == 7
     assert (await asyncio.wait_for(poll, 5)).json()["status"] == "expired"  # the long poll woke
 
     new = (await _stream(harness))[before:]
@@ -90,7 +88,6 @@ async def test_break_glass_grants_expire_one_by_one_and_stay_marked(harness):
     assert isinstance(bg, BreakGlass)
     g = await bg.grant(harness.approver("alice"), subject="me", action="rollback", target="prod/payments-api",
                        duration_s=300, reason="failover", channel="cli")
-    harness.clock.advance(301)
-    assert await harness.broker.scheduler.sweep() == 1
+    assert await harness.expire_after(301) == 1
     ev = [e for e in await _stream(harness) if e.get("request_id") == g.request.id and e["type"] == "grant.expired"]
     assert len(ev) == 1 and ev[0]["data"]["break_glass"] is True

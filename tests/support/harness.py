@@ -130,6 +130,17 @@ class Harness:
             await shutdown(self.broker)
             self.broker = None
 
+    async def expire_after(self, seconds: float) -> int:
+        """Advance the clock by ``seconds`` and sweep: how many requests the sweeper expired. The
+        harness runs the scheduler's jobs, so the background sweep may get there first; it is
+        counted too (sweeps in one process take turns, so every sweep begun before this one has
+        finished when it returns)."""
+        sched = self.broker.scheduler
+        before = sched.swept
+        self.clock.advance(seconds)
+        await sched.sweep()
+        return sched.swept - before
+
     async def restart(self) -> None:
         await self.stop()
         await self.start()
