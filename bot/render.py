@@ -403,3 +403,51 @@ def bg_reviews_heading(everyone: bool, *, count: int = 0) -> str:
     if not count:
         return "No break-glass review is open." if everyone else "None of your break-glass grants awaits review."
     return "Open break-glass reviews" if everyone else "Your break-glass grants awaiting review"
+
+
+# --------------------------------------------------------------------------- issue 19, items 3 and 5
+def _epoch_of(at: object) -> float | None:
+    from datetime import datetime  # noqa: PLC0415 - only these lines parse ISO instants
+
+    try:
+        return datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def linked_line(req: Request) -> str | None:
+    """``Related to a request bob denied 3 min before this proposal: <reason> …`` when the core
+    linked this proposal to a recent denial (alternate paths), else None. Measured from the
+    proposal, so the line stays true however late the message is re-rendered."""
+    link = req.linked_to
+    if not isinstance(link, dict) or not link.get("request"):
+        return None
+    at = _epoch_of(link.get("at"))
+    when = f" {fmt_duration(max(1, int(req.created_at - at)))} before this proposal" if at is not None else ""
+    by = link.get("by") or "?"
+    who = {"policy": "the policies", "denial-memory": "denial memory"}.get(by, by)
+    what = f"{link.get('action') or '?'} on {link.get('target') or '?'}"
+    reason = link.get("reason") or "no reason given"
+    return (f"Related to a request {who} denied{when}: {reason} (that request: {what}, {link['request']}; "
+            f"this one asks {link.get('why') or 'something close to it'})")
+
+
+def history_lines(req: Request) -> list[str]:
+    """The agent's recent history as the core stored it when the proposal arrived
+    (:mod:`broker.history`; every desk and re-render shows the same figures): the 24 h's
+    requests, grants and denials, grants active and other requests waiting then, the last
+    denials with who and why, and whether this proposal is linked to a denial. Empty for a request
+    without one (break-glass, or recorded before this existed)."""
+    from broker.history import History  # noqa: PLC0415 - the core's dataclass
+
+    h = History.from_dict(req.history)
+    if h is None:
+        return []
+    lines = [f"{req.agent}, 24 h before this proposal: {plural(h.requests_24h, 'request')}, {h.granted_24h} granted, "
+             f"{h.denied_24h} denied; then {plural(h.active_grants, 'active grant')}, "
+             f"{plural(h.waiting, 'other request')} waiting for people"]
+    for d in h.last_denials:
+        who = {"policy": "the policies", "denial-memory": "denial memory"}.get(d.by, d.by)
+        lines.append(f"denied by {who}: {d.action} on {d.target}: {d.reason or 'no reason given'} ({d.request})")
+    lines.append("linked to a recent denial: yes (see above)" if req.linked_to else "linked to a recent denial: no")
+    return lines

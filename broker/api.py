@@ -18,7 +18,7 @@ from starlette.routing import Route
 from .bodies import read_body, read_form, read_json
 from .errors import BrokerError, Forbidden, InvalidRequest, Unauthenticated, Unavailable
 from .identity import InvalidDpopProof
-from . import oauth
+from . import alternate, oauth
 from .model import STATES, TERMINAL, Proposal, check_request_id, parse_outcome
 from .openapi import openapi_document
 
@@ -56,6 +56,7 @@ def make_routes(broker: "Broker") -> list[Route]:
         except BrokerError:
             broker.metrics.count("auth_failures")
             raise
+        await alternate.check(life, agent)  # suspended for alternate paths: 403 agent-disabled
         return agent
 
     def rid(request: HttpRequest) -> str:
@@ -220,6 +221,8 @@ def make_routes(broker: "Broker") -> list[Route]:
         elif not s.metrics_public:
             raise Forbidden("/metrics is off: set JITGATE_METRICS_TOKEN (scrapers send it as a bearer token), "
                             "or JITGATE_METRICS_PUBLIC=1 to serve it without authentication")
+        waiting, _absorbed, _decided = await broker.store.approvers_load()
+        broker.metrics.set_waiting(waiting)  # the approvers' load, as shared by every replica
         return Response(broker.metrics.render(), media_type=CONTENT_TYPE)
 
     async def escalation(request: HttpRequest) -> Response:

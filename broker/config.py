@@ -282,6 +282,14 @@ class Settings:
     # Dedupe (issue 19, item 1): the same task proposed again while the agent's request for it
     # is pending joins that request instead of asking people twice.
     dedupe: bool = True
+    # Alternate paths (issue 19, item 3): within this window after a denial (by a person or by
+    # policy), a proposal of the same scope (denial_memory_scope) on the same target with another
+    # action, or the same action on another target of the same environment, is linked to it; this
+    # many linked attempts in the window raise one security alert and, if set, suspend the agent
+    # until a security member reinstates it. A window of 0 turns it off.
+    alternate_path_window_s: int = 1800
+    alternate_path_alert_after: int = 3
+    alternate_path_suspend: bool = False
     # OpenID Shared Signals (broker/ssf, docs/ssf.md): push only to https receivers unless
     # allowed (development, tests on loopback); streams per resource server; the longest poll
     # wait; one push's timeout; SETs held per stream before the oldest are dropped.
@@ -400,6 +408,9 @@ class Settings:
             denial_cooldown_s=_int(env, "JITGATE_DENIAL_COOLDOWN_S", 1800, 0, 30 * 86400),
             denial_memory_scope=_choice(env, "JITGATE_DENIAL_MEMORY_SCOPE", ("agent", "owner"), "agent"),
             dedupe=_bool(env, "JITGATE_DEDUPE", True),
+            alternate_path_window_s=_int(env, "JITGATE_ALTERNATE_PATH_WINDOW_S", 1800, 0, 30 * 86400),
+            alternate_path_alert_after=_int(env, "JITGATE_ALTERNATE_PATH_ALERT_AFTER", 3, 1, 1000),
+            alternate_path_suspend=_bool(env, "JITGATE_ALTERNATE_PATH_SUSPEND", False),
             ssf_push_allow_http=_bool(env, "JITGATE_SSF_PUSH_ALLOW_HTTP", False),
             ssf_max_streams=_int(env, "JITGATE_SSF_MAX_STREAMS", 5, 1, 100),
             ssf_poll_max_wait_s=_int(env, "JITGATE_SSF_POLL_MAX_WAIT_S", 30, 0, 300),

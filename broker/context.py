@@ -15,7 +15,12 @@ use of grants:
   ``agent_grants_last_hour`` (collected in the last hour): the agent's *other* grants,
   never counting the one being decided, read from the indexes the transition scripts keep
   (``broker/lua/audit.lua`` ``index_grant``);
-- ``stage``: which step asks (:data:`STAGES`).
+- ``stage``: which step asks (:data:`STAGES`);
+- ``recent_denials``: denials (by people or policy) of the agent, its delegation chain (or,
+  with ``JITGATE_DENIAL_MEMORY_SCOPE=owner``, its owner's agents) within the alternate-path
+  window; ``linked_attempts``: proposals in that window linked to one of them (a different
+  action on a denied target, or a denied action on another target of the same environment),
+  this one included when it is linked (issue 19, item 3). 0 at every stage but ``submit``.
 
 Callers that have no request yet (a proposal, break-glass, ``jitgate policy check``) get
 neutral values: no approvals, not approved, stage ``submit``.
@@ -71,6 +76,8 @@ def build_context(
     groups_of: Callable[[str], Iterable[str]] | None = None,
     use: GrantUse = GrantUse(),
     proposal: Proposal | None = None,
+    recent_denials: int = 0,
+    linked_attempts: int = 0,
 ) -> dict:
     """The whole Cedar context (every key of ``policy.CONTEXT_KEYS``) for one decision, and what
     the proposal says the agent will do (``policy.PROPOSAL_CONTEXT_KEYS``: tool, dataset,
@@ -106,6 +113,8 @@ def build_context(
         "agent_grants_active": use.active,
         "agent_grants_active_env": use.active_env,
         "agent_grants_last_hour": use.last_hour,
+        "recent_denials": recent_denials,
+        "linked_attempts": linked_attempts,
         **(_proposal_context(proposal) if proposal is not None else {}),
     }
 

@@ -36,7 +36,7 @@ from .model import (
 )
 from .notices import Notices
 from .notify import Kind, Notifier
-from . import killswitch, oauth, redecide, rules
+from . import alternate, history, killswitch, oauth, redecide, rules
 from .killswitch import Selector
 from .policy import Decision, PolicyGate
 from .rules import chain_owners  # noqa: F401 - its home is rules; kept importable from here
@@ -138,6 +138,34 @@ class Lifecycle:
     def _count(self, name: str, n: int = 1, **labels: str) -> None:
         if self.metrics is not None:
             self.metrics.count(name, n, **labels)
+
+    async def _absorbed(self, which: str) -> None:
+        """A proposal no person saw (dedupe, denial_memory, rate_limit): the approvers' load
+        (issue 19, item 7) in /metrics and, shared by the replicas, in Redis for the console."""
+        self._count("absorbed", which=which)
+        try:
+            await self.store.absorbed(which)
+        except Exception:  # noqa: BLE001 - a figure must not fail the proposal it counts
+            log.warning("could not count an absorbed proposal (%s)", which)
+
+    async def _decided(self, req: Request, now: float) -> None:
+        """A person decided ``req`` (approved or denied): its time to decision, per group."""
+        group = str(req.decision.get("approver_group") or "-")
+        seconds = max(0.0, now - req.created_at)
+        if self.metrics is not None:
+            self.metrics.observe_decision(group, seconds)
+        try:
+            await self.store.decided(group, seconds)
+        except Exception:  # noqa: BLE001 - a figure must not fail the decision it measures
+            log.warning("could not record the time to decision of %s", req.id)
+
+    async def history(self, agent_id: str) -> "history.History":
+        """The agent's recent history now (:mod:`broker.history`)."""
+        return await history.of(self.store, agent_id)
+
+    async def reinstate_agent(self, agent_id: str, approver: Approver, *, channel: str) -> bool:
+        """Lift an alternate-path suspension (security group only; :func:`broker.alternate.reinstate`)."""
+        return await alternate.reinstate(self, agent_id, approver, channel=channel)
 
     async def posture(self) -> str:
         """The current risk posture (``normal``/``elevated``/``incident``), cached for 1 s."""
@@ -342,6 +370,7 @@ class Lifecycle:
         if not out.ok:
             return None
         self._count("deduplicated")
+        await self._absorbed("dedupe")
         return await self.get(rid)
 
     async def _take_proposal_token(self, agent: Agent, proposal: Proposal, now: float) -> None:
@@ -351,6 +380,7 @@ class Lifecycle:
         s = self.settings
         if s.max_open_per_agent and await self.store.open_requests(agent.id) >= s.max_open_per_agent:
             self._count("rate_limited", scope="open")
+            await self._absorbed("rate_limit")
             raise RateLimited(f"agent {agent.id} already has {s.max_open_per_agent} requests waiting for people; "
                               "nobody was asked. Withdraw one, wait for a decision, or retry later",
                               retry_after=OPEN_RETRY_S, scope="open")
@@ -360,6 +390,7 @@ class Lifecycle:
             agent.id, proposal.target, _ms(now), s.agent_proposals_per_min, s.target_proposals_per_min)
         if wait_ms:
             self._count("rate_limited", scope=which)
+            await self._absorbed("rate_limit")
             retry = max(1, -(-wait_ms // 1000))
             if which == "agent":
                 detail = (f"agent {agent.id} has sent more than {s.agent_proposals_per_min} proposals needing "
@@ -390,11 +421,15 @@ class Lifecycle:
             raise NotAllowedForTarget(why)  # a 400, nothing stored
         target = self.directory.target(proposal.target)
         env = (target.env or "") if target is not None else ""
-        _, _, (active, active_env, last_hour) = await self.store.decision_state(agent.id, env, _ms(now))
+        denial_keys, since = alternate.query(self, agent, chain, now)
+        _, _, (active, active_env, last_hour), denied = await self.store.submit_state(agent.id, env, _ms(now),
+                                                                                     denial_keys, since)
+        paths = await alternate.detect(self, agent, proposal, env, denied, since)
         context = build_context(
             confidence=proposal.confidence_pct, duration_s=proposal.duration_s, posture=await self.posture(),
             evidence_count=len(proposal.evidence), delegation_depth=len(chain), now=now, stage="submit",
             use=redecide.GrantUse(active, active_env, last_hour), proposal=proposal,
+            recent_denials=paths.recent_denials, linked_attempts=paths.linked_attempts,
         )
         try:
             decision = self.gate.decide(agent_id=agent.id, action=proposal.action, target=proposal.target, context=context)
@@ -419,6 +454,7 @@ class Lifecycle:
             if earlier is not None:
                 memory_reason = self._memory_reason(earlier, proposal, now)
                 self._count("denied_by_memory")
+                await self._absorbed("denial_memory")
             else:
                 joined = await self._join_pending(agent, proposal, now)
                 if joined is not None:
@@ -452,6 +488,13 @@ class Lifecycle:
             "break_glass": "0",
             "env": env,  # the grant indexes count by environment (audit.lua index_grant)
         }
+        if decision.approver_group:
+            fields["approver_group"] = decision.approver_group  # the open-requests-per-group index
+        if paths.linked_to is not None:
+            # Related to a recent denial (issue 19, item 3): shown on every desk, in the audit log.
+            fields["linked_to"] = _json(paths.linked_to)
+            events.append(event("proposal.linked", at or "", rid, actor, linked_to=paths.linked_to,
+                                recent_denials=paths.recent_denials, linked_attempts=paths.linked_attempts))
         chain_exp = min((link.expires_at for link in chain), default=None)
         if chain_exp is not None:
             fields.update(delegation_chain=_json(received["delegation_chain"]), delegation_exp=str(chain_exp))
@@ -476,6 +519,12 @@ class Lifecycle:
         else:
             status = PENDING
             deadline = _ms(now + self.settings.request_ttl_s)
+            # The agent's recent history, next to the proposal on every desk (issue 19, item 5).
+            fields["history"] = _json((await self.history(agent.id)).to_dict())
+        if status == DENIED:
+            # Remembered for alternate paths before the request exists (a crash only leaves a
+            # member that is not denied, which is ignored).
+            await alternate.remember(self, [agent.id, *(x.delegator for x in chain)], agent.owner, rid, now)
         if deadline is not None and chain_exp is not None:
             deadline = min(deadline, _ms(chain_exp))  # nothing to collect once the delegation has lapsed
         reminder = None
@@ -490,6 +539,7 @@ class Lifecycle:
         if not out.ok:
             raise Conflict("could not create the request; retry")
         self._count("decisions", outcome=decision.outcome)
+        await alternate.record(self, agent, rid, paths, now)  # a linked attempt: counted, maybe alerted
         if status == PENDING and self.settings.dedupe:
             # Later proposals of the same task join this request (a crash before this line
             # only means a repeat is asked of people once more).
@@ -637,6 +687,8 @@ class Lifecycle:
         if out.result in ("ok", "noop"):
             if out.ok:
                 self._count("approvals", channel=channel)
+                if after.status == APPROVED:
+                    await self._decided(after, self._now())
             return after
         if out.result == "stale":
             raise Conflict("the proposal changed since it was shown; reload it")
@@ -729,6 +781,9 @@ class Lifecycle:
             agents = [req.agent, *(str(link.get("delegator", "")) for link in req.delegation_chain)]
             keys = self.store.denial_keys(req.proposal.action, req.proposal.target, [a for a in agents if a], req.owner)
             await self.store.remember_denial(keys, request_id, _ms(now), self.settings.denial_cooldown_s * 1000)
+        if req.status == PENDING:
+            agents = [req.agent, *(str(link.get("delegator", "")) for link in req.delegation_chain)]
+            await alternate.remember(self, agents, req.owner, request_id, now)
         out = await self.store.transition(
             request_id, [PENDING], DENIED,
             {"denial": _json(denial), "closed_at": repr(now), "closed_by": approver.id, "close_reason": reason},
@@ -739,6 +794,8 @@ class Lifecycle:
         if out.result == "late":
             raise DeadlinePassed(f"the deadline to decide passed at {iso(req.deadline)}; the request has expired "
                                  "(which denies it by default)")
+        if out.ok:
+            await self._decided(req, now)
         return await self._finish(out, request_id)
 
     async def _finish(self, out: Outcome, request_id: str) -> Request:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -60,6 +60,19 @@ class Metrics:
         self.denied_by_memory = Counter("jitgate_proposals_denied_by_memory",
                                         "Proposals denied at once because a person had just denied the same",
                                         registry=self.registry)
+        # The approvers' load (issue 19, item 7).
+        self.absorbed = Counter("jitgate_proposals_absorbed",
+                                "Proposals that reached no person, by the protection that absorbed them "
+                                "(dedupe, denial_memory, rate_limit)", ["which"], registry=self.registry)
+        self.time_to_decision = Histogram("jitgate_time_to_decision_seconds",
+                                          "Seconds from proposal to a person's decision (approved or denied), "
+                                          "by the approver group the policy asked", ["group"],
+                                          buckets=(10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 86400),
+                                          registry=self.registry)
+        self.open_requests = Gauge("jitgate_open_requests", "Requests waiting for people, by approver group "
+                                   "(read from Redis at each scrape: every replica's)", ["group"], registry=self.registry)
+        self.alternate_path_alerts = Counter("jitgate_alternate_path_alerts",
+                                             "Security alerts raised for attempts linked to denials", registry=self.registry)
         self.ssf_sets = Counter("jitgate_ssf_sets", "Security Event Tokens queued for SSF streams", ["event"],
                                 registry=self.registry)
         self.ssf_deliveries = Counter("jitgate_ssf_deliveries", "SET deliveries by result (pushed, polled, "
@@ -76,6 +89,7 @@ class Metrics:
         self.waiters = Gauge("jitgate_longpoll_waiters", "Agents waiting on a long poll", registry=self.registry)
         # Bounded: label values come from small fixed sets (outcomes, states, channels, error codes).
         self._children: dict[tuple, object] = {}
+        self._waiting_groups: set[str] = set()
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         key = (name, *labels.items())
@@ -85,6 +99,17 @@ class Metrics:
             child = self._children[key] = metric.labels(**labels) if labels else metric
         child.inc(n)
 
+    def observe_decision(self, group: str, seconds: float) -> None:
+        """A person's decision ``seconds`` after the proposal, for a request of ``group``."""
+        self.time_to_decision.labels(group=group).observe(max(0.0, seconds))
+
+    def set_waiting(self, waiting: dict[str, int]) -> None:
+        """The requests waiting per group now (groups seen before and now empty read 0)."""
+        for labels in list(self._waiting_groups - set(waiting)):
+            self.open_requests.labels(group=labels).set(0)
+        for group, n in waiting.items():
+            self.open_requests.labels(group=group).set(n)
+        self._waiting_groups |= set(waiting)
     def shadow_disagreement(self, decision) -> None:
         """Count one disagreement of the shadow set (``decision.shadow``) under each shadow
         policy that decided it (label values: the loaded shadow policies' ids, a bounded set)."""

@@ -428,6 +428,11 @@ class Request:
     # few repeats that said something new (when, and the new justification and/or evidence).
     asked_again: int = 0
     repeats: list[dict] = field(default_factory=list)
+    # The recent denial this proposal looks like a way around (issue 19, item 3: alternate
+    # paths): {"request", "by", "reason", "at", "action", "target", "why"}; None when not linked.
+    linked_to: dict | None = None
+    # The agent's recent history when it proposed this (issue 19, item 5: broker/history.py).
+    history: dict | None = None
     # The content hash of the policy set that made the submit decision (issue 18, item 5).
     policy_set_hash: str | None = None
     # What the agent reported when it completed the task (issue 18, item 6; :func:`parse_outcome`).
@@ -480,6 +485,8 @@ class Request:
             credential=j("credential", None),
             asked_again=int(g.get("asked_again") or 0),
             repeats=j("repeats", []),
+            linked_to=j("linked_to", None),
+            history=j("history", None),
             policy_set_hash=g.get("policy_set_hash") or None,
             outcome=j("outcome", None),
         )
@@ -512,6 +519,8 @@ class Request:
             d["outcome"] = self.outcome
         if self.asked_again:
             d["asked_again"] = self.asked_again
+        if self.linked_to:
+            d["linked_to"] = self.linked_to
         if self.approved_duration_s is not None:
             d["approved_duration_s"] = self.approved_duration_s
         if self.delegation_chain:

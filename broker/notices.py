@@ -32,6 +32,8 @@ log = logging.getLogger("jitgate.notices")
 
 # The Notifier method each kind calls (``proposed`` posts; see :meth:`Notices.deliver`).
 _REMINDERS = frozenset({Kind.REMIND, Kind.ESCALATE})
+# Told to the security channel only, with the core's sentence (``Notice.text``).
+_SECURITY_ONLY = frozenset({Kind.KILL_SWITCH, Kind.ALTERNATE_PATHS})
 
 
 def audience(kind: Kind, req: Request, directory: Directory, *, security_group: str,
@@ -209,7 +211,7 @@ class Notices:
             raise PartialDelivery(set(failures), next(iter(failures.values())))
 
     async def _tell(self, n: Notifier, notice: Notice) -> None:
-        if notice.kind.credential or notice.kind is Kind.KILL_SWITCH:
+        if notice.kind.credential or notice.kind in _SECURITY_ONLY:
             await n.alert_security(notice)
         elif notice.kind.break_glass:
             await n.alert_security(notice)
@@ -223,9 +225,12 @@ class Notices:
     async def _notice(self, kind: Kind, req: Request) -> Notice:
         """The notice of ``kind`` on ``req`` without this desk's refs: audience and sentences."""
         life = self.life
-        if kind.credential or kind is Kind.KILL_SWITCH:
+        if kind.credential or kind in _SECURITY_ONLY:
             security = tuple(a for a in life.directory.members(life.settings.security_group))
-            if kind is Kind.KILL_SWITCH:
+            if kind is Kind.ALTERNATE_PATHS:
+                (said,) = await self.store.request_fields(req.id, "alternate_paths_alert")
+                text = said or f"agent {req.agent} keeps trying alternate paths around denials; see the audit log"
+            elif kind is Kind.KILL_SWITCH:
                 (summary,) = await self.store.request_fields(req.id, "kill_switch_summary")
                 text = summary or "the kill switch ended this request; see the audit log (killswitch.engaged)"
             else:

@@ -62,6 +62,7 @@ class Kind(StrEnum):
     CRED_REVOCATION_PENDING = "cred.revocation_pending"  # a credential's revocation failed; retried
     CRED_ORPHAN = "cred.orphan"  # the reconciler revoked a credential with no active grant
     KILL_SWITCH = "killswitch"   # the kill switch ended many requests: told once to the security channel
+    ALTERNATE_PATHS = "alternate_paths"  # an agent's attempts linked to denials reached the threshold (issue 19)
     AUDIT_FAILING = "audit.failing"  # audit cannot record (sealing lags, no sink): new grants refused
     AUDIT_RECOVERED = "audit.recovered"  # audit records again: new grants accepted
     POLICY_REVIEW_DUE = "policy.review_due"  # no policy review recorded for JITGATE_POLICY_REVIEW_DAYS

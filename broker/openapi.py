@@ -157,6 +157,11 @@ def openapi_document(issuer: str) -> dict:
                 "approver": {"type": "string"}, "channel": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
                 "group": {"type": "string", "description": "the group of a mixed quorum this approval counts for"}}}},
             "denial": {"type": ["object", "null"], "properties": {"by": {"type": "string"}, "reason": {"type": "string"}}},
+            "linked_to": {"type": "object", "description": "the recent denial this proposal is linked to (alternate "
+                          "paths): absent when not linked", "properties": {
+                "request": {"type": "string"}, "by": {"type": "string"}, "reason": {"type": "string"},
+                "at": {"type": "string", "format": "date-time"}, "action": {"type": "string"},
+                "target": {"type": "string"}, "why": {"type": "string"}}},
             "expires_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
             "approved_duration_s": {"type": "integer"},

@@ -76,6 +76,9 @@ CONTEXT_KEYS: Mapping[str, tuple[type, int | None, int | None]] = {
     "agent_grants_active": (int, 0, _LONG_MAX),
     "agent_grants_active_env": (int, 0, _LONG_MAX),
     "agent_grants_last_hour": (int, 0, _LONG_MAX),
+    # Alternate paths (issue 19, item 3; broker/context.py).
+    "recent_denials": (int, 0, _LONG_MAX),
+    "linked_attempts": (int, 0, _LONG_MAX),
 }
 # What the proposal says the agent will do, as Cedar sees it (:func:`proposal_context`):
 # ``tool`` and ``dataset`` ("" when not given) and ``arguments`` (a record, {} when not given).
@@ -89,6 +92,9 @@ _PROPOSAL_DEFAULTS: Mapping[str, Any] = {"tool": "", "dataset": "", "arguments":
 # with a schema written before them keeps deciding (its policies cannot name them anyway).
 _FIRST_CONTEXT_KEYS = ("confidence", "duration_s", "posture", "evidence_count", "delegation_depth", "hour_utc",
                        "break_glass")
+# The keys of issue 19, item 3: a schema from before them (with the approval state and use of
+# issue 16) keeps deciding without them (:func:`_declared_proposal_keys` probes them apart).
+_DENIAL_CONTEXT_KEYS = ("recent_denials", "linked_attempts")
 _MAX_SET = 100  # members of a set in the context (approvers, their groups, desks)
 # Actions whose resource is another agent rather than a target (the schema says the same):
 # the broker's internal ones, which no proposal may name (model.INTERNAL_ACTIONS).
@@ -639,7 +645,7 @@ def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, f
     empty policy set. Recent cedarpy names a key the type refuses ("should not exist"): it is
     dropped and the request tried again until it fits. Older releases only say that the request
     does not fit: then the generations of keys are tried, largest first (the approval state and
-    use, all or none; each subset of the proposal keys), and the first that fits is taken. When
+    use with or without the alternate-path counts, or none; each subset of the proposal keys), and the first that fits is taken. When
     nothing fits every key is kept (the real request then fails the same way and is denied)."""
     base = {"confidence": 0, "duration_s": 1, "posture": POSTURES[0], "evidence_count": 0, "delegation_depth": 0,
             "hour_utc": 0, "break_glass": False}
@@ -656,9 +662,11 @@ def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, f
         except Exception:  # noqa: BLE001 - a probe that cannot run decides nothing
             return None
 
-    state_keys = [k for k in later if k not in PROPOSAL_CONTEXT_KEYS]
+    state_keys = [k for k in later if k not in PROPOSAL_CONTEXT_KEYS and k not in _DENIAL_CONTEXT_KEYS]
     proposal_subsets = sorted((tuple(k for i, k in enumerate(PROPOSAL_CONTEXT_KEYS) if mask >> i & 1)
                                for mask in range(2 ** len(PROPOSAL_CONTEXT_KEYS))), key=len, reverse=True)
+    # Generations of the state keys, newest first: with the alternate-path counts, without, none.
+    generations: tuple[list[str], ...] = (state_keys + list(_DENIAL_CONTEXT_KEYS), state_keys, [])
     out: dict[str, frozenset[str]] = {}
     for action in actions:
         keys = list(later)
@@ -669,7 +677,7 @@ def _declared_proposal_keys(schema: Any, actions: frozenset[str]) -> dict[str, f
                 break
             keys.remove(refused.group(1))
         if errors_of(action, keys) != "":
-            fitting = (list(state) + list(subset) for state in (state_keys, []) for subset in proposal_subsets)
+            fitting = (list(state) + list(subset) for state in generations for subset in proposal_subsets)
             keys = next((k for k in fitting if errors_of(action, k) == ""), list(later))
         out[action] = frozenset(keys)
     return out

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from . import rules
+from . import alternate, rules
 from .audit import event
 from .context import GrantUse, build_context
 from .identity.delegation import DelegationLink
@@ -152,6 +152,10 @@ async def close_one(life: Lifecycle, req: Request, decision: Decision, stage: st
     it had moved meanwhile (then nothing changed)."""
     now = life._now()
     to, fields, ev, kind = _closing(req, decision, stage, iso(now), now)
+    if to == DENIED and req.agent:
+        # A refusal by policy counts for alternate paths as one at submit does (broker/alternate.py).
+        agents = [req.agent, *(str(link.get("delegator", "")) for link in req.delegation_chain)]
+        await alternate.remember(life, agents, req.owner, req.id, now)
     out = await life.store.transition(req.id, [req.status], to, fields, [ev], int(now * 1000), deadline="-",
                                       retention_ms=life.retention_ms, notify=kind, want_request=False)
     if out.ok:

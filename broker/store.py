@@ -136,9 +136,17 @@ return v
 
 # What deciding one request needs (issue 16): the posture, the evaluation epoch and the
 # agent's grant counts (active, active in the target's environment, collected since ARGV[1]).
+# KEYS[6..]: recent-denial sets (issue 19, item 3): their members since ARGV[2] follow, once each.
 _DECISION_STATE_LUA = """
-return {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
-        redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or '0', redis.call('SCARD', KEYS[3]),
+             redis.call('SCARD', KEYS[4]), redis.call('ZCOUNT', KEYS[5], ARGV[1], '+inf')}
+local seen, n = {}, 5
+for i = 6, #KEYS do
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[2], '+inf')) do
+    if not seen[rid] then seen[rid] = true; n = n + 1; out[n] = rid end
+  end
+end
+return out
 """
 
 # Record that an active grant was decided again at an epoch (only while it is active: a
@@ -221,6 +229,10 @@ class Store:
         self._ratelimit = LuaScript.of(_lua("ratelimit.lua"))
         self._remember_denial = LuaScript.of(_REMEMBER_DENIAL_LUA)
         self._denials_since = LuaScript.of(_DENIALS_SINCE_LUA)
+        self._linked = LuaScript.of(_script("linked.lua"))
+        self._history = LuaScript.of(_lua("history.lua"))
+        self.absorbed_key = f"{prefix}load:absorbed"  # proposals no person saw, by which protection
+        self.decided_key = f"{prefix}load:decided"  # decisions by people per group: count and seconds
 
     def req_key(self, request_id: str) -> str:
         return f"{self.prefix}{{req:{request_id}}}"
@@ -429,6 +441,122 @@ class Store:
         """The request ids remembered under ``keys`` since ``since_ms``."""
         return [r.decode() if isinstance(r, bytes) else r for r in await self._read(self._denials_since, keys, [since_ms])]
 
+    # ---------------------------------------------------------------- alternate paths
+    def recent_denial_keys(self, agents: Iterable[str], owner: str | None = None) -> list[str]:
+        """The keys of every recent denial (any action, any target) of these agents (and owner):
+        what alternate-path detection reads (issue 19, item 3)."""
+        keys = [f"{self.prefix}denied:agent:{a}" for a in dict.fromkeys(agents)]
+        if owner:
+            keys.append(f"{self.prefix}denied:owner:{owner}")
+        return keys
+
+    def linked_keys(self, agent_id: str, owner: str | None) -> tuple[str, str]:
+        """(linked attempts, alert marker) of the scope: the owner's with ``owner``, else the agent's."""
+        scope = f"owner:{owner}" if owner else f"agent:{agent_id}"
+        return f"{self.prefix}linked:{scope}", f"{self.prefix}linked:{scope}:alerted"
+
+    def agent_suspended_key(self, agent_id: str) -> str:
+        return f"{self.prefix}agent:{agent_id}:suspended"
+
+    async def denied_rows(self, request_ids: list[str]) -> list[dict | None]:
+        """For each request: its status, denial, proposal (decoded) and environment, one round
+        trip; None for one that is gone or unreadable."""
+        if not request_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hmget(self.req_key(rid), "status", "denial", "proposal", "env")
+            rows = await pipe.execute()
+        out: list[dict | None] = []
+        for rid, (status, denial, proposal, env) in zip(request_ids, rows):
+            try:
+                out.append({"id": rid, "status": status.decode(), "denial": orjson.loads(denial),
+                            "proposal": orjson.loads(proposal), "env": (env or b"").decode()})
+            except (AttributeError, TypeError, orjson.JSONDecodeError):
+                out.append(None)
+        return out
+
+    async def linked_count(self, key: str, since_ms: int) -> int:
+        return int(await self._read("ZCOUNT", key, since_ms, "+inf"))
+
+    async def record_linked(self, agent_id: str, owner: str | None, request_id: str, *, now_ms: int, window_ms: int,
+                            alert_after: int, suspend: bool, alert_events: list[bytes], suspension: dict,
+                            kind: str, text: str) -> tuple[int, bool]:
+        """Count a linked attempt (:file:`lua/linked.lua`): (attempts in the window, whether this
+        one raised the window's one alert, recorded with ``alert_events`` and queued as ``kind``)."""
+        linked, alerted = self.linked_keys(agent_id, owner)
+        keys = [linked, alerted, self.agent_suspended_key(agent_id), self.audit_stream, self.audit_head, self.outbox,
+                self.req_key(request_id)]
+        args: list[str | bytes | int] = [request_id, now_ms, max(1, window_ms), alert_after, "1" if suspend else "0",
+                                         events_arg(alert_events), orjson.dumps(suspension), kind, text]
+        try:
+            n, raised = await self.line.run_script(self._linked, keys, args)
+        except ResponseError as e:
+            raise AuditError(f"the audit log could not be written, so nothing was changed ({e})") from e
+        except RedisError as e:
+            raise Unavailable(f"Redis is unavailable: {e.__class__.__name__}") from e
+        return int(n), bool(int(raised))
+
+    async def agent_suspension(self, agent_id: str) -> dict | None:
+        """Why the agent is suspended for alternate paths, or None."""
+        raw = await self._read("GET", self.agent_suspended_key(agent_id))
+        return orjson.loads(raw) if raw else None
+
+    async def lift_agent_suspension(self, agent_id: str, *counted: str) -> None:
+        """Forget the agent's alternate-path suspension and the attempts ``counted`` so far."""
+        await self._read("DEL", self.agent_suspended_key(agent_id), *counted)
+
+    async def suspended_agents(self, limit: int = 200) -> dict[str, dict]:
+        """The agents suspended for alternate paths, with why (operator listing; bounded)."""
+        out: dict[str, dict] = {}
+        tail = ":suspended"
+        async for key in self.redis.scan_iter(match=f"{self.prefix}agent:*{tail}", count=500):
+            name = key.decode()
+            raw = await self.redis.get(key)
+            if raw:
+                out[name[len(self.prefix) + len("agent:"):-len(tail)]] = orjson.loads(raw)
+            if len(out) >= limit:
+                break
+        return out
+
+    # ---------------------------------------------------------------- history and load
+    async def history(self, agent_id: str, denials: int) -> list:
+        """The raw reply of :file:`lua/history.lua` for the agent (see broker/history.py)."""
+        keys = [self.agent_key(agent_id, n) for n in ("seen", "granted", "denied", "active", "pending")]
+        return await self._read(self._history, keys, [denials, f"{self.prefix}{{req:"])
+
+    async def absorbed(self, which: str) -> None:
+        """Count a proposal a protection kept from people (dedupe, denial memory, rate limit)."""
+        await self._read("HINCRBY", self.absorbed_key, which, 1)
+
+    async def decided(self, group: str, seconds: float) -> None:
+        """Count a decision by people of ``group``'s request, ``seconds`` after it was proposed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.decided_key, f"{group}:n", 1)
+            pipe.hincrbyfloat(self.decided_key, f"{group}:s", round(seconds, 3))
+            await pipe.execute()
+
+    async def approvers_load(self) -> tuple[dict[str, int], dict[str, int], dict[str, tuple[int, float]]]:
+        """The approvers' load: (requests waiting per group, proposals absorbed per protection,
+        (decisions, seconds in all) per group). Waiting members no longer pending are dropped."""
+        names = sorted(m.decode() for m in await self.redis.smembers(f"{self.prefix}group:names"))[:100]
+        waiting: dict[str, int] = {}
+        for group in names:
+            key = f"{self.prefix}group:pending:{group}"
+            members = [m.decode() for m in await self.redis.srandmember(key, 1000) or []]
+            stale = [rid for rid, (st, _, _) in zip(members, await self.statuses(members)) if st != "pending"]
+            if stale:
+                await self.redis.srem(key, *stale)
+            waiting[group] = len(members) - len(stale)
+        absorbed = {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.absorbed_key)).items()}
+        raw = {k.decode(): v for k, v in (await self.redis.hgetall(self.decided_key)).items()}
+        decided: dict[str, tuple[int, float]] = {}
+        for k, v in raw.items():
+            group, _, what = k.rpartition(":")
+            if what == "n":
+                decided[group] = (int(v), float(raw.get(f"{group}:s", b"0")))
+        return waiting, absorbed, decided
+
     async def revoke_batch(self, items: list[tuple[str, str, str, str, str]], events: list[bytes], *, closed_at: str,
                            closed_by: str, close_reason: str, kill_switch: str, retention_ms: int | None) -> Outcome:
         """End ``items`` (id, status read just before, new status, outbox kind, denial JSON or
@@ -603,10 +731,19 @@ class Store:
     async def decision_state(self, agent_id: str, env: str, now_ms: int) -> tuple[str | None, int, tuple[int, int, int]]:
         """(posture as stored, evaluation epoch, :meth:`grant_use` of the agent in ``env``) in
         one script call on the hot-path connection: what deciding one request needs from Redis."""
+        posture, epoch, use, _ = await self.submit_state(agent_id, env, now_ms, [], 0)
+        return posture, epoch, use
+
+    async def submit_state(self, agent_id: str, env: str, now_ms: int, denial_keys: list[str],
+                           since_ms: int) -> tuple[str | None, int, tuple[int, int, int], list[str]]:
+        """:meth:`decision_state` and the request ids remembered under ``denial_keys`` since
+        ``since_ms`` (alternate paths), still one script call."""
         keys = [self.posture_key, self.epoch_key, self.agent_key(agent_id, "active"),
-                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected")]
-        posture, epoch, active, active_env, last_hour = await self._read(self._decision_state, keys, [now_ms - 3600_000])
-        return (posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour))
+                self.agent_key(agent_id, f"active:{env or '-'}"), self.agent_key(agent_id, "collected"), *denial_keys]
+        posture, epoch, active, active_env, last_hour, *ids = await self._read(
+            self._decision_state, keys, [now_ms - 3600_000, since_ms])
+        return ((posture.decode() if posture else None), int(epoch or 0), (int(active), int(active_env), int(last_hour)),
+                [i.decode() if isinstance(i, bytes) else str(i) for i in ids])
 
     async def grant_check(self, request_id: str) -> tuple[str, str | None, float | None, int, bool, int] | None:
         """(status, grant jti, grant exp, epoch last decided, break-glass, current epoch) of a

@@ -81,6 +81,8 @@ def _environment() -> jinja2.Environment:
     env.filters["delegation_links"] = render.delegation_links
     env.filters["asked_again"] = render.asked_again_line
     env.filters["excluded_line"] = render.excluded_line
+    env.filters["linked_line"] = render.linked_line
+    env.filters["history_lines"] = render.history_lines
     env.filters["outcome_line"] = render.outcome_line
     env.filters["outcome_links"] = render.outcome_links
     return env
@@ -124,6 +126,8 @@ class ConsoleViews:
             Route("/console/killswitch", w(self.kill_page), methods=["GET"]),
             Route("/console/killswitch", w(self.kill_preview), methods=["POST"]),
             Route("/console/killswitch/confirm", w(self.kill_confirm), methods=["POST"]),
+            Route("/console/load", w(self.load_page), methods=["GET"]),
+            Route("/console/load/reinstate", w(self.reinstate_agent), methods=["POST"]),
             Route("/console/static/{name}", self.static, methods=["GET"]),
             *self.stepup.routes(w),
         ]
@@ -455,6 +459,41 @@ class ConsoleViews:
             return await self._render_kill(session, approver, error=f"Not done: {e.detail}", status=e.status)
         await self.sessions.flash(session, {"kind": "ok", "text": result.summary()})
         return RedirectResponse("/console", status_code=303, headers=SECURITY_HEADERS)
+
+    async def load_page(self, request: HttpRequest) -> Response:
+        """The approvers' load (issue 19, item 7): what /metrics shows, for people; and the agents
+        suspended for alternate paths, which the security group may reinstate here."""
+        found = await self._session(request)
+        if found is None:
+            return self._signin()
+        session, approver = found
+        return await self._render_load(session, approver)
+
+    async def _render_load(self, session: Session, approver, *, error: str | None = None, status: int = 200) -> Response:
+        ctx = await self._common(session, approver)
+        waiting, absorbed, decided = await self.ctx.store.approvers_load()
+        groups = sorted(set(waiting) | set(decided))
+        rows = [{"group": g, "waiting": waiting.get(g, 0), "decided": decided.get(g, (0, 0.0))[0],
+                 "mean": (decided[g][1] / decided[g][0]) if decided.get(g, (0, 0.0))[0] else None} for g in groups]
+        may_reinstate = rules.why_not_kill_switch(approver, self.ctx.settings.security_group) is None
+        ctx.update({"error": error, "rows": rows, "absorbed": absorbed, "may_reinstate": may_reinstate,
+                    "suspended": await self.ctx.store.suspended_agents()})
+        return self._html("load.html", status, **ctx)
+
+    async def reinstate_agent(self, request: HttpRequest) -> Response:
+        """A security member lifts an agent's alternate-path suspension (the core checks who may)."""
+        try:
+            session, approver, form = await self._guard(request)
+        except Refused as r:
+            return self._refusal(r)
+        agent_id = form.get("agent", "").strip()
+        try:
+            done = await self.ctx.lifecycle.reinstate_agent(agent_id, approver, channel=CHANNEL)
+        except BrokerError as e:
+            return await self._render_load(session, approver, error=f"Not done: {e.detail}", status=e.status)
+        text = f"agent {agent_id} reinstated" if done else f"agent {agent_id} was not suspended"
+        await self.sessions.flash(session, {"kind": "ok", "text": text})
+        return RedirectResponse("/console/load", status_code=303, headers=SECURITY_HEADERS)
 
     async def _decide(self, request: HttpRequest, act) -> Response:
         try:

@@ -62,6 +62,7 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     """The proposal message as it should look now."""
     p = req.proposal
     blocks: list[dict] = [{"type": "header", "text": _plain(f"Access request: {p.action}", 150)}]
+    blocks += linked_blocks(req)
 
     fields = [
         _field("Agent", mrkdwn(req.agent, 500)),
@@ -95,6 +96,7 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
         blocks.append(_section(":repeat: " + mrkdwn(again, TEXT_LIMIT - 20)))
 
     blocks += _evidence_summary(req)
+    blocks += history_blocks(req)
 
     blocks.append(_context(f"*Policy:* {escape(render.verdict(req))}\n"
                            f"*Request* `{escape(req.id)}` · proposal sha256 `{escape(req.proposal_sha256[:16])}`"))
@@ -108,6 +110,20 @@ def proposal_blocks(req: Request, *, max_duration_s: int) -> list[dict]:
     if req.status == PENDING:
         blocks.append(_buttons(req, max_duration_s))
     return blocks[:MAX_BLOCKS]
+
+
+def linked_blocks(req: Request) -> list[dict]:
+    """The link to a recent denial (alternate paths, issue 19), shown first and loudly."""
+    line = render.linked_line(req)
+    return [_section(":warning: *" + mrkdwn(line, TEXT_LIMIT - 20) + "*")] if line else []
+
+
+def history_blocks(req: Request) -> list[dict]:
+    """The agent's recent history next to the proposal (issue 19, item 5)."""
+    lines = render.history_lines(req)
+    if not lines:
+        return []
+    return [_section("*Agent history*\n" + mrkdwn("\n".join(lines), TEXT_LIMIT - 40))]
 
 
 def _evidence_summary(req: Request) -> list[dict]:

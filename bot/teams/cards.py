@@ -113,6 +113,7 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
         facts.append(rich(run(excluded, CAP_DELEGATION, color="Attention")))
     if req.break_glass:
         facts.append(field("Break-glass", f"by {req.engineer or 'unknown'}" + (f", incident {req.incident}" if req.incident else "")))
+    body += linked_items(req)
     body.append({"type": "Container", "spacing": "Medium", "items": facts})
     if req.deadline is not None:
         body.append(_deadline(req))
@@ -122,6 +123,7 @@ def proposal_card(req: Request, *, max_duration_s: int, refresh_user_ids: list[s
     if again:
         body.append(rich(run(again, CAP_JUSTIFICATION, color="Attention")))
     body += _evidence(req)
+    body += history_items(req)
     body.append(rich(run("Policy: ", weight="Bolder"), run(render.verdict(req), 600), spacing="Medium"))
     links = render.outcome_links(req)
     if links:  # the completion outcome's evidence, shown as sent (issue 18, item 6)
@@ -255,3 +257,18 @@ def card_response(c: dict) -> dict:
 def error_response(status: int, code: str, message: str) -> dict:
     """An ``adaptiveCard/action`` answer saying the action was refused (shown to that person)."""
     return {"statusCode": status, "type": ERROR_TYPE, "value": {"code": code, "message": plain(message, 500)}}
+
+
+def linked_items(req: Request) -> list[dict]:
+    """The link to a recent denial (alternate paths, issue 19), loud, above the facts."""
+    line = render.linked_line(req)
+    return [rich(run(line, CAP_JUSTIFICATION, weight="Bolder", color="Attention"), spacing="Medium")] if line else []
+
+
+def history_items(req: Request) -> list[dict]:
+    """The agent's recent history next to the proposal (issue 19, item 5)."""
+    lines = render.history_lines(req)
+    if not lines:
+        return []
+    return [rich(run("Agent history", weight="Bolder"), spacing="Medium"),
+            rich(run("\n".join(lines), CAP_JUSTIFICATION))]

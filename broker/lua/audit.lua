@@ -80,6 +80,28 @@ local function index_grant(req, id)
   -- script that moves a request on without its key here leaves a stale member, which the
   -- reader drops (Store.open_requests).
   if st == 'pending' then redis.call('SADD', p .. 'pending', id) else redis.call('SREM', p .. 'pending', id) end
+  -- The agent's history of the last day (issue 19, item 5; read by history.lua): each request
+  -- once when first seen, once when granted (approved or later), once when denied.
+  local now24 = redis_now_ms()
+  local function seen(name)
+    if redis.call('ZADD', p .. name, 'NX', now24, id) == 1 then  -- trimmed only when it grows
+      redis.call('ZREMRANGEBYSCORE', p .. name, '-inf', now24 - 86400000)
+      redis.call('PEXPIRE', p .. name, 86400000)
+    end
+  end
+  seen('seen')
+  if st == 'approved' or st == 'active' then seen('granted') elseif st == 'denied' then seen('denied') end
+  -- Requests waiting for people per approver group (issue 19, item 7: the approvers' load).
+  local group = redis.call('HGET', req, 'approver_group')
+  if group and group ~= '' then
+    local gp = string.sub(req, 1, #req - #id - 6) .. 'group:'
+    if st == 'pending' then
+      redis.call('SADD', gp .. 'pending:' .. group, id)
+      redis.call('SADD', gp .. 'names', group)
+    else
+      redis.call('SREM', gp .. 'pending:' .. group, id)
+    end
+  end
   if st == 'active' then
     redis.call('SADD', p .. 'active', id)
     if env and env ~= '' then redis.call('SADD', p .. 'active:' .. env, id) end

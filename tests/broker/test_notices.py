@@ -19,7 +19,7 @@ DIRECTORY = Directory([
 ])
 
 ORDINARY = [k for k in Kind if not k.break_glass and not k.credential and not k.audit
-            and k not in (Kind.KILL_SWITCH, Kind.POLICY_REVIEW_DUE)]
+            and k not in (Kind.KILL_SWITCH, Kind.POLICY_REVIEW_DUE, Kind.ALTERNATE_PATHS)]
 AUDIT = [k for k in Kind if k.audit]
 BREAK_GLASS = [k for k in Kind if k.break_glass]
 CREDENTIAL = [k for k in Kind if k.credential]
@@ -44,7 +44,7 @@ def test_the_wire_strings_are_the_ones_queued_before():
         "proposed", "changed", "approval", "approved", "denied", "cancelled", "collected", "completed", "revoked",
         "expired", "remind", "escalate", "bg.granted", "bg.review_reminder", "bg.suspended", "bg.reviewed",
         "bg.reinstated", "cred.revocation_pending", "cred.orphan", "killswitch", "asked_again", "audit.failing",
-        "audit.recovered", "policy.review_due"])
+        "audit.recovered", "policy.review_due", "alternate_paths"])
     assert Kind.parse("bg.granted") is Kind.BG_GRANTED and Kind.parse("no.such.kind") is None
     assert f"thread:ts:event:{Kind.APPROVED}" == "thread:ts:event:approved"  # desks' say-once markers unchanged
 

@@ -729,3 +729,39 @@ def test_pre_parsed_handles_are_reused(tmp_path, monkeypatch):
     decide(gate)
     decide(gate, target="not/in/file")
     assert seen == [(cedarpy.PolicySet, cedarpy.Entities)] * 2
+
+
+NEW_KEYS_SCHEMA = SCHEMA.replace("agent_grants_last_hour: Long,",
+                                 "agent_grants_last_hour: Long, recent_denials: Long, linked_attempts: Long,")
+LINKED_FORBID = """
+@id("no-way-round") forbid(principal, action, resource) when { context.linked_attempts >= 2 };
+"""
+
+
+def test_a_schema_from_before_the_alternate_path_counts_keeps_deciding(tmp_path):
+    """Issue 19, item 3: a schema written before recent_denials and linked_attempts (with the
+    approval state of issue 16) keeps deciding; they are simply left out of its context."""
+    gate = make_gate(tmp_path, {"jitgate.cedarschema": SCHEMA, "p.cedar": PROD_DEPLOY})
+    assert decide(gate, recent_denials=3, linked_attempts=2).outcome == "require_approval"
+
+
+def test_the_alternate_path_counts_reach_policies_when_the_schema_declares_them(tmp_path):
+    """Issue 19, item 3: Cedar's context gets recent_denials and linked_attempts (Long)."""
+    gate = make_gate(tmp_path, {"jitgate.cedarschema": NEW_KEYS_SCHEMA, "p.cedar": PROD_DEPLOY + LINKED_FORBID})
+    assert decide(gate, linked_attempts=1).outcome == "require_approval"
+    refused = decide(gate, recent_denials=1, linked_attempts=2)
+    assert refused.outcome == "deny" and "no-way-round" in refused.policies
+
+
+def test_the_generations_are_probed_without_names_in_the_errors(tmp_path, monkeypatch):
+    """Older cedarpy names no refused key: the generations are tried, largest first, so a schema
+    of issue 16 still gets its approval-state keys (without the alternate-path counts)."""
+    import re  # noqa: PLC0415
+
+    import broker.policy as policy  # noqa: PLC0415
+
+    monkeypatch.setattr(policy, "_REFUSED_KEY", re.compile(r"(?!x)x"))
+    gate = make_gate(tmp_path, {"jitgate.cedarschema": SCHEMA, "p.cedar": PROD_DEPLOY})
+    assert decide(gate, recent_denials=3).outcome == "require_approval"
+    gate = make_gate(tmp_path / "new", {"jitgate.cedarschema": NEW_KEYS_SCHEMA, "p.cedar": PROD_DEPLOY + LINKED_FORBID})
+    assert decide(gate, linked_attempts=2).outcome == "deny"

@@ -35,6 +35,15 @@ async def open_confirmation(slack, user: str, args: str):
     calls = await slack.fake.wait_for(lambda: slack.fake.of("views.open")[before:], what="the confirmation modal")
     call = calls[0]
     assert call.args["trigger_id"] == "trigger-3" and call.args["view"]["callback_id"] == CONFIRM_VIEW
+    # Slack shows the modal only once views.open has answered, and the desk binds the confirmation
+    # to that view just after: wait for the binding, as a person's click always comes after it.
+    nonce = call.args["view"]["external_id"]
+    redis = slack.h.broker.store.redis
+    for _ in range(500):
+        keys = [k async for k in redis.scan_iter(match=f"*bg-confirm:{nonce}")]
+        if keys and await redis.hget(keys[0], "card"):
+            break
+        await asyncio.sleep(0.01)
     return call
 
 

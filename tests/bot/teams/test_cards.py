@@ -173,3 +173,27 @@ def test_card_shows_what_each_group_of_a_mixed_quorum_still_owes_and_the_argumen
     assert "Waiting for 1 approval from security (sre: 1 of 1 (bob); security: 0 of 1)" in runs
     assert '"amount": 2500' in runs and "payments-cli" in runs
     assert "**bold**" in runs and "{{DATE(2030" not in runs  # agent text: plain, no card date function
+
+
+def test_card_shows_the_link_to_a_denial_and_the_agents_history():
+    """Requirement (issue 19, items 3 and 5): the card says loudly which denial the proposal is
+    related to (who, why, how long before) and shows the agent's recent history."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    req = replace(make_request(action="rollback"),
+                  linked_to={"request": "01JDENIED", "by": "bob", "reason": "freeze until Monday",
+                             "at": "2027-01-15T07:57:00Z", "action": "restart", "target": "prod/payments-api",
+                             "why": "another action (rollback) on the denied target"},
+                  history={"requests_24h": 4, "granted_24h": 1, "denied_24h": 2, "active_grants": 1, "waiting": 0,
+                           "last_denials": [{"request": "01JDENIED", "by": "bob", "reason": "freeze until Monday",
+                                             "action": "restart", "target": "prod/payments-api"}]})
+    card = cards.proposal_card(req, max_duration_s=3600)
+    loud = [r for r in nodes(card, "TextRun") if r["text"].startswith("Related to a request bob denied")]
+    assert loud and loud[0].get("color") == "Attention"
+    assert "3 min before this proposal: freeze until Monday" in loud[0]["text"]
+    runs = " ".join(r["text"] for r in nodes(card, "TextRun"))
+    assert "deploy-bot, 24 h before this proposal: 4 requests, 1 granted, 2 denied; then 1 active grant, 0 other requests waiting" in runs
+    assert "denied by bob: restart on prod/payments-api: freeze until Monday (01JDENIED)" in runs
+    assert "linked to a recent denial: yes" in runs
+    plain = cards.proposal_card(make_request(), max_duration_s=3600)
+    assert "Related to a request" not in " ".join(r["text"] for r in nodes(plain, "TextRun"))
