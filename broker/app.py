@@ -225,69 +225,84 @@ async def build(
     # The hot path's own multiplexed connection (redis-py costs ~100 µs of CPU a command);
     # redis-py stays for pub/sub, streams and everything else.
     line = RedisLine(settings.redis_url)
-    store = Store(redis, line, settings.redis_prefix)
-    keyring = KeyRing(redis, settings.redis_prefix, settings.key_encryption_key, alg=settings.signing_alg,
-                      clock=clock, rotation_s=settings.key_rotation_s,
-                      # Every token lives at most this long, break-glass ones included.
-                      retain_s=key_retention_s(max(settings.max_duration_s, settings.breakglass_max_s)))
-    await keyring.ensure()
-    verifier = AssertionVerifier(registry, line, settings.redis_prefix, audience=settings.issuer, clock=clock,
-                                 spiffe=SpiffeBundle.from_settings(settings))
-    metrics = Metrics()
-    gate.on_shadow = metrics.shadow_disagreement
-    all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
-    all_notifiers += [d.notifier for d in desks]
-    lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
-                          notifiers=all_notifiers, clock=clock, metrics=metrics, registry=registry,
-                          retention_s=settings.retention_s)
-    wakeups = Wakeups(redis, store.channel)
-    breakglass = BreakGlass(lifecycle, registry, BreakGlassLimits(
-        max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
-        max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
-    scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
-    audit_key = await AuditKey.ensure(redis, store.audit_key, settings.key_encryption_key, origin_of(settings.issuer))
-    auditlog = AuditLog(store, audit_key, max_lag_s=settings.audit_max_lag_s, sink_grace_s=settings.audit_sink_grace_s,
-                        checkpoint_idle_s=settings.audit_checkpoint_idle_s, fail_closed=settings.audit_fail_closed,
-                        metrics=metrics)
-    if start_background:
-        auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
-    lifecycle.audit = scheduler.audit = auditlog
-    scheduler.seal_interval_s = settings.audit_seal_interval_s
-    if start_background and settings.audit_export:
-        from .auditexport import exporters_from_settings  # noqa: PLC0415 - only when an export is configured
+    broker: Broker | None = None
+    try:
+        store = Store(redis, line, settings.redis_prefix)
+        keyring = KeyRing(redis, settings.redis_prefix, settings.key_encryption_key, alg=settings.signing_alg,
+                          clock=clock, rotation_s=settings.key_rotation_s,
+                          # Every token lives at most this long, break-glass ones included.
+                          retain_s=key_retention_s(max(settings.max_duration_s, settings.breakglass_max_s)))
+        await keyring.ensure()
+        verifier = AssertionVerifier(registry, line, settings.redis_prefix, audience=settings.issuer, clock=clock,
+                                     spiffe=SpiffeBundle.from_settings(settings))
+        metrics = Metrics()
+        gate.on_shadow = metrics.shadow_disagreement
+        all_notifiers = list(notifiers if notifiers is not None else [LoggingNotifier()])
+        all_notifiers += [d.notifier for d in desks]
+        lifecycle = Lifecycle(settings=settings, store=store, gate=gate, directory=directory, keyring=keyring,
+                              notifiers=all_notifiers, clock=clock, metrics=metrics, registry=registry,
+                              retention_s=settings.retention_s)
+        wakeups = Wakeups(redis, store.channel)
+        breakglass = BreakGlass(lifecycle, registry, BreakGlassLimits(
+            max_duration_s=settings.breakglass_max_s, review_s=settings.breakglass_review_s,
+            max_active=settings.breakglass_max_active, max_per_day=settings.breakglass_max_per_day))
+        scheduler = Scheduler(lifecycle, keyring, sweep_interval_s=settings.sweep_interval_s, breakglass=breakglass)
+        audit_key = await AuditKey.ensure(redis, store.audit_key, settings.key_encryption_key, origin_of(settings.issuer))
+        auditlog = AuditLog(store, audit_key, max_lag_s=settings.audit_max_lag_s, sink_grace_s=settings.audit_sink_grace_s,
+                            checkpoint_idle_s=settings.audit_checkpoint_idle_s, fail_closed=settings.audit_fail_closed,
+                            metrics=metrics)
+        if start_background:
+            auditlog.sinks = Sinks.from_settings(settings, on_accept=auditlog.sink_accepted)
+        lifecycle.audit = scheduler.audit = auditlog
+        scheduler.seal_interval_s = settings.audit_seal_interval_s
+        if start_background and settings.audit_export:
+            from .auditexport import exporters_from_settings  # noqa: PLC0415 - only when an export is configured
 
-        scheduler.exporters = exporters_from_settings(settings, redis, store.audit_stream, origin_of(settings.issuer),
-                                                      metrics)
-        scheduler.export_interval_s = settings.audit_export_interval_s
-    credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
-                                                  PluginContext(settings.key_encryption_key, settings.data_dir)),
-                              clock=clock, metrics=metrics)
-    lifecycle.credentials = scheduler.credentials = credentials
-    scheduler.credential_settle_s = settings.credential_settle_s
-    scheduler.credential_reconcile_s = settings.credential_reconcile_s
+            scheduler.exporters = exporters_from_settings(settings, redis, store.audit_stream, origin_of(settings.issuer),
+                                                          metrics)
+            scheduler.export_interval_s = settings.audit_export_interval_s
+        credentials = Credentials(store, load_plugins(directory.targets, settings.credential_secrets,
+                                                      PluginContext(settings.key_encryption_key, settings.data_dir)),
+                                  clock=clock, metrics=metrics)
+        lifecycle.credentials = scheduler.credentials = credentials
+        scheduler.credential_settle_s = settings.credential_settle_s
+        scheduler.credential_reconcile_s = settings.credential_reconcile_s
 
-    lifecycle.notices = notices = Notices(lifecycle, breakglass)
-    outbox = Outbox(redis, store.outbox, scheduler.holder, notices.deliver, on_give_up=lifecycle.notification_failed,
-                    yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
-    broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
-                    wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
-    scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
-    broker.versions = PolicyVersions(store, gate, replica=scheduler.holder, now=clock.now)
-    broker.ssf = Transmitter(redis=redis, streams=Streams(redis, settings.redis_prefix, settings), keyring=keyring,
-                             registry=registry, settings=settings, clock=clock, source=store.outbox + ":ssf",
-                             consumer=scheduler.holder, metrics=metrics)
-    if start_background:
-        await broker.versions.startup()  # refuses to start when the audit log cannot record it
-        # Agents removed from the file while no broker (or not this one) noticed: end their grants.
-        await broker._close_unregistered()
-        for desk in desks:
-            await desk.start(DeskContext.of(broker))
-        await wakeups.start()
-        await scheduler.start()
-        auditlog.start()
-        await outbox.start()
-        await broker.ssf.start()
-    return broker
+        lifecycle.notices = notices = Notices(lifecycle, breakglass)
+        outbox = Outbox(redis, store.outbox, scheduler.holder, notices.deliver, on_give_up=lifecycle.notification_failed,
+                        yield_to=scheduler.not_revoking)  # revocations first, then the messages about them
+        broker = Broker(settings, redis, store, registry, directory, gate, keyring, verifier, lifecycle,
+                        wakeups, scheduler, metrics, outbox, breakglass, list(desks), credentials=credentials)
+        scheduler.reload = broker.maybe_reload  # the only reload path: requests never reload
+        broker.versions = PolicyVersions(store, gate, replica=scheduler.holder, now=clock.now)
+        broker.ssf = Transmitter(redis=redis, streams=Streams(redis, settings.redis_prefix, settings), keyring=keyring,
+                                 registry=registry, settings=settings, clock=clock, source=store.outbox + ":ssf",
+                                 consumer=scheduler.holder, metrics=metrics)
+        if start_background:
+            await broker.versions.startup()  # refuses to start when the audit log cannot record it
+            # Agents removed from the file while no broker (or not this one) noticed: end their grants.
+            await broker._close_unregistered()
+            for desk in desks:
+                await desk.start(DeskContext.of(broker))
+            await wakeups.start()
+            await scheduler.start()
+            auditlog.start()
+            await outbox.start()
+            await broker.ssf.start()
+        return broker
+    except BaseException:
+        # A start refused half-way (a desk that cannot start, an audit log that cannot record
+        # the policy set) leaves nothing running and no connection open behind it.
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await shutdown(broker)
+        else:
+            with contextlib.suppress(Exception):
+                await line.aclose()
+            if owned:
+                with contextlib.suppress(Exception):
+                    await redis.aclose()
+        raise
 
 
 async def shutdown(broker: Broker) -> None:
