@@ -3,6 +3,8 @@ trails, posture, the audit chain's verdict, break-glass reviews and the change c
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 
 from bot.console import ConsoleNotifier
@@ -167,6 +169,12 @@ async def test_chain_status_stays_current_between_full_checks(console, redis):
     assert first.ok
     await console.h.propose(action="restart", duration_s=60)
     await b.outbox.drain()  # its delivery appends the message refs entry: let it land first
+    # The sealer runs beside the test: compare the two once it has sealed the new entries, or one
+    # reading may see them unsealed and the other sealed (another head).
+    for _ in range(100):
+        if (await verify(b.redis, b.store.audit_stream, b.store.audit_head)).unsealed == 0:
+            break
+        await asyncio.sleep(0.05)
     second = await chain.get(b)
     full = await verify(b.redis, b.store.audit_stream, b.store.audit_head)
     assert second.ok and second.entries == full.entries > first.entries and second.head == full.head
